@@ -1,0 +1,561 @@
+//! Validation and resolution: a [`SyncraConfig`] becomes a [`Plan`], the list of nodes the
+//! runtime starts with every default filled in — or a list of every [`Problem`] found.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use syncra_protocol::boot::HeartbeatPlan;
+use syncra_protocol::status::validate_component;
+use syncra_protocol::world::{DEFAULT_ENTITIES, DEFAULT_SEED, DEFAULT_TICK_HZ, WorldSettings};
+use syncra_protocol::{NodeKind, NodeName, wire};
+
+use crate::model::*;
+
+/// Built-in drivers and the executable each runs by default.
+pub const BUILTIN_DRIVERS: &[(&str, &str)] = &[
+    ("window", "syncra-window"),
+    ("renderer", "syncra-renderer"),
+    ("audio", "syncra-audio"),
+    ("input", "syncra-input"),
+    ("openxr", "syncra-xr"),
+];
+
+/// The executable a world runs by default.
+pub const WORLD_EXECUTABLE: &str = "syncra-world";
+
+/// Most worlds one runtime runs.
+pub const MAX_WORLDS: u32 = 4096;
+/// Shortest accepted `watch_interval_ms`.
+pub const MIN_WATCH_INTERVAL_MS: u64 = 10;
+/// Highest accepted world tick rate.
+pub const MAX_TICK_HZ: f64 = 10_000.0;
+/// Most entities in one world's scene.
+pub const MAX_ENTITIES: u32 = 1_000_000;
+
+/// One thing wrong with a config, located by its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key (`runtime.watch_interval_ms`), empty for the whole document.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+    /// Where the value came from (`config/server.toml`, `environment variable SYNCRA_…`,
+    /// `command-line flag --worlds`), when known.
+    pub source: Option<String>,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(src) = &self.source {
+            write!(f, "{src}: ")?;
+        }
+        if self.key.is_empty() { write!(f, "{}", self.message) } else { write!(f, "`{}`: {}", self.key, self.message) }
+    }
+}
+
+/// Restart delays after failures.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Backoff {
+    /// First delay.
+    pub initial: Duration,
+    /// Longest delay.
+    pub max: Duration,
+    /// Growth per failure in a row.
+    pub multiplier: f64,
+    /// Random variation, as a fraction either way.
+    pub jitter: f64,
+}
+
+/// One group's restart policy, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct GroupPolicy {
+    /// Which siblings restart with a failed child.
+    pub strategy: Strategy,
+    /// Restarts of one node allowed within `period`.
+    pub intensity: u32,
+    /// The intensity window.
+    pub period: Duration,
+    /// Restart delays.
+    pub backoff: Backoff,
+    /// A node ready this long restarts at once.
+    pub stable_after: Duration,
+}
+
+/// One node, resolved: everything the runtime needs to spawn and supervise it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodePlan {
+    /// Logical name.
+    pub name: NodeName,
+    /// Driver or world.
+    pub kind: NodeKind,
+    /// Executable: a path (contains `/`) or a name to look up next to `syncra`, then on `PATH`.
+    pub command: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Restart type.
+    pub restart: RestartType,
+    /// Nodes that must be ready first.
+    pub depends_on: Vec<NodeName>,
+    /// Heartbeat obligations.
+    pub heartbeat: HeartbeatPlan,
+    /// Spawn to ready, or the start failed.
+    pub start_timeout: Duration,
+    /// Graceful stop to SIGKILL.
+    pub stop_timeout: Duration,
+    /// This node's own hooks (run after the global ones).
+    pub hooks: Hooks,
+    /// The config chunk passed to the node, MessagePack.
+    #[serde(skip)]
+    pub settings: Vec<u8>,
+    /// For worlds: what the chunk holds.
+    pub world: Option<WorldSettings>,
+}
+
+/// A group of nodes under one policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupPlan {
+    /// The policy.
+    pub policy: GroupPolicy,
+    /// The nodes in start order.
+    pub nodes: Vec<NodePlan>,
+}
+
+/// Runtime-wide settings, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuntimePlan {
+    /// Heartbeat interval.
+    pub watch_interval: Duration,
+    /// Whether failed children restart.
+    pub auto_restart: bool,
+    /// SIGABRT of a hung node to SIGKILL.
+    pub abort_grace: Duration,
+    /// Log directory.
+    pub log_dir: PathBuf,
+    /// Crash record directory.
+    pub crash_dir: PathBuf,
+    /// Control socket directory.
+    pub run_dir: PathBuf,
+    /// What giving up on a node does.
+    pub on_give_up: GiveUpAction,
+}
+
+/// Everything the runtime starts, in order: drivers, then worlds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// Runtime-wide settings.
+    pub runtime: RuntimePlan,
+    /// Hooks for every node.
+    pub hooks: Hooks,
+    /// The drivers group.
+    pub drivers: GroupPlan,
+    /// The worlds group.
+    pub worlds: GroupPlan,
+}
+
+impl Plan {
+    /// Every node: drivers in start order, then worlds.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodePlan> {
+        self.drivers.nodes.iter().chain(&self.worlds.nodes)
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&NodePlan> {
+        self.nodes().find(|n| n.name.as_str() == name)
+    }
+}
+
+/// The run directory used when none is configured: `$XDG_RUNTIME_DIR/syncra` when that
+/// variable names a directory, else `/tmp/syncra-<uid>`.
+pub fn default_run_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() && dir.is_dir() => dir.join("syncra"),
+        _ => PathBuf::from(format!("/tmp/syncra-{}", rustix::process::getuid().as_raw())),
+    }
+}
+
+/// The world names `worlds` describes, in order: the default world, `names`, the tables, then
+/// generated names `<default>-2`, `<default>-3`, … up to `count`.
+fn world_names(worlds: &WorldsSection, problems: &mut Vec<Problem>) -> Vec<String> {
+    let mut out: Vec<String> = vec![worlds.default_world.clone()];
+    for (i, name) in worlds.names.iter().enumerate() {
+        if out.contains(name) {
+            problems.push(problem(
+                format!("worlds.names[{i}]"),
+                format!("duplicate world name `{name}`: every world needs its own name"),
+            ));
+        } else {
+            out.push(name.clone());
+        }
+    }
+    for (name, _) in &worlds.tables {
+        if !out.contains(name) {
+            out.push(name.clone());
+        }
+    }
+    if let Some(count) = worlds.count {
+        let count = count as usize;
+        if count < out.len() {
+            problems.push(problem(
+                "worlds.count",
+                format!(
+                    "{count} world(s) requested but the config names {}: {}; raise the count or remove names",
+                    out.len(),
+                    out.join(", ")
+                ),
+            ));
+        }
+        let mut k = 2;
+        while out.len() < count {
+            let generated = format!("{}-{k}", worlds.default_world);
+            if !out.contains(&generated) {
+                out.push(generated);
+            }
+            k += 1;
+        }
+    }
+    out
+}
+
+fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem { key: key.into(), message: message.into(), source: None }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// Resolve `config` into a [`Plan`], or report every problem found. Relative directories are
+/// taken as they are (the loader has already made file-relative paths absolute).
+pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let rt = &config.runtime;
+    let sup = &config.supervisor;
+
+    // ---- runtime
+    if rt.watch_interval_ms < MIN_WATCH_INTERVAL_MS {
+        problems.push(problem(
+            "runtime.watch_interval_ms",
+            format!("{} is too small: must be at least {MIN_WATCH_INTERVAL_MS} (milliseconds)", rt.watch_interval_ms),
+        ));
+    }
+    positive(&mut problems, "runtime.missed_beats", rt.missed_beats as u64, "heartbeats");
+    positive(&mut problems, "runtime.start_timeout_ms", rt.start_timeout_ms, "milliseconds");
+    positive(&mut problems, "runtime.stop_timeout_ms", rt.stop_timeout_ms, "milliseconds");
+    for (key, dir) in [("runtime.log_dir", Some(&rt.log_dir)), ("runtime.crash_dir", rt.crash_dir.as_ref()), ("runtime.run_dir", rt.run_dir.as_ref())] {
+        if dir.is_some_and(|d| d.as_os_str().is_empty()) {
+            problems.push(problem(key, "is empty: expected a directory path"));
+        }
+    }
+
+    // ---- supervisor
+    positive(&mut problems, "supervisor.period_ms", sup.period_ms, "milliseconds");
+    positive(&mut problems, "supervisor.backoff_max_ms", sup.backoff_max_ms, "milliseconds");
+    if sup.backoff_initial_ms > sup.backoff_max_ms {
+        problems.push(problem(
+            "supervisor.backoff_initial_ms",
+            format!("{} is larger than supervisor.backoff_max_ms = {}", sup.backoff_initial_ms, sup.backoff_max_ms),
+        ));
+    }
+    if !(sup.backoff_multiplier.is_finite() && sup.backoff_multiplier >= 1.0) {
+        problems.push(problem(
+            "supervisor.backoff_multiplier",
+            format!("{} is invalid: expected a number of at least 1.0", sup.backoff_multiplier),
+        ));
+    }
+    if !(sup.backoff_jitter.is_finite() && (0.0..1.0).contains(&sup.backoff_jitter)) {
+        problems.push(problem(
+            "supervisor.backoff_jitter",
+            format!("{} is invalid: expected a fraction from 0.0 up to (not including) 1.0", sup.backoff_jitter),
+        ));
+    }
+    for (group, o) in [("drivers", &sup.drivers), ("worlds", &sup.worlds)] {
+        if o.period_ms == Some(0) {
+            problems.push(problem(format!("supervisor.{group}.period_ms"), "must be at least 1 (milliseconds)"));
+        }
+    }
+    hooks_problems(&mut problems, "hooks", &config.hooks);
+
+    let default_deadline = rt.watch_interval_ms.saturating_mul(rt.missed_beats as u64);
+    let mut nodes: Vec<(NodeSpec, NodePlan, String)> = Vec::new();
+
+    // ---- drivers
+    for (name, entry) in &config.drivers.0 {
+        let key = format!("drivers.{name}");
+        if let Err(msg) = validate_component("driver name", name) {
+            problems.push(problem(&key, msg));
+            continue;
+        }
+        if name == "world" {
+            problems.push(problem(&key, "`world` is reserved for worlds; name the driver differently"));
+            continue;
+        }
+        if !entry.is_enabled() {
+            continue;
+        }
+        let spec = entry.spec();
+        for k in spec.set_keys(WORLD_ONLY_KEYS) {
+            problems.push(problem(format!("{key}.{k}"), format!("`{k}` is a world setting; drivers take their settings in `settings`")));
+        }
+        let command = match (&spec.command, BUILTIN_DRIVERS.iter().find(|(b, _)| b == name)) {
+            (Some(c), _) => c.clone(),
+            (None, Some((_, exe))) => (*exe).to_owned(),
+            (None, None) => {
+                let builtins: Vec<_> = BUILTIN_DRIVERS.iter().map(|(b, _)| *b).collect();
+                problems.push(problem(
+                    format!("{key}.command"),
+                    format!(
+                        "missing: `{name}` is not a built-in driver ({}), so its table must name the executable to run",
+                        builtins.join(", ")
+                    ),
+                ));
+                continue;
+            }
+        };
+        let settings = spec.settings.clone().unwrap_or_default();
+        let plan = node_plan(&mut problems, &key, NodeName::driver(name), command, &spec, rt, default_deadline, wire::encode(&settings), None);
+        nodes.push((spec, plan, key));
+    }
+    let driver_count = nodes.len();
+
+    // ---- worlds
+    let w = &config.worlds;
+    if let Err(msg) = validate_component("world name", &w.default_world) {
+        problems.push(problem("worlds.default_world", msg));
+    }
+    for (i, name) in w.names.iter().enumerate() {
+        if let Err(msg) = validate_component("world name", name) {
+            problems.push(problem(format!("worlds.names[{i}]"), msg));
+        }
+    }
+    for (name, _) in &w.tables {
+        if let Err(msg) = validate_component("world name", name) {
+            problems.push(problem(format!("worlds.{name}"), msg));
+        }
+    }
+    if let Some(count) = w.count {
+        if count == 0 || count > MAX_WORLDS {
+            problems.push(problem("worlds.count", format!("{count} is out of range: expected 1 to {MAX_WORLDS}")));
+        }
+    }
+    if w.defaults.enabled.is_some() {
+        problems.push(problem("worlds.enabled", "`enabled` is a driver key"));
+    }
+    for (index, name) in world_names(w, &mut problems).into_iter().enumerate() {
+        let key = if w.tables.iter().any(|(n, _)| *n == name) { format!("worlds.{name}") } else { "worlds".to_owned() };
+        let own = w.tables.iter().find(|(n, _)| *n == name).map(|(_, s)| s.clone()).unwrap_or_default();
+        if own.enabled.is_some() {
+            problems.push(problem(format!("{key}.enabled"), "`enabled` is a driver key; remove the world instead"));
+        }
+        let spec = own.or(&w.defaults);
+        let settings = WorldSettings {
+            name: name.clone(),
+            tick_hz: spec.tick_hz.unwrap_or(DEFAULT_TICK_HZ),
+            entities: spec.entities.unwrap_or(DEFAULT_ENTITIES),
+            seed: own.seed.unwrap_or_else(|| w.defaults.seed.unwrap_or(DEFAULT_SEED).wrapping_add(index as u64)),
+        };
+        if !(settings.tick_hz.is_finite() && settings.tick_hz > 0.0 && settings.tick_hz <= MAX_TICK_HZ) {
+            let k = if own.tick_hz.is_some() { format!("{key}.tick_hz") } else { "worlds.tick_hz".into() };
+            problems.push(problem(k, format!("{} is out of range: expected more than 0 and at most {MAX_TICK_HZ}", settings.tick_hz)));
+        }
+        if settings.entities > MAX_ENTITIES {
+            let k = if own.entities.is_some() { format!("{key}.entities") } else { "worlds.entities".into() };
+            problems.push(problem(k, format!("{} is out of range: expected at most {MAX_ENTITIES}", settings.entities)));
+        }
+        let command = spec.command.clone().unwrap_or_else(|| WORLD_EXECUTABLE.to_owned());
+        let chunk = wire::encode(&settings);
+        let plan = node_plan(&mut problems, &key, NodeName::world(&name), command, &spec, rt, default_deadline, chunk, Some(settings));
+        nodes.push((spec, plan, key));
+    }
+
+    dependency_problems(&mut problems, &nodes, driver_count);
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let log_dir = rt.log_dir.clone();
+    let runtime = RuntimePlan {
+        watch_interval: ms(rt.watch_interval_ms),
+        auto_restart: rt.auto_restart_crashed_processes,
+        abort_grace: ms(rt.abort_grace_ms),
+        crash_dir: rt.crash_dir.clone().unwrap_or_else(|| log_dir.join("crashes")),
+        run_dir: rt.run_dir.clone().unwrap_or_else(default_run_dir),
+        log_dir,
+        on_give_up: sup.on_give_up,
+    };
+    let policy = |o: &GroupOverrides| GroupPolicy {
+        strategy: o.strategy.unwrap_or(sup.strategy),
+        intensity: o.intensity.unwrap_or(sup.intensity),
+        period: ms(o.period_ms.unwrap_or(sup.period_ms)),
+        backoff: Backoff {
+            initial: ms(sup.backoff_initial_ms),
+            max: ms(sup.backoff_max_ms),
+            multiplier: sup.backoff_multiplier,
+            jitter: sup.backoff_jitter,
+        },
+        stable_after: ms(sup.stable_after_ms),
+    };
+    let mut plans: Vec<NodePlan> = nodes.into_iter().map(|(_, p, _)| p).collect();
+    let worlds = plans.split_off(driver_count);
+    Ok(Plan {
+        runtime,
+        hooks: config.hooks.clone(),
+        drivers: GroupPlan { policy: policy(&sup.drivers), nodes: plans },
+        worlds: GroupPlan { policy: policy(&sup.worlds), nodes: worlds },
+    })
+}
+
+fn positive(problems: &mut Vec<Problem>, key: &str, value: u64, unit: &str) {
+    if value == 0 {
+        problems.push(problem(key, format!("must be at least 1 ({unit})")));
+    }
+}
+
+fn hooks_problems(problems: &mut Vec<Problem>, key: &str, hooks: &Hooks) {
+    for point in HookPoint::ALL {
+        if hooks.get(point).is_some_and(|c| c.trim().is_empty()) {
+            problems.push(problem(format!("{key}.{point}"), "is empty: expected a shell command"));
+        }
+    }
+    if hooks.timeout_ms == Some(0) {
+        problems.push(problem(format!("{key}.timeout_ms"), "must be at least 1 (milliseconds)"));
+    }
+}
+
+#[allow(clippy::too_many_arguments, reason = "one call site; the arguments are the resolved context")]
+fn node_plan(
+    problems: &mut Vec<Problem>,
+    key: &str,
+    name: NodeName,
+    command: String,
+    spec: &NodeSpec,
+    rt: &RuntimeSection,
+    default_deadline: u64,
+    settings: Vec<u8>,
+    world: Option<WorldSettings>,
+) -> NodePlan {
+    if command.trim().is_empty() {
+        problems.push(problem(format!("{key}.command"), "is empty: expected an executable name or path"));
+    }
+    let env = spec.env.clone().unwrap_or_default();
+    for var in env.keys() {
+        if var.is_empty() || var.contains(['=', '\0']) {
+            problems.push(problem(format!("{key}.env"), format!("`{var}` is not a valid environment variable name")));
+        }
+    }
+    let deadline = spec.heartbeat_deadline_ms.unwrap_or(default_deadline);
+    if let Some(d) = spec.heartbeat_deadline_ms {
+        if d < rt.watch_interval_ms {
+            problems.push(problem(
+                format!("{key}.heartbeat_deadline_ms"),
+                format!("{d} is shorter than runtime.watch_interval_ms = {}: a deadline must allow at least two heartbeats", rt.watch_interval_ms),
+            ));
+        }
+    }
+    for (k, v) in [("start_timeout_ms", spec.start_timeout_ms), ("stop_timeout_ms", spec.stop_timeout_ms)] {
+        if v == Some(0) {
+            problems.push(problem(format!("{key}.{k}"), "must be at least 1 (milliseconds)"));
+        }
+    }
+    let hooks = spec.hooks.clone().unwrap_or_default();
+    hooks_problems(problems, &format!("{key}.hooks"), &hooks);
+    let mut depends_on = Vec::new();
+    for (i, dep) in spec.depends_on.iter().flatten().enumerate() {
+        match NodeName::parse(dep) {
+            Ok(n) => depends_on.push(n),
+            Err(msg) => problems.push(problem(format!("{key}.depends_on[{i}]"), msg)),
+        }
+    }
+    NodePlan {
+        kind: name.kind(),
+        name,
+        command,
+        args: spec.args.clone().unwrap_or_default(),
+        env,
+        restart: spec.restart.unwrap_or_default(),
+        depends_on,
+        heartbeat: HeartbeatPlan { interval_ms: (rt.watch_interval_ms / 2).max(1), deadline_ms: deadline },
+        start_timeout: ms(spec.start_timeout_ms.unwrap_or(rt.start_timeout_ms)),
+        stop_timeout: ms(spec.stop_timeout_ms.unwrap_or(rt.stop_timeout_ms)),
+        hooks,
+        settings,
+        world,
+    }
+}
+
+/// Unknown or disabled dependencies, drivers depending on worlds, and cycles.
+fn dependency_problems(problems: &mut Vec<Problem>, nodes: &[(NodeSpec, NodePlan, String)], driver_count: usize) {
+    let index: HashMap<&NodeName, usize> = nodes.iter().enumerate().map(|(i, (_, p, _))| (&p.name, i)).collect();
+    for (i, (_, plan, key)) in nodes.iter().enumerate() {
+        for (j, dep) in plan.depends_on.iter().enumerate() {
+            let dkey = format!("{key}.depends_on[{j}]");
+            match index.get(dep) {
+                None => problems.push(problem(
+                    dkey,
+                    format!(
+                        "unknown node `{dep}`; known nodes: {}",
+                        nodes.iter().map(|(_, p, _)| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                )),
+                Some(&d) if d == i => problems.push(problem(dkey, format!("`{dep}` depends on itself"))),
+                Some(&d) if i < driver_count && d >= driver_count => problems.push(problem(
+                    dkey,
+                    format!("driver `{}` cannot depend on world `{dep}`: drivers start before worlds", plan.name),
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    // Cycle search (three-colour DFS); report each cycle once, as a path.
+    let mut state = vec![0u8; nodes.len()];
+    let mut reported: HashSet<Vec<usize>> = HashSet::new();
+    fn visit(
+        n: usize,
+        nodes: &[(NodeSpec, NodePlan, String)],
+        index: &HashMap<&NodeName, usize>,
+        state: &mut [u8],
+        stack: &mut Vec<usize>,
+        problems: &mut Vec<Problem>,
+        reported: &mut HashSet<Vec<usize>>,
+    ) {
+        state[n] = 1;
+        stack.push(n);
+        for dep in &nodes[n].1.depends_on {
+            let Some(&d) = index.get(dep) else { continue };
+            if d == n {
+                continue;
+            }
+            if state[d] == 1 {
+                let start = stack.iter().position(|&x| x == d).unwrap_or(0);
+                let mut cycle: Vec<usize> = stack[start..].to_vec();
+                let mut key = cycle.clone();
+                key.sort_unstable();
+                if reported.insert(key) {
+                    cycle.push(d);
+                    let path: Vec<&str> = cycle.iter().map(|&c| nodes[c].1.name.as_str()).collect();
+                    problems.push(problem(
+                        format!("{}.depends_on", nodes[n].2),
+                        format!("dependency cycle: {}", path.join(" → ")),
+                    ));
+                }
+            } else if state[d] == 0 {
+                visit(d, nodes, index, state, stack, problems, reported);
+            }
+        }
+        stack.pop();
+        state[n] = 2;
+    }
+    for n in 0..nodes.len() {
+        if state[n] == 0 {
+            visit(n, nodes, &index, &mut state, &mut Vec::new(), problems, &mut reported);
+        }
+    }
+}
+
+/// Make a relative `path` absolute against `base` (the directory of the file that set it).
+pub(crate) fn anchor(path: &Path, base: &Path) -> PathBuf {
+    if path.is_absolute() { path.to_owned() } else { base.join(path) }
+}

@@ -1,0 +1,145 @@
+//! Crash records: why an incarnation ended and what the supervisor decided.
+//!
+//! The runtime writes one [`CrashRecord`] per failure as JSON in its crash directory. A child
+//! that panics leaves a [`PanicReport`] in the panic buffer it inherited, which the runtime
+//! folds into the record.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::{NodeKind, NodeName};
+
+/// Why an incarnation ended, as the supervisor classifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// Exited with a non-zero code, or was terminated by a crash signal (SIGSEGV, SIGABRT,
+    /// SIGBUS, ...) after it was ready.
+    Crashed,
+    /// Stopped heartbeating past its deadline; the runtime aborted and killed it.
+    Hung,
+    /// Never became ready: the executable could not be started, it exited before announcing
+    /// readiness, or it did not announce readiness within its start timeout.
+    FailedToStart,
+    /// Terminated by a signal the runtime did not send (SIGKILL from a user, the OOM killer).
+    Killed,
+    /// Exited with code 0 although nobody asked it to stop.
+    Exited,
+    /// Stopped because the runtime asked it to (shutdown, `syncra stop`, a sibling restart).
+    Requested,
+}
+
+impl Reason {
+    /// Whether this ending counts as a failure (writes a crash record, counts towards the
+    /// restart intensity).
+    pub fn is_failure(self) -> bool {
+        !matches!(self, Reason::Requested | Reason::Exited)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::Crashed => "crashed",
+            Reason::Hung => "hung",
+            Reason::FailedToStart => "failed-to-start",
+            Reason::Killed => "killed",
+            Reason::Exited => "exited",
+            Reason::Requested => "requested",
+        })
+    }
+}
+
+/// How a process ended: its exit code or the signal that terminated it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitSummary {
+    /// Wall-clock time of the exit, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// The pid that exited (absent when the executable could not be started at all).
+    pub pid: Option<u32>,
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Name of the terminating signal (`SIGKILL`), when a signal ended it.
+    pub signal: Option<String>,
+    /// The supervisor's classification.
+    pub reason: Reason,
+    /// Crash record written for it, if any.
+    pub record: Option<String>,
+}
+
+/// What a child's panic hook leaves behind for the crash record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PanicReport {
+    /// The panic message.
+    pub message: String,
+    /// `file:line:column` of the panic.
+    pub location: Option<String>,
+    /// Name of the panicking thread.
+    pub thread: Option<String>,
+    /// The captured backtrace, as text.
+    pub backtrace: String,
+}
+
+/// What the supervisor decided after a failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Decision {
+    /// A new incarnation will be spawned after a delay.
+    Restart {
+        /// Delay before the spawn, milliseconds.
+        after_ms: u64,
+        /// Failures in a row without a stable run.
+        attempt: u32,
+        /// Siblings restarted with it under one_for_all / rest_for_one.
+        siblings: Vec<NodeName>,
+    },
+    /// The node exceeded its restart intensity or cannot be started: it is `failed`.
+    GaveUp {
+        /// Why, in words.
+        why: String,
+    },
+    /// The node is not restarted, by its restart type or by config.
+    NotRestarted {
+        /// Why, in words.
+        why: String,
+    },
+    /// The runtime shuts down because of this failure (`on_give_up = "shutdown"`).
+    Shutdown {
+        /// Why, in words.
+        why: String,
+    },
+}
+
+/// One failure of one incarnation: the JSON file written to the crash directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrashRecord {
+    /// RFC 3339 time of the failure.
+    pub timestamp: String,
+    /// The node.
+    pub node: NodeName,
+    /// Driver or world.
+    pub kind: NodeKind,
+    /// Pid of the failed incarnation, if it was running.
+    pub pid: Option<u32>,
+    /// The failed incarnation.
+    pub incarnation: u64,
+    /// Exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// Terminating signal (`SIGSEGV`), if a signal ended it.
+    pub signal: Option<String>,
+    /// Classification.
+    pub reason: Reason,
+    /// A sentence for the reader: what happened.
+    pub detail: String,
+    /// Milliseconds the incarnation ran.
+    pub ran_ms: u64,
+    /// The panic, when the child's panic hook recorded one.
+    pub panic: Option<PanicReport>,
+    /// Last lines the child wrote to stderr.
+    pub stderr_tail: Vec<String>,
+    /// The child's log file.
+    pub log_file: Option<String>,
+    /// What the supervisor decided.
+    pub decision: Decision,
+}

@@ -1,0 +1,31 @@
+//! `syncra-protocol`: every type that crosses a Syncra process boundary.
+//!
+//! Three links exist between processes, and each has its module here:
+//!
+//! - [`boot`]: the frame a child reads from its inherited cluster socket before it joins:
+//!   who it is, its session secrets and its own config chunk.
+//! - [`node`]: messages between the runtime (the hub node) and a child node over
+//!   ractor_cluster, and the ractor message enums that carry them.
+//! - [`control`]: requests and replies on the runtime's control socket (the CLI, embedders).
+//!
+//! The shared vocabulary — node identity and state ([`status`]), crash records ([`crash`]),
+//! the world's config chunk ([`world`]) — lives beside them, and [`wire`] holds the framing
+//! and the defensive decoding every link uses.
+//!
+//! **Invariant:** decoding bytes from another process never panics: every decoder returns a
+//! [`wire::DecodeError`] naming what was wrong. Every link carries [`PROTOCOL_VERSION`] and
+//! refuses a peer that speaks another one.
+
+pub mod boot;
+pub mod control;
+pub mod crash;
+pub mod node;
+pub mod status;
+pub mod wire;
+pub mod world;
+
+/// Version of every message format in this crate. Bump it whenever a serialized type changes
+/// shape; a node built against another version is refused when it joins.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+pub use status::{NodeKind, NodeName, NodeState};

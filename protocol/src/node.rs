@@ -1,0 +1,106 @@
+//! Messages between the runtime (the hub node) and a child node over ractor_cluster.
+//!
+//! Two ractor actors carry them: the runtime's gateway, a member of the process group
+//! [`RUNTIME_GROUP`], receives [`RuntimeInbox`]; every child's agent, alone in the group
+//! [`agent_group`] of its cluster name, receives [`NodeInbox`]. Both enums carry one
+//! MessagePack packet each, decoded by the receiver with [`crate::wire::decode`], because
+//! ractor's own decoding cannot report an error (a malformed message could only panic).
+//!
+//! A child's messages travel in an [`Envelope`] carrying its [`Token`]: the token, known only
+//! to the runtime and that incarnation, is what the gateway routes and authenticates by.
+
+use ractor_cluster::RactorClusterMessage;
+use serde::{Deserialize, Serialize};
+
+use crate::boot::Token;
+use crate::status::NodeMetrics;
+
+/// The process group holding the runtime's gateway actor.
+pub const RUNTIME_GROUP: &str = "syncra.runtime";
+
+/// The process group holding the agent actor of the child whose cluster name is `cluster_name`.
+pub fn agent_group(cluster_name: &str) -> String {
+    format!("syncra.agent.{cluster_name}")
+}
+
+/// A message from a child to the runtime, with the child's credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The sender's per-incarnation token, from its boot frame.
+    pub token: Token,
+    /// The message.
+    pub body: NodeToRuntime,
+}
+
+/// What a child tells the runtime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeToRuntime {
+    /// First message after joining: the child's protocol version and pid.
+    Hello {
+        /// [`crate::PROTOCOL_VERSION`] of the child.
+        protocol: u32,
+        /// The child's own pid (as it sees it).
+        pid: u32,
+    },
+    /// The child finished initialising and serves its purpose.
+    Ready,
+    /// Proof of life from the child's main loop.
+    Heartbeat {
+        /// Increments with each beat of this incarnation.
+        seq: u64,
+        /// What the main loop reports.
+        metrics: Option<NodeMetrics>,
+    },
+    /// The child is about to exit on its own, with this code.
+    Leaving {
+        /// The exit code it will use.
+        code: i32,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// What the runtime tells a child.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RuntimeToNode {
+    /// Stop: finish the current iteration, clean up and exit 0 within `grace_ms`, after which
+    /// the runtime kills the process.
+    Shutdown {
+        /// Milliseconds until SIGKILL.
+        grace_ms: u64,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// The runtime gateway's mailbox: one packet holding an encoded [`Envelope`].
+#[derive(RactorClusterMessage, Debug)]
+pub enum RuntimeInbox {
+    /// An encoded [`Envelope`].
+    Packet(Vec<u8>),
+}
+
+/// A child agent's mailbox: one packet holding an encoded [`RuntimeToNode`].
+#[derive(RactorClusterMessage, Debug)]
+pub enum NodeInbox {
+    /// An encoded [`RuntimeToNode`].
+    Packet(Vec<u8>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire;
+
+    #[test]
+    fn envelope_round_trip() {
+        let env = Envelope {
+            token: Token([9; 16]),
+            body: NodeToRuntime::Heartbeat {
+                seq: 4,
+                metrics: Some(NodeMetrics { tick: 10, entities: Some(3), ..Default::default() }),
+            },
+        };
+        assert_eq!(wire::decode::<Envelope>("envelope", &wire::encode(&env)).unwrap(), env);
+    }
+}
