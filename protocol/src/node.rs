@@ -9,7 +9,7 @@
 //! A child's messages travel in an [`Envelope`] carrying its [`Token`]: the token, known only
 //! to the runtime and that incarnation, is what the gateway routes and authenticates by.
 
-use ractor_cluster::RactorClusterMessage;
+use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream, RactorClusterMessage};
 use serde::{Deserialize, Serialize};
 
 use crate::boot::Token;
@@ -85,6 +85,34 @@ pub enum RuntimeInbox {
 pub enum NodeInbox {
     /// An encoded [`RuntimeToNode`].
     Packet(Vec<u8>),
+}
+
+/// A connected Unix socket (an inherited socketpair end) as a ractor_cluster transport.
+#[derive(Debug)]
+pub struct UnixLink {
+    stream: tokio::net::UnixStream,
+    label: String,
+}
+
+impl UnixLink {
+    /// Wrap `stream`; `label` names the peer in ractor_cluster's session information, and is
+    /// how the runtime matches a session to the child it spawned.
+    pub fn new(stream: tokio::net::UnixStream, label: impl Into<String>) -> Self {
+        Self { stream, label: label.into() }
+    }
+}
+
+impl ClusterBidiStream for UnixLink {
+    fn split(self: Box<Self>) -> (BoxRead, BoxWrite) {
+        let (r, w) = self.stream.into_split();
+        (Box::new(r), Box::new(w))
+    }
+    fn peer_label(&self) -> Option<String> {
+        Some(self.label.clone())
+    }
+    fn local_label(&self) -> Option<String> {
+        Some(format!("{}:local", self.label))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,158 @@
+//! The node's cluster side: a ractor_cluster node on its own thread (a current-thread tokio
+//! runtime), joined to the runtime over the inherited socket.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use ractor::{Actor, ActorRef};
+use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
+use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
+use syncra_protocol::boot::Boot;
+use syncra_protocol::node::{RUNTIME_GROUP, RuntimeInbox, UnixLink, agent_group};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::agent::Agent;
+use crate::{JOIN_TIMEOUT, Shared};
+
+/// What the cluster thread watches for.
+#[derive(Debug)]
+pub(crate) enum LinkEvent {
+    /// The session to `peer` is down.
+    Down { peer: String },
+    /// The runtime's gateway group changed.
+    GatewayChanged,
+}
+
+struct Subscription(UnboundedSender<LinkEvent>);
+
+impl NodeEventSubscription for Subscription {
+    fn node_session_opened(&self, _: NodeServerSessionInformation) {}
+    fn node_session_authenticated(&self, _: NodeServerSessionInformation) {}
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        let peer = ses.peer_name.map(|n| n.name).unwrap_or_default();
+        let _ = self.0.send(LinkEvent::Down { peer });
+    }
+}
+
+/// Start the cluster thread, join, and return the runtime's gateway once it is reachable.
+pub(crate) fn start(
+    boot: &Boot,
+    socket: std::os::unix::net::UnixStream,
+    shared: Arc<Shared>,
+) -> Result<ActorRef<RuntimeInbox>, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let boot = boot.clone();
+    std::thread::Builder::new()
+        .name("syncra-node".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("starting the node's tokio runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match connect(&boot, socket, shared.clone()).await {
+                    Ok((gateway, events)) => {
+                        let _ = tx.send(Ok(gateway));
+                        serve(&boot, events, shared).await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })
+        .map_err(|e| format!("starting the node thread: {e}"))?;
+    rx.recv_timeout(JOIN_TIMEOUT + std::time::Duration::from_secs(1))
+        .map_err(|_| "the node thread did not answer".to_owned())?
+}
+
+async fn connect(
+    boot: &Boot,
+    socket: std::os::unix::net::UnixStream,
+    shared: Arc<Shared>,
+) -> Result<(ActorRef<RuntimeInbox>, UnboundedReceiver<LinkEvent>), String> {
+    let join = &boot.cluster;
+    // ractor_cluster always opens a TCP listener; keep it on loopback, on an ephemeral port.
+    let server = NodeServer::new(
+        0,
+        join.cookie.clone(),
+        join.node_name.clone(),
+        "127.0.0.1".into(),
+        None,
+        Some(NodeConnectionMode::Isolated),
+    )
+    .with_listen_addr(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let (server, _) = Actor::spawn(None, server, ()).await.map_err(|e| format!("starting the node server: {e}"))?;
+    let (tx, mut rx) = unbounded_channel();
+    server
+        .cast(NodeServerMessage::SubscribeToEvents { id: "syncra-node".into(), subscription: Box::new(Subscription(tx.clone())) })
+        .map_err(|e| format!("subscribing to node events: {e}"))?;
+    let (agent, _) = Actor::spawn(None, Agent { shared, events: tx }, ())
+        .await
+        .map_err(|e| format!("starting the agent: {e}"))?;
+    ractor::pg::join(agent_group(&join.node_name), vec![agent.get_cell()]);
+
+    socket.set_nonblocking(true).map_err(|e| format!("preparing the cluster socket: {e}"))?;
+    let stream = tokio::net::UnixStream::from_std(socket).map_err(|e| format!("preparing the cluster socket: {e}"))?;
+    ractor_cluster::client_connect_external(&server, Box::new(UnixLink::new(stream, "runtime")))
+        .await
+        .map_err(|e| format!("opening the session: {e}"))?;
+
+    let wait = async {
+        loop {
+            if let Some(gw) = gateway() {
+                return Ok(gw);
+            }
+            match rx.recv().await {
+                Some(LinkEvent::Down { .. }) | None => {
+                    return Err("the runtime closed the session (wrong cookie, or the runtime stopped)".to_owned());
+                }
+                Some(LinkEvent::GatewayChanged) => {}
+            }
+        }
+    };
+    let gateway = tokio::time::timeout(JOIN_TIMEOUT, wait)
+        .await
+        .map_err(|_| format!("the runtime did not answer within {} s", JOIN_TIMEOUT.as_secs()))??;
+    Ok((gateway, rx))
+}
+
+/// The runtime's gateway actor, once the hub's process groups are visible.
+fn gateway() -> Option<ActorRef<RuntimeInbox>> {
+    ractor::pg::get_members(&RUNTIME_GROUP.to_owned()).into_iter().find(|c| !c.get_id().is_local()).map(Into::into)
+}
+
+/// Serve the link for the life of the process: turn SIGTERM/SIGINT into a shutdown request
+/// and exit when the runtime is gone.
+async fn serve(boot: &Boot, mut events: UnboundedReceiver<LinkEvent>, shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::warn!("could not install SIGTERM/SIGINT handlers; only the runtime can stop this node gracefully");
+            return std::future::pending().await;
+        }
+    };
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(LinkEvent::Down { peer }) if peer == boot.cluster.hub_name || peer.is_empty() => break,
+                Some(_) => {}
+                None => break,
+            },
+            _ = term.recv() => {
+                tracing::info!(node = %boot.node, "SIGTERM: shutting down");
+                shared.request_shutdown(0);
+            }
+            _ = int.recv() => {
+                tracing::info!(node = %boot.node, "SIGINT: shutting down");
+                shared.request_shutdown(0);
+            }
+        }
+    }
+    tracing::warn!(node = %boot.node, "the runtime is gone; exiting");
+    std::process::exit(0);
+}

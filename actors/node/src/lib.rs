@@ -1,0 +1,305 @@
+//! `syncra-node`: what a child process links to become a node of a Syncra runtime.
+//!
+//! One call, [`Node::join`], does everything a child owes the runtime that spawned it:
+//!
+//! - reads its boot frame from the inherited socket (fd 3): its name, incarnation, session
+//!   secrets and its own config chunk;
+//! - installs a panic hook that leaves the panic message and backtrace in the inherited panic
+//!   buffer (fd 4) for the crash record, then ends the process — a panic on any thread is a crash;
+//! - starts a ractor_cluster node (its mandatory TCP listener bound to loopback) on a
+//!   background thread and joins the runtime over the inherited socket;
+//! - serves a graceful shutdown request (from the runtime, or SIGTERM/SIGINT);
+//! - exits when the runtime is gone.
+//!
+//! The caller's main loop then announces readiness with [`Node::ready`] and proves it is alive
+//! with [`Node::heartbeat`] — from the loop itself, so that a stuck loop stops the beats and
+//! the runtime sees the hang. No background timer beats on the loop's behalf.
+//!
+//! ```no_run
+//! let node = syncra_node::Node::join().unwrap_or_else(|e| e.exit());
+//! let settings: std::collections::BTreeMap<String, String> = node.settings().unwrap_or_else(|e| e.exit());
+//! node.ready();
+//! while !node.shutdown_requested() {
+//!     // ... one iteration of the main loop ...
+//!     node.heartbeat(None);
+//! }
+//! ```
+
+mod agent;
+mod cluster;
+mod panic;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ractor::ActorRef;
+use serde::de::DeserializeOwned;
+use syncra_protocol::boot::{Boot, BootError, CLUSTER_FD, exit_code};
+use syncra_protocol::node::{Envelope, NodeToRuntime, RuntimeInbox};
+use syncra_protocol::status::NodeMetrics;
+use syncra_protocol::{NodeName, wire};
+use tokio::sync::Notify;
+
+/// The default log filter of a node (overridden by `SYNCRA_LOG`).
+pub const DEFAULT_LOG_FILTER: &str = "info,ractor=warn,ractor_cluster=error";
+
+/// How long joining may take before the node gives up (the runtime's start timeout is usually
+/// the tighter bound).
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a process could not become a node.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// fd 3 is not an inherited socket: the process was not started by a runtime.
+    #[error(
+        "fd {CLUSTER_FD} is not an inherited socket: a Syncra node is started by the `syncra` runtime (add it to the config), not by hand"
+    )]
+    NotSpawnedByRuntime,
+    /// The boot frame could not be read.
+    #[error("reading the boot frame: {0}")]
+    Boot(#[from] BootError),
+    /// The cluster node could not start or join.
+    #[error("joining the cluster as {node}: {message}")]
+    Cluster {
+        /// This node.
+        node: NodeName,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl JoinError {
+    /// The exit code that tells the runtime why this node could not start.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            JoinError::Boot(BootError::Decode(syncra_protocol::wire::DecodeError::Version { .. })) => {
+                exit_code::PROTOCOL_MISMATCH
+            }
+            JoinError::NotSpawnedByRuntime | JoinError::Boot(_) => exit_code::BAD_BOOT,
+            JoinError::Cluster { .. } => 1,
+        }
+    }
+
+    /// Print this error to stderr and exit with [`JoinError::exit_code`].
+    pub fn exit(&self) -> ! {
+        eprintln!("syncra-node: {self}");
+        std::process::exit(self.exit_code())
+    }
+}
+
+/// The node's config chunk did not match what the node expects.
+#[derive(Debug, thiserror::Error)]
+#[error("the config chunk of {node} does not fit this node: {source}")]
+pub struct SettingsError {
+    node: NodeName,
+    #[source]
+    source: wire::DecodeError,
+}
+
+impl SettingsError {
+    /// Print this error to stderr and exit with the code that tells the runtime the settings
+    /// were refused (a permanent start failure).
+    pub fn exit(&self) -> ! {
+        eprintln!("syncra-node: {self}");
+        std::process::exit(exit_code::BAD_SETTINGS)
+    }
+}
+
+/// State shared between the caller's thread and the node's cluster thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) shutdown_notify: Notify,
+    pub(crate) shutdown_grace_ms: AtomicU64,
+    /// Wakes blocking sleepers ([`Node::sleep_until`]) on shutdown.
+    pub(crate) wake: (Mutex<()>, Condvar),
+}
+
+impl Shared {
+    pub(crate) fn request_shutdown(&self, grace_ms: u64) {
+        self.shutdown_grace_ms.store(grace_ms, Ordering::Relaxed);
+        if !self.shutdown.swap(true, Ordering::AcqRel) {
+            self.shutdown_notify.notify_waiters();
+            let _guard = self.wake.0.lock();
+            self.wake.1.notify_all();
+        }
+    }
+}
+
+/// This process, as a node of the runtime that spawned it.
+#[derive(Debug)]
+pub struct Node {
+    boot: Boot,
+    gateway: ActorRef<RuntimeInbox>,
+    shared: Arc<Shared>,
+    started: Instant,
+    beat_interval_ns: u64,
+    next_beat_ns: AtomicU64,
+    beat_seq: AtomicU64,
+}
+
+impl Node {
+    /// Become a node: read the boot frame, install the panic hook, join the runtime's cluster
+    /// and return once the runtime can hear this node. Blocks; call it before starting other
+    /// threads where possible.
+    pub fn join() -> Result<Node, JoinError> {
+        let socket = take_inherited_socket()?;
+        let boot = Boot::read_from(&mut &socket, CLUSTER_FD)?;
+        panic::install(&boot);
+        init_logging();
+        let shared = Arc::new(Shared {
+            shutdown: AtomicBool::new(false),
+            shutdown_notify: Notify::new(),
+            shutdown_grace_ms: AtomicU64::new(0),
+            wake: (Mutex::new(()), Condvar::new()),
+        });
+        let gateway = cluster::start(&boot, socket, shared.clone())
+            .map_err(|message| JoinError::Cluster { node: boot.node.clone(), message })?;
+        let node = Node {
+            beat_interval_ns: boot.heartbeat.interval_ms.saturating_mul(1_000_000),
+            boot,
+            gateway,
+            shared,
+            started: Instant::now(),
+            next_beat_ns: AtomicU64::new(0),
+            beat_seq: AtomicU64::new(0),
+        };
+        node.send(NodeToRuntime::Hello { protocol: syncra_protocol::PROTOCOL_VERSION, pid: std::process::id() });
+        tracing::info!(node = %node.boot.node, incarnation = node.boot.incarnation, pid = std::process::id(), "joined the runtime");
+        Ok(node)
+    }
+
+    /// This node's logical name (`world/arena`, `renderer`).
+    pub fn name(&self) -> &NodeName {
+        &self.boot.node
+    }
+
+    /// Which incarnation this process is: 1 for the first spawn, +1 per restart.
+    pub fn incarnation(&self) -> u64 {
+        self.boot.incarnation
+    }
+
+    /// Decode this node's config chunk into `T`.
+    pub fn settings<T: DeserializeOwned>(&self) -> Result<T, SettingsError> {
+        wire::decode("config chunk", &self.boot.settings)
+            .map_err(|source| SettingsError { node: self.boot.node.clone(), source })
+    }
+
+    /// Tell the runtime this node is ready: it is initialised and serves its purpose.
+    pub fn ready(&self) {
+        tracing::info!(node = %self.boot.node, after_ms = self.started.elapsed().as_millis() as u64, "ready");
+        self.send(NodeToRuntime::Ready);
+        // The first beat follows at once, so the deadline starts from readiness.
+        self.next_beat_ns.store(0, Ordering::Relaxed);
+        self.heartbeat(None);
+    }
+
+    /// Prove this node is alive. Call it from the main loop (each tick, frame or period); it
+    /// sends a beat only when one is due, so calling it often costs a clock read.
+    pub fn heartbeat(&self, metrics: Option<&NodeMetrics>) {
+        self.heartbeat_with(|| metrics.cloned());
+    }
+
+    /// Like [`Node::heartbeat`], building the metrics only when a beat is due.
+    pub fn heartbeat_with(&self, metrics: impl FnOnce() -> Option<NodeMetrics>) {
+        let now = self.started.elapsed().as_nanos() as u64;
+        if now < self.next_beat_ns.load(Ordering::Relaxed) {
+            return;
+        }
+        self.next_beat_ns.store(now + self.beat_interval_ns, Ordering::Relaxed);
+        let seq = self.beat_seq.fetch_add(1, Ordering::Relaxed);
+        self.send(NodeToRuntime::Heartbeat { seq, metrics: metrics() });
+    }
+
+    /// Whether the runtime (or a SIGTERM/SIGINT) asked this node to stop. The main loop should
+    /// finish its iteration, clean up and return.
+    pub fn shutdown_requested(&self) -> bool {
+        self.shared.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Sleep until `deadline` or until a shutdown is requested, whichever comes first; returns
+    /// whether a shutdown was requested. For fixed-rate loops: the loop keeps its heartbeat
+    /// while it waits between slow iterations, and wakes at once to stop.
+    pub fn sleep_until(&self, deadline: Instant) -> bool {
+        let (lock, cv) = &self.shared.wake;
+        let mut guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let slept_from = Instant::now();
+        let beat_interval = Duration::from_nanos(self.beat_interval_ns.max(1_000_000));
+        loop {
+            if self.shutdown_requested() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let slice = (deadline - now).min(beat_interval);
+            guard = cv.wait_timeout(guard, slice).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
+            // Only a long sleep beats on the loop's behalf; after a short one the loop's own
+            // beat (with its metrics) follows soon enough.
+            if slept_from.elapsed() >= beat_interval {
+                self.heartbeat(None);
+            }
+        }
+    }
+
+    /// Wait until a shutdown is requested (for async main loops).
+    pub async fn wait_shutdown(&self) {
+        loop {
+            let notified = self.shared.shutdown_notify.notified();
+            if self.shutdown_requested() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Milliseconds the runtime grants before it kills this process, once a shutdown was
+    /// requested (0 when the request came from a signal).
+    pub fn shutdown_grace_ms(&self) -> u64 {
+        self.shared.shutdown_grace_ms.load(Ordering::Relaxed)
+    }
+
+    /// Tell the runtime this node is leaving on its own with `code`, then return (the caller
+    /// exits). A transient node that finished its work leaves with code 0.
+    pub fn leave(&self, code: i32, reason: &str) {
+        tracing::info!(node = %self.boot.node, code, reason, "leaving");
+        self.send(NodeToRuntime::Leaving { code, reason: reason.to_owned() });
+    }
+
+    fn send(&self, body: NodeToRuntime) {
+        let packet = wire::encode(&Envelope { token: self.boot.cluster.token, body });
+        if let Err(e) = self.gateway.cast(RuntimeInbox::Packet(packet)) {
+            // The link is gone; the cluster thread exits the process when it notices.
+            tracing::debug!(error = %e, "could not reach the runtime");
+        }
+    }
+}
+
+/// Take ownership of fd 3 if it is a socket, and keep it from leaking into our own children.
+fn take_inherited_socket() -> Result<std::os::unix::net::UnixStream, JoinError> {
+    // SAFETY: fd 3 is only borrowed here to inspect it; ownership is taken below only after
+    // it has been verified to be an open socket, which by the spawn contract nothing else in
+    // this process owns.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(CLUSTER_FD) };
+    let is_socket = rustix::fs::fstat(borrowed)
+        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
+        .unwrap_or(false);
+    if !is_socket {
+        return Err(JoinError::NotSpawnedByRuntime);
+    }
+    let _ = rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC);
+    // SAFETY: fd 3 is an open socket inherited for this purpose; this is its only owner.
+    let owned = unsafe { OwnedFd::from_raw_fd(CLUSTER_FD) };
+    Ok(std::os::unix::net::UnixStream::from(owned))
+}
+
+/// Log to stderr (which the runtime writes to this node's log file), filtered by `SYNCRA_LOG`.
+/// Does nothing if the process already installed a subscriber.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SYNCRA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
+}

@@ -1,0 +1,384 @@
+//! `syncra`: the command-line interface, a thin layer over the `syncra-runtime` library.
+//!
+//! `syncra run` runs a runtime in the foreground; every other command reaches a running
+//! runtime through the control socket in its run directory.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use syncra_runtime::config::{Loader, Overrides, default_run_dir};
+use syncra_runtime::protocol::control::{ControlReply, ControlRequest, CrashEntry};
+use syncra_runtime::protocol::status::{EventKind, LifecycleEvent, NodeView, StatusReport};
+use syncra_runtime::{ClientError, ControlClient, RuntimeBuilder, ShutdownCause};
+
+/// The config file read when none is named and it exists in the working directory.
+const DEFAULT_CONFIG_FILE: &str = "SyncraConfig.toml";
+
+/// Exit code for a bad config or bad arguments.
+const EXIT_USAGE: u8 = 2;
+
+/// Syncra runtime: runs drivers and worlds as supervised processes.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// Config file (TOML). Default: ./SyncraConfig.toml if it exists, else built-in defaults.
+    #[arg(long, short, env = "SYNCRA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Number of worlds: the default world plus generated names.
+    #[arg(long, value_name = "N")]
+    worlds: Option<u32>,
+    /// Directory of logs and crash records.
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// Directory of the control socket (selects a runtime instance).
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct Target {
+    /// Run directory of the runtime to talk to (default: $XDG_RUNTIME_DIR/syncra, else /tmp/syncra-<uid>).
+    #[arg(long, value_name = "DIR", env = "SYNCRA_RUN_DIR")]
+    run_dir: Option<PathBuf>,
+}
+
+impl Target {
+    fn dir(&self) -> PathBuf {
+        self.run_dir.clone().unwrap_or_else(default_run_dir)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the runtime in the foreground until SIGTERM, SIGINT or `syncra shutdown`.
+    Run(ConfigArgs),
+    /// Validate a config and print the effective config and what would start.
+    CheckConfig(ConfigArgs),
+    /// Show every node's state.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON: an object with a `nodes` array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart a node now (`world/arena`, `renderer`).
+    Restart {
+        /// Node name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop a node; it stays stopped until `syncra start`.
+    Stop {
+        /// Node name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Start a stopped or failed node.
+    Start {
+        /// Node name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop everything in order and exit the runtime.
+    Shutdown {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List this session's crash records.
+    Crashes {
+        /// Only this node's.
+        name: Option<String>,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print the records as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Follow lifecycle events (spawned, up, hung, down, restarting, failed) until Ctrl-C.
+    Events {
+        /// Print each event as one JSON line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let threads = if matches!(cli.command, Command::Run(_)) { 2 } else { 1 };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("syncra: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::CheckConfig(args) => check_config(args),
+            Command::Status { target, json } => status(&target.dir(), json).await,
+            Command::Restart { name, target } => simple(&target.dir(), ControlRequest::Restart { node: name }).await,
+            Command::Stop { name, target } => simple(&target.dir(), ControlRequest::Stop { node: name }).await,
+            Command::Start { name, target } => simple(&target.dir(), ControlRequest::Start { node: name }).await,
+            Command::Shutdown { target } => simple(&target.dir(), ControlRequest::Shutdown).await,
+            Command::Crashes { name, limit, json, target } => crashes(&target.dir(), name, limit, json).await,
+            Command::Events { json, target } => events(&target.dir(), json).await,
+        }
+    })
+}
+
+fn loader(args: &ConfigArgs) -> Loader {
+    let mut loader = Loader::new().overrides(Overrides { worlds: args.worlds, log_dir: args.log_dir.clone(), run_dir: args.run_dir.clone() });
+    match &args.config {
+        Some(path) => loader = loader.file(path),
+        None if Path::new(DEFAULT_CONFIG_FILE).is_file() => loader = loader.file(DEFAULT_CONFIG_FILE),
+        None => {}
+    }
+    loader
+}
+
+fn check_config(args: ConfigArgs) -> ExitCode {
+    match loader(&args).load() {
+        Ok(loaded) => {
+            let source = loaded.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+            println!("# {source}: valid. Effective config:\n");
+            print!("{}", loaded.config.to_toml());
+            println!("\n# Start order:");
+            for n in loaded.plan.nodes() {
+                let deps = if n.depends_on.is_empty() {
+                    String::new()
+                } else {
+                    format!(", after {}", n.depends_on.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+                };
+                println!("#   {:<20} {:<7} {} (restart {}, heartbeat deadline {} ms{deps})", n.name.to_string(), n.kind.to_string(), n.command, n.restart, n.heartbeat.deadline_ms);
+            }
+            println!("# run dir {}, logs {}, crash records {}", loaded.plan.runtime.run_dir.display(), loaded.plan.runtime.log_dir.display(), loaded.plan.runtime.crash_dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("syncra: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+async fn run(args: ConfigArgs) -> ExitCode {
+    let loaded = match loader(&args).load() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("syncra: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let plan = loaded.plan;
+    let log_file = match syncra_runtime::logs::init_logging(&plan.runtime.log_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("syncra: cannot write logs to {}: {e}", plan.runtime.log_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let source = loaded.file.map(|f| f.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+    tracing::info!(
+        config = %source,
+        drivers = plan.drivers.nodes.len(),
+        worlds = plan.worlds.nodes.len(),
+        run_dir = %plan.runtime.run_dir.display(),
+        log = %log_file.display(),
+        "syncra {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    let runtime = match RuntimeBuilder::from_plan(plan).start().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        runtime.shutdown(ShutdownCause::Requested).await;
+        return ExitCode::FAILURE;
+    };
+    let cause = tokio::select! {
+        _ = term.recv() => ShutdownCause::Signal("SIGTERM"),
+        _ = int.recv() => ShutdownCause::Signal("SIGINT"),
+        cause = runtime.shutdown_requested() => cause,
+    };
+    // A second signal while stopping: kill everything now.
+    let impatient = runtime.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: killing every node now");
+        impatient.kill_all();
+        std::process::exit(130);
+    });
+    let report = runtime.shutdown(cause).await;
+    ExitCode::from(report.exit_code() as u8)
+}
+
+/// Print a client error and pick the exit code.
+fn fail(e: ClientError) -> ExitCode {
+    eprintln!("syncra: {e}");
+    match e {
+        ClientError::Refused(_) => ExitCode::from(EXIT_USAGE),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+async fn request(run_dir: &Path, req: ControlRequest) -> Result<ControlReply, ClientError> {
+    let client = ControlClient::connect(run_dir).await?;
+    tokio::time::timeout(Duration::from_secs(60), client.request(req))
+        .await
+        .map_err(|_| ClientError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 60 s")))?
+}
+
+async fn simple(run_dir: &Path, req: ControlRequest) -> ExitCode {
+    match request(run_dir, req).await {
+        Ok(ControlReply::Done { message }) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Ok(other) => fail(ClientError::Unexpected(format!("{other:?}"))),
+        Err(e) => fail(e),
+    }
+}
+
+async fn status(run_dir: &Path, json: bool) -> ExitCode {
+    match request(run_dir, ControlRequest::Status).await {
+        Ok(ControlReply::Status(report)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print_status(&report);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(other) => fail(ClientError::Unexpected(format!("{other:?}"))),
+        Err(e) => fail(e),
+    }
+}
+
+fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms}ms"),
+        1..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn print_status(r: &StatusReport) {
+    let rt = &r.runtime;
+    println!("syncra {} (pid {}), up {}{}", rt.version, rt.pid, human_ms(rt.uptime_ms), if rt.shutting_down { ", shutting down" } else { "" });
+    println!("{:<22} {:<7} {:<9} {:>8} {:>4} {:>8} {:>8} {:>9} {:>8}  LAST EXIT / DETAIL", "NODE", "KIND", "STATE", "PID", "INC", "RESTARTS", "UPTIME", "TICK", "ENTITIES");
+    let dash = || "-".to_owned();
+    for n in &r.nodes {
+        let NodeView { name, kind, pid, state, incarnation, restarts, uptime_ms, last_exit, tick, entities, detail, .. } = n;
+        let last = last_exit.as_ref().map(|e| {
+            let how = e.signal.clone().or_else(|| e.code.map(|c| format!("code {c}"))).unwrap_or_default();
+            format!("{} ({how})", e.reason)
+        });
+        let note = [last, detail.clone()].into_iter().flatten().collect::<Vec<_>>().join("; ");
+        println!(
+            "{:<22} {:<7} {:<9} {:>8} {:>4} {:>8} {:>8} {:>9} {:>8}  {}",
+            name.to_string(),
+            kind.to_string(),
+            state.to_string(),
+            pid.map(|p| p.to_string()).unwrap_or_else(dash),
+            incarnation,
+            restarts,
+            uptime_ms.map(human_ms).unwrap_or_else(dash),
+            tick.map(|t| t.to_string()).unwrap_or_else(dash),
+            entities.map(|e| e.to_string()).unwrap_or_else(dash),
+            if note.is_empty() { "-".into() } else { note },
+        );
+    }
+}
+
+async fn crashes(run_dir: &Path, node: Option<String>, limit: usize, json: bool) -> ExitCode {
+    match request(run_dir, ControlRequest::Crashes { node, limit }).await {
+        Ok(ControlReply::Crashes(list)) => {
+            if json {
+                let records: Vec<&CrashEntry> = list.iter().collect();
+                println!("{}", serde_json::to_string_pretty(&records).unwrap_or_default());
+            } else if list.is_empty() {
+                println!("no crashes this session");
+            } else {
+                for c in &list {
+                    let r = &c.record;
+                    let how = r.signal.clone().or_else(|| r.exit_code.map(|x| format!("code {x}"))).unwrap_or_default();
+                    println!("{}  {:<20} {:<15} {how:<10} {}", r.timestamp, r.node.to_string(), r.reason.to_string(), r.detail);
+                    if let Some(p) = &r.panic {
+                        println!("    panic: {} at {}", p.message, p.location.as_deref().unwrap_or("?"));
+                    }
+                    println!("    decision: {:?}", r.decision);
+                    println!("    record: {}", c.path);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(other) => fail(ClientError::Unexpected(format!("{other:?}"))),
+        Err(e) => fail(e),
+    }
+}
+
+fn describe(ev: &LifecycleEvent) -> String {
+    let what = match &ev.what {
+        EventKind::Spawned => "spawned".to_owned(),
+        EventKind::Up { startup_ms } => format!("up after {startup_ms} ms"),
+        EventKind::Hung { silent_ms } => format!("hung: silent for {silent_ms} ms"),
+        EventKind::Down { exit } => {
+            let how = exit.signal.clone().or_else(|| exit.code.map(|c| format!("code {c}"))).unwrap_or_default();
+            format!("down: {} ({how})", exit.reason)
+        }
+        EventKind::Restarting { delay_ms, cause } => format!("restarting in {delay_ms} ms: {cause}"),
+        EventKind::Failed { reason, message } => format!("failed ({reason}): {message}"),
+        EventKind::Stopped => "stopped".to_owned(),
+    };
+    let pid = ev.pid.map(|p| format!(" pid {p}")).unwrap_or_default();
+    format!("{} {}#{}{pid}: {what}", humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ev.unix_ms)), ev.node, ev.incarnation)
+}
+
+async fn events(run_dir: &Path, json: bool) -> ExitCode {
+    let mut stream = match ControlClient::connect(run_dir).await {
+        Ok(c) => match c.subscribe().await {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        },
+        Err(e) => return fail(e),
+    };
+    loop {
+        match stream.next().await {
+            Ok(ev) if json => println!("{}", serde_json::to_string(&ev).unwrap_or_default()),
+            Ok(ev) => println!("{}", describe(&ev)),
+            Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                println!("the runtime has stopped");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => return fail(e),
+        }
+    }
+}

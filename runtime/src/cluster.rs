@@ -1,0 +1,104 @@
+//! The hub: the runtime's own ractor_cluster node, and the gateway actor every child talks to.
+//!
+//! Children connect over their inherited socketpair ([`Hub::attach`]); the hub's mandatory
+//! TCP listener is bound to loopback on an ephemeral port and accepts nothing useful without
+//! the session cookie, which is random per session and never leaves the runtime except in a
+//! child's boot frame. The gateway authenticates each message by the sender's token
+//! ([`crate::registry::Registry::route`]) and hands it to that node's supervisor.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_cluster::node::NodeConnectionMode;
+use ractor_cluster::{NodeServer, NodeServerMessage};
+use syncra_protocol::node::{Envelope, RUNTIME_GROUP, RuntimeInbox, UnixLink};
+use syncra_protocol::wire;
+
+use crate::registry::Registry;
+use crate::supervisor::node::SupMsg;
+
+/// The hub's ractor node name, as children see it.
+pub(crate) const HUB_NAME: &str = "syncra-runtime";
+
+/// The running hub.
+#[derive(Debug, Clone)]
+pub(crate) struct Hub {
+    server: ActorRef<NodeServerMessage>,
+    gateway: ActorRef<RuntimeInbox>,
+    cookie: String,
+}
+
+/// A fresh random session cookie (hex of 32 random bytes).
+fn random_cookie() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Hub {
+    /// Start the hub node and its gateway.
+    pub(crate) async fn start(registry: Arc<Registry>) -> Result<Hub, String> {
+        let cookie = random_cookie().map_err(|e| format!("generating the session cookie: {e}"))?;
+        let server = NodeServer::new(0, cookie.clone(), HUB_NAME.into(), "127.0.0.1".into(), None, Some(NodeConnectionMode::Isolated))
+            .with_listen_addr(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let (server, _) = Actor::spawn(None, server, ()).await.map_err(|e| format!("starting the hub node: {e}"))?;
+        let (gateway, _) =
+            Actor::spawn(None, Gateway { registry }, ()).await.map_err(|e| format!("starting the gateway: {e}"))?;
+        ractor::pg::join(RUNTIME_GROUP.to_owned(), vec![gateway.get_cell()]);
+        Ok(Hub { server, gateway, cookie })
+    }
+
+    /// The session cookie.
+    pub(crate) fn cookie(&self) -> &str {
+        &self.cookie
+    }
+
+    /// Open a session over a connected socket whose other end a child inherited.
+    pub(crate) fn attach(&self, stream: tokio::net::UnixStream, label: &str) -> Result<(), String> {
+        self.server
+            .cast(NodeServerMessage::ConnectionOpenedExternal { stream: Box::new(UnixLink::new(stream, label)), is_server: true })
+            .map_err(|e| format!("the hub node is gone: {e}"))
+    }
+
+    /// Stop the hub node (before the tokio runtime ends, so its listener does not respawn).
+    pub(crate) async fn stop(&self) {
+        ractor::pg::leave(RUNTIME_GROUP.to_owned(), vec![self.gateway.get_cell()]);
+        let _ = self.gateway.stop_and_wait(None, Some(std::time::Duration::from_secs(2))).await;
+        let _ = self.server.stop_and_wait(None, Some(std::time::Duration::from_secs(2))).await;
+    }
+}
+
+/// Receives every child's messages and routes them by token.
+struct Gateway {
+    registry: Arc<Registry>,
+}
+
+impl Actor for Gateway {
+    type Msg = RuntimeInbox;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<RuntimeInbox>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(&self, _: ActorRef<RuntimeInbox>, msg: RuntimeInbox, _: &mut ()) -> Result<(), ActorProcessingErr> {
+        let RuntimeInbox::Packet(bytes) = msg;
+        let env = match wire::decode::<Envelope>("node message", &bytes) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::warn!(error = %e, bytes = bytes.len(), "dropped a malformed message from a child");
+                return Ok(());
+            }
+        };
+        match self.registry.route(&env.token) {
+            Some(route) => {
+                tracing::trace!(node = %route.node, incarnation = route.incarnation, "message from a child");
+                let _ = route.to.cast(SupMsg::FromNode { incarnation: route.incarnation, msg: env.body });
+            }
+            None => tracing::debug!("dropped a message with an unknown or expired token (a late message from a dead incarnation)"),
+        }
+        Ok(())
+    }
+}

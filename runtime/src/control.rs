@@ -1,0 +1,180 @@
+//! The control socket: the server inside the runtime, and [`ControlClient`], which the CLI,
+//! the tests and the benchmarks use to reach a running runtime.
+//!
+//! Only the user who runs the runtime can connect: the socket sits in the 0700 run directory
+//! and every peer's uid is checked again on accept.
+
+use std::path::{Path, PathBuf};
+
+use syncra_protocol::control::{ControlError, ControlErrorKind, ControlFrame, ControlReply, ControlRequest, SOCKET_NAME};
+use syncra_protocol::status::LifecycleEvent;
+use syncra_protocol::wire::{self, DecodeError, MAX_CONTROL_FRAME};
+use syncra_protocol::PROTOCOL_VERSION;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::Runtime;
+
+async fn read_frame(s: &mut UnixStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match s.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = wire::check_len("control", u32::from_be_bytes(len), MAX_CONTROL_FRAME).map_err(std::io::Error::other)?;
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf).await?;
+    Ok(Some(buf))
+}
+
+async fn write_frame(s: &mut UnixStream, payload: &[u8]) -> std::io::Result<()> {
+    s.write_all(&wire::frame(payload)).await
+}
+
+/// Serve the control socket until the task is aborted.
+pub(crate) async fn serve(listener: UnixListener, runtime: Runtime) {
+    let us = rustix::process::getuid();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        match rustix::net::sockopt::socket_peercred(&stream) {
+            Ok(cred) if cred.uid == us || us.is_root() => {}
+            _ => {
+                tracing::warn!("refused a control connection from another user");
+                continue;
+            }
+        }
+        tokio::spawn(handle(stream, runtime.clone()));
+    }
+}
+
+async fn handle(mut stream: UnixStream, runtime: Runtime) {
+    let reply = match read_frame(&mut stream).await {
+        Ok(Some(bytes)) => match wire::decode::<ControlFrame>("control request", &bytes) {
+            Ok(frame) if frame.protocol != PROTOCOL_VERSION => error(
+                ControlErrorKind::Version,
+                format!("this client speaks protocol v{}, the runtime v{PROTOCOL_VERSION}; use the `syncra` that started the runtime", frame.protocol),
+            ),
+            Ok(ControlFrame { request: ControlRequest::Subscribe, .. }) => return subscribe(stream, runtime).await,
+            Ok(frame) => runtime.control(frame.request).await,
+            Err(e) => error(ControlErrorKind::BadRequest, e.to_string()),
+        },
+        Ok(None) => return,
+        Err(e) => error(ControlErrorKind::BadRequest, format!("reading the request: {e}")),
+    };
+    let _ = write_frame(&mut stream, &wire::encode(&reply)).await;
+}
+
+async fn subscribe(mut stream: UnixStream, runtime: Runtime) {
+    let mut events = runtime.subscribe();
+    let mut closed = [0u8; 1];
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(ev) => {
+                    if write_frame(&mut stream, &wire::encode(&ControlReply::Event(ev))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "an event subscriber is too slow; it missed events");
+                }
+                Err(_) => return,
+            },
+            // The client hangs up (or writes, which it should not): end the stream.
+            _ = stream.read(&mut closed) => return,
+        }
+    }
+}
+
+fn error(kind: ControlErrorKind, message: String) -> ControlReply {
+    ControlReply::Error(ControlError { kind, message })
+}
+
+/// Why a client could not talk to a runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No runtime serves that run directory.
+    #[error(
+        "no syncra runtime is running with run dir {} (start one with `syncra run`, or point at another with --run-dir / SYNCRA_RUN_DIR)",
+        .0.display()
+    )]
+    NotRunning(PathBuf),
+    /// The connection failed mid-way.
+    #[error("talking to the runtime: {0}")]
+    Io(#[from] std::io::Error),
+    /// The runtime's answer could not be decoded.
+    #[error("the runtime's answer: {0}")]
+    Decode(#[from] DecodeError),
+    /// The runtime refused the request.
+    #[error("{0}")]
+    Refused(ControlError),
+    /// The runtime answered something unexpected.
+    #[error("unexpected answer from the runtime: {0}")]
+    Unexpected(String),
+}
+
+/// A connection to a running runtime's control socket.
+#[derive(Debug)]
+pub struct ControlClient {
+    stream: UnixStream,
+}
+
+impl ControlClient {
+    /// Connect to the runtime whose run directory is `run_dir`.
+    pub async fn connect(run_dir: &Path) -> Result<ControlClient, ClientError> {
+        let path = run_dir.join(SOCKET_NAME);
+        match UnixStream::connect(&path).await {
+            Ok(stream) => Ok(ControlClient { stream }),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+                Err(ClientError::NotRunning(run_dir.to_owned()))
+            }
+            Err(e) => Err(ClientError::Io(e)),
+        }
+    }
+
+    /// Send one request and read its reply. Refusals come back as [`ClientError::Refused`].
+    pub async fn request(mut self, request: ControlRequest) -> Result<ControlReply, ClientError> {
+        self.send(request).await?;
+        match self.read().await? {
+            ControlReply::Error(e) => Err(ClientError::Refused(e)),
+            reply => Ok(reply),
+        }
+    }
+
+    /// Subscribe to lifecycle events; read them with [`EventStream::next`].
+    pub async fn subscribe(mut self) -> Result<EventStream, ClientError> {
+        self.send(ControlRequest::Subscribe).await?;
+        Ok(EventStream { client: self })
+    }
+
+    async fn send(&mut self, request: ControlRequest) -> Result<(), ClientError> {
+        let frame = ControlFrame { protocol: PROTOCOL_VERSION, request };
+        write_frame(&mut self.stream, &wire::encode(&frame)).await?;
+        Ok(())
+    }
+
+    async fn read(&mut self) -> Result<ControlReply, ClientError> {
+        match read_frame(&mut self.stream).await? {
+            Some(bytes) => Ok(wire::decode("control reply", &bytes)?),
+            None => Err(ClientError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the runtime closed the connection"))),
+        }
+    }
+}
+
+/// A stream of lifecycle events from a running runtime.
+#[derive(Debug)]
+pub struct EventStream {
+    client: ControlClient,
+}
+
+impl EventStream {
+    /// The next event (waits for it).
+    pub async fn next(&mut self) -> Result<LifecycleEvent, ClientError> {
+        match self.client.read().await? {
+            ControlReply::Event(ev) => Ok(ev),
+            ControlReply::Error(e) => Err(ClientError::Refused(e)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The registry: one record per configured node (what `syncra status` shows), the routing
+//! table from a child's token to its supervisor, and a change signal others wait on.
+//!
+//! Each record has exactly one writer, the node's own supervisor; everyone else reads
+//! snapshots. The routing table is how the gateway authenticates a child's messages: a token
+//! is known only to the runtime and that one incarnation.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use ractor::ActorRef;
+use syncra_protocol::boot::Token;
+use syncra_protocol::status::NodeView;
+use syncra_protocol::{NodeName, NodeState};
+use tokio::sync::watch;
+
+use crate::supervisor::node::SupMsg;
+
+/// One node's record.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    /// What status shows (uptime is filled in at snapshot time).
+    pub(crate) view: NodeView,
+    /// When the current incarnation became ready.
+    pub(crate) ready_since: Option<Instant>,
+}
+
+/// Where a token's messages go.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub(crate) node: NodeName,
+    pub(crate) incarnation: u64,
+    pub(crate) to: ActorRef<SupMsg>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Registry {
+    records: RwLock<Vec<Record>>,
+    routes: RwLock<HashMap<Token, Route>>,
+    version: watch::Sender<u64>,
+    shutting_down: AtomicBool,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Registry {
+    /// A registry with one stopped record per node, in start order.
+    pub(crate) fn new(nodes: impl IntoIterator<Item = NodeName>) -> Registry {
+        let records = nodes
+            .into_iter()
+            .map(|name| Record {
+                view: NodeView {
+                    kind: name.kind(),
+                    name,
+                    pid: None,
+                    state: NodeState::Stopped,
+                    incarnation: 0,
+                    restarts: 0,
+                    uptime_ms: None,
+                    last_exit: None,
+                    tick: None,
+                    entities: None,
+                    tick_us: None,
+                    detail: Some("not started yet".into()),
+                },
+                ready_since: None,
+            })
+            .collect();
+        Registry {
+            records: RwLock::new(records),
+            routes: RwLock::new(HashMap::new()),
+            version: watch::channel(0).0,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Change `name`'s record and wake everyone waiting on a change.
+    pub(crate) fn update(&self, name: &NodeName, f: impl FnOnce(&mut Record)) {
+        {
+            let mut records = write(&self.records);
+            if let Some(r) = records.iter_mut().find(|r| r.view.name == *name) {
+                f(r);
+            }
+        }
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Every node's view, uptime computed now.
+    pub(crate) fn snapshot(&self) -> Vec<NodeView> {
+        let now = Instant::now();
+        read(&self.records)
+            .iter()
+            .map(|r| {
+                let mut v = r.view.clone();
+                v.uptime_ms = r.ready_since.map(|t| now.duration_since(t).as_millis() as u64);
+                v
+            })
+            .collect()
+    }
+
+    /// The state of `name`, if configured.
+    pub(crate) fn state(&self, name: &NodeName) -> Option<NodeState> {
+        read(&self.records).iter().find(|r| r.view.name == *name).map(|r| r.view.state)
+    }
+
+    /// Names of every node, in start order.
+    pub(crate) fn names(&self) -> Vec<NodeName> {
+        read(&self.records).iter().map(|r| r.view.name.clone()).collect()
+    }
+
+    /// A receiver that changes whenever any record does.
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    pub(crate) fn add_route(&self, token: Token, route: Route) {
+        write(&self.routes).insert(token, route);
+    }
+
+    pub(crate) fn remove_route(&self, token: &Token) {
+        write(&self.routes).remove(token);
+    }
+
+    pub(crate) fn route(&self, token: &Token) -> Option<Route> {
+        read(&self.routes).get(token).cloned()
+    }
+
+    /// Mark the runtime as shutting down: no supervisor restarts anything after this.
+    pub(crate) fn begin_shutdown(&self) -> bool {
+        let first = !self.shutting_down.swap(true, Ordering::AcqRel);
+        self.version.send_modify(|v| *v += 1);
+        first
+    }
+
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+}

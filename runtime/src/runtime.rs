@@ -1,0 +1,482 @@
+//! [`Runtime`]: the supervisor as a library. Start it from a config, drive it, stop it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorRef, RpcReplyPort};
+use syncra_config::{HookPoint, Plan, SyncraConfig};
+use syncra_protocol::control::{ControlError, ControlErrorKind, ControlReply, ControlRequest, CrashEntry};
+use syncra_protocol::status::{LifecycleEvent, RuntimeInfo, StatusReport};
+use syncra_protocol::{NodeKind, NodeName, NodeState, PROTOCOL_VERSION};
+use tokio::sync::{broadcast, watch};
+
+use crate::cluster::Hub;
+use crate::hooks::{HookContext, HookFn, HookRunner};
+use crate::logs;
+use crate::registry::Registry;
+use crate::rundir::{RunDir, RunDirError};
+use crate::spawn::Spawner;
+use crate::supervisor::group::{Group, GroupMsg};
+use crate::supervisor::node::SupMsg;
+use crate::supervisor::{Ctx, ShutdownCause};
+
+/// Capacity of the lifecycle event channel; a subscriber further behind misses events.
+const EVENT_CAPACITY: usize = 4096;
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config is invalid.
+    #[error(transparent)]
+    Config(#[from] syncra_config::ConfigError),
+    /// The run directory cannot be used.
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    /// A directory could not be created.
+    #[error("creating {what} {}: {source}", path.display())]
+    Dir {
+        /// Which directory.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The hub node, the spawner or the control socket could not start.
+    #[error("starting the runtime: {0}")]
+    Internal(String),
+}
+
+/// Builds a [`Runtime`]: the config, plus what only code can give (hook callbacks).
+pub struct RuntimeBuilder {
+    plan: Result<Plan, syncra_config::ConfigError>,
+    callbacks: Vec<(HookPoint, HookFn)>,
+    bin_dirs: Vec<PathBuf>,
+    exe_dir: Option<PathBuf>,
+    control_socket: bool,
+}
+
+impl std::fmt::Debug for RuntimeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeBuilder").field("bin_dirs", &self.bin_dirs).field("control_socket", &self.control_socket).finish()
+    }
+}
+
+impl RuntimeBuilder {
+    /// A builder for `config` (validated at [`RuntimeBuilder::start`]).
+    pub fn new(config: &SyncraConfig) -> Self {
+        Self::from_plan_result(config.plan())
+    }
+
+    /// A builder for an already validated plan (from [`syncra_config::Loader`]).
+    pub fn from_plan(plan: Plan) -> Self {
+        Self::from_plan_result(Ok(plan))
+    }
+
+    fn from_plan_result(plan: Result<Plan, syncra_config::ConfigError>) -> Self {
+        let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.to_owned()));
+        Self { plan, callbacks: Vec::new(), bin_dirs: Vec::new(), exe_dir, control_socket: true }
+    }
+
+    /// Run `f` at `point` for every node, after the config's hook commands. It runs on a
+    /// blocking thread, bounded by the hook timeout.
+    pub fn hook(mut self, point: HookPoint, f: impl Fn(&HookContext) + Send + Sync + 'static) -> Self {
+        self.callbacks.push((point, Arc::new(f)));
+        self
+    }
+
+    /// Look for bare executable names in `dir` before `PATH` (by default: the directory of the
+    /// current executable). Directories given here are searched first, in order.
+    pub fn bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.bin_dirs.push(dir.into());
+        self
+    }
+
+    /// Whether to serve the control socket (default: yes). Without it, the CLI cannot reach
+    /// this runtime; the run directory is still locked.
+    pub fn control_socket(mut self, on: bool) -> Self {
+        self.control_socket = on;
+        self
+    }
+
+    /// Start the runtime: create its directories, lock its run directory, start the hub
+    /// node, then start the drivers (in order) and, once each is ready or failed, the worlds.
+    /// Returns as soon as the start sequence is under way; see [`Runtime::wait_ready`].
+    pub async fn start(self) -> Result<Runtime, StartError> {
+        let plan = self.plan?;
+        let rt = &plan.runtime;
+        for (what, dir) in [("log dir", &rt.log_dir), ("crash dir", &rt.crash_dir)] {
+            logs::ensure_dir(dir).map_err(|source| StartError::Dir { what, path: dir.clone(), source })?;
+        }
+        let run_dir = RunDir::acquire(&rt.run_dir)?;
+
+        let registry = Arc::new(Registry::new(plan.nodes().map(|n| n.name.clone())));
+        let spawner = Spawner::start(tokio::runtime::Handle::current()).map_err(|e| StartError::Internal(format!("spawner thread: {e}")))?;
+        let hub = Hub::start(registry.clone()).await.map_err(StartError::Internal)?;
+        let extra_env = vec![
+            ("SYNCRA_RUN_DIR".to_owned(), rt.run_dir.display().to_string()),
+            ("SYNCRA_LOG_DIR".to_owned(), rt.log_dir.display().to_string()),
+        ];
+        let hooks = HookRunner::new(spawner.clone(), plan.hooks.clone(), self.callbacks, extra_env);
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let ctx = Arc::new(Ctx {
+            registry: registry.clone(),
+            spawner,
+            hub: hub.clone(),
+            hooks,
+            events,
+            runtime: rt.clone(),
+            bin_dirs: self.bin_dirs.into_iter().chain(self.exe_dir).collect(),
+            crashes: Mutex::new(Vec::new()),
+            shutdown: watch::channel(None).0,
+        });
+
+        let (drivers, _) = Actor::spawn(None, Group, ("drivers", plan.drivers.clone(), ctx.clone()))
+            .await
+            .map_err(|e| StartError::Internal(format!("drivers group: {e}")))?;
+        let (worlds, _) = Actor::spawn(None, Group, ("worlds", plan.worlds.clone(), ctx.clone()))
+            .await
+            .map_err(|e| StartError::Internal(format!("worlds group: {e}")))?;
+        let mut supervisors = HashMap::new();
+        for group in [&drivers, &worlds] {
+            let children = ractor::call_t!(group, GroupMsg::Children, 5000).map_err(|e| StartError::Internal(format!("listing a group: {e}")))?;
+            supervisors.extend(children);
+        }
+
+        let socket = run_dir.socket();
+        let listener = if self.control_socket {
+            Some(tokio::net::UnixListener::bind(&socket).map_err(|e| StartError::Internal(format!("binding {}: {e}", socket.display())))?)
+        } else {
+            None
+        };
+        let runtime = Runtime {
+            inner: Arc::new(Inner {
+                ctx,
+                plan,
+                drivers,
+                worlds,
+                supervisors,
+                started: Instant::now(),
+                hub,
+                run_dir: Mutex::new(Some(run_dir)),
+                control: Mutex::new(None),
+                finished: tokio::sync::OnceCell::new(),
+            }),
+        };
+        if let Some(listener) = listener {
+            let task = tokio::spawn(crate::control::serve(listener, runtime.clone()));
+            *runtime.inner.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        }
+        tokio::spawn(start_sequence(runtime.clone()));
+        Ok(runtime)
+    }
+}
+
+/// Drivers first, in order; worlds once every driver is ready (or has failed).
+async fn start_sequence(rt: Runtime) {
+    let t0 = Instant::now();
+    let _ = rt.inner.drivers.cast(GroupMsg::Start);
+    let drivers: Vec<NodeName> = rt.inner.plan.drivers.nodes.iter().map(|n| n.name.clone()).collect();
+    rt.wait_for(|nodes| drivers.iter().all(|d| settled(nodes, d))).await;
+    if rt.inner.ctx.registry.shutting_down() {
+        return;
+    }
+    let _ = rt.inner.worlds.cast(GroupMsg::Start);
+    let all: Vec<NodeName> = rt.inner.plan.nodes().map(|n| n.name.clone()).collect();
+    rt.wait_for(|nodes| all.iter().all(|n| settled(nodes, n))).await;
+    let report = rt.status();
+    let ready = report.nodes.iter().filter(|n| n.state == NodeState::Ready).count();
+    let failed: Vec<&str> = report.nodes.iter().filter(|n| n.state == NodeState::Failed).map(|n| n.name.as_str()).collect();
+    if failed.is_empty() {
+        tracing::info!(ready, ms = t0.elapsed().as_millis() as u64, "all nodes ready");
+    } else {
+        tracing::warn!(ready, failed = %failed.join(", "), ms = t0.elapsed().as_millis() as u64, "started, with failed nodes (see `syncra status`)");
+    }
+}
+
+/// Whether `name` has reached a state a start sequence can move on from.
+fn settled(nodes: &[syncra_protocol::status::NodeView], name: &NodeName) -> bool {
+    nodes.iter().find(|n| n.name == *name).is_none_or(|n| {
+        matches!(n.state, NodeState::Ready | NodeState::Failed) || (n.state == NodeState::Stopped && n.incarnation > 0)
+    })
+}
+
+struct Inner {
+    ctx: Arc<Ctx>,
+    plan: Plan,
+    drivers: ActorRef<GroupMsg>,
+    worlds: ActorRef<GroupMsg>,
+    supervisors: HashMap<NodeName, ActorRef<SupMsg>>,
+    started: Instant,
+    hub: Hub,
+    run_dir: Mutex<Option<RunDir>>,
+    control: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    finished: tokio::sync::OnceCell<ShutdownReport>,
+}
+
+/// A running runtime. Cheap to clone; every clone drives the same runtime.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("run_dir", &self.inner.plan.runtime.run_dir).finish_non_exhaustive()
+    }
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Why it happened.
+    pub cause: ShutdownCause,
+    /// Nodes that had to be killed because they did not stop within their timeout.
+    pub killed: Vec<NodeName>,
+    /// How long it took.
+    pub took: Duration,
+}
+
+impl ShutdownReport {
+    /// The process exit code this shutdown deserves: 0 for a requested shutdown, 1 when the
+    /// runtime shut down because it gave up on a node.
+    pub fn exit_code(&self) -> i32 {
+        match self.cause {
+            ShutdownCause::GaveUp(_) => 1,
+            _ => 0,
+        }
+    }
+}
+
+impl Runtime {
+    /// Start a runtime for `config` (see [`RuntimeBuilder`] for hook callbacks).
+    pub async fn start(config: &SyncraConfig) -> Result<Runtime, StartError> {
+        RuntimeBuilder::new(config).start().await
+    }
+
+    /// Every node's state.
+    pub fn status(&self) -> StatusReport {
+        let rt = &self.inner.plan.runtime;
+        StatusReport {
+            runtime: RuntimeInfo {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                protocol: PROTOCOL_VERSION,
+                uptime_ms: self.inner.started.elapsed().as_millis() as u64,
+                run_dir: rt.run_dir.display().to_string(),
+                log_dir: rt.log_dir.display().to_string(),
+                crash_dir: rt.crash_dir.display().to_string(),
+                shutting_down: self.inner.ctx.registry.shutting_down(),
+            },
+            nodes: self.inner.ctx.registry.snapshot(),
+        }
+    }
+
+    /// The plan this runtime runs.
+    pub fn plan(&self) -> &Plan {
+        &self.inner.plan
+    }
+
+    /// Lifecycle events from now on (spawned, up, hung, down, restarting, failed, stopped).
+    pub fn subscribe(&self) -> broadcast::Receiver<LifecycleEvent> {
+        self.inner.ctx.events.subscribe()
+    }
+
+    /// Wait until every node is ready or failed, or `timeout` passes; the status at that moment.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<StatusReport, StatusReport> {
+        let all: Vec<NodeName> = self.inner.plan.nodes().map(|n| n.name.clone()).collect();
+        let done = tokio::time::timeout(timeout, self.wait_for(|nodes| all.iter().all(|n| settled(nodes, n)))).await;
+        let status = self.status();
+        if done.is_ok() && status.nodes.iter().all(|n| n.state == NodeState::Ready) { Ok(status) } else { Err(status) }
+    }
+
+    async fn wait_for(&self, cond: impl Fn(&[syncra_protocol::status::NodeView]) -> bool) {
+        let mut changes = self.inner.ctx.registry.watch();
+        loop {
+            if cond(&self.inner.ctx.registry.snapshot()) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn supervisor(&self, name: &str) -> Result<&ActorRef<SupMsg>, ControlError> {
+        let parsed = NodeName::parse(name).ok();
+        parsed.as_ref().and_then(|n| self.inner.supervisors.get(n)).ok_or_else(|| ControlError {
+            kind: ControlErrorKind::UnknownNode,
+            message: format!(
+                "no node is called `{name}`; nodes: {}",
+                self.inner.ctx.registry.names().iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    fn refuse_if_shutting_down(&self) -> Result<(), ControlError> {
+        if self.inner.ctx.registry.shutting_down() {
+            Err(ControlError { kind: ControlErrorKind::ShuttingDown, message: "the runtime is shutting down".into() })
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn ask(
+        &self,
+        name: &str,
+        msg: impl FnOnce(RpcReplyPort<Result<String, String>>) -> SupMsg,
+    ) -> Result<String, ControlError> {
+        self.refuse_if_shutting_down()?;
+        let sup = self.supervisor(name)?;
+        match sup.call(msg, Some(Duration::from_secs(30))).await {
+            Ok(ractor::rpc::CallResult::Success(Ok(m))) => Ok(m),
+            Ok(ractor::rpc::CallResult::Success(Err(m))) => Err(ControlError { kind: ControlErrorKind::BadRequest, message: m }),
+            _ => Err(ControlError { kind: ControlErrorKind::ShuttingDown, message: format!("the supervisor of {name} did not answer") }),
+        }
+    }
+
+    /// Restart a node now: a graceful stop, then a new incarnation (also from `failed` or
+    /// `stopped`). Its failure history is forgotten.
+    pub async fn restart(&self, name: &str) -> Result<String, ControlError> {
+        self.ask(name, SupMsg::RestartRequest).await
+    }
+
+    /// Start a stopped or failed node.
+    pub async fn start_node(&self, name: &str) -> Result<String, ControlError> {
+        self.ask(name, SupMsg::StartRequest).await
+    }
+
+    /// Stop a node (graceful request, SIGKILL at its stop timeout); it stays stopped. Returns
+    /// once it has stopped.
+    pub async fn stop_node(&self, name: &str) -> Result<String, ControlError> {
+        self.refuse_if_shutting_down()?;
+        let sup = self.supervisor(name)?.clone();
+        self.stop_one(&sup).await;
+        Ok(format!("stopped {name}"))
+    }
+
+    async fn stop_one(&self, sup: &ActorRef<SupMsg>) {
+        let limit = self.stop_limit();
+        let _ = sup.call(SupMsg::Stop, Some(limit)).await;
+    }
+
+    /// The longest a node can take to stop: its stop timeout, the abort grace, and margin.
+    fn stop_limit(&self) -> Duration {
+        let longest = self.inner.plan.nodes().map(|n| n.stop_timeout).max().unwrap_or_default();
+        longest + self.inner.plan.runtime.abort_grace + Duration::from_secs(5)
+    }
+
+    /// This session's crash records (newest last), optionally of one node, at most `limit`.
+    pub fn crashes(&self, node: Option<&str>, limit: usize) -> Vec<CrashEntry> {
+        let all = self.inner.ctx.crashes.lock().unwrap_or_else(|p| p.into_inner());
+        let mine: Vec<CrashEntry> = all.iter().filter(|c| node.is_none_or(|n| c.record.node.as_str() == n)).cloned().collect();
+        mine[mine.len().saturating_sub(limit)..].to_vec()
+    }
+
+    /// Ask the runtime to shut down; whoever awaits [`Runtime::shutdown_requested`] carries it out.
+    pub fn request_shutdown(&self, cause: ShutdownCause) {
+        self.inner.ctx.request_shutdown(cause);
+    }
+
+    /// Wait until something asks for a shutdown (the control socket, a give-up with
+    /// `on_give_up = "shutdown"`, [`Runtime::request_shutdown`]).
+    pub async fn shutdown_requested(&self) -> ShutdownCause {
+        let mut rx = self.inner.ctx.shutdown.subscribe();
+        loop {
+            if let Some(cause) = rx.borrow_and_update().clone() {
+                return cause;
+            }
+            if rx.changed().await.is_err() {
+                return ShutdownCause::Requested;
+            }
+        }
+    }
+
+    /// Stop everything in order — worlds first (together), then drivers in reverse start
+    /// order — each with a graceful request and SIGKILL at its stop timeout; then stop the hub
+    /// and the control socket. Safe to call more than once: later calls wait for the first.
+    pub async fn shutdown(&self, cause: ShutdownCause) -> ShutdownReport {
+        self.inner.finished.get_or_init(|| self.do_shutdown(cause)).await.clone()
+    }
+
+    async fn do_shutdown(&self, cause: ShutdownCause) -> ShutdownReport {
+        let t0 = Instant::now();
+        self.inner.ctx.registry.begin_shutdown();
+        self.inner.ctx.request_shutdown(cause.clone());
+        tracing::info!(cause = ?cause, "shutting down: worlds first, then drivers in reverse order");
+        let mut killed_events = self.subscribe();
+        let sup = |n: &NodeName| self.inner.supervisors.get(n).cloned();
+        let worlds: Vec<ActorRef<SupMsg>> = self.inner.plan.worlds.nodes.iter().filter_map(|n| sup(&n.name)).collect();
+        let limit = self.stop_limit();
+        let mut stops = tokio::task::JoinSet::new();
+        for w in worlds {
+            stops.spawn(async move {
+                let _ = w.call(SupMsg::Stop, Some(limit)).await;
+            });
+        }
+        while stops.join_next().await.is_some() {}
+        for driver in self.inner.plan.drivers.nodes.iter().rev() {
+            if let Some(s) = sup(&driver.name) {
+                self.stop_one(&s).await;
+            }
+        }
+        let mut killed = Vec::new();
+        while let Ok(ev) = killed_events.try_recv() {
+            if let syncra_protocol::status::EventKind::Down { exit } = &ev.what {
+                if exit.signal.as_deref() == Some("SIGKILL") {
+                    killed.push(ev.node.clone());
+                }
+            }
+        }
+        if let Some(task) = self.inner.control.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+        self.inner.hub.stop().await;
+        self.inner.drivers.stop(None);
+        self.inner.worlds.stop(None);
+        drop(self.inner.run_dir.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let report = ShutdownReport { cause, killed, took: t0.elapsed() };
+        tracing::info!(ms = report.took.as_millis() as u64, killed = report.killed.len(), "shut down");
+        report
+    }
+
+    /// Answer a control request (what the control socket serves).
+    pub async fn control(&self, request: ControlRequest) -> ControlReply {
+        let done = |r: Result<String, ControlError>| match r {
+            Ok(message) => ControlReply::Done { message },
+            Err(e) => ControlReply::Error(e),
+        };
+        match request {
+            ControlRequest::Status => ControlReply::Status(self.status()),
+            ControlRequest::Restart { node } => done(self.restart(&node).await),
+            ControlRequest::Stop { node } => done(self.stop_node(&node).await),
+            ControlRequest::Start { node } => done(self.start_node(&node).await),
+            ControlRequest::Shutdown => {
+                self.request_shutdown(ShutdownCause::Requested);
+                ControlReply::Done { message: "shutting down".into() }
+            }
+            ControlRequest::Crashes { node, limit } => ControlReply::Crashes(self.crashes(node.as_deref(), limit)),
+            ControlRequest::Subscribe => ControlReply::Error(ControlError {
+                kind: ControlErrorKind::BadRequest,
+                message: "subscribe through the control socket or Runtime::subscribe".into(),
+            }),
+        }
+    }
+
+    /// SIGKILL every running node's process group at once (a second Ctrl-C).
+    pub fn kill_all(&self) {
+        for n in self.inner.ctx.registry.snapshot() {
+            if let Some(pid) = n.pid {
+                crate::spawn::signal_group(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+
+    /// Nodes of `kind`, in start order.
+    pub fn nodes(&self, kind: NodeKind) -> Vec<NodeName> {
+        self.inner.plan.nodes().filter(|n| n.kind == kind).map(|n| n.name.clone()).collect()
+    }
+}

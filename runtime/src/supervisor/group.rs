@@ -1,0 +1,94 @@
+//! A group: the supervisor of the node supervisors of one kind (drivers or worlds), applying
+//! its strategy when one of them restarts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+use syncra_config::{GroupPlan, Strategy};
+use syncra_protocol::NodeName;
+
+use super::Ctx;
+use super::node::{NodeSupervisor, SupArgs, SupMsg};
+use super::policy;
+
+/// A group's mailbox.
+#[derive(RactorMessage)]
+pub(crate) enum GroupMsg {
+    /// Start every child, in order.
+    Start,
+    /// `failed` is restarting: restart the siblings the strategy names; reply with them.
+    ChildRestarting { failed: NodeName, reply: RpcReplyPort<Vec<NodeName>> },
+    /// The children, in start order.
+    Children(RpcReplyPort<Vec<(NodeName, ActorRef<SupMsg>)>>),
+}
+
+pub(crate) struct Group;
+
+pub(crate) struct GroupState {
+    label: &'static str,
+    strategy: Strategy,
+    children: Vec<(NodeName, ActorRef<SupMsg>)>,
+}
+
+impl Actor for Group {
+    type Msg = GroupMsg;
+    type State = GroupState;
+    type Arguments = (&'static str, GroupPlan, Arc<Ctx>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<GroupMsg>,
+        (label, plan, ctx): Self::Arguments,
+    ) -> Result<GroupState, ActorProcessingErr> {
+        let mut children = Vec::with_capacity(plan.nodes.len());
+        for node in plan.nodes {
+            let name = node.name.clone();
+            let args = SupArgs { ctx: ctx.clone(), plan: node, policy: plan.policy, group: myself.clone() };
+            let (child, _) = Actor::spawn_linked(None, NodeSupervisor, args, myself.get_cell()).await?;
+            children.push((name, child));
+        }
+        Ok(GroupState { label, strategy: plan.policy.strategy, children })
+    }
+
+    async fn handle(&self, _: ActorRef<GroupMsg>, msg: GroupMsg, st: &mut GroupState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            GroupMsg::Start => {
+                for (_, child) in &st.children {
+                    let _ = child.cast(SupMsg::Start);
+                }
+            }
+            GroupMsg::ChildRestarting { failed, reply } => {
+                let order: Vec<NodeName> = st.children.iter().map(|(n, _)| n.clone()).collect();
+                let siblings = policy::siblings(st.strategy, &order, &failed);
+                for sibling in &siblings {
+                    if let Some((_, child)) = st.children.iter().find(|(n, _)| n == sibling) {
+                        let _ = child.cast(SupMsg::Restart {
+                            delay: Duration::ZERO,
+                            cause: format!("{failed} failed ({} in group {})", st.strategy, st.label),
+                            user: false,
+                        });
+                    }
+                }
+                let _ = reply.send(siblings);
+            }
+            GroupMsg::Children(reply) => {
+                let _ = reply.send(st.children.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<GroupMsg>,
+        ev: SupervisionEvent,
+        st: &mut GroupState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(who, err) = ev {
+            tracing::error!(group = st.label, actor = %who.get_id(), error = %err, "a node supervisor failed (a bug): its node is no longer supervised");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,75 @@
+//! The supervision tree:
+//!
+//! ```text
+//! Runtime
+//! ├── Group "drivers"   strategy, intensity        (group::Group)
+//! │   └── NodeSupervisor per driver process         (node::NodeSupervisor)
+//! └── Group "worlds"
+//!     └── NodeSupervisor per world process
+//! ```
+//!
+//! A [`node::NodeSupervisor`] owns one OS process through its whole life; a [`group::Group`]
+//! applies OTP strategies (which siblings restart with a failed child). Restart policy itself
+//! is data, decided by the pure functions in [`policy`].
+
+pub(crate) mod group;
+pub(crate) mod node;
+pub(crate) mod policy;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use syncra_config::RuntimePlan;
+use syncra_protocol::control::CrashEntry;
+use syncra_protocol::status::LifecycleEvent;
+use tokio::sync::{broadcast, watch};
+
+use crate::cluster::Hub;
+use crate::hooks::HookRunner;
+use crate::registry::Registry;
+use crate::spawn::Spawner;
+
+/// Why the runtime is shutting down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShutdownCause {
+    /// A user asked (`syncra shutdown`, or the embedding API).
+    Requested,
+    /// SIGTERM or SIGINT.
+    Signal(&'static str),
+    /// The supervisor gave up on a node and config says to shut down.
+    GaveUp(String),
+}
+
+/// What every supervisor shares.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) spawner: Spawner,
+    pub(crate) hub: Hub,
+    pub(crate) hooks: HookRunner,
+    pub(crate) events: broadcast::Sender<LifecycleEvent>,
+    pub(crate) runtime: RuntimePlan,
+    /// Where bare executable names are looked for first.
+    pub(crate) bin_dirs: Vec<PathBuf>,
+    /// This session's crash records, oldest first.
+    pub(crate) crashes: Mutex<Vec<CrashEntry>>,
+    /// Set when something asks the runtime to shut down.
+    pub(crate) shutdown: watch::Sender<Option<ShutdownCause>>,
+}
+
+impl Ctx {
+    pub(crate) fn emit(&self, event: LifecycleEvent) {
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn request_shutdown(&self, cause: ShutdownCause) {
+        self.shutdown.send_if_modified(|c| {
+            if c.is_none() {
+                *c = Some(cause);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}

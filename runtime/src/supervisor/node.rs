@@ -1,0 +1,929 @@
+//! The node supervisor: owns one node's OS process through its whole life.
+//!
+//! ```text
+//! stopped ──Start──▶ starting ──Ready──▶ ready ──(exit | hung)──▶ backoff ──▶ starting …
+//!    ▲                  │                  │                         │
+//!    └──── Stop ────────┴───── stopping ◀──┘                         └──▶ failed
+//! ```
+//!
+//! Everything that happens to the node arrives as one [`SupMsg`] and is handled in one
+//! `match` in [`NodeSupervisor::handle`]. Death is seen at once (the child's exit, through
+//! tokio's pidfd-based wait); a hang is seen when heartbeats stop for the node's deadline,
+//! and answered with SIGABRT (for a dump), then SIGKILL.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+use rustix::process::Signal;
+use syncra_config::{GiveUpAction, GroupPolicy, HookPoint, NodePlan};
+use syncra_protocol::boot::{Boot, ClusterJoin, PANIC_FD, Token};
+use syncra_protocol::crash::{CrashRecord, Decision, ExitSummary, PanicReport, Reason};
+use syncra_protocol::node::{NodeInbox, NodeToRuntime, RuntimeToNode, agent_group};
+use syncra_protocol::status::{EventKind, LifecycleEvent};
+use syncra_protocol::{NodeName, NodeState, PROTOCOL_VERSION, wire};
+use tokio::io::AsyncWriteExt;
+
+use super::group::GroupMsg;
+use super::policy::{self, Ending, History, Termination, Verdict};
+use super::{Ctx, ShutdownCause};
+use crate::cluster::HUB_NAME;
+use crate::hooks::HookContext;
+use crate::logs;
+use crate::registry::Route;
+use crate::spawn::{SpawnError, SpawnSpec, resolve_program, signal, signal_group};
+
+/// How long the exit handler waits for a dead child's pipes to drain.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(300);
+
+/// Everything that can happen to a node.
+#[derive(RactorMessage)]
+pub(crate) enum SupMsg {
+    /// Begin supervising: start the node (first start, by the group).
+    Start,
+    /// The nodes this one depends on are all ready (`Ok`) or one cannot become ready.
+    DepsSettled { epoch: u64, result: Result<(), String> },
+    /// A restart delay is over.
+    Spawn { epoch: u64 },
+    /// A message from the child, authenticated by the gateway.
+    FromNode { incarnation: u64, msg: NodeToRuntime },
+    /// The child's process ended.
+    Exited(Box<ExitReport>),
+    /// The start timeout of an incarnation expired.
+    StartTimeout { incarnation: u64 },
+    /// Time to check an incarnation's heartbeat.
+    BeatCheck { incarnation: u64 },
+    /// A grace period expired (abort of a hung node, graceful stop): SIGKILL.
+    KillNow { incarnation: u64 },
+    /// Restart (a sibling failed under one_for_all / rest_for_one, or a user asked).
+    Restart { delay: Duration, cause: String, user: bool },
+    /// Stop the node and keep it stopped; reply once it is.
+    Stop(RpcReplyPort<()>),
+    /// A user asks to start a stopped or failed node.
+    StartRequest(RpcReplyPort<Result<String, String>>),
+    /// A user asks to restart the node.
+    RestartRequest(RpcReplyPort<Result<String, String>>),
+}
+
+/// How an incarnation's process ended, as the waiter saw it.
+#[derive(Debug)]
+pub(crate) struct ExitReport {
+    incarnation: u64,
+    termination: Termination,
+    at: SystemTime,
+    stderr_tail: Vec<String>,
+    panic: Option<PanicReport>,
+    /// For a spawn that failed before a process existed.
+    spawn_error: Option<SpawnError>,
+}
+
+pub(crate) struct SupArgs {
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) plan: NodePlan,
+    pub(crate) policy: GroupPolicy,
+    pub(crate) group: ActorRef<GroupMsg>,
+}
+
+pub(crate) struct NodeSupervisor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Stopped,
+    Waiting,
+    Starting,
+    Ready,
+    Stopping,
+    Backoff,
+    Failed,
+}
+
+impl Phase {
+    fn state(self) -> NodeState {
+        match self {
+            Phase::Stopped => NodeState::Stopped,
+            Phase::Waiting | Phase::Starting => NodeState::Starting,
+            Phase::Ready => NodeState::Ready,
+            Phase::Stopping => NodeState::Stopping,
+            Phase::Backoff => NodeState::Backoff,
+            Phase::Failed => NodeState::Failed,
+        }
+    }
+}
+
+/// Why the runtime itself ended an incarnation.
+#[derive(Debug, Clone)]
+enum Forced {
+    Hung { silent: Duration },
+    StartTimeout,
+    Refused(String),
+    Requested,
+}
+
+/// What follows the end of the current incarnation.
+#[derive(Debug, Clone)]
+enum After {
+    /// The restart policy decides.
+    Decide,
+    /// Stay stopped (a user stop, or shutdown).
+    StayStopped,
+    /// Start again after `delay` (a sibling's failure, or a user restart).
+    Restart { delay: Duration, cause: String },
+}
+
+/// The running incarnation.
+struct Live {
+    incarnation: u64,
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+    token: Token,
+    group: String,
+    spawned_at: Instant,
+    ready_at: Option<Instant>,
+    ready_announced: bool,
+    last_beat: Instant,
+    agent: Option<ActorRef<NodeInbox>>,
+    forced: Option<Forced>,
+    log_path: std::path::PathBuf,
+}
+
+pub(crate) struct SupState {
+    ctx: Arc<Ctx>,
+    plan: NodePlan,
+    policy: GroupPolicy,
+    group: ActorRef<GroupMsg>,
+    myself: ActorRef<SupMsg>,
+    phase: Phase,
+    /// Invalidates pending waits (dependencies, restart delays) when bumped.
+    epoch: u64,
+    incarnation: u64,
+    spawns: u64,
+    history: History,
+    live: Option<Live>,
+    after: After,
+    stop_waiters: Vec<RpcReplyPort<()>>,
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = SupMsg;
+    type State = SupState;
+    type Arguments = SupArgs;
+
+    async fn pre_start(&self, myself: ActorRef<SupMsg>, args: SupArgs) -> Result<SupState, ActorProcessingErr> {
+        Ok(SupState {
+            ctx: args.ctx,
+            plan: args.plan,
+            policy: args.policy,
+            group: args.group,
+            myself,
+            phase: Phase::Stopped,
+            epoch: 0,
+            incarnation: 0,
+            spawns: 0,
+            history: History::default(),
+            live: None,
+            after: After::Decide,
+            stop_waiters: Vec::new(),
+        })
+    }
+
+    async fn handle(&self, _: ActorRef<SupMsg>, msg: SupMsg, st: &mut SupState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupMsg::Start => {
+                if matches!(st.phase, Phase::Stopped | Phase::Failed) {
+                    st.begin().await;
+                }
+            }
+            SupMsg::DepsSettled { epoch, result } => {
+                if epoch == st.epoch && st.phase == Phase::Waiting {
+                    match result {
+                        Ok(()) => st.spawn().await,
+                        Err(why) => st.fail_without_process(Reason::FailedToStart, why).await,
+                    }
+                }
+            }
+            SupMsg::Spawn { epoch } => {
+                if epoch == st.epoch && st.phase == Phase::Backoff {
+                    st.begin().await;
+                }
+            }
+            SupMsg::FromNode { incarnation, msg } => st.from_node(incarnation, msg),
+            SupMsg::Exited(report) => st.exited(*report).await,
+            SupMsg::StartTimeout { incarnation } => {
+                let (name, timeout_ms) = (st.plan.name.clone(), st.plan.start_timeout.as_millis() as u64);
+                if st.phase == Phase::Starting {
+                    if let Some(live) = st.live_mut(incarnation) {
+                        tracing::warn!(node = %name, pid = live.pid, incarnation, timeout_ms, "not ready within its start timeout; killing it");
+                        live.forced = Some(Forced::StartTimeout);
+                        signal_group(live.pid, Signal::KILL);
+                    }
+                }
+            }
+            SupMsg::BeatCheck { incarnation } => st.beat_check(incarnation),
+            SupMsg::KillNow { incarnation } => {
+                let name = st.plan.name.clone();
+                if let Some(live) = st.live_mut(incarnation) {
+                    tracing::warn!(node = %name, pid = live.pid, incarnation, "grace period over; SIGKILL");
+                    signal_group(live.pid, Signal::KILL);
+                }
+            }
+            SupMsg::Restart { delay, cause, user } => st.restart(delay, cause, user).await,
+            SupMsg::Stop(reply) => match st.phase {
+                Phase::Starting | Phase::Ready => {
+                    st.stop_waiters.push(reply);
+                    st.stop_live(After::StayStopped, "stop requested");
+                }
+                Phase::Stopping => {
+                    st.stop_waiters.push(reply);
+                    st.after = After::StayStopped;
+                }
+                Phase::Waiting | Phase::Backoff => {
+                    st.epoch += 1;
+                    st.set_phase(Phase::Stopped, Some("stopped".into()));
+                    st.emit(None, EventKind::Stopped);
+                    let _ = reply.send(());
+                }
+                Phase::Stopped | Phase::Failed => {
+                    let _ = reply.send(());
+                }
+            },
+            SupMsg::StartRequest(reply) => {
+                if matches!(st.phase, Phase::Stopped | Phase::Failed) {
+                    st.history.reset();
+                    st.begin().await;
+                    let _ = reply.send(Ok(format!("starting {}", st.plan.name)));
+                } else {
+                    let _ = reply.send(Err(format!("{} is already {}", st.plan.name, st.phase.state())));
+                }
+            }
+            SupMsg::RestartRequest(reply) => {
+                st.restart(Duration::ZERO, "requested by a user".into(), true).await;
+                let _ = reply.send(Ok(format!("restarting {}", st.plan.name)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<SupMsg>,
+        ev: SupervisionEvent,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ProcessGroupChanged(change) = ev {
+            if st.live.as_ref().is_some_and(|l| l.group == change.get_group()) {
+                st.try_become_ready();
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _: ActorRef<SupMsg>, st: &mut SupState) -> Result<(), ActorProcessingErr> {
+        if let Some(live) = &st.live {
+            signal_group(live.pid, Signal::KILL);
+        }
+        Ok(())
+    }
+}
+
+/// A random per-incarnation token.
+fn new_token() -> std::io::Result<Token> {
+    let mut t = [0u8; 16];
+    rustix::rand::getrandom(&mut t, rustix::rand::GetRandomFlags::empty())?;
+    Ok(Token(t))
+}
+
+/// The name of signal `s` (`SIGKILL`), or its number.
+pub(crate) fn signal_name(s: i32) -> String {
+    let name = match s {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => return format!("signal {s}"),
+    };
+    name.to_owned()
+}
+
+impl SupState {
+    fn live_mut(&mut self, incarnation: u64) -> Option<&mut Live> {
+        self.live.as_mut().filter(|l| l.incarnation == incarnation)
+    }
+
+    fn set_phase(&mut self, phase: Phase, detail: Option<String>) {
+        self.phase = phase;
+        let restarts = self.spawns.saturating_sub(1);
+        let incarnation = self.incarnation;
+        let pid = self.live.as_ref().map(|l| l.pid);
+        let ready_since = self.live.as_ref().and_then(|l| l.ready_at);
+        self.ctx.registry.update(&self.plan.name, |r| {
+            r.view.state = phase.state();
+            r.view.detail = detail;
+            r.view.restarts = restarts;
+            r.view.incarnation = incarnation;
+            r.view.pid = pid;
+            r.ready_since = if phase == Phase::Ready { ready_since } else { None };
+            if pid.is_none() {
+                r.view.tick = None;
+                r.view.entities = None;
+                r.view.tick_us = None;
+            }
+        });
+    }
+
+    fn emit(&self, pid: Option<u32>, what: EventKind) {
+        self.ctx.emit(LifecycleEvent {
+            unix_ms: logs::unix_ms(SystemTime::now()),
+            node: self.plan.name.clone(),
+            incarnation: self.incarnation,
+            pid,
+            what,
+        });
+    }
+
+    fn hook_ctx(&self, point: HookPoint, pid: Option<u32>) -> HookContext {
+        HookContext {
+            point,
+            node: self.plan.name.clone(),
+            kind: self.plan.kind,
+            incarnation: self.incarnation,
+            pid,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            crash_record: None,
+            restarts: self.spawns.saturating_sub(1),
+            decision: None,
+        }
+    }
+
+    /// Run hooks for `ctx.point` in the background (supervision does not wait for them).
+    fn hook_in_background(&self, ctx: HookContext) {
+        if self.ctx.hooks.any(ctx.point, &self.plan.hooks) {
+            let (hooks, own) = (self.ctx.hooks.clone(), self.plan.hooks.clone());
+            tokio::spawn(async move { hooks.run(&ctx, &own).await });
+        }
+    }
+
+    /// Start, once the nodes this one depends on are ready.
+    async fn begin(&mut self) {
+        self.epoch += 1;
+        let pending: Vec<NodeName> = self
+            .plan
+            .depends_on
+            .iter()
+            .filter(|d| self.ctx.registry.state(d) != Some(NodeState::Ready))
+            .cloned()
+            .collect();
+        if pending.is_empty() {
+            return self.spawn().await;
+        }
+        let names: Vec<String> = pending.iter().map(|d| d.to_string()).collect();
+        self.set_phase(Phase::Waiting, Some(format!("waiting for {} to be ready", names.join(", "))));
+        let (registry, deps, me, epoch) = (self.ctx.registry.clone(), self.plan.depends_on.clone(), self.myself.clone(), self.epoch);
+        tokio::spawn(async move {
+            let mut changes = registry.watch();
+            loop {
+                let states: Vec<(NodeName, Option<NodeState>)> = deps.iter().map(|d| (d.clone(), registry.state(d))).collect();
+                if states.iter().all(|(_, s)| *s == Some(NodeState::Ready)) {
+                    let _ = me.cast(SupMsg::DepsSettled { epoch, result: Ok(()) });
+                    return;
+                }
+                if let Some((d, _)) = states.iter().find(|(_, s)| *s == Some(NodeState::Failed)) {
+                    let _ = me.cast(SupMsg::DepsSettled { epoch, result: Err(format!("dependency {d} failed")) });
+                    return;
+                }
+                if registry.shutting_down() || changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Spawn a new incarnation.
+    async fn spawn(&mut self) {
+        if self.ctx.registry.shutting_down() {
+            self.set_phase(Phase::Stopped, Some("the runtime is shutting down".into()));
+            return;
+        }
+        self.incarnation += 1;
+        self.spawns += 1;
+        self.set_phase(Phase::Starting, None);
+        let incarnation = self.incarnation;
+        let before = self.hook_ctx(HookPoint::BeforeStart, None);
+        if self.ctx.hooks.any(HookPoint::BeforeStart, &self.plan.hooks) {
+            self.ctx.hooks.run(&before, &self.plan.hooks).await;
+        }
+        match self.try_spawn(incarnation).await {
+            Ok(live) => {
+                let pid = live.pid;
+                tracing::info!(node = %self.plan.name, pid, incarnation, "spawned");
+                self.live = Some(live);
+                self.set_phase(Phase::Starting, None);
+                self.emit(Some(pid), EventKind::Spawned);
+                self.myself.send_after(self.plan.start_timeout, move || SupMsg::StartTimeout { incarnation });
+            }
+            Err(error) => {
+                let report = ExitReport {
+                    incarnation,
+                    termination: Termination::NotStarted,
+                    at: SystemTime::now(),
+                    stderr_tail: Vec::new(),
+                    panic: None,
+                    spawn_error: Some(error),
+                };
+                self.ended(report, None).await;
+            }
+        }
+    }
+
+    async fn try_spawn(&mut self, incarnation: u64) -> Result<Live, SpawnError> {
+        let io = |what: &str, e: std::io::Error| SpawnError::Io { program: self.plan.command.clone(), message: format!("{what}: {e}") };
+        let program = resolve_program(&self.plan.command, &self.ctx.bin_dirs)?;
+        let (ours, theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| io("creating the cluster socketpair", e.into()))?;
+        let panic_buf = rustix::fs::memfd_create("syncra-panic", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| io("creating the panic buffer", e.into()))?;
+        let panic_child = panic_buf.try_clone().map_err(|e| io("sharing the panic buffer", e))?;
+        let token = new_token().map_err(|e| io("generating the node token", e))?;
+        let cluster_name = format!("{}#{incarnation}", self.plan.name);
+        let group = agent_group(&cluster_name);
+        ractor::pg::monitor(group.clone(), self.myself.get_cell());
+        self.ctx.registry.add_route(token, Route { node: self.plan.name.clone(), incarnation, to: self.myself.clone() });
+
+        let mut env: Vec<(String, String)> = self.plan.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.push(("SYNCRA_NODE".into(), self.plan.name.to_string()));
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() && !self.plan.env.contains_key("MALLOC_ARENA_MAX") {
+            // glibc reserves an arena per thread; two keep a node's footprint small.
+            env.push(("MALLOC_ARENA_MAX".into(), "2".into()));
+        }
+        let spec = SpawnSpec {
+            program,
+            args: self.plan.args.clone(),
+            env,
+            fds: vec![(theirs, syncra_protocol::boot::CLUSTER_FD), (panic_child, PANIC_FD)],
+            capture_output: true,
+        };
+        let spawned = match self.ctx.spawner.spawn(spec).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.ctx.registry.remove_route(&token);
+                ractor::pg::demonitor(group, self.myself.get_id());
+                return Err(e);
+            }
+        };
+        let mut child = spawned.child;
+        let pid = spawned.pid;
+
+        // The boot frame, then the cluster session, on our end of the socketpair.
+        let boot = Boot {
+            node: self.plan.name.clone(),
+            incarnation,
+            cluster: ClusterJoin { cookie: self.ctx.hub.cookie().to_owned(), node_name: cluster_name.clone(), hub_name: HUB_NAME.into(), token },
+            heartbeat: self.plan.heartbeat,
+            panic_fd: Some(PANIC_FD),
+            settings: self.plan.settings.clone(),
+        };
+        let mut frame = Vec::new();
+        let _ = boot.write_to(&mut frame);
+        let linked = async {
+            let std_stream = std::os::unix::net::UnixStream::from(ours);
+            std_stream.set_nonblocking(true)?;
+            let mut stream = tokio::net::UnixStream::from_std(std_stream)?;
+            stream.write_all(&frame).await?;
+            Ok::<_, std::io::Error>(stream)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), linked).await {
+            Ok(Ok(stream)) => {
+                if let Err(e) = self.ctx.hub.attach(stream, &cluster_name) {
+                    tracing::error!(node = %self.plan.name, pid, error = %e, "could not open the cluster session");
+                }
+            }
+            // The child died before reading its boot frame; its exit is reported below.
+            Ok(Err(e)) => tracing::debug!(node = %self.plan.name, pid, error = %e, "boot frame not delivered"),
+            Err(_) => tracing::warn!(node = %self.plan.name, pid, "the child did not read its boot frame within 5 s"),
+        }
+
+        let log_path = self.ctx.runtime.log_dir.join(format!("{}_{pid}.log", self.plan.name.file_stem()));
+        let capture = logs::capture(child.stdout.take(), child.stderr.take(), log_path.clone());
+        let me = self.myself.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let at = SystemTime::now();
+            let termination = match status {
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    match (s.code(), s.signal()) {
+                        (Some(c), _) => Termination::Code(c),
+                        (None, Some(sig)) => Termination::Signal(sig),
+                        (None, None) => Termination::Code(-1),
+                    }
+                }
+                Err(_) => Termination::Code(-1),
+            };
+            let stderr_tail = capture.finish(OUTPUT_DRAIN).await;
+            let panic = read_panic(&panic_buf);
+            let _ = me.cast(SupMsg::Exited(Box::new(ExitReport { incarnation, termination, at, stderr_tail, panic, spawn_error: None })));
+        });
+
+        let now = Instant::now();
+        Ok(Live {
+            incarnation,
+            pid,
+            pidfd: spawned.pidfd,
+            token,
+            group,
+            spawned_at: now,
+            ready_at: None,
+            ready_announced: false,
+            last_beat: now,
+            agent: None,
+            forced: None,
+            log_path,
+        })
+    }
+
+    fn from_node(&mut self, incarnation: u64, msg: NodeToRuntime) {
+        let name = self.plan.name.clone();
+        let Some(live) = self.live_mut(incarnation) else { return };
+        match msg {
+            NodeToRuntime::Hello { protocol, pid } => {
+                if protocol != PROTOCOL_VERSION {
+                    let why = format!("the node speaks protocol v{protocol}, the runtime v{PROTOCOL_VERSION}; rebuild it against this Syncra version");
+                    tracing::error!(node = %name, pid = live.pid, incarnation, "{why}");
+                    live.forced = Some(Forced::Refused(why));
+                    signal_group(live.pid, Signal::KILL);
+                } else {
+                    tracing::debug!(node = %name, pid, incarnation, "joined");
+                }
+            }
+            NodeToRuntime::Ready => {
+                live.ready_announced = true;
+                self.try_become_ready();
+            }
+            NodeToRuntime::Heartbeat { metrics, .. } => {
+                live.last_beat = Instant::now();
+                if let Some(m) = metrics {
+                    self.ctx.registry.update(&name, |r| {
+                        r.view.tick = Some(m.tick);
+                        r.view.entities = m.entities;
+                        r.view.tick_us = Some(m.tick_us);
+                    });
+                }
+            }
+            NodeToRuntime::Leaving { code, reason } => {
+                tracing::info!(node = %name, pid = live.pid, incarnation, code, reason, "node is leaving");
+            }
+        }
+    }
+
+    fn try_become_ready(&mut self) {
+        if self.phase != Phase::Starting {
+            return;
+        }
+        let Some(live) = self.live.as_mut() else { return };
+        if !live.ready_announced {
+            return;
+        }
+        if live.agent.is_none() {
+            live.agent = ractor::pg::get_members(&live.group).into_iter().find(|c| !c.get_id().is_local()).map(Into::into);
+        }
+        if live.agent.is_none() {
+            return; // the agent's group is still on its way; AgentJoined follows.
+        }
+        let now = Instant::now();
+        live.ready_at = Some(now);
+        live.last_beat = now;
+        let (pid, incarnation, startup) = (live.pid, live.incarnation, now.duration_since(live.spawned_at));
+        self.set_phase(Phase::Ready, None);
+        tracing::info!(node = %self.plan.name, pid, incarnation, startup_ms = startup.as_millis() as u64, "ready");
+        self.emit(Some(pid), EventKind::Up { startup_ms: startup.as_millis() as u64 });
+        let deadline = Duration::from_millis(self.plan.heartbeat.deadline_ms);
+        self.myself.send_after(deadline, move || SupMsg::BeatCheck { incarnation });
+        self.hook_in_background(self.hook_ctx(HookPoint::AfterReady, Some(pid)));
+    }
+
+    fn beat_check(&mut self, incarnation: u64) {
+        if self.phase != Phase::Ready {
+            return;
+        }
+        let deadline = Duration::from_millis(self.plan.heartbeat.deadline_ms);
+        let abort_grace = self.ctx.runtime.abort_grace;
+        let name = self.plan.name.clone();
+        let Some(live) = self.live_mut(incarnation) else { return };
+        if live.forced.is_some() {
+            return;
+        }
+        let silent = live.last_beat.elapsed();
+        if silent < deadline {
+            self.myself.send_after(deadline - silent, move || SupMsg::BeatCheck { incarnation });
+            return;
+        }
+        let pid = live.pid;
+        tracing::warn!(node = %name, pid, incarnation, silent_ms = silent.as_millis() as u64, deadline_ms = deadline.as_millis() as u64, "no heartbeat within the deadline: hung; SIGABRT, then SIGKILL");
+        live.forced = Some(Forced::Hung { silent });
+        signal(live.pidfd.as_ref(), pid, Signal::ABORT);
+        // A stopped process acts on the SIGABRT (and dumps) only once continued.
+        signal(live.pidfd.as_ref(), pid, Signal::CONT);
+        self.myself.send_after(abort_grace, move || SupMsg::KillNow { incarnation });
+        self.emit(Some(pid), EventKind::Hung { silent_ms: silent.as_millis() as u64 });
+    }
+
+    /// Ask the running incarnation to stop: a graceful request, SIGKILL at the stop timeout.
+    fn stop_live(&mut self, after: After, why: &str) {
+        self.after = after;
+        let grace = self.plan.stop_timeout;
+        let name = self.plan.name.clone();
+        let Some(live) = self.live.as_mut() else { return };
+        live.forced = Some(Forced::Requested);
+        let (pid, incarnation) = (live.pid, live.incarnation);
+        match &live.agent {
+            Some(agent) => {
+                let packet = wire::encode(&RuntimeToNode::Shutdown { grace_ms: grace.as_millis() as u64, reason: why.to_owned() });
+                if agent.cast(NodeInbox::Packet(packet)).is_err() {
+                    signal(live.pidfd.as_ref(), pid, Signal::TERM);
+                }
+            }
+            // Not joined yet: SIGTERM is the graceful request a node understands without a link.
+            None => signal(live.pidfd.as_ref(), pid, Signal::TERM),
+        }
+        tracing::info!(node = %name, pid, incarnation, grace_ms = grace.as_millis() as u64, why, "stopping");
+        self.myself.send_after(grace, move || SupMsg::KillNow { incarnation });
+        self.set_phase(Phase::Stopping, Some(why.to_owned()));
+    }
+
+    async fn restart(&mut self, delay: Duration, cause: String, user: bool) {
+        if user {
+            self.history.reset();
+        }
+        match self.phase {
+            Phase::Starting | Phase::Ready => self.stop_live(After::Restart { delay, cause: cause.clone() }, &format!("restart: {cause}")),
+            Phase::Stopping => self.after = After::Restart { delay, cause },
+            Phase::Waiting | Phase::Backoff | Phase::Stopped | Phase::Failed if user => {
+                self.emit(None, EventKind::Restarting { delay_ms: delay.as_millis() as u64, cause });
+                self.schedule(delay);
+            }
+            _ => {}
+        }
+    }
+
+    /// Spawn again after `delay` (through the mailbox at once when zero).
+    fn schedule(&mut self, delay: Duration) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        self.set_phase(Phase::Backoff, Some(format!("restarting in {} ms", delay.as_millis())));
+        if delay.is_zero() {
+            let _ = self.myself.cast(SupMsg::Spawn { epoch });
+        } else {
+            self.myself.send_after(delay, move || SupMsg::Spawn { epoch });
+        }
+    }
+
+    async fn fail_without_process(&mut self, reason: Reason, why: String) {
+        tracing::error!(node = %self.plan.name, "{why}");
+        self.set_phase(Phase::Failed, Some(why.clone()));
+        self.emit(None, EventKind::Failed { reason, message: why });
+    }
+
+    async fn exited(&mut self, report: ExitReport) {
+        if self.live.as_ref().map(|l| l.incarnation) != Some(report.incarnation) {
+            return;
+        }
+        let live = self.live.take();
+        self.ended(report, live).await;
+    }
+
+    /// An incarnation ended (or never started): classify, record, decide, act.
+    async fn ended(&mut self, report: ExitReport, live: Option<Live>) {
+        let name = self.plan.name.clone();
+        if let Some(l) = &live {
+            self.ctx.registry.remove_route(&l.token);
+            ractor::pg::demonitor(l.group.clone(), self.myself.get_id());
+        }
+        let pid = live.as_ref().map(|l| l.pid);
+        let was_ready = live.as_ref().and_then(|l| l.ready_at);
+        let ran = live.as_ref().map(|l| l.spawned_at.elapsed()).unwrap_or_default();
+        let forced = live.as_ref().and_then(|l| l.forced.clone());
+        let (code, sig) = match report.termination {
+            Termination::Code(c) => (Some(c), None),
+            Termination::Signal(s) => (None, Some(s)),
+            Termination::NotStarted => (None, None),
+        };
+        let reason = match &forced {
+            Some(Forced::Hung { .. }) => Reason::Hung,
+            Some(Forced::StartTimeout) | Some(Forced::Refused(_)) => Reason::FailedToStart,
+            Some(Forced::Requested) => Reason::Requested,
+            None => policy::classify(report.termination, was_ready.is_some()),
+        };
+        let permanent: Option<String> = match (&report.spawn_error, &forced) {
+            (Some(e), _) if e.is_permanent() => Some(e.to_string()),
+            (_, Some(Forced::Refused(why))) => Some(why.clone()),
+            _ => policy::is_permanent_start_failure(report.termination).map(str::to_owned),
+        };
+        let detail = match (&forced, &report.spawn_error) {
+            (_, Some(e)) => format!("could not be started: {e}"),
+            (Some(Forced::Hung { silent }), _) => format!("no heartbeat for {} ms (deadline {} ms)", silent.as_millis(), self.plan.heartbeat.deadline_ms),
+            (Some(Forced::StartTimeout), _) => format!("not ready within its start timeout of {} ms", self.plan.start_timeout.as_millis()),
+            (Some(Forced::Refused(why)), _) => why.clone(),
+            (Some(Forced::Requested), _) => "stopped on request".into(),
+            (None, _) => match (code, sig, was_ready.is_some()) {
+                (Some(c), _, false) => match syncra_protocol::boot::exit_code::describe(c) {
+                    Some(why) => format!("exited with code {c} before it was ready: {why}"),
+                    None => format!("exited with code {c} before it was ready"),
+                },
+                (None, Some(s), false) => format!("killed by {} before it was ready", signal_name(s)),
+                (Some(c), _, true) => format!("exited with code {c}"),
+                (None, Some(s), true) => format!("terminated by {}", signal_name(s)),
+                _ => "ended".into(),
+            },
+        };
+        let mut summary = ExitSummary {
+            unix_ms: logs::unix_ms(report.at),
+            pid,
+            code,
+            signal: sig.map(signal_name),
+            reason,
+            record: None,
+        };
+        match reason {
+            Reason::Requested | Reason::Exited => tracing::info!(node = %name, pid, incarnation = report.incarnation, %reason, "{detail}"),
+            _ => tracing::warn!(node = %name, pid, incarnation = report.incarnation, %reason, "{detail}"),
+        }
+        self.emit(pid, EventKind::Down { exit: summary.clone() });
+
+        let after = std::mem::replace(&mut self.after, After::Decide);
+        let mut hook = self.hook_ctx(HookPoint::OnCrash, pid);
+        hook.exit_code = code;
+        hook.signal = summary.signal.clone();
+        hook.reason = Some(reason);
+
+        match after {
+            After::StayStopped => {
+                self.record_exit(summary);
+                self.set_phase(Phase::Stopped, Some("stopped".into()));
+                self.emit(None, EventKind::Stopped);
+                hook.point = HookPoint::AfterStop;
+                self.hook_in_background(hook);
+                for w in self.stop_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+            }
+            After::Restart { delay, cause } => {
+                self.record_exit(summary);
+                self.emit(None, EventKind::Restarting { delay_ms: delay.as_millis() as u64, cause });
+                self.schedule(delay);
+            }
+            After::Decide => {
+                let ending = Ending {
+                    reason,
+                    permanent: None,
+                    ready_for: was_ready.map(|t| t.elapsed()),
+                };
+                let verdict = if self.ctx.registry.shutting_down() {
+                    Verdict::NotRestarted { why: "the runtime is shutting down".into(), failed: reason.is_failure() }
+                } else if let Some(why) = &permanent {
+                    Verdict::GiveUp(format!("{why}; restarting cannot help"))
+                } else {
+                    policy::decide(ending, self.plan.restart, self.ctx.runtime.auto_restart, &self.policy, &mut self.history, Instant::now(), policy::jitter_unit())
+                };
+                let (decision, next): (Decision, Phase) = match &verdict {
+                    Verdict::Restart { delay, attempt } => {
+                        let siblings = self
+                            .group
+                            .call(|reply| GroupMsg::ChildRestarting { failed: name.clone(), reply }, Some(Duration::from_secs(2)))
+                            .await
+                            .ok()
+                            .and_then(|r| match r {
+                                ractor::rpc::CallResult::Success(s) => Some(s),
+                                _ => None,
+                            })
+                            .unwrap_or_default();
+                        (Decision::Restart { after_ms: delay.as_millis() as u64, attempt: *attempt, siblings }, Phase::Backoff)
+                    }
+                    Verdict::GiveUp(why) if self.ctx.runtime.on_give_up == GiveUpAction::Shutdown => {
+                        (Decision::Shutdown { why: format!("{why}; on_give_up = \"shutdown\"") }, Phase::Failed)
+                    }
+                    Verdict::GiveUp(why) => (Decision::GaveUp { why: why.clone() }, Phase::Failed),
+                    Verdict::NotRestarted { why, failed } => {
+                        (Decision::NotRestarted { why: why.clone() }, if *failed { Phase::Failed } else { Phase::Stopped })
+                    }
+                };
+                if reason.is_failure() {
+                    let record = CrashRecord {
+                        timestamp: humantime::format_rfc3339_millis(report.at).to_string(),
+                        node: name.clone(),
+                        kind: self.plan.kind,
+                        pid,
+                        incarnation: report.incarnation,
+                        exit_code: code,
+                        signal: summary.signal.clone(),
+                        reason,
+                        detail: detail.clone(),
+                        ran_ms: ran.as_millis() as u64,
+                        panic: report.panic.clone(),
+                        stderr_tail: report.stderr_tail.clone(),
+                        log_file: live.as_ref().map(|l| l.log_path.display().to_string()),
+                        decision: decision.clone(),
+                    };
+                    match logs::write_crash_record(&self.ctx.runtime.crash_dir, &record, report.at) {
+                        Ok(path) => {
+                            summary.record = Some(path.display().to_string());
+                            hook.crash_record = Some(path.clone());
+                            self.ctx.crashes.lock().unwrap_or_else(|p| p.into_inner()).push(
+                                syncra_protocol::control::CrashEntry { path: path.display().to_string(), record },
+                            );
+                        }
+                        Err(e) => tracing::error!(node = %name, error = %e, dir = %self.ctx.runtime.crash_dir.display(), "could not write the crash record"),
+                    }
+                }
+                self.record_exit(summary);
+                hook.decision = Some(match &decision {
+                    Decision::Restart { after_ms, .. } => format!("restart after {after_ms} ms"),
+                    Decision::GaveUp { .. } => "gave up".into(),
+                    Decision::NotRestarted { .. } => "not restarted".into(),
+                    Decision::Shutdown { .. } => "shutdown".into(),
+                });
+                if reason.is_failure() {
+                    self.hook_in_background(hook.clone());
+                }
+                match verdict {
+                    Verdict::Restart { delay, .. } => {
+                        self.emit(None, EventKind::Restarting { delay_ms: delay.as_millis() as u64, cause: format!("{reason}: {detail}") });
+                        self.schedule(delay);
+                    }
+                    Verdict::GiveUp(why) => {
+                        tracing::error!(node = %name, "gave up: {why}");
+                        self.set_phase(next, Some(format!("gave up: {why}")));
+                        self.emit(None, EventKind::Failed { reason, message: why.clone() });
+                        hook.point = HookPoint::OnGiveUp;
+                        self.hook_in_background(hook);
+                        if self.ctx.runtime.on_give_up == GiveUpAction::Shutdown {
+                            self.ctx.request_shutdown(ShutdownCause::GaveUp(format!("{name}: {why}")));
+                        }
+                    }
+                    Verdict::NotRestarted { why, failed } => {
+                        self.set_phase(next, Some(format!("{detail}; not restarted: {why}")));
+                        if failed {
+                            self.emit(None, EventKind::Failed { reason, message: why });
+                        } else {
+                            self.emit(None, EventKind::Stopped);
+                            hook.point = HookPoint::AfterStop;
+                            self.hook_in_background(hook);
+                        }
+                    }
+                }
+                for w in self.stop_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+            }
+        }
+    }
+
+    fn record_exit(&self, summary: ExitSummary) {
+        self.ctx.registry.update(&self.plan.name, |r| {
+            r.view.last_exit = Some(summary);
+            r.view.pid = None;
+            r.ready_since = None;
+        });
+    }
+}
+
+/// Read a panic report the child may have left in its panic buffer.
+fn read_panic(buf: &OwnedFd) -> Option<PanicReport> {
+    let mut len = [0u8; 4];
+    match rustix::io::pread(buf.as_fd(), &mut len, 0) {
+        Ok(4) => {}
+        _ => return None,
+    }
+    let len = wire::check_len("panic report", u32::from_be_bytes(len), 1 << 20).ok()?;
+    let mut body = vec![0u8; len];
+    let n = rustix::io::pread(buf.as_fd(), &mut body, 4).ok()?;
+    body.truncate(n);
+    match wire::decode::<PanicReport>("panic report", &body) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::debug!(error = %e, "ignored an unreadable panic report");
+            None
+        }
+    }
+}
