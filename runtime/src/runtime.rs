@@ -132,6 +132,7 @@ impl RuntimeBuilder {
             bin_dirs: self.bin_dirs.into_iter().chain(self.exe_dir).collect(),
             crashes: Mutex::new(Vec::new()),
             shutdown: watch::channel(None).0,
+            hook_tasks: Mutex::new(tokio::task::JoinSet::new()),
         });
 
         let (drivers, _) = Actor::spawn(None, Group, ("drivers", plan.drivers.clone(), ctx.clone()))
@@ -431,6 +432,7 @@ impl Runtime {
                 }
             }
         }
+        self.inner.ctx.drain_tracked().await;
         if let Some(task) = self.inner.control.lock().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
         }

@@ -51,7 +51,7 @@ pub(crate) struct Spawned {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpawnError {
     /// The executable was not found.
-    #[error("executable `{program}` not found (looked in {searched})")]
+    #[error("executable `{program}` not found{}", if searched.is_empty() { String::new() } else { format!(" (looked in {searched})") })]
     NotFound {
         /// The command as configured.
         program: String,
@@ -169,7 +169,7 @@ fn spawn_now(spec: SpawnSpec) -> Result<Spawned, SpawnError> {
         });
     }
     let child = cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => SpawnError::NotFound { program: program_name.clone(), searched: program_name.clone() },
+        std::io::ErrorKind::NotFound => SpawnError::NotFound { program: program_name.clone(), searched: String::new() },
         std::io::ErrorKind::PermissionDenied => SpawnError::NotExecutable { program: program_name.clone(), message: e.to_string() },
         _ => io_err(e),
     })?;
@@ -206,7 +206,7 @@ fn check_executable(command: &str, path: &Path) -> Result<(), SpawnError> {
             Err(SpawnError::NotExecutable { program: path.display().to_string(), message: "it is not marked executable".into() })
         }
         Ok(_) => Err(SpawnError::NotExecutable { program: path.display().to_string(), message: "it is not a file".into() }),
-        Err(_) => Err(SpawnError::NotFound { program: command.to_owned(), searched: path.display().to_string() }),
+        Err(_) => Err(SpawnError::NotFound { program: command.to_owned(), searched: String::new() }),
     }
 }
 

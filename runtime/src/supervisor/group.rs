@@ -55,9 +55,15 @@ impl Actor for Group {
     async fn handle(&self, _: ActorRef<GroupMsg>, msg: GroupMsg, st: &mut GroupState) -> Result<(), ActorProcessingErr> {
         match msg {
             GroupMsg::Start => {
-                for (_, child) in &st.children {
-                    let _ = child.cast(SupMsg::Start);
-                }
+                // One after another, each once the previous one's spawn is done, so processes
+                // start in config order. From a task: the group's mailbox stays free for its
+                // children's calls meanwhile.
+                let children: Vec<ActorRef<SupMsg>> = st.children.iter().map(|(_, c)| c.clone()).collect();
+                tokio::spawn(async move {
+                    for child in children {
+                        let _ = child.call(SupMsg::Start, Some(Duration::from_secs(60))).await;
+                    }
+                });
             }
             GroupMsg::ChildRestarting { failed, reply } => {
                 let order: Vec<NodeName> = st.children.iter().map(|(n, _)| n.clone()).collect();

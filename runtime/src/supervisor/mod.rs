@@ -55,11 +55,26 @@ pub(crate) struct Ctx {
     pub(crate) crashes: Mutex<Vec<CrashEntry>>,
     /// Set when something asks the runtime to shut down.
     pub(crate) shutdown: watch::Sender<Option<ShutdownCause>>,
+    /// Hooks running in the background; shutdown waits for them (each has a timeout).
+    pub(crate) hook_tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl Ctx {
     pub(crate) fn emit(&self, event: LifecycleEvent) {
         let _ = self.events.send(event);
+    }
+
+    /// Run `task` (a hook) in the background, tracked so that shutdown can wait for it.
+    pub(crate) fn track(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut set = self.hook_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        while set.try_join_next().is_some() {}
+        set.spawn(task);
+    }
+
+    /// Wait for every tracked background task.
+    pub(crate) async fn drain_tracked(&self) {
+        let mut set = std::mem::take(&mut *self.hook_tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        while set.join_next().await.is_some() {}
     }
 
     pub(crate) fn request_shutdown(&self, cause: ShutdownCause) {

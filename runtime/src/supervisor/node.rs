@@ -41,8 +41,9 @@ const OUTPUT_DRAIN: Duration = Duration::from_millis(300);
 /// Everything that can happen to a node.
 #[derive(RactorMessage)]
 pub(crate) enum SupMsg {
-    /// Begin supervising: start the node (first start, by the group).
-    Start,
+    /// Begin supervising: start the node (first start, by the group); the reply follows the
+    /// spawn attempt.
+    Start(RpcReplyPort<()>),
     /// The nodes this one depends on are all ready (`Ok`) or one cannot become ready.
     DepsSettled { epoch: u64, result: Result<(), String> },
     /// A restart delay is over.
@@ -190,10 +191,11 @@ impl Actor for NodeSupervisor {
 
     async fn handle(&self, _: ActorRef<SupMsg>, msg: SupMsg, st: &mut SupState) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupMsg::Start => {
+            SupMsg::Start(reply) => {
                 if matches!(st.phase, Phase::Stopped | Phase::Failed) {
                     st.begin().await;
                 }
+                let _ = reply.send(());
             }
             SupMsg::DepsSettled { epoch, result } => {
                 if epoch == st.epoch && st.phase == Phase::Waiting {
@@ -376,7 +378,7 @@ impl SupState {
     fn hook_in_background(&self, ctx: HookContext) {
         if self.ctx.hooks.any(ctx.point, &self.plan.hooks) {
             let (hooks, own) = (self.ctx.hooks.clone(), self.plan.hooks.clone());
-            tokio::spawn(async move { hooks.run(&ctx, &own).await });
+            self.ctx.track(async move { hooks.run(&ctx, &own).await });
         }
     }
 

@@ -1,0 +1,291 @@
+//! The harness for end-to-end tests and benchmarks: runs the real `syncra` binary with a
+//! config in a private temporary directory, and watches it through its control socket.
+//!
+//! Tests wait for conditions with [`Harness::wait_until`] (a deadline, never a bare sleep)
+//! and find every process a runtime started by a tag in their environment, so "no process
+//! left" is checked for real.
+
+#![allow(clippy::disallowed_methods, reason = "the harness starts the real `syncra` binary, as a user would")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use syncra_protocol::control::{ControlReply, ControlRequest, CrashEntry};
+use syncra_protocol::status::{NodeView, StatusReport};
+use syncra_runtime::ControlClient;
+
+/// How long a test waits for something that should happen at once (generous: CI is slow).
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Path of a workspace binary (`syncra`, `syncra-world`), next to the test executable's
+/// target directory. `cargo test --workspace` builds them.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run the tests with `cargo test --workspace` (or `cargo build --workspace --bins` first)",
+        path.display()
+    );
+    path
+}
+
+/// A runtime under test.
+#[derive(Debug)]
+pub struct Harness {
+    /// The private directory (config, run dir, logs, hook output).
+    pub dir: tempfile::TempDir,
+    /// The runtime process.
+    child: Option<Child>,
+    /// Tag in the environment of every process of this runtime.
+    pub tag: String,
+    tokio: tokio::runtime::Runtime,
+}
+
+/// A runtime's stderr file.
+fn output_path(dir: &Path) -> PathBuf {
+    dir.join("runtime.out")
+}
+
+impl Harness {
+    /// Write `config` and start `syncra run` on it (plus `extra` arguments).
+    pub fn start(config: &str, extra: &[&str]) -> Harness {
+        let dir = tempfile::Builder::new().prefix("syncra-test-").tempdir().expect("tempdir");
+        let config_path = dir.path().join("SyncraConfig.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let tag = format!("{}-{}", std::process::id(), dir.path().file_name().unwrap().to_string_lossy());
+        let out = std::fs::File::create(output_path(dir.path())).expect("output file");
+        let child = Command::new(workspace_bin("syncra"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--run-dir")
+            .arg(dir.path().join("run"))
+            .arg("--log-dir")
+            .arg(dir.path().join("logs"))
+            .args(extra)
+            .env("SYNCRA_TEST_TAG", &tag)
+            .env("SYNCRA_TEST_DIR", dir.path())
+            .env_remove("SYNCRA_RUN_DIR")
+            .env_remove("SYNCRA_LOG_DIR")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn syncra");
+        let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+        Harness { dir, child: Some(child), tag, tokio }
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// The log directory.
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// The runtime's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("runtime").id()
+    }
+
+    /// What the runtime printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(output_path(self.dir.path())).unwrap_or_default()
+    }
+
+    /// Ask the control socket; `None` while the runtime is not (yet) serving.
+    pub fn try_request(&self, req: ControlRequest) -> Option<ControlReply> {
+        self.tokio.block_on(async {
+            let client = ControlClient::connect(&self.run_dir()).await.ok()?;
+            tokio::time::timeout(Duration::from_secs(30), client.request(req)).await.ok()?.ok()
+        })
+    }
+
+    /// The current status, if the runtime answers.
+    pub fn try_status(&self) -> Option<StatusReport> {
+        match self.try_request(ControlRequest::Status)? {
+            ControlReply::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Wait until `f` returns `Some` for a status, polling; panic after `timeout` with the last
+    /// status and the runtime's output.
+    pub fn wait_until<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut(&StatusReport) -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            if let Some(s) = self.try_status() {
+                if let Some(v) = f(&s) {
+                    return v;
+                }
+                last = Some(s);
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting until {what}\nlast status: {}\nruntime output:\n{}",
+                    last.map(|s| serde_json::to_string_pretty(&s).unwrap()).unwrap_or_else(|| "none".into()),
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until every node in `names` is ready; their views.
+    pub fn wait_ready(&self, names: &[&str]) -> Vec<NodeView> {
+        self.wait_until(&format!("{names:?} are ready"), PATIENCE, |s| {
+            let views: Vec<NodeView> = names.iter().filter_map(|n| s.node(n).cloned()).collect();
+            (views.len() == names.len() && views.iter().all(|v| v.state == syncra_protocol::NodeState::Ready)).then_some(views)
+        })
+    }
+
+    /// The node called `name` now.
+    pub fn node(&self, name: &str) -> NodeView {
+        self.wait_until(&format!("{name} is listed"), PATIENCE, |s| s.node(name).cloned())
+    }
+
+    /// This session's crash records.
+    pub fn crashes(&self, node: Option<&str>) -> Vec<CrashEntry> {
+        match self.try_request(ControlRequest::Crashes { node: node.map(str::to_owned), limit: 1000 }) {
+            Some(ControlReply::Crashes(c)) => c,
+            other => panic!("crashes: {other:?}"),
+        }
+    }
+
+    /// Run the `syncra` CLI against this runtime.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(workspace_bin("syncra"))
+            .args(args)
+            .env("SYNCRA_RUN_DIR", self.run_dir())
+            .output()
+            .expect("run syncra cli")
+    }
+
+    /// Send `sig` to the runtime process.
+    pub fn signal(&self, sig: i32) {
+        send(self.pid(), sig);
+    }
+
+    /// Wait for the runtime to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("runtime");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the runtime did not exit within {timeout:?}\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Pids of live processes started under this runtime (their environment carries the tag),
+    /// the runtime itself excluded. Zombies are not counted: they are already dead.
+    pub fn tagged_processes(&self) -> Vec<u32> {
+        let needle = format!("SYNCRA_TEST_TAG={}", self.tag);
+        let me = self.child.as_ref().map(|c| c.id());
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            if Some(pid) == me {
+                continue;
+            }
+            let Ok(env) = std::fs::read(entry.path().join("environ")) else { continue };
+            if !env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+                continue;
+            }
+            let state = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let zombie = state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            if !zombie {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    /// Wait until no process of this runtime is left; panic with the survivors otherwise.
+    pub fn wait_no_processes_left(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = self.tagged_processes();
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let names: Vec<String> = left
+                    .iter()
+                    .map(|p| format!("{p} {}", std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().replace('\0', " ")))
+                    .collect();
+                panic!("processes outlived the runtime: {names:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in self.tagged_processes() {
+            send(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Send `sig` to `pid`.
+pub fn send(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// Path of a helper node binary of this package.
+pub fn helper(name: &str) -> PathBuf {
+    workspace_bin(name)
+}
+
+/// Flags set by signals, for the helper nodes ("crash on command").
+pub mod signals {
+    use super::*;
+
+    static FLAGS: [AtomicBool; 65] = [const { AtomicBool::new(false) }; 65];
+
+    extern "C" fn on_signal(sig: libc::c_int) {
+        if let Some(f) = FLAGS.get(sig as usize) {
+            f.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Install a handler for `sig` and return the flag it sets.
+    pub fn flag(sig: i32) -> &'static AtomicBool {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+        &FLAGS[sig as usize]
+    }
+}
+
+/// Percentile `p` (0–100) of `v` (sorted in place), or NaN when empty.
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((p / 100.0) * (v.len() - 1) as f64).round() as usize]
+}
