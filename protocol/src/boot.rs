@@ -23,8 +23,9 @@ use crate::wire::{self, DecodeError};
 /// The fd a child inherits its cluster socket on.
 pub const CLUSTER_FD: i32 = 3;
 
-/// The fd a child inherits its panic buffer (a memfd) on.
-pub const PANIC_FD: i32 = 4;
+/// The fd a child inherits its node page (heartbeat, metrics, panic report) on; see
+/// [`crate::page`].
+pub const PAGE_FD: i32 = 4;
 
 /// Magic bytes opening a boot frame.
 pub const BOOT_MAGIC: [u8; 4] = *b"SYNB";
@@ -88,7 +89,7 @@ impl fmt::Debug for ClusterJoin {
 /// How often the child must beat and when the runtime declares it hung.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatPlan {
-    /// Send a heartbeat at least this often, milliseconds.
+    /// Beat at least this often, milliseconds (a main loop usually beats every iteration).
     pub interval_ms: u64,
     /// The runtime declares the node hung after this long without a beat, milliseconds.
     pub deadline_ms: u64,
@@ -105,8 +106,8 @@ pub struct Boot {
     pub cluster: ClusterJoin,
     /// Heartbeat obligations.
     pub heartbeat: HeartbeatPlan,
-    /// Fd of the panic buffer, if the runtime passed one.
-    pub panic_fd: Option<i32>,
+    /// Fd of the node page, if the runtime passed one.
+    pub page_fd: Option<i32>,
     /// The node's own config chunk, MessagePack.
     #[serde(with = "serde_bytes")]
     pub settings: Vec<u8>,
@@ -183,7 +184,7 @@ mod tests {
                 token: Token([7; 16]),
             },
             heartbeat: HeartbeatPlan { interval_ms: 500, deadline_ms: 3000 },
-            panic_fd: Some(PANIC_FD),
+            page_fd: Some(PAGE_FD),
             settings: vec![1, 2, 3],
         }
     }

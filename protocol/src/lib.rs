@@ -8,6 +8,9 @@
 //!   ractor_cluster, and the ractor message enums that carry them.
 //! - [`control`]: requests and replies on the runtime's control socket (the CLI, embedders).
 //!
+//! A fourth link is memory: the [`page`] a child shares with the runtime for its heartbeat,
+//! metrics and panic report.
+//!
 //! The shared vocabulary — node identity and state ([`status`]), crash records ([`crash`]),
 //! the world's config chunk ([`world`]) — lives beside them, and [`wire`] holds the framing
 //! and the defensive decoding every link uses.
@@ -20,6 +23,7 @@ pub mod boot;
 pub mod control;
 pub mod crash;
 pub mod node;
+pub mod page;
 pub mod status;
 pub mod wire;
 pub mod world;

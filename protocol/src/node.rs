@@ -8,12 +8,12 @@
 //!
 //! A child's messages travel in an [`Envelope`] carrying its [`Token`]: the token, known only
 //! to the runtime and that incarnation, is what the gateway routes and authenticates by.
+//! Heartbeats are not messages: they go through the node's shared page ([`crate::page`]).
 
 use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream, RactorClusterMessage};
 use serde::{Deserialize, Serialize};
 
 use crate::boot::Token;
-use crate::status::NodeMetrics;
 
 /// The process group holding the runtime's gateway actor.
 pub const RUNTIME_GROUP: &str = "syncra.runtime";
@@ -44,13 +44,6 @@ pub enum NodeToRuntime {
     },
     /// The child finished initialising and serves its purpose.
     Ready,
-    /// Proof of life from the child's main loop.
-    Heartbeat {
-        /// Increments with each beat of this incarnation.
-        seq: u64,
-        /// What the main loop reports.
-        metrics: Option<NodeMetrics>,
-    },
     /// The child is about to exit on its own, with this code.
     Leaving {
         /// The exit code it will use.
@@ -124,10 +117,7 @@ mod tests {
     fn envelope_round_trip() {
         let env = Envelope {
             token: Token([9; 16]),
-            body: NodeToRuntime::Heartbeat {
-                seq: 4,
-                metrics: Some(NodeMetrics { tick: 10, entities: Some(3), ..Default::default() }),
-            },
+            body: NodeToRuntime::Leaving { code: 0, reason: "done".into() },
         };
         assert_eq!(wire::decode::<Envelope>("envelope", &wire::encode(&env)).unwrap(), env);
     }

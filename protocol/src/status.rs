@@ -243,8 +243,8 @@ pub enum EventKind {
     Spawned,
     /// The incarnation announced readiness.
     Up {
-        /// Milliseconds from spawn to ready.
-        startup_ms: u64,
+        /// Milliseconds from spawn (fork) to ready, with microsecond precision.
+        startup_ms: f64,
     },
     /// Heartbeats stopped: the node is being killed as hung.
     Hung {

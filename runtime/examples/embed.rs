@@ -15,7 +15,7 @@ use syncra_runtime::{RuntimeBuilder, ShutdownCause};
 fn describe(ev: &LifecycleEvent) -> String {
     let what = match &ev.what {
         EventKind::Spawned => "spawned".to_owned(),
-        EventKind::Up { startup_ms } => format!("up ({startup_ms} ms from spawn)"),
+        EventKind::Up { startup_ms } => format!("up ({startup_ms:.1} ms from spawn)"),
         EventKind::Hung { silent_ms } => format!("hung ({silent_ms} ms silent)"),
         EventKind::Down { exit } => format!("down ({})", exit.reason),
         EventKind::Restarting { delay_ms, cause } => format!("restarting in {delay_ms} ms ({cause})"),

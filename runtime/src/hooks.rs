@@ -143,7 +143,7 @@ impl HookRunner {
             capture_output: true,
         };
         let started = std::time::Instant::now();
-        let mut spawned = match self.spawner.spawn(spec).await {
+        let spawned = match self.spawner.spawn(spec).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(node = %ctx.node, hook = %ctx.point, scope, error = %e, "hook could not be started");
@@ -151,8 +151,7 @@ impl HookRunner {
             }
         };
         let pid = spawned.pid;
-        let mut stdout = spawned.child.stdout.take();
-        let mut stderr = spawned.child.stderr.take();
+        let (mut stdout, mut stderr, process) = (spawned.stdout, spawned.stderr, spawned.process);
         let run = async {
             let mut out = Vec::new();
             let mut err = Vec::new();
@@ -167,16 +166,16 @@ impl HookRunner {
                 }
             };
             tokio::join!(read_out, read_err);
-            let status = spawned.child.wait().await;
+            let status = process.wait().await;
             (status, out, err)
         };
         match tokio::time::timeout(timeout, run).await {
             Ok((Ok(status), out, err)) => {
                 let output = String::from_utf8_lossy(&[out, err].concat()).trim_end().to_owned();
-                if status.success() {
+                if status == crate::spawn::Exit::Code(0) {
                     tracing::info!(node = %ctx.node, hook = %ctx.point, scope, ms = started.elapsed().as_millis() as u64, output = %output, "hook ran");
                 } else {
-                    tracing::warn!(node = %ctx.node, hook = %ctx.point, scope, status = %status, output = %output, command = cmd, "hook failed; supervision goes on");
+                    tracing::warn!(node = %ctx.node, hook = %ctx.point, scope, status = ?status, output = %output, command = cmd, "hook failed; supervision goes on");
                 }
             }
             Ok((Err(e), _, _)) => tracing::warn!(node = %ctx.node, hook = %ctx.point, scope, error = %e, "waiting for the hook failed"),

@@ -37,6 +37,7 @@ mod rundir;
 pub mod runtime;
 mod spawn;
 mod supervisor;
+mod watchdog;
 
 pub use control::{ClientError, ControlClient, EventStream};
 pub use hooks::{HookContext, HookFn};

@@ -154,17 +154,22 @@ async fn read_line<R: AsyncRead + Unpin>(r: &mut Option<BufReader<R>>, buf: &mut
     }
 }
 
-/// Write `record` into `dir` as JSON (atomically: a temporary file renamed into place).
-pub(crate) fn write_crash_record(dir: &Path, record: &CrashRecord, at: SystemTime) -> std::io::Result<PathBuf> {
-    ensure_dir(dir)?;
+/// Where the crash record of `record` goes: `<dir>/<timestamp>_<node>_<pid>.json`.
+pub(crate) fn crash_record_path(dir: &Path, record: &CrashRecord, at: SystemTime) -> PathBuf {
     let pid = record.pid.map(|p| p.to_string()).unwrap_or_else(|| "nopid".into());
-    let name = format!("{}_{}_{}.json", file_timestamp(at, true), record.node.file_stem(), pid);
-    let path = dir.join(&name);
-    let tmp = dir.join(format!(".{name}.tmp"));
+    dir.join(format!("{}_{}_{}.json", file_timestamp(at, true), record.node.file_stem(), pid))
+}
+
+/// Write `record` to `path` as JSON (atomically: a temporary file renamed into place).
+pub(crate) fn write_crash_record(path: &Path, record: &CrashRecord) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        ensure_dir(dir)?;
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let json = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
     std::fs::write(&tmp, json)?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -6,12 +6,13 @@
 //! is known only to the runtime and that one incarnation.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use ractor::ActorRef;
 use syncra_protocol::boot::Token;
+use syncra_protocol::page::NodePage;
 use syncra_protocol::status::NodeView;
 use syncra_protocol::{NodeName, NodeState};
 use tokio::sync::watch;
@@ -25,6 +26,8 @@ pub(crate) struct Record {
     pub(crate) view: NodeView,
     /// When the current incarnation became ready.
     pub(crate) ready_since: Option<Instant>,
+    /// The current incarnation's page: live metrics for status.
+    pub(crate) page: Option<Arc<NodePage>>,
 }
 
 /// Where a token's messages go.
@@ -72,6 +75,7 @@ impl Registry {
                     detail: Some("not started yet".into()),
                 },
                 ready_since: None,
+                page: None,
             })
             .collect();
         Registry {
@@ -101,6 +105,10 @@ impl Registry {
             .map(|r| {
                 let mut v = r.view.clone();
                 v.uptime_ms = r.ready_since.map(|t| now.duration_since(t).as_millis() as u64);
+                let metrics = r.page.as_ref().and_then(|p| p.vitals().metrics());
+                v.tick = metrics.as_ref().map(|m| m.tick);
+                v.entities = metrics.as_ref().and_then(|m| m.entities);
+                v.tick_us = metrics.as_ref().map(|m| m.tick_us);
                 v
             })
             .collect()

@@ -122,6 +122,10 @@ impl RuntimeBuilder {
         ];
         let hooks = HookRunner::new(spawner.clone(), plan.hooks.clone(), self.callbacks, extra_env);
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        // Sample heartbeats four times per interval: a hang is seen at most a quarter interval
+        // after its deadline.
+        let watchdog = crate::watchdog::Watchdog::new(rt.watch_interval / 4);
+        let watchdog_task = tokio::spawn(watchdog.clone().run());
         let ctx = Arc::new(Ctx {
             registry: registry.clone(),
             spawner,
@@ -133,6 +137,7 @@ impl RuntimeBuilder {
             crashes: Mutex::new(Vec::new()),
             shutdown: watch::channel(None).0,
             hook_tasks: Mutex::new(tokio::task::JoinSet::new()),
+            watchdog,
         });
 
         let (drivers, _) = Actor::spawn(None, Group, ("drivers", plan.drivers.clone(), ctx.clone()))
@@ -164,6 +169,7 @@ impl RuntimeBuilder {
                 hub,
                 run_dir: Mutex::new(Some(run_dir)),
                 control: Mutex::new(None),
+                watchdog: watchdog_task,
                 finished: tokio::sync::OnceCell::new(),
             }),
         };
@@ -215,6 +221,7 @@ struct Inner {
     hub: Hub,
     run_dir: Mutex<Option<RunDir>>,
     control: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    watchdog: tokio::task::JoinHandle<()>,
     finished: tokio::sync::OnceCell<ShutdownReport>,
 }
 
@@ -436,6 +443,7 @@ impl Runtime {
         if let Some(task) = self.inner.control.lock().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
         }
+        self.inner.watchdog.abort();
         self.inner.hub.stop().await;
         self.inner.drivers.stop(None);
         self.inner.worlds.stop(None);

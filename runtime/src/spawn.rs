@@ -1,24 +1,37 @@
-//! The one spawn path: every OS process the runtime starts (nodes and hooks) is forked here.
+//! The one spawn path: every OS process the runtime starts (nodes and hooks) is created here.
 //!
-//! Spawning happens on one dedicated, long-lived thread (the spawner). That is what makes
-//! `PR_SET_PDEATHSIG` reliable: the kernel sends the death signal when the *thread* that
-//! forked exits, so forking from a short-lived thread (tokio's blocking pool) would kill
-//! children while the runtime lives. In the child, before `exec`:
+//! A child is created the way `posix_spawn` creates one — `clone(CLONE_VM | CLONE_VFORK)`,
+//! sharing the runtime's memory until it execs — so spawning costs the same whether the
+//! runtime (or the application embedding it) uses 10 MB or 10 GB. `fork` would copy the page
+//! tables of the whole process first: measured here, 0.3 ms at 10 MB and 1.7 ms at 100 MB,
+//! against 0.05 ms. Unlike `posix_spawn`, the child does what a supervised node needs before
+//! `exec`:
 //!
-//! - it becomes the leader of its own process group (so a stop reaches its own children, and a
+//! - asks for SIGKILL when the runtime dies (`PR_SET_PDEATHSIG`), and exits at once if the
+//!   runtime is already gone;
+//! - becomes the leader of its own process group (so a stop reaches its own children, and a
 //!   Ctrl-C at the terminal reaches only the runtime, which then stops everything in order);
-//! - it asks for SIGKILL when the runtime dies, and exits at once if the runtime is already gone;
-//! - the fds it must inherit are placed at their fixed numbers (fd 3, fd 4, …).
+//! - gets its inherited fds at their fixed numbers (stdio, fd 3, fd 4, …) and nothing else.
 //!
-//! **Architecture Invariant:** nothing else in the workspace constructs a process `Command`
-//! (clippy's `disallowed-methods` enforces it).
+//! All of it happens on one dedicated, long-lived thread (the spawner). The kernel sends the
+//! death signal when the *thread* that created the child exits, so a short-lived thread (tokio's
+//! blocking pool) would kill children while the runtime lives. The spawner thread keeps every
+//! signal blocked, so no signal handler of the runtime can run in a child that still shares
+//! its memory; the child resets handlers and its mask just before `exec`.
+//!
+//! A child is waited for through its pidfd ([`Process::wait`]), which wakes the moment it dies.
+//!
+//! **Architecture Invariant:** nothing else in the workspace creates a process (clippy's
+//! `disallowed-methods` bans `Command::new`).
 
-use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::ffi::{CString, c_char, c_int, c_void};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
-use rustix::process::{Pid, Signal};
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
 /// What to spawn.
@@ -26,25 +39,76 @@ use tokio::sync::oneshot;
 pub(crate) struct SpawnSpec {
     /// The executable, already resolved to a path.
     pub(crate) program: PathBuf,
-    /// Arguments.
+    /// Arguments (after argv[0], which is the program path).
     pub(crate) args: Vec<String>,
     /// Environment added to the runtime's own.
     pub(crate) env: Vec<(String, String)>,
-    /// Fds the child inherits, each at the given number.
+    /// Fds the child inherits, each at the given number (3 and up).
     pub(crate) fds: Vec<(OwnedFd, RawFd)>,
     /// Capture stdout and stderr through pipes (otherwise they go to /dev/null).
     pub(crate) capture_output: bool,
 }
 
-/// A spawned process.
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+/// A child process, owned: waiting for it reaps it, and dropping it unwaited kills it.
+#[derive(Debug)]
+pub(crate) struct Process {
+    pidfd: Option<OwnedFd>,
+}
+
+impl Process {
+    /// Wait until the process ends, and reap it.
+    pub(crate) async fn wait(mut self) -> std::io::Result<Exit> {
+        let pidfd = self.pidfd.take().ok_or_else(|| std::io::Error::other("already waited for"))?;
+        // SAFETY: the OwnedFd stays open and unchanged while the AsyncFd owns it.
+        let fd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        loop {
+            let mut ready = fd.readable().await?;
+            match rustix::process::waitid(WaitId::PidFd(fd.get_ref().as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
+                Ok(Some(status)) => {
+                    return Ok(match (status.exit_status(), status.terminating_signal()) {
+                        (_, Some(sig)) => Exit::Signal(sig),
+                        (Some(code), None) => Exit::Code(code),
+                        (None, None) => Exit::Code(-1),
+                    });
+                }
+                Ok(None) => ready.clear_ready(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(pidfd) = &self.pidfd {
+            let _ = rustix::process::pidfd_send_signal(pidfd, Signal::KILL);
+            let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG);
+        }
+    }
+}
+
+/// A spawned process and its output pipes.
 #[derive(Debug)]
 pub(crate) struct Spawned {
-    /// The child, for waiting.
-    pub(crate) child: tokio::process::Child,
     /// Its pid (and process group id).
     pub(crate) pid: u32,
-    /// A pidfd, for signalling without pid-reuse races.
-    pub(crate) pidfd: Option<OwnedFd>,
+    /// The process, for waiting.
+    pub(crate) process: Process,
+    /// A second pidfd, for signalling it without pid-reuse races.
+    pub(crate) signal_fd: Option<OwnedFd>,
+    /// Its stdout, when captured.
+    pub(crate) stdout: Option<pipe::Receiver>,
+    /// Its stderr, when captured.
+    pub(crate) stderr: Option<pipe::Receiver>,
 }
 
 /// Why a process could not be spawned.
@@ -66,7 +130,7 @@ pub enum SpawnError {
         /// Why.
         message: String,
     },
-    /// fork/exec failed.
+    /// Creating the process failed.
     #[error("spawning `{program}` failed: {message}")]
     Io {
         /// The path.
@@ -97,14 +161,19 @@ pub(crate) struct Spawner {
     tx: std::sync::mpsc::Sender<Job>,
 }
 
+/// Stack of the child between clone and exec; it runs a few system calls only.
+const CHILD_STACK: usize = 64 * 1024;
+
 impl Spawner {
-    /// Start the spawner thread, registering children with the tokio runtime of `handle`.
+    /// Start the spawner thread; its pipes are registered with the tokio runtime of `handle`.
     pub(crate) fn start(handle: tokio::runtime::Handle) -> std::io::Result<Spawner> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new().name("syncra-spawner".into()).spawn(move || {
             let _enter = handle.enter();
+            block_all_signals();
+            let mut stack = vec![0u8; CHILD_STACK];
             while let Ok(job) = rx.recv() {
-                let _ = job.reply.send(spawn_now(job.spec));
+                let _ = job.reply.send(spawn_now(job.spec, &mut stack));
             }
         })?;
         Ok(Spawner { tx })
@@ -118,65 +187,192 @@ impl Spawner {
     }
 }
 
+fn block_all_signals() {
+    // SAFETY: sigfillset initialises the set; pthread_sigmask only changes this thread's mask.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+}
+
 /// Lowest fd number used for staging inherited fds, above every fixed target number.
 const STAGING_FD_MIN: RawFd = 64;
 
-fn spawn_now(spec: SpawnSpec) -> Result<Spawned, SpawnError> {
+/// What the child reads between clone and exec. Everything is prepared by the parent; the
+/// child only follows pointers and makes system calls.
+#[repr(C)]
+struct ChildArgs {
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    moves: *const (RawFd, RawFd),
+    moves_len: usize,
+    parent: libc::pid_t,
+    /// Set by the child when a step fails: the errno.
+    errno: c_int,
+}
+
+/// The child between clone and exec. It shares the runtime's memory (CLONE_VM) while the
+/// spawner thread is suspended (CLONE_VFORK), so it must not allocate, lock or unwind.
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` points to the ChildArgs the suspended spawner thread prepared and keeps
+    // alive until this child execs or exits; only async-signal-safe calls follow.
+    unsafe {
+        let a = &mut *(arg as *mut ChildArgs);
+        let fail = |a: &mut ChildArgs| -> ! {
+            a.errno = *libc::__errno_location();
+            libc::_exit(127)
+        };
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+            fail(a);
+        }
+        // The runtime may have died between clone and prctl: then nobody would kill us.
+        if libc::getppid() != a.parent {
+            libc::_exit(1);
+        }
+        if libc::setpgid(0, 0) != 0 {
+            fail(a);
+        }
+        for i in 0..a.moves_len {
+            let (src, dst) = *a.moves.add(i);
+            // dup2 leaves the new fd without CLOEXEC: exactly the fds listed are inherited.
+            if libc::dup2(src, dst) < 0 {
+                fail(a);
+            }
+        }
+        // Handlers of the runtime must not run here; SIGPIPE goes back to its default (Rust
+        // ignores it); other ignored signals stay ignored, as Unix children expect.
+        for sig in 1..libc::SIGRTMAX() {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                continue;
+            }
+            if old.sa_sigaction != libc::SIG_DFL && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE) {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        libc::execve(a.path, a.argv, a.envp);
+        fail(a)
+    }
+}
+
+fn cstring(what: &str, bytes: &[u8]) -> std::io::Result<CString> {
+    CString::new(bytes).map_err(|_| std::io::Error::other(format!("{what} contains a NUL byte")))
+}
+
+fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
     let program_name = spec.program.display().to_string();
     let io_err = |e: std::io::Error| SpawnError::Io { program: program_name.clone(), message: e.to_string() };
 
-    // Stage every inherited fd above the target numbers, so that placing one at its target
-    // can never overwrite another that has not been placed yet.
-    let mut staged: Vec<(OwnedFd, RawFd)> = Vec::with_capacity(spec.fds.len());
-    for (fd, target) in &spec.fds {
-        let high = rustix::io::fcntl_dupfd_cloexec(fd.as_fd(), STAGING_FD_MIN).map_err(|e| io_err(e.into()))?;
-        staged.push((high, *target));
+    let path = cstring("the program path", spec.program.as_os_str().as_bytes()).map_err(io_err)?;
+    let mut argv_c = vec![path.clone()];
+    for a in &spec.args {
+        argv_c.push(cstring("an argument", a.as_bytes()).map_err(io_err)?);
+    }
+    let mut env: Vec<(Vec<u8>, Vec<u8>)> =
+        std::env::vars_os().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
+    for (k, v) in &spec.env {
+        env.retain(|(ek, _)| ek != k.as_bytes());
+        env.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
+    }
+    let envp_c: Vec<CString> = env
+        .into_iter()
+        .filter_map(|(k, mut v)| {
+            let mut kv = k;
+            kv.push(b'=');
+            kv.append(&mut v);
+            CString::new(kv).ok()
+        })
+        .collect();
+    let argv: Vec<*const c_char> = argv_c.iter().map(|c| c.as_ptr()).chain([std::ptr::null()]).collect();
+    let envp: Vec<*const c_char> = envp_c.iter().map(|c| c.as_ptr()).chain([std::ptr::null()]).collect();
+
+    // Stdio: /dev/null in, pipes (or /dev/null) out.
+    let devnull = |write: bool| {
+        let mode = if write { rustix::fs::OFlags::WRONLY } else { rustix::fs::OFlags::RDONLY };
+        rustix::fs::open("/dev/null", mode | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
+    };
+    let stdin = devnull(false).map_err(|e| io_err(e.into()))?;
+    let (mut readers, stdout_w, stderr_w) = if spec.capture_output {
+        let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| io_err(e.into()))?;
+        let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| io_err(e.into()))?;
+        (Some((out_r, err_r)), out_w, err_w)
+    } else {
+        (None, devnull(true).map_err(|e| io_err(e.into()))?, devnull(true).map_err(|e| io_err(e.into()))?)
+    };
+
+    // Stage every fd the child gets above the target numbers, so that placing one can never
+    // overwrite another that has not been placed yet.
+    let mut staged: Vec<(OwnedFd, RawFd)> = Vec::with_capacity(3 + spec.fds.len());
+    for (fd, target) in [(stdin.as_fd(), 0), (stdout_w.as_fd(), 1), (stderr_w.as_fd(), 2)]
+        .into_iter()
+        .chain(spec.fds.iter().map(|(fd, t)| (fd.as_fd(), *t)))
+    {
+        let high = rustix::io::fcntl_dupfd_cloexec(fd, STAGING_FD_MIN).map_err(|e| io_err(e.into()))?;
+        staged.push((high, target));
     }
     let moves: Vec<(RawFd, RawFd)> = staged.iter().map(|(fd, target)| (fd.as_raw_fd(), *target)).collect();
-    let parent = rustix::process::getpid().as_raw_nonzero().get();
 
-    #[allow(clippy::disallowed_methods, reason = "this is the one spawn path")]
-    let mut cmd = tokio::process::Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .envs(spec.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))))
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .process_group(0);
-    if spec.capture_output {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else {
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut args = ChildArgs {
+        path: path.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        moves: moves.as_ptr(),
+        moves_len: moves.len(),
+        parent: rustix::process::getpid().as_raw_nonzero().get(),
+        errno: 0,
+    };
+    let stack_top = {
+        let end = stack.as_mut_ptr_range().end as usize;
+        (end & !0xf) as *mut c_void
+    };
+    let mut pidfd: c_int = -1;
+    // SAFETY: `child_main` touches only `args` and its own stack, both alive until the child
+    // has exec'd or exited, which CLONE_VFORK waits for before clone returns here. The stack
+    // is owned by this thread and not used by anything else meanwhile; every pointer in
+    // `args` points into values that live until the end of this function.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            stack_top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            (&mut args as *mut ChildArgs).cast::<c_void>(),
+            &mut pidfd as *mut c_int,
+        )
+    };
+    if pid < 0 {
+        return Err(io_err(std::io::Error::last_os_error()));
     }
-    // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (prctl, getppid, dup2); it allocates nothing and touches
-    // no lock. `moves` was built before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The runtime may have died between fork and prctl: then nobody would kill us.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            for &(src, dst) in &moves {
-                // dup2 leaves the new fd without CLOEXEC: exactly the fds listed are inherited.
-                if libc::dup2(src, dst) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
+    // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd, owned by nobody else, in `pidfd`.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    drop(staged);
+    drop((stdin, stdout_w, stderr_w));
+
+    if args.errno != 0 {
+        // The child reported a failed step and exited: reap it and say why.
+        let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
+        let e = std::io::Error::from_raw_os_error(args.errno);
+        return Err(match e.kind() {
+            std::io::ErrorKind::NotFound => SpawnError::NotFound { program: program_name, searched: String::new() },
+            std::io::ErrorKind::PermissionDenied => SpawnError::NotExecutable { program: program_name, message: e.to_string() },
+            _ => io_err(e),
         });
     }
-    let child = cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => SpawnError::NotFound { program: program_name.clone(), searched: String::new() },
-        std::io::ErrorKind::PermissionDenied => SpawnError::NotExecutable { program: program_name.clone(), message: e.to_string() },
-        _ => io_err(e),
-    })?;
-    drop(staged);
-    let pid = child.id().unwrap_or(0);
-    let pidfd = Pid::from_raw(pid as i32).and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
-    Ok(Spawned { child, pid, pidfd })
+    let signal_fd = pidfd.try_clone().ok();
+    let (stdout, stderr) = match readers.take() {
+        Some((out_r, err_r)) => (pipe::Receiver::from_owned_fd(out_r).ok(), pipe::Receiver::from_owned_fd(err_r).ok()),
+        None => (None, None),
+    };
+    Ok(Spawned { pid: pid as u32, process: Process { pidfd: Some(pidfd) }, signal_fd, stdout, stderr })
 }
 
 /// Resolve a configured command to an executable path: a command containing `/` is a path;
@@ -230,6 +426,7 @@ pub(crate) fn signal_group(pid: u32, sig: Signal) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[test]
     fn bare_names_are_found_on_path_and_missing_ones_named() {
@@ -249,5 +446,70 @@ mod tests {
         assert!(err.to_string().contains("not marked executable"), "{err}");
         let err = resolve_program(dir.path().to_str().unwrap(), &[]).unwrap_err();
         assert!(err.to_string().contains("not a file"), "{err}");
+    }
+
+    fn sh(script: &str, env: &[(&str, &str)], fds: Vec<(OwnedFd, RawFd)>) -> SpawnSpec {
+        SpawnSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            fds,
+            capture_output: true,
+        }
+    }
+
+    async fn output(mut s: Spawned) -> (String, Exit) {
+        let mut out = String::new();
+        s.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+        (out, s.process.wait().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_child_gets_its_environment_fds_and_own_process_group() {
+        let spawner = Spawner::start(tokio::runtime::Handle::current()).unwrap();
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        std::io::Write::write_all(&mut &ours, b"through fd 3\n").unwrap();
+        // fd 3 carries what we wrote; fds 4+ are closed; the child leads its own group.
+        let script = "head -n1 <&3; echo \"$SYNCRA_X\"; [ -e /proc/self/fd/4 ] && echo leak; cut -d' ' -f5 /proc/$$/stat; echo $$";
+        let s = spawner.spawn(sh(script, &[("SYNCRA_X", "x-value")], vec![(theirs.into(), 3)])).await.unwrap();
+        let pid = s.pid;
+        let (out, exit) = output(s).await;
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(exit, Exit::Code(0), "{out}");
+        assert_eq!(&lines[..2], ["through fd 3", "x-value"], "{out}");
+        assert!(!out.contains("leak"), "{out}");
+        assert_eq!(lines[2], lines[3], "process group id = pid: {out}");
+        assert_eq!(lines[3], pid.to_string());
+    }
+
+    #[tokio::test]
+    async fn exits_and_signals_are_reported_and_missing_programs_refused() {
+        let spawner = Spawner::start(tokio::runtime::Handle::current()).unwrap();
+        let s = spawner.spawn(sh("exit 7", &[], vec![])).await.unwrap();
+        assert_eq!(s.process.wait().await.unwrap(), Exit::Code(7));
+        let s = spawner.spawn(sh("kill -SEGV $$", &[], vec![])).await.unwrap();
+        assert_eq!(s.process.wait().await.unwrap(), Exit::Signal(libc::SIGSEGV));
+        let mut spec = sh("", &[], vec![]);
+        spec.program = "/nonexistent/program".into();
+        let err = spawner.spawn(spec).await.unwrap_err();
+        assert!(matches!(err, SpawnError::NotFound { .. }), "{err}");
+        // SIGPIPE is back to its default in the child (Rust ignores it in the runtime).
+        let s = spawner.spawn(sh("grep SigIgn /proc/self/status", &[], vec![])).await.unwrap();
+        let (out, _) = output(s).await;
+        let ignored = u64::from_str_radix(out.split_whitespace().nth(1).unwrap(), 16).unwrap();
+        assert_eq!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "{out}");
+    }
+
+    #[tokio::test]
+    async fn dropping_an_unwaited_process_kills_it() {
+        let spawner = Spawner::start(tokio::runtime::Handle::current()).unwrap();
+        let s = spawner.spawn(sh("sleep 1000", &[], vec![])).await.unwrap();
+        let pid = s.pid;
+        drop(s);
+        let gone = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true)
+        });
+        assert!(gone, "the process survived its handle");
     }
 }

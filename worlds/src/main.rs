@@ -55,37 +55,26 @@ fn main() {
     let scene = Scene::new(&settings);
     tracing::info!(world = %settings.name, entities = scene.entities(), seed = settings.seed, tick_hz = settings.tick_hz, "scene built");
     node.ready();
-    let ticks = run(scene, &settings, |deadline| node.sleep_until(deadline), |m| node.heartbeat_with(|| Some(m())));
+    let ticks = run(scene, &settings, |deadline| node.sleep_until(deadline), |m| node.heartbeat(Some(m)));
     tracing::info!(world = %settings.name, ticks, "stopped");
 }
 
-/// The fixed-rate tick loop. `sleep` waits for the next tick (true: stop); `beat` offers a
-/// heartbeat with lazily built metrics. Returns the ticks simulated.
+/// The fixed-rate tick loop. `sleep` waits for the next tick (true: stop); `beat` is the
+/// heartbeat with this tick's metrics. Returns the ticks simulated.
 fn run(
     mut scene: Scene,
     settings: &WorldSettings,
     mut sleep: impl FnMut(Instant) -> bool,
-    mut beat: impl FnMut(&mut dyn FnMut() -> NodeMetrics),
+    mut beat: impl FnMut(&NodeMetrics),
 ) -> u64 {
     let period = Duration::from_secs_f64(1.0 / settings.tick_hz);
     let mut next = Instant::now();
-    let (mut overruns, mut tick_us_max) = (0u64, 0u32);
+    let mut overruns = 0u64;
     loop {
         let started = Instant::now();
         scene.step();
         let tick_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        tick_us_max = tick_us_max.max(tick_us);
-        beat(&mut || {
-            let m = NodeMetrics {
-                tick: scene.tick(),
-                entities: Some(scene.entities()),
-                tick_us,
-                tick_us_max,
-                overruns,
-            };
-            tick_us_max = 0;
-            m
-        });
+        beat(&NodeMetrics { tick: scene.tick(), entities: Some(scene.entities()), tick_us, tick_us_max: tick_us, overruns });
         next += period;
         let now = Instant::now();
         if now > next + period {
@@ -110,8 +99,7 @@ fn standalone(settings: &WorldSettings, ticks: Option<u64>) {
             std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
             false
         },
-        |metrics| {
-            let m = metrics();
+        |m| {
             if ticks.is_some_and(|t| m.tick >= t) {
                 println!("tick {} entities {} tick_us {} overruns {}", m.tick, m.entities.unwrap_or(0), m.tick_us, m.overruns);
                 std::process::exit(0);

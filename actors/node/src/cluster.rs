@@ -97,6 +97,8 @@ async fn connect(
 
     socket.set_nonblocking(true).map_err(|e| format!("preparing the cluster socket: {e}"))?;
     let stream = tokio::net::UnixStream::from_std(socket).map_err(|e| format!("preparing the cluster socket: {e}"))?;
+    let t_connect = std::time::Instant::now();
+    tracing::debug!("node server and agent up; opening the session");
     ractor_cluster::client_connect_external(&server, Box::new(UnixLink::new(stream, "runtime")))
         .await
         .map_err(|e| format!("opening the session: {e}"))?;
@@ -117,6 +119,7 @@ async fn connect(
     let gateway = tokio::time::timeout(JOIN_TIMEOUT, wait)
         .await
         .map_err(|_| format!("the runtime did not answer within {} s", JOIN_TIMEOUT.as_secs()))??;
+    tracing::debug!(session_us = t_connect.elapsed().as_micros() as u64, "session ready, gateway visible");
     Ok((gateway, rx))
 }
 

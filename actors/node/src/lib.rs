@@ -38,6 +38,7 @@ use ractor::ActorRef;
 use serde::de::DeserializeOwned;
 use syncra_protocol::boot::{Boot, BootError, CLUSTER_FD, exit_code};
 use syncra_protocol::node::{Envelope, NodeToRuntime, RuntimeInbox};
+use syncra_protocol::page::NodePage;
 use syncra_protocol::status::NodeMetrics;
 use syncra_protocol::{NodeName, wire};
 use tokio::sync::Notify;
@@ -60,6 +61,14 @@ pub enum JoinError {
     /// The boot frame could not be read.
     #[error("reading the boot frame: {0}")]
     Boot(#[from] BootError),
+    /// The node page could not be mapped.
+    #[error("mapping the node page (fd {fd}): {message}")]
+    Page {
+        /// The fd.
+        fd: i32,
+        /// What failed.
+        message: String,
+    },
     /// The cluster node could not start or join.
     #[error("joining the cluster as {node}: {message}")]
     Cluster {
@@ -77,7 +86,7 @@ impl JoinError {
             JoinError::Boot(BootError::Decode(syncra_protocol::wire::DecodeError::Version { .. })) => {
                 exit_code::PROTOCOL_MISMATCH
             }
-            JoinError::NotSpawnedByRuntime | JoinError::Boot(_) => exit_code::BAD_BOOT,
+            JoinError::NotSpawnedByRuntime | JoinError::Boot(_) | JoinError::Page { .. } => exit_code::BAD_BOOT,
             JoinError::Cluster { .. } => 1,
         }
     }
@@ -135,9 +144,8 @@ pub struct Node {
     gateway: ActorRef<RuntimeInbox>,
     shared: Arc<Shared>,
     started: Instant,
-    beat_interval_ns: u64,
-    next_beat_ns: AtomicU64,
-    beat_seq: AtomicU64,
+    beat_interval: Duration,
+    page: Option<NodePage>,
 }
 
 impl Node {
@@ -145,6 +153,7 @@ impl Node {
     /// and return once the runtime can hear this node. Blocks; call it before starting other
     /// threads where possible.
     pub fn join() -> Result<Node, JoinError> {
+        let t0 = Instant::now();
         let socket = take_inherited_socket()?;
         let boot = Boot::read_from(&mut &socket, CLUSTER_FD)?;
         panic::install(&boot);
@@ -155,19 +164,41 @@ impl Node {
             shutdown_grace_ms: AtomicU64::new(0),
             wake: (Mutex::new(()), Condvar::new()),
         });
+        let page = match boot.page_fd {
+            Some(fd) => {
+                // SAFETY: the page fd is inherited for this purpose; it is only borrowed here
+                // (and stays open for the panic hook).
+                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                let _ = rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC);
+                let page = NodePage::map(borrowed).map_err(|e| JoinError::Page { fd, message: e.to_string() })?;
+                if !page.is_initialised() {
+                    return Err(JoinError::Page { fd, message: "not initialised by a runtime of this protocol version".into() });
+                }
+                Some(page)
+            }
+            None => None,
+        };
+        let booted = t0.elapsed();
         let gateway = cluster::start(&boot, socket, shared.clone())
             .map_err(|message| JoinError::Cluster { node: boot.node.clone(), message })?;
+        let joined = t0.elapsed();
         let node = Node {
-            beat_interval_ns: boot.heartbeat.interval_ms.saturating_mul(1_000_000),
+            beat_interval: Duration::from_millis(boot.heartbeat.interval_ms.max(1)),
             boot,
             gateway,
             shared,
             started: Instant::now(),
-            next_beat_ns: AtomicU64::new(0),
-            beat_seq: AtomicU64::new(0),
+            page,
         };
         node.send(NodeToRuntime::Hello { protocol: syncra_protocol::PROTOCOL_VERSION, pid: std::process::id() });
-        tracing::info!(node = %node.boot.node, incarnation = node.boot.incarnation, pid = std::process::id(), "joined the runtime");
+        tracing::info!(
+            node = %node.boot.node,
+            incarnation = node.boot.incarnation,
+            pid = std::process::id(),
+            boot_us = booted.as_micros() as u64,
+            join_us = (joined - booted).as_micros() as u64,
+            "joined the runtime"
+        );
         Ok(node)
     }
 
@@ -190,27 +221,18 @@ impl Node {
     /// Tell the runtime this node is ready: it is initialised and serves its purpose.
     pub fn ready(&self) {
         tracing::info!(node = %self.boot.node, after_ms = self.started.elapsed().as_millis() as u64, "ready");
-        self.send(NodeToRuntime::Ready);
-        // The first beat follows at once, so the deadline starts from readiness.
-        self.next_beat_ns.store(0, Ordering::Relaxed);
         self.heartbeat(None);
+        self.send(NodeToRuntime::Ready);
     }
 
-    /// Prove this node is alive. Call it from the main loop (each tick, frame or period); it
-    /// sends a beat only when one is due, so calling it often costs a clock read.
+    /// Prove this node is alive, with the main loop's metrics when it has them. Call it from
+    /// the main loop itself — each tick, frame or period — so that a stuck loop stops the beats
+    /// and the runtime sees the hang. It is an atomic increment in shared memory: calling it
+    /// every iteration costs nanoseconds and sends nothing.
     pub fn heartbeat(&self, metrics: Option<&NodeMetrics>) {
-        self.heartbeat_with(|| metrics.cloned());
-    }
-
-    /// Like [`Node::heartbeat`], building the metrics only when a beat is due.
-    pub fn heartbeat_with(&self, metrics: impl FnOnce() -> Option<NodeMetrics>) {
-        let now = self.started.elapsed().as_nanos() as u64;
-        if now < self.next_beat_ns.load(Ordering::Relaxed) {
-            return;
+        if let Some(page) = &self.page {
+            page.vitals().beat(metrics);
         }
-        self.next_beat_ns.store(now + self.beat_interval_ns, Ordering::Relaxed);
-        let seq = self.beat_seq.fetch_add(1, Ordering::Relaxed);
-        self.send(NodeToRuntime::Heartbeat { seq, metrics: metrics() });
     }
 
     /// Whether the runtime (or a SIGTERM/SIGINT) asked this node to stop. The main loop should
@@ -226,7 +248,7 @@ impl Node {
         let (lock, cv) = &self.shared.wake;
         let mut guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let slept_from = Instant::now();
-        let beat_interval = Duration::from_nanos(self.beat_interval_ns.max(1_000_000));
+        let beat_interval = self.beat_interval;
         loop {
             if self.shutdown_requested() {
                 return true;
@@ -237,8 +259,8 @@ impl Node {
             }
             let slice = (deadline - now).min(beat_interval);
             guard = cv.wait_timeout(guard, slice).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
-            // Only a long sleep beats on the loop's behalf; after a short one the loop's own
-            // beat (with its metrics) follows soon enough.
+            // A loop that sleeps longer than a heartbeat interval by design is not hung: beat
+            // on its behalf while it waits.
             if slept_from.elapsed() >= beat_interval {
                 self.heartbeat(None);
             }

@@ -6,19 +6,14 @@ use std::os::fd::BorrowedFd;
 
 use syncra_protocol::boot::Boot;
 use syncra_protocol::crash::PanicReport;
+use syncra_protocol::page::{PANIC_MAX, PANIC_OFFSET};
 use syncra_protocol::wire;
 
 /// Exit code of a node that panicked (Rust's own convention).
 pub(crate) const PANIC_EXIT_CODE: i32 = 101;
 
 pub(crate) fn install(boot: &Boot) {
-    let fd = boot.panic_fd;
-    if let Some(fd) = fd {
-        // SAFETY: the panic fd is inherited for this purpose and stays open for the life of
-        // the process; it is only borrowed to set CLOEXEC so our own children don't inherit it.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        let _ = rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC);
-    }
+    let fd = boot.page_fd;
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let report = PanicReport {
@@ -28,10 +23,20 @@ pub(crate) fn install(boot: &Boot) {
             backtrace: Backtrace::force_capture().to_string(),
         };
         if let Some(fd) = fd {
-            let framed = wire::frame(&wire::encode(&report));
-            // SAFETY: as above; the fd outlives the process's use of it.
+            let mut report = report.clone();
+            let mut framed = wire::frame(&wire::encode(&report));
+            if framed.len() > PANIC_MAX {
+                // Keep the message; cut the backtrace to fit the page.
+                report.backtrace.truncate(report.backtrace.len().saturating_sub(framed.len() - PANIC_MAX + 64));
+                report.backtrace.push_str("\n[backtrace cut to fit]");
+                framed = wire::frame(&wire::encode(&report));
+            }
+            // SAFETY: the page fd is inherited for this purpose and stays open for the life of
+            // the process (the node keeps it); it is only borrowed for this write.
             let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-            let _ = rustix::io::pwrite(borrowed, &framed, 0);
+            if framed.len() <= PANIC_MAX {
+                let _ = rustix::io::pwrite(borrowed, &framed, PANIC_OFFSET as u64);
+            }
         }
         previous(info);
         // SAFETY: `_exit` ends the process without unwinding or running atexit handlers, which

@@ -348,7 +348,7 @@ async fn crashes(run_dir: &Path, node: Option<String>, limit: usize, json: bool)
 fn describe(ev: &LifecycleEvent) -> String {
     let what = match &ev.what {
         EventKind::Spawned => "spawned".to_owned(),
-        EventKind::Up { startup_ms } => format!("up after {startup_ms} ms"),
+        EventKind::Up { startup_ms } => format!("up after {startup_ms:.1} ms"),
         EventKind::Hung { silent_ms } => format!("hung: silent for {silent_ms} ms"),
         EventKind::Down { exit } => {
             let how = exit.signal.clone().or_else(|| exit.code.map(|c| format!("code {c}"))).unwrap_or_default();

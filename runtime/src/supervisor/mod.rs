@@ -55,6 +55,8 @@ pub(crate) struct Ctx {
     pub(crate) crashes: Mutex<Vec<CrashEntry>>,
     /// Set when something asks the runtime to shut down.
     pub(crate) shutdown: watch::Sender<Option<ShutdownCause>>,
+    /// Watches the heartbeats of ready nodes.
+    pub(crate) watchdog: Arc<crate::watchdog::Watchdog>,
     /// Hooks running in the background; shutdown waits for them (each has a timeout).
     pub(crate) hook_tasks: Mutex<tokio::task::JoinSet<()>>,
 }

@@ -11,7 +11,7 @@
 //! tokio's pidfd-based wait); a hang is seen when heartbeats stop for the node's deadline,
 //! and answered with SIGABRT (for a dump), then SIGKILL.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,7 +19,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use ractor_cluster::RactorMessage;
 use rustix::process::Signal;
 use syncra_config::{GiveUpAction, GroupPolicy, HookPoint, NodePlan};
-use syncra_protocol::boot::{Boot, ClusterJoin, PANIC_FD, Token};
+use syncra_protocol::boot::{Boot, ClusterJoin, PAGE_FD, Token};
+use syncra_protocol::page::NodePage;
 use syncra_protocol::crash::{CrashRecord, Decision, ExitSummary, PanicReport, Reason};
 use syncra_protocol::node::{NodeInbox, NodeToRuntime, RuntimeToNode, agent_group};
 use syncra_protocol::status::{EventKind, LifecycleEvent};
@@ -33,7 +34,7 @@ use crate::cluster::HUB_NAME;
 use crate::hooks::HookContext;
 use crate::logs;
 use crate::registry::Route;
-use crate::spawn::{SpawnError, SpawnSpec, resolve_program, signal, signal_group};
+use crate::spawn::{Exit, SpawnError, SpawnSpec, resolve_program, signal, signal_group};
 
 /// How long the exit handler waits for a dead child's pipes to drain.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(300);
@@ -54,8 +55,8 @@ pub(crate) enum SupMsg {
     Exited(Box<ExitReport>),
     /// The start timeout of an incarnation expired.
     StartTimeout { incarnation: u64 },
-    /// Time to check an incarnation's heartbeat.
-    BeatCheck { incarnation: u64 },
+    /// The watchdog saw no heartbeat from an incarnation for its deadline.
+    Hung { incarnation: u64, silent: Duration },
     /// A grace period expired (abort of a hung node, graceful stop): SIGKILL.
     KillNow { incarnation: u64 },
     /// Restart (a sibling failed under one_for_all / rest_for_one, or a user asked).
@@ -143,7 +144,7 @@ struct Live {
     spawned_at: Instant,
     ready_at: Option<Instant>,
     ready_announced: bool,
-    last_beat: Instant,
+    page: Arc<NodePage>,
     agent: Option<ActorRef<NodeInbox>>,
     forced: Option<Forced>,
     log_path: std::path::PathBuf,
@@ -222,7 +223,7 @@ impl Actor for NodeSupervisor {
                     }
                 }
             }
-            SupMsg::BeatCheck { incarnation } => st.beat_check(incarnation),
+            SupMsg::Hung { incarnation, silent } => st.hung(incarnation, silent),
             SupMsg::KillNow { incarnation } => {
                 let name = st.plan.name.clone();
                 if let Some(live) = st.live_mut(incarnation) {
@@ -333,18 +334,16 @@ impl SupState {
         let incarnation = self.incarnation;
         let pid = self.live.as_ref().map(|l| l.pid);
         let ready_since = self.live.as_ref().and_then(|l| l.ready_at);
+        let page = self.live.as_ref().map(|l| l.page.clone());
         self.ctx.registry.update(&self.plan.name, |r| {
+            r.page = page;
             r.view.state = phase.state();
             r.view.detail = detail;
             r.view.restarts = restarts;
             r.view.incarnation = incarnation;
             r.view.pid = pid;
             r.ready_since = if phase == Phase::Ready { ready_since } else { None };
-            if pid.is_none() {
-                r.view.tick = None;
-                r.view.entities = None;
-                r.view.tick_us = None;
-            }
+
         });
     }
 
@@ -464,14 +463,44 @@ impl SupState {
             None,
         )
         .map_err(|e| io("creating the cluster socketpair", e.into()))?;
-        let panic_buf = rustix::fs::memfd_create("syncra-panic", rustix::fs::MemfdFlags::CLOEXEC)
-            .map_err(|e| io("creating the panic buffer", e.into()))?;
-        let panic_child = panic_buf.try_clone().map_err(|e| io("sharing the panic buffer", e))?;
+        let (page, page_child) = NodePage::create("syncra-node-page").map_err(|e| io("creating the node page", std::io::Error::other(e)))?;
+        let page = Arc::new(page);
         let token = new_token().map_err(|e| io("generating the node token", e))?;
         let cluster_name = format!("{}#{incarnation}", self.plan.name);
         let group = agent_group(&cluster_name);
         ractor::pg::monitor(group.clone(), self.myself.get_cell());
         self.ctx.registry.add_route(token, Route { node: self.plan.name.clone(), incarnation, to: self.myself.clone() });
+
+        // The boot frame and the hub's side of the session go onto our end of the socketpair
+        // before the fork, so the child finds both waiting when it starts. A boot frame that
+        // does not fit the socket buffer (a huge config chunk) is finished after the spawn.
+        let boot = Boot {
+            node: self.plan.name.clone(),
+            incarnation,
+            cluster: ClusterJoin { cookie: self.ctx.hub.cookie().to_owned(), node_name: cluster_name.clone(), hub_name: HUB_NAME.into(), token },
+            heartbeat: self.plan.heartbeat,
+            page_fd: Some(PAGE_FD),
+            settings: self.plan.settings.clone(),
+        };
+        let mut frame = Vec::new();
+        let _ = boot.write_to(&mut frame);
+        let ours = std::os::unix::net::UnixStream::from(ours);
+        ours.set_nonblocking(true).map_err(|e| io("preparing the cluster socket", e))?;
+        let mut written = 0;
+        while written < frame.len() {
+            match std::io::Write::write(&mut &ours, &frame[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(io("writing the boot frame", e)),
+            }
+        }
+        let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| io("preparing the cluster socket", e))?;
+        let unfinished = if written == frame.len() {
+            self.ctx.hub.attach(stream, &cluster_name).map_err(|e| io("opening the cluster session", std::io::Error::other(e)))?;
+            None
+        } else {
+            Some(stream)
+        };
 
         let mut env: Vec<(String, String)> = self.plan.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         env.push(("SYNCRA_NODE".into(), self.plan.name.to_string()));
@@ -479,11 +508,13 @@ impl SupState {
             // glibc reserves an arena per thread; two keep a node's footprint small.
             env.push(("MALLOC_ARENA_MAX".into(), "2".into()));
         }
+        // Spawn → ready is timed from here, fork and exec included (as a bare spawn would be).
+        let spawn_started = Instant::now();
         let spec = SpawnSpec {
             program,
             args: self.plan.args.clone(),
             env,
-            fds: vec![(theirs, syncra_protocol::boot::CLUSTER_FD), (panic_child, PANIC_FD)],
+            fds: vec![(theirs, syncra_protocol::boot::CLUSTER_FD), (page_child, PAGE_FD)],
             capture_output: true,
         };
         let spawned = match self.ctx.spawner.spawn(spec).await {
@@ -494,71 +525,55 @@ impl SupState {
                 return Err(e);
             }
         };
-        let mut child = spawned.child;
         let pid = spawned.pid;
-
-        // The boot frame, then the cluster session, on our end of the socketpair.
-        let boot = Boot {
-            node: self.plan.name.clone(),
-            incarnation,
-            cluster: ClusterJoin { cookie: self.ctx.hub.cookie().to_owned(), node_name: cluster_name.clone(), hub_name: HUB_NAME.into(), token },
-            heartbeat: self.plan.heartbeat,
-            panic_fd: Some(PANIC_FD),
-            settings: self.plan.settings.clone(),
-        };
-        let mut frame = Vec::new();
-        let _ = boot.write_to(&mut frame);
-        let linked = async {
-            let std_stream = std::os::unix::net::UnixStream::from(ours);
-            std_stream.set_nonblocking(true)?;
-            let mut stream = tokio::net::UnixStream::from_std(std_stream)?;
-            stream.write_all(&frame).await?;
-            Ok::<_, std::io::Error>(stream)
-        };
-        match tokio::time::timeout(Duration::from_secs(5), linked).await {
-            Ok(Ok(stream)) => {
-                if let Err(e) = self.ctx.hub.attach(stream, &cluster_name) {
-                    tracing::error!(node = %self.plan.name, pid, error = %e, "could not open the cluster session");
+        if let Some(mut stream) = unfinished {
+            let rest = async {
+                stream.write_all(&frame[written..]).await?;
+                Ok::<_, std::io::Error>(stream)
+            };
+            match tokio::time::timeout(Duration::from_secs(5), rest).await {
+                Ok(Ok(stream)) => {
+                    if let Err(e) = self.ctx.hub.attach(stream, &cluster_name) {
+                        tracing::error!(node = %self.plan.name, pid, error = %e, "could not open the cluster session");
+                    }
                 }
+                // The child died before reading its boot frame; its exit is reported below.
+                Ok(Err(e)) => tracing::debug!(node = %self.plan.name, pid, error = %e, "boot frame not delivered"),
+                Err(_) => tracing::warn!(node = %self.plan.name, pid, "the child did not read its boot frame within 5 s"),
             }
-            // The child died before reading its boot frame; its exit is reported below.
-            Ok(Err(e)) => tracing::debug!(node = %self.plan.name, pid, error = %e, "boot frame not delivered"),
-            Err(_) => tracing::warn!(node = %self.plan.name, pid, "the child did not read its boot frame within 5 s"),
         }
 
         let log_path = self.ctx.runtime.log_dir.join(format!("{}_{pid}.log", self.plan.name.file_stem()));
-        let capture = logs::capture(child.stdout.take(), child.stderr.take(), log_path.clone());
+        let capture = logs::capture(spawned.stdout, spawned.stderr, log_path.clone());
+        let process = spawned.process;
         let me = self.myself.clone();
+        let waiter_page = page.clone();
         tokio::spawn(async move {
-            let status = child.wait().await;
+            let status = process.wait().await;
             let at = SystemTime::now();
             let termination = match status {
-                Ok(s) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    match (s.code(), s.signal()) {
-                        (Some(c), _) => Termination::Code(c),
-                        (None, Some(sig)) => Termination::Signal(sig),
-                        (None, None) => Termination::Code(-1),
-                    }
+                Ok(Exit::Code(c)) => Termination::Code(c),
+                Ok(Exit::Signal(sig)) => Termination::Signal(sig),
+                Err(e) => {
+                    tracing::error!(pid, error = %e, "waiting for a child failed");
+                    Termination::Code(-1)
                 }
-                Err(_) => Termination::Code(-1),
             };
             let stderr_tail = capture.finish(OUTPUT_DRAIN).await;
-            let panic = read_panic(&panic_buf);
+            let panic = read_panic(&waiter_page);
             let _ = me.cast(SupMsg::Exited(Box::new(ExitReport { incarnation, termination, at, stderr_tail, panic, spawn_error: None })));
         });
 
-        let now = Instant::now();
         Ok(Live {
             incarnation,
             pid,
-            pidfd: spawned.pidfd,
+            pidfd: spawned.signal_fd,
             token,
             group,
-            spawned_at: now,
+            spawned_at: spawn_started,
             ready_at: None,
             ready_announced: false,
-            last_beat: now,
+            page,
             agent: None,
             forced: None,
             log_path,
@@ -583,16 +598,6 @@ impl SupState {
                 live.ready_announced = true;
                 self.try_become_ready();
             }
-            NodeToRuntime::Heartbeat { metrics, .. } => {
-                live.last_beat = Instant::now();
-                if let Some(m) = metrics {
-                    self.ctx.registry.update(&name, |r| {
-                        r.view.tick = Some(m.tick);
-                        r.view.entities = m.entities;
-                        r.view.tick_us = Some(m.tick_us);
-                    });
-                }
-            }
             NodeToRuntime::Leaving { code, reason } => {
                 tracing::info!(node = %name, pid = live.pid, incarnation, code, reason, "node is leaving");
             }
@@ -615,34 +620,30 @@ impl SupState {
         }
         let now = Instant::now();
         live.ready_at = Some(now);
-        live.last_beat = now;
         let (pid, incarnation, startup) = (live.pid, live.incarnation, now.duration_since(live.spawned_at));
-        self.set_phase(Phase::Ready, None);
-        tracing::info!(node = %self.plan.name, pid, incarnation, startup_ms = startup.as_millis() as u64, "ready");
-        self.emit(Some(pid), EventKind::Up { startup_ms: startup.as_millis() as u64 });
         let deadline = Duration::from_millis(self.plan.heartbeat.deadline_ms);
-        self.myself.send_after(deadline, move || SupMsg::BeatCheck { incarnation });
+        self.ctx.watchdog.watch(self.plan.name.clone(), incarnation, live.page.clone(), deadline, self.myself.clone());
+        self.set_phase(Phase::Ready, None);
+        let startup_ms = startup.as_secs_f64() * 1e3;
+        tracing::info!(node = %self.plan.name, pid, incarnation, startup_ms = format!("{startup_ms:.1}"), "ready");
+        self.emit(Some(pid), EventKind::Up { startup_ms });
         self.hook_in_background(self.hook_ctx(HookPoint::AfterReady, Some(pid)));
     }
 
-    fn beat_check(&mut self, incarnation: u64) {
+    /// The watchdog saw no heartbeat for the deadline: SIGABRT (a dump), SIGKILL after the grace.
+    fn hung(&mut self, incarnation: u64, silent: Duration) {
         if self.phase != Phase::Ready {
             return;
         }
-        let deadline = Duration::from_millis(self.plan.heartbeat.deadline_ms);
+        let deadline_ms = self.plan.heartbeat.deadline_ms;
         let abort_grace = self.ctx.runtime.abort_grace;
         let name = self.plan.name.clone();
         let Some(live) = self.live_mut(incarnation) else { return };
         if live.forced.is_some() {
             return;
         }
-        let silent = live.last_beat.elapsed();
-        if silent < deadline {
-            self.myself.send_after(deadline - silent, move || SupMsg::BeatCheck { incarnation });
-            return;
-        }
         let pid = live.pid;
-        tracing::warn!(node = %name, pid, incarnation, silent_ms = silent.as_millis() as u64, deadline_ms = deadline.as_millis() as u64, "no heartbeat within the deadline: hung; SIGABRT, then SIGKILL");
+        tracing::warn!(node = %name, pid, incarnation, silent_ms = silent.as_millis() as u64, deadline_ms, "no heartbeat within the deadline: hung; SIGABRT, then SIGKILL");
         live.forced = Some(Forced::Hung { silent });
         signal(live.pidfd.as_ref(), pid, Signal::ABORT);
         // A stopped process acts on the SIGABRT (and dumps) only once continued.
@@ -654,6 +655,7 @@ impl SupState {
     /// Ask the running incarnation to stop: a graceful request, SIGKILL at the stop timeout.
     fn stop_live(&mut self, after: After, why: &str) {
         self.after = after;
+        self.ctx.watchdog.unwatch(&self.plan.name);
         let grace = self.plan.stop_timeout;
         let name = self.plan.name.clone();
         let Some(live) = self.live.as_mut() else { return };
@@ -718,6 +720,7 @@ impl SupState {
     /// An incarnation ended (or never started): classify, record, decide, act.
     async fn ended(&mut self, report: ExitReport, live: Option<Live>) {
         let name = self.plan.name.clone();
+        self.ctx.watchdog.unwatch(&name);
         if let Some(l) = &live {
             self.ctx.registry.remove_route(&l.token);
             ractor::pg::demonitor(l.group.clone(), self.myself.get_id());
@@ -810,16 +813,19 @@ impl SupState {
                 };
                 let (decision, next): (Decision, Phase) = match &verdict {
                     Verdict::Restart { delay, attempt } => {
-                        let siblings = self
-                            .group
-                            .call(|reply| GroupMsg::ChildRestarting { failed: name.clone(), reply }, Some(Duration::from_secs(2)))
-                            .await
-                            .ok()
-                            .and_then(|r| match r {
-                                ractor::rpc::CallResult::Success(s) => Some(s),
-                                _ => None,
-                            })
-                            .unwrap_or_default();
+                        let siblings = if self.policy.strategy == syncra_config::Strategy::OneForOne {
+                            Vec::new()
+                        } else {
+                            self.group
+                                .call(|reply| GroupMsg::ChildRestarting { failed: name.clone(), reply }, Some(Duration::from_secs(2)))
+                                .await
+                                .ok()
+                                .and_then(|r| match r {
+                                    ractor::rpc::CallResult::Success(s) => Some(s),
+                                    _ => None,
+                                })
+                                .unwrap_or_default()
+                        };
                         (Decision::Restart { after_ms: delay.as_millis() as u64, attempt: *attempt, siblings }, Phase::Backoff)
                     }
                     Verdict::GiveUp(why) if self.ctx.runtime.on_give_up == GiveUpAction::Shutdown => {
@@ -830,6 +836,12 @@ impl SupState {
                         (Decision::NotRestarted { why: why.clone() }, if *failed { Phase::Failed } else { Phase::Stopped })
                     }
                 };
+                hook.decision = Some(match &decision {
+                    Decision::Restart { after_ms, .. } => format!("restart after {after_ms} ms"),
+                    Decision::GaveUp { .. } => "gave up".into(),
+                    Decision::NotRestarted { .. } => "not restarted".into(),
+                    Decision::Shutdown { .. } => "shutdown".into(),
+                });
                 if reason.is_failure() {
                     let record = CrashRecord {
                         timestamp: humantime::format_rfc3339_millis(report.at).to_string(),
@@ -847,27 +859,32 @@ impl SupState {
                         log_file: live.as_ref().map(|l| l.log_path.display().to_string()),
                         decision: decision.clone(),
                     };
-                    match logs::write_crash_record(&self.ctx.runtime.crash_dir, &record, report.at) {
-                        Ok(path) => {
-                            summary.record = Some(path.display().to_string());
-                            hook.crash_record = Some(path.clone());
-                            self.ctx.crashes.lock().unwrap_or_else(|p| p.into_inner()).push(
-                                syncra_protocol::control::CrashEntry { path: path.display().to_string(), record },
-                            );
+                    let path = logs::crash_record_path(&self.ctx.runtime.crash_dir, &record, report.at);
+                    summary.record = Some(path.display().to_string());
+                    hook.crash_record = Some(path.clone());
+                    self.ctx.crashes.lock().unwrap_or_else(|p| p.into_inner()).push(
+                        syncra_protocol::control::CrashEntry { path: path.display().to_string(), record: record.clone() },
+                    );
+                    // Off the restart's path: the record is written, then the on-crash hook
+                    // (which reads it) runs.
+                    let (hooks, own, crash_hook) = (self.ctx.hooks.clone(), self.plan.hooks.clone(), hook.clone());
+                    let run_hook = self.ctx.hooks.any(HookPoint::OnCrash, &own);
+                    self.ctx.track(async move {
+                        if let Err(e) = tokio::task::spawn_blocking({
+                            let path = path.clone();
+                            move || logs::write_crash_record(&path, &record)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                        {
+                            tracing::error!(node = %crash_hook.node, path = %path.display(), error = %e, "could not write the crash record");
                         }
-                        Err(e) => tracing::error!(node = %name, error = %e, dir = %self.ctx.runtime.crash_dir.display(), "could not write the crash record"),
-                    }
+                        if run_hook {
+                            hooks.run(&crash_hook, &own).await;
+                        }
+                    });
                 }
                 self.record_exit(summary);
-                hook.decision = Some(match &decision {
-                    Decision::Restart { after_ms, .. } => format!("restart after {after_ms} ms"),
-                    Decision::GaveUp { .. } => "gave up".into(),
-                    Decision::NotRestarted { .. } => "not restarted".into(),
-                    Decision::Shutdown { .. } => "shutdown".into(),
-                });
-                if reason.is_failure() {
-                    self.hook_in_background(hook.clone());
-                }
                 match verdict {
                     Verdict::Restart { delay, .. } => {
                         self.emit(None, EventKind::Restarting { delay_ms: delay.as_millis() as u64, cause: format!("{reason}: {detail}") });
@@ -906,22 +923,14 @@ impl SupState {
             r.view.last_exit = Some(summary);
             r.view.pid = None;
             r.ready_since = None;
+            r.page = None;
         });
     }
 }
 
-/// Read a panic report the child may have left in its panic buffer.
-fn read_panic(buf: &OwnedFd) -> Option<PanicReport> {
-    let mut len = [0u8; 4];
-    match rustix::io::pread(buf.as_fd(), &mut len, 0) {
-        Ok(4) => {}
-        _ => return None,
-    }
-    let len = wire::check_len("panic report", u32::from_be_bytes(len), 1 << 20).ok()?;
-    let mut body = vec![0u8; len];
-    let n = rustix::io::pread(buf.as_fd(), &mut body, 4).ok()?;
-    body.truncate(n);
-    match wire::decode::<PanicReport>("panic report", &body) {
+/// Read a panic report the child may have left in its page.
+fn read_panic(page: &NodePage) -> Option<PanicReport> {
+    match wire::decode::<PanicReport>("panic report", &page.panic_bytes()?) {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::debug!(error = %e, "ignored an unreadable panic report");

@@ -1,0 +1,232 @@
+//! The node page: a small shared-memory file (a sealed memfd) between the runtime and one
+//! child incarnation, inherited by the child as fd [`crate::boot::PAGE_FD`].
+//!
+//! ```text
+//! offset 0     Vitals: heartbeat counter and main-loop metrics (atomics, written by the child)
+//! offset 4096  panic report: u32 BE length + MessagePack PanicReport (written by the child's
+//!              panic hook, read by the runtime after the child exits)
+//! ```
+//!
+//! A heartbeat is an atomic increment in the child's main loop; the runtime's watchdog samples
+//! the counters. No message, no wakeup per beat, whatever the number of nodes.
+//!
+//! **Invariant:** every field the runtime reads is an atomic integer, for which any bit
+//! pattern is valid, and the runtime seals the file against shrinking before handing it out:
+//! a misbehaving child can lie about its metrics but cannot crash the runtime.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::status::NodeMetrics;
+
+/// Where the panic report starts.
+pub const PANIC_OFFSET: usize = 4096;
+/// Largest panic report.
+pub const PANIC_MAX: usize = 60 * 1024;
+/// Size of the page file.
+pub const PAGE_SIZE: usize = PANIC_OFFSET + PANIC_MAX;
+
+/// `Vitals::magic` of an initialised page.
+pub const VITALS_MAGIC: u32 = 0x5359_4e56; // "SYNV"
+
+/// Sentinel of [`Vitals::entities`] meaning "not reported".
+const NO_ENTITIES: u64 = u64::MAX;
+
+/// The child's heartbeat counter and metrics.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Vitals {
+    /// [`VITALS_MAGIC`], set by the runtime.
+    pub magic: AtomicU32,
+    /// [`crate::PROTOCOL_VERSION`], set by the runtime.
+    pub version: AtomicU32,
+    /// Incremented by every heartbeat.
+    pub beats: AtomicU64,
+    /// Main-loop iterations.
+    pub tick: AtomicU64,
+    /// Entities, or `u64::MAX` when not reported.
+    pub entities: AtomicU64,
+    /// Duration of the last iteration, µs.
+    pub tick_us: AtomicU32,
+    /// Longest iteration since the runtime last looked, µs.
+    pub tick_us_max: AtomicU32,
+    /// Iterations that overran their period.
+    pub overruns: AtomicU64,
+}
+
+impl Vitals {
+    /// A heartbeat, with the main loop's metrics when it has them.
+    pub fn beat(&self, metrics: Option<&NodeMetrics>) {
+        if let Some(m) = metrics {
+            self.tick.store(m.tick, Ordering::Relaxed);
+            self.entities.store(m.entities.unwrap_or(NO_ENTITIES), Ordering::Relaxed);
+            self.tick_us.store(m.tick_us, Ordering::Relaxed);
+            self.tick_us_max.fetch_max(m.tick_us_max.max(m.tick_us), Ordering::Relaxed);
+            self.overruns.store(m.overruns, Ordering::Relaxed);
+        }
+        self.beats.fetch_add(1, Ordering::Release);
+    }
+
+    /// The heartbeat counter.
+    pub fn beats(&self) -> u64 {
+        self.beats.load(Ordering::Acquire)
+    }
+
+    /// The metrics last reported, `None` before any. Resets the running maximum.
+    pub fn metrics(&self) -> Option<NodeMetrics> {
+        let tick = self.tick.load(Ordering::Relaxed);
+        let entities = self.entities.load(Ordering::Relaxed);
+        if tick == 0 && entities == 0 {
+            return None;
+        }
+        Some(NodeMetrics {
+            tick,
+            entities: (entities != NO_ENTITIES).then_some(entities),
+            tick_us: self.tick_us.load(Ordering::Relaxed),
+            tick_us_max: self.tick_us_max.swap(0, Ordering::Relaxed),
+            overruns: self.overruns.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Why a page could not be created or mapped.
+#[derive(Debug, thiserror::Error)]
+#[error("node page: {what}: {source}")]
+pub struct PageError {
+    what: &'static str,
+    #[source]
+    source: std::io::Error,
+}
+
+fn err(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> PageError {
+    move |e| PageError { what, source: e.into() }
+}
+
+/// A mapping of a node page.
+#[derive(Debug)]
+pub struct NodePage {
+    ptr: NonNull<u8>,
+}
+
+// SAFETY: the mapping is plain shared memory accessed only through atomics (`Vitals`) or
+// copied out by value; it may be used from any thread.
+unsafe impl Send for NodePage {}
+// SAFETY: as above.
+unsafe impl Sync for NodePage {}
+
+impl NodePage {
+    /// Create a page file for a new incarnation: a memfd of [`PAGE_SIZE`] bytes, sealed against
+    /// resizing, with initialised vitals. Returns the mapping and the fd to hand to the child.
+    pub fn create(name: &str) -> Result<(NodePage, std::os::fd::OwnedFd), PageError> {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).map_err(err("memfd_create"))?;
+        rustix::fs::ftruncate(&fd, PAGE_SIZE as u64).map_err(err("sizing"))?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL).map_err(err("sealing"))?;
+        let page = NodePage::map(fd.as_fd())?;
+        page.vitals().magic.store(VITALS_MAGIC, Ordering::Relaxed);
+        page.vitals().version.store(crate::PROTOCOL_VERSION, Ordering::Release);
+        Ok((page, fd))
+    }
+
+    /// Map the page file `fd` (for the child: its inherited fd; checked for size).
+    pub fn map(fd: BorrowedFd<'_>) -> Result<NodePage, PageError> {
+        let size = rustix::fs::fstat(fd).map_err(err("fstat"))?.st_size;
+        if (size as usize) < PAGE_SIZE {
+            return Err(PageError {
+                what: "size check",
+                source: std::io::Error::other(format!("{size} bytes, expected at least {PAGE_SIZE}")),
+            });
+        }
+        // SAFETY: a fresh shared mapping of an fd we were handed; nothing else is mapped at the
+        // address the kernel picks. The file cannot shrink below PAGE_SIZE (sealed by the
+        // runtime; checked above for the child), so every access within PAGE_SIZE is valid.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                PAGE_SIZE,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(err("mmap"))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(PageError { what: "mmap", source: std::io::Error::other("null mapping") })?;
+        Ok(NodePage { ptr })
+    }
+
+    /// The vitals at the start of the page.
+    pub fn vitals(&self) -> &Vitals {
+        // SAFETY: the mapping is page-aligned, at least PAGE_SIZE long and lives as long as
+        // `self`; Vitals is repr(C) atomics, valid for any bit pattern and for shared access.
+        unsafe { &*self.ptr.as_ptr().cast::<Vitals>() }
+    }
+
+    /// The panic report bytes the child left (MessagePack, not yet decoded), if any. Call it
+    /// once the child is gone; a length that does not fit the area yields `None`.
+    pub fn panic_bytes(&self) -> Option<Vec<u8>> {
+        let mut len = [0u8; 4];
+        // SAFETY: PANIC_OFFSET + PANIC_MAX <= PAGE_SIZE, all within the live mapping; the
+        // writer is gone, so the copy races with nobody (and any bytes are acceptable input
+        // to the defensive decoder).
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(PANIC_OFFSET), len.as_mut_ptr(), 4) };
+        let len = u32::from_be_bytes(len) as usize;
+        if len == 0 || len > PANIC_MAX - 4 {
+            return None;
+        }
+        let mut body = vec![0u8; len];
+        // SAFETY: as above; `len` was checked against the area's size.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(PANIC_OFFSET + 4), body.as_mut_ptr(), len) };
+        Some(body)
+    }
+
+    /// Whether the runtime initialised this page for this protocol version.
+    pub fn is_initialised(&self) -> bool {
+        self.vitals().magic.load(Ordering::Relaxed) == VITALS_MAGIC
+            && self.vitals().version.load(Ordering::Acquire) == crate::PROTOCOL_VERSION
+    }
+}
+
+impl Drop for NodePage {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` is the start of a mapping of PAGE_SIZE bytes made in `map`, and no
+        // reference into it outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), PAGE_SIZE) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beats_and_metrics_cross_two_mappings() {
+        let (runtime_side, fd) = NodePage::create("test-page").unwrap();
+        let child_side = NodePage::map(fd.as_fd()).unwrap();
+        assert!(child_side.is_initialised());
+        assert_eq!(runtime_side.vitals().metrics(), None);
+        child_side.vitals().beat(None);
+        child_side.vitals().beat(Some(&NodeMetrics { tick: 9, entities: Some(4), tick_us: 12, tick_us_max: 30, overruns: 1 }));
+        assert_eq!(runtime_side.vitals().beats(), 2);
+        let m = runtime_side.vitals().metrics().unwrap();
+        assert_eq!((m.tick, m.entities, m.tick_us_max, m.overruns), (9, Some(4), 30, 1));
+        assert_eq!(runtime_side.vitals().metrics().unwrap().tick_us_max, 0, "the maximum resets when read");
+    }
+
+    #[test]
+    fn panic_reports_are_length_checked() {
+        let (page, fd) = NodePage::create("test-page").unwrap();
+        assert_eq!(page.panic_bytes(), None);
+        rustix::io::pwrite(&fd, &crate::wire::frame(b"report"), PANIC_OFFSET as u64).unwrap();
+        assert_eq!(page.panic_bytes().as_deref(), Some(&b"report"[..]));
+        rustix::io::pwrite(&fd, &u32::MAX.to_be_bytes(), PANIC_OFFSET as u64).unwrap();
+        assert_eq!(page.panic_bytes(), None);
+    }
+
+    #[test]
+    fn the_page_cannot_be_shrunk() {
+        let (_page, fd) = NodePage::create("test-page").unwrap();
+        assert!(rustix::fs::ftruncate(&fd, 0).is_err(), "a child must not be able to SIGBUS the runtime");
+    }
+}

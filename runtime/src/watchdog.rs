@@ -1,0 +1,95 @@
+//! The watchdog: sees hangs by sampling every ready node's heartbeat counter in its shared
+//! page, once per period for the whole runtime (no message and no wakeup per beat).
+//!
+//! A node is hung when its counter has not moved for its deadline: the watchdog tells its
+//! supervisor, which aborts and replaces it. Detection comes at most one period after the
+//! deadline. If the watchdog itself was held up for longer than half a deadline (the runtime
+//! was stopped, the machine suspended), that sweep only takes new baselines, so a stall of the
+//! runtime is never blamed on the nodes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::ActorRef;
+use syncra_protocol::NodeName;
+use syncra_protocol::page::NodePage;
+
+use crate::supervisor::node::SupMsg;
+
+struct Watched {
+    incarnation: u64,
+    page: Arc<NodePage>,
+    deadline: Duration,
+    last_beats: u64,
+    last_change: Instant,
+    to: ActorRef<SupMsg>,
+}
+
+/// The watched nodes and the sampling period.
+pub(crate) struct Watchdog {
+    period: Duration,
+    watched: Mutex<HashMap<NodeName, Watched>>,
+}
+
+impl std::fmt::Debug for Watchdog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watchdog").field("period", &self.period).finish_non_exhaustive()
+    }
+}
+
+impl Watchdog {
+    /// A watchdog sampling every `period`.
+    pub(crate) fn new(period: Duration) -> Arc<Watchdog> {
+        Arc::new(Watchdog { period: period.max(Duration::from_millis(5)), watched: Mutex::new(HashMap::new()) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeName, Watched>> {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Watch `incarnation` of `node` from now on (it just became ready).
+    pub(crate) fn watch(&self, node: NodeName, incarnation: u64, page: Arc<NodePage>, deadline: Duration, to: ActorRef<SupMsg>) {
+        let last_beats = page.vitals().beats();
+        self.lock().insert(node, Watched { incarnation, page, deadline, last_beats, last_change: Instant::now(), to });
+    }
+
+    /// Stop watching `node` (it is stopping, or gone).
+    pub(crate) fn unwatch(&self, node: &NodeName) {
+        self.lock().remove(node);
+    }
+
+    /// Sample forever.
+    pub(crate) async fn run(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut previous = Instant::now();
+        loop {
+            ticker.tick().await;
+            let now = Instant::now();
+            let stalled = now.duration_since(previous);
+            previous = now;
+            self.sweep(now, stalled);
+        }
+    }
+
+    /// One sample of every watched node.
+    fn sweep(&self, now: Instant, since_previous: Duration) {
+        let mut watched = self.lock();
+        let mut hung = Vec::new();
+        for (name, w) in watched.iter_mut() {
+            let beats = w.page.vitals().beats();
+            if beats != w.last_beats || since_previous > w.deadline / 2 {
+                w.last_beats = beats;
+                w.last_change = now;
+            } else if now.duration_since(w.last_change) >= w.deadline {
+                hung.push(name.clone());
+            }
+        }
+        for name in hung {
+            if let Some(w) = watched.remove(&name) {
+                let _ = w.to.cast(SupMsg::Hung { incarnation: w.incarnation, silent: now.duration_since(w.last_change) });
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Project tasks, in plain Rust so a fresh machine needs only the Rust toolchain.
+//!
+//! ```text
+//! cargo run-server [--release] [SYNCRA RUN ARGS]   headless server (config/server.toml)
+//! cargo run-desktop [--release] [SYNCRA RUN ARGS]  desktop preset (config/desktop.toml)
+//! cargo test-all                                    install system packages, run every test
+//! cargo bench-all                                   the benchmark table (release build)
+//! ```
+//!
+//! The aliases live in `.cargo/config.toml`; the justfile calls the same tasks.
+
+#![allow(clippy::disallowed_methods, reason = "xtask runs cargo and the built binaries")]
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Debian packages the test suite needs, beyond the Rust toolchain and gcc. Each entry is
+/// (package, a command or file that shows it is installed).
+const TEST_PACKAGES: &[(&str, &str)] = &[];
+
+/// The binaries every run needs: the runtime and the world.
+const CORE_PACKAGES: &[&str] = &["syncra-runtime", "syncra-world"];
+
+/// Driver binaries of the desktop preset, by package and executable. None is built yet; each
+/// later issue adds its own here.
+const DESKTOP_DRIVERS: &[(&str, &str)] = &[];
+
+/// Drivers config/desktop.toml enables and the executable each needs.
+const DESKTOP_EXECUTABLES: &[(&str, &str)] =
+    &[("window", "syncra-window"), ("renderer", "syncra-renderer"), ("audio", "syncra-audio"), ("input", "syncra-input")];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn target_dir(release: bool) -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    base.join(if release { "release" } else { "debug" })
+}
+
+fn run(mut cmd: Command) -> Result<(), String> {
+    let shown = format!("{cmd:?}");
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("{shown} failed ({s})")),
+        Err(e) => Err(format!("{shown} could not start: {e}")),
+    }
+}
+
+fn build(packages: &[&str], release: bool) -> Result<(), String> {
+    let mut cmd = cargo();
+    cmd.arg("build").arg("--bins");
+    if release {
+        cmd.arg("--release");
+    }
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    run(cmd)
+}
+
+/// Build and `exec` `syncra run --config <preset> ARGS`.
+fn run_preset(preset: &str, mut args: Vec<String>, extra_packages: &[&str]) -> Result<(), String> {
+    let release = take_flag(&mut args, "--release");
+    let packages: Vec<&str> = CORE_PACKAGES.iter().chain(extra_packages).copied().collect();
+    build(&packages, release)?;
+    let syncra = target_dir(release).join("syncra");
+    let config = root().join("config").join(preset);
+    let mut cmd = Command::new(&syncra);
+    cmd.arg("run").arg("--config").arg(&config).args(&args);
+    Err(format!("exec {}: {}", syncra.display(), cmd.exec()))
+}
+
+fn take_flag(args: &mut Vec<String>, flag: &str) -> bool {
+    let before = args.len();
+    args.retain(|a| a != flag);
+    args.len() != before
+}
+
+fn is_installed(probe: &str) -> bool {
+    if probe.starts_with('/') {
+        return Path::new(probe).exists();
+    }
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(probe).is_file()))
+}
+
+/// Install the Debian packages the tests need (as root, or through sudo).
+fn install_test_packages() -> Result<(), String> {
+    let missing: Vec<&str> = TEST_PACKAGES.iter().filter(|(_, probe)| !is_installed(probe)).map(|(p, _)| *p).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let root_user = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    let apt = |args: &[&str]| {
+        let mut cmd = if root_user { Command::new("apt-get") } else { Command::new("sudo") };
+        if !root_user {
+            cmd.arg("apt-get");
+        }
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run(apt(&["update", "-q"]))?;
+    let mut install = apt(&["install", "-y", "-q", "--no-install-recommends"]);
+    install.args(&missing);
+    run(install)
+}
+
+fn test_all(args: Vec<String>) -> Result<(), String> {
+    install_test_packages()?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]).args(&args);
+    run(cmd)
+}
+
+fn bench_all(args: Vec<String>) -> Result<(), String> {
+    build(&["syncra-runtime", "syncra-world", "syncra-integration-tests"], true)?;
+    let mut cmd = Command::new(target_dir(true).join("syncra-bench"));
+    cmd.args(&args);
+    run(cmd)
+}
+
+fn run_desktop(args: Vec<String>) -> Result<(), String> {
+    let drivers: Vec<&str> = DESKTOP_DRIVERS.iter().map(|(p, _)| *p).collect();
+    let release = args.iter().any(|a| a == "--release");
+    let dir = target_dir(release);
+    let missing: Vec<String> = DESKTOP_EXECUTABLES
+        .iter()
+        .filter(|(_, exe)| !DESKTOP_DRIVERS.iter().any(|(_, built)| built == exe) && !dir.join(exe).exists())
+        .map(|(driver, exe)| format!("{driver} ({exe})"))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "run-desktop: these drivers of config/desktop.toml are not built yet: {}.\n\
+             The runtime marks them failed and runs the rest (see `syncra status`).",
+            missing.join(", ")
+        );
+    }
+    run_preset("desktop.toml", args, &drivers)
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let result = match task.as_str() {
+        "run-server" => run_preset("server.toml", rest, &[]),
+        "run-desktop" => run_desktop(rest),
+        "test" => test_all(rest),
+        "bench" => bench_all(rest),
+        "deps" => install_test_packages(),
+        _ => Err(format!(
+            "unknown task `{task}`; tasks: run-server, run-desktop, test, bench, deps (see .cargo/config.toml for the aliases)"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
