@@ -16,7 +16,9 @@ pub mod plan;
 
 pub use load::{ConfigError, Loaded, Loader, Overrides};
 pub use model::*;
-pub use plan::{Backoff, GroupPlan, GroupPolicy, NodePlan, Plan, Problem, RuntimePlan, default_run_dir};
+pub use plan::{
+    Backoff, GroupPlan, GroupPolicy, NodePlan, Plan, Problem, RuntimePlan, default_run_dir,
+};
 
 /// The shipped presets, as text.
 pub mod presets {
@@ -34,6 +36,7 @@ impl SyncraConfig {
 
     /// The effective config as TOML, as `syncra check-config` prints it.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# could not render the config: {e}\n"))
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# could not render the config: {e}\n"))
     }
 }

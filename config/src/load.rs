@@ -55,7 +55,11 @@ impl ConfigError {
 }
 
 fn render(problems: &[Problem]) -> String {
-    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Values given on the command line; they win over everything else.
@@ -115,7 +119,11 @@ const FLAGS: &str = "command-line flags";
 impl Loader {
     /// A loader with no file, reading the environment, with no overrides.
     pub fn new() -> Self {
-        Self { file: None, env: true, overrides: Overrides::default() }
+        Self {
+            file: None,
+            env: true,
+            overrides: Overrides::default(),
+        }
     }
 
     /// Read this config file (TOML) over the defaults.
@@ -137,9 +145,15 @@ impl Loader {
     }
 
     fn figment(&self, text: Option<&str>) -> Figment {
-        let mut fig = Figment::from(Named { name: DEFAULTS, inner: Serialized::defaults(SyncraConfig::default()) });
+        let mut fig = Figment::from(Named {
+            name: DEFAULTS,
+            inner: Serialized::defaults(SyncraConfig::default()),
+        });
         if let (Some(path), Some(text)) = (&self.file, text) {
-            fig = fig.merge(FileLayer { path: path.clone(), text: text.to_owned() });
+            fig = fig.merge(FileLayer {
+                path: path.clone(),
+                text: text.to_owned(),
+            });
         }
         if self.env {
             fig = fig.merge(env_provider());
@@ -155,7 +169,10 @@ impl Loader {
             flags.push(("runtime.run_dir", d.display().to_string().into()));
         }
         for (key, value) in flags {
-            fig = fig.merge(Named { name: FLAGS, inner: Serialized::global(key, value) });
+            fig = fig.merge(Named {
+                name: FLAGS,
+                inner: Serialized::global(key, value),
+            });
         }
         fig
     }
@@ -167,7 +184,9 @@ impl Loader {
             None => None,
         };
         let fig = self.figment(text.as_deref());
-        let mut config: SyncraConfig = fig.extract().map_err(|e| ConfigError::Invalid(figment_problems(e, self)))?;
+        let mut config: SyncraConfig = fig
+            .extract()
+            .map_err(|e| ConfigError::Invalid(figment_problems(e, self)))?;
 
         // figment keeps tables in key order; restore the order the file wrote them in.
         if let Some(text) = &text {
@@ -176,9 +195,18 @@ impl Loader {
 
         // Paths written in a file are relative to that file; others to the working directory.
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-        let file_dir = self.file.as_deref().and_then(|p| p.parent()).map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+        let file_dir = self.file.as_deref().and_then(|p| p.parent()).map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        });
         let base_of = |key: &str| -> PathBuf {
-            match (fig.find_metadata(key).and_then(|m| m.source.as_ref()), file_dir) {
+            match (
+                fig.find_metadata(key).and_then(|m| m.source.as_ref()),
+                file_dir,
+            ) {
                 (Some(Source::File(_)), Some(dir)) => anchor(dir, &cwd),
                 _ => cwd.clone(),
             }
@@ -193,12 +221,21 @@ impl Loader {
         }
         for (name, entry) in &mut config.drivers.0 {
             if let DriverEntry::Spec(spec) = entry {
-                anchor_command(&mut spec.command, &base_of(&format!("drivers.{name}.command")));
+                anchor_command(
+                    &mut spec.command,
+                    &base_of(&format!("drivers.{name}.command")),
+                );
             }
         }
-        anchor_command(&mut config.worlds.defaults.command, &base_of("worlds.command"));
+        anchor_command(
+            &mut config.worlds.defaults.command,
+            &base_of("worlds.command"),
+        );
         for (name, spec) in &mut config.worlds.tables {
-            anchor_command(&mut spec.command, &base_of(&format!("worlds.{name}.command")));
+            anchor_command(
+                &mut spec.command,
+                &base_of(&format!("worlds.{name}.command")),
+            );
         }
 
         let plan = plan(&config).map_err(|problems| {
@@ -212,29 +249,50 @@ impl Loader {
                     .collect(),
             )
         })?;
-        Ok(Loaded { config, plan, file: self.file.clone() })
+        Ok(Loaded {
+            config,
+            plan,
+            file: self.file.clone(),
+        })
     }
 }
 
 /// A command with a `/` is a path; a relative one is anchored like other file paths.
 fn anchor_command(command: &mut Option<String>, base: &Path) {
-    if let Some(c) = command {
-        if c.contains('/') && !c.starts_with('/') {
-            *c = anchor(Path::new(c), base).display().to_string();
-        }
+    if let Some(c) = command
+        && c.contains('/')
+        && !c.starts_with('/')
+    {
+        *c = anchor(Path::new(c), base).display().to_string();
     }
 }
 
 fn read_file(path: &Path) -> Result<String, ConfigError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => {}
-        Ok(m) => return Err(ConfigError::NotFound { path: path.to_owned(), is_dir: m.is_dir() }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ConfigError::NotFound { path: path.to_owned(), is_dir: false });
+        Ok(m) => {
+            return Err(ConfigError::NotFound {
+                path: path.to_owned(),
+                is_dir: m.is_dir(),
+            });
         }
-        Err(source) => return Err(ConfigError::Read { path: path.to_owned(), source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ConfigError::NotFound {
+                path: path.to_owned(),
+                is_dir: false,
+            });
+        }
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
     }
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The config file as a figment layer whose metadata names the file.
@@ -269,7 +327,12 @@ fn env_provider() -> Env {
 
 /// The environment variable that sets `path`, for messages.
 fn env_var_for(path: &[String]) -> String {
-    match path.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match path
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["runtime", "run_dir"] => "SYNCRA_RUN_DIR".into(),
         ["runtime", "log_dir"] => "SYNCRA_LOG_DIR".into(),
         _ => format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase()),
@@ -278,8 +341,14 @@ fn env_var_for(path: &[String]) -> String {
 
 fn describe_source(meta: &Metadata, path: &[String], loader: &Loader) -> String {
     match &meta.source {
-        Some(Source::File(_)) => loader.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "config file".into()),
-        _ if meta.name.contains("environment") => format!("environment variable {}", env_var_for(path)),
+        Some(Source::File(_)) => loader
+            .file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "config file".into()),
+        _ if meta.name.contains("environment") => {
+            format!("environment variable {}", env_var_for(path))
+        }
         _ if meta.name == FLAGS => match path.join(".").as_str() {
             "worlds.count" => "command-line flag --worlds".into(),
             "runtime.log_dir" => "command-line flag --log-dir".into(),
@@ -317,25 +386,42 @@ fn figment_problems(err: figment::Error, loader: &Loader) -> Vec<Problem> {
     err.into_iter()
         .map(|e| {
             let key = e.path.join(".");
-            let source = e.metadata.as_ref().map(|m| describe_source(m, &e.path, loader));
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| describe_source(m, &e.path, loader));
             let message = match &e.kind {
                 Kind::UnknownField(field, expected) => {
-                    format!("unknown key `{field}`; expected one of: {}", expected.join(", "))
+                    format!(
+                        "unknown key `{field}`; expected one of: {}",
+                        expected.join(", ")
+                    )
                 }
                 Kind::UnknownVariant(v, expected) => {
-                    format!("unknown value `{v}`; expected one of: {}", expected.join(", "))
+                    format!(
+                        "unknown value `{v}`; expected one of: {}",
+                        expected.join(", ")
+                    )
                 }
                 Kind::InvalidType(actual, expected) if expected.starts_with("a world table") => {
                     format!("unknown key (found {actual}); expected {expected}")
                 }
-                Kind::InvalidType(actual, expected) => format!("expected {expected}, found {actual}"),
-                Kind::InvalidValue(actual, expected) => format!("expected {expected}, found {actual}"),
+                Kind::InvalidType(actual, expected) => {
+                    format!("expected {expected}, found {actual}")
+                }
+                Kind::InvalidValue(actual, expected) => {
+                    format!("expected {expected}, found {actual}")
+                }
                 Kind::MissingField(f) => format!("missing key `{f}`"),
                 Kind::DuplicateField(f) => format!("key `{f}` is set twice"),
                 Kind::Message(m) => m.trim_end().to_owned(),
                 other => other.to_string(),
             };
-            Problem { key, message, source }
+            Problem {
+                key,
+                message,
+                source,
+            }
         })
         .collect()
 }
@@ -349,22 +435,39 @@ struct FileOrder {
 
 impl FileOrder {
     fn of(text: &str) -> FileOrder {
-        let Ok(doc) = text.parse::<toml::Table>() else { return FileOrder::default() };
+        let Ok(doc) = text.parse::<toml::Table>() else {
+            return FileOrder::default();
+        };
         let keys = |section: &str, tables_only: bool| -> Vec<String> {
             doc.get(section)
                 .and_then(|v| v.as_table())
-                .map(|t| t.iter().filter(|(_, v)| !tables_only || v.is_table()).map(|(k, _)| k.clone()).collect())
+                .map(|t| {
+                    t.iter()
+                        .filter(|(_, v)| !tables_only || v.is_table())
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                })
                 .unwrap_or_default()
         };
-        FileOrder { drivers: keys("drivers", false), worlds: keys("worlds", true) }
+        FileOrder {
+            drivers: keys("drivers", false),
+            worlds: keys("worlds", true),
+        }
     }
 
     /// Sort drivers and world tables in this file's order; entries from other layers keep
     /// their relative order after them (the sort is stable).
     fn apply(&self, config: &mut SyncraConfig) {
-        let rank = |own: &[String], name: &str| own.iter().position(|n| n == name).unwrap_or(usize::MAX);
-        config.drivers.0.sort_by_key(|(n, _)| rank(&self.drivers, n));
-        config.worlds.tables.sort_by_key(|(n, _)| rank(&self.worlds, n));
+        let rank =
+            |own: &[String], name: &str| own.iter().position(|n| n == name).unwrap_or(usize::MAX);
+        config
+            .drivers
+            .0
+            .sort_by_key(|(n, _)| rank(&self.drivers, n));
+        config
+            .worlds
+            .tables
+            .sort_by_key(|(n, _)| rank(&self.worlds, n));
     }
 }
 
@@ -398,7 +501,10 @@ mod tests {
             found.iter().any(|p| needles.iter().all(|n| p.contains(n))),
             "no problem mentions all of {needles:?}; got {found:#?}"
         );
-        assert!(found.iter().all(|p| p.contains("SyncraConfig.toml")), "every problem names the file: {found:#?}");
+        assert!(
+            found.iter().all(|p| p.contains("SyncraConfig.toml")),
+            "every problem names the file: {found:#?}"
+        );
     }
 
     const SEED: &str = r#"
@@ -435,19 +541,50 @@ default_world = "my_base_world"
     #[test]
     fn drivers_start_in_file_order() {
         let loaded = load("[drivers]\ninput = true\n[drivers.zeta]\ncommand = \"/bin/zeta\"\n[drivers.audio]\nrestart = \"transient\"\n").unwrap();
-        let names: Vec<_> = loaded.plan.drivers.nodes.iter().map(|n| n.name.to_string()).collect();
+        let names: Vec<_> = loaded
+            .plan
+            .drivers
+            .nodes
+            .iter()
+            .map(|n| n.name.to_string())
+            .collect();
         assert_eq!(names, ["input", "zeta", "audio"]);
         assert_eq!(loaded.plan.drivers.nodes[2].restart, RestartType::Transient);
     }
 
     #[test]
     fn world_names_default_plus_generated() {
-        let loaded = Loader::new().without_env().overrides(Overrides { worlds: Some(4), ..Default::default() }).load().unwrap();
-        let names: Vec<_> = loaded.plan.worlds.nodes.iter().map(|n| n.name.to_string()).collect();
-        assert_eq!(names, ["world/main", "world/main-2", "world/main-3", "world/main-4"]);
-        let seeds: Vec<_> = loaded.plan.worlds.nodes.iter().map(|n| n.world.as_ref().unwrap().seed).collect();
+        let loaded = Loader::new()
+            .without_env()
+            .overrides(Overrides {
+                worlds: Some(4),
+                ..Default::default()
+            })
+            .load()
+            .unwrap();
+        let names: Vec<_> = loaded
+            .plan
+            .worlds
+            .nodes
+            .iter()
+            .map(|n| n.name.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["world/main", "world/main-2", "world/main-3", "world/main-4"]
+        );
+        let seeds: Vec<_> = loaded
+            .plan
+            .worlds
+            .nodes
+            .iter()
+            .map(|n| n.world.as_ref().unwrap().seed)
+            .collect();
         assert_eq!(seeds.len(), 4);
-        assert!(seeds.windows(2).all(|w| w[0] != w[1]), "each world gets its own seed: {seeds:?}");
+        assert!(
+            seeds.windows(2).all(|w| w[0] != w[1]),
+            "each world gets its own seed: {seeds:?}"
+        );
     }
 
     #[test]
@@ -456,7 +593,13 @@ default_world = "my_base_world"
             "[worlds]\ndefault_world = \"lobby\"\ncount = 3\ntick_hz = 30\nentities = 10\n[worlds.arena]\ntick_hz = 120\nseed = 9\nrestart = \"transient\"\n",
         )
         .unwrap();
-        let w: Vec<_> = loaded.plan.worlds.nodes.iter().map(|n| (n.name.to_string(), n.world.clone().unwrap())).collect();
+        let w: Vec<_> = loaded
+            .plan
+            .worlds
+            .nodes
+            .iter()
+            .map(|n| (n.name.to_string(), n.world.clone().unwrap()))
+            .collect();
         assert_eq!(w[0].0, "world/lobby");
         assert_eq!(w[1].0, "world/arena");
         assert_eq!(w[2].0, "world/lobby-2");
@@ -470,44 +613,81 @@ default_world = "my_base_world"
     #[test]
     fn syntax_error_names_file_and_line() {
         let found = problems("[runtime\nwatch_interval_ms = 5\n");
-        assert!(found.iter().any(|p| p.contains("SyncraConfig.toml") && p.contains("line 1")), "{found:#?}");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("SyncraConfig.toml") && p.contains("line 1")),
+            "{found:#?}"
+        );
     }
 
     #[test]
     fn unknown_key() {
-        assert_problem("[runtime]\nwatch_intervall_ms = 5\n", &["`runtime.watch_intervall_ms`", "unknown key", "watch_interval_ms"]);
+        assert_problem(
+            "[runtime]\nwatch_intervall_ms = 5\n",
+            &[
+                "`runtime.watch_intervall_ms`",
+                "unknown key",
+                "watch_interval_ms",
+            ],
+        );
         assert_problem("[runtim]\nx = 1\n", &["`runtim`", "unknown key", "runtime"]);
-        assert_problem("[drivers.renderer]\ncomand = \"x\"\n", &["`drivers.renderer.comand`", "unknown key"]);
-        assert_problem("[worlds]\ntick_hx = 30\n", &["`worlds.tick_hx`", "unknown key", "tick_hz"]);
+        assert_problem(
+            "[drivers.renderer]\ncomand = \"x\"\n",
+            &["`drivers.renderer.comand`", "unknown key"],
+        );
+        assert_problem(
+            "[worlds]\ntick_hx = 30\n",
+            &["`worlds.tick_hx`", "unknown key", "tick_hz"],
+        );
     }
 
     #[test]
     fn wrong_type() {
-        assert_problem("[runtime]\nwatch_interval_ms = \"fast\"\n", &["`runtime.watch_interval_ms`", "expected", "string"]);
-        assert_problem("[drivers]\nwindow = \"yes\"\n", &["`drivers.window`", "`true`, `false` or a driver table"]);
+        assert_problem(
+            "[runtime]\nwatch_interval_ms = \"fast\"\n",
+            &["`runtime.watch_interval_ms`", "expected", "string"],
+        );
+        assert_problem(
+            "[drivers]\nwindow = \"yes\"\n",
+            &["`drivers.window`", "`true`, `false` or a driver table"],
+        );
     }
 
     #[test]
     fn unknown_strategy() {
         assert_problem(
             "[supervisor]\nstrategy = \"one_for_none\"\n",
-            &["`supervisor.strategy`", "one_for_none", "one_for_one, one_for_all, rest_for_one"],
+            &[
+                "`supervisor.strategy`",
+                "one_for_none",
+                "one_for_one, one_for_all, rest_for_one",
+            ],
         );
     }
 
     #[test]
     fn zero_interval() {
-        assert_problem("[runtime]\nwatch_interval_ms = 0\n", &["`runtime.watch_interval_ms`", "at least 10"]);
+        assert_problem(
+            "[runtime]\nwatch_interval_ms = 0\n",
+            &["`runtime.watch_interval_ms`", "at least 10"],
+        );
     }
 
     #[test]
     fn duplicate_world_names() {
-        assert_problem("[worlds]\ndefault_world = \"a\"\nnames = [\"b\", \"a\"]\n", &["`worlds.names[1]`", "duplicate world name `a`"]);
+        assert_problem(
+            "[worlds]\ndefault_world = \"a\"\nnames = [\"b\", \"a\"]\n",
+            &["`worlds.names[1]`", "duplicate world name `a`"],
+        );
     }
 
     #[test]
     fn count_below_named_worlds() {
-        assert_problem("[worlds]\ncount = 1\nnames = [\"b\"]\n", &["`worlds.count`", "names 2"]);
+        assert_problem(
+            "[worlds]\ncount = 1\nnames = [\"b\"]\n",
+            &["`worlds.count`", "names 2"],
+        );
     }
 
     #[test]
@@ -516,64 +696,135 @@ default_world = "my_base_world"
             "[drivers.a]\ncommand = \"/bin/a\"\ndepends_on = [\"b\"]\n[drivers.b]\ncommand = \"/bin/b\"\ndepends_on = [\"a\"]\n",
             &["dependency cycle", "a → b → a"],
         );
-        assert_problem("[drivers]\nwindow = true\n[drivers.renderer]\ndepends_on = [\"windw\"]\n", &["`drivers.renderer.depends_on[0]`", "unknown node `windw`", "window"]);
-        assert_problem("[drivers.renderer]\ndepends_on = [\"world/main\"]\n", &["cannot depend on world"]);
+        assert_problem(
+            "[drivers]\nwindow = true\n[drivers.renderer]\ndepends_on = [\"windw\"]\n",
+            &[
+                "`drivers.renderer.depends_on[0]`",
+                "unknown node `windw`",
+                "window",
+            ],
+        );
+        assert_problem(
+            "[drivers.renderer]\ndepends_on = [\"world/main\"]\n",
+            &["cannot depend on world"],
+        );
     }
 
     #[test]
     fn custom_driver_needs_a_command() {
-        assert_problem("[drivers]\nmydriver = true\n", &["`drivers.mydriver.command`", "not a built-in driver"]);
+        assert_problem(
+            "[drivers]\nmydriver = true\n",
+            &["`drivers.mydriver.command`", "not a built-in driver"],
+        );
     }
 
     #[test]
     fn bad_names_are_refused() {
-        assert_problem("[worlds]\ndefault_world = \"a b\"\n", &["`worlds.default_world`", "' '"]);
-        assert_problem("[drivers.\"../x\"]\ncommand = \"/bin/x\"\n", &["driver name"]);
+        assert_problem(
+            "[worlds]\ndefault_world = \"a b\"\n",
+            &["`worlds.default_world`", "' '"],
+        );
+        assert_problem(
+            "[drivers.\"../x\"]\ncommand = \"/bin/x\"\n",
+            &["driver name"],
+        );
     }
 
     #[test]
     fn all_problems_reported_at_once() {
-        let found = problems("[runtime]\nwatch_interval_ms = 0\nmissed_beats = 0\n[supervisor]\nbackoff_jitter = 1.5\n");
+        let found = problems(
+            "[runtime]\nwatch_interval_ms = 0\nmissed_beats = 0\n[supervisor]\nbackoff_jitter = 1.5\n",
+        );
         assert!(found.len() >= 3, "{found:#?}");
     }
 
     #[test]
     fn missing_file() {
-        let err = Loader::new().without_env().file("/nonexistent/syncra.toml").load().unwrap_err();
-        assert_eq!(err.to_string(), "config file /nonexistent/syncra.toml not found");
+        let err = Loader::new()
+            .without_env()
+            .file("/nonexistent/syncra.toml")
+            .load()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config file /nonexistent/syncra.toml not found"
+        );
     }
 
     #[test]
     fn relative_paths_are_relative_to_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(&dir, "c.toml", "[runtime]\nlog_dir = \"mylogs\"\n[drivers.x]\ncommand = \"./bin/x\"\n");
+        let path = write(
+            &dir,
+            "c.toml",
+            "[runtime]\nlog_dir = \"mylogs\"\n[drivers.x]\ncommand = \"./bin/x\"\n",
+        );
         let loaded = Loader::new().without_env().file(&path).load().unwrap();
         assert_eq!(loaded.plan.runtime.log_dir, dir.path().join("mylogs"));
-        assert_eq!(loaded.plan.runtime.crash_dir, dir.path().join("mylogs/crashes"));
-        assert_eq!(loaded.plan.node("x").unwrap().command, dir.path().join("./bin/x").display().to_string());
+        assert_eq!(
+            loaded.plan.runtime.crash_dir,
+            dir.path().join("mylogs/crashes")
+        );
+        assert_eq!(
+            loaded.plan.node("x").unwrap().command,
+            dir.path().join("./bin/x").display().to_string()
+        );
     }
 
     #[test]
     fn flags_win_over_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(&dir, "c.toml", "[worlds]\ncount = 2\n[runtime]\nlog_dir = \"/var/a\"\n");
-        let o = Overrides { worlds: Some(5), log_dir: Some("/var/b".into()), run_dir: Some("/run/c".into()) };
-        let loaded = Loader::new().without_env().file(&path).overrides(o).load().unwrap();
+        let path = write(
+            &dir,
+            "c.toml",
+            "[worlds]\ncount = 2\n[runtime]\nlog_dir = \"/var/a\"\n",
+        );
+        let o = Overrides {
+            worlds: Some(5),
+            log_dir: Some("/var/b".into()),
+            run_dir: Some("/run/c".into()),
+        };
+        let loaded = Loader::new()
+            .without_env()
+            .file(&path)
+            .overrides(o)
+            .load()
+            .unwrap();
         assert_eq!(loaded.plan.worlds.nodes.len(), 5);
         assert_eq!(loaded.plan.runtime.log_dir, PathBuf::from("/var/b"));
         assert_eq!(loaded.plan.runtime.run_dir, PathBuf::from("/run/c"));
-        let err = Loader::new().without_env().overrides(Overrides { worlds: Some(0), ..Default::default() }).load().unwrap_err();
-        assert!(err.to_string().contains("command-line flag --worlds: `worlds.count`: 0 is out of range"), "{err}");
+        let err = Loader::new()
+            .without_env()
+            .overrides(Overrides {
+                worlds: Some(0),
+                ..Default::default()
+            })
+            .load()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("command-line flag --worlds: `worlds.count`: 0 is out of range"),
+            "{err}"
+        );
     }
 
     #[test]
     fn presets_load() {
-        for (name, text) in [("server", crate::presets::SERVER), ("desktop", crate::presets::DESKTOP)] {
+        for (name, text) in [
+            ("server", crate::presets::SERVER),
+            ("desktop", crate::presets::DESKTOP),
+        ] {
             let loaded = load(text).unwrap_or_else(|e| panic!("preset {name}: {e}"));
             assert_eq!(loaded.plan.worlds.nodes.len(), 1, "{name}");
         }
         let desktop = load(crate::presets::DESKTOP).unwrap();
-        let drivers: Vec<_> = desktop.plan.drivers.nodes.iter().map(|n| n.name.to_string()).collect();
+        let drivers: Vec<_> = desktop
+            .plan
+            .drivers
+            .nodes
+            .iter()
+            .map(|n| n.name.to_string())
+            .collect();
         assert_eq!(drivers, ["window", "renderer", "audio", "input"]);
     }
 

@@ -412,7 +412,10 @@ impl NodeSpec {
             },
             restart: pick(&self.restart, &defaults.restart),
             depends_on: pick(&self.depends_on, &defaults.depends_on),
-            heartbeat_deadline_ms: pick(&self.heartbeat_deadline_ms, &defaults.heartbeat_deadline_ms),
+            heartbeat_deadline_ms: pick(
+                &self.heartbeat_deadline_ms,
+                &defaults.heartbeat_deadline_ms,
+            ),
             start_timeout_ms: pick(&self.start_timeout_ms, &defaults.start_timeout_ms),
             stop_timeout_ms: pick(&self.stop_timeout_ms, &defaults.stop_timeout_ms),
             hooks: pick(&self.hooks, &defaults.hooks),
@@ -432,7 +435,10 @@ impl NodeSpec {
             ("env", self.env.is_some()),
             ("restart", self.restart.is_some()),
             ("depends_on", self.depends_on.is_some()),
-            ("heartbeat_deadline_ms", self.heartbeat_deadline_ms.is_some()),
+            (
+                "heartbeat_deadline_ms",
+                self.heartbeat_deadline_ms.is_some(),
+            ),
             ("start_timeout_ms", self.start_timeout_ms.is_some()),
             ("stop_timeout_ms", self.stop_timeout_ms.is_some()),
             ("hooks", self.hooks.is_some()),
@@ -441,7 +447,10 @@ impl NodeSpec {
             ("entities", self.entities.is_some()),
             ("seed", self.seed.is_some()),
         ];
-        set.iter().filter(|(k, on)| *on && keys.contains(k)).map(|(k, _)| *k).collect()
+        set.iter()
+            .filter(|(k, on)| *on && keys.contains(k))
+            .map(|(k, _)| *k)
+            .collect()
     }
 }
 
@@ -451,7 +460,7 @@ pub enum DriverEntry {
     /// `name = true` / `name = false`: a built-in driver with its defaults.
     Enabled(bool),
     /// `[drivers.name]`: the long form.
-    Spec(NodeSpec),
+    Spec(Box<NodeSpec>),
 }
 
 impl DriverEntry {
@@ -466,8 +475,11 @@ impl DriverEntry {
     /// The long form of this entry.
     pub fn spec(&self) -> NodeSpec {
         match self {
-            DriverEntry::Enabled(on) => NodeSpec { enabled: Some(*on), ..NodeSpec::default() },
-            DriverEntry::Spec(spec) => spec.clone(),
+            DriverEntry::Enabled(on) => NodeSpec {
+                enabled: Some(*on),
+                ..NodeSpec::default()
+            },
+            DriverEntry::Spec(spec) => (**spec).clone(),
         }
     }
 }
@@ -493,7 +505,8 @@ impl<'de> Deserialize<'de> for DriverEntry {
                 Ok(DriverEntry::Enabled(on))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DriverEntry, A::Error> {
-                NodeSpec::deserialize(de::value::MapAccessDeserializer::new(map)).map(DriverEntry::Spec)
+                NodeSpec::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|s| DriverEntry::Spec(Box::new(s)))
             }
         }
         d.deserialize_any(EntryVisitor)
@@ -630,7 +643,9 @@ impl<'de> Deserialize<'de> for WorldsSection {
                         "env" => d.env = Some(map.next_value()?),
                         "restart" => d.restart = Some(map.next_value()?),
                         "depends_on" => d.depends_on = Some(map.next_value()?),
-                        "heartbeat_deadline_ms" => d.heartbeat_deadline_ms = Some(map.next_value()?),
+                        "heartbeat_deadline_ms" => {
+                            d.heartbeat_deadline_ms = Some(map.next_value()?)
+                        }
                         "start_timeout_ms" => d.start_timeout_ms = Some(map.next_value()?),
                         "stop_timeout_ms" => d.stop_timeout_ms = Some(map.next_value()?),
                         "hooks" => d.hooks = Some(map.next_value()?),
@@ -665,7 +680,12 @@ impl<'de> Deserialize<'de> for WorldTable {
                     f,
                     "a world table [worlds.<name>], or one of the keys {}, {}",
                     WORLDS_SECTION_KEYS.join(", "),
-                    NODE_SPEC_KEYS.iter().filter(|k| **k != "enabled").copied().collect::<Vec<_>>().join(", ")
+                    NODE_SPEC_KEYS
+                        .iter()
+                        .filter(|k| **k != "enabled")
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<WorldTable, A::Error> {

@@ -51,7 +51,11 @@ impl std::fmt::Display for Problem {
         if let Some(src) = &self.source {
             write!(f, "{src}: ")?;
         }
-        if self.key.is_empty() { write!(f, "{}", self.message) } else { write!(f, "`{}`: {}", self.key, self.message) }
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "`{}`: {}", self.key, self.message)
+        }
     }
 }
 
@@ -173,7 +177,10 @@ impl Plan {
 pub fn default_run_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
         Some(dir) if dir.is_absolute() && dir.is_dir() => dir.join("syncra"),
-        _ => PathBuf::from(format!("/tmp/syncra-{}", rustix::process::getuid().as_raw())),
+        _ => PathBuf::from(format!(
+            "/tmp/syncra-{}",
+            rustix::process::getuid().as_raw()
+        )),
     }
 }
 
@@ -221,7 +228,11 @@ fn world_names(worlds: &WorldsSection, problems: &mut Vec<Problem>) -> Vec<Strin
 }
 
 fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
-    Problem { key: key.into(), message: message.into(), source: None }
+    Problem {
+        key: key.into(),
+        message: message.into(),
+        source: None,
+    }
 }
 
 fn ms(v: u64) -> Duration {
@@ -239,42 +250,86 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
     if rt.watch_interval_ms < MIN_WATCH_INTERVAL_MS {
         problems.push(problem(
             "runtime.watch_interval_ms",
-            format!("{} is too small: must be at least {MIN_WATCH_INTERVAL_MS} (milliseconds)", rt.watch_interval_ms),
+            format!(
+                "{} is too small: must be at least {MIN_WATCH_INTERVAL_MS} (milliseconds)",
+                rt.watch_interval_ms
+            ),
         ));
     }
-    positive(&mut problems, "runtime.missed_beats", rt.missed_beats as u64, "heartbeats");
-    positive(&mut problems, "runtime.start_timeout_ms", rt.start_timeout_ms, "milliseconds");
-    positive(&mut problems, "runtime.stop_timeout_ms", rt.stop_timeout_ms, "milliseconds");
-    for (key, dir) in [("runtime.log_dir", Some(&rt.log_dir)), ("runtime.crash_dir", rt.crash_dir.as_ref()), ("runtime.run_dir", rt.run_dir.as_ref())] {
+    positive(
+        &mut problems,
+        "runtime.missed_beats",
+        rt.missed_beats as u64,
+        "heartbeats",
+    );
+    positive(
+        &mut problems,
+        "runtime.start_timeout_ms",
+        rt.start_timeout_ms,
+        "milliseconds",
+    );
+    positive(
+        &mut problems,
+        "runtime.stop_timeout_ms",
+        rt.stop_timeout_ms,
+        "milliseconds",
+    );
+    for (key, dir) in [
+        ("runtime.log_dir", Some(&rt.log_dir)),
+        ("runtime.crash_dir", rt.crash_dir.as_ref()),
+        ("runtime.run_dir", rt.run_dir.as_ref()),
+    ] {
         if dir.is_some_and(|d| d.as_os_str().is_empty()) {
             problems.push(problem(key, "is empty: expected a directory path"));
         }
     }
 
     // ---- supervisor
-    positive(&mut problems, "supervisor.period_ms", sup.period_ms, "milliseconds");
-    positive(&mut problems, "supervisor.backoff_max_ms", sup.backoff_max_ms, "milliseconds");
+    positive(
+        &mut problems,
+        "supervisor.period_ms",
+        sup.period_ms,
+        "milliseconds",
+    );
+    positive(
+        &mut problems,
+        "supervisor.backoff_max_ms",
+        sup.backoff_max_ms,
+        "milliseconds",
+    );
     if sup.backoff_initial_ms > sup.backoff_max_ms {
         problems.push(problem(
             "supervisor.backoff_initial_ms",
-            format!("{} is larger than supervisor.backoff_max_ms = {}", sup.backoff_initial_ms, sup.backoff_max_ms),
+            format!(
+                "{} is larger than supervisor.backoff_max_ms = {}",
+                sup.backoff_initial_ms, sup.backoff_max_ms
+            ),
         ));
     }
     if !(sup.backoff_multiplier.is_finite() && sup.backoff_multiplier >= 1.0) {
         problems.push(problem(
             "supervisor.backoff_multiplier",
-            format!("{} is invalid: expected a number of at least 1.0", sup.backoff_multiplier),
+            format!(
+                "{} is invalid: expected a number of at least 1.0",
+                sup.backoff_multiplier
+            ),
         ));
     }
     if !(sup.backoff_jitter.is_finite() && (0.0..1.0).contains(&sup.backoff_jitter)) {
         problems.push(problem(
             "supervisor.backoff_jitter",
-            format!("{} is invalid: expected a fraction from 0.0 up to (not including) 1.0", sup.backoff_jitter),
+            format!(
+                "{} is invalid: expected a fraction from 0.0 up to (not including) 1.0",
+                sup.backoff_jitter
+            ),
         ));
     }
     for (group, o) in [("drivers", &sup.drivers), ("worlds", &sup.worlds)] {
         if o.period_ms == Some(0) {
-            problems.push(problem(format!("supervisor.{group}.period_ms"), "must be at least 1 (milliseconds)"));
+            problems.push(problem(
+                format!("supervisor.{group}.period_ms"),
+                "must be at least 1 (milliseconds)",
+            ));
         }
     }
     hooks_problems(&mut problems, "hooks", &config.hooks);
@@ -290,7 +345,10 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
             continue;
         }
         if name == "world" {
-            problems.push(problem(&key, "`world` is reserved for worlds; name the driver differently"));
+            problems.push(problem(
+                &key,
+                "`world` is reserved for worlds; name the driver differently",
+            ));
             continue;
         }
         if !entry.is_enabled() {
@@ -298,9 +356,15 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
         }
         let spec = entry.spec();
         for k in spec.set_keys(WORLD_ONLY_KEYS) {
-            problems.push(problem(format!("{key}.{k}"), format!("`{k}` is a world setting; drivers take their settings in `settings`")));
+            problems.push(problem(
+                format!("{key}.{k}"),
+                format!("`{k}` is a world setting; drivers take their settings in `settings`"),
+            ));
         }
-        let command = match (&spec.command, BUILTIN_DRIVERS.iter().find(|(b, _)| b == name)) {
+        let command = match (
+            &spec.command,
+            BUILTIN_DRIVERS.iter().find(|(b, _)| b == name),
+        ) {
             (Some(c), _) => c.clone(),
             (None, Some((_, exe))) => (*exe).to_owned(),
             (None, None) => {
@@ -316,7 +380,17 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
             }
         };
         let settings = spec.settings.clone().unwrap_or_default();
-        let plan = node_plan(&mut problems, &key, NodeName::driver(name), command, &spec, rt, default_deadline, wire::encode(&settings), None);
+        let plan = node_plan(
+            &mut problems,
+            &key,
+            NodeName::driver(name),
+            command,
+            &spec,
+            rt,
+            default_deadline,
+            wire::encode(&settings),
+            None,
+        );
         nodes.push((spec, plan, key));
     }
     let driver_count = nodes.len();
@@ -336,38 +410,94 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
             problems.push(problem(format!("worlds.{name}"), msg));
         }
     }
-    if let Some(count) = w.count {
-        if count == 0 || count > MAX_WORLDS {
-            problems.push(problem("worlds.count", format!("{count} is out of range: expected 1 to {MAX_WORLDS}")));
-        }
+    if let Some(count) = w.count
+        && (count == 0 || count > MAX_WORLDS)
+    {
+        problems.push(problem(
+            "worlds.count",
+            format!("{count} is out of range: expected 1 to {MAX_WORLDS}"),
+        ));
     }
     if w.defaults.enabled.is_some() {
         problems.push(problem("worlds.enabled", "`enabled` is a driver key"));
     }
     for (index, name) in world_names(w, &mut problems).into_iter().enumerate() {
-        let key = if w.tables.iter().any(|(n, _)| *n == name) { format!("worlds.{name}") } else { "worlds".to_owned() };
-        let own = w.tables.iter().find(|(n, _)| *n == name).map(|(_, s)| s.clone()).unwrap_or_default();
+        let key = if w.tables.iter().any(|(n, _)| *n == name) {
+            format!("worlds.{name}")
+        } else {
+            "worlds".to_owned()
+        };
+        let own = w
+            .tables
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default();
         if own.enabled.is_some() {
-            problems.push(problem(format!("{key}.enabled"), "`enabled` is a driver key; remove the world instead"));
+            problems.push(problem(
+                format!("{key}.enabled"),
+                "`enabled` is a driver key; remove the world instead",
+            ));
         }
         let spec = own.or(&w.defaults);
         let settings = WorldSettings {
             name: name.clone(),
             tick_hz: spec.tick_hz.unwrap_or(DEFAULT_TICK_HZ),
             entities: spec.entities.unwrap_or(DEFAULT_ENTITIES),
-            seed: own.seed.unwrap_or_else(|| w.defaults.seed.unwrap_or(DEFAULT_SEED).wrapping_add(index as u64)),
+            seed: own.seed.unwrap_or_else(|| {
+                w.defaults
+                    .seed
+                    .unwrap_or(DEFAULT_SEED)
+                    .wrapping_add(index as u64)
+            }),
         };
-        if !(settings.tick_hz.is_finite() && settings.tick_hz > 0.0 && settings.tick_hz <= MAX_TICK_HZ) {
-            let k = if own.tick_hz.is_some() { format!("{key}.tick_hz") } else { "worlds.tick_hz".into() };
-            problems.push(problem(k, format!("{} is out of range: expected more than 0 and at most {MAX_TICK_HZ}", settings.tick_hz)));
+        if !(settings.tick_hz.is_finite()
+            && settings.tick_hz > 0.0
+            && settings.tick_hz <= MAX_TICK_HZ)
+        {
+            let k = if own.tick_hz.is_some() {
+                format!("{key}.tick_hz")
+            } else {
+                "worlds.tick_hz".into()
+            };
+            problems.push(problem(
+                k,
+                format!(
+                    "{} is out of range: expected more than 0 and at most {MAX_TICK_HZ}",
+                    settings.tick_hz
+                ),
+            ));
         }
         if settings.entities > MAX_ENTITIES {
-            let k = if own.entities.is_some() { format!("{key}.entities") } else { "worlds.entities".into() };
-            problems.push(problem(k, format!("{} is out of range: expected at most {MAX_ENTITIES}", settings.entities)));
+            let k = if own.entities.is_some() {
+                format!("{key}.entities")
+            } else {
+                "worlds.entities".into()
+            };
+            problems.push(problem(
+                k,
+                format!(
+                    "{} is out of range: expected at most {MAX_ENTITIES}",
+                    settings.entities
+                ),
+            ));
         }
-        let command = spec.command.clone().unwrap_or_else(|| WORLD_EXECUTABLE.to_owned());
+        let command = spec
+            .command
+            .clone()
+            .unwrap_or_else(|| WORLD_EXECUTABLE.to_owned());
         let chunk = wire::encode(&settings);
-        let plan = node_plan(&mut problems, &key, NodeName::world(&name), command, &spec, rt, default_deadline, chunk, Some(settings));
+        let plan = node_plan(
+            &mut problems,
+            &key,
+            NodeName::world(&name),
+            command,
+            &spec,
+            rt,
+            default_deadline,
+            chunk,
+            Some(settings),
+        );
         nodes.push((spec, plan, key));
     }
 
@@ -381,7 +511,10 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
         watch_interval: ms(rt.watch_interval_ms),
         auto_restart: rt.auto_restart_crashed_processes,
         abort_grace: ms(rt.abort_grace_ms),
-        crash_dir: rt.crash_dir.clone().unwrap_or_else(|| log_dir.join("crashes")),
+        crash_dir: rt
+            .crash_dir
+            .clone()
+            .unwrap_or_else(|| log_dir.join("crashes")),
         run_dir: rt.run_dir.clone().unwrap_or_else(default_run_dir),
         log_dir,
         on_give_up: sup.on_give_up,
@@ -403,8 +536,14 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
     Ok(Plan {
         runtime,
         hooks: config.hooks.clone(),
-        drivers: GroupPlan { policy: policy(&sup.drivers), nodes: plans },
-        worlds: GroupPlan { policy: policy(&sup.worlds), nodes: worlds },
+        drivers: GroupPlan {
+            policy: policy(&sup.drivers),
+            nodes: plans,
+        },
+        worlds: GroupPlan {
+            policy: policy(&sup.worlds),
+            nodes: worlds,
+        },
     })
 }
 
@@ -417,15 +556,24 @@ fn positive(problems: &mut Vec<Problem>, key: &str, value: u64, unit: &str) {
 fn hooks_problems(problems: &mut Vec<Problem>, key: &str, hooks: &Hooks) {
     for point in HookPoint::ALL {
         if hooks.get(point).is_some_and(|c| c.trim().is_empty()) {
-            problems.push(problem(format!("{key}.{point}"), "is empty: expected a shell command"));
+            problems.push(problem(
+                format!("{key}.{point}"),
+                "is empty: expected a shell command",
+            ));
         }
     }
     if hooks.timeout_ms == Some(0) {
-        problems.push(problem(format!("{key}.timeout_ms"), "must be at least 1 (milliseconds)"));
+        problems.push(problem(
+            format!("{key}.timeout_ms"),
+            "must be at least 1 (milliseconds)",
+        ));
     }
 }
 
-#[allow(clippy::too_many_arguments, reason = "one call site; the arguments are the resolved context")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the arguments are the resolved context"
+)]
 fn node_plan(
     problems: &mut Vec<Problem>,
     key: &str,
@@ -438,26 +586,38 @@ fn node_plan(
     world: Option<WorldSettings>,
 ) -> NodePlan {
     if command.trim().is_empty() {
-        problems.push(problem(format!("{key}.command"), "is empty: expected an executable name or path"));
+        problems.push(problem(
+            format!("{key}.command"),
+            "is empty: expected an executable name or path",
+        ));
     }
     let env = spec.env.clone().unwrap_or_default();
     for var in env.keys() {
         if var.is_empty() || var.contains(['=', '\0']) {
-            problems.push(problem(format!("{key}.env"), format!("`{var}` is not a valid environment variable name")));
-        }
-    }
-    let deadline = spec.heartbeat_deadline_ms.unwrap_or(default_deadline);
-    if let Some(d) = spec.heartbeat_deadline_ms {
-        if d < rt.watch_interval_ms {
             problems.push(problem(
-                format!("{key}.heartbeat_deadline_ms"),
-                format!("{d} is shorter than runtime.watch_interval_ms = {}: a deadline must allow at least two heartbeats", rt.watch_interval_ms),
+                format!("{key}.env"),
+                format!("`{var}` is not a valid environment variable name"),
             ));
         }
     }
-    for (k, v) in [("start_timeout_ms", spec.start_timeout_ms), ("stop_timeout_ms", spec.stop_timeout_ms)] {
+    let deadline = spec.heartbeat_deadline_ms.unwrap_or(default_deadline);
+    if let Some(d) = spec.heartbeat_deadline_ms
+        && d < rt.watch_interval_ms
+    {
+        problems.push(problem(
+                format!("{key}.heartbeat_deadline_ms"),
+                format!("{d} is shorter than runtime.watch_interval_ms = {}: a deadline must allow at least two heartbeats", rt.watch_interval_ms),
+            ));
+    }
+    for (k, v) in [
+        ("start_timeout_ms", spec.start_timeout_ms),
+        ("stop_timeout_ms", spec.stop_timeout_ms),
+    ] {
         if v == Some(0) {
-            problems.push(problem(format!("{key}.{k}"), "must be at least 1 (milliseconds)"));
+            problems.push(problem(
+                format!("{key}.{k}"),
+                "must be at least 1 (milliseconds)",
+            ));
         }
     }
     let hooks = spec.hooks.clone().unwrap_or_default();
@@ -477,7 +637,10 @@ fn node_plan(
         env,
         restart: spec.restart.unwrap_or_default(),
         depends_on,
-        heartbeat: HeartbeatPlan { interval_ms: (rt.watch_interval_ms / 2).max(1), deadline_ms: deadline },
+        heartbeat: HeartbeatPlan {
+            interval_ms: (rt.watch_interval_ms / 2).max(1),
+            deadline_ms: deadline,
+        },
         start_timeout: ms(spec.start_timeout_ms.unwrap_or(rt.start_timeout_ms)),
         stop_timeout: ms(spec.stop_timeout_ms.unwrap_or(rt.stop_timeout_ms)),
         hooks,
@@ -487,8 +650,16 @@ fn node_plan(
 }
 
 /// Unknown or disabled dependencies, drivers depending on worlds, and cycles.
-fn dependency_problems(problems: &mut Vec<Problem>, nodes: &[(NodeSpec, NodePlan, String)], driver_count: usize) {
-    let index: HashMap<&NodeName, usize> = nodes.iter().enumerate().map(|(i, (_, p, _))| (&p.name, i)).collect();
+fn dependency_problems(
+    problems: &mut Vec<Problem>,
+    nodes: &[(NodeSpec, NodePlan, String)],
+    driver_count: usize,
+) {
+    let index: HashMap<&NodeName, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p, _))| (&p.name, i))
+        .collect();
     for (i, (_, plan, key)) in nodes.iter().enumerate() {
         for (j, dep) in plan.depends_on.iter().enumerate() {
             let dkey = format!("{key}.depends_on[{j}]");
@@ -497,13 +668,22 @@ fn dependency_problems(problems: &mut Vec<Problem>, nodes: &[(NodeSpec, NodePlan
                     dkey,
                     format!(
                         "unknown node `{dep}`; known nodes: {}",
-                        nodes.iter().map(|(_, p, _)| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                        nodes
+                            .iter()
+                            .map(|(_, p, _)| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 )),
-                Some(&d) if d == i => problems.push(problem(dkey, format!("`{dep}` depends on itself"))),
+                Some(&d) if d == i => {
+                    problems.push(problem(dkey, format!("`{dep}` depends on itself")))
+                }
                 Some(&d) if i < driver_count && d >= driver_count => problems.push(problem(
                     dkey,
-                    format!("driver `{}` cannot depend on world `{dep}`: drivers start before worlds", plan.name),
+                    format!(
+                        "driver `{}` cannot depend on world `{dep}`: drivers start before worlds",
+                        plan.name
+                    ),
                 )),
                 Some(_) => {}
             }
@@ -550,12 +730,24 @@ fn dependency_problems(problems: &mut Vec<Problem>, nodes: &[(NodeSpec, NodePlan
     }
     for n in 0..nodes.len() {
         if state[n] == 0 {
-            visit(n, nodes, &index, &mut state, &mut Vec::new(), problems, &mut reported);
+            visit(
+                n,
+                nodes,
+                &index,
+                &mut state,
+                &mut Vec::new(),
+                problems,
+                &mut reported,
+            );
         }
     }
 }
 
 /// Make a relative `path` absolute against `base` (the directory of the file that set it).
 pub(crate) fn anchor(path: &Path, base: &Path) -> PathBuf {
-    if path.is_absolute() { path.to_owned() } else { base.join(path) }
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
 }

@@ -7,7 +7,11 @@ use syncra_config::{Loader, Overrides};
 fn environment_sits_between_file_and_flags() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, "[runtime]\nwatch_interval_ms = 200\nmissed_beats = 4\n[worlds]\ncount = 2\n").unwrap();
+    std::fs::write(
+        &path,
+        "[runtime]\nwatch_interval_ms = 200\nmissed_beats = 4\n[worlds]\ncount = 2\n",
+    )
+    .unwrap();
 
     // SAFETY: this test binary runs this one test; no other thread reads the environment.
     unsafe {
@@ -16,19 +20,33 @@ fn environment_sits_between_file_and_flags() {
         std::env::set_var("SYNCRA_LOG", "debug"); // not config: ignored
     }
     let loaded = Loader::new().file(&path).load().unwrap();
-    assert_eq!(loaded.config.runtime.watch_interval_ms, 300, "environment beats the file");
-    assert_eq!(loaded.config.runtime.missed_beats, 4, "the file beats the defaults");
+    assert_eq!(
+        loaded.config.runtime.watch_interval_ms, 300,
+        "environment beats the file"
+    );
+    assert_eq!(
+        loaded.config.runtime.missed_beats, 4,
+        "the file beats the defaults"
+    );
     assert_eq!(loaded.plan.worlds.nodes.len(), 3);
 
-    let flags = Overrides { worlds: Some(5), ..Default::default() };
+    let flags = Overrides {
+        worlds: Some(5),
+        ..Default::default()
+    };
     let loaded = Loader::new().file(&path).overrides(flags).load().unwrap();
-    assert_eq!(loaded.plan.worlds.nodes.len(), 5, "flags beat the environment");
+    assert_eq!(
+        loaded.plan.worlds.nodes.len(),
+        5,
+        "flags beat the environment"
+    );
 
     // SAFETY: as above.
     unsafe { std::env::set_var("SYNCRA_RUNTIME__WATCH_INTERVAL_MS", "soon") };
     let err = Loader::new().file(&path).load().unwrap_err().to_string();
     assert!(
-        err.contains("environment variable SYNCRA_RUNTIME__WATCH_INTERVAL_MS") && err.contains("`runtime.watch_interval_ms`"),
+        err.contains("environment variable SYNCRA_RUNTIME__WATCH_INTERVAL_MS")
+            && err.contains("`runtime.watch_interval_ms`"),
         "{err}"
     );
     // SAFETY: as above.
@@ -37,5 +55,8 @@ fn environment_sits_between_file_and_flags() {
     // SAFETY: as above.
     unsafe { std::env::set_var("SYNCRA_RUNTIME__NO_SUCH_KEY", "1") };
     let err = Loader::new().file(&path).load().unwrap_err().to_string();
-    assert!(err.contains("SYNCRA_RUNTIME__NO_SUCH_KEY") && err.contains("unknown key"), "{err}");
+    assert!(
+        err.contains("SYNCRA_RUNTIME__NO_SUCH_KEY") && err.contains("unknown key"),
+        "{err}"
+    );
 }

@@ -5,7 +5,10 @@
 //! and find every process a runtime started by a tag in their environment, so "no process
 //! left" is checked for real.
 
-#![allow(clippy::disallowed_methods, reason = "the harness starts the real `syncra` binary, as a user would")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the harness starts the real `syncra` binary, as a user would"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -56,10 +59,17 @@ fn output_path(dir: &Path) -> PathBuf {
 impl Harness {
     /// Write `config` and start `syncra run` on it (plus `extra` arguments).
     pub fn start(config: &str, extra: &[&str]) -> Harness {
-        let dir = tempfile::Builder::new().prefix("syncra-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("syncra-test-")
+            .tempdir()
+            .expect("tempdir");
         let config_path = dir.path().join("SyncraConfig.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let tag = format!("{}-{}", std::process::id(), dir.path().file_name().unwrap().to_string_lossy());
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            dir.path().file_name().unwrap().to_string_lossy()
+        );
         let out = std::fs::File::create(output_path(dir.path())).expect("output file");
         let child = Command::new(workspace_bin("syncra"))
             .arg("run")
@@ -79,8 +89,16 @@ impl Harness {
             .stderr(out)
             .spawn()
             .expect("spawn syncra");
-        let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
-        Harness { dir, child: Some(child), tag, tokio }
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio");
+        Harness {
+            dir,
+            child: Some(child),
+            tag,
+            tokio,
+        }
     }
 
     /// The run directory.
@@ -107,7 +125,10 @@ impl Harness {
     pub fn try_request(&self, req: ControlRequest) -> Option<ControlReply> {
         self.tokio.block_on(async {
             let client = ControlClient::connect(&self.run_dir()).await.ok()?;
-            tokio::time::timeout(Duration::from_secs(30), client.request(req)).await.ok()?.ok()
+            tokio::time::timeout(Duration::from_secs(30), client.request(req))
+                .await
+                .ok()?
+                .ok()
         })
     }
 
@@ -121,7 +142,12 @@ impl Harness {
 
     /// Wait until `f` returns `Some` for a status, polling; panic after `timeout` with the last
     /// status and the runtime's output.
-    pub fn wait_until<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut(&StatusReport) -> Option<T>) -> T {
+    pub fn wait_until<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&StatusReport) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         let mut last = None;
         loop {
@@ -134,7 +160,8 @@ impl Harness {
             if Instant::now() > deadline {
                 panic!(
                     "timed out after {timeout:?} waiting until {what}\nlast status: {}\nruntime output:\n{}",
-                    last.map(|s| serde_json::to_string_pretty(&s).unwrap()).unwrap_or_else(|| "none".into()),
+                    last.map(|s| serde_json::to_string_pretty(&s).unwrap())
+                        .unwrap_or_else(|| "none".into()),
                     self.output()
                 );
             }
@@ -146,18 +173,27 @@ impl Harness {
     pub fn wait_ready(&self, names: &[&str]) -> Vec<NodeView> {
         self.wait_until(&format!("{names:?} are ready"), PATIENCE, |s| {
             let views: Vec<NodeView> = names.iter().filter_map(|n| s.node(n).cloned()).collect();
-            (views.len() == names.len() && views.iter().all(|v| v.state == syncra_protocol::NodeState::Ready)).then_some(views)
+            (views.len() == names.len()
+                && views
+                    .iter()
+                    .all(|v| v.state == syncra_protocol::NodeState::Ready))
+            .then_some(views)
         })
     }
 
     /// The node called `name` now.
     pub fn node(&self, name: &str) -> NodeView {
-        self.wait_until(&format!("{name} is listed"), PATIENCE, |s| s.node(name).cloned())
+        self.wait_until(&format!("{name} is listed"), PATIENCE, |s| {
+            s.node(name).cloned()
+        })
     }
 
     /// This session's crash records.
     pub fn crashes(&self, node: Option<&str>) -> Vec<CrashEntry> {
-        match self.try_request(ControlRequest::Crashes { node: node.map(str::to_owned), limit: 1000 }) {
+        match self.try_request(ControlRequest::Crashes {
+            node: node.map(str::to_owned),
+            limit: 1000,
+        }) {
             Some(ControlReply::Crashes(c)) => c,
             other => panic!("crashes: {other:?}"),
         }
@@ -185,8 +221,12 @@ impl Harness {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the runtime did not exit within {timeout:?}\n{}", self.output());
-            std::thread::sleep(Duration::from_millis(10));
+            assert!(
+                Instant::now() < deadline,
+                "the runtime did not exit within {timeout:?}\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -197,16 +237,23 @@ impl Harness {
         let me = self.child.as_ref().map(|c| c.id());
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
             if Some(pid) == me {
                 continue;
             }
-            let Ok(env) = std::fs::read(entry.path().join("environ")) else { continue };
+            let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
             if !env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
                 continue;
             }
             let state = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            let zombie = state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            let zombie = state
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'));
             if !zombie {
                 found.push(pid);
             }
@@ -225,7 +272,14 @@ impl Harness {
             if Instant::now() > deadline {
                 let names: Vec<String> = left
                     .iter()
-                    .map(|p| format!("{p} {}", std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().replace('\0', " ")))
+                    .map(|p| {
+                        format!(
+                            "{p} {}",
+                            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                                .unwrap_or_default()
+                                .replace('\0', " ")
+                        )
+                    })
                     .collect();
                 panic!("processes outlived the runtime: {names:?}");
             }

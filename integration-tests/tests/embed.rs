@@ -23,7 +23,11 @@ async fn a_host_application_drives_the_supervisor() {
     let bin_dir = workspace_bin("syncra-world").parent().unwrap().to_owned();
     let runtime = RuntimeBuilder::new(&config)
         .bin_dir(bin_dir)
-        .hook(HookPoint::AfterReady, move |ctx| seen.lock().unwrap().push((ctx.node.to_string(), ctx.incarnation, ctx.pid)))
+        .hook(HookPoint::AfterReady, move |ctx| {
+            seen.lock()
+                .unwrap()
+                .push((ctx.node.to_string(), ctx.incarnation, ctx.pid))
+        })
         .start()
         .await
         .expect("start");
@@ -34,7 +38,10 @@ async fn a_host_application_drives_the_supervisor() {
     runtime.restart("world/main-2").await.expect("restart");
     let mut seen_kinds = Vec::new();
     loop {
-        let ev = tokio::time::timeout(PATIENCE, events.recv()).await.expect("an event").expect("the channel");
+        let ev = tokio::time::timeout(PATIENCE, events.recv())
+            .await
+            .expect("an event")
+            .expect("the channel");
         if ev.node.as_str() != "world/main-2" {
             continue;
         }
@@ -49,7 +56,11 @@ async fn a_host_application_drives_the_supervisor() {
             break;
         }
     }
-    assert_eq!(seen_kinds, ["down", "restarting", "spawned", "up"], "the restart, as events");
+    assert_eq!(
+        seen_kinds,
+        ["down", "restarting", "spawned", "up"],
+        "the restart, as events"
+    );
 
     let after = runtime.status();
     let n = after.node("world/main-2").unwrap();
@@ -57,16 +68,30 @@ async fn a_host_application_drives_the_supervisor() {
     assert_eq!(after.node("world/main").unwrap().incarnation, 1);
 
     let unknown = runtime.restart("world/none").await.unwrap_err();
-    assert!(unknown.message.contains("no node is called `world/none`"), "{unknown}");
+    assert!(
+        unknown.message.contains("no node is called `world/none`"),
+        "{unknown}"
+    );
 
     let report = runtime.shutdown(ShutdownCause::Requested).await;
     assert_eq!(report.exit_code(), 0);
     assert!(report.killed.is_empty(), "{report:?}");
-    assert!(runtime.status().nodes.iter().all(|n| n.pid.is_none() && n.state == NodeState::Stopped));
+    assert!(
+        runtime
+            .status()
+            .nodes
+            .iter()
+            .all(|n| n.pid.is_none() && n.state == NodeState::Stopped)
+    );
 
     // The after_ready callback ran for both worlds and for the new incarnation (it runs in
     // the background; shutdown waited for it).
     let calls = ready_calls.lock().unwrap().clone();
-    assert!(calls.iter().any(|(n, inc, pid)| n == "world/main-2" && *inc == 2 && pid.is_some()), "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .any(|(n, inc, pid)| n == "world/main-2" && *inc == 2 && pid.is_some()),
+        "{calls:?}"
+    );
     assert!(calls.iter().any(|(n, _, _)| n == "world/main"), "{calls:?}");
 }

@@ -1,6 +1,11 @@
 //! The runtime's own lifecycle: hooks, ordered shutdown, death of the runtime, crash records
 //! on disk, and one runtime per run directory.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the tests run the real `syncra` binary, as a user would"
+)]
+
 use std::time::Duration;
 
 use syncra_integration_tests::{Harness, PATIENCE, send, workspace_bin};
@@ -51,23 +56,50 @@ hooks = {{ before_start = "sleep 1000", timeout_ms = 300 }}
         let deadline = std::time::Instant::now() + PATIENCE;
         while !read().contains(&needle) {
             let out = std::fs::read_to_string(&output).unwrap_or_default();
-            assert!(std::time::Instant::now() < deadline, "no `{needle}` in hooks.log:\n{}\n{out}", read());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{needle}` in hooks.log:\n{}\n{out}",
+                read()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };
     has("before_start d driver 1".into());
     has("before_start world/main world 1".into());
     has("own before_start d".into());
-    assert_eq!(read().matches("own before_start").count(), 1, "a node's own hook runs for that node only:\n{}", read());
+    assert_eq!(
+        read().matches("own before_start").count(),
+        1,
+        "a node's own hook runs for that node only:\n{}",
+        read()
+    );
     has(format!("after_ready d {}", views[0].pid.unwrap()));
     has(format!("after_ready world/main {}", views[2].pid.unwrap()));
-    assert!(h.output().contains("hook timed out"), "the slow hook was cut off and `slow` started anyway:\n{}", h.output());
+    assert!(
+        h.output().contains("hook timed out"),
+        "the slow hook was cut off and `slow` started anyway:\n{}",
+        h.output()
+    );
 
     send(views[0].pid.unwrap(), libc::SIGUSR1);
     has("on_crash d crashed code=101 record=".into());
-    let line = read().lines().find(|l| l.starts_with("on_crash d")).unwrap().to_owned();
-    let record = line.split("record=").nth(1).unwrap().split(' ').next().unwrap().to_owned();
-    assert!(std::path::Path::new(&record).is_file(), "SYNCRA_CRASH_RECORD names the record: {line}");
+    let line = read()
+        .lines()
+        .find(|l| l.starts_with("on_crash d"))
+        .unwrap()
+        .to_owned();
+    let record = line
+        .split("record=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        std::path::Path::new(&record).is_file(),
+        "SYNCRA_CRASH_RECORD names the record: {line}"
+    );
     assert!(line.contains("decision=restart after"), "{line}");
 
     h.wait_ready(&["d"]);
@@ -87,7 +119,12 @@ fn sigterm_stops_worlds_then_drivers_in_reverse_order() {
     assert!(!h.tagged_processes().is_empty());
     h.signal(libc::SIGTERM);
     let status = h.wait_exit(PATIENCE);
-    assert_eq!(status.code(), Some(0), "a clean shutdown exits 0:\n{}", h.output());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a clean shutdown exits 0:\n{}",
+        h.output()
+    );
     h.wait_no_processes_left(PATIENCE);
 
     let out = h.output();
@@ -97,15 +134,26 @@ fn sigterm_stops_worlds_then_drivers_in_reverse_order() {
             .unwrap_or_else(|| panic!("{n} was not stopped gracefully:\n{out}"))
     };
     for w in ["world/main", "world/main-2"] {
-        assert!(stopped(w) < stopped("b"), "worlds stop before drivers:\n{out}");
+        assert!(
+            stopped(w) < stopped("b"),
+            "worlds stop before drivers:\n{out}"
+        );
     }
-    assert!(stopped("b") < stopped("a"), "drivers stop in reverse start order:\n{out}");
-    assert!(!h.run_dir().join("control.sock").exists(), "the control socket is removed");
+    assert!(
+        stopped("b") < stopped("a"),
+        "drivers stop in reverse start order:\n{out}"
+    );
+    assert!(
+        !h.run_dir().join("control.sock").exists(),
+        "the control socket is removed"
+    );
 }
 
 #[test]
 fn sigkill_of_the_runtime_leaves_no_process() {
-    let config = base(&format!("[drivers.a]\ncommand = \"{CRASHER}\"\n[worlds]\ncount = 3\nentities = 16\n"));
+    let config = base(&format!(
+        "[drivers.a]\ncommand = \"{CRASHER}\"\n[worlds]\ncount = 3\nentities = 16\n"
+    ));
     let mut h = Harness::start(&config, &[]);
     h.wait_ready(&["a", "world/main", "world/main-2", "world/main-3"]);
     assert_eq!(h.tagged_processes().len(), 4, "one process per node");
@@ -123,20 +171,32 @@ fn shutdown_command_and_a_stubborn_node() {
     let mut h = Harness::start(&config, &[]);
     h.wait_ready(&["stubborn", "world/main"]);
     let out = h.cli(&["shutdown"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(h.wait_exit(PATIENCE).code(), Some(0));
     h.wait_no_processes_left(PATIENCE);
 }
 
 #[test]
 fn crash_records_on_disk_carry_the_reason() {
-    let config = base(&format!("[drivers.c]\ncommand = \"{CRASHER}\"\n[worlds]\nentities = 16\n"));
+    let config = base(&format!(
+        "[drivers.c]\ncommand = \"{CRASHER}\"\n[worlds]\nentities = 16\n"
+    ));
     let h = Harness::start(&config, &[]);
     let views = h.wait_ready(&["c", "world/main"]);
     send(views[0].pid.unwrap(), libc::SIGUSR1); // panics: crashed
     send(views[1].pid.unwrap(), libc::SIGKILL); // killed
     h.wait_until("both are back", PATIENCE, |s| {
-        ["c", "world/main"].iter().all(|n| s.node(n).is_some_and(|v| v.state == NodeState::Ready && v.incarnation == 2)).then_some(())
+        ["c", "world/main"]
+            .iter()
+            .all(|n| {
+                s.node(n)
+                    .is_some_and(|v| v.state == NodeState::Ready && v.incarnation == 2)
+            })
+            .then_some(())
     });
     let dir = h.log_dir().join("crashes");
     let mut records: Vec<CrashRecord> = std::fs::read_dir(&dir)
@@ -148,17 +208,37 @@ fn crash_records_on_disk_carry_the_reason() {
     records.sort_by(|a, b| a.node.cmp(&b.node));
     assert_eq!(records.len(), 2, "{records:#?}");
     let (c, w) = (&records[0], &records[1]);
-    assert_eq!((c.node.as_str(), c.reason, c.exit_code, c.incarnation), ("c", Reason::Crashed, Some(101), 1));
+    assert_eq!(
+        (c.node.as_str(), c.reason, c.exit_code, c.incarnation),
+        ("c", Reason::Crashed, Some(101), 1)
+    );
     assert_eq!(c.pid, views[0].pid);
-    assert!(c.panic.as_ref().unwrap().backtrace.contains("crasher"), "the backtrace is recorded");
-    assert!(c.stderr_tail.iter().any(|l| l.contains("crash requested by the test")), "{:?}", c.stderr_tail);
+    assert!(
+        c.panic.as_ref().unwrap().backtrace.contains("crasher"),
+        "the backtrace is recorded"
+    );
+    assert!(
+        c.stderr_tail
+            .iter()
+            .any(|l| l.contains("crash requested by the test")),
+        "{:?}",
+        c.stderr_tail
+    );
     assert!(std::path::Path::new(c.log_file.as_ref().unwrap()).is_file());
-    assert_eq!((w.node.as_str(), w.reason, w.signal.as_deref()), ("world/main", Reason::Killed, Some("SIGKILL")));
+    assert_eq!(
+        (w.node.as_str(), w.reason, w.signal.as_deref()),
+        ("world/main", Reason::Killed, Some("SIGKILL"))
+    );
 
     // Each child process has its own log, named with its node name and pid.
-    let log = h.log_dir().join(format!("world-main_{}.log", views[1].pid.unwrap()));
+    let log = h
+        .log_dir()
+        .join(format!("world-main_{}.log", views[1].pid.unwrap()));
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("scene built"), "the world's own tracing output is in its log:\n{text}");
+    assert!(
+        text.contains("scene built"),
+        "the world's own tracing output is in its log:\n{text}"
+    );
     let runtime_logs: Vec<_> = std::fs::read_dir(h.log_dir())
         .unwrap()
         .flatten()
@@ -180,10 +260,19 @@ fn one_runtime_per_run_dir_and_side_by_side_with_another() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("another syncra runtime (pid {}) is running", h.pid())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another syncra runtime (pid {}) is running",
+            h.pid()
+        )),
+        "{err}"
+    );
 
     // A second runtime with its own run dir runs beside the first.
-    let other = Harness::start(&base("[worlds]\ndefault_world = \"other\"\nentities = 16\n"), &[]);
+    let other = Harness::start(
+        &base("[worlds]\ndefault_world = \"other\"\nentities = 16\n"),
+        &[],
+    );
     other.wait_ready(&["world/other"]);
     assert_eq!(h.node("world/main").state, NodeState::Ready);
 }
@@ -191,8 +280,16 @@ fn one_runtime_per_run_dir_and_side_by_side_with_another() {
 #[test]
 fn client_commands_without_a_runtime_say_so() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(workspace_bin("syncra")).args(["status", "--run-dir"]).arg(dir.path()).output().unwrap();
+    let out = std::process::Command::new(workspace_bin("syncra"))
+        .args(["status", "--run-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no syncra runtime is running with run dir") && err.contains(&dir.path().display().to_string()), "{err}");
+    assert!(
+        err.contains("no syncra runtime is running with run dir")
+            && err.contains(&dir.path().display().to_string()),
+        "{err}"
+    );
 }

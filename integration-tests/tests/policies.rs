@@ -37,21 +37,50 @@ fn driver(name: &str, command: &str, extra: &str) -> String {
 
 fn incarnations(h: &Harness, names: &[&str]) -> Vec<u64> {
     let s = h.try_status().unwrap();
-    names.iter().map(|n| s.node(n).unwrap().incarnation).collect()
+    names
+        .iter()
+        .map(|n| s.node(n).unwrap().incarnation)
+        .collect()
 }
 
 #[test]
 fn a_child_that_exits_at_once_backs_off_then_fails() {
     let h = Harness::start(&config("intensity = 3", &driver("flaky", QUITTER, "")), &[]);
-    let failed = h.wait_until("flaky gives up", PATIENCE, |s| s.node("flaky").filter(|n| n.state == NodeState::Failed).cloned());
-    assert_eq!(failed.incarnation, 4, "three restarts, then the fourth failure gives up");
+    let failed = h.wait_until("flaky gives up", PATIENCE, |s| {
+        s.node("flaky")
+            .filter(|n| n.state == NodeState::Failed)
+            .cloned()
+    });
+    assert_eq!(
+        failed.incarnation, 4,
+        "three restarts, then the fourth failure gives up"
+    );
     assert_eq!(failed.restarts, 3);
-    assert!(failed.detail.as_deref().unwrap_or("").contains("intensity"), "{failed:?}");
+    assert!(
+        failed.detail.as_deref().unwrap_or("").contains("intensity"),
+        "{failed:?}"
+    );
 
-    let records: Vec<_> = h.crashes(Some("flaky")).into_iter().map(|c| c.record).collect();
+    let records: Vec<_> = h
+        .crashes(Some("flaky"))
+        .into_iter()
+        .map(|c| c.record)
+        .collect();
     assert_eq!(records.len(), 4);
-    assert!(records.iter().all(|r| r.reason == Reason::FailedToStart && r.exit_code == Some(3)), "{records:#?}");
-    assert!(records[0].stderr_tail.iter().any(|l| l.contains("exiting at once")), "{:?}", records[0].stderr_tail);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.reason == Reason::FailedToStart && r.exit_code == Some(3)),
+        "{records:#?}"
+    );
+    assert!(
+        records[0]
+            .stderr_tail
+            .iter()
+            .any(|l| l.contains("exiting at once")),
+        "{:?}",
+        records[0].stderr_tail
+    );
     // The delay doubles, and the restarts really wait it out: no busy loop.
     let delays: Vec<u64> = records[..3]
         .iter()
@@ -61,34 +90,77 @@ fn a_child_that_exits_at_once_backs_off_then_fails() {
         })
         .collect();
     assert_eq!(delays, [50, 100, 200]);
-    let at = |r: &syncra_protocol::crash::CrashRecord| humantime::parse_rfc3339(&r.timestamp).unwrap();
+    let at =
+        |r: &syncra_protocol::crash::CrashRecord| humantime::parse_rfc3339(&r.timestamp).unwrap();
     for (i, d) in delays.iter().enumerate() {
         let gap = at(&records[i + 1]).duration_since(at(&records[i])).unwrap();
-        assert!(gap >= Duration::from_millis(*d), "restart {i} came {gap:?} after the failure, before its {d} ms delay");
+        assert!(
+            gap >= Duration::from_millis(*d),
+            "restart {i} came {gap:?} after the failure, before its {d} ms delay"
+        );
     }
-    assert!(matches!(records[3].decision, Decision::GaveUp { .. }), "{:?}", records[3].decision);
+    assert!(
+        matches!(records[3].decision, Decision::GaveUp { .. }),
+        "{:?}",
+        records[3].decision
+    );
     // The rest keeps running.
     h.wait_ready(&["world/main"]);
 }
 
 #[test]
 fn one_for_all_restarts_every_sibling() {
-    let drivers = [driver("a", CRASHER, ""), driver("b", CRASHER, ""), driver("c", CRASHER, "")].concat();
-    let h = Harness::start(&config("[supervisor.drivers]\nstrategy = \"one_for_all\"", &drivers), &[]);
+    let drivers = [
+        driver("a", CRASHER, ""),
+        driver("b", CRASHER, ""),
+        driver("c", CRASHER, ""),
+    ]
+    .concat();
+    let h = Harness::start(
+        &config("[supervisor.drivers]\nstrategy = \"one_for_all\"", &drivers),
+        &[],
+    );
     let before = h.wait_ready(&["a", "b", "c"]);
     send(before[1].pid.unwrap(), libc::SIGUSR1);
     h.wait_until("a, b and c are all back", PATIENCE, |s| {
-        ["a", "b", "c"].iter().all(|n| s.node(n).is_some_and(|v| v.state == NodeState::Ready && v.incarnation == 2)).then_some(())
+        ["a", "b", "c"]
+            .iter()
+            .all(|n| {
+                s.node(n)
+                    .is_some_and(|v| v.state == NodeState::Ready && v.incarnation == 2)
+            })
+            .then_some(())
     });
-    assert_eq!(incarnations(&h, &["world/main"]), [1], "the worlds group is not touched");
+    assert_eq!(
+        incarnations(&h, &["world/main"]),
+        [1],
+        "the worlds group is not touched"
+    );
     let crashes = h.crashes(None);
-    assert_eq!(crashes.len(), 1, "only b crashed; its siblings were restarted on purpose");
+    assert_eq!(
+        crashes.len(),
+        1,
+        "only b crashed; its siblings were restarted on purpose"
+    );
     let record = &crashes[0].record;
-    assert_eq!((record.node.as_str(), record.reason), ("b", Reason::Crashed));
+    assert_eq!(
+        (record.node.as_str(), record.reason),
+        ("b", Reason::Crashed)
+    );
     assert_eq!(record.exit_code, Some(101));
     let panic = record.panic.as_ref().expect("the panic hook's report");
-    assert!(panic.message.contains("crash requested by the test"), "{panic:?}");
-    assert!(panic.location.as_deref().unwrap_or("").contains("crasher.rs"), "{panic:?}");
+    assert!(
+        panic.message.contains("crash requested by the test"),
+        "{panic:?}"
+    );
+    assert!(
+        panic
+            .location
+            .as_deref()
+            .unwrap_or("")
+            .contains("crasher.rs"),
+        "{panic:?}"
+    );
     match &record.decision {
         Decision::Restart { siblings, .. } => {
             let s: Vec<&str> = siblings.iter().map(|n| n.as_str()).collect();
@@ -100,31 +172,65 @@ fn one_for_all_restarts_every_sibling() {
 
 #[test]
 fn rest_for_one_restarts_the_ones_started_after() {
-    let drivers = [driver("a", CRASHER, ""), driver("b", CRASHER, ""), driver("c", CRASHER, "")].concat();
-    let h = Harness::start(&config("[supervisor.drivers]\nstrategy = \"rest_for_one\"", &drivers), &[]);
+    let drivers = [
+        driver("a", CRASHER, ""),
+        driver("b", CRASHER, ""),
+        driver("c", CRASHER, ""),
+    ]
+    .concat();
+    let h = Harness::start(
+        &config(
+            "[supervisor.drivers]\nstrategy = \"rest_for_one\"",
+            &drivers,
+        ),
+        &[],
+    );
     let before = h.wait_ready(&["a", "b", "c"]);
     send(before[1].pid.unwrap(), libc::SIGUSR1);
     h.wait_until("b and c are back", PATIENCE, |s| {
-        ["b", "c"].iter().all(|n| s.node(n).is_some_and(|v| v.state == NodeState::Ready && v.incarnation == 2)).then_some(())
+        ["b", "c"]
+            .iter()
+            .all(|n| {
+                s.node(n)
+                    .is_some_and(|v| v.state == NodeState::Ready && v.incarnation == 2)
+            })
+            .then_some(())
     });
     let a = h.node("a");
-    assert_eq!((a.incarnation, a.pid), (1, before[0].pid), "a started before b and is not restarted");
+    assert_eq!(
+        (a.incarnation, a.pid),
+        (1, before[0].pid),
+        "a started before b and is not restarted"
+    );
 }
 
 #[test]
 fn restart_types_on_a_clean_exit() {
-    let drivers = [driver("transient", CRASHER, "restart = \"transient\""), driver("permanent", CRASHER, "")].concat();
+    let drivers = [
+        driver("transient", CRASHER, "restart = \"transient\""),
+        driver("permanent", CRASHER, ""),
+    ]
+    .concat();
     let h = Harness::start(&config("", &drivers), &[]);
     let before = h.wait_ready(&["transient", "permanent"]);
     send(before[0].pid.unwrap(), libc::SIGUSR2);
     send(before[1].pid.unwrap(), libc::SIGUSR2);
 
-    let t = h.wait_until("transient stops", PATIENCE, |s| s.node("transient").filter(|n| n.state == NodeState::Stopped).cloned());
-    assert_eq!(t.incarnation, 1, "a transient node that exits 0 is not restarted");
+    let t = h.wait_until("transient stops", PATIENCE, |s| {
+        s.node("transient")
+            .filter(|n| n.state == NodeState::Stopped)
+            .cloned()
+    });
+    assert_eq!(
+        t.incarnation, 1,
+        "a transient node that exits 0 is not restarted"
+    );
     let exit = t.last_exit.unwrap();
     assert_eq!((exit.reason, exit.code), (Reason::Exited, Some(0)));
     h.wait_until("permanent is restarted", PATIENCE, |s| {
-        s.node("permanent").filter(|n| n.state == NodeState::Ready && n.incarnation == 2).map(|_| ())
+        s.node("permanent")
+            .filter(|n| n.state == NodeState::Ready && n.incarnation == 2)
+            .map(|_| ())
     });
     assert!(h.crashes(None).is_empty(), "a clean exit is not a crash");
 }
@@ -135,29 +241,59 @@ fn temporary_and_auto_restart_off_are_not_restarted() {
     let h = Harness::start(&config("", &drivers), &[]);
     let temp = h.wait_ready(&["temp"]).remove(0);
     send(temp.pid.unwrap(), libc::SIGUSR1);
-    let failed = h.wait_until("temp fails", PATIENCE, |s| s.node("temp").filter(|n| n.state == NodeState::Failed).cloned());
+    let failed = h.wait_until("temp fails", PATIENCE, |s| {
+        s.node("temp")
+            .filter(|n| n.state == NodeState::Failed)
+            .cloned()
+    });
     assert_eq!(failed.incarnation, 1);
     drop(h);
 
-    let cfg = config("", &driver("d", CRASHER, "")).replace("[runtime]", "[runtime]\nauto_restart_crashed_processes = false");
+    let cfg = config("", &driver("d", CRASHER, "")).replace(
+        "[runtime]",
+        "[runtime]\nauto_restart_crashed_processes = false",
+    );
     let h = Harness::start(&cfg, &[]);
     let d = h.wait_ready(&["d"]).remove(0);
     send(d.pid.unwrap(), libc::SIGKILL);
-    let failed = h.wait_until("d fails", PATIENCE, |s| s.node("d").filter(|n| n.state == NodeState::Failed).cloned());
+    let failed = h.wait_until("d fails", PATIENCE, |s| {
+        s.node("d")
+            .filter(|n| n.state == NodeState::Failed)
+            .cloned()
+    });
     assert_eq!(failed.incarnation, 1);
     let record = &h.crashes(Some("d"))[0].record;
-    assert!(matches!(&record.decision, Decision::NotRestarted { why } if why.contains("auto_restart_crashed_processes")), "{:?}", record.decision);
+    assert!(
+        matches!(&record.decision, Decision::NotRestarted { why } if why.contains("auto_restart_crashed_processes")),
+        "{:?}",
+        record.decision
+    );
 }
 
 #[test]
 fn a_driver_that_never_joins_is_a_failed_start() {
-    let drivers = driver("silent", "/bin/sleep", "args = [\"1000\"]\nstart_timeout_ms = 400");
+    let drivers = driver(
+        "silent",
+        "/bin/sleep",
+        "args = [\"1000\"]\nstart_timeout_ms = 400",
+    );
     let h = Harness::start(&config("intensity = 0", &drivers), &[]);
-    let failed = h.wait_until("silent fails", PATIENCE, |s| s.node("silent").filter(|n| n.state == NodeState::Failed).cloned());
+    let failed = h.wait_until("silent fails", PATIENCE, |s| {
+        s.node("silent")
+            .filter(|n| n.state == NodeState::Failed)
+            .cloned()
+    });
     let exit = failed.last_exit.unwrap();
-    assert_eq!((exit.reason, exit.signal.as_deref()), (Reason::FailedToStart, Some("SIGKILL")));
+    assert_eq!(
+        (exit.reason, exit.signal.as_deref()),
+        (Reason::FailedToStart, Some("SIGKILL"))
+    );
     let record = &h.crashes(Some("silent"))[0].record;
-    assert!(record.detail.contains("start timeout of 400 ms"), "{}", record.detail);
+    assert!(
+        record.detail.contains("start timeout of 400 ms"),
+        "{}",
+        record.detail
+    );
     // It never blocked the runtime: the world comes up once the driver has failed.
     h.wait_ready(&["world/main"]);
 }
@@ -166,10 +302,20 @@ fn a_driver_that_never_joins_is_a_failed_start() {
 fn a_missing_executable_fails_at_once_with_its_name() {
     let drivers = driver("ghost", "/nonexistent/syncra-ghost", "");
     let h = Harness::start(&config("", &drivers), &[]);
-    let failed = h.wait_until("ghost fails", PATIENCE, |s| s.node("ghost").filter(|n| n.state == NodeState::Failed).cloned());
-    assert_eq!(failed.restarts, 0, "restarting cannot help a missing executable");
+    let failed = h.wait_until("ghost fails", PATIENCE, |s| {
+        s.node("ghost")
+            .filter(|n| n.state == NodeState::Failed)
+            .cloned()
+    });
+    assert_eq!(
+        failed.restarts, 0,
+        "restarting cannot help a missing executable"
+    );
     let detail = failed.detail.unwrap();
-    assert!(detail.contains("/nonexistent/syncra-ghost") && detail.contains("not found"), "{detail}");
+    assert!(
+        detail.contains("/nonexistent/syncra-ghost") && detail.contains("not found"),
+        "{detail}"
+    );
     h.wait_ready(&["world/main"]);
 }
 
@@ -179,11 +325,17 @@ fn a_hung_driver_is_aborted_then_replaced() {
     let before = h.wait_ready(&["stuck"]).remove(0);
     send(before.pid.unwrap(), libc::SIGUSR1);
     let after = h.wait_until("stuck is replaced", PATIENCE, |s| {
-        s.node("stuck").filter(|n| n.state == NodeState::Ready && n.incarnation == 2).cloned()
+        s.node("stuck")
+            .filter(|n| n.state == NodeState::Ready && n.incarnation == 2)
+            .cloned()
     });
     let exit = after.last_exit.unwrap();
     assert_eq!(exit.reason, Reason::Hung);
-    assert_eq!(exit.signal.as_deref(), Some("SIGABRT"), "a responsive process dies of the SIGABRT, before any SIGKILL");
+    assert_eq!(
+        exit.signal.as_deref(),
+        Some("SIGABRT"),
+        "a responsive process dies of the SIGABRT, before any SIGKILL"
+    );
 }
 
 #[test]
@@ -198,13 +350,21 @@ fn drivers_start_in_order_and_wait_for_their_dependencies() {
     h.wait_ready(&["first", "second", "third", "world/main"]);
     let out = h.output();
     let line = |needle: &str| {
-        out.lines().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no line with {needle:?} in\n{out}"))
+        out.lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in\n{out}"))
     };
     let spawned = |n: &str| line(&format!("spawned node={n} "));
     let ready = |n: &str| line(&format!("ready node={n} "));
     assert!(spawned("first") < spawned("third"), "config order:\n{out}");
-    assert!(ready("third") < spawned("second"), "second waits for third:\n{out}");
+    assert!(
+        ready("third") < spawned("second"),
+        "second waits for third:\n{out}"
+    );
     for d in ["first", "second", "third"] {
-        assert!(ready(d) < spawned("world/main"), "worlds start after the drivers are ready:\n{out}");
+        assert!(
+            ready(d) < spawned("world/main"),
+            "worlds start after the drivers are ready:\n{out}"
+        );
     }
 }

@@ -27,9 +27,19 @@ fn n_worlds_come_up_and_tick() {
     let pids: std::collections::HashSet<_> = views.iter().map(|v| v.pid.unwrap()).collect();
     assert_eq!(pids.len(), 4, "each world is its own process: {views:?}");
     // Their status comes from their own tick loops: ticks advance and entities are reported.
-    h.wait_until("every world reports ticks and its 64 entities", PATIENCE, |s| {
-        names.iter().all(|n| s.node(n).is_some_and(|v| v.tick.unwrap_or(0) > 10 && v.entities == Some(64))).then_some(())
-    });
+    h.wait_until(
+        "every world reports ticks and its 64 entities",
+        PATIENCE,
+        |s| {
+            names
+                .iter()
+                .all(|n| {
+                    s.node(n)
+                        .is_some_and(|v| v.tick.unwrap_or(0) > 10 && v.entities == Some(64))
+                })
+                .then_some(())
+        },
+    );
 }
 
 #[test]
@@ -39,9 +49,15 @@ fn kill_9_of_one_world_restarts_it_and_no_other() {
     let victim = before[1].clone();
     send(victim.pid.unwrap(), libc::SIGKILL);
 
-    let after = h.wait_until("world/main-2 is back with a new incarnation", PATIENCE, |s| {
-        s.node("world/main-2").filter(|n| n.state == NodeState::Ready && n.incarnation == 2).cloned()
-    });
+    let after = h.wait_until(
+        "world/main-2 is back with a new incarnation",
+        PATIENCE,
+        |s| {
+            s.node("world/main-2")
+                .filter(|n| n.state == NodeState::Ready && n.incarnation == 2)
+                .cloned()
+        },
+    );
     assert_ne!(after.pid, victim.pid);
     assert_eq!(after.restarts, 1);
     let exit = after.last_exit.expect("last_exit");
@@ -51,7 +67,11 @@ fn kill_9_of_one_world_restarts_it_and_no_other() {
     let status = h.try_status().unwrap();
     for (name, was) in [("world/main", &before[0]), ("world/main-3", &before[2])] {
         let now = status.node(name).unwrap();
-        assert_eq!((now.pid, now.incarnation, now.restarts), (was.pid, 1, 0), "{name} was touched: {now:?}");
+        assert_eq!(
+            (now.pid, now.incarnation, now.restarts),
+            (was.pid, 1, 0),
+            "{name} was touched: {now:?}"
+        );
     }
     let crashes = h.crashes(None);
     assert_eq!(crashes.len(), 1, "{crashes:?}");
@@ -67,18 +87,27 @@ fn a_stopped_world_is_seen_as_hung_and_replaced() {
     send(victim, libc::SIGSTOP);
 
     let after = h.wait_until("world/main is replaced", PATIENCE, |s| {
-        s.node("world/main").filter(|n| n.state == NodeState::Ready && n.incarnation == 2).cloned()
+        s.node("world/main")
+            .filter(|n| n.state == NodeState::Ready && n.incarnation == 2)
+            .cloned()
     });
     assert_ne!(after.pid, Some(victim));
     assert_eq!(after.last_exit.as_ref().unwrap().reason, Reason::Hung);
-    assert!(!std::path::Path::new(&format!("/proc/{victim}")).exists(), "the hung process was not reaped");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{victim}")).exists(),
+        "the hung process was not reaped"
+    );
 
     let record = &h.crashes(Some("world/main"))[0].record;
     assert_eq!(record.reason, Reason::Hung);
     assert!(record.detail.contains("no heartbeat"), "{}", record.detail);
     let status = h.try_status().unwrap();
     for name in &WORLDS[1..] {
-        assert_eq!(status.node(name).unwrap().incarnation, 1, "{name} was restarted");
+        assert_eq!(
+            status.node(name).unwrap().incarnation,
+            1,
+            "{name} was restarted"
+        );
     }
 }
 
@@ -87,12 +116,27 @@ fn status_json_has_the_documented_shape() {
     let h = Harness::start(CONFIG, &[]);
     h.wait_ready(&WORLDS);
     let out = h.cli(&["status", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let nodes = v["nodes"].as_array().expect("a `nodes` array");
     assert_eq!(nodes.len(), 3);
     for n in nodes {
-        for key in ["name", "kind", "pid", "state", "incarnation", "restarts", "uptime_ms", "last_exit", "tick", "entities"] {
+        for key in [
+            "name",
+            "kind",
+            "pid",
+            "state",
+            "incarnation",
+            "restarts",
+            "uptime_ms",
+            "last_exit",
+            "tick",
+            "entities",
+        ] {
             assert!(n.get(key).is_some(), "node lacks `{key}`: {n}");
         }
         assert_eq!(n["kind"], "world");
@@ -114,24 +158,38 @@ fn cli_stop_start_restart_by_name() {
     let before = h.wait_ready(&WORLDS);
 
     let out = h.cli(&["stop", "world/main-2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stopped = h.node("world/main-2");
     assert_eq!((stopped.state, stopped.pid), (NodeState::Stopped, None));
     assert!(!std::path::Path::new(&format!("/proc/{}", before[1].pid.unwrap())).exists());
 
     assert!(h.cli(&["start", "world/main-2"]).status.success());
     h.wait_until("world/main-2 runs again", PATIENCE, |s| {
-        s.node("world/main-2").filter(|n| n.state == NodeState::Ready && n.incarnation == 2).map(|_| ())
+        s.node("world/main-2")
+            .filter(|n| n.state == NodeState::Ready && n.incarnation == 2)
+            .map(|_| ())
     });
 
     assert!(h.cli(&["restart", "world/main"]).status.success());
     h.wait_until("world/main restarted", PATIENCE, |s| {
-        s.node("world/main").filter(|n| n.state == NodeState::Ready && n.incarnation == 2).map(|_| ())
+        s.node("world/main")
+            .filter(|n| n.state == NodeState::Ready && n.incarnation == 2)
+            .map(|_| ())
     });
-    assert!(h.crashes(None).is_empty(), "requested stops are not crashes");
+    assert!(
+        h.crashes(None).is_empty(),
+        "requested stops are not crashes"
+    );
 
     let out = h.cli(&["restart", "world/nope"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no node is called `world/nope`") && err.contains("world/main-3"), "{err}");
+    assert!(
+        err.contains("no node is called `world/nope`") && err.contains("world/main-3"),
+        "{err}"
+    );
 }

@@ -153,18 +153,24 @@ impl Boot {
     /// Read exactly one boot frame from `r` (fd `fd`, for messages), consuming nothing after it.
     pub fn read_from(r: &mut impl Read, fd: i32) -> Result<Boot, BootError> {
         let mut header = [0u8; 12];
-        r.read_exact(&mut header).map_err(|source| BootError::Io { fd, source })?;
+        r.read_exact(&mut header)
+            .map_err(|source| BootError::Io { fd, source })?;
         if header[..4] != BOOT_MAGIC {
             return Err(BootError::NotBoot { fd });
         }
         let peer = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
         if peer != PROTOCOL_VERSION {
-            return Err(DecodeError::Version { peer, ours: PROTOCOL_VERSION }.into());
+            return Err(DecodeError::Version {
+                peer,
+                ours: PROTOCOL_VERSION,
+            }
+            .into());
         }
         let len = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
         let len = wire::check_len("boot", len, MAX_BOOT_BODY)?;
         let mut body = vec![0u8; len];
-        r.read_exact(&mut body).map_err(|source| BootError::Io { fd, source })?;
+        r.read_exact(&mut body)
+            .map_err(|source| BootError::Io { fd, source })?;
         Ok(wire::decode("boot frame", &body)?)
     }
 }
@@ -183,7 +189,10 @@ mod tests {
                 hub_name: "syncra-hub".into(),
                 token: Token([7; 16]),
             },
-            heartbeat: HeartbeatPlan { interval_ms: 500, deadline_ms: 3000 },
+            heartbeat: HeartbeatPlan {
+                interval_ms: 500,
+                deadline_ms: 3000,
+            },
             page_fd: Some(PAGE_FD),
             settings: vec![1, 2, 3],
         }
@@ -205,7 +214,10 @@ mod tests {
         sample().write_to(&mut buf).unwrap();
         buf[4..8].copy_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
         let err = Boot::read_from(&mut &buf[..], 3).unwrap_err();
-        assert!(err.to_string().contains("protocol version mismatch"), "{err}");
+        assert!(
+            err.to_string().contains("protocol version mismatch"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -91,7 +91,10 @@ impl UnixLink {
     /// Wrap `stream`; `label` names the peer in ractor_cluster's session information, and is
     /// how the runtime matches a session to the child it spawned.
     pub fn new(stream: tokio::net::UnixStream, label: impl Into<String>) -> Self {
-        Self { stream, label: label.into() }
+        Self {
+            stream,
+            label: label.into(),
+        }
     }
 }
 
@@ -117,8 +120,14 @@ mod tests {
     fn envelope_round_trip() {
         let env = Envelope {
             token: Token([9; 16]),
-            body: NodeToRuntime::Leaving { code: 0, reason: "done".into() },
+            body: NodeToRuntime::Leaving {
+                code: 0,
+                reason: "done".into(),
+            },
         };
-        assert_eq!(wire::decode::<Envelope>("envelope", &wire::encode(&env)).unwrap(), env);
+        assert_eq!(
+            wire::decode::<Envelope>("envelope", &wire::encode(&env)).unwrap(),
+            env
+        );
     }
 }

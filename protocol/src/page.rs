@@ -60,9 +60,11 @@ impl Vitals {
     pub fn beat(&self, metrics: Option<&NodeMetrics>) {
         if let Some(m) = metrics {
             self.tick.store(m.tick, Ordering::Relaxed);
-            self.entities.store(m.entities.unwrap_or(NO_ENTITIES), Ordering::Relaxed);
+            self.entities
+                .store(m.entities.unwrap_or(NO_ENTITIES), Ordering::Relaxed);
             self.tick_us.store(m.tick_us, Ordering::Relaxed);
-            self.tick_us_max.fetch_max(m.tick_us_max.max(m.tick_us), Ordering::Relaxed);
+            self.tick_us_max
+                .fetch_max(m.tick_us_max.max(m.tick_us), Ordering::Relaxed);
             self.overruns.store(m.overruns, Ordering::Relaxed);
         }
         self.beats.fetch_add(1, Ordering::Release);
@@ -100,7 +102,10 @@ pub struct PageError {
 }
 
 fn err(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> PageError {
-    move |e| PageError { what, source: e.into() }
+    move |e| PageError {
+        what,
+        source: e.into(),
+    }
 }
 
 /// A mapping of a node page.
@@ -120,12 +125,16 @@ impl NodePage {
     /// resizing, with initialised vitals. Returns the mapping and the fd to hand to the child.
     pub fn create(name: &str) -> Result<(NodePage, std::os::fd::OwnedFd), PageError> {
         use rustix::fs::{MemfdFlags, SealFlags};
-        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).map_err(err("memfd_create"))?;
+        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(err("memfd_create"))?;
         rustix::fs::ftruncate(&fd, PAGE_SIZE as u64).map_err(err("sizing"))?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL).map_err(err("sealing"))?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .map_err(err("sealing"))?;
         let page = NodePage::map(fd.as_fd())?;
         page.vitals().magic.store(VITALS_MAGIC, Ordering::Relaxed);
-        page.vitals().version.store(crate::PROTOCOL_VERSION, Ordering::Release);
+        page.vitals()
+            .version
+            .store(crate::PROTOCOL_VERSION, Ordering::Release);
         Ok((page, fd))
     }
 
@@ -135,7 +144,9 @@ impl NodePage {
         if (size as usize) < PAGE_SIZE {
             return Err(PageError {
                 what: "size check",
-                source: std::io::Error::other(format!("{size} bytes, expected at least {PAGE_SIZE}")),
+                source: std::io::Error::other(format!(
+                    "{size} bytes, expected at least {PAGE_SIZE}"
+                )),
             });
         }
         // SAFETY: a fresh shared mapping of an fd we were handed; nothing else is mapped at the
@@ -152,7 +163,10 @@ impl NodePage {
             )
         }
         .map_err(err("mmap"))?;
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(PageError { what: "mmap", source: std::io::Error::other("null mapping") })?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(PageError {
+            what: "mmap",
+            source: std::io::Error::other("null mapping"),
+        })?;
         Ok(NodePage { ptr })
     }
 
@@ -170,14 +184,22 @@ impl NodePage {
         // SAFETY: PANIC_OFFSET + PANIC_MAX <= PAGE_SIZE, all within the live mapping; the
         // writer is gone, so the copy races with nobody (and any bytes are acceptable input
         // to the defensive decoder).
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(PANIC_OFFSET), len.as_mut_ptr(), 4) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(PANIC_OFFSET), len.as_mut_ptr(), 4)
+        };
         let len = u32::from_be_bytes(len) as usize;
         if len == 0 || len > PANIC_MAX - 4 {
             return None;
         }
         let mut body = vec![0u8; len];
         // SAFETY: as above; `len` was checked against the area's size.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(PANIC_OFFSET + 4), body.as_mut_ptr(), len) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(PANIC_OFFSET + 4),
+                body.as_mut_ptr(),
+                len,
+            )
+        };
         Some(body)
     }
 
@@ -207,11 +229,24 @@ mod tests {
         assert!(child_side.is_initialised());
         assert_eq!(runtime_side.vitals().metrics(), None);
         child_side.vitals().beat(None);
-        child_side.vitals().beat(Some(&NodeMetrics { tick: 9, entities: Some(4), tick_us: 12, tick_us_max: 30, overruns: 1 }));
+        child_side.vitals().beat(Some(&NodeMetrics {
+            tick: 9,
+            entities: Some(4),
+            tick_us: 12,
+            tick_us_max: 30,
+            overruns: 1,
+        }));
         assert_eq!(runtime_side.vitals().beats(), 2);
         let m = runtime_side.vitals().metrics().unwrap();
-        assert_eq!((m.tick, m.entities, m.tick_us_max, m.overruns), (9, Some(4), 30, 1));
-        assert_eq!(runtime_side.vitals().metrics().unwrap().tick_us_max, 0, "the maximum resets when read");
+        assert_eq!(
+            (m.tick, m.entities, m.tick_us_max, m.overruns),
+            (9, Some(4), 30, 1)
+        );
+        assert_eq!(
+            runtime_side.vitals().metrics().unwrap().tick_us_max,
+            0,
+            "the maximum resets when read"
+        );
     }
 
     #[test]
@@ -227,6 +262,9 @@ mod tests {
     #[test]
     fn the_page_cannot_be_shrunk() {
         let (_page, fd) = NodePage::create("test-page").unwrap();
-        assert!(rustix::fs::ftruncate(&fd, 0).is_err(), "a child must not be able to SIGBUS the runtime");
+        assert!(
+            rustix::fs::ftruncate(&fd, 0).is_err(),
+            "a child must not be able to SIGBUS the runtime"
+        );
     }
 }

@@ -58,7 +58,11 @@ impl NodeName {
 
     /// The kind this name denotes.
     pub fn kind(&self) -> NodeKind {
-        if self.0.starts_with(WORLD_PREFIX) { NodeKind::World } else { NodeKind::Driver }
+        if self.0.starts_with(WORLD_PREFIX) {
+            NodeKind::World
+        } else {
+            NodeKind::Driver
+        }
     }
 
     /// The name as a string.
@@ -94,12 +98,17 @@ pub fn validate_component(what: &str, s: &str) -> Result<(), String> {
         return Err(format!("{what} is empty"));
     }
     if s.len() > MAX_NAME_LEN {
-        return Err(format!("{what} `{s}` is longer than {MAX_NAME_LEN} characters"));
+        return Err(format!(
+            "{what} `{s}` is longer than {MAX_NAME_LEN} characters"
+        ));
     }
     if s.starts_with(['.', '-']) {
         return Err(format!("{what} `{s}` must not start with `.` or `-`"));
     }
-    if let Some(bad) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
+    if let Some(bad) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
         return Err(format!(
             "{what} `{s}` contains {bad:?}; use letters, digits, `_`, `-` and `.`"
         ));

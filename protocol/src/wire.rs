@@ -87,7 +87,10 @@ mod tests {
 
     #[test]
     fn round_trip_named_fields() {
-        let s = Sample { a: 7, b: "x".into() };
+        let s = Sample {
+            a: 7,
+            b: "x".into(),
+        };
         assert_eq!(decode::<Sample>("sample", &encode(&s)).unwrap(), s);
     }
 

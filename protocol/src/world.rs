@@ -26,6 +26,11 @@ pub struct WorldSettings {
 impl WorldSettings {
     /// Settings with the defaults for a world called `name`.
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), tick_hz: DEFAULT_TICK_HZ, entities: DEFAULT_ENTITIES, seed: DEFAULT_SEED }
+        Self {
+            name: name.into(),
+            tick_hz: DEFAULT_TICK_HZ,
+            entities: DEFAULT_ENTITIES,
+            seed: DEFAULT_SEED,
+        }
     }
 }

@@ -18,7 +18,9 @@ fn describe(ev: &LifecycleEvent) -> String {
         EventKind::Up { startup_ms } => format!("up ({startup_ms:.1} ms from spawn)"),
         EventKind::Hung { silent_ms } => format!("hung ({silent_ms} ms silent)"),
         EventKind::Down { exit } => format!("down ({})", exit.reason),
-        EventKind::Restarting { delay_ms, cause } => format!("restarting in {delay_ms} ms ({cause})"),
+        EventKind::Restarting { delay_ms, cause } => {
+            format!("restarting in {delay_ms} ms ({cause})")
+        }
         EventKind::Failed { message, .. } => format!("failed: {message}"),
         EventKind::Stopped => "stopped".to_owned(),
     };
@@ -34,14 +36,26 @@ async fn main() -> anyhow::Result<()> {
     config.runtime.run_dir = Some(scratch.path().join("run"));
     config.runtime.log_dir = scratch.path().join("logs");
     config.worlds.count = Some(2);
-    config.drivers.set("telemetry", DriverEntry::Spec(NodeSpec { command: Some("/opt/nowhere/telemetry".into()), ..NodeSpec::default() }));
+    config.drivers.set(
+        "telemetry",
+        DriverEntry::Spec(Box::new(NodeSpec {
+            command: Some("/opt/nowhere/telemetry".into()),
+            ..NodeSpec::default()
+        })),
+    );
 
     // syncra-world is found next to this example's own directory (target/<profile>/).
     let exe = std::env::current_exe()?;
-    let bin_dir = exe.parent().and_then(|examples| examples.parent()).map(|d| d.to_owned()).unwrap_or_default();
+    let bin_dir = exe
+        .parent()
+        .and_then(|examples| examples.parent())
+        .map(|d| d.to_owned())
+        .unwrap_or_default();
     let runtime = RuntimeBuilder::new(&config)
         .bin_dir(bin_dir)
-        .hook(HookPoint::OnGiveUp, |ctx| println!("[hook] gave up on {} ({:?})", ctx.node, ctx.reason))
+        .hook(HookPoint::OnGiveUp, |ctx| {
+            println!("[hook] gave up on {} ({:?})", ctx.node, ctx.reason)
+        })
         .start()
         .await?;
     let mut events = runtime.subscribe();
@@ -51,7 +65,14 @@ async fn main() -> anyhow::Result<()> {
     };
     println!("status:");
     for n in &status.nodes {
-        println!("  {:<14} {:<7} {:<8} pid {:?}  {}", n.name.to_string(), n.kind.to_string(), n.state.to_string(), n.pid, n.detail.clone().unwrap_or_default());
+        println!(
+            "  {:<14} {:<7} {:<8} pid {:?}  {}",
+            n.name.to_string(),
+            n.kind.to_string(),
+            n.state.to_string(),
+            n.pid,
+            n.detail.clone().unwrap_or_default()
+        );
     }
 
     println!("events so far:");
@@ -59,16 +80,26 @@ async fn main() -> anyhow::Result<()> {
         println!("  {}", describe(&ev));
     }
 
-    println!("restarting world/main-2 through the API: {}", runtime.restart("world/main-2").await?);
+    println!(
+        "restarting world/main-2 through the API: {}",
+        runtime.restart("world/main-2").await?
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
         println!("  {}", describe(&ev));
-        if ev.node.as_str() == "world/main-2" && ev.incarnation == 2 && matches!(ev.what, EventKind::Up { .. }) {
+        if ev.node.as_str() == "world/main-2"
+            && ev.incarnation == 2
+            && matches!(ev.what, EventKind::Up { .. })
+        {
             break;
         }
     }
 
     let report = runtime.shutdown(ShutdownCause::Requested).await;
-    println!("shut down in {} ms, exit code {}", report.took.as_millis(), report.exit_code());
+    println!(
+        "shut down in {} ms, exit code {}",
+        report.took.as_millis(),
+        report.exit_code()
+    );
     Ok(())
 }

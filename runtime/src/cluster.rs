@@ -40,13 +40,27 @@ impl Hub {
     /// Start the hub node and its gateway.
     pub(crate) async fn start(registry: Arc<Registry>) -> Result<Hub, String> {
         let cookie = random_cookie().map_err(|e| format!("generating the session cookie: {e}"))?;
-        let server = NodeServer::new(0, cookie.clone(), HUB_NAME.into(), "127.0.0.1".into(), None, Some(NodeConnectionMode::Isolated))
-            .with_listen_addr(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let (server, _) = Actor::spawn(None, server, ()).await.map_err(|e| format!("starting the hub node: {e}"))?;
-        let (gateway, _) =
-            Actor::spawn(None, Gateway { registry }, ()).await.map_err(|e| format!("starting the gateway: {e}"))?;
+        let server = NodeServer::new(
+            0,
+            cookie.clone(),
+            HUB_NAME.into(),
+            "127.0.0.1".into(),
+            None,
+            Some(NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let (server, _) = Actor::spawn(None, server, ())
+            .await
+            .map_err(|e| format!("starting the hub node: {e}"))?;
+        let (gateway, _) = Actor::spawn(None, Gateway { registry }, ())
+            .await
+            .map_err(|e| format!("starting the gateway: {e}"))?;
         ractor::pg::join(RUNTIME_GROUP.to_owned(), vec![gateway.get_cell()]);
-        Ok(Hub { server, gateway, cookie })
+        Ok(Hub {
+            server,
+            gateway,
+            cookie,
+        })
     }
 
     /// The session cookie.
@@ -57,15 +71,24 @@ impl Hub {
     /// Open a session over a connected socket whose other end a child inherited.
     pub(crate) fn attach(&self, stream: tokio::net::UnixStream, label: &str) -> Result<(), String> {
         self.server
-            .cast(NodeServerMessage::ConnectionOpenedExternal { stream: Box::new(UnixLink::new(stream, label)), is_server: true })
+            .cast(NodeServerMessage::ConnectionOpenedExternal {
+                stream: Box::new(UnixLink::new(stream, label)),
+                is_server: true,
+            })
             .map_err(|e| format!("the hub node is gone: {e}"))
     }
 
     /// Stop the hub node (before the tokio runtime ends, so its listener does not respawn).
     pub(crate) async fn stop(&self) {
         ractor::pg::leave(RUNTIME_GROUP.to_owned(), vec![self.gateway.get_cell()]);
-        let _ = self.gateway.stop_and_wait(None, Some(std::time::Duration::from_secs(2))).await;
-        let _ = self.server.stop_and_wait(None, Some(std::time::Duration::from_secs(2))).await;
+        let _ = self
+            .gateway
+            .stop_and_wait(None, Some(std::time::Duration::from_secs(2)))
+            .await;
+        let _ = self
+            .server
+            .stop_and_wait(None, Some(std::time::Duration::from_secs(2)))
+            .await;
     }
 }
 
@@ -83,7 +106,12 @@ impl Actor for Gateway {
         Ok(())
     }
 
-    async fn handle(&self, _: ActorRef<RuntimeInbox>, msg: RuntimeInbox, _: &mut ()) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<RuntimeInbox>,
+        msg: RuntimeInbox,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
         let RuntimeInbox::Packet(bytes) = msg;
         let env = match wire::decode::<Envelope>("node message", &bytes) {
             Ok(env) => env,
@@ -95,9 +123,14 @@ impl Actor for Gateway {
         match self.registry.route(&env.token) {
             Some(route) => {
                 tracing::trace!(node = %route.node, incarnation = route.incarnation, "message from a child");
-                let _ = route.to.cast(SupMsg::FromNode { incarnation: route.incarnation, msg: env.body });
+                let _ = route.to.cast(SupMsg::FromNode {
+                    incarnation: route.incarnation,
+                    msg: env.body,
+                });
             }
-            None => tracing::debug!("dropped a message with an unknown or expired token (a late message from a dead incarnation)"),
+            None => tracing::debug!(
+                "dropped a message with an unknown or expired token (a late message from a dead incarnation)"
+            ),
         }
         Ok(())
     }

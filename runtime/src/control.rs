@@ -6,10 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use syncra_protocol::control::{ControlError, ControlErrorKind, ControlFrame, ControlReply, ControlRequest, SOCKET_NAME};
+use syncra_protocol::PROTOCOL_VERSION;
+use syncra_protocol::control::{
+    ControlError, ControlErrorKind, ControlFrame, ControlReply, ControlRequest, SOCKET_NAME,
+};
 use syncra_protocol::status::LifecycleEvent;
 use syncra_protocol::wire::{self, DecodeError, MAX_CONTROL_FRAME};
-use syncra_protocol::PROTOCOL_VERSION;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -22,7 +24,8 @@ async fn read_frame(s: &mut UnixStream) -> std::io::Result<Option<Vec<u8>>> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = wire::check_len("control", u32::from_be_bytes(len), MAX_CONTROL_FRAME).map_err(std::io::Error::other)?;
+    let len = wire::check_len("control", u32::from_be_bytes(len), MAX_CONTROL_FRAME)
+        .map_err(std::io::Error::other)?;
     let mut buf = vec![0u8; len];
     s.read_exact(&mut buf).await?;
     Ok(Some(buf))
@@ -36,7 +39,9 @@ async fn write_frame(s: &mut UnixStream, payload: &[u8]) -> std::io::Result<()> 
 pub(crate) async fn serve(listener: UnixListener, runtime: Runtime) {
     let us = rustix::process::getuid();
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         match rustix::net::sockopt::socket_peercred(&stream) {
             Ok(cred) if cred.uid == us || us.is_root() => {}
             _ => {
@@ -53,14 +58,23 @@ async fn handle(mut stream: UnixStream, runtime: Runtime) {
         Ok(Some(bytes)) => match wire::decode::<ControlFrame>("control request", &bytes) {
             Ok(frame) if frame.protocol != PROTOCOL_VERSION => error(
                 ControlErrorKind::Version,
-                format!("this client speaks protocol v{}, the runtime v{PROTOCOL_VERSION}; use the `syncra` that started the runtime", frame.protocol),
+                format!(
+                    "this client speaks protocol v{}, the runtime v{PROTOCOL_VERSION}; use the `syncra` that started the runtime",
+                    frame.protocol
+                ),
             ),
-            Ok(ControlFrame { request: ControlRequest::Subscribe, .. }) => return subscribe(stream, runtime).await,
+            Ok(ControlFrame {
+                request: ControlRequest::Subscribe,
+                ..
+            }) => return subscribe(stream, runtime).await,
             Ok(frame) => runtime.control(frame.request).await,
             Err(e) => error(ControlErrorKind::BadRequest, e.to_string()),
         },
         Ok(None) => return,
-        Err(e) => error(ControlErrorKind::BadRequest, format!("reading the request: {e}")),
+        Err(e) => error(
+            ControlErrorKind::BadRequest,
+            format!("reading the request: {e}"),
+        ),
     };
     let _ = write_frame(&mut stream, &wire::encode(&reply)).await;
 }
@@ -126,7 +140,12 @@ impl ControlClient {
         let path = run_dir.join(SOCKET_NAME);
         match UnixStream::connect(&path).await {
             Ok(stream) => Ok(ControlClient { stream }),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
                 Err(ClientError::NotRunning(run_dir.to_owned()))
             }
             Err(e) => Err(ClientError::Io(e)),
@@ -149,7 +168,10 @@ impl ControlClient {
     }
 
     async fn send(&mut self, request: ControlRequest) -> Result<(), ClientError> {
-        let frame = ControlFrame { protocol: PROTOCOL_VERSION, request };
+        let frame = ControlFrame {
+            protocol: PROTOCOL_VERSION,
+            request,
+        };
         write_frame(&mut self.stream, &wire::encode(&frame)).await?;
         Ok(())
     }
@@ -157,7 +179,10 @@ impl ControlClient {
     async fn read(&mut self) -> Result<ControlReply, ClientError> {
         match read_frame(&mut self.stream).await? {
             Some(bytes) => Ok(wire::decode("control reply", &bytes)?),
-            None => Err(ClientError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the runtime closed the connection"))),
+            None => Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the runtime closed the connection",
+            ))),
         }
     }
 }

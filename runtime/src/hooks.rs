@@ -58,7 +58,10 @@ impl HookContext {
             ("SYNCRA_HOOK".to_owned(), self.point.key().to_owned()),
             ("SYNCRA_NODE".to_owned(), self.node.to_string()),
             ("SYNCRA_NODE_KIND".to_owned(), self.kind.to_string()),
-            ("SYNCRA_INCARNATION".to_owned(), self.incarnation.to_string()),
+            (
+                "SYNCRA_INCARNATION".to_owned(),
+                self.incarnation.to_string(),
+            ),
             ("SYNCRA_RESTARTS".to_owned(), self.restarts.to_string()),
         ];
         let mut opt = |k: &str, v: Option<String>| {
@@ -70,7 +73,10 @@ impl HookContext {
         opt("SYNCRA_EXIT_CODE", self.exit_code.map(|c| c.to_string()));
         opt("SYNCRA_SIGNAL", self.signal.clone());
         opt("SYNCRA_REASON", self.reason.map(|r| r.to_string()));
-        opt("SYNCRA_CRASH_RECORD", self.crash_record.as_ref().map(|p| p.display().to_string()));
+        opt(
+            "SYNCRA_CRASH_RECORD",
+            self.crash_record.as_ref().map(|p| p.display().to_string()),
+        );
         opt("SYNCRA_DECISION", self.decision.clone());
         env
     }
@@ -90,7 +96,10 @@ pub(crate) struct HookRunner {
 
 impl std::fmt::Debug for HookRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HookRunner").field("global", &self.global).field("callbacks", &self.callbacks.len()).finish()
+        f.debug_struct("HookRunner")
+            .field("global", &self.global)
+            .field("callbacks", &self.callbacks.len())
+            .finish()
     }
 }
 
@@ -101,18 +110,31 @@ impl HookRunner {
         callbacks: Vec<(HookPoint, HookFn)>,
         extra_env: Vec<(String, String)>,
     ) -> Self {
-        Self { spawner, global, callbacks: Arc::new(callbacks), extra_env: Arc::new(extra_env) }
+        Self {
+            spawner,
+            global,
+            callbacks: Arc::new(callbacks),
+            extra_env: Arc::new(extra_env),
+        }
     }
 
     /// Whether anything runs at `point` for a node with `own` hooks.
     pub(crate) fn any(&self, point: HookPoint, own: &Hooks) -> bool {
-        self.global.get(point).is_some() || own.get(point).is_some() || self.callbacks.iter().any(|(p, _)| *p == point)
+        self.global.get(point).is_some()
+            || own.get(point).is_some()
+            || self.callbacks.iter().any(|(p, _)| *p == point)
     }
 
     /// Run every hook for `ctx.point`: global, the node's own (`own`), then callbacks. Each is
     /// bounded by its timeout; failures are logged.
     pub(crate) async fn run(&self, ctx: &HookContext, own: &Hooks) {
-        let timeout_of = |h: &Hooks| Duration::from_millis(h.timeout_ms.or(self.global.timeout_ms).unwrap_or(syncra_config::DEFAULT_HOOK_TIMEOUT_MS));
+        let timeout_of = |h: &Hooks| {
+            Duration::from_millis(
+                h.timeout_ms
+                    .or(self.global.timeout_ms)
+                    .unwrap_or(syncra_config::DEFAULT_HOOK_TIMEOUT_MS),
+            )
+        };
         for (hooks, scope) in [(&self.global, "global"), (own, "node")] {
             if let Some(cmd) = hooks.get(ctx.point) {
                 self.run_command(ctx, cmd, scope, timeout_of(hooks)).await;
@@ -126,8 +148,12 @@ impl HookRunner {
             let timeout = timeout_of(own);
             match tokio::time::timeout(timeout, tokio::task::spawn_blocking(move || f(&c))).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(node = %ctx.node, hook = %ctx.point, error = %e, "hook callback panicked"),
-                Err(_) => tracing::warn!(node = %ctx.node, hook = %ctx.point, timeout_ms = timeout.as_millis() as u64, "hook callback timed out; supervision goes on"),
+                Ok(Err(e)) => {
+                    tracing::warn!(node = %ctx.node, hook = %ctx.point, error = %e, "hook callback panicked")
+                }
+                Err(_) => {
+                    tracing::warn!(node = %ctx.node, hook = %ctx.point, timeout_ms = timeout.as_millis() as u64, "hook callback timed out; supervision goes on")
+                }
             }
         }
     }
@@ -171,14 +197,18 @@ impl HookRunner {
         };
         match tokio::time::timeout(timeout, run).await {
             Ok((Ok(status), out, err)) => {
-                let output = String::from_utf8_lossy(&[out, err].concat()).trim_end().to_owned();
+                let output = String::from_utf8_lossy(&[out, err].concat())
+                    .trim_end()
+                    .to_owned();
                 if status == crate::spawn::Exit::Code(0) {
                     tracing::info!(node = %ctx.node, hook = %ctx.point, scope, ms = started.elapsed().as_millis() as u64, output = %output, "hook ran");
                 } else {
                     tracing::warn!(node = %ctx.node, hook = %ctx.point, scope, status = ?status, output = %output, command = cmd, "hook failed; supervision goes on");
                 }
             }
-            Ok((Err(e), _, _)) => tracing::warn!(node = %ctx.node, hook = %ctx.point, scope, error = %e, "waiting for the hook failed"),
+            Ok((Err(e), _, _)) => {
+                tracing::warn!(node = %ctx.node, hook = %ctx.point, scope, error = %e, "waiting for the hook failed")
+            }
             Err(_) => {
                 signal_group(pid, Signal::KILL);
                 tracing::warn!(node = %ctx.node, hook = %ctx.point, scope, timeout_ms = timeout.as_millis() as u64, command = cmd, "hook timed out and was killed; supervision goes on");

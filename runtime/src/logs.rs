@@ -32,13 +32,19 @@ const MAX_LINE: usize = 16 * 1024;
 
 /// A timestamp usable in file names: `2026-11-22T04-12-00Z`.
 pub(crate) fn file_timestamp(t: SystemTime, millis: bool) -> String {
-    let s = if millis { humantime::format_rfc3339_millis(t).to_string() } else { humantime::format_rfc3339_seconds(t).to_string() };
+    let s = if millis {
+        humantime::format_rfc3339_millis(t).to_string()
+    } else {
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
     s.replace(':', "-")
 }
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Create `dir` (and parents) if needed.
@@ -53,15 +59,24 @@ pub fn init_logging(log_dir: &Path) -> std::io::Result<PathBuf> {
     ensure_dir(log_dir)?;
     let stamp = file_timestamp(SystemTime::now(), false);
     let mut path = log_dir.join(format!("runtime_{stamp}.txt"));
-    let file = match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+    let file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             path = log_dir.join(format!("runtime_{stamp}_{}.txt", std::process::id()));
-            std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?
         }
         Err(e) => return Err(e),
     };
-    let filter = || EnvFilter::try_from_env("SYNCRA_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let filter = || {
+        EnvFilter::try_from_env("SYNCRA_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER))
+    };
     use std::io::IsTerminal;
     let console = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -69,8 +84,14 @@ pub fn init_logging(log_dir: &Path) -> std::io::Result<PathBuf> {
         .with_target(false)
         .compact()
         .with_filter(filter());
-    let file = tracing_subscriber::fmt::layer().with_writer(Mutex::new(file)).with_ansi(false).with_filter(filter());
-    let _ = tracing_subscriber::registry().with(console).with(file).try_init();
+    let file = tracing_subscriber::fmt::layer()
+        .with_writer(Mutex::new(file))
+        .with_ansi(false)
+        .with_filter(filter());
+    let _ = tracing_subscriber::registry()
+        .with(console)
+        .with(file)
+        .try_init();
     Ok(path)
 }
 
@@ -88,7 +109,12 @@ impl Capture {
     /// grandchild holding the pipes open only cuts the wait short; logging goes on.
     pub(crate) async fn finish(self, timeout: Duration) -> Vec<String> {
         let _ = tokio::time::timeout(timeout, self.done).await;
-        self.tail.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+        self.tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -102,7 +128,11 @@ pub(crate) fn capture(
     let task_tail = tail.clone();
     let task_path = path;
     let done = tokio::spawn(async move {
-        let mut file = match std::fs::OpenOptions::new().create(true).append(true).open(&task_path) {
+        let mut file = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&task_path)
+        {
             Ok(f) => Some(f),
             Err(e) => {
                 tracing::warn!(path = %task_path.display(), error = %e, "cannot open the child's log file; its output is dropped");
@@ -119,7 +149,11 @@ pub(crate) fn capture(
             };
             let buf = if is_err { &mut err_buf } else { &mut out_buf };
             if !line {
-                if is_err { err = None } else { out = None }
+                if is_err {
+                    err = None
+                } else {
+                    out = None
+                }
                 continue;
             }
             if buf.len() > MAX_LINE {
@@ -156,8 +190,16 @@ async fn read_line<R: AsyncRead + Unpin>(r: &mut Option<BufReader<R>>, buf: &mut
 
 /// Where the crash record of `record` goes: `<dir>/<timestamp>_<node>_<pid>.json`.
 pub(crate) fn crash_record_path(dir: &Path, record: &CrashRecord, at: SystemTime) -> PathBuf {
-    let pid = record.pid.map(|p| p.to_string()).unwrap_or_else(|| "nopid".into());
-    dir.join(format!("{}_{}_{}.json", file_timestamp(at, true), record.node.file_stem(), pid))
+    let pid = record
+        .pid
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "nopid".into());
+    dir.join(format!(
+        "{}_{}_{}.json",
+        file_timestamp(at, true),
+        record.node.file_stem(),
+        pid
+    ))
 }
 
 /// Write `record` to `path` as JSON (atomically: a temporary file renamed into place).
@@ -165,7 +207,10 @@ pub(crate) fn write_crash_record(path: &Path, record: &CrashRecord) -> std::io::
     if let Some(dir) = path.parent() {
         ensure_dir(dir)?;
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     let json = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
     std::fs::write(&tmp, json)?;
@@ -186,13 +231,20 @@ mod tests {
             err_text.push_str(&format!("err {i}\n"));
         }
         err_text.push_str("no newline at the end");
-        let cap = capture(Some(out), Some(std::io::Cursor::new(err_text.into_bytes())), path.clone());
+        let cap = capture(
+            Some(out),
+            Some(std::io::Cursor::new(err_text.into_bytes())),
+            path.clone(),
+        );
         let tail = cap.finish(Duration::from_secs(5)).await;
         assert_eq!(tail.len(), STDERR_TAIL_LINES);
         assert_eq!(tail.last().unwrap(), "no newline at the end");
         assert_eq!(tail[0], format!("err {}", 100 - STDERR_TAIL_LINES + 1));
         let log = std::fs::read_to_string(&path).unwrap();
-        assert!(log.contains("out one\n") && log.contains("err 0\n") && log.ends_with("\n"), "{log}");
+        assert!(
+            log.contains("out one\n") && log.contains("err 0\n") && log.ends_with("\n"),
+            "{log}"
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! is known only to the runtime and that one incarnation.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use ractor::ActorRef;
@@ -104,7 +104,9 @@ impl Registry {
             .iter()
             .map(|r| {
                 let mut v = r.view.clone();
-                v.uptime_ms = r.ready_since.map(|t| now.duration_since(t).as_millis() as u64);
+                v.uptime_ms = r
+                    .ready_since
+                    .map(|t| now.duration_since(t).as_millis() as u64);
                 let metrics = r.page.as_ref().and_then(|p| p.vitals().metrics());
                 v.tick = metrics.as_ref().map(|m| m.tick);
                 v.entities = metrics.as_ref().and_then(|m| m.entities);
@@ -116,12 +118,18 @@ impl Registry {
 
     /// The state of `name`, if configured.
     pub(crate) fn state(&self, name: &NodeName) -> Option<NodeState> {
-        read(&self.records).iter().find(|r| r.view.name == *name).map(|r| r.view.state)
+        read(&self.records)
+            .iter()
+            .find(|r| r.view.name == *name)
+            .map(|r| r.view.state)
     }
 
     /// Names of every node, in start order.
     pub(crate) fn names(&self) -> Vec<NodeName> {
-        read(&self.records).iter().map(|r| r.view.name.clone()).collect()
+        read(&self.records)
+            .iter()
+            .map(|r| r.view.name.clone())
+            .collect()
     }
 
     /// A receiver that changes whenever any record does.

@@ -58,15 +58,28 @@ pub(crate) struct RunDir {
 impl RunDir {
     /// Create (mode 0700) and lock `path`.
     pub(crate) fn acquire(path: &Path) -> Result<RunDir, RunDirError> {
-        let io = |what, source| RunDirError::Io { dir: path.to_owned(), what, source };
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(|e| io("creating it", e))?;
+        let io = |what, source| RunDirError::Io {
+            dir: path.to_owned(),
+            what,
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| io("creating it", e))?;
         let meta = std::fs::metadata(path).map_err(|e| io("reading its metadata", e))?;
         let us = rustix::process::getuid().as_raw();
         if meta.uid() != us {
-            return Err(RunDirError::NotOurs { dir: path.to_owned(), owner: meta.uid(), us });
+            return Err(RunDirError::NotOurs {
+                dir: path.to_owned(),
+                owner: meta.uid(),
+                us,
+            });
         }
         if meta.permissions().mode() & 0o077 != 0 {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(|e| io("making it private (0700)", e))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io("making it private (0700)", e))?;
         }
         let mut lock = OpenOptions::new()
             .read(true)
@@ -78,15 +91,24 @@ impl RunDir {
         if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
             let mut pid = String::new();
             let _ = lock.read_to_string(&mut pid);
-            return Err(RunDirError::InUse { dir: path.to_owned(), pid: pid.trim().to_owned() });
+            return Err(RunDirError::InUse {
+                dir: path.to_owned(),
+                pid: pid.trim().to_owned(),
+            });
         }
-        lock.set_len(0).and_then(|()| lock.rewind()).and_then(|()| writeln!(lock, "{}", std::process::id())).map_err(|e| io("writing its lock file", e))?;
+        lock.set_len(0)
+            .and_then(|()| lock.rewind())
+            .and_then(|()| writeln!(lock, "{}", std::process::id()))
+            .map_err(|e| io("writing its lock file", e))?;
         let socket = path.join(SOCKET_NAME);
         if socket.exists() {
             // A socket left by a runtime that died: the lock proves nobody serves it.
             std::fs::remove_file(&socket).map_err(|e| io("removing a stale control socket", e))?;
         }
-        Ok(RunDir { path: path.to_owned(), _lock: lock })
+        Ok(RunDir {
+            path: path.to_owned(),
+            _lock: lock,
+        })
     }
 
     /// The control socket's path.
@@ -110,9 +132,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
         let held = RunDir::acquire(&run).unwrap();
-        assert_eq!(std::fs::metadata(&run).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&run).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         let err = RunDir::acquire(&run).unwrap_err();
-        assert!(err.to_string().contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         drop(held);
         RunDir::acquire(&run).unwrap();
     }

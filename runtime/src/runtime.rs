@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorRef, RpcReplyPort};
 use syncra_config::{HookPoint, Plan, SyncraConfig};
-use syncra_protocol::control::{ControlError, ControlErrorKind, ControlReply, ControlRequest, CrashEntry};
+use syncra_protocol::control::{
+    ControlError, ControlErrorKind, ControlReply, ControlRequest, CrashEntry,
+};
 use syncra_protocol::status::{LifecycleEvent, RuntimeInfo, StatusReport};
 use syncra_protocol::{NodeKind, NodeName, NodeState, PROTOCOL_VERSION};
 use tokio::sync::{broadcast, watch};
@@ -61,7 +63,10 @@ pub struct RuntimeBuilder {
 
 impl std::fmt::Debug for RuntimeBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RuntimeBuilder").field("bin_dirs", &self.bin_dirs).field("control_socket", &self.control_socket).finish()
+        f.debug_struct("RuntimeBuilder")
+            .field("bin_dirs", &self.bin_dirs)
+            .field("control_socket", &self.control_socket)
+            .finish()
     }
 }
 
@@ -77,13 +82,25 @@ impl RuntimeBuilder {
     }
 
     fn from_plan_result(plan: Result<Plan, syncra_config::ConfigError>) -> Self {
-        let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.to_owned()));
-        Self { plan, callbacks: Vec::new(), bin_dirs: Vec::new(), exe_dir, control_socket: true }
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.to_owned()));
+        Self {
+            plan,
+            callbacks: Vec::new(),
+            bin_dirs: Vec::new(),
+            exe_dir,
+            control_socket: true,
+        }
     }
 
     /// Run `f` at `point` for every node, after the config's hook commands. It runs on a
     /// blocking thread, bounded by the hook timeout.
-    pub fn hook(mut self, point: HookPoint, f: impl Fn(&HookContext) + Send + Sync + 'static) -> Self {
+    pub fn hook(
+        mut self,
+        point: HookPoint,
+        f: impl Fn(&HookContext) + Send + Sync + 'static,
+    ) -> Self {
         self.callbacks.push((point, Arc::new(f)));
         self
     }
@@ -109,18 +126,36 @@ impl RuntimeBuilder {
         let plan = self.plan?;
         let rt = &plan.runtime;
         for (what, dir) in [("log dir", &rt.log_dir), ("crash dir", &rt.crash_dir)] {
-            logs::ensure_dir(dir).map_err(|source| StartError::Dir { what, path: dir.clone(), source })?;
+            logs::ensure_dir(dir).map_err(|source| StartError::Dir {
+                what,
+                path: dir.clone(),
+                source,
+            })?;
         }
         let run_dir = RunDir::acquire(&rt.run_dir)?;
 
         let registry = Arc::new(Registry::new(plan.nodes().map(|n| n.name.clone())));
-        let spawner = Spawner::start(tokio::runtime::Handle::current()).map_err(|e| StartError::Internal(format!("spawner thread: {e}")))?;
-        let hub = Hub::start(registry.clone()).await.map_err(StartError::Internal)?;
+        let spawner = Spawner::start(tokio::runtime::Handle::current())
+            .map_err(|e| StartError::Internal(format!("spawner thread: {e}")))?;
+        let hub = Hub::start(registry.clone())
+            .await
+            .map_err(StartError::Internal)?;
         let extra_env = vec![
-            ("SYNCRA_RUN_DIR".to_owned(), rt.run_dir.display().to_string()),
-            ("SYNCRA_LOG_DIR".to_owned(), rt.log_dir.display().to_string()),
+            (
+                "SYNCRA_RUN_DIR".to_owned(),
+                rt.run_dir.display().to_string(),
+            ),
+            (
+                "SYNCRA_LOG_DIR".to_owned(),
+                rt.log_dir.display().to_string(),
+            ),
         ];
-        let hooks = HookRunner::new(spawner.clone(), plan.hooks.clone(), self.callbacks, extra_env);
+        let hooks = HookRunner::new(
+            spawner.clone(),
+            plan.hooks.clone(),
+            self.callbacks,
+            extra_env,
+        );
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         // Sample heartbeats four times per interval: a hang is seen at most a quarter interval
         // after its deadline.
@@ -140,24 +175,29 @@ impl RuntimeBuilder {
             watchdog,
         });
 
-        let (drivers, _) = Actor::spawn(None, Group, ("drivers", plan.drivers.clone(), ctx.clone()))
-            .await
-            .map_err(|e| StartError::Internal(format!("drivers group: {e}")))?;
+        let (drivers, _) =
+            Actor::spawn(None, Group, ("drivers", plan.drivers.clone(), ctx.clone()))
+                .await
+                .map_err(|e| StartError::Internal(format!("drivers group: {e}")))?;
         let (worlds, _) = Actor::spawn(None, Group, ("worlds", plan.worlds.clone(), ctx.clone()))
             .await
             .map_err(|e| StartError::Internal(format!("worlds group: {e}")))?;
         let mut supervisors = HashMap::new();
         for group in [&drivers, &worlds] {
-            let children = ractor::call_t!(group, GroupMsg::Children, 5000).map_err(|e| StartError::Internal(format!("listing a group: {e}")))?;
+            let children = ractor::call_t!(group, GroupMsg::Children, 5000)
+                .map_err(|e| StartError::Internal(format!("listing a group: {e}")))?;
             supervisors.extend(children);
         }
 
         let socket = run_dir.socket();
-        let listener = if self.control_socket {
-            Some(tokio::net::UnixListener::bind(&socket).map_err(|e| StartError::Internal(format!("binding {}: {e}", socket.display())))?)
-        } else {
-            None
-        };
+        let listener =
+            if self.control_socket {
+                Some(tokio::net::UnixListener::bind(&socket).map_err(|e| {
+                    StartError::Internal(format!("binding {}: {e}", socket.display()))
+                })?)
+            } else {
+                None
+            };
         let runtime = Runtime {
             inner: Arc::new(Inner {
                 ctx,
@@ -175,7 +215,11 @@ impl RuntimeBuilder {
         };
         if let Some(listener) = listener {
             let task = tokio::spawn(crate::control::serve(listener, runtime.clone()));
-            *runtime.inner.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+            *runtime
+                .inner
+                .control
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(task);
         }
         tokio::spawn(start_sequence(runtime.clone()));
         Ok(runtime)
@@ -186,19 +230,41 @@ impl RuntimeBuilder {
 async fn start_sequence(rt: Runtime) {
     let t0 = Instant::now();
     let _ = rt.inner.drivers.cast(GroupMsg::Start);
-    let drivers: Vec<NodeName> = rt.inner.plan.drivers.nodes.iter().map(|n| n.name.clone()).collect();
-    rt.wait_for(|nodes| drivers.iter().all(|d| settled(nodes, d))).await;
+    let drivers: Vec<NodeName> = rt
+        .inner
+        .plan
+        .drivers
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    rt.wait_for(|nodes| drivers.iter().all(|d| settled(nodes, d)))
+        .await;
     if rt.inner.ctx.registry.shutting_down() {
         return;
     }
     let _ = rt.inner.worlds.cast(GroupMsg::Start);
     let all: Vec<NodeName> = rt.inner.plan.nodes().map(|n| n.name.clone()).collect();
-    rt.wait_for(|nodes| all.iter().all(|n| settled(nodes, n))).await;
+    rt.wait_for(|nodes| all.iter().all(|n| settled(nodes, n)))
+        .await;
     let report = rt.status();
-    let ready = report.nodes.iter().filter(|n| n.state == NodeState::Ready).count();
-    let failed: Vec<&str> = report.nodes.iter().filter(|n| n.state == NodeState::Failed).map(|n| n.name.as_str()).collect();
+    let ready = report
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Ready)
+        .count();
+    let failed: Vec<&str> = report
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Failed)
+        .map(|n| n.name.as_str())
+        .collect();
     if failed.is_empty() {
-        tracing::info!(ready, ms = t0.elapsed().as_millis() as u64, "all nodes ready");
+        tracing::info!(
+            ready,
+            ms = t0.elapsed().as_millis() as u64,
+            "all nodes ready"
+        );
     } else {
         tracing::warn!(ready, failed = %failed.join(", "), ms = t0.elapsed().as_millis() as u64, "started, with failed nodes (see `syncra status`)");
     }
@@ -207,7 +273,8 @@ async fn start_sequence(rt: Runtime) {
 /// Whether `name` has reached a state a start sequence can move on from.
 fn settled(nodes: &[syncra_protocol::status::NodeView], name: &NodeName) -> bool {
     nodes.iter().find(|n| n.name == *name).is_none_or(|n| {
-        matches!(n.state, NodeState::Ready | NodeState::Failed) || (n.state == NodeState::Stopped && n.incarnation > 0)
+        matches!(n.state, NodeState::Ready | NodeState::Failed)
+            || (n.state == NodeState::Stopped && n.incarnation > 0)
     })
 }
 
@@ -233,7 +300,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("run_dir", &self.inner.plan.runtime.run_dir).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("run_dir", &self.inner.plan.runtime.run_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -296,9 +365,17 @@ impl Runtime {
     /// Wait until every node is ready or failed, or `timeout` passes; the status at that moment.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<StatusReport, StatusReport> {
         let all: Vec<NodeName> = self.inner.plan.nodes().map(|n| n.name.clone()).collect();
-        let done = tokio::time::timeout(timeout, self.wait_for(|nodes| all.iter().all(|n| settled(nodes, n)))).await;
+        let done = tokio::time::timeout(
+            timeout,
+            self.wait_for(|nodes| all.iter().all(|n| settled(nodes, n))),
+        )
+        .await;
         let status = self.status();
-        if done.is_ok() && status.nodes.iter().all(|n| n.state == NodeState::Ready) { Ok(status) } else { Err(status) }
+        if done.is_ok() && status.nodes.iter().all(|n| n.state == NodeState::Ready) {
+            Ok(status)
+        } else {
+            Err(status)
+        }
     }
 
     async fn wait_for(&self, cond: impl Fn(&[syncra_protocol::status::NodeView]) -> bool) {
@@ -315,18 +392,31 @@ impl Runtime {
 
     fn supervisor(&self, name: &str) -> Result<&ActorRef<SupMsg>, ControlError> {
         let parsed = NodeName::parse(name).ok();
-        parsed.as_ref().and_then(|n| self.inner.supervisors.get(n)).ok_or_else(|| ControlError {
-            kind: ControlErrorKind::UnknownNode,
-            message: format!(
-                "no node is called `{name}`; nodes: {}",
-                self.inner.ctx.registry.names().iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
-            ),
-        })
+        parsed
+            .as_ref()
+            .and_then(|n| self.inner.supervisors.get(n))
+            .ok_or_else(|| ControlError {
+                kind: ControlErrorKind::UnknownNode,
+                message: format!(
+                    "no node is called `{name}`; nodes: {}",
+                    self.inner
+                        .ctx
+                        .registry
+                        .names()
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
     }
 
     fn refuse_if_shutting_down(&self) -> Result<(), ControlError> {
         if self.inner.ctx.registry.shutting_down() {
-            Err(ControlError { kind: ControlErrorKind::ShuttingDown, message: "the runtime is shutting down".into() })
+            Err(ControlError {
+                kind: ControlErrorKind::ShuttingDown,
+                message: "the runtime is shutting down".into(),
+            })
         } else {
             Ok(())
         }
@@ -341,8 +431,14 @@ impl Runtime {
         let sup = self.supervisor(name)?;
         match sup.call(msg, Some(Duration::from_secs(30))).await {
             Ok(ractor::rpc::CallResult::Success(Ok(m))) => Ok(m),
-            Ok(ractor::rpc::CallResult::Success(Err(m))) => Err(ControlError { kind: ControlErrorKind::BadRequest, message: m }),
-            _ => Err(ControlError { kind: ControlErrorKind::ShuttingDown, message: format!("the supervisor of {name} did not answer") }),
+            Ok(ractor::rpc::CallResult::Success(Err(m))) => Err(ControlError {
+                kind: ControlErrorKind::BadRequest,
+                message: m,
+            }),
+            _ => Err(ControlError {
+                kind: ControlErrorKind::ShuttingDown,
+                message: format!("the supervisor of {name} did not answer"),
+            }),
         }
     }
 
@@ -373,14 +469,29 @@ impl Runtime {
 
     /// The longest a node can take to stop: its stop timeout, the abort grace, and margin.
     fn stop_limit(&self) -> Duration {
-        let longest = self.inner.plan.nodes().map(|n| n.stop_timeout).max().unwrap_or_default();
+        let longest = self
+            .inner
+            .plan
+            .nodes()
+            .map(|n| n.stop_timeout)
+            .max()
+            .unwrap_or_default();
         longest + self.inner.plan.runtime.abort_grace + Duration::from_secs(5)
     }
 
     /// This session's crash records (newest last), optionally of one node, at most `limit`.
     pub fn crashes(&self, node: Option<&str>, limit: usize) -> Vec<CrashEntry> {
-        let all = self.inner.ctx.crashes.lock().unwrap_or_else(|p| p.into_inner());
-        let mine: Vec<CrashEntry> = all.iter().filter(|c| node.is_none_or(|n| c.record.node.as_str() == n)).cloned().collect();
+        let all = self
+            .inner
+            .ctx
+            .crashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mine: Vec<CrashEntry> = all
+            .iter()
+            .filter(|c| node.is_none_or(|n| c.record.node.as_str() == n))
+            .cloned()
+            .collect();
         mine[mine.len().saturating_sub(limit)..].to_vec()
     }
 
@@ -407,7 +518,11 @@ impl Runtime {
     /// order — each with a graceful request and SIGKILL at its stop timeout; then stop the hub
     /// and the control socket. Safe to call more than once: later calls wait for the first.
     pub async fn shutdown(&self, cause: ShutdownCause) -> ShutdownReport {
-        self.inner.finished.get_or_init(|| self.do_shutdown(cause)).await.clone()
+        self.inner
+            .finished
+            .get_or_init(|| self.do_shutdown(cause))
+            .await
+            .clone()
     }
 
     async fn do_shutdown(&self, cause: ShutdownCause) -> ShutdownReport {
@@ -417,7 +532,14 @@ impl Runtime {
         tracing::info!(cause = ?cause, "shutting down: worlds first, then drivers in reverse order");
         let mut killed_events = self.subscribe();
         let sup = |n: &NodeName| self.inner.supervisors.get(n).cloned();
-        let worlds: Vec<ActorRef<SupMsg>> = self.inner.plan.worlds.nodes.iter().filter_map(|n| sup(&n.name)).collect();
+        let worlds: Vec<ActorRef<SupMsg>> = self
+            .inner
+            .plan
+            .worlds
+            .nodes
+            .iter()
+            .filter_map(|n| sup(&n.name))
+            .collect();
         let limit = self.stop_limit();
         let mut stops = tokio::task::JoinSet::new();
         for w in worlds {
@@ -433,23 +555,43 @@ impl Runtime {
         }
         let mut killed = Vec::new();
         while let Ok(ev) = killed_events.try_recv() {
-            if let syncra_protocol::status::EventKind::Down { exit } = &ev.what {
-                if exit.signal.as_deref() == Some("SIGKILL") {
-                    killed.push(ev.node.clone());
-                }
+            if let syncra_protocol::status::EventKind::Down { exit } = &ev.what
+                && exit.signal.as_deref() == Some("SIGKILL")
+            {
+                killed.push(ev.node.clone());
             }
         }
         self.inner.ctx.drain_tracked().await;
-        if let Some(task) = self.inner.control.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(task) = self
+            .inner
+            .control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             task.abort();
         }
         self.inner.watchdog.abort();
         self.inner.hub.stop().await;
         self.inner.drivers.stop(None);
         self.inner.worlds.stop(None);
-        drop(self.inner.run_dir.lock().unwrap_or_else(|p| p.into_inner()).take());
-        let report = ShutdownReport { cause, killed, took: t0.elapsed() };
-        tracing::info!(ms = report.took.as_millis() as u64, killed = report.killed.len(), "shut down");
+        drop(
+            self.inner
+                .run_dir
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        let report = ShutdownReport {
+            cause,
+            killed,
+            took: t0.elapsed(),
+        };
+        tracing::info!(
+            ms = report.took.as_millis() as u64,
+            killed = report.killed.len(),
+            "shut down"
+        );
         report
     }
 
@@ -466,9 +608,13 @@ impl Runtime {
             ControlRequest::Start { node } => done(self.start_node(&node).await),
             ControlRequest::Shutdown => {
                 self.request_shutdown(ShutdownCause::Requested);
-                ControlReply::Done { message: "shutting down".into() }
+                ControlReply::Done {
+                    message: "shutting down".into(),
+                }
             }
-            ControlRequest::Crashes { node, limit } => ControlReply::Crashes(self.crashes(node.as_deref(), limit)),
+            ControlRequest::Crashes { node, limit } => {
+                ControlReply::Crashes(self.crashes(node.as_deref(), limit))
+            }
             ControlRequest::Subscribe => ControlReply::Error(ControlError {
                 kind: ControlErrorKind::BadRequest,
                 message: "subscribe through the control socket or Runtime::subscribe".into(),
@@ -487,6 +633,11 @@ impl Runtime {
 
     /// Nodes of `kind`, in start order.
     pub fn nodes(&self, kind: NodeKind) -> Vec<NodeName> {
-        self.inner.plan.nodes().filter(|n| n.kind == kind).map(|n| n.name.clone()).collect()
+        self.inner
+            .plan
+            .nodes()
+            .filter(|n| n.kind == kind)
+            .map(|n| n.name.clone())
+            .collect()
     }
 }

@@ -67,12 +67,19 @@ pub(crate) struct Process {
 impl Process {
     /// Wait until the process ends, and reap it.
     pub(crate) async fn wait(mut self) -> std::io::Result<Exit> {
-        let pidfd = self.pidfd.take().ok_or_else(|| std::io::Error::other("already waited for"))?;
+        let pidfd = self
+            .pidfd
+            .take()
+            .ok_or_else(|| std::io::Error::other("already waited for"))?;
         // SAFETY: the OwnedFd stays open and unchanged while the AsyncFd owns it.
-        let fd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        let fd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
         loop {
             let mut ready = fd.readable().await?;
-            match rustix::process::waitid(WaitId::PidFd(fd.get_ref().as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
+            match rustix::process::waitid(
+                WaitId::PidFd(fd.get_ref().as_fd()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            ) {
                 Ok(Some(status)) => {
                     return Ok(match (status.exit_status(), status.terminating_signal()) {
                         (_, Some(sig)) => Exit::Signal(sig),
@@ -91,7 +98,10 @@ impl Drop for Process {
     fn drop(&mut self) {
         if let Some(pidfd) = &self.pidfd {
             let _ = rustix::process::pidfd_send_signal(pidfd, Signal::KILL);
-            let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG);
+            let _ = rustix::process::waitid(
+                WaitId::PidFd(pidfd.as_fd()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            );
         }
     }
 }
@@ -146,7 +156,10 @@ pub enum SpawnError {
 impl SpawnError {
     /// Whether trying again cannot help (the executable is missing or not runnable).
     pub(crate) fn is_permanent(&self) -> bool {
-        matches!(self, SpawnError::NotFound { .. } | SpawnError::NotExecutable { .. })
+        matches!(
+            self,
+            SpawnError::NotFound { .. } | SpawnError::NotExecutable { .. }
+        )
     }
 }
 
@@ -168,21 +181,25 @@ impl Spawner {
     /// Start the spawner thread; its pipes are registered with the tokio runtime of `handle`.
     pub(crate) fn start(handle: tokio::runtime::Handle) -> std::io::Result<Spawner> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new().name("syncra-spawner".into()).spawn(move || {
-            let _enter = handle.enter();
-            block_all_signals();
-            let mut stack = vec![0u8; CHILD_STACK];
-            while let Ok(job) = rx.recv() {
-                let _ = job.reply.send(spawn_now(job.spec, &mut stack));
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("syncra-spawner".into())
+            .spawn(move || {
+                let _enter = handle.enter();
+                block_all_signals();
+                let mut stack = vec![0u8; CHILD_STACK];
+                while let Ok(job) = rx.recv() {
+                    let _ = job.reply.send(spawn_now(job.spec, &mut stack));
+                }
+            })?;
         Ok(Spawner { tx })
     }
 
     /// Spawn `spec` on the spawner thread.
     pub(crate) async fn spawn(&self, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { spec, reply }).map_err(|_| SpawnError::SpawnerGone)?;
+        self.tx
+            .send(Job { spec, reply })
+            .map_err(|_| SpawnError::SpawnerGone)?;
         rx.await.map_err(|_| SpawnError::SpawnerGone)?
     }
 }
@@ -251,7 +268,9 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
                 continue;
             }
-            if old.sa_sigaction != libc::SIG_DFL && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE) {
+            if old.sa_sigaction != libc::SIG_DFL
+                && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
+            {
                 let mut dfl: libc::sigaction = std::mem::zeroed();
                 dfl.sa_sigaction = libc::SIG_DFL;
                 libc::sigaction(sig, &dfl, std::ptr::null_mut());
@@ -271,15 +290,19 @@ fn cstring(what: &str, bytes: &[u8]) -> std::io::Result<CString> {
 
 fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
     let program_name = spec.program.display().to_string();
-    let io_err = |e: std::io::Error| SpawnError::Io { program: program_name.clone(), message: e.to_string() };
+    let io_err = |e: std::io::Error| SpawnError::Io {
+        program: program_name.clone(),
+        message: e.to_string(),
+    };
 
     let path = cstring("the program path", spec.program.as_os_str().as_bytes()).map_err(io_err)?;
     let mut argv_c = vec![path.clone()];
     for a in &spec.args {
         argv_c.push(cstring("an argument", a.as_bytes()).map_err(io_err)?);
     }
-    let mut env: Vec<(Vec<u8>, Vec<u8>)> =
-        std::env::vars_os().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
+    let mut env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
     for (k, v) in &spec.env {
         env.retain(|(ek, _)| ek != k.as_bytes());
         env.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
@@ -293,34 +316,64 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
             CString::new(kv).ok()
         })
         .collect();
-    let argv: Vec<*const c_char> = argv_c.iter().map(|c| c.as_ptr()).chain([std::ptr::null()]).collect();
-    let envp: Vec<*const c_char> = envp_c.iter().map(|c| c.as_ptr()).chain([std::ptr::null()]).collect();
+    let argv: Vec<*const c_char> = argv_c
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp: Vec<*const c_char> = envp_c
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
 
     // Stdio: /dev/null in, pipes (or /dev/null) out.
     let devnull = |write: bool| {
-        let mode = if write { rustix::fs::OFlags::WRONLY } else { rustix::fs::OFlags::RDONLY };
-        rustix::fs::open("/dev/null", mode | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
+        let mode = if write {
+            rustix::fs::OFlags::WRONLY
+        } else {
+            rustix::fs::OFlags::RDONLY
+        };
+        rustix::fs::open(
+            "/dev/null",
+            mode | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
     };
     let stdin = devnull(false).map_err(|e| io_err(e.into()))?;
     let (mut readers, stdout_w, stderr_w) = if spec.capture_output {
-        let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| io_err(e.into()))?;
-        let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| io_err(e.into()))?;
+        let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| io_err(e.into()))?;
+        let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| io_err(e.into()))?;
         (Some((out_r, err_r)), out_w, err_w)
     } else {
-        (None, devnull(true).map_err(|e| io_err(e.into()))?, devnull(true).map_err(|e| io_err(e.into()))?)
+        (
+            None,
+            devnull(true).map_err(|e| io_err(e.into()))?,
+            devnull(true).map_err(|e| io_err(e.into()))?,
+        )
     };
 
     // Stage every fd the child gets above the target numbers, so that placing one can never
     // overwrite another that has not been placed yet.
     let mut staged: Vec<(OwnedFd, RawFd)> = Vec::with_capacity(3 + spec.fds.len());
-    for (fd, target) in [(stdin.as_fd(), 0), (stdout_w.as_fd(), 1), (stderr_w.as_fd(), 2)]
-        .into_iter()
-        .chain(spec.fds.iter().map(|(fd, t)| (fd.as_fd(), *t)))
+    for (fd, target) in [
+        (stdin.as_fd(), 0),
+        (stdout_w.as_fd(), 1),
+        (stderr_w.as_fd(), 2),
+    ]
+    .into_iter()
+    .chain(spec.fds.iter().map(|(fd, t)| (fd.as_fd(), *t)))
     {
-        let high = rustix::io::fcntl_dupfd_cloexec(fd, STAGING_FD_MIN).map_err(|e| io_err(e.into()))?;
+        let high =
+            rustix::io::fcntl_dupfd_cloexec(fd, STAGING_FD_MIN).map_err(|e| io_err(e.into()))?;
         staged.push((high, target));
     }
-    let moves: Vec<(RawFd, RawFd)> = staged.iter().map(|(fd, target)| (fd.as_raw_fd(), *target)).collect();
+    let moves: Vec<(RawFd, RawFd)> = staged
+        .iter()
+        .map(|(fd, target)| (fd.as_raw_fd(), *target))
+        .collect();
 
     let mut args = ChildArgs {
         path: path.as_ptr(),
@@ -362,17 +415,32 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
         let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
         let e = std::io::Error::from_raw_os_error(args.errno);
         return Err(match e.kind() {
-            std::io::ErrorKind::NotFound => SpawnError::NotFound { program: program_name, searched: String::new() },
-            std::io::ErrorKind::PermissionDenied => SpawnError::NotExecutable { program: program_name, message: e.to_string() },
+            std::io::ErrorKind::NotFound => SpawnError::NotFound {
+                program: program_name,
+                searched: String::new(),
+            },
+            std::io::ErrorKind::PermissionDenied => SpawnError::NotExecutable {
+                program: program_name,
+                message: e.to_string(),
+            },
             _ => io_err(e),
         });
     }
     let signal_fd = pidfd.try_clone().ok();
     let (stdout, stderr) = match readers.take() {
-        Some((out_r, err_r)) => (pipe::Receiver::from_owned_fd(out_r).ok(), pipe::Receiver::from_owned_fd(err_r).ok()),
+        Some((out_r, err_r)) => (
+            pipe::Receiver::from_owned_fd(out_r).ok(),
+            pipe::Receiver::from_owned_fd(err_r).ok(),
+        ),
         None => (None, None),
     };
-    Ok(Spawned { pid: pid as u32, process: Process { pidfd: Some(pidfd) }, signal_fd, stdout, stderr })
+    Ok(Spawned {
+        pid: pid as u32,
+        process: Process { pidfd: Some(pidfd) },
+        signal_fd,
+        stdout,
+        stderr,
+    })
 }
 
 /// Resolve a configured command to an executable path: a command containing `/` is a path;
@@ -382,7 +450,9 @@ pub(crate) fn resolve_program(command: &str, bin_dirs: &[PathBuf]) -> Result<Pat
         let path = PathBuf::from(command);
         return check_executable(command, &path).map(|()| path);
     }
-    let path_dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     for dir in bin_dirs.iter().chain(&path_dirs) {
         let candidate = dir.join(command);
         if candidate.is_file() {
@@ -391,28 +461,38 @@ pub(crate) fn resolve_program(command: &str, bin_dirs: &[PathBuf]) -> Result<Pat
     }
     let mut searched: Vec<String> = bin_dirs.iter().map(|d| d.display().to_string()).collect();
     searched.push("$PATH".into());
-    Err(SpawnError::NotFound { program: command.to_owned(), searched: searched.join(", ") })
+    Err(SpawnError::NotFound {
+        program: command.to_owned(),
+        searched: searched.join(", "),
+    })
 }
 
 fn check_executable(command: &str, path: &Path) -> Result<(), SpawnError> {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
-        Ok(m) if m.is_file() => {
-            Err(SpawnError::NotExecutable { program: path.display().to_string(), message: "it is not marked executable".into() })
-        }
-        Ok(_) => Err(SpawnError::NotExecutable { program: path.display().to_string(), message: "it is not a file".into() }),
-        Err(_) => Err(SpawnError::NotFound { program: command.to_owned(), searched: String::new() }),
+        Ok(m) if m.is_file() => Err(SpawnError::NotExecutable {
+            program: path.display().to_string(),
+            message: "it is not marked executable".into(),
+        }),
+        Ok(_) => Err(SpawnError::NotExecutable {
+            program: path.display().to_string(),
+            message: "it is not a file".into(),
+        }),
+        Err(_) => Err(SpawnError::NotFound {
+            program: command.to_owned(),
+            searched: String::new(),
+        }),
     }
 }
 
 /// Send `sig` to a process through its pidfd (immune to pid reuse), falling back to its pid.
 pub(crate) fn signal(pidfd: Option<&OwnedFd>, pid: u32, sig: Signal) {
     let sent = pidfd.map(|fd| rustix::process::pidfd_send_signal(fd, sig));
-    if !matches!(sent, Some(Ok(()))) {
-        if let Some(p) = Pid::from_raw(pid as i32) {
-            let _ = rustix::process::kill_process(p, sig);
-        }
+    if !matches!(sent, Some(Ok(())))
+        && let Some(p) = Pid::from_raw(pid as i32)
+    {
+        let _ = rustix::process::kill_process(p, sig);
     }
 }
 
@@ -433,7 +513,10 @@ mod tests {
         let sh = resolve_program("sh", &[]).unwrap();
         assert!(sh.ends_with("sh"), "{sh:?}");
         let err = resolve_program("syncra-no-such-driver", &[PathBuf::from("/opt/x")]).unwrap_err();
-        assert_eq!(err.to_string(), "executable `syncra-no-such-driver` not found (looked in /opt/x, $PATH)");
+        assert_eq!(
+            err.to_string(),
+            "executable `syncra-no-such-driver` not found (looked in /opt/x, $PATH)"
+        );
         assert!(err.is_permanent());
     }
 
@@ -452,7 +535,10 @@ mod tests {
         SpawnSpec {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), script.into()],
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             fds,
             capture_output: true,
         }
@@ -460,7 +546,12 @@ mod tests {
 
     async fn output(mut s: Spawned) -> (String, Exit) {
         let mut out = String::new();
-        s.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+        s.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
         (out, s.process.wait().await.unwrap())
     }
 
@@ -471,7 +562,14 @@ mod tests {
         std::io::Write::write_all(&mut &ours, b"through fd 3\n").unwrap();
         // fd 3 carries what we wrote; fds 4+ are closed; the child leads its own group.
         let script = "head -n1 <&3; echo \"$SYNCRA_X\"; [ -e /proc/self/fd/4 ] && echo leak; cut -d' ' -f5 /proc/$$/stat; echo $$";
-        let s = spawner.spawn(sh(script, &[("SYNCRA_X", "x-value")], vec![(theirs.into(), 3)])).await.unwrap();
+        let s = spawner
+            .spawn(sh(
+                script,
+                &[("SYNCRA_X", "x-value")],
+                vec![(theirs.into(), 3)],
+            ))
+            .await
+            .unwrap();
         let pid = s.pid;
         let (out, exit) = output(s).await;
         let lines: Vec<&str> = out.lines().collect();
@@ -487,14 +585,20 @@ mod tests {
         let spawner = Spawner::start(tokio::runtime::Handle::current()).unwrap();
         let s = spawner.spawn(sh("exit 7", &[], vec![])).await.unwrap();
         assert_eq!(s.process.wait().await.unwrap(), Exit::Code(7));
-        let s = spawner.spawn(sh("kill -SEGV $$", &[], vec![])).await.unwrap();
+        let s = spawner
+            .spawn(sh("kill -SEGV $$", &[], vec![]))
+            .await
+            .unwrap();
         assert_eq!(s.process.wait().await.unwrap(), Exit::Signal(libc::SIGSEGV));
         let mut spec = sh("", &[], vec![]);
         spec.program = "/nonexistent/program".into();
         let err = spawner.spawn(spec).await.unwrap_err();
         assert!(matches!(err, SpawnError::NotFound { .. }), "{err}");
         // SIGPIPE is back to its default in the child (Rust ignores it in the runtime).
-        let s = spawner.spawn(sh("grep SigIgn /proc/self/status", &[], vec![])).await.unwrap();
+        let s = spawner
+            .spawn(sh("grep SigIgn /proc/self/status", &[], vec![]))
+            .await
+            .unwrap();
         let (out, _) = output(s).await;
         let ignored = u64::from_str_radix(out.split_whitespace().nth(1).unwrap(), 16).unwrap();
         assert_eq!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "{out}");
@@ -508,7 +612,9 @@ mod tests {
         drop(s);
         let gone = (0..200).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(5));
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true)
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z"))
+                .unwrap_or(true)
         });
         assert!(gone, "the process survived its handle");
     }

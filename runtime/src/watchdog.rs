@@ -34,14 +34,19 @@ pub(crate) struct Watchdog {
 
 impl std::fmt::Debug for Watchdog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watchdog").field("period", &self.period).finish_non_exhaustive()
+        f.debug_struct("Watchdog")
+            .field("period", &self.period)
+            .finish_non_exhaustive()
     }
 }
 
 impl Watchdog {
     /// A watchdog sampling every `period`.
     pub(crate) fn new(period: Duration) -> Arc<Watchdog> {
-        Arc::new(Watchdog { period: period.max(Duration::from_millis(5)), watched: Mutex::new(HashMap::new()) })
+        Arc::new(Watchdog {
+            period: period.max(Duration::from_millis(5)),
+            watched: Mutex::new(HashMap::new()),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeName, Watched>> {
@@ -49,9 +54,26 @@ impl Watchdog {
     }
 
     /// Watch `incarnation` of `node` from now on (it just became ready).
-    pub(crate) fn watch(&self, node: NodeName, incarnation: u64, page: Arc<NodePage>, deadline: Duration, to: ActorRef<SupMsg>) {
+    pub(crate) fn watch(
+        &self,
+        node: NodeName,
+        incarnation: u64,
+        page: Arc<NodePage>,
+        deadline: Duration,
+        to: ActorRef<SupMsg>,
+    ) {
         let last_beats = page.vitals().beats();
-        self.lock().insert(node, Watched { incarnation, page, deadline, last_beats, last_change: Instant::now(), to });
+        self.lock().insert(
+            node,
+            Watched {
+                incarnation,
+                page,
+                deadline,
+                last_beats,
+                last_change: Instant::now(),
+                to,
+            },
+        );
     }
 
     /// Stop watching `node` (it is stopping, or gone).
@@ -88,7 +110,10 @@ impl Watchdog {
         }
         for name in hung {
             if let Some(w) = watched.remove(&name) {
-                let _ = w.to.cast(SupMsg::Hung { incarnation: w.incarnation, silent: now.duration_since(w.last_change) });
+                let _ = w.to.cast(SupMsg::Hung {
+                    incarnation: w.incarnation,
+                    silent: now.duration_since(w.last_change),
+                });
             }
         }
     }

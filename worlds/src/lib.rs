@@ -47,7 +47,10 @@ pub struct Scene {
 
 impl std::fmt::Debug for Scene {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scene").field("entities", &self.world.len()).field("tick", &self.tick).finish()
+        f.debug_struct("Scene")
+            .field("entities", &self.world.len())
+            .field("tick", &self.tick)
+            .finish()
     }
 }
 
@@ -66,14 +69,27 @@ impl Scene {
         let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
         let mut world = hecs::World::new();
         world.spawn_batch((0..settings.entities).map(|_| {
-            let position = Vec3::new(signed(&mut rng), signed(&mut rng), signed(&mut rng)) * ARENA_HALF_EXTENT;
-            let direction = Vec3::new(signed(&mut rng), signed(&mut rng), signed(&mut rng)).normalize_or(Vec3::X);
+            let position =
+                Vec3::new(signed(&mut rng), signed(&mut rng), signed(&mut rng)) * ARENA_HALF_EXTENT;
+            let direction = Vec3::new(signed(&mut rng), signed(&mut rng), signed(&mut rng))
+                .normalize_or(Vec3::X);
             let linear = direction * unit(&mut rng) * MAX_SPEED;
             let spin = signed(&mut rng) * std::f32::consts::PI;
             let colour = Colour([unit(&mut rng), unit(&mut rng), unit(&mut rng), 1.0]);
-            (Transform { position, rotation: Quat::IDENTITY }, Velocity { linear, spin }, colour)
+            (
+                Transform {
+                    position,
+                    rotation: Quat::IDENTITY,
+                },
+                Velocity { linear, spin },
+                colour,
+            )
         }));
-        Scene { world, tick: 0, dt: (1.0 / settings.tick_hz) as f32 }
+        Scene {
+            world,
+            tick: 0,
+            dt: (1.0 / settings.tick_hz) as f32,
+        }
     }
 
     /// Advance the simulation by one fixed tick: move, spin, bounce off the arena's walls.
@@ -88,7 +104,8 @@ impl Scene {
                     velocity.linear[axis] = -velocity.linear[axis];
                 }
             }
-            transform.rotation = (Quat::from_rotation_y(velocity.spin * dt) * transform.rotation).normalize();
+            transform.rotation =
+                (Quat::from_rotation_y(velocity.spin * dt) * transform.rotation).normalize();
         }
         self.tick += 1;
     }
@@ -129,7 +146,12 @@ mod tests {
     use super::*;
 
     fn settings(seed: u64) -> WorldSettings {
-        WorldSettings { name: "t".into(), tick_hz: 60.0, entities: 500, seed }
+        WorldSettings {
+            name: "t".into(),
+            tick_hz: 60.0,
+            entities: 500,
+            seed,
+        }
     }
 
     #[test]
@@ -146,7 +168,10 @@ mod tests {
 
     #[test]
     fn different_seeds_different_scenes() {
-        assert_ne!(Scene::new(&settings(1)).state_hash(), Scene::new(&settings(2)).state_hash());
+        assert_ne!(
+            Scene::new(&settings(1)).state_hash(),
+            Scene::new(&settings(2)).state_hash()
+        );
     }
 
     #[test]
@@ -160,7 +185,11 @@ mod tests {
         assert_eq!(s.entities(), 500);
         let mut q = s.world.query::<&Transform>();
         for t in q.iter() {
-            assert!(t.position.abs().max_element() <= ARENA_HALF_EXTENT + 1e-3, "{:?}", t.position);
+            assert!(
+                t.position.abs().max_element() <= ARENA_HALF_EXTENT + 1e-3,
+                "{:?}",
+                t.position
+            );
         }
     }
 }

@@ -40,14 +40,21 @@ struct Cli {
 fn parse_hz(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(hz) if hz.is_finite() && hz > 0.0 => Ok(hz),
-        _ => Err(format!("`{s}` is not a tick rate: expected a number of ticks per second above 0")),
+        _ => Err(format!(
+            "`{s}` is not a tick rate: expected a number of ticks per second above 0"
+        )),
     }
 }
 
 fn main() {
     let cli = Cli::parse();
     if cli.standalone {
-        let settings = WorldSettings { name: "standalone".into(), tick_hz: cli.tick_hz, entities: cli.entities, seed: cli.seed };
+        let settings = WorldSettings {
+            name: "standalone".into(),
+            tick_hz: cli.tick_hz,
+            entities: cli.entities,
+            seed: cli.seed,
+        };
         return standalone(&settings, cli.ticks);
     }
     let node = Node::join().unwrap_or_else(|e| e.exit());
@@ -55,7 +62,12 @@ fn main() {
     let scene = Scene::new(&settings);
     tracing::info!(world = %settings.name, entities = scene.entities(), seed = settings.seed, tick_hz = settings.tick_hz, "scene built");
     node.ready();
-    let ticks = run(scene, &settings, |deadline| node.sleep_until(deadline), |m| node.heartbeat(Some(m)));
+    let ticks = run(
+        scene,
+        &settings,
+        |deadline| node.sleep_until(deadline),
+        |m| node.heartbeat(Some(m)),
+    );
     tracing::info!(world = %settings.name, ticks, "stopped");
 }
 
@@ -74,7 +86,13 @@ fn run(
         let started = Instant::now();
         scene.step();
         let tick_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        beat(&NodeMetrics { tick: scene.tick(), entities: Some(scene.entities()), tick_us, tick_us_max: tick_us, overruns });
+        beat(&NodeMetrics {
+            tick: scene.tick(),
+            entities: Some(scene.entities()),
+            tick_us,
+            tick_us_max: tick_us,
+            overruns,
+        });
         next += period;
         let now = Instant::now();
         if now > next + period {
@@ -90,7 +108,12 @@ fn run(
 
 fn standalone(settings: &WorldSettings, ticks: Option<u64>) {
     let scene = Scene::new(settings);
-    println!("ready: {} entities, seed {}, {} Hz", scene.entities(), settings.seed, settings.tick_hz);
+    println!(
+        "ready: {} entities, seed {}, {} Hz",
+        scene.entities(),
+        settings.seed,
+        settings.tick_hz
+    );
     let mut last_print = Instant::now();
     let done = run(
         scene,
@@ -101,12 +124,24 @@ fn standalone(settings: &WorldSettings, ticks: Option<u64>) {
         },
         |m| {
             if ticks.is_some_and(|t| m.tick >= t) {
-                println!("tick {} entities {} tick_us {} overruns {}", m.tick, m.entities.unwrap_or(0), m.tick_us, m.overruns);
+                println!(
+                    "tick {} entities {} tick_us {} overruns {}",
+                    m.tick,
+                    m.entities.unwrap_or(0),
+                    m.tick_us,
+                    m.overruns
+                );
                 std::process::exit(0);
             }
             if last_print.elapsed() >= Duration::from_secs(1) {
                 last_print = Instant::now();
-                println!("tick {} entities {} tick_us {} overruns {}", m.tick, m.entities.unwrap_or(0), m.tick_us, m.overruns);
+                println!(
+                    "tick {} entities {} tick_us {} overruns {}",
+                    m.tick,
+                    m.entities.unwrap_or(0),
+                    m.tick_us,
+                    m.overruns
+                );
             }
         },
     );

@@ -9,7 +9,10 @@
 //!
 //! The aliases live in `.cargo/config.toml`; the justfile calls the same tasks.
 
-#![allow(clippy::disallowed_methods, reason = "xtask runs cargo and the built binaries")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "xtask runs cargo and the built binaries"
+)]
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -27,11 +30,18 @@ const CORE_PACKAGES: &[&str] = &["syncra-runtime", "syncra-world"];
 const DESKTOP_DRIVERS: &[(&str, &str)] = &[];
 
 /// Drivers config/desktop.toml enables and the executable each needs.
-const DESKTOP_EXECUTABLES: &[(&str, &str)] =
-    &[("window", "syncra-window"), ("renderer", "syncra-renderer"), ("audio", "syncra-audio"), ("input", "syncra-input")];
+const DESKTOP_EXECUTABLES: &[(&str, &str)] = &[
+    ("window", "syncra-window"),
+    ("renderer", "syncra-renderer"),
+    ("audio", "syncra-audio"),
+    ("input", "syncra-input"),
+];
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
 }
 
 fn cargo() -> Command {
@@ -41,7 +51,9 @@ fn cargo() -> Command {
 }
 
 fn target_dir(release: bool) -> PathBuf {
-    let base = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
     base.join(if release { "release" } else { "debug" })
 }
 
@@ -69,7 +81,11 @@ fn build(packages: &[&str], release: bool) -> Result<(), String> {
 /// Build and `exec` `syncra run --config <preset> ARGS`.
 fn run_preset(preset: &str, mut args: Vec<String>, extra_packages: &[&str]) -> Result<(), String> {
     let release = take_flag(&mut args, "--release");
-    let packages: Vec<&str> = CORE_PACKAGES.iter().chain(extra_packages).copied().collect();
+    let packages: Vec<&str> = CORE_PACKAGES
+        .iter()
+        .chain(extra_packages)
+        .copied()
+        .collect();
     build(&packages, release)?;
     let syncra = target_dir(release).join("syncra");
     let config = root().join("config").join(preset);
@@ -88,22 +104,35 @@ fn is_installed(probe: &str) -> bool {
     if probe.starts_with('/') {
         return Path::new(probe).exists();
     }
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(probe).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(probe).is_file()))
 }
 
 /// Install the Debian packages the tests need (as root, or through sudo).
 fn install_test_packages() -> Result<(), String> {
-    let missing: Vec<&str> = TEST_PACKAGES.iter().filter(|(_, probe)| !is_installed(probe)).map(|(p, _)| *p).collect();
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(_, probe)| !is_installed(probe))
+        .map(|(p, _)| *p)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     let root_user = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false);
     let apt = |args: &[&str]| {
-        let mut cmd = if root_user { Command::new("apt-get") } else { Command::new("sudo") };
+        let mut cmd = if root_user {
+            Command::new("apt-get")
+        } else {
+            Command::new("sudo")
+        };
         if !root_user {
             cmd.arg("apt-get");
         }
@@ -124,7 +153,10 @@ fn test_all(args: Vec<String>) -> Result<(), String> {
 }
 
 fn bench_all(args: Vec<String>) -> Result<(), String> {
-    build(&["syncra-runtime", "syncra-world", "syncra-integration-tests"], true)?;
+    build(
+        &["syncra-runtime", "syncra-world", "syncra-integration-tests"],
+        true,
+    )?;
     let mut cmd = Command::new(target_dir(true).join("syncra-bench"));
     cmd.args(&args);
     run(cmd)
@@ -136,7 +168,9 @@ fn run_desktop(args: Vec<String>) -> Result<(), String> {
     let dir = target_dir(release);
     let missing: Vec<String> = DESKTOP_EXECUTABLES
         .iter()
-        .filter(|(_, exe)| !DESKTOP_DRIVERS.iter().any(|(_, built)| built == exe) && !dir.join(exe).exists())
+        .filter(|(_, exe)| {
+            !DESKTOP_DRIVERS.iter().any(|(_, built)| built == exe) && !dir.join(exe).exists()
+        })
         .map(|(driver, exe)| format!("{driver} ({exe})"))
         .collect();
     if !missing.is_empty() {

@@ -20,12 +20,21 @@ impl Actor for Agent {
     type State = ();
     type Arguments = ();
 
-    async fn pre_start(&self, myself: ActorRef<NodeInbox>, _: ()) -> Result<(), ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<NodeInbox>,
+        _: (),
+    ) -> Result<(), ActorProcessingErr> {
         ractor::pg::monitor(RUNTIME_GROUP.to_owned(), myself.get_cell());
         Ok(())
     }
 
-    async fn handle(&self, _: ActorRef<NodeInbox>, msg: NodeInbox, _: &mut ()) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<NodeInbox>,
+        msg: NodeInbox,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
         let NodeInbox::Packet(bytes) = msg;
         match wire::decode::<RuntimeToNode>("runtime message", &bytes) {
             Ok(RuntimeToNode::Shutdown { grace_ms, reason }) => {
@@ -43,10 +52,10 @@ impl Actor for Agent {
         ev: SupervisionEvent,
         _: &mut (),
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ProcessGroupChanged(change) = ev {
-            if change.get_group() == RUNTIME_GROUP {
-                let _ = self.events.send(LinkEvent::GatewayChanged);
-            }
+        if let SupervisionEvent::ProcessGroupChanged(change) = ev
+            && change.get_group() == RUNTIME_GROUP
+        {
+            let _ = self.events.send(LinkEvent::GatewayChanged);
         }
         Ok(())
     }

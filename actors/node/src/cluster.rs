@@ -45,7 +45,10 @@ pub(crate) fn start(
     std::thread::Builder::new()
         .name("syncra-node".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = tx.send(Err(format!("starting the node's tokio runtime: {e}")));
@@ -85,18 +88,26 @@ async fn connect(
         Some(NodeConnectionMode::Isolated),
     )
     .with_listen_addr(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let (server, _) = Actor::spawn(None, server, ()).await.map_err(|e| format!("starting the node server: {e}"))?;
+    let (server, _) = Actor::spawn(None, server, ())
+        .await
+        .map_err(|e| format!("starting the node server: {e}"))?;
     let (tx, mut rx) = unbounded_channel();
     server
-        .cast(NodeServerMessage::SubscribeToEvents { id: "syncra-node".into(), subscription: Box::new(Subscription(tx.clone())) })
+        .cast(NodeServerMessage::SubscribeToEvents {
+            id: "syncra-node".into(),
+            subscription: Box::new(Subscription(tx.clone())),
+        })
         .map_err(|e| format!("subscribing to node events: {e}"))?;
     let (agent, _) = Actor::spawn(None, Agent { shared, events: tx }, ())
         .await
         .map_err(|e| format!("starting the agent: {e}"))?;
     ractor::pg::join(agent_group(&join.node_name), vec![agent.get_cell()]);
 
-    socket.set_nonblocking(true).map_err(|e| format!("preparing the cluster socket: {e}"))?;
-    let stream = tokio::net::UnixStream::from_std(socket).map_err(|e| format!("preparing the cluster socket: {e}"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| format!("preparing the cluster socket: {e}"))?;
+    let stream = tokio::net::UnixStream::from_std(socket)
+        .map_err(|e| format!("preparing the cluster socket: {e}"))?;
     let t_connect = std::time::Instant::now();
     tracing::debug!("node server and agent up; opening the session");
     ractor_cluster::client_connect_external(&server, Box::new(UnixLink::new(stream, "runtime")))
@@ -110,7 +121,10 @@ async fn connect(
             }
             match rx.recv().await {
                 Some(LinkEvent::Down { .. }) | None => {
-                    return Err("the runtime closed the session (wrong cookie, or the runtime stopped)".to_owned());
+                    return Err(
+                        "the runtime closed the session (wrong cookie, or the runtime stopped)"
+                            .to_owned(),
+                    );
                 }
                 Some(LinkEvent::GatewayChanged) => {}
             }
@@ -118,24 +132,40 @@ async fn connect(
     };
     let gateway = tokio::time::timeout(JOIN_TIMEOUT, wait)
         .await
-        .map_err(|_| format!("the runtime did not answer within {} s", JOIN_TIMEOUT.as_secs()))??;
-    tracing::debug!(session_us = t_connect.elapsed().as_micros() as u64, "session ready, gateway visible");
+        .map_err(|_| {
+            format!(
+                "the runtime did not answer within {} s",
+                JOIN_TIMEOUT.as_secs()
+            )
+        })??;
+    tracing::debug!(
+        session_us = t_connect.elapsed().as_micros() as u64,
+        "session ready, gateway visible"
+    );
     Ok((gateway, rx))
 }
 
 /// The runtime's gateway actor, once the hub's process groups are visible.
 fn gateway() -> Option<ActorRef<RuntimeInbox>> {
-    ractor::pg::get_members(&RUNTIME_GROUP.to_owned()).into_iter().find(|c| !c.get_id().is_local()).map(Into::into)
+    ractor::pg::get_members(&RUNTIME_GROUP.to_owned())
+        .into_iter()
+        .find(|c| !c.get_id().is_local())
+        .map(Into::into)
 }
 
 /// Serve the link for the life of the process: turn SIGTERM/SIGINT into a shutdown request
 /// and exit when the runtime is gone.
 async fn serve(boot: &Boot, mut events: UnboundedReceiver<LinkEvent>, shared: Arc<Shared>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
-            tracing::warn!("could not install SIGTERM/SIGINT handlers; only the runtime can stop this node gracefully");
+            tracing::warn!(
+                "could not install SIGTERM/SIGINT handlers; only the runtime can stop this node gracefully"
+            );
             return std::future::pending().await;
         }
     };

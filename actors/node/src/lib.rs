@@ -30,8 +30,8 @@ mod cluster;
 mod panic;
 
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::{Arc, Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
@@ -83,10 +83,12 @@ impl JoinError {
     /// The exit code that tells the runtime why this node could not start.
     pub fn exit_code(&self) -> i32 {
         match self {
-            JoinError::Boot(BootError::Decode(syncra_protocol::wire::DecodeError::Version { .. })) => {
-                exit_code::PROTOCOL_MISMATCH
+            JoinError::Boot(BootError::Decode(syncra_protocol::wire::DecodeError::Version {
+                ..
+            })) => exit_code::PROTOCOL_MISMATCH,
+            JoinError::NotSpawnedByRuntime | JoinError::Boot(_) | JoinError::Page { .. } => {
+                exit_code::BAD_BOOT
             }
-            JoinError::NotSpawnedByRuntime | JoinError::Boot(_) | JoinError::Page { .. } => exit_code::BAD_BOOT,
             JoinError::Cluster { .. } => 1,
         }
     }
@@ -170,17 +172,27 @@ impl Node {
                 // (and stays open for the panic hook).
                 let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
                 let _ = rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC);
-                let page = NodePage::map(borrowed).map_err(|e| JoinError::Page { fd, message: e.to_string() })?;
+                let page = NodePage::map(borrowed).map_err(|e| JoinError::Page {
+                    fd,
+                    message: e.to_string(),
+                })?;
                 if !page.is_initialised() {
-                    return Err(JoinError::Page { fd, message: "not initialised by a runtime of this protocol version".into() });
+                    return Err(JoinError::Page {
+                        fd,
+                        message: "not initialised by a runtime of this protocol version".into(),
+                    });
                 }
                 Some(page)
             }
             None => None,
         };
         let booted = t0.elapsed();
-        let gateway = cluster::start(&boot, socket, shared.clone())
-            .map_err(|message| JoinError::Cluster { node: boot.node.clone(), message })?;
+        let gateway = cluster::start(&boot, socket, shared.clone()).map_err(|message| {
+            JoinError::Cluster {
+                node: boot.node.clone(),
+                message,
+            }
+        })?;
         let joined = t0.elapsed();
         let node = Node {
             beat_interval: Duration::from_millis(boot.heartbeat.interval_ms.max(1)),
@@ -190,7 +202,10 @@ impl Node {
             started: Instant::now(),
             page,
         };
-        node.send(NodeToRuntime::Hello { protocol: syncra_protocol::PROTOCOL_VERSION, pid: std::process::id() });
+        node.send(NodeToRuntime::Hello {
+            protocol: syncra_protocol::PROTOCOL_VERSION,
+            pid: std::process::id(),
+        });
         tracing::info!(
             node = %node.boot.node,
             incarnation = node.boot.incarnation,
@@ -214,8 +229,10 @@ impl Node {
 
     /// Decode this node's config chunk into `T`.
     pub fn settings<T: DeserializeOwned>(&self) -> Result<T, SettingsError> {
-        wire::decode("config chunk", &self.boot.settings)
-            .map_err(|source| SettingsError { node: self.boot.node.clone(), source })
+        wire::decode("config chunk", &self.boot.settings).map_err(|source| SettingsError {
+            node: self.boot.node.clone(),
+            source,
+        })
     }
 
     /// Tell the runtime this node is ready: it is initialised and serves its purpose.
@@ -258,7 +275,10 @@ impl Node {
                 return false;
             }
             let slice = (deadline - now).min(beat_interval);
-            guard = cv.wait_timeout(guard, slice).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
+            guard = cv
+                .wait_timeout(guard, slice)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
             // A loop that sleeps longer than a heartbeat interval by design is not hung: beat
             // on its behalf while it waits.
             if slept_from.elapsed() >= beat_interval {
@@ -288,11 +308,17 @@ impl Node {
     /// exits). A transient node that finished its work leaves with code 0.
     pub fn leave(&self, code: i32, reason: &str) {
         tracing::info!(node = %self.boot.node, code, reason, "leaving");
-        self.send(NodeToRuntime::Leaving { code, reason: reason.to_owned() });
+        self.send(NodeToRuntime::Leaving {
+            code,
+            reason: reason.to_owned(),
+        });
     }
 
     fn send(&self, body: NodeToRuntime) {
-        let packet = wire::encode(&Envelope { token: self.boot.cluster.token, body });
+        let packet = wire::encode(&Envelope {
+            token: self.boot.cluster.token,
+            body,
+        });
         if let Err(e) = self.gateway.cast(RuntimeInbox::Packet(packet)) {
             // The link is gone; the cluster thread exits the process when it notices.
             tracing::debug!(error = %e, "could not reach the runtime");
@@ -323,5 +349,9 @@ fn take_inherited_socket() -> Result<std::os::unix::net::UnixStream, JoinError> 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SYNCRA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
 }

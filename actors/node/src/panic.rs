@@ -17,7 +17,10 @@ pub(crate) fn install(boot: &Boot) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let report = PanicReport {
-            message: info.payload_as_str().unwrap_or("(a panic payload that is not a string)").to_owned(),
+            message: info
+                .payload_as_str()
+                .unwrap_or("(a panic payload that is not a string)")
+                .to_owned(),
             location: info.location().map(|l| l.to_string()),
             thread: std::thread::current().name().map(str::to_owned),
             backtrace: Backtrace::force_capture().to_string(),
@@ -27,7 +30,12 @@ pub(crate) fn install(boot: &Boot) {
             let mut framed = wire::frame(&wire::encode(&report));
             if framed.len() > PANIC_MAX {
                 // Keep the message; cut the backtrace to fit the page.
-                report.backtrace.truncate(report.backtrace.len().saturating_sub(framed.len() - PANIC_MAX + 64));
+                report.backtrace.truncate(
+                    report
+                        .backtrace
+                        .len()
+                        .saturating_sub(framed.len() - PANIC_MAX + 64),
+                );
                 report.backtrace.push_str("\n[backtrace cut to fit]");
                 framed = wire::frame(&wire::encode(&report));
             }

@@ -7,7 +7,10 @@
 //! syncra-bench [--kills N] [--hangs N] [--starts N] [--worlds-large N]
 //! ```
 
-#![allow(clippy::disallowed_methods, reason = "the benchmark starts the real binaries")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the benchmark starts the real binaries"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -34,7 +37,11 @@ fn ms(d: f64) -> String {
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn config(watch_ms: u64, extra: &str) -> String {
@@ -56,7 +63,9 @@ fn bare_spawn_to_first_line(n: usize) -> Vec<f64> {
                 .spawn()
                 .expect("spawn world");
             let mut line = String::new();
-            BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).expect("first line");
+            BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .expect("first line");
             let dt = t0.elapsed().as_secs_f64() * 1e3;
             let _ = child.kill();
             let _ = child.wait();
@@ -66,13 +75,24 @@ fn bare_spawn_to_first_line(n: usize) -> Vec<f64> {
 }
 
 async fn events(h: &Harness) -> EventStream {
-    ControlClient::connect(&h.run_dir()).await.expect("connect").subscribe().await.expect("subscribe")
+    ControlClient::connect(&h.run_dir())
+        .await
+        .expect("connect")
+        .subscribe()
+        .await
+        .expect("subscribe")
 }
 
 /// Read events until `f` accepts one; the time it arrived and what `f` returned.
-async fn until<T>(stream: &mut EventStream, mut f: impl FnMut(&syncra_protocol::status::LifecycleEvent) -> Option<T>) -> (Instant, T) {
+async fn until<T>(
+    stream: &mut EventStream,
+    mut f: impl FnMut(&syncra_protocol::status::LifecycleEvent) -> Option<T>,
+) -> (Instant, T) {
     loop {
-        let ev = tokio::time::timeout(Duration::from_secs(30), stream.next()).await.expect("an event in time").expect("event");
+        let ev = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("an event in time")
+            .expect("event");
         if let Some(v) = f(&ev) {
             return (Instant::now(), v);
         }
@@ -107,7 +127,11 @@ fn kill_latency(rt: &tokio::runtime::Runtime, kills: usize, rows: &mut Vec<Row>)
         measure: format!("(a) SIGKILL → replacement ready ({kills} kills)"),
         p50: ms(t50),
         p99: ms(t99),
-        baseline: format!("bare spawn → first line of syncra-world: p50 {} p99 {}", ms(b50), ms(b99)),
+        baseline: format!(
+            "bare spawn → first line of syncra-world: p50 {} p99 {}",
+            ms(b50),
+            ms(b99)
+        ),
         target: "≤ baseline + 2 ms at p50".into(),
         verdict: verdict(t50 <= b50 + 2.0, format!("+{:.2} ms", t50 - b50)),
     });
@@ -141,9 +165,14 @@ fn hang_detection(rt: &tokio::runtime::Runtime, hangs: usize, rows: &mut Vec<Row
         let node = h.node("world/main");
         let t0 = Instant::now();
         send(node.pid.unwrap(), libc::SIGSTOP);
-        let (t1, ()) = rt.block_on(until(&mut stream, |ev| matches!(ev.what, EventKind::Hung { .. }).then_some(())));
+        let (t1, ()) = rt.block_on(until(&mut stream, |ev| {
+            matches!(ev.what, EventKind::Hung { .. }).then_some(())
+        }));
         detect.push((t1 - t0).as_secs_f64() * 1e3);
-        rt.block_on(until(&mut stream, |ev| (matches!(ev.what, EventKind::Up { .. }) && ev.incarnation > node.incarnation).then_some(())));
+        rt.block_on(until(&mut stream, |ev| {
+            (matches!(ev.what, EventKind::Up { .. }) && ev.incarnation > node.incarnation)
+                .then_some(())
+        }));
     }
     let (p50, p99) = (percentile(&mut detect, 50.0), percentile(&mut detect, 99.0));
     let limit = (deadline + watch) as f64;
@@ -158,24 +187,38 @@ fn hang_detection(rt: &tokio::runtime::Runtime, hangs: usize, rows: &mut Vec<Row
 }
 
 fn pids_alive(pids: &[u32]) -> usize {
-    pids.iter().filter(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(**p)).count()
+    pids.iter()
+        .filter(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(**p))
+        .count()
 }
 
 fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
 }
 
 /// Start `syncra run --worlds n`; time start → all ready (status polled every ms).
 fn start_all(n: usize, entities: u32) -> (Harness, f64) {
     let t0 = Instant::now();
-    let h = Harness::start(&config(1000, &format!("[worlds]\nentities = {entities}\n")), &["--worlds", &n.to_string()]);
+    let h = Harness::start(
+        &config(1000, &format!("[worlds]\nentities = {entities}\n")),
+        &["--worlds", &n.to_string()],
+    );
     loop {
-        if let Some(s) = h.try_status() {
-            if s.nodes.len() == n && s.nodes.iter().all(|v| v.state == NodeState::Ready) {
-                return (h, t0.elapsed().as_secs_f64() * 1e3);
-            }
+        if let Some(s) = h.try_status()
+            && s.nodes.len() == n
+            && s.nodes.iter().all(|v| v.state == NodeState::Ready)
+        {
+            return (h, t0.elapsed().as_secs_f64() * 1e3);
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "worlds did not come up:\n{}", h.output());
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "worlds did not come up:\n{}",
+            h.output()
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -187,7 +230,13 @@ fn four_worlds(starts: usize, rows: &mut Vec<Row>) {
     for _ in 0..starts {
         let (mut h, dt) = start_all(4, 256);
         up.push(dt);
-        let pids: Vec<u32> = h.try_status().unwrap().nodes.iter().filter_map(|n| n.pid).collect();
+        let pids: Vec<u32> = h
+            .try_status()
+            .unwrap()
+            .nodes
+            .iter()
+            .filter_map(|n| n.pid)
+            .collect();
         let t0 = Instant::now();
         h.signal(libc::SIGTERM);
         let status = h.wait_exit(Duration::from_secs(30));
@@ -199,7 +248,10 @@ fn four_worlds(starts: usize, rows: &mut Vec<Row>) {
         measure: format!("(c) `syncra run --worlds 4` → all ready ({starts} runs)"),
         p50: ms(u50),
         p99: ms(u99),
-        baseline: format!("one bare world spawn → first line: p50 {}", ms(percentile(&mut bare, 50.0))),
+        baseline: format!(
+            "one bare world spawn → first line: p50 {}",
+            ms(percentile(&mut bare, 50.0))
+        ),
         target: "< 150 ms".into(),
         verdict: verdict(u50 < 150.0, String::new()),
     });
@@ -216,15 +268,31 @@ fn four_worlds(starts: usize, rows: &mut Vec<Row>) {
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     // After the command: state(0) ppid(1) ... utime(11) stime(12).
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
 }
 
 /// (d) many worlds: start → ready, memory, idle CPU.
@@ -234,7 +302,11 @@ fn many_worlds(n: usize, rows: &mut Vec<Row>) {
     std::thread::sleep(Duration::from_secs(1));
     let one_rss = rss_kb(one.pid());
     drop(one);
-    let mut bare = Command::new(workspace_bin("syncra-world")).args(["--standalone", "--entities", "256"]).stdout(Stdio::null()).spawn().unwrap();
+    let mut bare = Command::new(workspace_bin("syncra-world"))
+        .args(["--standalone", "--entities", "256"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let bare_rss = rss_kb(bare.id());
     let _ = bare.kill();
@@ -242,7 +314,13 @@ fn many_worlds(n: usize, rows: &mut Vec<Row>) {
 
     let (h, up) = start_all(n, 256);
     std::thread::sleep(Duration::from_secs(2));
-    let pids: Vec<u32> = h.try_status().unwrap().nodes.iter().filter_map(|v| v.pid).collect();
+    let pids: Vec<u32> = h
+        .try_status()
+        .unwrap()
+        .nodes
+        .iter()
+        .filter_map(|v| v.pid)
+        .collect();
     let mut world_rss: Vec<f64> = pids.iter().map(|p| rss_kb(*p) as f64 / 1024.0).collect();
     let runtime_rss = rss_kb(h.pid()) as f64 / 1024.0;
     let clk = rustix::param::clock_ticks_per_second() as f64;
@@ -252,7 +330,9 @@ fn many_worlds(n: usize, rows: &mut Vec<Row>) {
     let cpu = (cpu_ticks(h.pid()) - before) as f64 / clk / window.as_secs_f64() * 100.0;
     let worlds_before: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
     std::thread::sleep(Duration::from_secs(2));
-    let worlds_cpu = (pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>() - worlds_before) as f64 / clk / 2.0 * 100.0;
+    let worlds_cpu =
+        (pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>() - worlds_before) as f64 / clk / 2.0
+            * 100.0;
 
     rows.push(Row {
         measure: format!("(d) `--worlds {n}` → all ready"),
@@ -270,17 +350,26 @@ fn many_worlds(n: usize, rows: &mut Vec<Row>) {
         target: "-".into(),
         verdict: "-".into(),
     });
-    let (w50, wmax) = (percentile(&mut world_rss, 50.0), percentile(&mut world_rss, 100.0));
+    let (w50, wmax) = (
+        percentile(&mut world_rss, 50.0),
+        percentile(&mut world_rss, 100.0),
+    );
     rows.push(Row {
         measure: "(d) world RSS (256 entities, 60 Hz)".into(),
         p50: format!("{w50:.1} MB"),
         p99: format!("max {wmax:.1} MB"),
-        baseline: format!("standalone world, no cluster: {:.1} MB", bare_rss as f64 / 1024.0),
+        baseline: format!(
+            "standalone world, no cluster: {:.1} MB",
+            bare_rss as f64 / 1024.0
+        ),
         target: "< 20 MB".into(),
         verdict: verdict(wmax < 20.0, String::new()),
     });
     rows.push(Row {
-        measure: format!("(d) runtime CPU, idle, {n} worlds ticking ({}s window)", window.as_secs()),
+        measure: format!(
+            "(d) runtime CPU, idle, {n} worlds ticking ({}s window)",
+            window.as_secs()
+        ),
         p50: format!("{cpu:.2} %"),
         p99: "-".into(),
         baseline: format!("the {n} worlds themselves: {worlds_cpu:.1} % of one core"),
@@ -291,7 +380,11 @@ fn many_worlds(n: usize, rows: &mut Vec<Row>) {
 
 fn verdict(ok: bool, note: String) -> String {
     let v = if ok { "met" } else { "MISSED" };
-    if note.is_empty() { v.into() } else { format!("{v} ({note})") }
+    if note.is_empty() {
+        v.into()
+    } else {
+        format!("{v} ({note})")
+    }
 }
 
 fn main() {
@@ -299,9 +392,16 @@ fn main() {
     let hangs = arg("--hangs", 10);
     let starts = arg("--starts", 10);
     let large = arg("--worlds-large", 64);
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    eprintln!("syncra-bench: {cpus} CPUs; kills {kills}, hangs {hangs}, starts {starts}, large {large} worlds");
-    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    eprintln!(
+        "syncra-bench: {cpus} CPUs; kills {kills}, hangs {hangs}, starts {starts}, large {large} worlds"
+    );
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut rows = Vec::new();
     kill_latency(&tokio, kills, &mut rows);
     hang_detection(&tokio, hangs, &mut rows);
@@ -311,6 +411,9 @@ fn main() {
     println!("| measure | p50 | p99 | baseline (same run) | target | verdict |");
     println!("|---|---|---|---|---|---|");
     for r in rows {
-        println!("| {} | {} | {} | {} | {} | {} |", r.measure, r.p50, r.p99, r.baseline, r.target, r.verdict);
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.measure, r.p50, r.p99, r.baseline, r.target, r.verdict
+        );
     }
 }

@@ -22,7 +22,10 @@ fn main() {
             return;
         }
         tick += 1;
-        node.heartbeat(Some(&NodeMetrics { tick, ..NodeMetrics::default() }));
+        node.heartbeat(Some(&NodeMetrics {
+            tick,
+            ..NodeMetrics::default()
+        }));
         if node.sleep_until(Instant::now() + Duration::from_millis(5)) {
             return;
         }

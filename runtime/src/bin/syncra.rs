@@ -121,8 +121,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let threads = if matches!(cli.command, Command::Run(_)) { 2 } else { 1 };
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
+    // One thread drives the whole runtime: supervising is never CPU-bound, and a message
+    // handled on the thread that received it costs half of one handed to another thread.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("syncra: cannot start the async runtime: {e}");
@@ -134,21 +138,38 @@ fn main() -> ExitCode {
             Command::Run(args) => run(args).await,
             Command::CheckConfig(args) => check_config(args),
             Command::Status { target, json } => status(&target.dir(), json).await,
-            Command::Restart { name, target } => simple(&target.dir(), ControlRequest::Restart { node: name }).await,
-            Command::Stop { name, target } => simple(&target.dir(), ControlRequest::Stop { node: name }).await,
-            Command::Start { name, target } => simple(&target.dir(), ControlRequest::Start { node: name }).await,
+            Command::Restart { name, target } => {
+                simple(&target.dir(), ControlRequest::Restart { node: name }).await
+            }
+            Command::Stop { name, target } => {
+                simple(&target.dir(), ControlRequest::Stop { node: name }).await
+            }
+            Command::Start { name, target } => {
+                simple(&target.dir(), ControlRequest::Start { node: name }).await
+            }
             Command::Shutdown { target } => simple(&target.dir(), ControlRequest::Shutdown).await,
-            Command::Crashes { name, limit, json, target } => crashes(&target.dir(), name, limit, json).await,
+            Command::Crashes {
+                name,
+                limit,
+                json,
+                target,
+            } => crashes(&target.dir(), name, limit, json).await,
             Command::Events { json, target } => events(&target.dir(), json).await,
         }
     })
 }
 
 fn loader(args: &ConfigArgs) -> Loader {
-    let mut loader = Loader::new().overrides(Overrides { worlds: args.worlds, log_dir: args.log_dir.clone(), run_dir: args.run_dir.clone() });
+    let mut loader = Loader::new().overrides(Overrides {
+        worlds: args.worlds,
+        log_dir: args.log_dir.clone(),
+        run_dir: args.run_dir.clone(),
+    });
     match &args.config {
         Some(path) => loader = loader.file(path),
-        None if Path::new(DEFAULT_CONFIG_FILE).is_file() => loader = loader.file(DEFAULT_CONFIG_FILE),
+        None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
+            loader = loader.file(DEFAULT_CONFIG_FILE)
+        }
         None => {}
     }
     loader
@@ -157,7 +178,11 @@ fn loader(args: &ConfigArgs) -> Loader {
 fn check_config(args: ConfigArgs) -> ExitCode {
     match loader(&args).load() {
         Ok(loaded) => {
-            let source = loaded.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+            let source = loaded
+                .file
+                .as_ref()
+                .map(|f| f.display().to_string())
+                .unwrap_or_else(|| "built-in defaults".into());
             println!("# {source}: valid. Effective config:\n");
             print!("{}", loaded.config.to_toml());
             println!("\n# Start order:");
@@ -165,11 +190,30 @@ fn check_config(args: ConfigArgs) -> ExitCode {
                 let deps = if n.depends_on.is_empty() {
                     String::new()
                 } else {
-                    format!(", after {}", n.depends_on.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+                    format!(
+                        ", after {}",
+                        n.depends_on
+                            .iter()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 };
-                println!("#   {:<20} {:<7} {} (restart {}, heartbeat deadline {} ms{deps})", n.name.to_string(), n.kind.to_string(), n.command, n.restart, n.heartbeat.deadline_ms);
+                println!(
+                    "#   {:<20} {:<7} {} (restart {}, heartbeat deadline {} ms{deps})",
+                    n.name.to_string(),
+                    n.kind.to_string(),
+                    n.command,
+                    n.restart,
+                    n.heartbeat.deadline_ms
+                );
             }
-            println!("# run dir {}, logs {}, crash records {}", loaded.plan.runtime.run_dir.display(), loaded.plan.runtime.log_dir.display(), loaded.plan.runtime.crash_dir.display());
+            println!(
+                "# run dir {}, logs {}, crash records {}",
+                loaded.plan.runtime.run_dir.display(),
+                loaded.plan.runtime.log_dir.display(),
+                loaded.plan.runtime.crash_dir.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -191,11 +235,17 @@ async fn run(args: ConfigArgs) -> ExitCode {
     let log_file = match syncra_runtime::logs::init_logging(&plan.runtime.log_dir) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("syncra: cannot write logs to {}: {e}", plan.runtime.log_dir.display());
+            eprintln!(
+                "syncra: cannot write logs to {}: {e}",
+                plan.runtime.log_dir.display()
+            );
             return ExitCode::FAILURE;
         }
     };
-    let source = loaded.file.map(|f| f.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+    let source = loaded
+        .file
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| "built-in defaults".into());
     tracing::info!(
         config = %source,
         drivers = plan.drivers.nodes.len(),
@@ -213,7 +263,10 @@ async fn run(args: ConfigArgs) -> ExitCode {
         }
     };
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         runtime.shutdown(ShutdownCause::Requested).await;
         return ExitCode::FAILURE;
@@ -251,7 +304,12 @@ async fn request(run_dir: &Path, req: ControlRequest) -> Result<ControlReply, Cl
     let client = ControlClient::connect(run_dir).await?;
     tokio::time::timeout(Duration::from_secs(60), client.request(req))
         .await
-        .map_err(|_| ClientError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 60 s")))?
+        .map_err(|_| {
+            ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer within 60 s",
+            ))
+        })?
 }
 
 async fn simple(run_dir: &Path, req: ControlRequest) -> ExitCode {
@@ -269,7 +327,10 @@ async fn status(run_dir: &Path, json: bool) -> ExitCode {
     match request(run_dir, ControlRequest::Status).await {
         Ok(ControlReply::Status(report)) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
             } else {
                 print_status(&report);
             }
@@ -292,16 +353,50 @@ fn human_ms(ms: u64) -> String {
 
 fn print_status(r: &StatusReport) {
     let rt = &r.runtime;
-    println!("syncra {} (pid {}), up {}{}", rt.version, rt.pid, human_ms(rt.uptime_ms), if rt.shutting_down { ", shutting down" } else { "" });
-    println!("{:<22} {:<7} {:<9} {:>8} {:>4} {:>8} {:>8} {:>9} {:>8}  LAST EXIT / DETAIL", "NODE", "KIND", "STATE", "PID", "INC", "RESTARTS", "UPTIME", "TICK", "ENTITIES");
+    println!(
+        "syncra {} (pid {}), up {}{}",
+        rt.version,
+        rt.pid,
+        human_ms(rt.uptime_ms),
+        if rt.shutting_down {
+            ", shutting down"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "{:<22} {:<7} {:<9} {:>8} {:>4} {:>8} {:>8} {:>9} {:>8}  LAST EXIT / DETAIL",
+        "NODE", "KIND", "STATE", "PID", "INC", "RESTARTS", "UPTIME", "TICK", "ENTITIES"
+    );
     let dash = || "-".to_owned();
     for n in &r.nodes {
-        let NodeView { name, kind, pid, state, incarnation, restarts, uptime_ms, last_exit, tick, entities, detail, .. } = n;
+        let NodeView {
+            name,
+            kind,
+            pid,
+            state,
+            incarnation,
+            restarts,
+            uptime_ms,
+            last_exit,
+            tick,
+            entities,
+            detail,
+            ..
+        } = n;
         let last = last_exit.as_ref().map(|e| {
-            let how = e.signal.clone().or_else(|| e.code.map(|c| format!("code {c}"))).unwrap_or_default();
+            let how = e
+                .signal
+                .clone()
+                .or_else(|| e.code.map(|c| format!("code {c}")))
+                .unwrap_or_default();
             format!("{} ({how})", e.reason)
         });
-        let note = [last, detail.clone()].into_iter().flatten().collect::<Vec<_>>().join("; ");
+        let note = [last, detail.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
         println!(
             "{:<22} {:<7} {:<9} {:>8} {:>4} {:>8} {:>8} {:>9} {:>8}  {}",
             name.to_string(),
@@ -323,16 +418,33 @@ async fn crashes(run_dir: &Path, node: Option<String>, limit: usize, json: bool)
         Ok(ControlReply::Crashes(list)) => {
             if json {
                 let records: Vec<&CrashEntry> = list.iter().collect();
-                println!("{}", serde_json::to_string_pretty(&records).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&records).unwrap_or_default()
+                );
             } else if list.is_empty() {
                 println!("no crashes this session");
             } else {
                 for c in &list {
                     let r = &c.record;
-                    let how = r.signal.clone().or_else(|| r.exit_code.map(|x| format!("code {x}"))).unwrap_or_default();
-                    println!("{}  {:<20} {:<15} {how:<10} {}", r.timestamp, r.node.to_string(), r.reason.to_string(), r.detail);
+                    let how = r
+                        .signal
+                        .clone()
+                        .or_else(|| r.exit_code.map(|x| format!("code {x}")))
+                        .unwrap_or_default();
+                    println!(
+                        "{}  {:<20} {:<15} {how:<10} {}",
+                        r.timestamp,
+                        r.node.to_string(),
+                        r.reason.to_string(),
+                        r.detail
+                    );
                     if let Some(p) = &r.panic {
-                        println!("    panic: {} at {}", p.message, p.location.as_deref().unwrap_or("?"));
+                        println!(
+                            "    panic: {} at {}",
+                            p.message,
+                            p.location.as_deref().unwrap_or("?")
+                        );
                     }
                     println!("    decision: {:?}", r.decision);
                     println!("    record: {}", c.path);
@@ -351,15 +463,26 @@ fn describe(ev: &LifecycleEvent) -> String {
         EventKind::Up { startup_ms } => format!("up after {startup_ms:.1} ms"),
         EventKind::Hung { silent_ms } => format!("hung: silent for {silent_ms} ms"),
         EventKind::Down { exit } => {
-            let how = exit.signal.clone().or_else(|| exit.code.map(|c| format!("code {c}"))).unwrap_or_default();
+            let how = exit
+                .signal
+                .clone()
+                .or_else(|| exit.code.map(|c| format!("code {c}")))
+                .unwrap_or_default();
             format!("down: {} ({how})", exit.reason)
         }
-        EventKind::Restarting { delay_ms, cause } => format!("restarting in {delay_ms} ms: {cause}"),
+        EventKind::Restarting { delay_ms, cause } => {
+            format!("restarting in {delay_ms} ms: {cause}")
+        }
         EventKind::Failed { reason, message } => format!("failed ({reason}): {message}"),
         EventKind::Stopped => "stopped".to_owned(),
     };
     let pid = ev.pid.map(|p| format!(" pid {p}")).unwrap_or_default();
-    format!("{} {}#{}{pid}: {what}", humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ev.unix_ms)), ev.node, ev.incarnation)
+    format!(
+        "{} {}#{}{pid}: {what}",
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ev.unix_ms)),
+        ev.node,
+        ev.incarnation
+    )
 }
 
 async fn events(run_dir: &Path, json: bool) -> ExitCode {

@@ -19,7 +19,10 @@ pub(crate) enum GroupMsg {
     /// Start every child, in order.
     Start,
     /// `failed` is restarting: restart the siblings the strategy names; reply with them.
-    ChildRestarting { failed: NodeName, reply: RpcReplyPort<Vec<NodeName>> },
+    ChildRestarting {
+        failed: NodeName,
+        reply: RpcReplyPort<Vec<NodeName>>,
+    },
     /// The children, in start order.
     Children(RpcReplyPort<Vec<(NodeName, ActorRef<SupMsg>)>>),
 }
@@ -45,23 +48,41 @@ impl Actor for Group {
         let mut children = Vec::with_capacity(plan.nodes.len());
         for node in plan.nodes {
             let name = node.name.clone();
-            let args = SupArgs { ctx: ctx.clone(), plan: node, policy: plan.policy, group: myself.clone() };
-            let (child, _) = Actor::spawn_linked(None, NodeSupervisor, args, myself.get_cell()).await?;
+            let args = SupArgs {
+                ctx: ctx.clone(),
+                plan: node,
+                policy: plan.policy,
+                group: myself.clone(),
+            };
+            let (child, _) =
+                Actor::spawn_linked(None, NodeSupervisor, args, myself.get_cell()).await?;
             children.push((name, child));
         }
-        Ok(GroupState { label, strategy: plan.policy.strategy, children })
+        Ok(GroupState {
+            label,
+            strategy: plan.policy.strategy,
+            children,
+        })
     }
 
-    async fn handle(&self, _: ActorRef<GroupMsg>, msg: GroupMsg, st: &mut GroupState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<GroupMsg>,
+        msg: GroupMsg,
+        st: &mut GroupState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             GroupMsg::Start => {
                 // One after another, each once the previous one's spawn is done, so processes
                 // start in config order. From a task: the group's mailbox stays free for its
                 // children's calls meanwhile.
-                let children: Vec<ActorRef<SupMsg>> = st.children.iter().map(|(_, c)| c.clone()).collect();
+                let children: Vec<ActorRef<SupMsg>> =
+                    st.children.iter().map(|(_, c)| c.clone()).collect();
                 tokio::spawn(async move {
                     for child in children {
-                        let _ = child.call(SupMsg::Start, Some(Duration::from_secs(60))).await;
+                        let _ = child
+                            .call(SupMsg::Start, Some(Duration::from_secs(60)))
+                            .await;
                     }
                 });
             }
@@ -72,7 +93,10 @@ impl Actor for Group {
                     if let Some((_, child)) = st.children.iter().find(|(n, _)| n == sibling) {
                         let _ = child.cast(SupMsg::Restart {
                             delay: Duration::ZERO,
-                            cause: format!("{failed} failed ({} in group {})", st.strategy, st.label),
+                            cause: format!(
+                                "{failed} failed ({} in group {})",
+                                st.strategy, st.label
+                            ),
                             user: false,
                         });
                     }

@@ -75,7 +75,8 @@ impl Ctx {
 
     /// Wait for every tracked background task.
     pub(crate) async fn drain_tracked(&self) {
-        let mut set = std::mem::take(&mut *self.hook_tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut set =
+            std::mem::take(&mut *self.hook_tasks.lock().unwrap_or_else(|p| p.into_inner()));
         while set.join_next().await.is_some() {}
     }
 

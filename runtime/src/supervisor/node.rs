@@ -20,9 +20,9 @@ use ractor_cluster::RactorMessage;
 use rustix::process::Signal;
 use syncra_config::{GiveUpAction, GroupPolicy, HookPoint, NodePlan};
 use syncra_protocol::boot::{Boot, ClusterJoin, PAGE_FD, Token};
-use syncra_protocol::page::NodePage;
 use syncra_protocol::crash::{CrashRecord, Decision, ExitSummary, PanicReport, Reason};
 use syncra_protocol::node::{NodeInbox, NodeToRuntime, RuntimeToNode, agent_group};
+use syncra_protocol::page::NodePage;
 use syncra_protocol::status::{EventKind, LifecycleEvent};
 use syncra_protocol::{NodeName, NodeState, PROTOCOL_VERSION, wire};
 use tokio::io::AsyncWriteExt;
@@ -46,11 +46,17 @@ pub(crate) enum SupMsg {
     /// spawn attempt.
     Start(RpcReplyPort<()>),
     /// The nodes this one depends on are all ready (`Ok`) or one cannot become ready.
-    DepsSettled { epoch: u64, result: Result<(), String> },
+    DepsSettled {
+        epoch: u64,
+        result: Result<(), String>,
+    },
     /// A restart delay is over.
     Spawn { epoch: u64 },
     /// A message from the child, authenticated by the gateway.
-    FromNode { incarnation: u64, msg: NodeToRuntime },
+    FromNode {
+        incarnation: u64,
+        msg: NodeToRuntime,
+    },
     /// The child's process ended.
     Exited(Box<ExitReport>),
     /// The start timeout of an incarnation expired.
@@ -60,7 +66,11 @@ pub(crate) enum SupMsg {
     /// A grace period expired (abort of a hung node, graceful stop): SIGKILL.
     KillNow { incarnation: u64 },
     /// Restart (a sibling failed under one_for_all / rest_for_one, or a user asked).
-    Restart { delay: Duration, cause: String, user: bool },
+    Restart {
+        delay: Duration,
+        cause: String,
+        user: bool,
+    },
     /// Stop the node and keep it stopped; reply once it is.
     Stop(RpcReplyPort<()>),
     /// A user asks to start a stopped or failed node.
@@ -172,7 +182,11 @@ impl Actor for NodeSupervisor {
     type State = SupState;
     type Arguments = SupArgs;
 
-    async fn pre_start(&self, myself: ActorRef<SupMsg>, args: SupArgs) -> Result<SupState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupMsg>,
+        args: SupArgs,
+    ) -> Result<SupState, ActorProcessingErr> {
         Ok(SupState {
             ctx: args.ctx,
             plan: args.plan,
@@ -190,7 +204,12 @@ impl Actor for NodeSupervisor {
         })
     }
 
-    async fn handle(&self, _: ActorRef<SupMsg>, msg: SupMsg, st: &mut SupState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<SupMsg>,
+        msg: SupMsg,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupMsg::Start(reply) => {
                 if matches!(st.phase, Phase::Stopped | Phase::Failed) {
@@ -211,19 +230,25 @@ impl Actor for NodeSupervisor {
                     st.begin().await;
                 }
             }
-            SupMsg::FromNode { incarnation, msg } => st.from_node(incarnation, msg),
+            SupMsg::FromNode { incarnation, msg } => st.on_node_message(incarnation, msg),
             SupMsg::Exited(report) => st.exited(*report).await,
             SupMsg::StartTimeout { incarnation } => {
-                let (name, timeout_ms) = (st.plan.name.clone(), st.plan.start_timeout.as_millis() as u64);
-                if st.phase == Phase::Starting {
-                    if let Some(live) = st.live_mut(incarnation) {
-                        tracing::warn!(node = %name, pid = live.pid, incarnation, timeout_ms, "not ready within its start timeout; killing it");
-                        live.forced = Some(Forced::StartTimeout);
-                        signal_group(live.pid, Signal::KILL);
-                    }
+                let (name, timeout_ms) = (
+                    st.plan.name.clone(),
+                    st.plan.start_timeout.as_millis() as u64,
+                );
+                if st.phase == Phase::Starting
+                    && let Some(live) = st.live_mut(incarnation)
+                {
+                    tracing::warn!(node = %name, pid = live.pid, incarnation, timeout_ms, "not ready within its start timeout; killing it");
+                    live.forced = Some(Forced::StartTimeout);
+                    signal_group(live.pid, Signal::KILL);
                 }
             }
-            SupMsg::Hung { incarnation, silent } => st.hung(incarnation, silent),
+            SupMsg::Hung {
+                incarnation,
+                silent,
+            } => st.hung(incarnation, silent),
             SupMsg::KillNow { incarnation } => {
                 let name = st.plan.name.clone();
                 if let Some(live) = st.live_mut(incarnation) {
@@ -257,11 +282,16 @@ impl Actor for NodeSupervisor {
                     st.begin().await;
                     let _ = reply.send(Ok(format!("starting {}", st.plan.name)));
                 } else {
-                    let _ = reply.send(Err(format!("{} is already {}", st.plan.name, st.phase.state())));
+                    let _ = reply.send(Err(format!(
+                        "{} is already {}",
+                        st.plan.name,
+                        st.phase.state()
+                    )));
                 }
             }
             SupMsg::RestartRequest(reply) => {
-                st.restart(Duration::ZERO, "requested by a user".into(), true).await;
+                st.restart(Duration::ZERO, "requested by a user".into(), true)
+                    .await;
                 let _ = reply.send(Ok(format!("restarting {}", st.plan.name)));
             }
         }
@@ -274,15 +304,22 @@ impl Actor for NodeSupervisor {
         ev: SupervisionEvent,
         st: &mut SupState,
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ProcessGroupChanged(change) = ev {
-            if st.live.as_ref().is_some_and(|l| l.group == change.get_group()) {
-                st.try_become_ready();
-            }
+        if let SupervisionEvent::ProcessGroupChanged(change) = ev
+            && st
+                .live
+                .as_ref()
+                .is_some_and(|l| l.group == change.get_group())
+        {
+            st.try_become_ready();
         }
         Ok(())
     }
 
-    async fn post_stop(&self, _: ActorRef<SupMsg>, st: &mut SupState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _: ActorRef<SupMsg>,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(live) = &st.live {
             signal_group(live.pid, Signal::KILL);
         }
@@ -342,8 +379,11 @@ impl SupState {
             r.view.restarts = restarts;
             r.view.incarnation = incarnation;
             r.view.pid = pid;
-            r.ready_since = if phase == Phase::Ready { ready_since } else { None };
-
+            r.ready_since = if phase == Phase::Ready {
+                ready_since
+            } else {
+                None
+            };
         });
     }
 
@@ -395,18 +435,35 @@ impl SupState {
             return self.spawn().await;
         }
         let names: Vec<String> = pending.iter().map(|d| d.to_string()).collect();
-        self.set_phase(Phase::Waiting, Some(format!("waiting for {} to be ready", names.join(", "))));
-        let (registry, deps, me, epoch) = (self.ctx.registry.clone(), self.plan.depends_on.clone(), self.myself.clone(), self.epoch);
+        self.set_phase(
+            Phase::Waiting,
+            Some(format!("waiting for {} to be ready", names.join(", "))),
+        );
+        let (registry, deps, me, epoch) = (
+            self.ctx.registry.clone(),
+            self.plan.depends_on.clone(),
+            self.myself.clone(),
+            self.epoch,
+        );
         tokio::spawn(async move {
             let mut changes = registry.watch();
             loop {
-                let states: Vec<(NodeName, Option<NodeState>)> = deps.iter().map(|d| (d.clone(), registry.state(d))).collect();
+                let states: Vec<(NodeName, Option<NodeState>)> = deps
+                    .iter()
+                    .map(|d| (d.clone(), registry.state(d)))
+                    .collect();
                 if states.iter().all(|(_, s)| *s == Some(NodeState::Ready)) {
-                    let _ = me.cast(SupMsg::DepsSettled { epoch, result: Ok(()) });
+                    let _ = me.cast(SupMsg::DepsSettled {
+                        epoch,
+                        result: Ok(()),
+                    });
                     return;
                 }
                 if let Some((d, _)) = states.iter().find(|(_, s)| *s == Some(NodeState::Failed)) {
-                    let _ = me.cast(SupMsg::DepsSettled { epoch, result: Err(format!("dependency {d} failed")) });
+                    let _ = me.cast(SupMsg::DepsSettled {
+                        epoch,
+                        result: Err(format!("dependency {d} failed")),
+                    });
                     return;
                 }
                 if registry.shutting_down() || changes.changed().await.is_err() {
@@ -437,7 +494,10 @@ impl SupState {
                 self.live = Some(live);
                 self.set_phase(Phase::Starting, None);
                 self.emit(Some(pid), EventKind::Spawned);
-                self.myself.send_after(self.plan.start_timeout, move || SupMsg::StartTimeout { incarnation });
+                self.myself
+                    .send_after(self.plan.start_timeout, move || SupMsg::StartTimeout {
+                        incarnation,
+                    });
             }
             Err(error) => {
                 let report = ExitReport {
@@ -454,7 +514,10 @@ impl SupState {
     }
 
     async fn try_spawn(&mut self, incarnation: u64) -> Result<Live, SpawnError> {
-        let io = |what: &str, e: std::io::Error| SpawnError::Io { program: self.plan.command.clone(), message: format!("{what}: {e}") };
+        let io = |what: &str, e: std::io::Error| SpawnError::Io {
+            program: self.plan.command.clone(),
+            message: format!("{what}: {e}"),
+        };
         let program = resolve_program(&self.plan.command, &self.ctx.bin_dirs)?;
         let (ours, theirs) = rustix::net::socketpair(
             rustix::net::AddressFamily::UNIX,
@@ -463,13 +526,21 @@ impl SupState {
             None,
         )
         .map_err(|e| io("creating the cluster socketpair", e.into()))?;
-        let (page, page_child) = NodePage::create("syncra-node-page").map_err(|e| io("creating the node page", std::io::Error::other(e)))?;
+        let (page, page_child) = NodePage::create("syncra-node-page")
+            .map_err(|e| io("creating the node page", std::io::Error::other(e)))?;
         let page = Arc::new(page);
         let token = new_token().map_err(|e| io("generating the node token", e))?;
         let cluster_name = format!("{}#{incarnation}", self.plan.name);
         let group = agent_group(&cluster_name);
         ractor::pg::monitor(group.clone(), self.myself.get_cell());
-        self.ctx.registry.add_route(token, Route { node: self.plan.name.clone(), incarnation, to: self.myself.clone() });
+        self.ctx.registry.add_route(
+            token,
+            Route {
+                node: self.plan.name.clone(),
+                incarnation,
+                to: self.myself.clone(),
+            },
+        );
 
         // The boot frame and the hub's side of the session go onto our end of the socketpair
         // before the fork, so the child finds both waiting when it starts. A boot frame that
@@ -477,7 +548,12 @@ impl SupState {
         let boot = Boot {
             node: self.plan.name.clone(),
             incarnation,
-            cluster: ClusterJoin { cookie: self.ctx.hub.cookie().to_owned(), node_name: cluster_name.clone(), hub_name: HUB_NAME.into(), token },
+            cluster: ClusterJoin {
+                cookie: self.ctx.hub.cookie().to_owned(),
+                node_name: cluster_name.clone(),
+                hub_name: HUB_NAME.into(),
+                token,
+            },
             heartbeat: self.plan.heartbeat,
             page_fd: Some(PAGE_FD),
             settings: self.plan.settings.clone(),
@@ -485,7 +561,8 @@ impl SupState {
         let mut frame = Vec::new();
         let _ = boot.write_to(&mut frame);
         let ours = std::os::unix::net::UnixStream::from(ours);
-        ours.set_nonblocking(true).map_err(|e| io("preparing the cluster socket", e))?;
+        ours.set_nonblocking(true)
+            .map_err(|e| io("preparing the cluster socket", e))?;
         let mut written = 0;
         while written < frame.len() {
             match std::io::Write::write(&mut &ours, &frame[written..]) {
@@ -494,17 +571,28 @@ impl SupState {
                 Err(e) => return Err(io("writing the boot frame", e)),
             }
         }
-        let stream = tokio::net::UnixStream::from_std(ours).map_err(|e| io("preparing the cluster socket", e))?;
+        let stream = tokio::net::UnixStream::from_std(ours)
+            .map_err(|e| io("preparing the cluster socket", e))?;
         let unfinished = if written == frame.len() {
-            self.ctx.hub.attach(stream, &cluster_name).map_err(|e| io("opening the cluster session", std::io::Error::other(e)))?;
+            self.ctx
+                .hub
+                .attach(stream, &cluster_name)
+                .map_err(|e| io("opening the cluster session", std::io::Error::other(e)))?;
             None
         } else {
             Some(stream)
         };
 
-        let mut env: Vec<(String, String)> = self.plan.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut env: Vec<(String, String)> = self
+            .plan
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         env.push(("SYNCRA_NODE".into(), self.plan.name.to_string()));
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none() && !self.plan.env.contains_key("MALLOC_ARENA_MAX") {
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none()
+            && !self.plan.env.contains_key("MALLOC_ARENA_MAX")
+        {
             // glibc reserves an arena per thread; two keep a node's footprint small.
             env.push(("MALLOC_ARENA_MAX".into(), "2".into()));
         }
@@ -514,7 +602,10 @@ impl SupState {
             program,
             args: self.plan.args.clone(),
             env,
-            fds: vec![(theirs, syncra_protocol::boot::CLUSTER_FD), (page_child, PAGE_FD)],
+            fds: vec![
+                (theirs, syncra_protocol::boot::CLUSTER_FD),
+                (page_child, PAGE_FD),
+            ],
             capture_output: true,
         };
         let spawned = match self.ctx.spawner.spawn(spec).await {
@@ -538,12 +629,20 @@ impl SupState {
                     }
                 }
                 // The child died before reading its boot frame; its exit is reported below.
-                Ok(Err(e)) => tracing::debug!(node = %self.plan.name, pid, error = %e, "boot frame not delivered"),
-                Err(_) => tracing::warn!(node = %self.plan.name, pid, "the child did not read its boot frame within 5 s"),
+                Ok(Err(e)) => {
+                    tracing::debug!(node = %self.plan.name, pid, error = %e, "boot frame not delivered")
+                }
+                Err(_) => {
+                    tracing::warn!(node = %self.plan.name, pid, "the child did not read its boot frame within 5 s")
+                }
             }
         }
 
-        let log_path = self.ctx.runtime.log_dir.join(format!("{}_{pid}.log", self.plan.name.file_stem()));
+        let log_path = self
+            .ctx
+            .runtime
+            .log_dir
+            .join(format!("{}_{pid}.log", self.plan.name.file_stem()));
         let capture = logs::capture(spawned.stdout, spawned.stderr, log_path.clone());
         let process = spawned.process;
         let me = self.myself.clone();
@@ -561,7 +660,14 @@ impl SupState {
             };
             let stderr_tail = capture.finish(OUTPUT_DRAIN).await;
             let panic = read_panic(&waiter_page);
-            let _ = me.cast(SupMsg::Exited(Box::new(ExitReport { incarnation, termination, at, stderr_tail, panic, spawn_error: None })));
+            let _ = me.cast(SupMsg::Exited(Box::new(ExitReport {
+                incarnation,
+                termination,
+                at,
+                stderr_tail,
+                panic,
+                spawn_error: None,
+            })));
         });
 
         Ok(Live {
@@ -580,13 +686,17 @@ impl SupState {
         })
     }
 
-    fn from_node(&mut self, incarnation: u64, msg: NodeToRuntime) {
+    fn on_node_message(&mut self, incarnation: u64, msg: NodeToRuntime) {
         let name = self.plan.name.clone();
-        let Some(live) = self.live_mut(incarnation) else { return };
+        let Some(live) = self.live_mut(incarnation) else {
+            return;
+        };
         match msg {
             NodeToRuntime::Hello { protocol, pid } => {
                 if protocol != PROTOCOL_VERSION {
-                    let why = format!("the node speaks protocol v{protocol}, the runtime v{PROTOCOL_VERSION}; rebuild it against this Syncra version");
+                    let why = format!(
+                        "the node speaks protocol v{protocol}, the runtime v{PROTOCOL_VERSION}; rebuild it against this Syncra version"
+                    );
                     tracing::error!(node = %name, pid = live.pid, incarnation, "{why}");
                     live.forced = Some(Forced::Refused(why));
                     signal_group(live.pid, Signal::KILL);
@@ -608,21 +718,36 @@ impl SupState {
         if self.phase != Phase::Starting {
             return;
         }
-        let Some(live) = self.live.as_mut() else { return };
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
         if !live.ready_announced {
             return;
         }
         if live.agent.is_none() {
-            live.agent = ractor::pg::get_members(&live.group).into_iter().find(|c| !c.get_id().is_local()).map(Into::into);
+            live.agent = ractor::pg::get_members(&live.group)
+                .into_iter()
+                .find(|c| !c.get_id().is_local())
+                .map(Into::into);
         }
         if live.agent.is_none() {
             return; // the agent's group is still on its way; AgentJoined follows.
         }
         let now = Instant::now();
         live.ready_at = Some(now);
-        let (pid, incarnation, startup) = (live.pid, live.incarnation, now.duration_since(live.spawned_at));
+        let (pid, incarnation, startup) = (
+            live.pid,
+            live.incarnation,
+            now.duration_since(live.spawned_at),
+        );
         let deadline = Duration::from_millis(self.plan.heartbeat.deadline_ms);
-        self.ctx.watchdog.watch(self.plan.name.clone(), incarnation, live.page.clone(), deadline, self.myself.clone());
+        self.ctx.watchdog.watch(
+            self.plan.name.clone(),
+            incarnation,
+            live.page.clone(),
+            deadline,
+            self.myself.clone(),
+        );
         self.set_phase(Phase::Ready, None);
         let startup_ms = startup.as_secs_f64() * 1e3;
         tracing::info!(node = %self.plan.name, pid, incarnation, startup_ms = format!("{startup_ms:.1}"), "ready");
@@ -638,7 +763,9 @@ impl SupState {
         let deadline_ms = self.plan.heartbeat.deadline_ms;
         let abort_grace = self.ctx.runtime.abort_grace;
         let name = self.plan.name.clone();
-        let Some(live) = self.live_mut(incarnation) else { return };
+        let Some(live) = self.live_mut(incarnation) else {
+            return;
+        };
         if live.forced.is_some() {
             return;
         }
@@ -648,8 +775,14 @@ impl SupState {
         signal(live.pidfd.as_ref(), pid, Signal::ABORT);
         // A stopped process acts on the SIGABRT (and dumps) only once continued.
         signal(live.pidfd.as_ref(), pid, Signal::CONT);
-        self.myself.send_after(abort_grace, move || SupMsg::KillNow { incarnation });
-        self.emit(Some(pid), EventKind::Hung { silent_ms: silent.as_millis() as u64 });
+        self.myself
+            .send_after(abort_grace, move || SupMsg::KillNow { incarnation });
+        self.emit(
+            Some(pid),
+            EventKind::Hung {
+                silent_ms: silent.as_millis() as u64,
+            },
+        );
     }
 
     /// Ask the running incarnation to stop: a graceful request, SIGKILL at the stop timeout.
@@ -658,12 +791,17 @@ impl SupState {
         self.ctx.watchdog.unwatch(&self.plan.name);
         let grace = self.plan.stop_timeout;
         let name = self.plan.name.clone();
-        let Some(live) = self.live.as_mut() else { return };
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
         live.forced = Some(Forced::Requested);
         let (pid, incarnation) = (live.pid, live.incarnation);
         match &live.agent {
             Some(agent) => {
-                let packet = wire::encode(&RuntimeToNode::Shutdown { grace_ms: grace.as_millis() as u64, reason: why.to_owned() });
+                let packet = wire::encode(&RuntimeToNode::Shutdown {
+                    grace_ms: grace.as_millis() as u64,
+                    reason: why.to_owned(),
+                });
                 if agent.cast(NodeInbox::Packet(packet)).is_err() {
                     signal(live.pidfd.as_ref(), pid, Signal::TERM);
                 }
@@ -672,7 +810,8 @@ impl SupState {
             None => signal(live.pidfd.as_ref(), pid, Signal::TERM),
         }
         tracing::info!(node = %name, pid, incarnation, grace_ms = grace.as_millis() as u64, why, "stopping");
-        self.myself.send_after(grace, move || SupMsg::KillNow { incarnation });
+        self.myself
+            .send_after(grace, move || SupMsg::KillNow { incarnation });
         self.set_phase(Phase::Stopping, Some(why.to_owned()));
     }
 
@@ -681,10 +820,22 @@ impl SupState {
             self.history.reset();
         }
         match self.phase {
-            Phase::Starting | Phase::Ready => self.stop_live(After::Restart { delay, cause: cause.clone() }, &format!("restart: {cause}")),
+            Phase::Starting | Phase::Ready => self.stop_live(
+                After::Restart {
+                    delay,
+                    cause: cause.clone(),
+                },
+                &format!("restart: {cause}"),
+            ),
             Phase::Stopping => self.after = After::Restart { delay, cause },
             Phase::Waiting | Phase::Backoff | Phase::Stopped | Phase::Failed if user => {
-                self.emit(None, EventKind::Restarting { delay_ms: delay.as_millis() as u64, cause });
+                self.emit(
+                    None,
+                    EventKind::Restarting {
+                        delay_ms: delay.as_millis() as u64,
+                        cause,
+                    },
+                );
                 self.schedule(delay);
             }
             _ => {}
@@ -695,18 +846,28 @@ impl SupState {
     fn schedule(&mut self, delay: Duration) {
         self.epoch += 1;
         let epoch = self.epoch;
-        self.set_phase(Phase::Backoff, Some(format!("restarting in {} ms", delay.as_millis())));
+        self.set_phase(
+            Phase::Backoff,
+            Some(format!("restarting in {} ms", delay.as_millis())),
+        );
         if delay.is_zero() {
             let _ = self.myself.cast(SupMsg::Spawn { epoch });
         } else {
-            self.myself.send_after(delay, move || SupMsg::Spawn { epoch });
+            self.myself
+                .send_after(delay, move || SupMsg::Spawn { epoch });
         }
     }
 
     async fn fail_without_process(&mut self, reason: Reason, why: String) {
         tracing::error!(node = %self.plan.name, "{why}");
         self.set_phase(Phase::Failed, Some(why.clone()));
-        self.emit(None, EventKind::Failed { reason, message: why });
+        self.emit(
+            None,
+            EventKind::Failed {
+                reason,
+                message: why,
+            },
+        );
     }
 
     async fn exited(&mut self, report: ExitReport) {
@@ -727,7 +888,10 @@ impl SupState {
         }
         let pid = live.as_ref().map(|l| l.pid);
         let was_ready = live.as_ref().and_then(|l| l.ready_at);
-        let ran = live.as_ref().map(|l| l.spawned_at.elapsed()).unwrap_or_default();
+        let ran = live
+            .as_ref()
+            .map(|l| l.spawned_at.elapsed())
+            .unwrap_or_default();
         let forced = live.as_ref().and_then(|l| l.forced.clone());
         let (code, sig) = match report.termination {
             Termination::Code(c) => (Some(c), None),
@@ -747,8 +911,15 @@ impl SupState {
         };
         let detail = match (&forced, &report.spawn_error) {
             (_, Some(e)) => format!("could not be started: {e}"),
-            (Some(Forced::Hung { silent }), _) => format!("no heartbeat for {} ms (deadline {} ms)", silent.as_millis(), self.plan.heartbeat.deadline_ms),
-            (Some(Forced::StartTimeout), _) => format!("not ready within its start timeout of {} ms", self.plan.start_timeout.as_millis()),
+            (Some(Forced::Hung { silent }), _) => format!(
+                "no heartbeat for {} ms (deadline {} ms)",
+                silent.as_millis(),
+                self.plan.heartbeat.deadline_ms
+            ),
+            (Some(Forced::StartTimeout), _) => format!(
+                "not ready within its start timeout of {} ms",
+                self.plan.start_timeout.as_millis()
+            ),
             (Some(Forced::Refused(why)), _) => why.clone(),
             (Some(Forced::Requested), _) => "stopped on request".into(),
             (None, _) => match (code, sig, was_ready.is_some()) {
@@ -756,7 +927,9 @@ impl SupState {
                     Some(why) => format!("exited with code {c} before it was ready: {why}"),
                     None => format!("exited with code {c} before it was ready"),
                 },
-                (None, Some(s), false) => format!("killed by {} before it was ready", signal_name(s)),
+                (None, Some(s), false) => {
+                    format!("killed by {} before it was ready", signal_name(s))
+                }
                 (Some(c), _, true) => format!("exited with code {c}"),
                 (None, Some(s), true) => format!("terminated by {}", signal_name(s)),
                 _ => "ended".into(),
@@ -771,10 +944,19 @@ impl SupState {
             record: None,
         };
         match reason {
-            Reason::Requested | Reason::Exited => tracing::info!(node = %name, pid, incarnation = report.incarnation, %reason, "{detail}"),
-            _ => tracing::warn!(node = %name, pid, incarnation = report.incarnation, %reason, "{detail}"),
+            Reason::Requested | Reason::Exited => {
+                tracing::info!(node = %name, pid, incarnation = report.incarnation, %reason, "{detail}")
+            }
+            _ => {
+                tracing::warn!(node = %name, pid, incarnation = report.incarnation, %reason, "{detail}")
+            }
         }
-        self.emit(pid, EventKind::Down { exit: summary.clone() });
+        self.emit(
+            pid,
+            EventKind::Down {
+                exit: summary.clone(),
+            },
+        );
 
         let after = std::mem::replace(&mut self.after, After::Decide);
         let mut hook = self.hook_ctx(HookPoint::OnCrash, pid);
@@ -795,7 +977,13 @@ impl SupState {
             }
             After::Restart { delay, cause } => {
                 self.record_exit(summary);
-                self.emit(None, EventKind::Restarting { delay_ms: delay.as_millis() as u64, cause });
+                self.emit(
+                    None,
+                    EventKind::Restarting {
+                        delay_ms: delay.as_millis() as u64,
+                        cause,
+                    },
+                );
                 self.schedule(delay);
             }
             After::Decide => {
@@ -805,19 +993,37 @@ impl SupState {
                     ready_for: was_ready.map(|t| t.elapsed()),
                 };
                 let verdict = if self.ctx.registry.shutting_down() {
-                    Verdict::NotRestarted { why: "the runtime is shutting down".into(), failed: reason.is_failure() }
+                    Verdict::NotRestarted {
+                        why: "the runtime is shutting down".into(),
+                        failed: reason.is_failure(),
+                    }
                 } else if let Some(why) = &permanent {
                     Verdict::GiveUp(format!("{why}; restarting cannot help"))
                 } else {
-                    policy::decide(ending, self.plan.restart, self.ctx.runtime.auto_restart, &self.policy, &mut self.history, Instant::now(), policy::jitter_unit())
+                    policy::decide(
+                        ending,
+                        self.plan.restart,
+                        self.ctx.runtime.auto_restart,
+                        &self.policy,
+                        &mut self.history,
+                        Instant::now(),
+                        policy::jitter_unit(),
+                    )
                 };
                 let (decision, next): (Decision, Phase) = match &verdict {
                     Verdict::Restart { delay, attempt } => {
-                        let siblings = if self.policy.strategy == syncra_config::Strategy::OneForOne {
+                        let siblings = if self.policy.strategy == syncra_config::Strategy::OneForOne
+                        {
                             Vec::new()
                         } else {
                             self.group
-                                .call(|reply| GroupMsg::ChildRestarting { failed: name.clone(), reply }, Some(Duration::from_secs(2)))
+                                .call(
+                                    |reply| GroupMsg::ChildRestarting {
+                                        failed: name.clone(),
+                                        reply,
+                                    },
+                                    Some(Duration::from_secs(2)),
+                                )
                                 .await
                                 .ok()
                                 .and_then(|r| match r {
@@ -826,15 +1032,34 @@ impl SupState {
                                 })
                                 .unwrap_or_default()
                         };
-                        (Decision::Restart { after_ms: delay.as_millis() as u64, attempt: *attempt, siblings }, Phase::Backoff)
+                        (
+                            Decision::Restart {
+                                after_ms: delay.as_millis() as u64,
+                                attempt: *attempt,
+                                siblings,
+                            },
+                            Phase::Backoff,
+                        )
                     }
-                    Verdict::GiveUp(why) if self.ctx.runtime.on_give_up == GiveUpAction::Shutdown => {
-                        (Decision::Shutdown { why: format!("{why}; on_give_up = \"shutdown\"") }, Phase::Failed)
+                    Verdict::GiveUp(why)
+                        if self.ctx.runtime.on_give_up == GiveUpAction::Shutdown =>
+                    {
+                        (
+                            Decision::Shutdown {
+                                why: format!("{why}; on_give_up = \"shutdown\""),
+                            },
+                            Phase::Failed,
+                        )
                     }
                     Verdict::GiveUp(why) => (Decision::GaveUp { why: why.clone() }, Phase::Failed),
-                    Verdict::NotRestarted { why, failed } => {
-                        (Decision::NotRestarted { why: why.clone() }, if *failed { Phase::Failed } else { Phase::Stopped })
-                    }
+                    Verdict::NotRestarted { why, failed } => (
+                        Decision::NotRestarted { why: why.clone() },
+                        if *failed {
+                            Phase::Failed
+                        } else {
+                            Phase::Stopped
+                        },
+                    ),
                 };
                 hook.decision = Some(match &decision {
                     Decision::Restart { after_ms, .. } => format!("restart after {after_ms} ms"),
@@ -859,15 +1084,25 @@ impl SupState {
                         log_file: live.as_ref().map(|l| l.log_path.display().to_string()),
                         decision: decision.clone(),
                     };
-                    let path = logs::crash_record_path(&self.ctx.runtime.crash_dir, &record, report.at);
+                    let path =
+                        logs::crash_record_path(&self.ctx.runtime.crash_dir, &record, report.at);
                     summary.record = Some(path.display().to_string());
                     hook.crash_record = Some(path.clone());
-                    self.ctx.crashes.lock().unwrap_or_else(|p| p.into_inner()).push(
-                        syncra_protocol::control::CrashEntry { path: path.display().to_string(), record: record.clone() },
-                    );
+                    self.ctx
+                        .crashes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(syncra_protocol::control::CrashEntry {
+                            path: path.display().to_string(),
+                            record: record.clone(),
+                        });
                     // Off the restart's path: the record is written, then the on-crash hook
                     // (which reads it) runs.
-                    let (hooks, own, crash_hook) = (self.ctx.hooks.clone(), self.plan.hooks.clone(), hook.clone());
+                    let (hooks, own, crash_hook) = (
+                        self.ctx.hooks.clone(),
+                        self.plan.hooks.clone(),
+                        hook.clone(),
+                    );
                     let run_hook = self.ctx.hooks.any(HookPoint::OnCrash, &own);
                     self.ctx.track(async move {
                         if let Err(e) = tokio::task::spawn_blocking({
@@ -887,23 +1122,42 @@ impl SupState {
                 self.record_exit(summary);
                 match verdict {
                     Verdict::Restart { delay, .. } => {
-                        self.emit(None, EventKind::Restarting { delay_ms: delay.as_millis() as u64, cause: format!("{reason}: {detail}") });
+                        self.emit(
+                            None,
+                            EventKind::Restarting {
+                                delay_ms: delay.as_millis() as u64,
+                                cause: format!("{reason}: {detail}"),
+                            },
+                        );
                         self.schedule(delay);
                     }
                     Verdict::GiveUp(why) => {
                         tracing::error!(node = %name, "gave up: {why}");
                         self.set_phase(next, Some(format!("gave up: {why}")));
-                        self.emit(None, EventKind::Failed { reason, message: why.clone() });
+                        self.emit(
+                            None,
+                            EventKind::Failed {
+                                reason,
+                                message: why.clone(),
+                            },
+                        );
                         hook.point = HookPoint::OnGiveUp;
                         self.hook_in_background(hook);
                         if self.ctx.runtime.on_give_up == GiveUpAction::Shutdown {
-                            self.ctx.request_shutdown(ShutdownCause::GaveUp(format!("{name}: {why}")));
+                            self.ctx
+                                .request_shutdown(ShutdownCause::GaveUp(format!("{name}: {why}")));
                         }
                     }
                     Verdict::NotRestarted { why, failed } => {
                         self.set_phase(next, Some(format!("{detail}; not restarted: {why}")));
                         if failed {
-                            self.emit(None, EventKind::Failed { reason, message: why });
+                            self.emit(
+                                None,
+                                EventKind::Failed {
+                                    reason,
+                                    message: why,
+                                },
+                            );
                         } else {
                             self.emit(None, EventKind::Stopped);
                             hook.point = HookPoint::AfterStop;

@@ -21,8 +21,15 @@ pub(crate) enum Termination {
 }
 
 /// Signals that mean the program itself crashed, as opposed to being killed from outside.
-const CRASH_SIGNALS: &[i32] =
-    &[libc::SIGSEGV, libc::SIGABRT, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGSYS, libc::SIGTRAP];
+const CRASH_SIGNALS: &[i32] = &[
+    libc::SIGSEGV,
+    libc::SIGABRT,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGSYS,
+    libc::SIGTRAP,
+];
 
 /// Classify an exit the runtime did not ask for. `was_ready`: whether the incarnation had
 /// announced readiness.
@@ -110,18 +117,31 @@ pub(crate) fn decide(
     }
     match restart {
         RestartType::Temporary => {
-            return Verdict::NotRestarted { why: "restart = \"temporary\": never restarted".into(), failed: failure };
+            return Verdict::NotRestarted {
+                why: "restart = \"temporary\": never restarted".into(),
+                failed: failure,
+            };
         }
         RestartType::Transient if !failure => {
-            return Verdict::NotRestarted { why: "restart = \"transient\" and it exited cleanly".into(), failed: false };
+            return Verdict::NotRestarted {
+                why: "restart = \"transient\" and it exited cleanly".into(),
+                failed: false,
+            };
         }
         _ => {}
     }
     if !auto_restart {
-        return Verdict::NotRestarted { why: "auto_restart_crashed_processes = false".into(), failed: failure };
+        return Verdict::NotRestarted {
+            why: "auto_restart_crashed_processes = false".into(),
+            failed: failure,
+        };
     }
 
-    while history.restarts.front().is_some_and(|t| now.duration_since(*t) > policy.period) {
+    while history
+        .restarts
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > policy.period)
+    {
         history.restarts.pop_front();
     }
     if history.restarts.len() as u32 >= policy.intensity {
@@ -137,10 +157,16 @@ pub(crate) fn decide(
     let stable = ending.ready_for.is_some_and(|r| r >= policy.stable_after);
     if stable {
         history.consecutive = 0;
-        return Verdict::Restart { delay: Duration::ZERO, attempt: 0 };
+        return Verdict::Restart {
+            delay: Duration::ZERO,
+            attempt: 0,
+        };
     }
     history.consecutive = history.consecutive.saturating_add(1);
-    Verdict::Restart { delay: backoff_delay(policy, history.consecutive, jitter_unit), attempt: history.consecutive }
+    Verdict::Restart {
+        delay: backoff_delay(policy, history.consecutive, jitter_unit),
+        attempt: history.consecutive,
+    }
 }
 
 /// The delay before attempt `attempt` (1-based): `initial × multiplier^(attempt-1)`, capped,
@@ -158,7 +184,12 @@ pub(crate) fn siblings(strategy: Strategy, order: &[NodeName], failed: &NodeName
     match strategy {
         Strategy::OneForOne => Vec::new(),
         Strategy::OneForAll => order.iter().filter(|n| *n != failed).cloned().collect(),
-        Strategy::RestForOne => order.iter().skip_while(|n| *n != failed).skip(1).cloned().collect(),
+        Strategy::RestForOne => order
+            .iter()
+            .skip_while(|n| *n != failed)
+            .skip(1)
+            .cloned()
+            .collect(),
     }
 }
 
@@ -192,31 +223,65 @@ mod tests {
     }
 
     fn crash(ready_for: Option<Duration>) -> Ending {
-        Ending { reason: Reason::Crashed, permanent: None, ready_for }
+        Ending {
+            reason: Reason::Crashed,
+            permanent: None,
+            ready_for,
+        }
     }
 
     #[test]
     fn classification() {
         assert_eq!(classify(Termination::Code(0), true), Reason::Exited);
         assert_eq!(classify(Termination::Code(101), true), Reason::Crashed);
-        assert_eq!(classify(Termination::Signal(libc::SIGSEGV), true), Reason::Crashed);
-        assert_eq!(classify(Termination::Signal(libc::SIGKILL), true), Reason::Killed);
+        assert_eq!(
+            classify(Termination::Signal(libc::SIGSEGV), true),
+            Reason::Crashed
+        );
+        assert_eq!(
+            classify(Termination::Signal(libc::SIGKILL), true),
+            Reason::Killed
+        );
         assert_eq!(classify(Termination::Code(0), false), Reason::FailedToStart);
-        assert_eq!(classify(Termination::NotStarted, false), Reason::FailedToStart);
+        assert_eq!(
+            classify(Termination::NotStarted, false),
+            Reason::FailedToStart
+        );
     }
 
     #[test]
     fn backoff_grows_then_caps_and_gives_up_past_intensity() {
         let (p, mut h, t) = (policy(), History::default(), Instant::now());
         let delays: Vec<_> = (0..3)
-            .map(|i| match decide(crash(None), RestartType::Permanent, true, &p, &mut h, t + Duration::from_millis(i), 0.0) {
-                Verdict::Restart { delay, .. } => delay.as_millis(),
-                v => panic!("{v:?}"),
+            .map(|i| {
+                match decide(
+                    crash(None),
+                    RestartType::Permanent,
+                    true,
+                    &p,
+                    &mut h,
+                    t + Duration::from_millis(i),
+                    0.0,
+                ) {
+                    Verdict::Restart { delay, .. } => delay.as_millis(),
+                    v => panic!("{v:?}"),
+                }
             })
             .collect();
         assert_eq!(delays, [100, 200, 400]);
-        let v = decide(crash(None), RestartType::Permanent, true, &p, &mut h, t + Duration::from_millis(5), 0.0);
-        assert!(matches!(&v, Verdict::GiveUp(why) if why.contains("intensity of 3")), "{v:?}");
+        let v = decide(
+            crash(None),
+            RestartType::Permanent,
+            true,
+            &p,
+            &mut h,
+            t + Duration::from_millis(5),
+            0.0,
+        );
+        assert!(
+            matches!(&v, Verdict::GiveUp(why) if why.contains("intensity of 3")),
+            "{v:?}"
+        );
         assert_eq!(backoff_delay(&p, 10, 0.0), Duration::from_millis(1000));
     }
 
@@ -224,43 +289,130 @@ mod tests {
     fn restarts_outside_the_window_are_forgotten() {
         let (p, mut h, t) = (policy(), History::default(), Instant::now());
         for i in 0..3 {
-            decide(crash(None), RestartType::Permanent, true, &p, &mut h, t + Duration::from_secs(i), 0.0);
+            decide(
+                crash(None),
+                RestartType::Permanent,
+                true,
+                &p,
+                &mut h,
+                t + Duration::from_secs(i),
+                0.0,
+            );
         }
-        let v = decide(crash(None), RestartType::Permanent, true, &p, &mut h, t + Duration::from_secs(30), 0.0);
+        let v = decide(
+            crash(None),
+            RestartType::Permanent,
+            true,
+            &p,
+            &mut h,
+            t + Duration::from_secs(30),
+            0.0,
+        );
         assert!(matches!(v, Verdict::Restart { .. }), "{v:?}");
     }
 
     #[test]
     fn a_stable_node_restarts_at_once_and_resets_its_delay() {
         let (p, mut h, t) = (policy(), History::default(), Instant::now());
-        decide(crash(None), RestartType::Permanent, true, &p, &mut h, t, 0.0);
-        decide(crash(None), RestartType::Permanent, true, &p, &mut h, t, 0.0);
-        let v = decide(crash(Some(Duration::from_secs(6))), RestartType::Permanent, true, &p, &mut h, t, 0.0);
-        assert_eq!(v, Verdict::Restart { delay: Duration::ZERO, attempt: 0 });
+        decide(
+            crash(None),
+            RestartType::Permanent,
+            true,
+            &p,
+            &mut h,
+            t,
+            0.0,
+        );
+        decide(
+            crash(None),
+            RestartType::Permanent,
+            true,
+            &p,
+            &mut h,
+            t,
+            0.0,
+        );
+        let v = decide(
+            crash(Some(Duration::from_secs(6))),
+            RestartType::Permanent,
+            true,
+            &p,
+            &mut h,
+            t,
+            0.0,
+        );
+        assert_eq!(
+            v,
+            Verdict::Restart {
+                delay: Duration::ZERO,
+                attempt: 0
+            }
+        );
         assert_eq!(h.consecutive, 0);
     }
 
     #[test]
     fn restart_types_and_auto_restart() {
         let (p, t) = (policy(), Instant::now());
-        let clean = Ending { reason: Reason::Exited, permanent: None, ready_for: Some(Duration::from_secs(1)) };
+        let clean = Ending {
+            reason: Reason::Exited,
+            permanent: None,
+            ready_for: Some(Duration::from_secs(1)),
+        };
         let mut h = History::default();
         assert!(matches!(
             decide(clean, RestartType::Transient, true, &p, &mut h, t, 0.0),
             Verdict::NotRestarted { failed: false, .. }
         ));
-        assert!(matches!(decide(clean, RestartType::Permanent, true, &p, &mut h, t, 0.0), Verdict::Restart { .. }));
-        assert!(matches!(decide(crash(None), RestartType::Transient, true, &p, &mut h, t, 0.0), Verdict::Restart { .. }));
         assert!(matches!(
-            decide(crash(None), RestartType::Temporary, true, &p, &mut h, t, 0.0),
+            decide(clean, RestartType::Permanent, true, &p, &mut h, t, 0.0),
+            Verdict::Restart { .. }
+        ));
+        assert!(matches!(
+            decide(
+                crash(None),
+                RestartType::Transient,
+                true,
+                &p,
+                &mut h,
+                t,
+                0.0
+            ),
+            Verdict::Restart { .. }
+        ));
+        assert!(matches!(
+            decide(
+                crash(None),
+                RestartType::Temporary,
+                true,
+                &p,
+                &mut h,
+                t,
+                0.0
+            ),
             Verdict::NotRestarted { failed: true, .. }
         ));
         assert!(matches!(
-            decide(crash(None), RestartType::Permanent, false, &p, &mut h, t, 0.0),
+            decide(
+                crash(None),
+                RestartType::Permanent,
+                false,
+                &p,
+                &mut h,
+                t,
+                0.0
+            ),
             Verdict::NotRestarted { failed: true, .. }
         ));
-        let permanent = Ending { reason: Reason::FailedToStart, permanent: Some("executable not found"), ready_for: None };
-        assert!(matches!(decide(permanent, RestartType::Permanent, true, &p, &mut h, t, 0.0), Verdict::GiveUp(_)));
+        let permanent = Ending {
+            reason: Reason::FailedToStart,
+            permanent: Some("executable not found"),
+            ready_for: None,
+        };
+        assert!(matches!(
+            decide(permanent, RestartType::Permanent, true, &p, &mut h, t, 0.0),
+            Verdict::GiveUp(_)
+        ));
     }
 
     #[test]
@@ -277,10 +429,19 @@ mod tests {
 
     #[test]
     fn sibling_selection() {
-        let order: Vec<NodeName> = ["a", "b", "c"].iter().map(|n| NodeName::driver(n)).collect();
+        let order: Vec<NodeName> = ["a", "b", "c"]
+            .iter()
+            .map(|n| NodeName::driver(n))
+            .collect();
         let b = NodeName::driver("b");
         assert!(siblings(Strategy::OneForOne, &order, &b).is_empty());
-        assert_eq!(siblings(Strategy::OneForAll, &order, &b), [NodeName::driver("a"), NodeName::driver("c")]);
-        assert_eq!(siblings(Strategy::RestForOne, &order, &b), [NodeName::driver("c")]);
+        assert_eq!(
+            siblings(Strategy::OneForAll, &order, &b),
+            [NodeName::driver("a"), NodeName::driver("c")]
+        );
+        assert_eq!(
+            siblings(Strategy::RestForOne, &order, &b),
+            [NodeName::driver("c")]
+        );
     }
 }
