@@ -143,6 +143,15 @@ mod tests {
             "{err}"
         );
         drop(held);
-        RunDir::acquire(&run).unwrap();
+        // Released at once — though a child being spawned by another thread of this process
+        // holds a copy of every fd until its exec closes them, so allow a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while let Err(e) = RunDir::acquire(&run) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lock was not released: {e}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }

@@ -748,6 +748,7 @@ impl SupState {
             deadline,
             self.myself.clone(),
         );
+        // The state first, then the event: whoever receives the event sees the new state.
         self.set_phase(Phase::Ready, None);
         let startup_ms = startup.as_secs_f64() * 1e3;
         tracing::info!(node = %self.plan.name, pid, incarnation, startup_ms = format!("{startup_ms:.1}"), "ready");
