@@ -10,6 +10,8 @@
 //! The shipped presets are [`presets::SERVER`] and [`presets::DESKTOP`] (the files
 //! `config/server.toml` and `config/desktop.toml`).
 
+#![warn(missing_docs)]
+
 pub mod load;
 pub mod model;
 pub mod plan;

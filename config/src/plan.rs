@@ -31,6 +31,8 @@ pub const MAX_WORLDS: u32 = 4096;
 pub const MIN_WATCH_INTERVAL_MS: u64 = 10;
 /// Highest accepted world tick rate.
 pub const MAX_TICK_HZ: f64 = 10_000.0;
+/// Largest config chunk a node receives (its boot frame holds at most 1 MiB).
+pub const MAX_CHUNK: usize = 512 * 1024;
 /// Most entities in one world's scene.
 pub const MAX_ENTITIES: u32 = 1_000_000;
 
@@ -592,13 +594,35 @@ fn node_plan(
         ));
     }
     let env = spec.env.clone().unwrap_or_default();
-    for var in env.keys() {
+    for (var, value) in &env {
         if var.is_empty() || var.contains(['=', '\0']) {
             problems.push(problem(
                 format!("{key}.env"),
                 format!("`{var}` is not a valid environment variable name"),
             ));
+        } else if value.contains('\0') {
+            problems.push(problem(
+                format!("{key}.env.{var}"),
+                "contains a NUL byte, which no environment variable can hold",
+            ));
         }
+    }
+    for (i, arg) in spec.args.iter().flatten().enumerate() {
+        if arg.contains('\0') {
+            problems.push(problem(
+                format!("{key}.args[{i}]"),
+                "contains a NUL byte, which no argument can hold",
+            ));
+        }
+    }
+    if settings.len() > MAX_CHUNK {
+        problems.push(problem(
+            format!("{key}.settings"),
+            format!(
+                "encode to {} bytes; a node's config chunk is at most {MAX_CHUNK} bytes",
+                settings.len()
+            ),
+        ));
     }
     let deadline = spec.heartbeat_deadline_ms.unwrap_or(default_deadline);
     if let Some(d) = spec.heartbeat_deadline_ms

@@ -251,6 +251,14 @@ fn crash_records_on_disk_carry_the_reason() {
 fn one_runtime_per_run_dir_and_side_by_side_with_another() {
     let h = Harness::start(&base("[worlds]\nentities = 16\n"), &[]);
     h.wait_ready(&["world/main"]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(h.run_dir()), 0o700, "the run dir is private");
+    assert_eq!(
+        mode(h.run_dir().join("control.sock")),
+        0o600,
+        "the control socket is private"
+    );
     let out = std::process::Command::new(workspace_bin("syncra"))
         .args(["run", "--run-dir"])
         .arg(h.run_dir())
@@ -291,5 +299,58 @@ fn client_commands_without_a_runtime_say_so() {
         err.contains("no syncra runtime is running with run dir")
             && err.contains(&dir.path().display().to_string()),
         "{err}"
+    );
+}
+
+#[test]
+fn giving_up_can_shut_the_runtime_down() {
+    let quitter = env!("CARGO_BIN_EXE_syncra-test-quitter");
+    let log = "$SYNCRA_TEST_DIR/hooks.log";
+    let config = base(&format!(
+        r#"
+intensity = 1
+on_give_up = "shutdown"
+[hooks]
+on_give_up = 'echo "on_give_up $SYNCRA_NODE $SYNCRA_REASON" >> {log}'
+[drivers.doomed]
+command = "{quitter}"
+"#
+    ));
+    let mut h = Harness::start(&config, &[]);
+    let status = h.wait_exit(PATIENCE);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a shutdown because the runtime gave up exits 1:\n{}",
+        h.output()
+    );
+    h.wait_no_processes_left(PATIENCE);
+    let hooks = std::fs::read_to_string(h.dir.path().join("hooks.log")).unwrap_or_default();
+    assert!(
+        hooks.contains("on_give_up doomed failed-to-start"),
+        "the give-up hook ran: {hooks:?}"
+    );
+    let out = h.output();
+    assert!(out.contains("gave up") && out.contains("doomed"), "{out}");
+    let records = std::fs::read_dir(h.log_dir().join("crashes"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        records, 2,
+        "one record per failure, the last one deciding the shutdown"
+    );
+}
+
+#[test]
+fn sigint_is_an_orderly_shutdown_too() {
+    let mut h = Harness::start(&base("[worlds]\ncount = 2\nentities = 16\n"), &[]);
+    h.wait_ready(&["world/main", "world/main-2"]);
+    h.signal(libc::SIGINT);
+    assert_eq!(h.wait_exit(PATIENCE).code(), Some(0), "{}", h.output());
+    h.wait_no_processes_left(PATIENCE);
+    assert!(
+        h.output().contains("cause=Signal(\"SIGINT\")"),
+        "{}",
+        h.output()
     );
 }

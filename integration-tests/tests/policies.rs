@@ -368,3 +368,34 @@ fn drivers_start_in_order_and_wait_for_their_dependencies() {
         );
     }
 }
+
+#[test]
+fn a_failed_dependency_fails_its_dependents_with_a_record() {
+    let drivers = [
+        driver("ghost", "/nonexistent/syncra-ghost", ""),
+        driver("needs_ghost", CRASHER, "depends_on = [\"ghost\"]"),
+    ]
+    .concat();
+    let h = Harness::start(&config("", &drivers), &[]);
+    let failed = h.wait_until("needs_ghost fails", PATIENCE, |s| {
+        s.node("needs_ghost")
+            .filter(|n| n.state == NodeState::Failed)
+            .cloned()
+    });
+    assert_eq!(failed.incarnation, 0, "it never ran");
+    let records = h.crashes(Some("needs_ghost"));
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let record = &records[0].record;
+    assert_eq!(record.reason, Reason::FailedToStart);
+    assert!(
+        record.detail.contains("dependency ghost failed"),
+        "{}",
+        record.detail
+    );
+    assert!(
+        matches!(record.decision, Decision::GaveUp { .. }),
+        "{:?}",
+        record.decision
+    );
+    h.wait_ready(&["world/main"]);
+}

@@ -42,6 +42,8 @@ pub mod exit_code {
     pub const BAD_BOOT: i32 = 87;
     /// The node's config chunk did not match what the node expects.
     pub const BAD_SETTINGS: i32 = 88;
+    /// The node lost its link to the runtime and left (not a start failure: it had joined).
+    pub const LINK_LOST: i32 = 89;
 
     /// A sentence for one of these codes, or `None` for any other code.
     pub fn describe(code: i32) -> Option<&'static str> {

@@ -19,6 +19,8 @@
 //! [`wire::DecodeError`] naming what was wrong. Every link carries [`PROTOCOL_VERSION`] and
 //! refuses a peer that speaks another one.
 
+#![warn(missing_docs)]
+
 pub mod boot;
 pub mod control;
 pub mod crash;

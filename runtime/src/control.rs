@@ -39,8 +39,14 @@ async fn write_frame(s: &mut UnixStream, payload: &[u8]) -> std::io::Result<()> 
 pub(crate) async fn serve(listener: UnixListener, runtime: Runtime) {
     let us = rustix::process::getuid();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of fds, most likely: back off instead of spinning.
+                tracing::warn!(error = %e, "accepting a control connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         match rustix::net::sockopt::socket_peercred(&stream) {
             Ok(cred) if cred.uid == us || us.is_root() => {}
@@ -53,8 +59,15 @@ pub(crate) async fn serve(listener: UnixListener, runtime: Runtime) {
     }
 }
 
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn handle(mut stream: UnixStream, runtime: Runtime) {
-    let reply = match read_frame(&mut stream).await {
+    let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut stream)).await {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    let reply = match request {
         Ok(Some(bytes)) => match wire::decode::<ControlFrame>("control request", &bytes) {
             Ok(frame) if frame.protocol != PROTOCOL_VERSION => error(
                 ControlErrorKind::Version,

@@ -10,16 +10,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustix::process::Signal;
 use syncra_config::{HookPoint, Hooks};
 use syncra_protocol::crash::Reason;
 use syncra_protocol::{NodeKind, NodeName};
 use tokio::io::AsyncReadExt;
 
-use crate::spawn::{SpawnSpec, Spawner, signal_group};
+use crate::spawn::{SpawnSpec, Spawner};
 
 /// Most bytes of a hook's output logged.
 const MAX_HOOK_OUTPUT: usize = 8 * 1024;
+
+/// Read `r` to its end, keeping the first [`MAX_HOOK_OUTPUT`] bytes and draining the rest
+/// (a hook blocked on a full pipe would look like a hang).
+async fn keep_head(r: &mut (impl tokio::io::AsyncRead + Unpin), head: &mut Vec<u8>) {
+    let _ = (&mut *r)
+        .take(MAX_HOOK_OUTPUT as u64)
+        .read_to_end(head)
+        .await;
+    let _ = tokio::io::copy(r, &mut tokio::io::sink()).await;
+}
 
 /// What a hook is told about the event.
 #[derive(Debug, Clone)]
@@ -176,19 +185,18 @@ impl HookRunner {
                 return;
             }
         };
-        let pid = spawned.pid;
         let (mut stdout, mut stderr, process) = (spawned.stdout, spawned.stderr, spawned.process);
         let run = async {
             let mut out = Vec::new();
             let mut err = Vec::new();
             let read_out = async {
                 if let Some(s) = stdout.as_mut() {
-                    let _ = s.take(MAX_HOOK_OUTPUT as u64).read_to_end(&mut out).await;
+                    keep_head(s, &mut out).await;
                 }
             };
             let read_err = async {
                 if let Some(s) = stderr.as_mut() {
-                    let _ = s.take(MAX_HOOK_OUTPUT as u64).read_to_end(&mut err).await;
+                    keep_head(s, &mut err).await;
                 }
             };
             tokio::join!(read_out, read_err);
@@ -210,7 +218,7 @@ impl HookRunner {
                 tracing::warn!(node = %ctx.node, hook = %ctx.point, scope, error = %e, "waiting for the hook failed")
             }
             Err(_) => {
-                signal_group(pid, Signal::KILL);
+                // Dropping the wait killed the hook and what it started.
                 tracing::warn!(node = %ctx.node, hook = %ctx.point, scope, timeout_ms = timeout.as_millis() as u64, command = cmd, "hook timed out and was killed; supervision goes on");
             }
         }

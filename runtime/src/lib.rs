@@ -28,6 +28,8 @@
 //! (the actors and the restart policy), `cluster` (the hub node and gateway), `spawn` (the one
 //! spawn path), `registry` (node state), [`hooks`] and [`logs`].
 
+#![warn(missing_docs)]
+
 mod cluster;
 mod control;
 pub mod hooks;

@@ -182,12 +182,32 @@ pub(crate) fn capture(
 
 /// Read one line into `buf`; false at end of stream (or on a read error).
 async fn read_line<R: AsyncRead + Unpin>(r: &mut Option<BufReader<R>>, buf: &mut Vec<u8>) -> bool {
-    match r {
-        Some(r) => matches!(r.read_until(b'\n', buf).await, Ok(n) if n > 0),
-        None => std::future::pending().await,
+    let Some(r) = r else {
+        return std::future::pending().await;
+    };
+    // At most MAX_LINE bytes of a line are kept; the rest is read and dropped, so a child
+    // writing an endless line costs the runtime no memory. Cancel-safe: bytes are moved into
+    // `buf` before they are consumed, and the only await is `fill_buf`.
+    loop {
+        let chunk = match r.fill_buf().await {
+            Ok(c) => c,
+            Err(_) => return !buf.is_empty(),
+        };
+        if chunk.is_empty() {
+            return !buf.is_empty();
+        }
+        let (line_end, used) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (true, i + 1),
+            None => (false, chunk.len()),
+        };
+        let room = (MAX_LINE + 1).saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..used.min(room)]);
+        r.consume(used);
+        if line_end {
+            return true;
+        }
     }
 }
-
 /// Where the crash record of `record` goes: `<dir>/<timestamp>_<node>_<pid>.json`.
 pub(crate) fn crash_record_path(dir: &Path, record: &CrashRecord, at: SystemTime) -> PathBuf {
     let pid = record
@@ -245,6 +265,27 @@ mod tests {
             log.contains("out one\n") && log.contains("err 0\n") && log.ends_with("\n"),
             "{log}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_endless_line_is_cut_not_buffered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long_1.log");
+        let mut text = vec![b'x'; 10 * MAX_LINE];
+        text.extend_from_slice(b"\nafter\n");
+        let cap = capture(
+            None::<&[u8]>,
+            Some(std::io::Cursor::new(text)),
+            path.clone(),
+        );
+        let tail = cap.finish(Duration::from_secs(5)).await;
+        assert_eq!(tail.len(), 2);
+        assert!(
+            tail[0].ends_with("[line cut]") && tail[0].len() < MAX_LINE + 20,
+            "{}",
+            tail[0].len()
+        );
+        assert_eq!(tail[1], "after");
     }
 
     #[test]

@@ -124,6 +124,13 @@ impl Registry {
             .map(|r| r.view.state)
     }
 
+    /// Whether `name` has had at least one incarnation.
+    pub(crate) fn has_run(&self, name: &NodeName) -> bool {
+        read(&self.records)
+            .iter()
+            .any(|r| r.view.name == *name && r.view.incarnation > 0)
+    }
+
     /// Names of every node, in start order.
     pub(crate) fn names(&self) -> Vec<NodeName> {
         read(&self.records)

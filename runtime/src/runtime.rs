@@ -190,14 +190,18 @@ impl RuntimeBuilder {
         }
 
         let socket = run_dir.socket();
-        let listener =
-            if self.control_socket {
-                Some(tokio::net::UnixListener::bind(&socket).map_err(|e| {
-                    StartError::Internal(format!("binding {}: {e}", socket.display()))
-                })?)
-            } else {
-                None
-            };
+        let listener = if self.control_socket {
+            let listener = tokio::net::UnixListener::bind(&socket)
+                .map_err(|e| StartError::Internal(format!("binding {}: {e}", socket.display())))?;
+            // Private like its directory: only this user may drive the runtime.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| StartError::Internal(format!("making {} private: {e}", socket.display())),
+            )?;
+            Some(listener)
+        } else {
+            None
+        };
         let runtime = Runtime {
             inner: Arc::new(Inner {
                 ctx,
@@ -458,13 +462,26 @@ impl Runtime {
     pub async fn stop_node(&self, name: &str) -> Result<String, ControlError> {
         self.refuse_if_shutting_down()?;
         let sup = self.supervisor(name)?.clone();
-        self.stop_one(&sup).await;
-        Ok(format!("stopped {name}"))
+        if self.stop_one(&sup).await {
+            Ok(format!("stopped {name}"))
+        } else {
+            Err(ControlError {
+                kind: ControlErrorKind::ShuttingDown,
+                message: format!(
+                    "{name} did not confirm its stop within {} s",
+                    self.stop_limit().as_secs()
+                ),
+            })
+        }
     }
 
-    async fn stop_one(&self, sup: &ActorRef<SupMsg>) {
+    /// Stop one node; whether it confirmed in time.
+    async fn stop_one(&self, sup: &ActorRef<SupMsg>) -> bool {
         let limit = self.stop_limit();
-        let _ = sup.call(SupMsg::Stop, Some(limit)).await;
+        matches!(
+            sup.call(SupMsg::Stop, Some(limit)).await,
+            Ok(ractor::rpc::CallResult::Success(()))
+        )
     }
 
     /// The longest a node can take to stop: its stop timeout, the abort grace, and margin.
@@ -555,7 +572,9 @@ impl Runtime {
         }
         let mut killed = Vec::new();
         while let Ok(ev) = killed_events.try_recv() {
+            // Stopped on request, but only by SIGKILL at the end of its stop timeout.
             if let syncra_protocol::status::EventKind::Down { exit } = &ev.what
+                && exit.reason == syncra_protocol::crash::Reason::Requested
                 && exit.signal.as_deref() == Some("SIGKILL")
             {
                 killed.push(ev.node.clone());

@@ -58,34 +58,58 @@ pub(crate) enum Exit {
     Signal(i32),
 }
 
-/// A child process, owned: waiting for it reaps it, and dropping it unwaited kills it.
+/// A child process, owned: waiting for it reaps it, and dropping it unwaited (or cancelling the
+/// wait) kills and reaps it. Either way, when the process ends, whatever is left of its process
+/// group (the node's own children) is killed too, so nothing it started outlives it.
 #[derive(Debug)]
 pub(crate) struct Process {
+    pid: u32,
     pidfd: Option<OwnedFd>,
 }
 
+fn exit_of(status: &rustix::process::WaitIdStatus) -> Exit {
+    match (status.exit_status(), status.terminating_signal()) {
+        (_, Some(sig)) => Exit::Signal(sig),
+        (Some(code), None) => Exit::Code(code),
+        (None, None) => Exit::Code(-1),
+    }
+}
+
+/// The process behind `pidfd` has ended (it is a zombie, which keeps its pid and process
+/// group id reserved): kill what is left of its group, then reap it.
+fn bury(pid: u32, pidfd: &OwnedFd) -> std::io::Result<Exit> {
+    if let Some(p) = Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process_group(p, Signal::KILL);
+    }
+    match rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
+        Ok(Some(status)) => Ok(exit_of(&status)),
+        Ok(None) => Ok(Exit::Code(-1)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Process {
-    /// Wait until the process ends, and reap it.
+    /// Wait until the process ends, kill the rest of its group, and reap it.
     pub(crate) async fn wait(mut self) -> std::io::Result<Exit> {
         let pidfd = self
             .pidfd
-            .take()
+            .as_ref()
             .ok_or_else(|| std::io::Error::other("already waited for"))?;
+        // The AsyncFd owns a duplicate: if this future is dropped, `self` still holds the
+        // original, and its Drop kills and reaps.
+        let watched = pidfd.try_clone()?;
         // SAFETY: the OwnedFd stays open and unchanged while the AsyncFd owns it.
-        let fd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+        let fd = unsafe { AsyncFd::register_with_interest(watched, tokio::io::Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
         loop {
             let mut ready = fd.readable().await?;
-            match rustix::process::waitid(
-                WaitId::PidFd(fd.get_ref().as_fd()),
-                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-            ) {
-                Ok(Some(status)) => {
-                    return Ok(match (status.exit_status(), status.terminating_signal()) {
-                        (_, Some(sig)) => Exit::Signal(sig),
-                        (Some(code), None) => Exit::Code(code),
-                        (None, None) => Exit::Code(-1),
-                    });
+            // Peek without reaping, so that the pid and group id stay reserved meanwhile.
+            let peek = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+            match rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), peek) {
+                Ok(Some(_)) => {
+                    let exit = bury(self.pid, pidfd);
+                    self.pidfd = None;
+                    return exit;
                 }
                 Ok(None) => ready.clear_ready(),
                 Err(e) => return Err(e.into()),
@@ -96,12 +120,20 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if let Some(pidfd) = &self.pidfd {
-            let _ = rustix::process::pidfd_send_signal(pidfd, Signal::KILL);
-            let _ = rustix::process::waitid(
-                WaitId::PidFd(pidfd.as_fd()),
-                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-            );
+        if let Some(pidfd) = self.pidfd.take() {
+            let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::KILL);
+            let pid = self.pid;
+            // SIGKILL takes effect promptly, but waiting for it is still blocking: reap on a
+            // short-lived thread rather than on an async worker.
+            let _ = std::thread::Builder::new()
+                .name("syncra-reaper".into())
+                .spawn(move || {
+                    let _ = rustix::process::waitid(
+                        WaitId::PidFd(pidfd.as_fd()),
+                        WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+                    );
+                    let _ = bury(pid, &pidfd);
+                });
         }
     }
 }
@@ -226,8 +258,43 @@ struct ChildArgs {
     moves: *const (RawFd, RawFd),
     moves_len: usize,
     parent: libc::pid_t,
-    /// Set by the child when a step fails: the errno.
+    /// Highest fd the child keeps; everything above is closed before exec.
+    keep_up_to: c_int,
+    /// Set by the child when a step fails: which step ([`Step`]) and its errno.
+    step: c_int,
     errno: c_int,
+}
+
+/// The steps of the child between clone and exec, for error messages.
+#[derive(Debug, Clone, Copy)]
+#[repr(i32)]
+enum Step {
+    DeathSignal = 1,
+    ProcessGroup = 2,
+    PlaceFds = 3,
+    Exec = 4,
+}
+
+impl Step {
+    fn from_raw(v: c_int) -> Option<Step> {
+        [
+            Step::DeathSignal,
+            Step::ProcessGroup,
+            Step::PlaceFds,
+            Step::Exec,
+        ]
+        .into_iter()
+        .find(|s| *s as c_int == v)
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Step::DeathSignal => "setting the parent-death signal",
+            Step::ProcessGroup => "creating its process group",
+            Step::PlaceFds => "placing its inherited fds",
+            Step::Exec => "exec",
+        }
+    }
 }
 
 /// The child between clone and exec. It shares the runtime's memory (CLONE_VM) while the
@@ -237,30 +304,40 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     // alive until this child execs or exits; only async-signal-safe calls follow.
     unsafe {
         let a = &mut *(arg as *mut ChildArgs);
-        let fail = |a: &mut ChildArgs| -> ! {
+        let fail = |a: &mut ChildArgs, step: Step| -> ! {
             a.errno = *libc::__errno_location();
+            a.step = step as c_int;
             libc::_exit(127)
         };
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-            fail(a);
+            fail(a, Step::DeathSignal);
         }
         // The runtime may have died between clone and prctl: then nobody would kill us.
         if libc::getppid() != a.parent {
             libc::_exit(1);
         }
         if libc::setpgid(0, 0) != 0 {
-            fail(a);
+            fail(a, Step::ProcessGroup);
         }
         for i in 0..a.moves_len {
             let (src, dst) = *a.moves.add(i);
-            // dup2 leaves the new fd without CLOEXEC: exactly the fds listed are inherited.
+            // dup2 leaves the new fd without CLOEXEC.
             if libc::dup2(src, dst) < 0 {
-                fail(a);
+                fail(a, Step::PlaceFds);
             }
         }
+        // Exactly the fds listed are inherited: close everything above them, including fds
+        // of an embedding host that were opened without CLOEXEC. (Before Linux 5.9 this call
+        // fails and the host's CLOEXEC discipline is all there is.)
+        libc::syscall(
+            libc::SYS_close_range,
+            (a.keep_up_to + 1) as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
         // Handlers of the runtime must not run here; SIGPIPE goes back to its default (Rust
         // ignores it); other ignored signals stay ignored, as Unix children expect.
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
@@ -280,7 +357,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         libc::execve(a.path, a.argv, a.envp);
-        fail(a)
+        fail(a, Step::Exec)
     }
 }
 
@@ -307,15 +384,14 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
         env.retain(|(ek, _)| ek != k.as_bytes());
         env.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
     }
-    let envp_c: Vec<CString> = env
-        .into_iter()
-        .filter_map(|(k, mut v)| {
-            let mut kv = k;
-            kv.push(b'=');
-            kv.append(&mut v);
-            CString::new(kv).ok()
-        })
-        .collect();
+    let mut envp_c: Vec<CString> = Vec::with_capacity(env.len());
+    for (k, mut v) in env {
+        let name = String::from_utf8_lossy(&k).into_owned();
+        let mut kv = k;
+        kv.push(b'=');
+        kv.append(&mut v);
+        envp_c.push(cstring(&format!("environment variable {name}"), &kv).map_err(io_err)?);
+    }
     let argv: Vec<*const c_char> = argv_c
         .iter()
         .map(|c| c.as_ptr())
@@ -382,6 +458,8 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
         moves: moves.as_ptr(),
         moves_len: moves.len(),
         parent: rustix::process::getpid().as_raw_nonzero().get(),
+        keep_up_to: moves.iter().map(|(_, dst)| *dst).max().unwrap_or(2),
+        step: 0,
         errno: 0,
     };
     let stack_top = {
@@ -410,33 +488,42 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
     drop(staged);
     drop((stdin, stdout_w, stderr_w));
 
-    if args.errno != 0 {
+    if args.step != 0 {
         // The child reported a failed step and exited: reap it and say why.
         let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
         let e = std::io::Error::from_raw_os_error(args.errno);
-        return Err(match e.kind() {
-            std::io::ErrorKind::NotFound => SpawnError::NotFound {
-                program: program_name,
-                searched: String::new(),
+        return Err(match Step::from_raw(args.step) {
+            Some(Step::Exec) => match args.errno {
+                libc::ENOENT => SpawnError::NotFound { program: program_name, searched: String::new() },
+                libc::EACCES | libc::EPERM => {
+                    SpawnError::NotExecutable { program: program_name, message: e.to_string() }
+                }
+                libc::ENOEXEC => SpawnError::NotExecutable {
+                    program: program_name,
+                    message: "it is not an executable this machine can run (wrong format or architecture)".into(),
+                },
+                _ => SpawnError::Io { program: program_name, message: format!("exec: {e}") },
             },
-            std::io::ErrorKind::PermissionDenied => SpawnError::NotExecutable {
-                program: program_name,
-                message: e.to_string(),
-            },
-            _ => io_err(e),
+            Some(step) => SpawnError::Io { program: program_name, message: format!("{}: {e}", step.describe()) },
+            None => io_err(e),
         });
     }
     let signal_fd = pidfd.try_clone().ok();
+    let process = Process {
+        pid: pid as u32,
+        pidfd: Some(pidfd),
+    };
     let (stdout, stderr) = match readers.take() {
+        // On failure `process` is dropped here, which kills and reaps the child.
         Some((out_r, err_r)) => (
-            pipe::Receiver::from_owned_fd(out_r).ok(),
-            pipe::Receiver::from_owned_fd(err_r).ok(),
+            Some(pipe::Receiver::from_owned_fd(out_r).map_err(io_err)?),
+            Some(pipe::Receiver::from_owned_fd(err_r).map_err(io_err)?),
         ),
         None => (None, None),
     };
     Ok(Spawned {
         pid: pid as u32,
-        process: Process { pidfd: Some(pidfd) },
+        process,
         signal_fd,
         stdout,
         stderr,
@@ -486,17 +573,24 @@ fn check_executable(command: &str, path: &Path) -> Result<(), SpawnError> {
     }
 }
 
-/// Send `sig` to a process through its pidfd (immune to pid reuse), falling back to its pid.
+/// Send `sig` to a process through its pidfd, which is immune to pid reuse: once the process
+/// is reaped the signal goes nowhere. Only without a pidfd (a kernel without pidfds) is the pid
+/// used.
 pub(crate) fn signal(pidfd: Option<&OwnedFd>, pid: u32, sig: Signal) {
-    let sent = pidfd.map(|fd| rustix::process::pidfd_send_signal(fd, sig));
-    if !matches!(sent, Some(Ok(())))
-        && let Some(p) = Pid::from_raw(pid as i32)
-    {
-        let _ = rustix::process::kill_process(p, sig);
+    match pidfd {
+        Some(fd) => {
+            let _ = rustix::process::pidfd_send_signal(fd, sig);
+        }
+        None => {
+            if let Some(p) = Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, sig);
+            }
+        }
     }
 }
 
 /// Send `sig` to the whole process group led by `pid` (the node and anything it started).
+/// Only for processes known to be alive (the last-resort kill of everything).
 pub(crate) fn signal_group(pid: u32, sig: Signal) {
     if let Some(p) = Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process_group(p, sig);
@@ -602,6 +696,55 @@ mod tests {
         let (out, _) = output(s).await;
         let ignored = u64::from_str_radix(out.split_whitespace().nth(1).unwrap(), 16).unwrap();
         assert_eq!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "{out}");
+    }
+
+    #[tokio::test]
+    async fn only_the_listed_fds_are_inherited_even_without_cloexec() {
+        let spawner = Spawner::start(tokio::runtime::Handle::current()).unwrap();
+        // An fd opened without CLOEXEC, as a careless embedding host might.
+        // SAFETY: dup has no memory-safety preconditions; the fd is closed below.
+        let raw = unsafe { libc::dup(2) };
+        assert!(raw > 2);
+        let script = format!("[ -e /proc/self/fd/{raw} ] && echo leaked || echo clean");
+        let s = spawner.spawn(sh(&script, &[], vec![])).await.unwrap();
+        let (out, _) = output(s).await;
+        // SAFETY: closing the fd dup'd above, owned by nobody else.
+        unsafe { libc::close(raw) };
+        assert_eq!(out.trim(), "clean");
+    }
+
+    #[tokio::test]
+    async fn what_a_process_started_dies_with_it() {
+        use tokio::io::AsyncBufReadExt;
+        let spawner = Spawner::start(tokio::runtime::Handle::current()).unwrap();
+        let mut s = spawner
+            .spawn(sh("sleep 1000 & echo $!; exit 0", &[], vec![]))
+            .await
+            .unwrap();
+        let mut line = String::new();
+        tokio::io::BufReader::new(s.stdout.take().unwrap())
+            .read_line(&mut line)
+            .await
+            .unwrap();
+        let grandchild: u32 = line.trim().parse().unwrap();
+        assert_eq!(s.process.wait().await.unwrap(), Exit::Code(0));
+        let dead = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true)
+        };
+        let gone = (0..400).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            dead(grandchild)
+        });
+        assert!(
+            gone,
+            "the background child of a finished process is still running"
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,8 @@
 //! ([`Scene::state_hash`]). The binary (`src/main.rs`) runs a [`Scene`] under a runtime as a
 //! node; this library holds the simulation so it can be tested without processes.
 
+#![warn(missing_docs)]
+
 use glam::{Quat, Vec3};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};

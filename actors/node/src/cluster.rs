@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
-use syncra_protocol::boot::Boot;
+use syncra_protocol::boot::{Boot, exit_code};
 use syncra_protocol::node::{RUNTIME_GROUP, RuntimeInbox, UnixLink, agent_group};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -166,7 +166,9 @@ async fn serve(boot: &Boot, mut events: UnboundedReceiver<LinkEvent>, shared: Ar
             tracing::warn!(
                 "could not install SIGTERM/SIGINT handlers; only the runtime can stop this node gracefully"
             );
-            return std::future::pending().await;
+            watch_link(boot, &mut events).await;
+            tracing::warn!(node = %boot.node, "the runtime is gone; exiting");
+            std::process::exit(exit_code::LINK_LOST);
         }
     };
     loop {
@@ -187,5 +189,17 @@ async fn serve(boot: &Boot, mut events: UnboundedReceiver<LinkEvent>, shared: Ar
         }
     }
     tracing::warn!(node = %boot.node, "the runtime is gone; exiting");
-    std::process::exit(0);
+    // Not 0: if the runtime is still there (only the link broke), this is a failure to report.
+    std::process::exit(exit_code::LINK_LOST);
+}
+
+/// Wait until the link to the runtime is gone.
+async fn watch_link(boot: &Boot, events: &mut UnboundedReceiver<LinkEvent>) {
+    while let Some(ev) = events.recv().await {
+        if let LinkEvent::Down { peer } = ev {
+            if peer == boot.cluster.hub_name || peer.is_empty() {
+                return;
+            }
+        }
+    }
 }

@@ -25,6 +25,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 mod agent;
 mod cluster;
 mod panic;

@@ -29,14 +29,12 @@ pub(crate) fn install(boot: &Boot) {
             let mut report = report.clone();
             let mut framed = wire::frame(&wire::encode(&report));
             if framed.len() > PANIC_MAX {
-                // Keep the message; cut the backtrace to fit the page.
-                report.backtrace.truncate(
-                    report
-                        .backtrace
-                        .len()
-                        .saturating_sub(framed.len() - PANIC_MAX + 64),
-                );
-                report.backtrace.push_str("\n[backtrace cut to fit]");
+                // Cut to fit the page: the backtrace first, then the message (at character
+                // boundaries: a panic inside the panic hook would abort and lose everything).
+                let excess = framed.len() - PANIC_MAX + 64;
+                let keep = report.backtrace.len().saturating_sub(excess);
+                cut(&mut report.backtrace, keep, "\n[backtrace cut to fit]");
+                cut(&mut report.message, PANIC_MAX / 2, " [message cut to fit]");
                 framed = wire::frame(&wire::encode(&report));
             }
             // SAFETY: the page fd is inherited for this purpose and stays open for the life of
@@ -51,4 +49,32 @@ pub(crate) fn install(boot: &Boot) {
         // could deadlock while other threads hold locks; nothing here needs them.
         unsafe { libc::_exit(PANIC_EXIT_CODE) }
     }));
+}
+
+/// Cut `s` to at most `max` bytes, at a character boundary, marking the cut with `note`.
+fn cut(s: &mut String, max: usize, note: &str) {
+    if s.len() <= max {
+        return;
+    }
+    let mut at = max;
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    s.truncate(at);
+    s.push_str(note);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+
+    #[test]
+    fn cuts_respect_character_boundaries() {
+        let mut s = "ééé".to_owned(); // 2 bytes each
+        cut(&mut s, 3, "…");
+        assert_eq!(s, "é…");
+        let mut short = "ok".to_owned();
+        cut(&mut short, 10, "…");
+        assert_eq!(short, "ok");
+    }
 }

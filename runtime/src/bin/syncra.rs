@@ -45,7 +45,7 @@ struct ConfigArgs {
 
 #[derive(Debug, Args)]
 struct Target {
-    /// Run directory of the runtime to talk to (default: $XDG_RUNTIME_DIR/syncra, else /tmp/syncra-<uid>).
+    /// Run directory of the runtime to talk to (default: $XDG_RUNTIME_DIR/syncra, else /tmp/syncra-UID).
     #[arg(long, value_name = "DIR", env = "SYNCRA_RUN_DIR")]
     run_dir: Option<PathBuf>,
 }

@@ -29,6 +29,9 @@ use crate::hooks::HookRunner;
 use crate::registry::Registry;
 use crate::spawn::Spawner;
 
+/// Crash records kept in memory for `syncra crashes`; every one stays on disk.
+pub(crate) const MAX_CRASH_ENTRIES: usize = 1000;
+
 /// Why the runtime is shutting down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShutdownCause {
@@ -64,6 +67,15 @@ pub(crate) struct Ctx {
 impl Ctx {
     pub(crate) fn emit(&self, event: LifecycleEvent) {
         let _ = self.events.send(event);
+    }
+
+    /// Remember a crash record for `syncra crashes` (the newest [`MAX_CRASH_ENTRIES`]).
+    pub(crate) fn record_crash(&self, entry: CrashEntry) {
+        let mut crashes = self.crashes.lock().unwrap_or_else(|p| p.into_inner());
+        if crashes.len() >= MAX_CRASH_ENTRIES {
+            crashes.remove(0);
+        }
+        crashes.push(entry);
     }
 
     /// Run `task` (a hook) in the background, tracked so that shutdown can wait for it.

@@ -34,7 +34,7 @@ use crate::cluster::HUB_NAME;
 use crate::hooks::HookContext;
 use crate::logs;
 use crate::registry::Route;
-use crate::spawn::{Exit, SpawnError, SpawnSpec, resolve_program, signal, signal_group};
+use crate::spawn::{Exit, SpawnError, SpawnSpec, resolve_program, signal};
 
 /// How long the exit handler waits for a dead child's pipes to drain.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(300);
@@ -87,8 +87,37 @@ pub(crate) struct ExitReport {
     at: SystemTime,
     stderr_tail: Vec<String>,
     panic: Option<PanicReport>,
-    /// For a spawn that failed before a process existed.
-    spawn_error: Option<SpawnError>,
+    /// Why no process ran, when none did.
+    not_started: Option<NotStarted>,
+}
+
+/// Why an incarnation never had a process.
+#[derive(Debug)]
+enum NotStarted {
+    /// Creating the process failed.
+    Spawn(SpawnError),
+    /// A dependency cannot become ready.
+    Dependency(String),
+}
+
+/// What follows the end of an incarnation.
+#[derive(Debug)]
+enum Next {
+    /// A new incarnation after `delay`.
+    Restart {
+        delay: Duration,
+        attempt: u32,
+        cause: String,
+        siblings: Vec<NodeName>,
+    },
+    /// The supervisor gives up: `failed`.
+    GiveUp { why: String },
+    /// Not restarted: `failed` or `stopped`, with this status detail.
+    Stop {
+        detail: String,
+        why: String,
+        failed: bool,
+    },
 }
 
 pub(crate) struct SupArgs {
@@ -221,7 +250,7 @@ impl Actor for NodeSupervisor {
                 if epoch == st.epoch && st.phase == Phase::Waiting {
                     match result {
                         Ok(()) => st.spawn().await,
-                        Err(why) => st.fail_without_process(Reason::FailedToStart, why).await,
+                        Err(why) => st.dependency_failed(why).await,
                     }
                 }
             }
@@ -241,8 +270,8 @@ impl Actor for NodeSupervisor {
                     && let Some(live) = st.live_mut(incarnation)
                 {
                     tracing::warn!(node = %name, pid = live.pid, incarnation, timeout_ms, "not ready within its start timeout; killing it");
-                    live.forced = Some(Forced::StartTimeout);
-                    signal_group(live.pid, Signal::KILL);
+                    live.forced.get_or_insert(Forced::StartTimeout);
+                    signal(live.pidfd.as_ref(), live.pid, Signal::KILL);
                 }
             }
             SupMsg::Hung {
@@ -253,7 +282,7 @@ impl Actor for NodeSupervisor {
                 let name = st.plan.name.clone();
                 if let Some(live) = st.live_mut(incarnation) {
                     tracing::warn!(node = %name, pid = live.pid, incarnation, "grace period over; SIGKILL");
-                    signal_group(live.pid, Signal::KILL);
+                    signal(live.pidfd.as_ref(), live.pid, Signal::KILL);
                 }
             }
             SupMsg::Restart { delay, cause, user } => st.restart(delay, cause, user).await,
@@ -270,6 +299,9 @@ impl Actor for NodeSupervisor {
                     st.epoch += 1;
                     st.set_phase(Phase::Stopped, Some("stopped".into()));
                     st.emit(None, EventKind::Stopped);
+                    let mut hook = st.hook_ctx(HookPoint::AfterStop, None);
+                    hook.reason = Some(Reason::Requested);
+                    st.hook_in_background(hook);
                     let _ = reply.send(());
                 }
                 Phase::Stopped | Phase::Failed => {
@@ -321,7 +353,7 @@ impl Actor for NodeSupervisor {
         st: &mut SupState,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(live) = &st.live {
-            signal_group(live.pid, Signal::KILL);
+            signal(live.pidfd.as_ref(), live.pid, Signal::KILL);
         }
         Ok(())
     }
@@ -452,6 +484,13 @@ impl SupState {
                     .iter()
                     .map(|d| (d.clone(), registry.state(d)))
                     .collect();
+                // A dependency that ran and is now stopped (it finished, or a user stopped it)
+                // will not become ready by itself: waiting for it would stall the start.
+                let gone = |d: &NodeName, s: &Option<NodeState>| match s {
+                    Some(NodeState::Failed) => Some("failed"),
+                    Some(NodeState::Stopped) if registry.has_run(d) => Some("is stopped"),
+                    _ => None,
+                };
                 if states.iter().all(|(_, s)| *s == Some(NodeState::Ready)) {
                     let _ = me.cast(SupMsg::DepsSettled {
                         epoch,
@@ -459,10 +498,11 @@ impl SupState {
                     });
                     return;
                 }
-                if let Some((d, _)) = states.iter().find(|(_, s)| *s == Some(NodeState::Failed)) {
+                if let Some((d, what)) = states.iter().find_map(|(d, s)| gone(d, s).map(|w| (d, w)))
+                {
                     let _ = me.cast(SupMsg::DepsSettled {
                         epoch,
-                        result: Err(format!("dependency {d} failed")),
+                        result: Err(format!("dependency {d} {what}")),
                     });
                     return;
                 }
@@ -477,6 +517,9 @@ impl SupState {
     async fn spawn(&mut self) {
         if self.ctx.registry.shutting_down() {
             self.set_phase(Phase::Stopped, Some("the runtime is shutting down".into()));
+            for w in self.stop_waiters.drain(..) {
+                let _ = w.send(());
+            }
             return;
         }
         self.incarnation += 1;
@@ -506,7 +549,7 @@ impl SupState {
                     at: SystemTime::now(),
                     stderr_tail: Vec::new(),
                     panic: None,
-                    spawn_error: Some(error),
+                    not_started: Some(NotStarted::Spawn(error)),
                 };
                 self.ended(report, None).await;
             }
@@ -532,15 +575,6 @@ impl SupState {
         let token = new_token().map_err(|e| io("generating the node token", e))?;
         let cluster_name = format!("{}#{incarnation}", self.plan.name);
         let group = agent_group(&cluster_name);
-        ractor::pg::monitor(group.clone(), self.myself.get_cell());
-        self.ctx.registry.add_route(
-            token,
-            Route {
-                node: self.plan.name.clone(),
-                incarnation,
-                to: self.myself.clone(),
-            },
-        );
 
         // The boot frame and the hub's side of the session go onto our end of the socketpair
         // before the fork, so the child finds both waiting when it starts. A boot frame that
@@ -596,6 +630,17 @@ impl SupState {
             // glibc reserves an arena per thread; two keep a node's footprint small.
             env.push(("MALLOC_ARENA_MAX".into(), "2".into()));
         }
+        // From here on the child may speak: route its token, watch for its agent. (Nothing
+        // above needs undoing on failure; below, a failed spawn undoes these two.)
+        ractor::pg::monitor(group.clone(), self.myself.get_cell());
+        self.ctx.registry.add_route(
+            token,
+            Route {
+                node: self.plan.name.clone(),
+                incarnation,
+                to: self.myself.clone(),
+            },
+        );
         // Spawn → ready is timed from here, fork and exec included (as a bare spawn would be).
         let spawn_started = Instant::now();
         let spec = SpawnSpec {
@@ -666,7 +711,7 @@ impl SupState {
                 at,
                 stderr_tail,
                 panic,
-                spawn_error: None,
+                not_started: None,
             })));
         });
 
@@ -698,8 +743,8 @@ impl SupState {
                         "the node speaks protocol v{protocol}, the runtime v{PROTOCOL_VERSION}; rebuild it against this Syncra version"
                     );
                     tracing::error!(node = %name, pid = live.pid, incarnation, "{why}");
-                    live.forced = Some(Forced::Refused(why));
-                    signal_group(live.pid, Signal::KILL);
+                    live.forced.get_or_insert(Forced::Refused(why));
+                    signal(live.pidfd.as_ref(), live.pid, Signal::KILL);
                 } else {
                     tracing::debug!(node = %name, pid, incarnation, "joined");
                 }
@@ -795,7 +840,8 @@ impl SupState {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        live.forced = Some(Forced::Requested);
+        // A hang or a refusal already being handled keeps its reason.
+        live.forced.get_or_insert(Forced::Requested);
         let (pid, incarnation) = (live.pid, live.incarnation);
         match &live.agent {
             Some(agent) => {
@@ -828,6 +874,8 @@ impl SupState {
                 },
                 &format!("restart: {cause}"),
             ),
+            // A stop (from a user, or the shutdown) outranks a sibling's restart.
+            Phase::Stopping if !user && matches!(self.after, After::StayStopped) => {}
             Phase::Stopping => self.after = After::Restart { delay, cause },
             Phase::Waiting | Phase::Backoff | Phase::Stopped | Phase::Failed if user => {
                 self.emit(
@@ -859,16 +907,17 @@ impl SupState {
         }
     }
 
-    async fn fail_without_process(&mut self, reason: Reason, why: String) {
-        tracing::error!(node = %self.plan.name, "{why}");
-        self.set_phase(Phase::Failed, Some(why.clone()));
-        self.emit(
-            None,
-            EventKind::Failed {
-                reason,
-                message: why,
-            },
-        );
+    /// A dependency cannot become ready: this node fails to start, with a record.
+    async fn dependency_failed(&mut self, why: String) {
+        let report = ExitReport {
+            incarnation: self.incarnation,
+            termination: Termination::NotStarted,
+            at: SystemTime::now(),
+            stderr_tail: Vec::new(),
+            panic: None,
+            not_started: Some(NotStarted::Dependency(why)),
+        };
+        self.ended(report, None).await;
     }
 
     async fn exited(&mut self, report: ExitReport) {
@@ -879,7 +928,7 @@ impl SupState {
         self.ended(report, live).await;
     }
 
-    /// An incarnation ended (or never started): classify, record, decide, act.
+    /// An incarnation ended (or never started): classify, decide, record, act.
     async fn ended(&mut self, report: ExitReport, live: Option<Live>) {
         let name = self.plan.name.clone();
         self.ctx.watchdog.unwatch(&name);
@@ -899,37 +948,49 @@ impl SupState {
             Termination::Signal(s) => (None, Some(s)),
             Termination::NotStarted => (None, None),
         };
+        // A node that panicked or crashed while being asked to stop crashed all the same.
+        let crashed_anyway = report.panic.is_some()
+            || matches!(report.termination, Termination::Signal(s) if policy::is_crash_signal(s));
         let reason = match &forced {
             Some(Forced::Hung { .. }) => Reason::Hung,
             Some(Forced::StartTimeout) | Some(Forced::Refused(_)) => Reason::FailedToStart,
-            Some(Forced::Requested) => Reason::Requested,
-            None => policy::classify(report.termination, was_ready.is_some()),
+            Some(Forced::Requested) if !crashed_anyway => Reason::Requested,
+            _ => policy::classify(report.termination, was_ready.is_some()),
         };
-        let permanent: Option<String> = match (&report.spawn_error, &forced) {
-            (Some(e), _) if e.is_permanent() => Some(e.to_string()),
+        let permanent: Option<String> = match (&report.not_started, &forced) {
+            (Some(NotStarted::Spawn(e)), _) if e.is_permanent() => Some(e.to_string()),
+            (Some(NotStarted::Dependency(why)), _) => Some(why.clone()),
             (_, Some(Forced::Refused(why))) => Some(why.clone()),
             _ => policy::is_permanent_start_failure(report.termination).map(str::to_owned),
         };
-        let detail = match (&forced, &report.spawn_error) {
-            (_, Some(e)) => format!("could not be started: {e}"),
+        let detail = match (&forced, &report.not_started) {
+            (_, Some(NotStarted::Spawn(e))) => format!("could not be started: {e}"),
+            (_, Some(NotStarted::Dependency(why))) => format!("not started: {why}"),
             (Some(Forced::Hung { silent }), _) => format!(
                 "no heartbeat for {} ms (deadline {} ms)",
                 silent.as_millis(),
                 self.plan.heartbeat.deadline_ms
             ),
-            (Some(Forced::StartTimeout), _) => format!(
-                "not ready within its start timeout of {} ms",
-                self.plan.start_timeout.as_millis()
-            ),
+            (Some(Forced::StartTimeout), _) => {
+                format!(
+                    "not ready within its start timeout of {} ms",
+                    self.plan.start_timeout.as_millis()
+                )
+            }
             (Some(Forced::Refused(why)), _) => why.clone(),
-            (Some(Forced::Requested), _) => "stopped on request".into(),
-            (None, _) => match (code, sig, was_ready.is_some()) {
+            (Some(Forced::Requested), _) if reason == Reason::Requested => {
+                "stopped on request".into()
+            }
+            _ => match (code, sig, was_ready.is_some()) {
                 (Some(c), _, false) => match syncra_protocol::boot::exit_code::describe(c) {
                     Some(why) => format!("exited with code {c} before it was ready: {why}"),
                     None => format!("exited with code {c} before it was ready"),
                 },
                 (None, Some(s), false) => {
                     format!("killed by {} before it was ready", signal_name(s))
+                }
+                (Some(c), _, true) if c == syncra_protocol::boot::exit_code::LINK_LOST => {
+                    format!("lost its link to the runtime and left (exit code {c})")
                 }
                 (Some(c), _, true) => format!("exited with code {c}"),
                 (None, Some(s), true) => format!("terminated by {}", signal_name(s)),
@@ -944,40 +1005,114 @@ impl SupState {
             reason,
             record: None,
         };
-        match reason {
-            Reason::Requested | Reason::Exited => {
-                tracing::info!(node = %name, pid, incarnation = report.incarnation, %reason, "{detail}")
-            }
-            _ => {
-                tracing::warn!(node = %name, pid, incarnation = report.incarnation, %reason, "{detail}")
-            }
+        if matches!(reason, Reason::Requested | Reason::Exited) {
+            tracing::info!(node = %name, pid, incarnation = report.incarnation, %reason, "{detail}");
+        } else {
+            tracing::warn!(node = %name, pid, incarnation = report.incarnation, %reason, "{detail}");
         }
-        self.emit(
-            pid,
-            EventKind::Down {
-                exit: summary.clone(),
-            },
-        );
+        if pid.is_some() {
+            self.emit(
+                pid,
+                EventKind::Down {
+                    exit: summary.clone(),
+                },
+            );
+        }
 
-        let after = std::mem::replace(&mut self.after, After::Decide);
+        // What follows: what the runtime asked for, or else the restart policy.
+        let next = match std::mem::replace(&mut self.after, After::Decide) {
+            After::StayStopped => Next::Stop {
+                detail: "stopped".into(),
+                why: "it was being stopped".into(),
+                failed: false,
+            },
+            After::Restart { delay, cause } => Next::Restart {
+                delay,
+                attempt: 0,
+                cause,
+                siblings: Vec::new(),
+            },
+            After::Decide => self.decide(reason, permanent, was_ready, &detail).await,
+        };
+        let decision = match &next {
+            Next::Restart {
+                delay,
+                attempt,
+                siblings,
+                ..
+            } => Decision::Restart {
+                after_ms: delay.as_millis() as u64,
+                attempt: *attempt,
+                siblings: siblings.clone(),
+            },
+            Next::GiveUp { why } if self.ctx.runtime.on_give_up == GiveUpAction::Shutdown => {
+                Decision::Shutdown {
+                    why: format!("{why}; on_give_up = \"shutdown\""),
+                }
+            }
+            Next::GiveUp { why } => Decision::GaveUp { why: why.clone() },
+            Next::Stop { why, .. } => Decision::NotRestarted { why: why.clone() },
+        };
+
         let mut hook = self.hook_ctx(HookPoint::OnCrash, pid);
         hook.exit_code = code;
         hook.signal = summary.signal.clone();
         hook.reason = Some(reason);
-
-        match after {
-            After::StayStopped => {
-                self.record_exit(summary);
-                self.set_phase(Phase::Stopped, Some("stopped".into()));
-                self.emit(None, EventKind::Stopped);
-                hook.point = HookPoint::AfterStop;
-                self.hook_in_background(hook);
-                for w in self.stop_waiters.drain(..) {
-                    let _ = w.send(());
+        hook.decision = Some(match &decision {
+            Decision::Restart { after_ms, .. } => format!("restart after {after_ms} ms"),
+            Decision::GaveUp { .. } => "gave up".into(),
+            Decision::NotRestarted { .. } => "not restarted".into(),
+            Decision::Shutdown { .. } => "shutdown".into(),
+        });
+        if reason.is_failure() {
+            let record = CrashRecord {
+                timestamp: humantime::format_rfc3339_millis(report.at).to_string(),
+                node: name.clone(),
+                kind: self.plan.kind,
+                pid,
+                incarnation: report.incarnation,
+                exit_code: code,
+                signal: summary.signal.clone(),
+                reason,
+                detail: detail.clone(),
+                ran_ms: ran.as_millis() as u64,
+                panic: report.panic.clone(),
+                stderr_tail: report.stderr_tail.clone(),
+                log_file: live.as_ref().map(|l| l.log_path.display().to_string()),
+                decision,
+            };
+            let path = logs::crash_record_path(&self.ctx.runtime.crash_dir, &record, report.at);
+            summary.record = Some(path.display().to_string());
+            hook.crash_record = Some(path.clone());
+            self.ctx.record_crash(syncra_protocol::control::CrashEntry {
+                path: path.display().to_string(),
+                record: record.clone(),
+            });
+            // Off the restart's path: the record is written, then the on-crash hook (which
+            // reads it) runs.
+            let (hooks, own, crash_hook) = (
+                self.ctx.hooks.clone(),
+                self.plan.hooks.clone(),
+                hook.clone(),
+            );
+            let run_hook = self.ctx.hooks.any(HookPoint::OnCrash, &own);
+            self.ctx.track(async move {
+                let write = tokio::task::spawn_blocking({
+                    let path = path.clone();
+                    move || logs::write_crash_record(&path, &record)
+                });
+                if let Err(e) = write.await.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
+                    tracing::error!(node = %crash_hook.node, path = %path.display(), error = %e, "could not write the crash record");
                 }
-            }
-            After::Restart { delay, cause } => {
-                self.record_exit(summary);
+                if run_hook {
+                    hooks.run(&crash_hook, &own).await;
+                }
+            });
+        }
+        self.record_exit(summary);
+
+        match next {
+            Next::Restart { delay, cause, .. } => {
                 self.emit(
                     None,
                     EventKind::Restarting {
@@ -987,189 +1122,119 @@ impl SupState {
                 );
                 self.schedule(delay);
             }
-            After::Decide => {
-                let ending = Ending {
-                    reason,
-                    permanent: None,
-                    ready_for: was_ready.map(|t| t.elapsed()),
-                };
-                let verdict = if self.ctx.registry.shutting_down() {
-                    Verdict::NotRestarted {
-                        why: "the runtime is shutting down".into(),
-                        failed: reason.is_failure(),
-                    }
-                } else if let Some(why) = &permanent {
-                    Verdict::GiveUp(format!("{why}; restarting cannot help"))
-                } else {
-                    policy::decide(
-                        ending,
-                        self.plan.restart,
-                        self.ctx.runtime.auto_restart,
-                        &self.policy,
-                        &mut self.history,
-                        Instant::now(),
-                        policy::jitter_unit(),
-                    )
-                };
-                let (decision, next): (Decision, Phase) = match &verdict {
-                    Verdict::Restart { delay, attempt } => {
-                        let siblings = if self.policy.strategy == syncra_config::Strategy::OneForOne
-                        {
-                            Vec::new()
-                        } else {
-                            self.group
-                                .call(
-                                    |reply| GroupMsg::ChildRestarting {
-                                        failed: name.clone(),
-                                        reply,
-                                    },
-                                    Some(Duration::from_secs(2)),
-                                )
-                                .await
-                                .ok()
-                                .and_then(|r| match r {
-                                    ractor::rpc::CallResult::Success(s) => Some(s),
-                                    _ => None,
-                                })
-                                .unwrap_or_default()
-                        };
-                        (
-                            Decision::Restart {
-                                after_ms: delay.as_millis() as u64,
-                                attempt: *attempt,
-                                siblings,
-                            },
-                            Phase::Backoff,
-                        )
-                    }
-                    Verdict::GiveUp(why)
-                        if self.ctx.runtime.on_give_up == GiveUpAction::Shutdown =>
-                    {
-                        (
-                            Decision::Shutdown {
-                                why: format!("{why}; on_give_up = \"shutdown\""),
-                            },
-                            Phase::Failed,
-                        )
-                    }
-                    Verdict::GiveUp(why) => (Decision::GaveUp { why: why.clone() }, Phase::Failed),
-                    Verdict::NotRestarted { why, failed } => (
-                        Decision::NotRestarted { why: why.clone() },
-                        if *failed {
-                            Phase::Failed
-                        } else {
-                            Phase::Stopped
-                        },
-                    ),
-                };
-                hook.decision = Some(match &decision {
-                    Decision::Restart { after_ms, .. } => format!("restart after {after_ms} ms"),
-                    Decision::GaveUp { .. } => "gave up".into(),
-                    Decision::NotRestarted { .. } => "not restarted".into(),
-                    Decision::Shutdown { .. } => "shutdown".into(),
-                });
-                if reason.is_failure() {
-                    let record = CrashRecord {
-                        timestamp: humantime::format_rfc3339_millis(report.at).to_string(),
-                        node: name.clone(),
-                        kind: self.plan.kind,
-                        pid,
-                        incarnation: report.incarnation,
-                        exit_code: code,
-                        signal: summary.signal.clone(),
+            Next::GiveUp { why } => {
+                tracing::error!(node = %name, "gave up: {why}");
+                self.set_phase(Phase::Failed, Some(format!("gave up: {why}")));
+                self.emit(
+                    None,
+                    EventKind::Failed {
                         reason,
-                        detail: detail.clone(),
-                        ran_ms: ran.as_millis() as u64,
-                        panic: report.panic.clone(),
-                        stderr_tail: report.stderr_tail.clone(),
-                        log_file: live.as_ref().map(|l| l.log_path.display().to_string()),
-                        decision: decision.clone(),
-                    };
-                    let path =
-                        logs::crash_record_path(&self.ctx.runtime.crash_dir, &record, report.at);
-                    summary.record = Some(path.display().to_string());
-                    hook.crash_record = Some(path.clone());
+                        message: why.clone(),
+                    },
+                );
+                hook.point = HookPoint::OnGiveUp;
+                self.hook_in_background(hook);
+                if self.ctx.runtime.on_give_up == GiveUpAction::Shutdown {
                     self.ctx
-                        .crashes
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(syncra_protocol::control::CrashEntry {
-                            path: path.display().to_string(),
-                            record: record.clone(),
-                        });
-                    // Off the restart's path: the record is written, then the on-crash hook
-                    // (which reads it) runs.
-                    let (hooks, own, crash_hook) = (
-                        self.ctx.hooks.clone(),
-                        self.plan.hooks.clone(),
-                        hook.clone(),
-                    );
-                    let run_hook = self.ctx.hooks.any(HookPoint::OnCrash, &own);
-                    self.ctx.track(async move {
-                        if let Err(e) = tokio::task::spawn_blocking({
-                            let path = path.clone();
-                            move || logs::write_crash_record(&path, &record)
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                        {
-                            tracing::error!(node = %crash_hook.node, path = %path.display(), error = %e, "could not write the crash record");
-                        }
-                        if run_hook {
-                            hooks.run(&crash_hook, &own).await;
-                        }
-                    });
-                }
-                self.record_exit(summary);
-                match verdict {
-                    Verdict::Restart { delay, .. } => {
-                        self.emit(
-                            None,
-                            EventKind::Restarting {
-                                delay_ms: delay.as_millis() as u64,
-                                cause: format!("{reason}: {detail}"),
-                            },
-                        );
-                        self.schedule(delay);
-                    }
-                    Verdict::GiveUp(why) => {
-                        tracing::error!(node = %name, "gave up: {why}");
-                        self.set_phase(next, Some(format!("gave up: {why}")));
-                        self.emit(
-                            None,
-                            EventKind::Failed {
-                                reason,
-                                message: why.clone(),
-                            },
-                        );
-                        hook.point = HookPoint::OnGiveUp;
-                        self.hook_in_background(hook);
-                        if self.ctx.runtime.on_give_up == GiveUpAction::Shutdown {
-                            self.ctx
-                                .request_shutdown(ShutdownCause::GaveUp(format!("{name}: {why}")));
-                        }
-                    }
-                    Verdict::NotRestarted { why, failed } => {
-                        self.set_phase(next, Some(format!("{detail}; not restarted: {why}")));
-                        if failed {
-                            self.emit(
-                                None,
-                                EventKind::Failed {
-                                    reason,
-                                    message: why,
-                                },
-                            );
-                        } else {
-                            self.emit(None, EventKind::Stopped);
-                            hook.point = HookPoint::AfterStop;
-                            self.hook_in_background(hook);
-                        }
-                    }
-                }
-                for w in self.stop_waiters.drain(..) {
-                    let _ = w.send(());
+                        .request_shutdown(ShutdownCause::GaveUp(format!("{name}: {why}")));
                 }
             }
+            Next::Stop {
+                detail,
+                failed: true,
+                why,
+            } => {
+                self.set_phase(Phase::Failed, Some(detail));
+                self.emit(
+                    None,
+                    EventKind::Failed {
+                        reason,
+                        message: why,
+                    },
+                );
+            }
+            Next::Stop {
+                detail,
+                failed: false,
+                ..
+            } => {
+                self.set_phase(Phase::Stopped, Some(detail));
+                self.emit(None, EventKind::Stopped);
+                hook.point = HookPoint::AfterStop;
+                self.hook_in_background(hook);
+            }
+        }
+        // However it ended, the incarnation a stop request was about is gone.
+        for w in self.stop_waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    /// The restart policy's answer for an end nobody asked for.
+    async fn decide(
+        &mut self,
+        reason: Reason,
+        permanent: Option<String>,
+        was_ready: Option<Instant>,
+        detail: &str,
+    ) -> Next {
+        let verdict = if self.ctx.registry.shutting_down() {
+            Verdict::NotRestarted {
+                why: "the runtime is shutting down".into(),
+                failed: reason.is_failure(),
+            }
+        } else if let Some(why) = permanent {
+            Verdict::GiveUp(format!("{why}; restarting cannot help"))
+        } else {
+            let ending = Ending {
+                reason,
+                permanent: None,
+                ready_for: was_ready.map(|t| t.elapsed()),
+            };
+            policy::decide(
+                ending,
+                self.plan.restart,
+                self.ctx.runtime.auto_restart,
+                &self.policy,
+                &mut self.history,
+                Instant::now(),
+                policy::jitter_unit(),
+            )
+        };
+        match verdict {
+            Verdict::Restart { delay, attempt } => {
+                let siblings = if self.policy.strategy == syncra_config::Strategy::OneForOne {
+                    Vec::new()
+                } else {
+                    let name = self.plan.name.clone();
+                    let call = self
+                        .group
+                        .call(
+                            |reply| GroupMsg::ChildRestarting {
+                                failed: name,
+                                reply,
+                            },
+                            Some(Duration::from_secs(2)),
+                        )
+                        .await;
+                    match call {
+                        Ok(ractor::rpc::CallResult::Success(s)) => s,
+                        _ => Vec::new(),
+                    }
+                };
+                Next::Restart {
+                    delay,
+                    attempt,
+                    cause: format!("{reason}: {detail}"),
+                    siblings,
+                }
+            }
+            Verdict::GiveUp(why) => Next::GiveUp { why },
+            Verdict::NotRestarted { why, failed } => Next::Stop {
+                detail: format!("{detail}; not restarted: {why}"),
+                why,
+                failed,
+            },
         }
     }
 

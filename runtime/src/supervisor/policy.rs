@@ -31,6 +31,11 @@ const CRASH_SIGNALS: &[i32] = &[
     libc::SIGTRAP,
 ];
 
+/// Whether signal `s` means the program crashed (as opposed to being killed from outside).
+pub(crate) fn is_crash_signal(s: i32) -> bool {
+    CRASH_SIGNALS.contains(&s)
+}
+
 /// Classify an exit the runtime did not ask for. `was_ready`: whether the incarnation had
 /// announced readiness.
 pub(crate) fn classify(t: Termination, was_ready: bool) -> Reason {
