@@ -196,10 +196,10 @@ async fn serve(boot: &Boot, mut events: UnboundedReceiver<LinkEvent>, shared: Ar
 /// Wait until the link to the runtime is gone.
 async fn watch_link(boot: &Boot, events: &mut UnboundedReceiver<LinkEvent>) {
     while let Some(ev) = events.recv().await {
-        if let LinkEvent::Down { peer } = ev {
-            if peer == boot.cluster.hub_name || peer.is_empty() {
-                return;
-            }
+        if let LinkEvent::Down { peer } = ev
+            && (peer == boot.cluster.hub_name || peer.is_empty())
+        {
+            return;
         }
     }
 }
