@@ -147,6 +147,37 @@ fn install_test_packages() -> Result<(), String> {
 
 fn test_all(args: Vec<String>) -> Result<(), String> {
     install_test_packages()?;
+    // Style and lints first: they fail fast. A toolchain without rustfmt or clippy skips them.
+    for (tool, lint) in [
+        ("rustfmt", vec!["fmt", "--all", "--check"]),
+        (
+            "clippy-driver",
+            vec![
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+    ] {
+        let mut probe = cargo();
+        probe
+            .args([lint[0], "--version"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if probe.status().is_ok_and(|s| s.success()) {
+            let mut cmd = cargo();
+            cmd.args(&lint);
+            run(cmd)?;
+        } else {
+            eprintln!(
+                "xtask: {tool} is not installed; skipping `cargo {}`",
+                lint.join(" ")
+            );
+        }
+    }
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"]).args(&args);
     run(cmd)
