@@ -390,7 +390,11 @@ fn print_status(r: &StatusReport) {
                 .clone()
                 .or_else(|| e.code.map(|c| format!("code {c}")))
                 .unwrap_or_default();
-            format!("{} ({how})", e.reason)
+            if how.is_empty() {
+                e.reason.to_string()
+            } else {
+                format!("{} ({how})", e.reason)
+            }
         });
         let note = [last, detail.clone()]
             .into_iter()
@@ -468,7 +472,11 @@ fn describe(ev: &LifecycleEvent) -> String {
                 .clone()
                 .or_else(|| exit.code.map(|c| format!("code {c}")))
                 .unwrap_or_default();
-            format!("down: {} ({how})", exit.reason)
+            if how.is_empty() {
+                format!("down: {}", exit.reason)
+            } else {
+                format!("down: {} ({how})", exit.reason)
+            }
         }
         EventKind::Restarting { delay_ms, cause } => {
             format!("restarting in {delay_ms} ms: {cause}")
