@@ -80,6 +80,24 @@ pub enum NodeInbox {
     Packet(Vec<u8>),
 }
 
+/// The ractor_cluster node server every Syncra process runs, hub and children alike: its
+/// mandatory TCP listener bound to loopback on an ephemeral port, in Isolated mode (a hub does
+/// not introduce its children to each other).
+///
+/// **Invariant:** no Syncra process listens on anything but loopback.
+pub fn node_server(node_name: &str, cookie: &str) -> ractor_cluster::NodeServer {
+    use std::net::{IpAddr, Ipv4Addr};
+    ractor_cluster::NodeServer::new(
+        0,
+        cookie.to_owned(),
+        node_name.to_owned(),
+        "127.0.0.1".into(),
+        None,
+        Some(ractor_cluster::node::NodeConnectionMode::Isolated),
+    )
+    .with_listen_addr(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
 /// A connected Unix socket (an inherited socketpair end) as a ractor_cluster transport.
 #[derive(Debug)]
 pub struct UnixLink {

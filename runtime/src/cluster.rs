@@ -6,13 +6,11 @@
 //! child's boot frame. The gateway authenticates each message by the sender's token
 //! ([`crate::registry::Registry::route`]) and hands it to that node's supervisor.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use ractor_cluster::node::NodeConnectionMode;
-use ractor_cluster::{NodeServer, NodeServerMessage};
-use syncra_protocol::node::{Envelope, RUNTIME_GROUP, RuntimeInbox, UnixLink};
+use ractor_cluster::NodeServerMessage;
+use syncra_protocol::node::{Envelope, RUNTIME_GROUP, RuntimeInbox, UnixLink, node_server};
 use syncra_protocol::wire;
 
 use crate::registry::Registry;
@@ -40,15 +38,7 @@ impl Hub {
     /// Start the hub node and its gateway.
     pub(crate) async fn start(registry: Arc<Registry>) -> Result<Hub, String> {
         let cookie = random_cookie().map_err(|e| format!("generating the session cookie: {e}"))?;
-        let server = NodeServer::new(
-            0,
-            cookie.clone(),
-            HUB_NAME.into(),
-            "127.0.0.1".into(),
-            None,
-            Some(NodeConnectionMode::Isolated),
-        )
-        .with_listen_addr(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let server = node_server(HUB_NAME, &cookie);
         let (server, _) = Actor::spawn(None, server, ())
             .await
             .map_err(|e| format!("starting the hub node: {e}"))?;

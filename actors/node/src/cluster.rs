@@ -1,14 +1,13 @@
 //! The node's cluster side: a ractor_cluster node on its own thread (a current-thread tokio
 //! runtime), joined to the runtime over the inherited socket.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorRef};
-use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
-use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::{NodeEventSubscription, NodeServerMessage};
 use syncra_protocol::boot::{Boot, exit_code};
-use syncra_protocol::node::{RUNTIME_GROUP, RuntimeInbox, UnixLink, agent_group};
+use syncra_protocol::node::{RUNTIME_GROUP, RuntimeInbox, UnixLink, agent_group, node_server};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::agent::Agent;
@@ -78,16 +77,7 @@ async fn connect(
     shared: Arc<Shared>,
 ) -> Result<(ActorRef<RuntimeInbox>, UnboundedReceiver<LinkEvent>), String> {
     let join = &boot.cluster;
-    // ractor_cluster always opens a TCP listener; keep it on loopback, on an ephemeral port.
-    let server = NodeServer::new(
-        0,
-        join.cookie.clone(),
-        join.node_name.clone(),
-        "127.0.0.1".into(),
-        None,
-        Some(NodeConnectionMode::Isolated),
-    )
-    .with_listen_addr(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let server = node_server(&join.node_name, &join.cookie);
     let (server, _) = Actor::spawn(None, server, ())
         .await
         .map_err(|e| format!("starting the node server: {e}"))?;

@@ -878,17 +878,22 @@ impl SupState {
             Phase::Stopping if !user && matches!(self.after, After::StayStopped) => {}
             Phase::Stopping => self.after = After::Restart { delay, cause },
             Phase::Waiting | Phase::Backoff | Phase::Stopped | Phase::Failed if user => {
-                self.emit(
-                    None,
-                    EventKind::Restarting {
-                        delay_ms: delay.as_millis() as u64,
-                        cause,
-                    },
-                );
-                self.schedule(delay);
+                self.restart_after(delay, cause)
             }
             _ => {}
         }
+    }
+
+    /// Announce a restart, then spawn again after `delay`.
+    fn restart_after(&mut self, delay: Duration, cause: String) {
+        self.emit(
+            None,
+            EventKind::Restarting {
+                delay_ms: delay.as_millis() as u64,
+                cause,
+            },
+        );
+        self.schedule(delay);
     }
 
     /// Spawn again after `delay` (through the mailbox at once when zero).
@@ -1112,16 +1117,7 @@ impl SupState {
         self.record_exit(summary);
 
         match next {
-            Next::Restart { delay, cause, .. } => {
-                self.emit(
-                    None,
-                    EventKind::Restarting {
-                        delay_ms: delay.as_millis() as u64,
-                        cause,
-                    },
-                );
-                self.schedule(delay);
-            }
+            Next::Restart { delay, cause, .. } => self.restart_after(delay, cause),
             Next::GiveUp { why } => {
                 tracing::error!(node = %name, "gave up: {why}");
                 self.set_phase(Phase::Failed, Some(format!("gave up: {why}")));
