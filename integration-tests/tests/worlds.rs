@@ -206,7 +206,7 @@ fn restarts_leak_no_fds_and_no_zombies() {
     let mut node = h.wait_ready(&["world/main"]).remove(0);
     // One restart first, so that everything a restart opens once (a blocking-pool thread, the
     // crash directory) is already open.
-    let mut kill_and_wait = |node: &syncra_protocol::status::NodeView| {
+    let kill_and_wait = |node: &syncra_protocol::status::NodeView| {
         send(node.pid.unwrap(), libc::SIGKILL);
         h.wait_until("the replacement is ready", PATIENCE, |s| {
             s.node("world/main")
