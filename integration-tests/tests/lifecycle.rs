@@ -354,3 +354,94 @@ fn sigint_is_an_orderly_shutdown_too() {
         h.output()
     );
 }
+
+/// Inodes of the sockets process `pid` has open.
+fn socket_inodes(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|t| {
+            t.to_string_lossy()
+                .strip_prefix("socket:[")
+                .map(|s| s.trim_end_matches(']').to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn every_listener_is_on_loopback_and_the_cookie_stays_secret() {
+    let config = base(&format!(
+        "[drivers.d]\ncommand = \"{CRASHER}\"\n[worlds]\ncount = 2\nentities = 16\n"
+    ));
+    let h = Harness::start(&config, &[]);
+    let views = h.wait_ready(&["d", "world/main", "world/main-2"]);
+    let pids: Vec<u32> = std::iter::once(h.pid())
+        .chain(views.iter().filter_map(|v| v.pid))
+        .collect();
+
+    // LISTEN sockets (state 0A) of these processes, from /proc/net/tcp{,6}.
+    let mut listeners = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" {
+                listeners.push((f[1].to_owned(), f[9].to_owned()));
+            }
+        }
+    }
+    for pid in &pids {
+        let mine = socket_inodes(*pid);
+        let theirs: Vec<&(String, String)> = listeners
+            .iter()
+            .filter(|(_, inode)| mine.contains(inode))
+            .collect();
+        assert!(
+            !theirs.is_empty(),
+            "pid {pid} runs a ractor_cluster node, so it has a listener"
+        );
+        for (addr, _) in theirs {
+            let ip = addr.split(':').next().unwrap();
+            assert!(
+                ip == "0100007F" || ip == "00000000000000000000000001000000",
+                "pid {pid} listens on {addr}, not on loopback"
+            );
+        }
+    }
+
+    // The cookie is 64 hex digits, random per session: no such token may appear in any
+    // process's argv or environment, or in any file the runtime wrote.
+    let secret_like = |text: &str| {
+        text.split(|c: char| !c.is_ascii_hexdigit())
+            .any(|t| t.len() >= 64)
+    };
+    for pid in &pids {
+        for what in ["cmdline", "environ"] {
+            let raw = std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+            assert!(
+                !secret_like(&String::from_utf8_lossy(&raw)),
+                "pid {pid} {what} carries a secret-like token"
+            );
+        }
+    }
+    let mut stack = vec![h.dir.path().to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(text) = std::fs::read_to_string(&path) {
+                assert!(
+                    !secret_like(&text),
+                    "{} carries a secret-like token",
+                    path.display()
+                );
+            }
+        }
+    }
+}
