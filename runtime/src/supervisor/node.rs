@@ -1179,12 +1179,10 @@ impl SupState {
                 why: "the runtime is shutting down".into(),
                 failed: reason.is_failure(),
             }
-        } else if let Some(why) = permanent {
-            Verdict::GiveUp(format!("{why}; restarting cannot help"))
         } else {
             let ending = Ending {
                 reason,
-                permanent: None,
+                permanent,
                 ready_for: was_ready.map(|t| t.elapsed()),
             };
             policy::decide(

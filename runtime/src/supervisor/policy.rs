@@ -96,12 +96,12 @@ pub(crate) enum Verdict {
 }
 
 /// Everything [`decide`] looks at.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Ending {
     /// The classification.
     pub(crate) reason: Reason,
     /// Set when starting again cannot help; the sentence says why.
-    pub(crate) permanent: Option<&'static str>,
+    pub(crate) permanent: Option<String>,
     /// How long the incarnation had been ready (`None`: never ready).
     pub(crate) ready_for: Option<Duration>,
 }
@@ -117,7 +117,7 @@ pub(crate) fn decide(
     jitter_unit: f64,
 ) -> Verdict {
     let failure = ending.reason.is_failure();
-    if let Some(why) = ending.permanent {
+    if let Some(why) = &ending.permanent {
         return Verdict::GiveUp(format!("{why}; restarting cannot help"));
     }
     match restart {
@@ -366,7 +366,15 @@ mod tests {
         };
         let mut h = History::default();
         assert!(matches!(
-            decide(clean, RestartType::Transient, true, &p, &mut h, t, 0.0),
+            decide(
+                clean.clone(),
+                RestartType::Transient,
+                true,
+                &p,
+                &mut h,
+                t,
+                0.0
+            ),
             Verdict::NotRestarted { failed: false, .. }
         ));
         assert!(matches!(
@@ -411,7 +419,7 @@ mod tests {
         ));
         let permanent = Ending {
             reason: Reason::FailedToStart,
-            permanent: Some("executable not found"),
+            permanent: Some("executable not found".into()),
             ready_for: None,
         };
         assert!(matches!(
