@@ -393,7 +393,7 @@ fn a_failed_dependency_fails_its_dependents_with_a_record() {
         record.detail
     );
     assert!(
-        matches!(record.decision, Decision::GaveUp { .. }),
+        matches!(record.decision, Decision::NotRestarted { .. }),
         "{:?}",
         record.decision
     );

@@ -105,4 +105,6 @@ pub enum ControlErrorKind {
     Version,
     /// The runtime is shutting down.
     ShuttingDown,
+    /// The runtime did not finish the request in time (it may still complete).
+    Timeout,
 }

@@ -49,7 +49,8 @@ pub(crate) async fn serve(listener: UnixListener, runtime: Runtime) {
             }
         };
         match rustix::net::sockopt::socket_peercred(&stream) {
-            Ok(cred) if cred.uid == us || us.is_root() => {}
+            // The runtime's own user, or root.
+            Ok(cred) if cred.uid == us || cred.uid.is_root() => {}
             _ => {
                 tracing::warn!("refused a control connection from another user");
                 continue;
@@ -99,7 +100,10 @@ async fn subscribe(mut stream: UnixStream, runtime: Runtime) {
         tokio::select! {
             ev = events.recv() => match ev {
                 Ok(ev) => {
-                    if write_frame(&mut stream, &wire::encode(&ControlReply::Event(ev))).await.is_err() {
+                    // A subscriber that stopped reading is dropped, not waited for.
+                    let frame = wire::encode(&ControlReply::Event(ev));
+                    let sent = tokio::time::timeout(REQUEST_TIMEOUT, write_frame(&mut stream, &frame)).await;
+                    if !matches!(sent, Ok(Ok(()))) {
                         return;
                     }
                 }

@@ -199,8 +199,9 @@ impl HookRunner {
                     keep_head(s, &mut err).await;
                 }
             };
-            tokio::join!(read_out, read_err);
-            let status = process.wait().await;
+            // Waiting goes on beside the reads: when the hook ends, what it left running is
+            // killed with it, which closes the pipes those leftovers held.
+            let ((), (), status) = tokio::join!(read_out, read_err, process.wait());
             (status, out, err)
         };
         match tokio::time::timeout(timeout, run).await {

@@ -156,7 +156,7 @@ pub(crate) fn capture(
                 }
                 continue;
             }
-            if buf.len() > MAX_LINE {
+            if buf.len() - usize::from(buf.ends_with(b"\n")) > MAX_LINE {
                 buf.truncate(MAX_LINE);
                 buf.extend_from_slice(b" [line cut]\n");
             }
@@ -273,13 +273,20 @@ mod tests {
         let path = dir.path().join("long_1.log");
         let mut text = vec![b'x'; 10 * MAX_LINE];
         text.extend_from_slice(b"\nafter\n");
+        text.extend_from_slice(&vec![b'y'; MAX_LINE]);
+        text.extend_from_slice(b"\n");
         let cap = capture(
             None::<&[u8]>,
             Some(std::io::Cursor::new(text)),
             path.clone(),
         );
         let tail = cap.finish(Duration::from_secs(5)).await;
-        assert_eq!(tail.len(), 2);
+        assert_eq!(tail.len(), 3);
+        assert_eq!(
+            tail[2].len(),
+            MAX_LINE,
+            "a line of exactly MAX_LINE bytes is whole"
+        );
         assert!(
             tail[0].ends_with("[line cut]") && tail[0].len() < MAX_LINE + 20,
             "{}",

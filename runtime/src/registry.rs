@@ -28,6 +28,9 @@ pub(crate) struct Record {
     pub(crate) ready_since: Option<Instant>,
     /// The current incarnation's page: live metrics for status.
     pub(crate) page: Option<Arc<NodePage>>,
+    /// Whether the node was ever told to start (a stopped node that was is stopped on purpose,
+    /// not "not started yet").
+    pub(crate) begun: bool,
 }
 
 /// Where a token's messages go.
@@ -76,6 +79,7 @@ impl Registry {
                 },
                 ready_since: None,
                 page: None,
+                begun: false,
             })
             .collect();
         Registry {
@@ -124,11 +128,11 @@ impl Registry {
             .map(|r| r.view.state)
     }
 
-    /// Whether `name` has had at least one incarnation.
-    pub(crate) fn has_run(&self, name: &NodeName) -> bool {
+    /// Whether `name` was ever told to start.
+    pub(crate) fn has_begun(&self, name: &NodeName) -> bool {
         read(&self.records)
             .iter()
-            .any(|r| r.view.name == *name && r.view.incarnation > 0)
+            .any(|r| r.view.name == *name && r.begun)
     }
 
     /// Names of every node, in start order.

@@ -242,15 +242,22 @@ async fn start_sequence(rt: Runtime) {
         .iter()
         .map(|n| n.name.clone())
         .collect();
-    rt.wait_for(|nodes| drivers.iter().all(|d| settled(nodes, d)))
-        .await;
+    rt.wait_for(|nodes| {
+        drivers
+            .iter()
+            .all(|d| settled(&rt.inner.ctx.registry, nodes, d))
+    })
+    .await;
     if rt.inner.ctx.registry.shutting_down() {
         return;
     }
     let _ = rt.inner.worlds.cast(GroupMsg::Start);
     let all: Vec<NodeName> = rt.inner.plan.nodes().map(|n| n.name.clone()).collect();
-    rt.wait_for(|nodes| all.iter().all(|n| settled(nodes, n)))
-        .await;
+    rt.wait_for(|nodes| {
+        all.iter()
+            .all(|n| settled(&rt.inner.ctx.registry, nodes, n))
+    })
+    .await;
     let report = rt.status();
     let ready = report
         .nodes
@@ -275,10 +282,14 @@ async fn start_sequence(rt: Runtime) {
 }
 
 /// Whether `name` has reached a state a start sequence can move on from.
-fn settled(nodes: &[syncra_protocol::status::NodeView], name: &NodeName) -> bool {
+fn settled(
+    registry: &Registry,
+    nodes: &[syncra_protocol::status::NodeView],
+    name: &NodeName,
+) -> bool {
     nodes.iter().find(|n| n.name == *name).is_none_or(|n| {
         matches!(n.state, NodeState::Ready | NodeState::Failed)
-            || (n.state == NodeState::Stopped && n.incarnation > 0)
+            || (n.state == NodeState::Stopped && registry.has_begun(name))
     })
 }
 
@@ -371,7 +382,10 @@ impl Runtime {
         let all: Vec<NodeName> = self.inner.plan.nodes().map(|n| n.name.clone()).collect();
         let done = tokio::time::timeout(
             timeout,
-            self.wait_for(|nodes| all.iter().all(|n| settled(nodes, n))),
+            self.wait_for(|nodes| {
+                all.iter()
+                    .all(|n| settled(&self.inner.ctx.registry, nodes, n))
+            }),
         )
         .await;
         let status = self.status();
@@ -466,9 +480,9 @@ impl Runtime {
             Ok(format!("stopped {name}"))
         } else {
             Err(ControlError {
-                kind: ControlErrorKind::ShuttingDown,
+                kind: ControlErrorKind::Timeout,
                 message: format!(
-                    "{name} did not confirm its stop within {} s",
+                    "{name} did not confirm its stop within {} s; see `syncra status`",
                     self.stop_limit().as_secs()
                 ),
             })
@@ -493,7 +507,22 @@ impl Runtime {
             .map(|n| n.stop_timeout)
             .max()
             .unwrap_or_default();
-        longest + self.inner.plan.runtime.abort_grace + Duration::from_secs(5)
+        // A stop request may queue behind a before-start hook (global and the node's own),
+        // then waits out the stop timeout, the abort grace and the output drain.
+        let hook = |h: &syncra_config::Hooks| {
+            Duration::from_millis(
+                h.timeout_ms
+                    .unwrap_or(syncra_config::DEFAULT_HOOK_TIMEOUT_MS),
+            )
+        };
+        let longest_hooks = self
+            .inner
+            .plan
+            .nodes()
+            .map(|n| hook(&self.inner.plan.hooks) + hook(&n.hooks))
+            .max()
+            .unwrap_or_default();
+        longest + longest_hooks + self.inner.plan.runtime.abort_grace + Duration::from_secs(5)
     }
 
     /// This session's crash records (newest last), optionally of one node, at most `limit`.
@@ -571,7 +600,18 @@ impl Runtime {
             }
         }
         let mut killed = Vec::new();
-        while let Ok(ev) = killed_events.try_recv() {
+        loop {
+            let ev = match killed_events.try_recv() {
+                Ok(ev) => ev,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "too many events to list every node killed at its stop timeout"
+                    );
+                    continue;
+                }
+                Err(_) => break,
+            };
             // Stopped on request, but only by SIGKILL at the end of its stop timeout.
             if let syncra_protocol::status::EventKind::Down { exit } = &ev.what
                 && exit.reason == syncra_protocol::crash::Reason::Requested

@@ -112,7 +112,12 @@ impl Process {
                     return exit;
                 }
                 Ok(None) => ready.clear_ready(),
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    // Someone else reaped it (an embedding host ignoring SIGCHLD, or reaping
+                    // every child): its pid may already be reused, so kill nothing.
+                    self.pidfd = None;
+                    return Err(e.into());
+                }
             }
         }
     }
@@ -125,15 +130,23 @@ impl Drop for Process {
             let pid = self.pid;
             // SIGKILL takes effect promptly, but waiting for it is still blocking: reap on a
             // short-lived thread rather than on an async worker.
-            let _ = std::thread::Builder::new()
-                .name("syncra-reaper".into())
-                .spawn(move || {
-                    let _ = rustix::process::waitid(
-                        WaitId::PidFd(pidfd.as_fd()),
-                        WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
-                    );
+            let reap = move |options: WaitIdOptions| {
+                // Bury only a confirmed zombie of ours: then its pid and group id are still
+                // reserved, and the group kill cannot reach anyone else.
+                let peek = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | options;
+                if matches!(
+                    rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), peek),
+                    Ok(Some(_))
+                ) {
                     let _ = bury(pid, &pidfd);
-                });
+                }
+            };
+            let spawned = std::thread::Builder::new()
+                .name("syncra-reaper".into())
+                .spawn(move || reap(WaitIdOptions::empty()));
+            if let Err(e) = spawned {
+                tracing::warn!(pid, error = %e, "no thread to reap a killed child; it may stay a zombie");
+            }
         }
     }
 }
@@ -146,7 +159,7 @@ pub(crate) struct Spawned {
     /// The process, for waiting.
     pub(crate) process: Process,
     /// A second pidfd, for signalling it without pid-reuse races.
-    pub(crate) signal_fd: Option<OwnedFd>,
+    pub(crate) signal_fd: OwnedFd,
     /// Its stdout, when captured.
     pub(crate) stdout: Option<pipe::Receiver>,
     /// Its stderr, when captured.
@@ -508,11 +521,13 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
             None => io_err(e),
         });
     }
-    let signal_fd = pidfd.try_clone().ok();
+    let signal_fd = pidfd.try_clone();
     let process = Process {
         pid: pid as u32,
         pidfd: Some(pidfd),
     };
+    // On failure `process` is dropped here, which kills and reaps the child.
+    let signal_fd = signal_fd.map_err(io_err)?;
     let (stdout, stderr) = match readers.take() {
         // On failure `process` is dropped here, which kills and reaps the child.
         Some((out_r, err_r)) => (
@@ -574,19 +589,9 @@ fn check_executable(command: &str, path: &Path) -> Result<(), SpawnError> {
 }
 
 /// Send `sig` to a process through its pidfd, which is immune to pid reuse: once the process
-/// is reaped the signal goes nowhere. Only without a pidfd (a kernel without pidfds) is the pid
-/// used.
-pub(crate) fn signal(pidfd: Option<&OwnedFd>, pid: u32, sig: Signal) {
-    match pidfd {
-        Some(fd) => {
-            let _ = rustix::process::pidfd_send_signal(fd, sig);
-        }
-        None => {
-            if let Some(p) = Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(p, sig);
-            }
-        }
-    }
+/// is reaped, the signal goes nowhere.
+pub(crate) fn signal(pidfd: &OwnedFd, sig: Signal) {
+    let _ = rustix::process::pidfd_send_signal(pidfd, sig);
 }
 
 /// Send `sig` to the whole process group led by `pid` (the node and anything it started).

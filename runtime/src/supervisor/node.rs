@@ -177,7 +177,7 @@ enum After {
 struct Live {
     incarnation: u64,
     pid: u32,
-    pidfd: Option<OwnedFd>,
+    pidfd: OwnedFd,
     token: Token,
     group: String,
     spawned_at: Instant,
@@ -271,7 +271,7 @@ impl Actor for NodeSupervisor {
                 {
                     tracing::warn!(node = %name, pid = live.pid, incarnation, timeout_ms, "not ready within its start timeout; killing it");
                     live.forced.get_or_insert(Forced::StartTimeout);
-                    signal(live.pidfd.as_ref(), live.pid, Signal::KILL);
+                    signal(&live.pidfd, Signal::KILL);
                 }
             }
             SupMsg::Hung {
@@ -282,7 +282,7 @@ impl Actor for NodeSupervisor {
                 let name = st.plan.name.clone();
                 if let Some(live) = st.live_mut(incarnation) {
                     tracing::warn!(node = %name, pid = live.pid, incarnation, "grace period over; SIGKILL");
-                    signal(live.pidfd.as_ref(), live.pid, Signal::KILL);
+                    signal(&live.pidfd, Signal::KILL);
                 }
             }
             SupMsg::Restart { delay, cause, user } => st.restart(delay, cause, user).await,
@@ -353,7 +353,7 @@ impl Actor for NodeSupervisor {
         st: &mut SupState,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(live) = &st.live {
-            signal(live.pidfd.as_ref(), live.pid, Signal::KILL);
+            signal(&live.pidfd, Signal::KILL);
         }
         Ok(())
     }
@@ -455,6 +455,9 @@ impl SupState {
 
     /// Start, once the nodes this one depends on are ready.
     async fn begin(&mut self) {
+        self.ctx
+            .registry
+            .update(&self.plan.name, |r| r.begun = true);
         self.epoch += 1;
         let pending: Vec<NodeName> = self
             .plan
@@ -488,7 +491,7 @@ impl SupState {
                 // will not become ready by itself: waiting for it would stall the start.
                 let gone = |d: &NodeName, s: &Option<NodeState>| match s {
                     Some(NodeState::Failed) => Some("failed"),
-                    Some(NodeState::Stopped) if registry.has_run(d) => Some("is stopped"),
+                    Some(NodeState::Stopped) if registry.has_begun(d) => Some("is stopped"),
                     _ => None,
                 };
                 if states.iter().all(|(_, s)| *s == Some(NodeState::Ready)) {
@@ -744,7 +747,7 @@ impl SupState {
                     );
                     tracing::error!(node = %name, pid = live.pid, incarnation, "{why}");
                     live.forced.get_or_insert(Forced::Refused(why));
-                    signal(live.pidfd.as_ref(), live.pid, Signal::KILL);
+                    signal(&live.pidfd, Signal::KILL);
                 } else {
                     tracing::debug!(node = %name, pid, incarnation, "joined");
                 }
@@ -818,9 +821,9 @@ impl SupState {
         let pid = live.pid;
         tracing::warn!(node = %name, pid, incarnation, silent_ms = silent.as_millis() as u64, deadline_ms, "no heartbeat within the deadline: hung; SIGABRT, then SIGKILL");
         live.forced = Some(Forced::Hung { silent });
-        signal(live.pidfd.as_ref(), pid, Signal::ABORT);
+        signal(&live.pidfd, Signal::ABORT);
         // A stopped process acts on the SIGABRT (and dumps) only once continued.
-        signal(live.pidfd.as_ref(), pid, Signal::CONT);
+        signal(&live.pidfd, Signal::CONT);
         self.myself
             .send_after(abort_grace, move || SupMsg::KillNow { incarnation });
         self.emit(
@@ -850,11 +853,11 @@ impl SupState {
                     reason: why.to_owned(),
                 });
                 if agent.cast(NodeInbox::Packet(packet)).is_err() {
-                    signal(live.pidfd.as_ref(), pid, Signal::TERM);
+                    signal(&live.pidfd, Signal::TERM);
                 }
             }
             // Not joined yet: SIGTERM is the graceful request a node understands without a link.
-            None => signal(live.pidfd.as_ref(), pid, Signal::TERM),
+            None => signal(&live.pidfd, Signal::TERM),
         }
         tracing::info!(node = %name, pid, incarnation, grace_ms = grace.as_millis() as u64, why, "stopping");
         self.myself
@@ -915,7 +918,8 @@ impl SupState {
     /// A dependency cannot become ready: this node fails to start, with a record.
     async fn dependency_failed(&mut self, why: String) {
         let report = ExitReport {
-            incarnation: self.incarnation,
+            // The incarnation that would have started (none did: the count stays as it is).
+            incarnation: self.incarnation + 1,
             termination: Termination::NotStarted,
             at: SystemTime::now(),
             stderr_tail: Vec::new(),
@@ -964,7 +968,6 @@ impl SupState {
         };
         let permanent: Option<String> = match (&report.not_started, &forced) {
             (Some(NotStarted::Spawn(e)), _) if e.is_permanent() => Some(e.to_string()),
-            (Some(NotStarted::Dependency(why)), _) => Some(why.clone()),
             (_, Some(Forced::Refused(why))) => Some(why.clone()),
             _ => policy::is_permanent_start_failure(report.termination).map(str::to_owned),
         };
@@ -1025,7 +1028,19 @@ impl SupState {
         }
 
         // What follows: what the runtime asked for, or else the restart policy.
-        let next = match std::mem::replace(&mut self.after, After::Decide) {
+        let mut after = std::mem::replace(&mut self.after, After::Decide);
+        if reason.is_failure() && matches!(after, After::Restart { .. }) {
+            // It failed on its own while a sibling's restart was stopping it: that failure
+            // counts, so the policy (intensity, backoff) decides, not the sibling.
+            after = After::Decide;
+        }
+        let next = match after {
+            _ if matches!(report.not_started, Some(NotStarted::Dependency(_))) => Next::Stop {
+                detail: detail.clone(),
+                why: "a node it depends on cannot become ready; start it again once that one runs"
+                    .into(),
+                failed: true,
+            },
             After::StayStopped => Next::Stop {
                 detail: "stopped".into(),
                 why: "it was being stopped".into(),
@@ -1060,6 +1075,7 @@ impl SupState {
         };
 
         let mut hook = self.hook_ctx(HookPoint::OnCrash, pid);
+        hook.incarnation = report.incarnation;
         hook.exit_code = code;
         hook.signal = summary.signal.clone();
         hook.reason = Some(reason);
