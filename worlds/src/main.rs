@@ -114,35 +114,34 @@ fn standalone(settings: &WorldSettings, ticks: Option<u64>) {
         settings.seed,
         settings.tick_hz
     );
+    let status = |m: &NodeMetrics| {
+        println!(
+            "tick {} entities {} tick_us {} overruns {}",
+            m.tick,
+            m.entities.unwrap_or(0),
+            m.tick_us,
+            m.overruns
+        );
+    };
+    let last = std::cell::Cell::new(NodeMetrics::default());
     let mut last_print = Instant::now();
     let done = run(
         scene,
         settings,
         |deadline| {
+            if ticks.is_some_and(|t| last.take().tick >= t) {
+                return true;
+            }
             std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
             false
         },
         |m| {
-            if ticks.is_some_and(|t| m.tick >= t) {
-                println!(
-                    "tick {} entities {} tick_us {} overruns {}",
-                    m.tick,
-                    m.entities.unwrap_or(0),
-                    m.tick_us,
-                    m.overruns
-                );
-                std::process::exit(0);
-            }
-            if last_print.elapsed() >= Duration::from_secs(1) {
+            if last_print.elapsed() >= Duration::from_secs(1) || ticks.is_some_and(|t| m.tick >= t)
+            {
                 last_print = Instant::now();
-                println!(
-                    "tick {} entities {} tick_us {} overruns {}",
-                    m.tick,
-                    m.entities.unwrap_or(0),
-                    m.tick_us,
-                    m.overruns
-                );
+                status(m);
             }
+            last.set(m.clone());
         },
     );
     println!("stopped after {done} ticks");
