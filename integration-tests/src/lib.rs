@@ -181,6 +181,24 @@ impl Harness {
         })
     }
 
+    /// Wait until the node called `name` is in `state`; its view.
+    pub fn wait_state(&self, name: &str, state: syncra_protocol::NodeState) -> NodeView {
+        self.wait_until(&format!("{name} is {state}"), PATIENCE, |s| {
+            s.node(name).filter(|n| n.state == state).cloned()
+        })
+    }
+
+    /// Wait until incarnation `incarnation` of the node called `name` is ready; its view.
+    pub fn wait_ready_incarnation(&self, name: &str, incarnation: u64) -> NodeView {
+        self.wait_until(&format!("{name}#{incarnation} is ready"), PATIENCE, |s| {
+            s.node(name)
+                .filter(|n| {
+                    n.state == syncra_protocol::NodeState::Ready && n.incarnation == incarnation
+                })
+                .cloned()
+        })
+    }
+
     /// The node called `name` now.
     pub fn node(&self, name: &str) -> NodeView {
         self.wait_until(&format!("{name} is listed"), PATIENCE, |s| {

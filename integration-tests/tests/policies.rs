@@ -46,11 +46,7 @@ fn incarnations(h: &Harness, names: &[&str]) -> Vec<u64> {
 #[test]
 fn a_child_that_exits_at_once_backs_off_then_fails() {
     let h = Harness::start(&config("intensity = 3", &driver("flaky", QUITTER, "")), &[]);
-    let failed = h.wait_until("flaky gives up", PATIENCE, |s| {
-        s.node("flaky")
-            .filter(|n| n.state == NodeState::Failed)
-            .cloned()
-    });
+    let failed = h.wait_state("flaky", NodeState::Failed);
     assert_eq!(
         failed.incarnation, 4,
         "three restarts, then the fourth failure gives up"
@@ -216,22 +212,14 @@ fn restart_types_on_a_clean_exit() {
     send(before[0].pid.unwrap(), libc::SIGUSR2);
     send(before[1].pid.unwrap(), libc::SIGUSR2);
 
-    let t = h.wait_until("transient stops", PATIENCE, |s| {
-        s.node("transient")
-            .filter(|n| n.state == NodeState::Stopped)
-            .cloned()
-    });
+    let t = h.wait_state("transient", NodeState::Stopped);
     assert_eq!(
         t.incarnation, 1,
         "a transient node that exits 0 is not restarted"
     );
     let exit = t.last_exit.unwrap();
     assert_eq!((exit.reason, exit.code), (Reason::Exited, Some(0)));
-    h.wait_until("permanent is restarted", PATIENCE, |s| {
-        s.node("permanent")
-            .filter(|n| n.state == NodeState::Ready && n.incarnation == 2)
-            .map(|_| ())
-    });
+    h.wait_ready_incarnation("permanent", 2);
     assert!(h.crashes(None).is_empty(), "a clean exit is not a crash");
 }
 
@@ -241,11 +229,7 @@ fn temporary_and_auto_restart_off_are_not_restarted() {
     let h = Harness::start(&config("", &drivers), &[]);
     let temp = h.wait_ready(&["temp"]).remove(0);
     send(temp.pid.unwrap(), libc::SIGUSR1);
-    let failed = h.wait_until("temp fails", PATIENCE, |s| {
-        s.node("temp")
-            .filter(|n| n.state == NodeState::Failed)
-            .cloned()
-    });
+    let failed = h.wait_state("temp", NodeState::Failed);
     assert_eq!(failed.incarnation, 1);
     drop(h);
 
@@ -256,11 +240,7 @@ fn temporary_and_auto_restart_off_are_not_restarted() {
     let h = Harness::start(&cfg, &[]);
     let d = h.wait_ready(&["d"]).remove(0);
     send(d.pid.unwrap(), libc::SIGKILL);
-    let failed = h.wait_until("d fails", PATIENCE, |s| {
-        s.node("d")
-            .filter(|n| n.state == NodeState::Failed)
-            .cloned()
-    });
+    let failed = h.wait_state("d", NodeState::Failed);
     assert_eq!(failed.incarnation, 1);
     let record = &h.crashes(Some("d"))[0].record;
     assert!(
@@ -278,11 +258,7 @@ fn a_driver_that_never_joins_is_a_failed_start() {
         "args = [\"1000\"]\nstart_timeout_ms = 400",
     );
     let h = Harness::start(&config("intensity = 0", &drivers), &[]);
-    let failed = h.wait_until("silent fails", PATIENCE, |s| {
-        s.node("silent")
-            .filter(|n| n.state == NodeState::Failed)
-            .cloned()
-    });
+    let failed = h.wait_state("silent", NodeState::Failed);
     let exit = failed.last_exit.unwrap();
     assert_eq!(
         (exit.reason, exit.signal.as_deref()),
@@ -302,11 +278,7 @@ fn a_driver_that_never_joins_is_a_failed_start() {
 fn a_missing_executable_fails_at_once_with_its_name() {
     let drivers = driver("ghost", "/nonexistent/syncra-ghost", "");
     let h = Harness::start(&config("", &drivers), &[]);
-    let failed = h.wait_until("ghost fails", PATIENCE, |s| {
-        s.node("ghost")
-            .filter(|n| n.state == NodeState::Failed)
-            .cloned()
-    });
+    let failed = h.wait_state("ghost", NodeState::Failed);
     assert_eq!(
         failed.restarts, 0,
         "restarting cannot help a missing executable"
@@ -324,11 +296,7 @@ fn a_hung_driver_is_aborted_then_replaced() {
     let h = Harness::start(&config("", &driver("stuck", HANGER, "")), &[]);
     let before = h.wait_ready(&["stuck"]).remove(0);
     send(before.pid.unwrap(), libc::SIGUSR1);
-    let after = h.wait_until("stuck is replaced", PATIENCE, |s| {
-        s.node("stuck")
-            .filter(|n| n.state == NodeState::Ready && n.incarnation == 2)
-            .cloned()
-    });
+    let after = h.wait_ready_incarnation("stuck", 2);
     let exit = after.last_exit.unwrap();
     assert_eq!(exit.reason, Reason::Hung);
     assert_eq!(
@@ -377,11 +345,7 @@ fn a_failed_dependency_fails_its_dependents_with_a_record() {
     ]
     .concat();
     let h = Harness::start(&config("", &drivers), &[]);
-    let failed = h.wait_until("needs_ghost fails", PATIENCE, |s| {
-        s.node("needs_ghost")
-            .filter(|n| n.state == NodeState::Failed)
-            .cloned()
-    });
+    let failed = h.wait_state("needs_ghost", NodeState::Failed);
     assert_eq!(failed.incarnation, 0, "it never ran");
     let records = h.crashes(Some("needs_ghost"));
     assert_eq!(records.len(), 1, "{records:#?}");

@@ -86,11 +86,7 @@ fn a_stopped_world_is_seen_as_hung_and_replaced() {
     let victim = before[0].pid.unwrap();
     send(victim, libc::SIGSTOP);
 
-    let after = h.wait_until("world/main is replaced", PATIENCE, |s| {
-        s.node("world/main")
-            .filter(|n| n.state == NodeState::Ready && n.incarnation == 2)
-            .cloned()
-    });
+    let after = h.wait_ready_incarnation("world/main", 2);
     assert_ne!(after.pid, Some(victim));
     assert_eq!(after.last_exit.as_ref().unwrap().reason, Reason::Hung);
     assert!(
@@ -168,18 +164,10 @@ fn cli_stop_start_restart_by_name() {
     assert!(!std::path::Path::new(&format!("/proc/{}", before[1].pid.unwrap())).exists());
 
     assert!(h.cli(&["start", "world/main-2"]).status.success());
-    h.wait_until("world/main-2 runs again", PATIENCE, |s| {
-        s.node("world/main-2")
-            .filter(|n| n.state == NodeState::Ready && n.incarnation == 2)
-            .map(|_| ())
-    });
+    h.wait_ready_incarnation("world/main-2", 2);
 
     assert!(h.cli(&["restart", "world/main"]).status.success());
-    h.wait_until("world/main restarted", PATIENCE, |s| {
-        s.node("world/main")
-            .filter(|n| n.state == NodeState::Ready && n.incarnation == 2)
-            .map(|_| ())
-    });
+    h.wait_ready_incarnation("world/main", 2);
     assert!(
         h.crashes(None).is_empty(),
         "requested stops are not crashes"
