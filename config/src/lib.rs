@@ -19,7 +19,8 @@ pub mod plan;
 pub use load::{ConfigError, Loaded, Loader, Overrides};
 pub use model::*;
 pub use plan::{
-    Backoff, GroupPlan, GroupPolicy, NodePlan, Plan, Problem, RuntimePlan, default_run_dir,
+    Backoff, GroupPlan, GroupPolicy, NodePlan, Plan, Problem, RuntimePlan, StreamLimits,
+    default_run_dir,
 };
 
 /// The shipped presets, as text.

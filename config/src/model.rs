@@ -77,6 +77,37 @@ pub struct SyncraConfig {
     pub drivers: DriversSection,
     /// `[worlds]`: which worlds run.
     pub worlds: WorldsSection,
+    /// `[streams]`: limits on dataflow streams.
+    pub streams: StreamsSection,
+}
+
+/// Default `streams.max_streams`.
+pub const DEFAULT_MAX_STREAMS: u32 = 256;
+/// Default `streams.max_ring_mb`.
+pub const DEFAULT_MAX_RING_MB: u64 = 2048;
+/// Default `streams.max_consumers`.
+pub const DEFAULT_MAX_CONSUMERS: u32 = 32;
+
+/// `[streams]`: what the Broker allows, so that a buggy producer cannot exhaust the machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsSection {
+    /// Most streams declared at once.
+    pub max_streams: u32,
+    /// Most shared memory for all rings together, MiB.
+    pub max_ring_mb: u64,
+    /// Most consumers of one stream (at most 32).
+    pub max_consumers: u32,
+}
+
+impl Default for StreamsSection {
+    fn default() -> Self {
+        Self {
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_ring_mb: DEFAULT_MAX_RING_MB,
+            max_consumers: DEFAULT_MAX_CONSUMERS,
+        }
+    }
 }
 
 /// `[runtime]`.

@@ -147,6 +147,19 @@ pub struct RuntimePlan {
     pub run_dir: PathBuf,
     /// What giving up on a node does.
     pub on_give_up: GiveUpAction,
+    /// Limits on dataflow streams.
+    pub streams: StreamLimits,
+}
+
+/// Limits on dataflow streams, from `[streams]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StreamLimits {
+    /// Most streams declared at once.
+    pub max_streams: usize,
+    /// Most bytes of shared memory for all rings together.
+    pub max_ring_bytes: u64,
+    /// Most consumers of one stream.
+    pub max_consumers: usize,
 }
 
 /// Everything the runtime starts, in order: drivers, then worlds.
@@ -505,6 +518,25 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
 
     dependency_problems(&mut problems, &nodes, driver_count);
 
+    let st = &config.streams;
+    positive(
+        &mut problems,
+        "streams.max_streams",
+        u64::from(st.max_streams),
+        "streams",
+    );
+    positive(&mut problems, "streams.max_ring_mb", st.max_ring_mb, "MiB");
+    if st.max_consumers == 0 || st.max_consumers as usize > syncra_protocol::ring::MAX_CONSUMERS {
+        problems.push(problem(
+            "streams.max_consumers",
+            format!(
+                "{} is out of range: expected 1 to {}",
+                st.max_consumers,
+                syncra_protocol::ring::MAX_CONSUMERS
+            ),
+        ));
+    }
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -520,6 +552,11 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
         run_dir: rt.run_dir.clone().unwrap_or_else(default_run_dir),
         log_dir,
         on_give_up: sup.on_give_up,
+        streams: StreamLimits {
+            max_streams: st.max_streams as usize,
+            max_ring_bytes: st.max_ring_mb.saturating_mul(1 << 20),
+            max_consumers: st.max_consumers as usize,
+        },
     };
     let policy = |o: &GroupOverrides| GroupPolicy {
         strategy: o.strategy.unwrap_or(sup.strategy),

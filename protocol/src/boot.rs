@@ -113,6 +113,10 @@ pub struct Boot {
     /// The node's own config chunk, MessagePack.
     #[serde(with = "serde_bytes")]
     pub settings: Vec<u8>,
+    /// Fd of the broker socket ([`crate::broker`]), if the runtime passed one.
+    pub broker_fd: Option<i32>,
+    /// Every node name of the runtime, so messages to a name nobody has come back at once.
+    pub directory: Vec<NodeName>,
 }
 
 /// Why a boot frame could not be read.
@@ -197,6 +201,8 @@ mod tests {
             },
             page_fd: Some(PAGE_FD),
             settings: vec![1, 2, 3],
+            broker_fd: Some(5),
+            directory: vec![NodeName::world("arena")],
         }
     }
 

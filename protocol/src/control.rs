@@ -8,7 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::NodeName;
 use crate::crash::CrashRecord;
+use crate::ring::Geometry;
 use crate::status::{LifecycleEvent, StatusReport};
 
 /// File name of the control socket inside the run directory.
@@ -54,6 +56,15 @@ pub enum ControlRequest {
     },
     /// Stream lifecycle events until the client disconnects.
     Subscribe,
+    /// Every declared stream, its producer, consumers, rate and drops.
+    Streams,
+    /// Watch one stream without joining it: answered by [`ControlReply::Tap`] with the ring's
+    /// fd attached (SCM_RIGHTS), so the client maps it read-only-in-spirit and peeks at the
+    /// newest message; a tap holds no consumer cell and never slows the producer.
+    Tap {
+        /// The stream's name.
+        stream: String,
+    },
 }
 
 /// One crash record and the file it was written to.
@@ -79,8 +90,62 @@ pub enum ControlReply {
     Crashes(Vec<CrashEntry>),
     /// One event of a [`ControlRequest::Subscribe`] stream.
     Event(LifecycleEvent),
+    /// Answer to [`ControlRequest::Streams`].
+    Streams(Vec<StreamView>),
+    /// Answer to [`ControlRequest::Tap`]; the ring's fd comes with this frame.
+    Tap(StreamView),
     /// The request was refused.
     Error(ControlError),
+}
+
+/// One stream, as `syncra streams` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamView {
+    /// Name.
+    pub name: String,
+    /// Message type.
+    pub type_tag: String,
+    /// Producer node.
+    pub producer: NodeName,
+    /// Whether a live producer holds the ring.
+    pub producer_live: bool,
+    /// Incarnation of the producer that holds (or last held) the ring.
+    pub producer_incarnation: u64,
+    /// The ring's shape.
+    pub geometry: Geometry,
+    /// Bytes of shared memory.
+    pub ring_bytes: u64,
+    /// Sequence of the newest message (0: none yet).
+    pub published: u64,
+    /// Messages per second over the last sampling period.
+    pub rate_hz: f64,
+    /// Producers that attached (1 + restarts).
+    pub attachments: u64,
+    /// Writes that had to wait for space (block policy).
+    pub blocked: u64,
+    /// Writes that gave up after the block timeout.
+    pub timeouts: u64,
+    /// Its consumers.
+    pub consumers: Vec<ConsumerView>,
+}
+
+/// One consumer of a stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerView {
+    /// The consuming node.
+    pub node: NodeName,
+    /// Its cell in the ring.
+    pub cell: u32,
+    /// Whether a live incarnation holds it.
+    pub active: bool,
+    /// Messages published but not yet read.
+    pub lag: u64,
+    /// Messages received.
+    pub received: u64,
+    /// Messages lost (lapped, superseded, abandoned).
+    pub dropped: u64,
+    /// Torn reads discarded.
+    pub torn: u64,
 }
 
 /// Why a control request was refused.
@@ -107,4 +172,6 @@ pub enum ControlErrorKind {
     ShuttingDown,
     /// The runtime did not finish the request in time (it may still complete).
     Timeout,
+    /// No stream has that name.
+    UnknownStream,
 }

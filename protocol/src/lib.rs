@@ -22,16 +22,18 @@
 #![warn(missing_docs)]
 
 pub mod boot;
+pub mod broker;
 pub mod control;
 pub mod crash;
 pub mod node;
 pub mod page;
+pub mod ring;
 pub mod status;
 pub mod wire;
 pub mod world;
 
 /// Version of every message format in this crate. Bump it whenever a serialized type changes
 /// shape; a node built against another version is refused when it joins.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 pub use status::{NodeKind, NodeName, NodeState};

@@ -13,6 +13,7 @@
 use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream, RactorClusterMessage};
 use serde::{Deserialize, Serialize};
 
+use crate::NodeName;
 use crate::boot::Token;
 
 /// The process group holding the runtime's gateway actor.
@@ -51,11 +52,136 @@ pub enum NodeToRuntime {
         /// Why, in words.
         reason: String,
     },
+    /// A message or call for another node, by name: the runtime routes it to the current
+    /// incarnation of `to`.
+    Route(Routed),
+    /// The answer to a call this node received.
+    Reply {
+        /// The caller.
+        to: NodeName,
+        /// The caller's incarnation (a caller that restarted meanwhile gets nothing).
+        incarnation: u64,
+        /// The caller's call id.
+        call: u64,
+        /// The answer, or why there is none.
+        outcome: Result<Payload, String>,
+    },
+    /// A delivered message this node could not take (its inbox is full): back to the sender.
+    Refused {
+        /// The sender.
+        to: NodeName,
+        /// The sender's incarnation.
+        incarnation: u64,
+        /// The sender's message id.
+        id: u64,
+        /// Why.
+        reason: Undeliverable,
+        /// The message itself.
+        payload: Payload,
+    },
+}
+
+/// A typed message body: a MessagePack payload and the type it encodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// The type's tag (by default its Rust type path); a receiver expecting another type
+    /// refuses the payload with a type mismatch instead of decoding garbage.
+    pub type_tag: String,
+    /// MessagePack.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// A message for another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routed {
+    /// The sender's id for it (a call's answer, or its return, carries it back).
+    pub id: u64,
+    /// The receiver's logical name.
+    pub to: NodeName,
+    /// Whether the sender waits for an answer.
+    pub call: bool,
+    /// If the receiver is not ready (restarting, not started yet): hold the message this
+    /// long for it, milliseconds; `None` returns it at once.
+    pub wait_ms: Option<u64>,
+    /// The message.
+    pub payload: Payload,
+}
+
+/// Why a message could not be delivered; it comes back to its sender with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Undeliverable {
+    /// No node has this name.
+    UnknownName,
+    /// The receiver is not ready and the sender asked not to wait.
+    NotReady {
+        /// Its state.
+        state: crate::NodeState,
+    },
+    /// The receiver did not become ready within the sender's wait.
+    WaitExpired {
+        /// Its state when the wait ended.
+        state: crate::NodeState,
+    },
+    /// The receiver failed (the supervisor gave up on it), so it will not come back by itself.
+    Failed,
+    /// The receiver's inbox, or the runtime's queue for it, is full.
+    QueueFull,
+    /// The runtime is shutting down.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for Undeliverable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Undeliverable::UnknownName => f.write_str("no node has this name"),
+            Undeliverable::NotReady { state } => {
+                write!(f, "the node is {state}, and the sender asked not to wait")
+            }
+            Undeliverable::WaitExpired { state } => {
+                write!(f, "the node was still {state} when the wait ended")
+            }
+            Undeliverable::Failed => f.write_str("the node failed (the supervisor gave up on it)"),
+            Undeliverable::QueueFull => f.write_str("the node's inbox is full"),
+            Undeliverable::ShuttingDown => f.write_str("the runtime is shutting down"),
+        }
+    }
 }
 
 /// What the runtime tells a child.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RuntimeToNode {
+    /// A message or call from another node.
+    Deliver {
+        /// The sender.
+        from: NodeName,
+        /// The sender's incarnation.
+        from_incarnation: u64,
+        /// The sender's id (a call's answer carries it back).
+        id: u64,
+        /// Whether the sender waits for an answer.
+        call: bool,
+        /// The message.
+        payload: Payload,
+    },
+    /// The answer to one of this node's calls.
+    Answer {
+        /// The call's id.
+        call: u64,
+        /// The answer, or the callee's error.
+        outcome: Result<Payload, String>,
+    },
+    /// One of this node's messages could not be delivered: here it is back.
+    Returned {
+        /// The message's id.
+        id: u64,
+        /// Its receiver.
+        to: NodeName,
+        /// Why.
+        reason: Undeliverable,
+        /// The message.
+        payload: Payload,
+    },
     /// Stop: finish the current iteration, clean up and exit 0 within `grace_ms`, after which
     /// the runtime kills the process.
     Shutdown {

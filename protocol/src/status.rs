@@ -190,6 +190,12 @@ pub struct NodeView {
     pub tick_us: Option<u32>,
     /// A sentence about the state: what a starting node waits for, why a node failed.
     pub detail: Option<String>,
+    /// Streams it produces.
+    #[serde(default)]
+    pub produces: Vec<String>,
+    /// Streams it consumes.
+    #[serde(default)]
+    pub consumes: Vec<String>,
 }
 
 /// Facts about the runtime process itself.

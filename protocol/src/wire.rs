@@ -31,6 +31,14 @@ pub enum DecodeError {
         /// The limit on this link.
         limit: usize,
     },
+    /// The message is shorter than its fixed header.
+    #[error("truncated {what}: {len} bytes")]
+    Truncated {
+        /// The message kind.
+        what: &'static str,
+        /// Bytes received.
+        len: usize,
+    },
     /// The peer speaks another protocol version.
     #[error(
         "protocol version mismatch: peer speaks v{peer}, this build speaks v{ours}; rebuild both from the same Syncra version"

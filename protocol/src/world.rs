@@ -34,3 +34,35 @@ impl WorldSettings {
         }
     }
 }
+
+/// The stream every world publishes its scene on: `world/<name>/scene`.
+pub const SCENE_STREAM: &str = "scene";
+
+/// A world's scene at one tick, as published on its scene stream every tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SceneSnapshot {
+    /// The world's name.
+    pub world: String,
+    /// The tick it shows.
+    pub tick: u64,
+    /// Every entity.
+    pub entities: Vec<EntitySnapshot>,
+}
+
+/// One entity of a [`SceneSnapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EntitySnapshot {
+    /// The entity's id (stable for its life).
+    pub id: u64,
+    /// Position, metres.
+    pub position: [f32; 3],
+    /// Orientation, quaternion xyzw.
+    pub rotation: [f32; 4],
+    /// Linear RGBA.
+    pub colour: [f32; 4],
+}
+
+/// Slot size that holds a snapshot of `entities` entities.
+pub fn scene_slot_size(entities: u32) -> u32 {
+    256u32.saturating_add(entities.saturating_mul(128))
+}

@@ -10,10 +10,13 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::NodeServerMessage;
-use syncra_protocol::node::{Envelope, RUNTIME_GROUP, RuntimeInbox, UnixLink, node_server};
+use syncra_protocol::node::{
+    Envelope, NodeToRuntime, RUNTIME_GROUP, RuntimeInbox, UnixLink, node_server,
+};
 use syncra_protocol::wire;
 
 use crate::registry::Registry;
+use crate::router::RouterMsg;
 use crate::supervisor::node::SupMsg;
 
 /// The hub's ractor node name, as children see it.
@@ -36,13 +39,16 @@ fn random_cookie() -> std::io::Result<String> {
 
 impl Hub {
     /// Start the hub node and its gateway.
-    pub(crate) async fn start(registry: Arc<Registry>) -> Result<Hub, String> {
+    pub(crate) async fn start(
+        registry: Arc<Registry>,
+        router: ActorRef<RouterMsg>,
+    ) -> Result<Hub, String> {
         let cookie = random_cookie().map_err(|e| format!("generating the session cookie: {e}"))?;
         let server = node_server(HUB_NAME, &cookie);
         let (server, _) = Actor::spawn(None, server, ())
             .await
             .map_err(|e| format!("starting the hub node: {e}"))?;
-        let (gateway, _) = Actor::spawn(None, Gateway { registry }, ())
+        let (gateway, _) = Actor::spawn(None, Gateway { registry, router }, ())
             .await
             .map_err(|e| format!("starting the gateway: {e}"))?;
         ractor::pg::join(RUNTIME_GROUP.to_owned(), vec![gateway.get_cell()]);
@@ -85,6 +91,7 @@ impl Hub {
 /// Receives every child's messages and routes them by token.
 struct Gateway {
     registry: Arc<Registry>,
+    router: ActorRef<RouterMsg>,
 }
 
 impl Actor for Gateway {
@@ -113,10 +120,47 @@ impl Actor for Gateway {
         match self.registry.route(&env.token) {
             Some(route) => {
                 tracing::trace!(node = %route.node, incarnation = route.incarnation, "message from a child");
-                let _ = route.to.cast(SupMsg::FromNode {
-                    incarnation: route.incarnation,
-                    msg: env.body,
-                });
+                let (from, incarnation) = (route.node, route.incarnation);
+                let routed = match env.body {
+                    NodeToRuntime::Route(msg) => RouterMsg::Route {
+                        from,
+                        incarnation,
+                        msg,
+                    },
+                    NodeToRuntime::Reply {
+                        to,
+                        incarnation,
+                        call,
+                        outcome,
+                    } => RouterMsg::Reply {
+                        to,
+                        incarnation,
+                        call,
+                        outcome,
+                    },
+                    NodeToRuntime::Refused {
+                        to,
+                        incarnation,
+                        id,
+                        reason,
+                        payload,
+                    } => RouterMsg::Refused {
+                        from,
+                        to,
+                        incarnation,
+                        id,
+                        reason,
+                        payload,
+                    },
+                    body => {
+                        let _ = route.to.cast(SupMsg::FromNode {
+                            incarnation,
+                            msg: body,
+                        });
+                        return Ok(());
+                    }
+                };
+                let _ = self.router.cast(routed);
             }
             None => tracing::debug!(
                 "dropped a message with an unknown or expired token (a late message from a dead incarnation)"

@@ -81,6 +81,10 @@ async fn handle(mut stream: UnixStream, runtime: Runtime) {
                 request: ControlRequest::Subscribe,
                 ..
             }) => return subscribe(stream, runtime).await,
+            Ok(ControlFrame {
+                request: ControlRequest::Tap { stream: name },
+                ..
+            }) => return tap(stream, runtime, &name).await,
             Ok(frame) => runtime.control(frame.request).await,
             Err(e) => error(ControlErrorKind::BadRequest, e.to_string()),
         },
@@ -115,6 +119,46 @@ async fn subscribe(mut stream: UnixStream, runtime: Runtime) {
             // The client hangs up (or writes, which it should not): end the stream.
             _ = stream.read(&mut closed) => return,
         }
+    }
+}
+
+/// Answer a tap: the stream's view in one frame, the ring's fd attached to its first byte.
+async fn tap(mut stream: UnixStream, runtime: Runtime, name: &str) {
+    let Some((view, fd)) = runtime.tap(name) else {
+        let known: Vec<String> = runtime.streams().into_iter().map(|s| s.name).collect();
+        let reply = error(
+            ControlErrorKind::UnknownStream,
+            format!(
+                "no stream `{name}` is declared (declared: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+        let _ = write_frame(&mut stream, &wire::encode(&reply)).await;
+        return;
+    };
+    let frame = wire::frame(&wire::encode(&ControlReply::Tap(view)));
+    let sent = stream
+        .async_io(tokio::io::Interest::WRITABLE, || {
+            use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            let fds = [std::os::fd::AsFd::as_fd(&fd)];
+            control.push(SendAncillaryMessage::ScmRights(&fds));
+            rustix::net::sendmsg(
+                &stream,
+                &[std::io::IoSlice::new(&frame[..1])],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            )
+            .map_err(std::io::Error::from)
+        })
+        .await;
+    if sent.is_ok() {
+        let _ = stream.write_all(&frame[1..]).await;
     }
 }
 
@@ -175,6 +219,73 @@ impl ControlClient {
         match self.read().await? {
             ControlReply::Error(e) => Err(ClientError::Refused(e)),
             reply => Ok(reply),
+        }
+    }
+
+    /// Ask for a tap on `stream`: its view and its ring's fd, to map and peek at.
+    pub async fn tap(
+        mut self,
+        stream: &str,
+    ) -> Result<(syncra_protocol::control::StreamView, std::os::fd::OwnedFd), ClientError> {
+        self.send(ControlRequest::Tap {
+            stream: stream.to_owned(),
+        })
+        .await?;
+        // The first byte carries the fd.
+        let mut first = [0u8; 1];
+        let fd = loop {
+            self.stream.readable().await?;
+            let got = self.stream.try_io(tokio::io::Interest::READABLE, || {
+                use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+                let mut space =
+                    [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut control = RecvAncillaryBuffer::new(&mut space);
+                let mut iov = [std::io::IoSliceMut::new(&mut first)];
+                let got = rustix::net::recvmsg(
+                    &self.stream,
+                    &mut iov,
+                    &mut control,
+                    RecvFlags::CMSG_CLOEXEC,
+                )
+                .map_err(std::io::Error::from)?;
+                let mut fd = None;
+                for m in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(fds) = m {
+                        fd = fds.into_iter().next();
+                    }
+                }
+                Ok((got.bytes, fd))
+            });
+            match got {
+                Ok((0, _)) => {
+                    return Err(ClientError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the runtime closed the connection",
+                    )));
+                }
+                Ok((_, fd)) => break fd,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(ClientError::Io(e)),
+            }
+        };
+        let mut rest = [0u8; 3];
+        self.stream.read_exact(&mut rest).await?;
+        let len = wire::check_len(
+            "control",
+            u32::from_be_bytes([first[0], rest[0], rest[1], rest[2]]),
+            MAX_CONTROL_FRAME,
+        )?;
+        let mut buf = vec![0u8; len];
+        self.stream.read_exact(&mut buf).await?;
+        match wire::decode::<ControlReply>("control reply", &buf)? {
+            ControlReply::Tap(view) => match fd {
+                Some(fd) => Ok((view, fd)),
+                None => Err(ClientError::Unexpected(
+                    "a tap answer without its fd".into(),
+                )),
+            },
+            ControlReply::Error(e) => Err(ClientError::Refused(e)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
 

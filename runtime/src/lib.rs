@@ -30,11 +30,13 @@
 
 #![warn(missing_docs)]
 
+mod broker;
 mod cluster;
 mod control;
 pub mod hooks;
 pub mod logs;
 mod registry;
+mod router;
 mod rundir;
 pub mod runtime;
 mod spawn;

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use ractor::ActorRef;
 use syncra_protocol::boot::Token;
+use syncra_protocol::node::NodeInbox;
 use syncra_protocol::page::NodePage;
 use syncra_protocol::status::NodeView;
 use syncra_protocol::{NodeName, NodeState};
@@ -31,6 +32,8 @@ pub(crate) struct Record {
     /// Whether the node was ever told to start (a stopped node that was is stopped on purpose,
     /// not "not started yet").
     pub(crate) begun: bool,
+    /// The live incarnation's agent, once it is reachable: where routed messages go.
+    pub(crate) agent: Option<(u64, ActorRef<NodeInbox>)>,
 }
 
 /// Where a token's messages go.
@@ -76,10 +79,13 @@ impl Registry {
                     entities: None,
                     tick_us: None,
                     detail: Some("not started yet".into()),
+                    produces: Vec::new(),
+                    consumes: Vec::new(),
                 },
                 ready_since: None,
                 page: None,
                 begun: false,
+                agent: None,
             })
             .collect();
         Registry {
@@ -126,6 +132,28 @@ impl Registry {
             .iter()
             .find(|r| r.view.name == *name)
             .map(|r| r.view.state)
+    }
+
+    /// Where a message for `name` can go now: its state and, if reachable, its agent.
+    /// `None` if no node has that name.
+    pub(crate) fn target(
+        &self,
+        name: &NodeName,
+    ) -> Option<(NodeState, Option<ActorRef<NodeInbox>>)> {
+        read(&self.records)
+            .iter()
+            .find(|r| r.view.name == *name)
+            .map(|r| (r.view.state, r.agent.as_ref().map(|(_, a)| a.clone())))
+    }
+
+    /// The agent of incarnation `incarnation` of `name`, if that incarnation is still alive.
+    pub(crate) fn agent(&self, name: &NodeName, incarnation: u64) -> Option<ActorRef<NodeInbox>> {
+        read(&self.records)
+            .iter()
+            .find(|r| r.view.name == *name)
+            .and_then(|r| r.agent.as_ref())
+            .filter(|(i, _)| *i == incarnation)
+            .map(|(_, a)| a.clone())
     }
 
     /// Whether `name` was ever told to start.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorRef, RpcReplyPort};
 use syncra_config::{HookPoint, Plan, SyncraConfig};
 use syncra_protocol::control::{
-    ControlError, ControlErrorKind, ControlReply, ControlRequest, CrashEntry,
+    ControlError, ControlErrorKind, ControlReply, ControlRequest, CrashEntry, StreamView,
 };
 use syncra_protocol::status::{LifecycleEvent, RuntimeInfo, StatusReport};
 use syncra_protocol::{NodeKind, NodeName, NodeState, PROTOCOL_VERSION};
@@ -137,9 +137,23 @@ impl RuntimeBuilder {
         let registry = Arc::new(Registry::new(plan.nodes().map(|n| n.name.clone())));
         let spawner = Spawner::start(tokio::runtime::Handle::current())
             .map_err(|e| StartError::Internal(format!("spawner thread: {e}")))?;
-        let hub = Hub::start(registry.clone())
+        let (router, _) = Actor::spawn(None, crate::router::Router, registry.clone())
+            .await
+            .map_err(|e| StartError::Internal(format!("router: {e}")))?;
+        let hub = Hub::start(registry.clone(), router.clone())
             .await
             .map_err(StartError::Internal)?;
+        let broker = crate::broker::Broker::new(rt.streams);
+        let broker_task = {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    every.tick().await;
+                    broker.tick();
+                }
+            })
+        };
         let extra_env = vec![
             (
                 "SYNCRA_RUN_DIR".to_owned(),
@@ -165,6 +179,7 @@ impl RuntimeBuilder {
             registry: registry.clone(),
             spawner,
             hub: hub.clone(),
+            broker,
             hooks,
             events,
             runtime: rt.clone(),
@@ -214,6 +229,8 @@ impl RuntimeBuilder {
                 run_dir: Mutex::new(Some(run_dir)),
                 control: Mutex::new(None),
                 watchdog: watchdog_task,
+                broker_task,
+                router,
                 finished: tokio::sync::OnceCell::new(),
             }),
         };
@@ -304,6 +321,8 @@ struct Inner {
     run_dir: Mutex<Option<RunDir>>,
     control: Mutex<Option<tokio::task::JoinHandle<()>>>,
     watchdog: tokio::task::JoinHandle<()>,
+    broker_task: tokio::task::JoinHandle<()>,
+    router: ActorRef<crate::router::RouterMsg>,
     finished: tokio::sync::OnceCell<ShutdownReport>,
 }
 
@@ -363,7 +382,17 @@ impl Runtime {
                 crash_dir: rt.crash_dir.display().to_string(),
                 shutting_down: self.inner.ctx.registry.shutting_down(),
             },
-            nodes: self.inner.ctx.registry.snapshot(),
+            nodes: {
+                let mut nodes = self.inner.ctx.registry.snapshot();
+                let mut streams = self.inner.ctx.broker.node_streams();
+                for n in &mut nodes {
+                    if let Some((produces, consumes)) = streams.remove(&n.name) {
+                        n.produces = produces;
+                        n.consumes = consumes;
+                    }
+                }
+                nodes
+            },
         }
     }
 
@@ -631,7 +660,9 @@ impl Runtime {
             task.abort();
         }
         self.inner.watchdog.abort();
+        self.inner.broker_task.abort();
         self.inner.hub.stop().await;
+        self.inner.router.stop(None);
         self.inner.drivers.stop(None);
         self.inner.worlds.stop(None);
         drop(
@@ -674,11 +705,26 @@ impl Runtime {
             ControlRequest::Crashes { node, limit } => {
                 ControlReply::Crashes(self.crashes(node.as_deref(), limit))
             }
+            ControlRequest::Streams => ControlReply::Streams(self.streams()),
+            ControlRequest::Tap { .. } => ControlReply::Error(ControlError {
+                kind: ControlErrorKind::BadRequest,
+                message: "tap through the control socket (it carries the ring's fd)".into(),
+            }),
             ControlRequest::Subscribe => ControlReply::Error(ControlError {
                 kind: ControlErrorKind::BadRequest,
                 message: "subscribe through the control socket or Runtime::subscribe".into(),
             }),
         }
+    }
+
+    /// Every declared stream: producer, consumers, rate and drops.
+    pub fn streams(&self) -> Vec<StreamView> {
+        self.inner.ctx.broker.views()
+    }
+
+    /// One stream's view and a duplicate of its ring's fd (for observers such as `syncra tap`).
+    pub fn tap(&self, stream: &str) -> Option<(StreamView, std::os::fd::OwnedFd)> {
+        self.inner.ctx.broker.tap(stream)
     }
 
     /// SIGKILL every running node's process group at once (a second Ctrl-C).

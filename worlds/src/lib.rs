@@ -11,7 +11,7 @@
 use glam::{Quat, Vec3};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
-use syncra_protocol::world::WorldSettings;
+use syncra_protocol::world::{EntitySnapshot, SceneSnapshot, WorldSettings};
 
 /// Half the side of the cube entities move in, metres.
 pub const ARENA_HALF_EXTENT: f32 = 50.0;
@@ -120,6 +120,23 @@ impl Scene {
     /// Entities in the scene.
     pub fn entities(&self) -> u64 {
         self.world.len() as u64
+    }
+
+    /// The scene as published on the world's scene stream: every entity's id, transform and
+    /// colour, into `out` (reused between ticks).
+    pub fn snapshot_into(&self, name: &str, out: &mut SceneSnapshot) {
+        out.world.clear();
+        out.world.push_str(name);
+        out.tick = self.tick;
+        out.entities.clear();
+        let mut query = self.world.query::<(hecs::Entity, &Transform, &Colour)>();
+        out.entities
+            .extend(query.iter().map(|(e, t, c)| EntitySnapshot {
+                id: e.to_bits().get(),
+                position: t.position.to_array(),
+                rotation: t.rotation.to_array(),
+                colour: c.0,
+            }));
     }
 
     /// A hash of every entity's transform, colour and velocity (FNV-1a over their bits, in

@@ -11,9 +11,12 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use syncra_node::Node;
+use syncra_node::{Node, StreamOptions};
 use syncra_protocol::status::NodeMetrics;
-use syncra_protocol::world::{DEFAULT_ENTITIES, DEFAULT_SEED, DEFAULT_TICK_HZ, WorldSettings};
+use syncra_protocol::world::{
+    DEFAULT_ENTITIES, DEFAULT_SEED, DEFAULT_TICK_HZ, SCENE_STREAM, SceneSnapshot, WorldSettings,
+    scene_slot_size,
+};
 use syncra_world::Scene;
 
 /// A Syncra world process. Started by the `syncra` runtime; run it by hand only with --standalone.
@@ -61,12 +64,36 @@ fn main() {
     let settings: WorldSettings = node.settings().unwrap_or_else(|e| e.exit());
     let scene = Scene::new(&settings);
     tracing::info!(world = %settings.name, entities = scene.entities(), seed = settings.seed, tick_hz = settings.tick_hz, "scene built");
+    // The scene goes out on `world/<name>/scene` every tick; without it the world still runs.
+    let mut producer = match node.declare::<SceneSnapshot>(
+        SCENE_STREAM,
+        StreamOptions::latest_only(scene_slot_size(settings.entities)),
+    ) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(error = %e, "the scene stream is not available; running without it");
+            None
+        }
+    };
+    let mut snapshot = SceneSnapshot {
+        world: settings.name.clone(),
+        tick: 0,
+        entities: Vec::new(),
+    };
     node.ready();
     let ticks = run(
         scene,
         &settings,
         |deadline| node.sleep_until(deadline),
-        |m| node.heartbeat(Some(m)),
+        |scene, m| {
+            if let Some(p) = producer.as_mut() {
+                scene.snapshot_into(&settings.name, &mut snapshot);
+                if let Err(e) = p.publish(&snapshot) {
+                    tracing::warn!(error = %e, "publishing the scene failed");
+                }
+            }
+            node.heartbeat(Some(m))
+        },
     );
     tracing::info!(world = %settings.name, ticks, "stopped");
 }
@@ -77,7 +104,7 @@ fn run(
     mut scene: Scene,
     settings: &WorldSettings,
     mut sleep: impl FnMut(Instant) -> bool,
-    mut beat: impl FnMut(&NodeMetrics),
+    mut beat: impl FnMut(&Scene, &NodeMetrics),
 ) -> u64 {
     let period = Duration::from_secs_f64(1.0 / settings.tick_hz);
     let mut next = Instant::now();
@@ -86,13 +113,16 @@ fn run(
         let started = Instant::now();
         scene.step();
         let tick_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        beat(&NodeMetrics {
-            tick: scene.tick(),
-            entities: Some(scene.entities()),
-            tick_us,
-            tick_us_max: tick_us,
-            overruns,
-        });
+        beat(
+            &scene,
+            &NodeMetrics {
+                tick: scene.tick(),
+                entities: Some(scene.entities()),
+                tick_us,
+                tick_us_max: tick_us,
+                overruns,
+            },
+        );
         next += period;
         let now = Instant::now();
         if now > next + period {
@@ -135,7 +165,7 @@ fn standalone(settings: &WorldSettings, ticks: Option<u64>) {
             std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
             false
         },
-        |m| {
+        |_, m| {
             if last_print.elapsed() >= Duration::from_secs(1) || ticks.is_some_and(|t| m.tick >= t)
             {
                 last_print = Instant::now();

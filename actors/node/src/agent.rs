@@ -7,8 +7,8 @@ use syncra_protocol::node::{NodeInbox, RUNTIME_GROUP, RuntimeToNode};
 use syncra_protocol::wire;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::Shared;
 use crate::cluster::LinkEvent;
+use crate::{Shared, messaging};
 
 pub(crate) struct Agent {
     pub(crate) shared: Arc<Shared>,
@@ -40,6 +40,45 @@ impl Actor for Agent {
             Ok(RuntimeToNode::Shutdown { grace_ms, reason }) => {
                 tracing::info!(grace_ms, reason, "the runtime asks this node to stop");
                 self.shared.request_shutdown(grace_ms);
+            }
+            Ok(RuntimeToNode::Deliver {
+                from,
+                from_incarnation,
+                id,
+                call,
+                payload,
+            }) => messaging::deliver(&self.shared, from, from_incarnation, id, call, payload),
+            Ok(RuntimeToNode::Answer { call, outcome }) => {
+                messaging::answered(&self.shared, call, messaging::Answer::Reply(outcome))
+            }
+            Ok(RuntimeToNode::Returned {
+                id,
+                to,
+                reason,
+                payload,
+            }) => {
+                let is_call = self
+                    .shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&id);
+                if is_call {
+                    messaging::answered(
+                        &self.shared,
+                        id,
+                        messaging::Answer::Returned(reason, payload),
+                    );
+                } else {
+                    messaging::returned(
+                        &self.shared,
+                        messaging::Returned {
+                            to,
+                            reason,
+                            payload,
+                        },
+                    );
+                }
             }
             Err(e) => tracing::warn!(error = %e, "ignored a message from the runtime"),
         }

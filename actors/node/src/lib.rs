@@ -29,7 +29,18 @@
 
 mod agent;
 mod cluster;
+mod mailbox;
+pub mod messaging;
 mod panic;
+pub mod streams;
+
+pub use messaging::{CallError, Delivery, Incoming, MessageError, Returned, Undelivered};
+pub use streams::{
+    BulkConsumer, BulkProducer, Consumer, Producer, Sample, StreamError, StreamOptions,
+    Subscription,
+};
+pub use syncra_protocol::node::Undeliverable;
+pub use syncra_protocol::ring::Policy;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -128,9 +139,38 @@ pub(crate) struct Shared {
     pub(crate) shutdown_grace_ms: AtomicU64,
     /// Wakes blocking sleepers ([`Node::sleep_until`]) on shutdown.
     pub(crate) wake: (Mutex<()>, Condvar),
+    /// The runtime's gateway, once joined.
+    pub(crate) gateway: std::sync::OnceLock<ActorRef<RuntimeInbox>>,
+    /// This incarnation's token.
+    pub(crate) token: syncra_protocol::boot::Token,
+    /// Ids of routed messages and calls.
+    pub(crate) next_id: AtomicU64,
+    /// Calls waiting for their answer, by id.
+    pub(crate) pending:
+        Mutex<std::collections::HashMap<u64, Arc<mailbox::Mailbox<messaging::Answer>>>>,
+    /// Messages and calls from other nodes.
+    pub(crate) inbox: mailbox::Mailbox<Incoming>,
+    /// Messages the runtime gave back.
+    pub(crate) returned: mailbox::Mailbox<Returned>,
 }
 
 impl Shared {
+    /// Send `body` to the runtime (dropped with a debug line once the link is gone: the
+    /// cluster thread then ends the process).
+    pub(crate) fn send(&self, body: NodeToRuntime) {
+        let Some(gateway) = self.gateway.get() else {
+            tracing::warn!("a message before joining the runtime was dropped");
+            return;
+        };
+        let packet = wire::encode(&Envelope {
+            token: self.token,
+            body,
+        });
+        if let Err(e) = gateway.cast(RuntimeInbox::Packet(packet)) {
+            tracing::debug!(error = %e, "could not reach the runtime");
+        }
+    }
+
     pub(crate) fn request_shutdown(&self, grace_ms: u64) {
         self.shutdown_grace_ms.store(grace_ms, Ordering::Relaxed);
         if !self.shutdown.swap(true, Ordering::AcqRel) {
@@ -145,8 +185,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct Node {
     boot: Boot,
-    gateway: ActorRef<RuntimeInbox>,
     shared: Arc<Shared>,
+    broker: Option<Arc<streams::BrokerClient>>,
     started: Instant,
     beat_interval: Duration,
     page: Option<NodePage>,
@@ -167,7 +207,17 @@ impl Node {
             shutdown_notify: Notify::new(),
             shutdown_grace_ms: AtomicU64::new(0),
             wake: (Mutex::new(()), Condvar::new()),
+            gateway: std::sync::OnceLock::new(),
+            token: boot.cluster.token,
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(std::collections::HashMap::new()),
+            inbox: mailbox::Mailbox::new(messaging::INBOX_CAPACITY),
+            returned: mailbox::Mailbox::new(messaging::INBOX_CAPACITY),
         });
+        let broker = match boot.broker_fd {
+            Some(fd) => Some(take_broker_socket(fd, boot.incarnation)?),
+            None => None,
+        };
         let page = match boot.page_fd {
             Some(fd) => {
                 // SAFETY: the page fd is inherited for this purpose; it is only borrowed here
@@ -196,15 +246,16 @@ impl Node {
             }
         })?;
         let joined = t0.elapsed();
+        let _ = shared.gateway.set(gateway);
         let node = Node {
             beat_interval: Duration::from_millis(boot.heartbeat.interval_ms.max(1)),
             boot,
-            gateway,
+            broker,
             shared,
             started: Instant::now(),
             page,
         };
-        node.send(NodeToRuntime::Hello {
+        node.tell(NodeToRuntime::Hello {
             protocol: syncra_protocol::PROTOCOL_VERSION,
             pid: std::process::id(),
         });
@@ -241,7 +292,7 @@ impl Node {
     pub fn ready(&self) {
         tracing::info!(node = %self.boot.node, after_ms = self.started.elapsed().as_millis() as u64, "ready");
         self.heartbeat(None);
-        self.send(NodeToRuntime::Ready);
+        self.tell(NodeToRuntime::Ready);
     }
 
     /// Prove this node is alive, with the main loop's metrics when it has them. Call it from
@@ -310,22 +361,38 @@ impl Node {
     /// exits). A transient node that finished its work leaves with code 0.
     pub fn leave(&self, code: i32, reason: &str) {
         tracing::info!(node = %self.boot.node, code, reason, "leaving");
-        self.send(NodeToRuntime::Leaving {
+        self.tell(NodeToRuntime::Leaving {
             code,
             reason: reason.to_owned(),
         });
     }
 
-    fn send(&self, body: NodeToRuntime) {
-        let packet = wire::encode(&Envelope {
-            token: self.boot.cluster.token,
-            body,
-        });
-        if let Err(e) = self.gateway.cast(RuntimeInbox::Packet(packet)) {
-            // The link is gone; the cluster thread exits the process when it notices.
-            tracing::debug!(error = %e, "could not reach the runtime");
-        }
+    fn tell(&self, body: NodeToRuntime) {
+        self.shared.send(body);
     }
+}
+
+/// Take ownership of the inherited broker socket and start its client.
+fn take_broker_socket(fd: i32, incarnation: u64) -> Result<Arc<streams::BrokerClient>, JoinError> {
+    // SAFETY: only borrowed to inspect it; ownership is taken below after checking it is a
+    // socket, which by the spawn contract nothing else in this process owns.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let is_socket = rustix::fs::fstat(borrowed)
+        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
+        .unwrap_or(false);
+    if !is_socket {
+        return Err(JoinError::Page {
+            fd,
+            message: "the broker fd is not a socket".into(),
+        });
+    }
+    let _ = rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC);
+    // SAFETY: an open socket inherited for this purpose; this is its only owner.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    streams::BrokerClient::start(owned, incarnation).map_err(|e| JoinError::Page {
+        fd,
+        message: format!("starting the broker client: {e}"),
+    })
 }
 
 /// Take ownership of fd 3 if it is a socket, and keep it from leaking into our own children.

@@ -109,6 +109,31 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// List every stream: producer, consumers, rate, lag and drops.
+    Streams {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Watch a live stream: its rate, latency, gaps and latest value, decoded, once per
+    /// interval. Passive: it holds no consumer cell and never slows the producer.
+    Tap {
+        /// The stream (`world/main/scene`).
+        stream: String,
+        /// Stop after this many reports (default: until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Milliseconds between reports.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Print each report as one JSON line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Follow lifecycle events (spawned, up, hung, down, restarting, failed) until Ctrl-C.
     Events {
         /// Print each event as one JSON line.
@@ -155,6 +180,14 @@ fn main() -> ExitCode {
                 target,
             } => crashes(&target.dir(), name, limit, json).await,
             Command::Events { json, target } => events(&target.dir(), json).await,
+            Command::Streams { json, target } => streams(&target.dir(), json).await,
+            Command::Tap {
+                stream,
+                count,
+                interval_ms,
+                json,
+                target,
+            } => tap(&target.dir(), &stream, count, interval_ms, json).await,
         }
     })
 }
@@ -341,6 +374,190 @@ async fn status(run_dir: &Path, json: bool) -> ExitCode {
     }
 }
 
+async fn streams(run_dir: &Path, json: bool) -> ExitCode {
+    match request(run_dir, ControlRequest::Streams).await {
+        Ok(ControlReply::Streams(list)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else if list.is_empty() {
+                println!("no streams declared");
+            } else {
+                println!(
+                    "{:<28} {:<18} {:<12} {:>10} {:>9} {:>9}  CONSUMERS (lag/dropped/torn)",
+                    "STREAM", "PRODUCER", "POLICY", "SEQ", "RATE/S", "RING"
+                );
+                for s in &list {
+                    let consumers = s
+                        .consumers
+                        .iter()
+                        .map(|c| {
+                            format!(
+                                "{}{} ({}/{}/{})",
+                                c.node,
+                                if c.active { "" } else { " [down]" },
+                                c.lag,
+                                c.dropped,
+                                c.torn
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    println!(
+                        "{:<28} {:<18} {:<12} {:>10} {:>9.1} {:>8}K  {}",
+                        s.name,
+                        format!(
+                            "{}#{}{}",
+                            s.producer,
+                            s.producer_incarnation,
+                            if s.producer_live { "" } else { " down" }
+                        ),
+                        s.geometry.policy.to_string(),
+                        s.published,
+                        s.rate_hz,
+                        s.ring_bytes / 1024,
+                        if consumers.is_empty() {
+                            "-".into()
+                        } else {
+                            consumers
+                        }
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(other) => fail(ClientError::Unexpected(format!("{other:?}"))),
+        Err(e) => fail(e),
+    }
+}
+
+/// One `syncra tap` report.
+#[derive(serde::Serialize)]
+struct TapReport {
+    stream: String,
+    seq: u64,
+    rate_hz: f64,
+    latency_ms: Option<f64>,
+    gaps: u64,
+    producer_incarnation: u64,
+    producer_live: bool,
+    value: serde_json::Value,
+}
+
+async fn tap(
+    run_dir: &Path,
+    stream: &str,
+    count: Option<u64>,
+    interval_ms: u64,
+    json: bool,
+) -> ExitCode {
+    use std::sync::atomic::Ordering;
+    use syncra_runtime::protocol::ring::{self, RingMap};
+    let client = match ControlClient::connect(run_dir).await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let (view, fd) = match client.tap(stream).await {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let map = match RingMap::map(std::os::fd::AsFd::as_fd(&fd), view.geometry) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("syncra: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let bulk = view.type_tag.starts_with("bulk:");
+    if !json {
+        println!(
+            "tapping {} ({}, {}, {} x {} B) from {}; Ctrl-C to stop",
+            view.name,
+            view.type_tag,
+            view.geometry.policy,
+            view.geometry.slot_count,
+            view.geometry.slot_size,
+            view.producer
+        );
+    }
+    let interval = Duration::from_millis(interval_ms.max(10));
+    let h = map.header();
+    let mut last_seq = h.published.load(Ordering::Acquire);
+    let mut last_t = std::time::Instant::now();
+    let mut gaps = 0u64;
+    let mut reports = 0u64;
+    let poll = Duration::from_millis(5).min(interval);
+    loop {
+        // Poll often enough to see every slot before the producer reuses it.
+        let until = std::time::Instant::now() + interval;
+        let mut scanned = last_seq;
+        while std::time::Instant::now() < until {
+            let published = h.published.load(Ordering::Acquire);
+            for seq in (scanned + 1)..=published {
+                if ring::was_published(&map, seq) == Some(false) {
+                    gaps += 1;
+                }
+            }
+            scanned = scanned.max(published);
+            tokio::time::sleep(poll).await;
+        }
+        let latest = ring::peek_latest(&map, |bytes, _| {
+            if bulk {
+                let raw = bytes.len().saturating_sub(512);
+                serde_json::json!({ "raw_bytes": raw })
+            } else {
+                syncra_runtime::protocol::wire::decode::<serde_json::Value>("stream message", bytes)
+                    .unwrap_or_else(|e| serde_json::json!({ "undecodable": e.to_string() }))
+            }
+        });
+        let published = h.published.load(Ordering::Acquire);
+        let now = std::time::Instant::now();
+        let rate =
+            published.saturating_sub(last_seq) as f64 / now.duration_since(last_t).as_secs_f64();
+        last_seq = published;
+        last_t = now;
+        let report = TapReport {
+            stream: view.name.clone(),
+            seq: published,
+            rate_hz: rate,
+            latency_ms: latest
+                .as_ref()
+                .map(|(m, _)| ring::monotonic_ns().saturating_sub(m.publish_ns) as f64 / 1e6),
+            gaps,
+            producer_incarnation: h.producer_incarnation.load(Ordering::Relaxed),
+            producer_live: h.producer_live.load(Ordering::Relaxed) != 0,
+            value: latest.map(|(_, v)| v).unwrap_or(serde_json::Value::Null),
+        };
+        if json {
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        } else {
+            let mut value = report.value.to_string();
+            if value.len() > 300 {
+                value.truncate(300);
+                value.push_str(" …");
+            }
+            println!(
+                "seq {:>8}  {:>7.1}/s  latency {}  gaps {}  producer #{}{}\n  latest: {value}",
+                report.seq,
+                report.rate_hz,
+                report
+                    .latency_ms
+                    .map(|l| format!("{l:.3} ms"))
+                    .unwrap_or_else(|| "-".into()),
+                report.gaps,
+                report.producer_incarnation,
+                if report.producer_live { "" } else { " (down)" },
+            );
+        }
+        reports += 1;
+        if count.is_some_and(|c| reports >= c) {
+            return ExitCode::SUCCESS;
+        }
+    }
+}
+
 fn human_ms(ms: u64) -> String {
     let s = ms / 1000;
     match s {
@@ -414,6 +631,30 @@ fn print_status(r: &StatusReport) {
             entities.map(|e| e.to_string()).unwrap_or_else(dash),
             if note.is_empty() { "-".into() } else { note },
         );
+    }
+    let with_streams: Vec<&NodeView> = r
+        .nodes
+        .iter()
+        .filter(|n| !n.produces.is_empty() || !n.consumes.is_empty())
+        .collect();
+    if !with_streams.is_empty() {
+        println!("\nSTREAMS (`syncra streams` for rates and drops)");
+        for n in with_streams {
+            println!(
+                "{:<22} produces: {}  consumes: {}",
+                n.name.to_string(),
+                if n.produces.is_empty() {
+                    "-".into()
+                } else {
+                    n.produces.join(", ")
+                },
+                if n.consumes.is_empty() {
+                    "-".into()
+                } else {
+                    n.consumes.join(", ")
+                },
+            );
+        }
     }
 }
 

@@ -49,6 +49,7 @@ pub(crate) struct Ctx {
     pub(crate) registry: Arc<Registry>,
     pub(crate) spawner: Spawner,
     pub(crate) hub: Hub,
+    pub(crate) broker: Arc<crate::broker::Broker>,
     pub(crate) hooks: HookRunner,
     pub(crate) events: broadcast::Sender<LifecycleEvent>,
     pub(crate) runtime: RuntimePlan,

@@ -20,6 +20,7 @@ use ractor_cluster::RactorMessage;
 use rustix::process::Signal;
 use syncra_config::{GiveUpAction, GroupPolicy, HookPoint, NodePlan};
 use syncra_protocol::boot::{Boot, ClusterJoin, PAGE_FD, Token};
+use syncra_protocol::broker::BROKER_FD;
 use syncra_protocol::crash::{CrashRecord, Decision, ExitSummary, PanicReport, Reason};
 use syncra_protocol::node::{NodeInbox, NodeToRuntime, RuntimeToNode, agent_group};
 use syncra_protocol::page::NodePage;
@@ -404,8 +405,13 @@ impl SupState {
         let pid = self.live.as_ref().map(|l| l.pid);
         let ready_since = self.live.as_ref().and_then(|l| l.ready_at);
         let page = self.live.as_ref().map(|l| l.page.clone());
+        let agent = self
+            .live
+            .as_ref()
+            .and_then(|l| Some((l.incarnation, l.agent.clone()?)));
         self.ctx.registry.update(&self.plan.name, |r| {
             r.page = page;
+            r.agent = agent;
             r.view.state = phase.state();
             r.view.detail = detail;
             r.view.restarts = restarts;
@@ -572,6 +578,8 @@ impl SupState {
             None,
         )
         .map_err(|e| io("creating the cluster socketpair", e.into()))?;
+        let (broker_ours, broker_theirs) = syncra_protocol::broker::socketpair()
+            .map_err(|e| io("creating the broker socketpair", e))?;
         let (page, page_child) = NodePage::create("syncra-node-page")
             .map_err(|e| io("creating the node page", std::io::Error::other(e)))?;
         let page = Arc::new(page);
@@ -594,6 +602,8 @@ impl SupState {
             heartbeat: self.plan.heartbeat,
             page_fd: Some(PAGE_FD),
             settings: self.plan.settings.clone(),
+            broker_fd: Some(BROKER_FD),
+            directory: self.ctx.registry.names(),
         };
         let mut frame = Vec::new();
         let _ = boot.write_to(&mut frame);
@@ -653,6 +663,7 @@ impl SupState {
             fds: vec![
                 (theirs, syncra_protocol::boot::CLUSTER_FD),
                 (page_child, PAGE_FD),
+                (broker_theirs, BROKER_FD),
             ],
             capture_output: true,
         };
@@ -665,6 +676,9 @@ impl SupState {
             }
         };
         let pid = spawned.pid;
+        self.ctx
+            .broker
+            .attach(self.plan.name.clone(), incarnation, broker_ours);
         if let Some(mut stream) = unfinished {
             let rest = async {
                 stream.write_all(&frame[written..]).await?;
@@ -759,6 +773,10 @@ impl SupState {
             NodeToRuntime::Leaving { code, reason } => {
                 tracing::info!(node = %name, pid = live.pid, incarnation, code, reason, "node is leaving");
             }
+            // The gateway hands these to the router, never to a supervisor.
+            NodeToRuntime::Route(_)
+            | NodeToRuntime::Reply { .. }
+            | NodeToRuntime::Refused { .. } => {}
         }
     }
 
@@ -769,14 +787,21 @@ impl SupState {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        if !live.ready_announced {
-            return;
-        }
         if live.agent.is_none() {
             live.agent = ractor::pg::get_members(&live.group)
                 .into_iter()
                 .find(|c| !c.get_id().is_local())
                 .map(Into::into);
+            // Reachable by name from now on (messages wait for `ready`; answers do not).
+            if let Some(agent) = &live.agent {
+                let entry = (live.incarnation, agent.clone());
+                self.ctx
+                    .registry
+                    .update(&self.plan.name, |r| r.agent = Some(entry));
+            }
+        }
+        if !live.ready_announced {
+            return;
         }
         if live.agent.is_none() {
             return; // the agent's group is still on its way; AgentJoined follows.
@@ -1254,6 +1279,7 @@ impl SupState {
             r.view.pid = None;
             r.ready_since = None;
             r.page = None;
+            r.agent = None;
         });
     }
 }

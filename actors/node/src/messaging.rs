@@ -1,0 +1,487 @@
+//! Messages and calls between nodes, by logical name, routed through the runtime.
+//!
+//! ```no_run
+//! # fn demo(node: &syncra_node::Node) {
+//! use std::time::Duration;
+//! // A call waits (within its timeout) for a callee that is restarting.
+//! let pong: Result<String, _> = node.call("world/arena", "ping".to_owned(), Duration::from_secs(1));
+//! // The callee answers from its own loop.
+//! while let Some(incoming) = node.recv_timeout(Duration::ZERO) {
+//!     if let Ok(text) = incoming.decode::<String>() {
+//!         incoming.reply(&format!("{text}: pong"));
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! A message that cannot be delivered comes back with the reason: at once for a name no node
+//! has, and through [`crate::Node::returned`] for a `send` the runtime could not deliver later.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use syncra_protocol::node::{NodeToRuntime, Payload, Routed, Undeliverable};
+use syncra_protocol::{NodeName, wire};
+
+use crate::mailbox::Mailbox;
+use crate::{Node, Shared};
+
+/// How long [`Node::send`] lets the runtime hold a message for a node that is not ready.
+pub const DEFAULT_SEND_WAIT: Duration = Duration::from_secs(5);
+
+/// Most messages waiting in a node's inbox; more are returned to their senders.
+pub const INBOX_CAPACITY: usize = 4096;
+
+/// The tag a type's payloads carry: its Rust type path.
+pub fn type_tag<T: ?Sized>() -> String {
+    std::any::type_name::<T>().to_owned()
+}
+
+/// What to do when the receiver is not ready (restarting, not started yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Let the runtime hold the message until the receiver is ready, up to this long.
+    Wait(Duration),
+    /// Return the message at once.
+    FailFast,
+}
+
+/// A message that could not be delivered, given back to its sender.
+#[derive(Debug, thiserror::Error)]
+#[error("message for {to} not delivered: {reason}")]
+pub struct Undelivered<M> {
+    /// The receiver's name, as given.
+    pub to: String,
+    /// Why.
+    pub reason: Undeliverable,
+    /// The message itself.
+    pub message: M,
+}
+
+/// Why a call has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError<M> {
+    /// The call was not delivered; the request comes back.
+    #[error(transparent)]
+    Undelivered(Undelivered<M>),
+    /// No answer within the timeout (the callee may still act on the request).
+    #[error("no answer from {to} within {} ms", after.as_millis())]
+    Timeout {
+        /// The callee.
+        to: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The callee answered with an error.
+    #[error("{to} answered with an error: {message}")]
+    Remote {
+        /// The callee.
+        to: String,
+        /// Its error.
+        message: String,
+    },
+    /// The answer is not of the expected type.
+    #[error("the answer from {to} does not decode: {message}")]
+    BadAnswer {
+        /// The callee.
+        to: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The name is not a valid node name, or the link to the runtime is gone.
+    #[error("{0}")]
+    Link(String),
+}
+
+/// A message or call from another node.
+#[derive(Debug)]
+pub struct Incoming {
+    from: NodeName,
+    from_incarnation: u64,
+    id: u64,
+    call: bool,
+    payload: Payload,
+    shared: Arc<Shared>,
+    answered: bool,
+}
+
+/// The payload is of another type than the receiver expects.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// The sender sent another type.
+    #[error("type mismatch: the message is a {got}, expected a {expected}")]
+    TypeMismatch {
+        /// The sender's tag.
+        got: String,
+        /// The receiver's.
+        expected: String,
+    },
+    /// The bytes do not decode.
+    #[error(transparent)]
+    Decode(#[from] wire::DecodeError),
+}
+
+impl Incoming {
+    /// The sender.
+    pub fn from(&self) -> &NodeName {
+        &self.from
+    }
+
+    /// Whether the sender waits for an answer.
+    pub fn is_call(&self) -> bool {
+        self.call
+    }
+
+    /// The payload's type tag.
+    pub fn type_tag(&self) -> &str {
+        &self.payload.type_tag
+    }
+
+    /// Whether the payload is a `T`.
+    pub fn is<T>(&self) -> bool {
+        self.payload.type_tag == type_tag::<T>()
+    }
+
+    /// Decode the payload as a `T`; a payload of another type is a [`MessageError::TypeMismatch`].
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
+        if !self.is::<T>() {
+            return Err(MessageError::TypeMismatch {
+                got: self.payload.type_tag.clone(),
+                expected: type_tag::<T>(),
+            });
+        }
+        Ok(wire::decode("routed message", &self.payload.bytes)?)
+    }
+
+    /// Answer a call (a plain message ignores the answer).
+    pub fn reply<R: Serialize>(mut self, answer: &R) {
+        let payload = Payload {
+            type_tag: type_tag::<R>(),
+            bytes: wire::encode(answer),
+        };
+        self.answer(Ok(payload));
+    }
+
+    /// Answer a call with an error.
+    pub fn reply_error(mut self, message: impl Into<String>) {
+        self.answer(Err(message.into()));
+    }
+
+    fn answer(&mut self, outcome: Result<Payload, String>) {
+        if !self.call || self.answered {
+            return;
+        }
+        self.answered = true;
+        self.shared.send(NodeToRuntime::Reply {
+            to: self.from.clone(),
+            incarnation: self.from_incarnation,
+            call: self.id,
+            outcome,
+        });
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        // A caller is never left to time out on a call its callee threw away.
+        self.answer(Err("the callee dropped the call without answering".into()));
+    }
+}
+
+/// A message the runtime gave back.
+#[derive(Debug)]
+pub struct Returned {
+    /// The receiver it was for.
+    pub to: NodeName,
+    /// Why it came back.
+    pub reason: Undeliverable,
+    /// The message.
+    pub payload: Payload,
+}
+
+impl Returned {
+    /// Decode the message as the `M` that was sent.
+    pub fn decode<M: DeserializeOwned>(&self) -> Result<M, wire::DecodeError> {
+        wire::decode("returned message", &self.payload.bytes)
+    }
+}
+
+/// What answers a call: the answer, or the request given back.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Reply(Result<Payload, String>),
+    Returned(Undeliverable, Payload),
+}
+
+/// Route a delivered message from the runtime into the inbox (or back to its sender).
+pub(crate) fn deliver(
+    shared: &Arc<Shared>,
+    from: NodeName,
+    from_incarnation: u64,
+    id: u64,
+    call: bool,
+    payload: Payload,
+) {
+    let incoming = Incoming {
+        from,
+        from_incarnation,
+        id,
+        call,
+        payload,
+        shared: shared.clone(),
+        answered: false,
+    };
+    if let Err(mut back) = shared.inbox.push(incoming) {
+        back.answered = true;
+        tracing::warn!(from = %back.from, "inbox full: message returned to its sender");
+        shared.send(NodeToRuntime::Refused {
+            to: back.from.clone(),
+            incarnation: back.from_incarnation,
+            id: back.id,
+            reason: Undeliverable::QueueFull,
+            payload: std::mem::replace(
+                &mut back.payload,
+                Payload {
+                    type_tag: String::new(),
+                    bytes: Vec::new(),
+                },
+            ),
+        });
+    }
+}
+
+/// An answer (or a returned request) for call `call`.
+pub(crate) fn answered(shared: &Shared, call: u64, answer: Answer) {
+    let waiter = shared
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&call);
+    match (waiter, answer) {
+        (Some(w), answer) => {
+            let _ = w.push(answer);
+        }
+        (None, Answer::Returned(reason, payload)) => {
+            // A plain message came back.
+            tracing::warn!(%reason, type_tag = payload.type_tag, "a message was returned undelivered");
+        }
+        (None, Answer::Reply(_)) => {
+            tracing::debug!(call, "an answer after the call timed out");
+        }
+    }
+}
+
+/// A returned plain message: keep it for [`Node::returned`].
+pub(crate) fn returned(shared: &Shared, ret: Returned) {
+    tracing::warn!(to = %ret.to, reason = %ret.reason, "a message was returned undelivered");
+    if shared.returned.push(ret).is_err() {
+        tracing::warn!(
+            "too many returned messages not collected with Node::returned; dropped the oldest news"
+        );
+    }
+}
+
+impl Node {
+    fn resolve(&self, to: &str) -> Result<NodeName, Undeliverable> {
+        let name = NodeName::parse(to).map_err(|_| Undeliverable::UnknownName)?;
+        if self.boot.directory.contains(&name) {
+            Ok(name)
+        } else {
+            Err(Undeliverable::UnknownName)
+        }
+    }
+
+    fn route<M: Serialize>(
+        &self,
+        to: NodeName,
+        msg: &M,
+        call: bool,
+        delivery: Delivery,
+    ) -> (u64, Option<Arc<Mailbox<Answer>>>) {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let routed = Routed {
+            id,
+            to,
+            call,
+            wait_ms: match delivery {
+                Delivery::Wait(d) => Some(d.as_millis() as u64),
+                Delivery::FailFast => None,
+            },
+            payload: Payload {
+                type_tag: type_tag::<M>(),
+                bytes: wire::encode(msg),
+            },
+        };
+        let waiter = call.then(|| {
+            let waiter = Arc::new(Mailbox::new(1));
+            self.shared
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, waiter.clone());
+            waiter
+        });
+        self.shared.send(NodeToRuntime::Route(routed));
+        (id, waiter)
+    }
+
+    /// Send `msg` to the node named `to`, holding it up to [`DEFAULT_SEND_WAIT`] for a node
+    /// that is restarting. A name no node has gives the message back at once; a message the
+    /// runtime cannot deliver later comes back through [`Node::returned`].
+    pub fn send<M: Serialize>(&self, to: &str, msg: M) -> Result<(), Undelivered<M>> {
+        self.send_with(to, msg, Delivery::Wait(DEFAULT_SEND_WAIT))
+    }
+
+    /// [`Node::send`], choosing what happens when the receiver is not ready.
+    pub fn send_with<M: Serialize>(
+        &self,
+        to: &str,
+        msg: M,
+        delivery: Delivery,
+    ) -> Result<(), Undelivered<M>> {
+        match self.resolve(to) {
+            Ok(name) => {
+                self.route(name, &msg, false, delivery);
+                Ok(())
+            }
+            Err(reason) => Err(Undelivered {
+                to: to.to_owned(),
+                reason,
+                message: msg,
+            }),
+        }
+    }
+
+    /// A message this node sent that the runtime gave back, if any.
+    pub fn returned(&self) -> Option<Returned> {
+        self.shared.returned.try_recv()
+    }
+
+    /// Call the node named `to` and wait for its answer, up to `timeout` in all — including
+    /// the time the callee takes to become ready if it is restarting. Blocks the thread.
+    pub fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        to: &str,
+        req: Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError<Req>> {
+        self.call_with(to, req, timeout, true)
+    }
+
+    /// [`Node::call`] that fails at once if the callee is not ready (`wait_for_ready = false`).
+    pub fn call_with<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        to: &str,
+        req: Req,
+        timeout: Duration,
+        wait_for_ready: bool,
+    ) -> Result<Resp, CallError<Req>> {
+        let (id, waiter) = match self.start_call(to, &req, timeout, wait_for_ready) {
+            Ok(started) => started,
+            Err(reason) => return Err(undelivered(to, reason, req)),
+        };
+        let answer = waiter.recv_timeout(timeout);
+        self.finish_call(to, id, req, timeout, answer)
+    }
+
+    /// [`Node::call_with`] for async callers.
+    pub async fn call_async<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        to: &str,
+        req: Req,
+        timeout: Duration,
+        wait_for_ready: bool,
+    ) -> Result<Resp, CallError<Req>> {
+        let (id, waiter) = match self.start_call(to, &req, timeout, wait_for_ready) {
+            Ok(started) => started,
+            Err(reason) => return Err(undelivered(to, reason, req)),
+        };
+        let answer = tokio::time::timeout(timeout, waiter.recv()).await.ok();
+        self.finish_call(to, id, req, timeout, answer)
+    }
+
+    fn start_call<Req: Serialize>(
+        &self,
+        to: &str,
+        req: &Req,
+        timeout: Duration,
+        wait_for_ready: bool,
+    ) -> Result<(u64, Arc<Mailbox<Answer>>), Undeliverable> {
+        let name = self.resolve(to)?;
+        let delivery = if wait_for_ready {
+            Delivery::Wait(timeout)
+        } else {
+            Delivery::FailFast
+        };
+        let (id, waiter) = self.route(name, req, true, delivery);
+        Ok((id, waiter.expect("calls have a waiter")))
+    }
+
+    fn finish_call<Req, Resp: DeserializeOwned>(
+        &self,
+        to: &str,
+        id: u64,
+        req: Req,
+        timeout: Duration,
+        answer: Option<Answer>,
+    ) -> Result<Resp, CallError<Req>> {
+        match answer {
+            None => {
+                self.shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                Err(CallError::Timeout {
+                    to: to.to_owned(),
+                    after: timeout,
+                })
+            }
+            Some(Answer::Returned(reason, _)) => Err(undelivered(to, reason, req)),
+            Some(Answer::Reply(Err(message))) => Err(CallError::Remote {
+                to: to.to_owned(),
+                message,
+            }),
+            Some(Answer::Reply(Ok(payload))) => {
+                if payload.type_tag != type_tag::<Resp>() {
+                    return Err(CallError::BadAnswer {
+                        to: to.to_owned(),
+                        message: format!(
+                            "type mismatch: the answer is a {}, expected a {}",
+                            payload.type_tag,
+                            type_tag::<Resp>()
+                        ),
+                    });
+                }
+                wire::decode("answer", &payload.bytes).map_err(|e| CallError::BadAnswer {
+                    to: to.to_owned(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The next message or call from another node, waiting up to `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Incoming> {
+        if timeout.is_zero() {
+            return self.shared.inbox.try_recv();
+        }
+        self.shared.inbox.recv_timeout(timeout)
+    }
+
+    /// The next message or call from another node (for async main loops).
+    pub async fn recv(&self) -> Incoming {
+        self.shared.inbox.recv().await
+    }
+}
+
+fn undelivered<M>(to: &str, reason: Undeliverable, message: M) -> CallError<M> {
+    CallError::Undelivered(Undelivered {
+        to: to.to_owned(),
+        reason,
+        message,
+    })
+}

@@ -1,0 +1,766 @@
+//! Streams: named, typed, zero-copy dataflow between nodes.
+//!
+//! A producer declares a stream; the runtime's Broker creates its ring (shared memory) and
+//! doorbells and hands over the fds; the producer writes each message into a slot in place.
+//! Consumers subscribe by name or pattern and read in place. Nothing of the data passes
+//! through the runtime.
+//!
+//! ```no_run
+//! # fn demo(node: &syncra_node::Node) -> Result<(), syncra_node::StreamError> {
+//! use std::time::Duration;
+//! use syncra_node::StreamOptions;
+//! // Producer: `world/arena/state` (a name without the node prefix gets it).
+//! let mut tx = node.declare::<Vec<f32>>("state", StreamOptions::latest_only(4096))?;
+//! tx.publish(&vec![1.0, 2.0])?;
+//! // Consumer, blocking (render loops, audio callbacks) …
+//! let mut rx = node.subscribe::<Vec<f32>>("world/arena/state", Some(Duration::from_secs(5)))?;
+//! if let Some(sample) = rx.recv_timeout(Duration::from_millis(16))? {
+//!     println!("{} (gap {})", sample.seq, sample.gap);
+//! }
+//! // … or async: `rx.recv().await`.
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use syncra_protocol::broker::{
+    self, Attachment, BrokerToNode, NodeToBroker, RecvError, RefusalKind, StreamSpec,
+};
+use syncra_protocol::ring::{
+    self, Bells, Geometry, MAX_CONSUMERS, Policy, ReadOutcome, Received, RingMap, RingReader,
+    RingWriter, WriteError,
+};
+use tokio::io::unix::AsyncFd;
+
+use crate::mailbox::Mailbox;
+use crate::messaging::type_tag;
+
+/// How long a request to the Broker may take, beyond any wait the caller asked for.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes at the start of a bulk slot for its typed header.
+pub const BULK_HEADER: usize = 512;
+
+/// A stream's shape and policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// Largest message, bytes.
+    pub slot_size: u32,
+    /// Messages the ring holds.
+    pub slot_count: u32,
+    /// What happens when a consumer falls behind.
+    pub policy: Policy,
+    /// Under [`Policy::Block`]: how long a write may wait.
+    pub block_timeout: Duration,
+}
+
+impl StreamOptions {
+    /// Latest-only, 4 slots of `slot_size` bytes (state, scenes, frames).
+    pub fn latest_only(slot_size: u32) -> Self {
+        StreamOptions {
+            slot_size,
+            slot_count: 4,
+            policy: Policy::LatestOnly,
+            block_timeout: Duration::from_millis(100),
+        }
+    }
+
+    /// Drop-oldest, `slot_count` slots of `slot_size` bytes (events, audio blocks).
+    pub fn drop_oldest(slot_size: u32, slot_count: u32) -> Self {
+        StreamOptions {
+            slot_size,
+            slot_count,
+            policy: Policy::DropOldest,
+            block_timeout: Duration::from_millis(100),
+        }
+    }
+
+    /// Block up to `timeout` for the slowest consumer (lossless pipelines).
+    pub fn block(slot_size: u32, slot_count: u32, timeout: Duration) -> Self {
+        StreamOptions {
+            slot_size,
+            slot_count,
+            policy: Policy::Block,
+            block_timeout: timeout,
+        }
+    }
+
+    fn geometry(&self, extra: u32) -> Geometry {
+        Geometry {
+            slot_size: self.slot_size.saturating_add(extra),
+            slot_count: self.slot_count,
+            policy: self.policy,
+            block_timeout_ms: self.block_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+        }
+    }
+}
+
+/// Why a stream operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The runtime refused the request.
+    #[error("{message}")]
+    Refused {
+        /// What kind of refusal.
+        kind: RefusalKind,
+        /// What is wrong, naming the stream.
+        message: String,
+    },
+    /// A write failed (too large, or the ring stayed full under `block`).
+    #[error("stream `{stream}`: {source}")]
+    Write {
+        /// The stream.
+        stream: String,
+        /// What failed.
+        #[source]
+        source: WriteError,
+    },
+    /// A message did not decode as the stream's type.
+    #[error("stream `{stream}`: message {seq} does not decode: {message}")]
+    Malformed {
+        /// The stream.
+        stream: String,
+        /// Its sequence.
+        seq: u64,
+        /// What the decoder said.
+        message: String,
+    },
+    /// This process has no broker link (not started by a runtime of this version).
+    #[error("no broker link: {0}")]
+    Link(String),
+}
+
+fn link_err(e: impl std::fmt::Display) -> StreamError {
+    StreamError::Link(e.to_string())
+}
+
+type Reply = (BrokerToNode, Vec<OwnedFd>);
+
+/// The node's side of the broker socket.
+#[derive(Debug)]
+pub(crate) struct BrokerClient {
+    socket: OwnedFd,
+    next_id: AtomicU64,
+    waiters: Mutex<HashMap<u64, Arc<Mailbox<Reply>>>>,
+    patterns: Mutex<HashMap<u64, Arc<Mailbox<(Attachment, Vec<OwnedFd>)>>>>,
+    /// Per produced stream, the consumer doorbells its writer rings.
+    bells: Mutex<HashMap<String, Bells>>,
+    /// Doorbells that arrived before their stream's declaration was answered.
+    early_bells: Mutex<HashMap<String, Vec<(u32, OwnedFd)>>>,
+    pub(crate) incarnation: u64,
+}
+
+impl BrokerClient {
+    /// Start the reader thread on `socket` (the inherited broker socket).
+    pub(crate) fn start(socket: OwnedFd, incarnation: u64) -> std::io::Result<Arc<BrokerClient>> {
+        let reader = socket.try_clone()?;
+        let client = Arc::new(BrokerClient {
+            socket,
+            next_id: AtomicU64::new(1),
+            waiters: Mutex::new(HashMap::new()),
+            patterns: Mutex::new(HashMap::new()),
+            bells: Mutex::new(HashMap::new()),
+            early_bells: Mutex::new(HashMap::new()),
+            incarnation,
+        });
+        let me = Arc::downgrade(&client);
+        std::thread::Builder::new()
+            .name("syncra-broker".into())
+            .spawn(move || {
+                loop {
+                    let got = broker::recv::<BrokerToNode>(&reader);
+                    let Some(client) = me.upgrade() else { return };
+                    match got {
+                        Ok((msg, fds)) => client.dispatch(msg, fds),
+                        Err(RecvError::Closed) => return,
+                        Err(RecvError::WouldBlock) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ignored a malformed broker message");
+                        }
+                    }
+                }
+            })?;
+        Ok(client)
+    }
+
+    fn dispatch(&self, msg: BrokerToNode, mut fds: Vec<OwnedFd>) {
+        match msg {
+            BrokerToNode::Declared { id, .. }
+            | BrokerToNode::Subscribed { id, .. }
+            | BrokerToNode::Refused { id, .. } => {
+                let waiter = lock(&self.waiters).remove(&id);
+                match waiter {
+                    Some(w) => {
+                        let _ = w.push((msg, fds));
+                    }
+                    None => tracing::debug!(id, "a broker answer nobody waits for"),
+                }
+            }
+            BrokerToNode::Added { id, stream } => {
+                let sub = lock(&self.patterns).get(&id).cloned();
+                if let Some(sub) = sub {
+                    let _ = sub.push((stream, fds));
+                }
+            }
+            BrokerToNode::ConsumerJoined { stream, cell } => {
+                let Some(fd) = fds.pop() else { return };
+                let bells = lock(&self.bells).get(&stream).cloned();
+                match bells {
+                    Some(b) => set_bell(&b, cell, fd),
+                    None => lock(&self.early_bells)
+                        .entry(stream)
+                        .or_default()
+                        .push((cell, fd)),
+                }
+            }
+        }
+    }
+
+    fn request(
+        &self,
+        req: impl FnOnce(u64) -> NodeToBroker,
+        wait: Duration,
+    ) -> Result<Reply, StreamError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.request_as(id, req, wait)
+    }
+
+    fn request_as(
+        &self,
+        id: u64,
+        req: impl FnOnce(u64) -> NodeToBroker,
+        wait: Duration,
+    ) -> Result<Reply, StreamError> {
+        let waiter = Arc::new(Mailbox::new(1));
+        lock(&self.waiters).insert(id, waiter.clone());
+        if let Err(e) = broker::send(&self.socket, &req(id), &[]) {
+            lock(&self.waiters).remove(&id);
+            return Err(link_err(e));
+        }
+        match waiter.recv_timeout(wait + BROKER_TIMEOUT) {
+            Some(reply) => Ok(reply),
+            None => {
+                lock(&self.waiters).remove(&id);
+                Err(StreamError::Link(
+                    "the runtime's Broker did not answer".into(),
+                ))
+            }
+        }
+    }
+
+    fn declare(&self, spec: StreamSpec) -> Result<RingWriter, StreamError> {
+        let name = spec.name.clone();
+        let (msg, fds) = self.request(|id| NodeToBroker::Declare { id, spec }, Duration::ZERO)?;
+        match msg {
+            BrokerToNode::Declared { stream, bells, .. } => {
+                let mut fds = fds.into_iter();
+                let (Some(memfd), Some(space)) = (fds.next(), fds.next()) else {
+                    return Err(link_err("the Broker's answer lacks the ring's fds"));
+                };
+                let map = RingMap::map(memfd.as_fd(), stream.spec.geometry).map_err(link_err)?;
+                let table: Bells = Arc::new(Mutex::new((0..MAX_CONSUMERS).map(|_| None).collect()));
+                for (cell, fd) in bells.into_iter().zip(fds) {
+                    set_bell(&table, cell, fd);
+                }
+                lock(&self.bells).insert(name.clone(), table.clone());
+                for (cell, fd) in lock(&self.early_bells).remove(&name).unwrap_or_default() {
+                    set_bell(&table, cell, fd);
+                }
+                Ok(RingWriter::attach(
+                    Arc::new(map),
+                    space,
+                    table,
+                    self.incarnation,
+                ))
+            }
+            other => Err(refusal(other)),
+        }
+    }
+
+    fn subscribe(
+        &self,
+        id: u64,
+        pattern: &str,
+        type_tag: String,
+        wait: Option<Duration>,
+    ) -> Result<Vec<(Attachment, RingReader)>, StreamError> {
+        let pattern_owned = pattern.to_owned();
+        let (msg, fds) = self.request_as(
+            id,
+            |id| NodeToBroker::Subscribe {
+                id,
+                pattern: pattern_owned,
+                type_tag,
+                wait_ms: wait.map(|d| d.as_millis() as u64),
+            },
+            wait.unwrap_or_default(),
+        )?;
+        match msg {
+            BrokerToNode::Subscribed { streams, .. } => attach_all(streams, fds),
+            other => Err(refusal(other)),
+        }
+    }
+}
+
+fn refusal(msg: BrokerToNode) -> StreamError {
+    match msg {
+        BrokerToNode::Refused { kind, message, .. } => StreamError::Refused { kind, message },
+        other => StreamError::Link(format!("unexpected answer from the Broker: {other:?}")),
+    }
+}
+
+fn attach_all(
+    streams: Vec<Attachment>,
+    fds: Vec<OwnedFd>,
+) -> Result<Vec<(Attachment, RingReader)>, StreamError> {
+    if fds.len() != streams.len() * 3 {
+        return Err(link_err("the Broker's answer has the wrong number of fds"));
+    }
+    let mut fds = fds.into_iter();
+    let mut out = Vec::new();
+    for att in streams {
+        let (memfd, bell, space) = (
+            fds.next().expect("counted"),
+            fds.next().expect("counted"),
+            fds.next().expect("counted"),
+        );
+        let map = RingMap::map(memfd.as_fd(), att.stream.spec.geometry).map_err(link_err)?;
+        let reader = RingReader::attach(Arc::new(map), att.cell as usize, bell, space, att.resume)
+            .map_err(link_err)?;
+        out.push((att, reader));
+    }
+    Ok(out)
+}
+
+fn set_bell(table: &Bells, cell: u32, fd: OwnedFd) {
+    let mut t = lock(table);
+    if let Some(slot) = t.get_mut(cell as usize) {
+        *slot = Some(fd);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl crate::Node {
+    fn broker(&self) -> Result<&Arc<BrokerClient>, StreamError> {
+        self.broker
+            .as_ref()
+            .ok_or_else(|| StreamError::Link("the runtime passed no broker socket".into()))
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        let prefix = format!("{}/", self.name());
+        if name.starts_with(&prefix) {
+            name.to_owned()
+        } else {
+            format!("{prefix}{name}")
+        }
+    }
+
+    /// Declare an output stream of `T` (MessagePack in each slot). `name` is the stream's full
+    /// name (`world/arena/scene`) or the part after this node's name (`scene`). After a
+    /// restart, declaring the same stream gets the same ring back; the sequence continues.
+    pub fn declare<T: Serialize>(
+        &self,
+        name: &str,
+        options: StreamOptions,
+    ) -> Result<Producer<T>, StreamError> {
+        let name = self.full_name(name);
+        let writer = self.broker()?.declare(StreamSpec {
+            name: name.clone(),
+            type_tag: type_tag::<T>(),
+            geometry: options.geometry(0),
+        })?;
+        Ok(Producer {
+            name,
+            writer,
+            _type: PhantomData,
+        })
+    }
+
+    /// Declare a bulk output stream: each message is a small typed header `H` and up to
+    /// `options.slot_size` raw bytes (frames, audio blocks), written in place.
+    pub fn declare_bulk<H: Serialize>(
+        &self,
+        name: &str,
+        options: StreamOptions,
+    ) -> Result<BulkProducer<H>, StreamError> {
+        let name = self.full_name(name);
+        let writer = self.broker()?.declare(StreamSpec {
+            name: name.clone(),
+            type_tag: format!("bulk:{}", type_tag::<H>()),
+            geometry: options.geometry(BULK_HEADER as u32),
+        })?;
+        Ok(BulkProducer {
+            name,
+            writer,
+            _type: PhantomData,
+        })
+    }
+
+    /// Subscribe to the stream `name` of `T`. If it is not declared yet: wait up to `wait`
+    /// for its producer (`None`: fail at once). A type other than the producer's is refused.
+    pub fn subscribe<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        wait: Option<Duration>,
+    ) -> Result<Consumer<T>, StreamError> {
+        let client = self.broker()?;
+        let id = client.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut got = client.subscribe(id, name, type_tag::<T>(), wait)?;
+        let (att, reader) = got
+            .pop()
+            .ok_or_else(|| link_err("the Broker answered with no stream"))?;
+        Ok(Consumer::new(att.stream.spec.name, reader))
+    }
+
+    /// Subscribe to the bulk stream `name` with headers `H`.
+    pub fn subscribe_bulk<H: DeserializeOwned>(
+        &self,
+        name: &str,
+        wait: Option<Duration>,
+    ) -> Result<BulkConsumer<H>, StreamError> {
+        let client = self.broker()?;
+        let id = client.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut got = client.subscribe(id, name, format!("bulk:{}", type_tag::<H>()), wait)?;
+        let (att, reader) = got
+            .pop()
+            .ok_or_else(|| link_err("the Broker answered with no stream"))?;
+        Ok(BulkConsumer {
+            inner: Consumer::new(att.stream.spec.name, reader),
+        })
+    }
+
+    /// Subscribe to every stream of `T` matching `pattern` (`world/*/scene`), now and later.
+    pub fn subscribe_pattern<T: DeserializeOwned>(
+        &self,
+        pattern: &str,
+    ) -> Result<Subscription<T>, StreamError> {
+        let client = self.broker()?.clone();
+        let id = client.next_id.fetch_add(1, Ordering::Relaxed);
+        // Register for pushes before asking, so no later stream is missed.
+        let pushes = Arc::new(Mailbox::new(MAX_CONSUMERS * 64));
+        lock(&client.patterns).insert(id, pushes.clone());
+        let existing = client.subscribe(id, pattern, type_tag::<T>(), None)?;
+        Ok(Subscription {
+            ready: existing
+                .into_iter()
+                .map(|(att, reader)| Consumer::new(att.stream.spec.name, reader))
+                .collect(),
+            pushes,
+            _type: PhantomData,
+        })
+    }
+}
+
+/// The writing end of a stream of `T`.
+#[derive(Debug)]
+pub struct Producer<T> {
+    name: String,
+    writer: RingWriter,
+    _type: PhantomData<fn(&T)>,
+}
+
+impl<T: Serialize> Producer<T> {
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Encode `value` straight into the next slot and publish it; returns its sequence.
+    pub fn publish(&mut self, value: &T) -> Result<u64, StreamError> {
+        let slot_size = self.writer.map().geometry().slot_size as usize;
+        let written = self.writer.write(0, |buf| {
+            let mut cursor = std::io::Cursor::new(buf);
+            rmp_serde::encode::write_named(&mut cursor, value).map(|()| cursor.position() as usize)
+        });
+        match written {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(_)) => Err(StreamError::Write {
+                stream: self.name.clone(),
+                source: WriteError::TooLarge {
+                    len: rmp_serde::to_vec_named(value).map(|v| v.len()).unwrap_or(0),
+                    slot_size,
+                },
+            }),
+            Err(source) => Err(StreamError::Write {
+                stream: self.name.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// The sequence the next message gets.
+    pub fn next_seq(&self) -> u64 {
+        self.writer.next_seq()
+    }
+}
+
+/// The writing end of a bulk stream: a typed header `H` and raw bytes per message.
+#[derive(Debug)]
+pub struct BulkProducer<H> {
+    name: String,
+    writer: RingWriter,
+    _type: PhantomData<fn(&H)>,
+}
+
+impl<H: Serialize> BulkProducer<H> {
+    /// Bytes of raw payload one message can hold.
+    pub fn capacity(&self) -> usize {
+        self.writer.map().geometry().slot_size as usize - BULK_HEADER
+    }
+
+    /// Publish `header` and the raw bytes `fill` writes in place into the slot (it returns how
+    /// many it wrote). No copy: `fill` renders or mixes straight into shared memory.
+    pub fn publish_with(
+        &mut self,
+        header: &H,
+        fill: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<u64, StreamError> {
+        let written = self.writer.write(0, |buf| {
+            let (head, raw) = buf.split_at_mut(BULK_HEADER);
+            let mut cursor = std::io::Cursor::new(&mut head[4..]);
+            rmp_serde::encode::write_named(&mut cursor, header)?;
+            let hlen = cursor.position() as u32;
+            head[..4].copy_from_slice(&hlen.to_le_bytes());
+            let n = fill(raw).min(raw.len());
+            Ok::<_, rmp_serde::encode::Error>(BULK_HEADER + n)
+        });
+        match written {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(e)) => Err(StreamError::Malformed {
+                stream: self.name.clone(),
+                seq: self.writer.next_seq() - 1,
+                message: format!("the header does not fit its {} bytes: {e}", BULK_HEADER - 4),
+            }),
+            Err(source) => Err(StreamError::Write {
+                stream: self.name.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Publish `header` and a copy of `bytes`.
+    pub fn publish(&mut self, header: &H, bytes: &[u8]) -> Result<u64, StreamError> {
+        if bytes.len() > self.capacity() {
+            return Err(StreamError::Write {
+                stream: self.name.clone(),
+                source: WriteError::TooLarge {
+                    len: bytes.len(),
+                    slot_size: self.capacity(),
+                },
+            });
+        }
+        self.publish_with(header, |raw| {
+            raw[..bytes.len()].copy_from_slice(bytes);
+            bytes.len()
+        })
+    }
+}
+
+/// One message a consumer received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample<T> {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Messages missed since the previous sample (dropped, superseded, or lost to a producer
+    /// restart); 0 when none.
+    pub gap: u64,
+    /// Incarnation of the producer that published it.
+    pub producer_incarnation: u64,
+    /// Publish to receive, across processes.
+    pub latency: Duration,
+    /// The message.
+    pub value: T,
+}
+
+/// The reading end of a stream of `T`.
+#[derive(Debug)]
+pub struct Consumer<T> {
+    name: String,
+    reader: RingReader,
+    bell: Option<AsyncFd<OwnedFd>>,
+    _type: PhantomData<fn() -> T>,
+}
+
+fn sample<T>(m: Received, value: T) -> Sample<T> {
+    Sample {
+        seq: m.seq,
+        gap: m.gap,
+        producer_incarnation: m.producer_incarnation,
+        latency: Duration::from_nanos(ring::monotonic_ns().saturating_sub(m.publish_ns)),
+        value,
+    }
+}
+
+impl<T> Consumer<T> {
+    fn new(name: String, reader: RingReader) -> Self {
+        Consumer {
+            name,
+            reader,
+            bell: None,
+            _type: PhantomData,
+        }
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Read the next message in place with `read` (zero-copy), waiting up to `timeout`.
+    /// A torn read (the producer overwrote the slot meanwhile) is discarded and the next
+    /// message read instead; `read` may see garbage then, and must not panic on it.
+    pub fn read_with<R>(
+        &mut self,
+        timeout: Duration,
+        mut read: impl FnMut(&[u8]) -> R,
+    ) -> Option<(Received, R)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.reader.read_timeout(Some(left), |b, _| read(b)) {
+                ReadOutcome::Message(m, r) => return Some((m, r)),
+                ReadOutcome::Empty => return None,
+                ReadOutcome::Torn { .. } => continue,
+            }
+        }
+    }
+
+    /// Torn reads discarded so far.
+    pub fn torn(&self) -> u64 {
+        self.reader.cell().torn.load(Ordering::Relaxed)
+    }
+}
+
+impl<T: DeserializeOwned> Consumer<T> {
+    fn decode(
+        &self,
+        m: Received,
+        r: Result<T, rmp_serde::decode::Error>,
+    ) -> Result<Sample<T>, StreamError> {
+        match r {
+            Ok(v) => Ok(sample(m, v)),
+            Err(e) => Err(StreamError::Malformed {
+                stream: self.name.clone(),
+                seq: m.seq,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// The next message if one is waiting.
+    pub fn try_recv(&mut self) -> Result<Option<Sample<T>>, StreamError> {
+        loop {
+            match self.reader.try_read(|b, _| rmp_serde::from_slice::<T>(b)) {
+                ReadOutcome::Message(m, r) => return self.decode(m, r).map(Some),
+                ReadOutcome::Empty => return Ok(None),
+                ReadOutcome::Torn { .. } => continue,
+            }
+        }
+    }
+
+    /// The next message, waiting up to `timeout` (blocking; for render loops and threads).
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Sample<T>>, StreamError> {
+        match self.read_with(timeout, |b| rmp_serde::from_slice::<T>(b)) {
+            Some((m, r)) => self.decode(m, r).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The next message (async).
+    pub async fn recv(&mut self) -> Result<Sample<T>, StreamError> {
+        loop {
+            if let Some(s) = self.try_recv()? {
+                return Ok(s);
+            }
+            if self.bell.is_none() {
+                let fd = self.reader.bell().try_clone_to_owned().map_err(link_err)?;
+                // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, open until it is dropped.
+                let afd =
+                    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                        .map_err(|e| link_err(e.to_string()))?;
+                self.bell = Some(afd);
+            }
+            if self.reader.prepare_wait() {
+                let bell = self.bell.as_ref().expect("set above");
+                let mut guard = bell.readable().await.map_err(link_err)?;
+                guard.clear_ready();
+                self.reader.finish_wait();
+            }
+        }
+    }
+}
+
+/// The reading end of a bulk stream.
+#[derive(Debug)]
+pub struct BulkConsumer<H> {
+    inner: Consumer<H>,
+}
+
+impl<H: DeserializeOwned> BulkConsumer<H> {
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Read the next message in place, waiting up to `timeout`: `read` gets the header and
+    /// the raw bytes in shared memory (zero-copy). Torn reads are discarded.
+    pub fn read_with<R>(
+        &mut self,
+        timeout: Duration,
+        mut read: impl FnMut(&H, &[u8]) -> R,
+    ) -> Result<Option<(Received, R)>, StreamError> {
+        let got = self.inner.read_with(timeout, |b| {
+            if b.len() < BULK_HEADER {
+                return None;
+            }
+            let hlen = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            let head = b.get(4..4 + hlen.min(BULK_HEADER - 4))?;
+            let h: H = rmp_serde::from_slice(head).ok()?;
+            Some(read(&h, &b[BULK_HEADER..]))
+        });
+        match got {
+            None => Ok(None),
+            Some((m, Some(r))) => Ok(Some((m, r))),
+            Some((m, None)) => Err(StreamError::Malformed {
+                stream: self.inner.name.clone(),
+                seq: m.seq,
+                message: "bad bulk header".into(),
+            }),
+        }
+    }
+}
+
+/// A pattern subscription: the streams matching now, and those declared later.
+#[derive(Debug)]
+pub struct Subscription<T> {
+    ready: Vec<Consumer<T>>,
+    pushes: Arc<Mailbox<(Attachment, Vec<OwnedFd>)>>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Subscription<T> {
+    /// The next matching stream (those that existed first), waiting up to `timeout` for one
+    /// declared later.
+    pub fn next_stream(&mut self, timeout: Duration) -> Result<Option<Consumer<T>>, StreamError> {
+        if let Some(c) = self.ready.pop() {
+            return Ok(Some(c));
+        }
+        let Some((att, fds)) = self.pushes.recv_timeout(timeout) else {
+            return Ok(None);
+        };
+        let mut got = attach_all(vec![att], fds)?;
+        let (att, reader) = got.pop().expect("one attachment");
+        Ok(Some(Consumer::new(att.stream.spec.name, reader)))
+    }
+}

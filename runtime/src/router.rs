@@ -1,0 +1,293 @@
+//! The router: delivers messages and calls between nodes by logical name.
+//!
+//! Children are not connected to each other (the hub runs ractor_cluster in Isolated mode),
+//! so every routed message goes child → gateway → router → the current incarnation's agent.
+//! A name resolves when the message arrives, never earlier, so nobody holds a stale reference
+//! across a restart.
+//!
+//! **Invariants:** a message is delivered, or returned to its sender with the reason; never
+//! dropped silently (unless its sender is gone too). A message for a node that is not ready
+//! waits only if its sender asked, and only as long as it asked; the queue per node is bounded.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_cluster::RactorMessage;
+use syncra_protocol::node::{NodeInbox, Payload, Routed, RuntimeToNode, Undeliverable};
+use syncra_protocol::{NodeName, NodeState, wire};
+
+use crate::registry::Registry;
+
+/// Most messages held for one node that is not ready.
+pub(crate) const MAX_PARKED: usize = 1024;
+
+/// What the router handles.
+#[derive(RactorMessage)]
+pub(crate) enum RouterMsg {
+    /// A message from `from` (incarnation `incarnation`) for another node.
+    Route {
+        from: NodeName,
+        incarnation: u64,
+        msg: Routed,
+    },
+    /// A callee's answer for `to`.
+    Reply {
+        to: NodeName,
+        incarnation: u64,
+        call: u64,
+        outcome: Result<Payload, String>,
+    },
+    /// A receiver could not take a delivered message: back to its sender.
+    Refused {
+        from: NodeName,
+        to: NodeName,
+        incarnation: u64,
+        id: u64,
+        reason: Undeliverable,
+        payload: Payload,
+    },
+    /// Some node changed state: deliver what waits for it.
+    Changed,
+    /// A held message's wait may have ended.
+    Expire,
+}
+
+struct Parked {
+    from: NodeName,
+    incarnation: u64,
+    msg: Routed,
+    deadline: Instant,
+}
+
+pub(crate) struct Router;
+
+pub(crate) struct RouterState {
+    registry: Arc<Registry>,
+    parked: HashMap<NodeName, VecDeque<Parked>>,
+}
+
+impl Actor for Router {
+    type Msg = RouterMsg;
+    type State = RouterState;
+    type Arguments = Arc<Registry>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        registry: Arc<Registry>,
+    ) -> Result<RouterState, ActorProcessingErr> {
+        let mut changes = registry.watch();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if me.cast(RouterMsg::Changed).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(RouterState {
+            registry,
+            parked: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        msg: RouterMsg,
+        st: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RouterMsg::Route {
+                from,
+                incarnation,
+                msg,
+            } => st.route(&myself, from, incarnation, msg),
+            RouterMsg::Reply {
+                to,
+                incarnation,
+                call,
+                outcome,
+            } => match st.registry.agent(&to, incarnation) {
+                Some(agent) => cast(&agent, &RuntimeToNode::Answer { call, outcome }),
+                None => {
+                    tracing::debug!(caller = %to, incarnation, call, "an answer for a caller that is gone")
+                }
+            },
+            RouterMsg::Refused {
+                from,
+                to,
+                incarnation,
+                id,
+                reason,
+                payload,
+            } => st.give_back(&to, incarnation, id, from, reason, payload),
+            RouterMsg::Changed => st.flush(),
+            RouterMsg::Expire => st.expire(),
+        }
+        Ok(())
+    }
+}
+
+fn cast(agent: &ActorRef<NodeInbox>, msg: &RuntimeToNode) {
+    if agent.cast(NodeInbox::Packet(wire::encode(msg))).is_err() {
+        tracing::debug!("a node's agent went away before delivery");
+    }
+}
+
+impl RouterState {
+    fn route(&mut self, me: &ActorRef<RouterMsg>, from: NodeName, incarnation: u64, msg: Routed) {
+        if self.registry.shutting_down() {
+            let (id, to) = (msg.id, msg.to.clone());
+            return self.give_back(
+                &from,
+                incarnation,
+                id,
+                to,
+                Undeliverable::ShuttingDown,
+                msg.payload,
+            );
+        }
+        let Some((state, agent)) = self.registry.target(&msg.to) else {
+            let (id, to) = (msg.id, msg.to.clone());
+            return self.give_back(
+                &from,
+                incarnation,
+                id,
+                to,
+                Undeliverable::UnknownName,
+                msg.payload,
+            );
+        };
+        match (state, agent) {
+            (NodeState::Ready, Some(agent)) => deliver(&agent, from, incarnation, msg),
+            (NodeState::Failed, _) => {
+                let (id, to) = (msg.id, msg.to.clone());
+                self.give_back(
+                    &from,
+                    incarnation,
+                    id,
+                    to,
+                    Undeliverable::Failed,
+                    msg.payload,
+                )
+            }
+            (state, _) => match msg.wait_ms {
+                None => {
+                    let (id, to) = (msg.id, msg.to.clone());
+                    self.give_back(
+                        &from,
+                        incarnation,
+                        id,
+                        to,
+                        Undeliverable::NotReady { state },
+                        msg.payload,
+                    )
+                }
+                Some(ms) => {
+                    let queue = self.parked.entry(msg.to.clone()).or_default();
+                    if queue.len() >= MAX_PARKED {
+                        let (id, to) = (msg.id, msg.to.clone());
+                        return self.give_back(
+                            &from,
+                            incarnation,
+                            id,
+                            to,
+                            Undeliverable::QueueFull,
+                            msg.payload,
+                        );
+                    }
+                    let wait = Duration::from_millis(ms);
+                    queue.push_back(Parked {
+                        from,
+                        incarnation,
+                        msg,
+                        deadline: Instant::now() + wait,
+                    });
+                    me.send_after(wait, || RouterMsg::Expire);
+                }
+            },
+        }
+    }
+
+    /// Deliver what waits for nodes that became ready.
+    fn flush(&mut self) {
+        let registry = self.registry.clone();
+        self.parked.retain(|to, queue| {
+            let agent = match registry.target(to) {
+                Some((NodeState::Ready, Some(agent))) => agent,
+                _ => return true,
+            };
+            for p in queue.drain(..) {
+                deliver(&agent, p.from, p.incarnation, p.msg);
+            }
+            false
+        });
+    }
+
+    /// Return what waited too long.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let mut returns = Vec::new();
+        for (to, queue) in self.parked.iter_mut() {
+            let state = self.registry.state(to).unwrap_or(NodeState::Stopped);
+            while queue.front().is_some_and(|p| p.deadline <= now) {
+                let p = queue.pop_front().expect("checked");
+                returns.push((p, Undeliverable::WaitExpired { state }));
+            }
+        }
+        self.parked.retain(|_, q| !q.is_empty());
+        for (p, reason) in returns {
+            self.give_back(
+                &p.from,
+                p.incarnation,
+                p.msg.id,
+                p.msg.to,
+                reason,
+                p.msg.payload,
+            );
+        }
+    }
+
+    /// Return a message to its sender, with the reason.
+    fn give_back(
+        &self,
+        sender: &NodeName,
+        incarnation: u64,
+        id: u64,
+        to: NodeName,
+        reason: Undeliverable,
+        payload: Payload,
+    ) {
+        tracing::debug!(from = %sender, to = %to, %reason, "returning an undeliverable message");
+        match self.registry.agent(sender, incarnation) {
+            Some(agent) => cast(
+                &agent,
+                &RuntimeToNode::Returned {
+                    id,
+                    to,
+                    reason,
+                    payload,
+                },
+            ),
+            None => {
+                tracing::debug!(from = %sender, "the sender of an undeliverable message is gone too")
+            }
+        }
+    }
+}
+
+fn deliver(agent: &ActorRef<NodeInbox>, from: NodeName, incarnation: u64, msg: Routed) {
+    cast(
+        agent,
+        &RuntimeToNode::Deliver {
+            from,
+            from_incarnation: incarnation,
+            id: msg.id,
+            call: msg.call,
+            payload: msg.payload,
+        },
+    );
+}
