@@ -143,13 +143,16 @@ fn link_err(e: impl std::fmt::Display) -> StreamError {
 
 type Reply = (BrokerToNode, Vec<OwnedFd>);
 
+/// Streams pushed to a pattern subscription.
+type Pushes = Arc<Mailbox<(Attachment, Vec<OwnedFd>)>>;
+
 /// The node's side of the broker socket.
 #[derive(Debug)]
 pub(crate) struct BrokerClient {
     socket: OwnedFd,
     next_id: AtomicU64,
     waiters: Mutex<HashMap<u64, Arc<Mailbox<Reply>>>>,
-    patterns: Mutex<HashMap<u64, Arc<Mailbox<(Attachment, Vec<OwnedFd>)>>>>,
+    patterns: Mutex<HashMap<u64, Pushes>>,
     /// Per produced stream, the consumer doorbells its writer rings.
     bells: Mutex<HashMap<String, Bells>>,
     /// Doorbells that arrived before their stream's declaration was answered.
@@ -745,7 +748,7 @@ impl<H: DeserializeOwned> BulkConsumer<H> {
 #[derive(Debug)]
 pub struct Subscription<T> {
     ready: Vec<Consumer<T>>,
-    pushes: Arc<Mailbox<(Attachment, Vec<OwnedFd>)>>,
+    pushes: Pushes,
     _type: PhantomData<fn() -> T>,
 }
 

@@ -1,0 +1,244 @@
+//! A test node for routing and streams. The first argument is its role, the rest `key=value`
+//! options; it reports what it sees as JSON lines in the file `out=PATH`.
+//!
+//! - `echo`: answers `Ping(n)` calls with `Pong { n, incarnation }`.
+//! - `caller to=NAME`: first sends to a name nobody has (and reports what came back), then
+//!   calls `to` every 10 ms (waiting up to 3 s for it to be ready), reporting each outcome.
+//! - `producer stream=NAME policy=latest|drop|block slots=N rate=HZ [block_ms=MS]`: publishes
+//!   `Tick { n }` as fast as `rate` allows, reporting write errors.
+//! - `bulk-producer stream=NAME abort_at=K`: publishes frames whose bytes all equal the
+//!   header's `n`; the incarnation-1 process aborts in the middle of writing message `abort_at`.
+//! - `consumer stream=NAME [type=wrong] [wait=0] [delay_ms=D] [bulk=1]`: subscribes and
+//!   reports every message (seq, gap, producer incarnation, payload).
+
+#![allow(clippy::disallowed_methods, reason = "a test helper")]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use syncra_node::{Node, StreamOptions};
+use syncra_protocol::status::NodeMetrics;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Ping(u64);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Pong {
+    n: u64,
+    incarnation: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Tick {
+    n: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Frame {
+    n: u64,
+}
+
+struct Out(std::fs::File);
+
+impl Out {
+    fn line(&mut self, v: serde_json::Value) {
+        let _ = writeln!(self.0, "{v}");
+        let _ = self.0.flush();
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let role = args.first().cloned().unwrap_or_default();
+    let opts: HashMap<String, String> = args
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let opt = |k: &str| opts.get(k).cloned().unwrap_or_default();
+    let num = |k: &str, d: u64| opts.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let node = Node::join().unwrap_or_else(|e| e.exit());
+    let mut out = Out(std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(opt("out"))
+        .expect("out=PATH"));
+    let inc = node.incarnation();
+    let mut tick = 0u64;
+    let mut beat = |node: &Node| {
+        tick += 1;
+        node.heartbeat(Some(&NodeMetrics {
+            tick,
+            ..NodeMetrics::default()
+        }));
+    };
+    match role.as_str() {
+        "echo" => {
+            node.ready();
+            while !node.shutdown_requested() {
+                if let Some(call) = node.recv_timeout(Duration::from_millis(20)) {
+                    match call.decode::<Ping>() {
+                        Ok(Ping(n)) => call.reply(&Pong {
+                            n,
+                            incarnation: inc,
+                        }),
+                        Err(e) => call.reply_error(e.to_string()),
+                    }
+                }
+                beat(&node);
+            }
+        }
+        "caller" => {
+            let to = opt("to");
+            match node.send("nobody", Ping(7)) {
+                Err(e) => out.line(serde_json::json!({
+                    "unknown": format!("{:?}", e.reason), "returned": e.message.0 })),
+                Ok(()) => out.line(serde_json::json!({ "unknown": "accepted" })),
+            }
+            node.ready();
+            let mut n = 0;
+            while !node.shutdown_requested() {
+                n += 1;
+                match node.call::<Ping, Pong>(&to, Ping(n), Duration::from_secs(3)) {
+                    Ok(p) => {
+                        out.line(serde_json::json!({ "n": p.n, "incarnation": p.incarnation }))
+                    }
+                    Err(e) => out.line(serde_json::json!({ "n": n, "error": e.to_string() })),
+                }
+                beat(&node);
+                node.sleep_until(Instant::now() + Duration::from_millis(10));
+            }
+        }
+        "producer" => {
+            let slots = num("slots", 8) as u32;
+            let size = num("size", 64) as u32;
+            let options = match opt("policy").as_str() {
+                "latest" => StreamOptions {
+                    slot_count: slots,
+                    ..StreamOptions::latest_only(size)
+                },
+                "block" => {
+                    StreamOptions::block(size, slots, Duration::from_millis(num("block_ms", 50)))
+                }
+                _ => StreamOptions::drop_oldest(size, slots),
+            };
+            let mut tx = match node.declare::<Tick>(&opt("stream"), options) {
+                Ok(tx) => tx,
+                Err(e) => {
+                    out.line(serde_json::json!({ "declare_error": e.to_string() }));
+                    node.ready();
+                    while !node.sleep_until(Instant::now() + Duration::from_millis(20)) {
+                        beat(&node);
+                    }
+                    return;
+                }
+            };
+            node.ready();
+            let period = Duration::from_secs_f64(1.0 / num("rate", 200) as f64);
+            let mut n = 0;
+            let mut next = Instant::now();
+            while !node.shutdown_requested() {
+                n += 1;
+                match tx.publish(&Tick { n }) {
+                    Ok(_) => {}
+                    Err(e) => out.line(serde_json::json!({ "n": n, "write_error": e.to_string() })),
+                }
+                beat(&node);
+                next += period;
+                node.sleep_until(next);
+            }
+        }
+        "bulk-producer" => {
+            let abort_at = num("abort_at", u64::MAX);
+            let mut tx = node
+                .declare_bulk::<Frame>(&opt("stream"), StreamOptions::drop_oldest(4096, 8))
+                .expect("declare");
+            node.ready();
+            let mut n = 0;
+            while !node.shutdown_requested() {
+                n += 1;
+                let dying = inc == 1 && n == abort_at;
+                let _ = tx.publish_with(&Frame { n }, |raw| {
+                    let half = raw.len() / 2;
+                    raw[..half].fill(n as u8);
+                    if dying {
+                        // Killed in the middle of writing: half the frame is new bytes.
+                        std::process::abort();
+                    }
+                    raw[half..].fill(n as u8);
+                    raw.len()
+                });
+                beat(&node);
+                node.sleep_until(Instant::now() + Duration::from_millis(5));
+            }
+        }
+        "consumer" => {
+            let stream = opt("stream");
+            let wait = (num("wait", 1) != 0).then_some(Duration::from_secs(10));
+            let delay = Duration::from_millis(num("delay_ms", 0));
+            node.ready();
+            if opt("bulk") == "1" {
+                let mut rx = match node.subscribe_bulk::<Frame>(&stream, wait) {
+                    Ok(rx) => rx,
+                    Err(e) => return idle(&node, &mut out, e.to_string()),
+                };
+                while !node.shutdown_requested() {
+                    match rx.read_with(Duration::from_millis(20), |h, raw| {
+                        raw.iter().all(|&b| b == h.n as u8).then_some(h.n)
+                    }) {
+                        Ok(Some((m, intact))) => out.line(serde_json::json!({
+                            "seq": m.seq, "gap": m.gap, "inc": m.producer_incarnation,
+                            "n": intact, "intact": intact.is_some() })),
+                        Ok(None) => {}
+                        Err(e) => out.line(serde_json::json!({ "error": e.to_string() })),
+                    }
+                    beat(&node);
+                }
+                return;
+            }
+            let sub = if opt("type") == "wrong" {
+                node.subscribe::<String>(&stream, wait).map(|_| ())
+            } else {
+                match node.subscribe::<Tick>(&stream, wait) {
+                    Ok(mut rx) => {
+                        out.line(serde_json::json!({ "subscribed": rx.name() }));
+                        while !node.shutdown_requested() {
+                            match rx.recv_timeout(Duration::from_millis(20)) {
+                                Ok(Some(s)) => out.line(serde_json::json!({
+                                    "seq": s.seq, "gap": s.gap, "inc": s.producer_incarnation,
+                                    "n": s.value.n })),
+                                Ok(None) => {}
+                                Err(e) => out.line(serde_json::json!({ "error": e.to_string() })),
+                            }
+                            beat(&node);
+                            if !delay.is_zero() {
+                                node.sleep_until(Instant::now() + delay);
+                            }
+                        }
+                        return;
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            if let Err(e) = sub {
+                idle(&node, &mut out, e.to_string());
+            }
+        }
+        other => panic!("unknown role `{other}`"),
+    }
+}
+
+/// Report a subscribe error and idle until asked to stop.
+fn idle(node: &Node, out: &mut Out, error: String) {
+    out.line(serde_json::json!({ "subscribe_error": error }));
+    let mut tick = 0;
+    while !node.sleep_until(Instant::now() + Duration::from_millis(20)) {
+        tick += 1;
+        node.heartbeat(Some(&NodeMetrics {
+            tick,
+            ..NodeMetrics::default()
+        }));
+    }
+}

@@ -1,0 +1,446 @@
+//! Routing by name and zero-copy streams across real processes: calls across a restart,
+//! returned messages, ordered delivery, producer restarts and mid-write deaths, each policy
+//! with a slow consumer, bad subscriptions, `syncra tap`, and no fd leak in the runtime.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use syncra_integration_tests::{Harness, PATIENCE, send};
+use syncra_protocol::control::{ControlReply, ControlRequest};
+
+const PEER: &str = env!("CARGO_BIN_EXE_syncra-test-peer");
+
+fn config(drivers: &[(&str, String)]) -> String {
+    let mut c = String::from(
+        "[runtime]\nwatch_interval_ms = 500\n[supervisor]\nbackoff_initial_ms = 20\nbackoff_jitter = 0.0\nintensity = 1000\nperiod_ms = 1000\n[worlds]\nentities = 16\n",
+    );
+    for (name, args) in drivers {
+        c.push_str(&format!(
+            "[drivers.{name}]\ncommand = \"{PEER}\"\nargs = [{args}]\n"
+        ));
+    }
+    c
+}
+
+fn args(dir: &Path, name: &str, role: &str, opts: &[&str]) -> String {
+    let mut a = vec![
+        format!("\"{role}\""),
+        format!("\"out={}\"", dir.join(format!("{name}.jsonl")).display()),
+    ];
+    a.extend(opts.iter().map(|o| format!("\"{o}\"")));
+    a.join(", ")
+}
+
+fn lines(dir: &Path, name: &str) -> Vec<Value> {
+    std::fs::read_to_string(dir.join(format!("{name}.jsonl")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Wait until `f` holds for the lines `name` reported.
+fn wait_lines(dir: &Path, name: &str, what: &str, f: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let l = lines(dir, name);
+        if f(&l) {
+            return l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}; {name} reported:\n{}",
+            l.iter()
+                .rev()
+                .take(20)
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn scratch() -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().to_owned();
+    (t, p)
+}
+
+#[test]
+fn calls_by_name_survive_a_restart_of_the_callee_and_unknown_names_come_back() {
+    let (_t, dir) = scratch();
+    let h = Harness::start(
+        &config(&[
+            ("echo", args(&dir, "echo", "echo", &[])),
+            ("caller", args(&dir, "caller", "caller", &["to=echo"])),
+        ]),
+        &[],
+    );
+    h.wait_ready(&["echo", "caller"]);
+    let first = lines(&dir, "caller");
+    assert_eq!(
+        first[0]["unknown"], "UnknownName",
+        "a send to a name nobody has comes back at once: {first:?}"
+    );
+    assert_eq!(first[0]["returned"], 7, "with the message itself");
+    wait_lines(&dir, "caller", "answers from echo #1", |l| {
+        l.iter().filter(|v| v["incarnation"] == 1).count() >= 5
+    });
+    let echo = h.node("echo");
+    send(echo.pid.unwrap(), libc::SIGKILL);
+    let l = wait_lines(&dir, "caller", "answers from echo #2", |l| {
+        l.iter().filter(|v| v["incarnation"] == 2).count() >= 5
+    });
+    let errors: Vec<&Value> = l.iter().filter(|v| v.get("error").is_some()).collect();
+    // A call in flight at the moment of the kill is lost with the process (its caller is told
+    // by the timeout); every call made while echo restarted waited for it.
+    assert!(
+        errors.len() <= 1,
+        "calls failed across the restart: {errors:?}"
+    );
+    assert_eq!(
+        h.node("caller").incarnation,
+        1,
+        "the caller never restarted"
+    );
+}
+
+#[test]
+fn a_stream_delivers_in_order_and_a_killed_producer_shows_as_a_gap() {
+    let (_t, dir) = scratch();
+    let h = Harness::start(
+        &config(&[
+            (
+                "prod",
+                args(
+                    &dir,
+                    "prod",
+                    "producer",
+                    &["stream=ticks", "policy=drop", "slots=64", "rate=200"],
+                ),
+            ),
+            (
+                "cons",
+                args(&dir, "cons", "consumer", &["stream=prod/ticks"]),
+            ),
+        ]),
+        &[],
+    );
+    h.wait_ready(&["prod", "cons"]);
+    let l = wait_lines(&dir, "cons", "40 messages", |l| {
+        l.iter().filter(|v| v.get("seq").is_some()).count() >= 40
+    });
+    let msgs: Vec<&Value> = l.iter().filter(|v| v.get("seq").is_some()).collect();
+    for w in msgs.windows(2) {
+        assert_eq!(
+            w[1]["seq"].as_u64().unwrap(),
+            w[0]["seq"].as_u64().unwrap() + 1,
+            "in order, none missing: {w:?}"
+        );
+        assert_eq!(w[1]["n"].as_u64().unwrap(), w[0]["n"].as_u64().unwrap() + 1);
+    }
+
+    send(h.node("prod").pid.unwrap(), libc::SIGKILL);
+    let l = wait_lines(&dir, "cons", "messages from the new producer", |l| {
+        l.iter().filter(|v| v["inc"] == 2).count() >= 5
+    });
+    let first_new = l.iter().find(|v| v["inc"] == 2).unwrap();
+    assert!(
+        first_new["gap"].as_u64().unwrap() >= 1,
+        "the restart shows as a gap: {first_new}"
+    );
+    assert_eq!(first_new["n"], 1, "the new incarnation's first message");
+    assert_eq!(
+        h.node("cons").incarnation,
+        1,
+        "the consumer never rebound or restarted"
+    );
+    let streams = match h.try_request(ControlRequest::Streams) {
+        Some(ControlReply::Streams(s)) => s,
+        other => panic!("{other:?}"),
+    };
+    let s = streams.iter().find(|s| s.name == "prod/ticks").unwrap();
+    assert_eq!(s.attachments, 2, "the same ring, taken back: {s:?}");
+    assert_eq!(s.consumers.len(), 1);
+}
+
+#[test]
+fn a_producer_killed_mid_write_never_delivers_the_torn_frame() {
+    let (_t, dir) = scratch();
+    let h = Harness::start(
+        &config(&[
+            (
+                "cam",
+                args(
+                    &dir,
+                    "cam",
+                    "bulk-producer",
+                    &["stream=frames", "abort_at=30"],
+                ),
+            ),
+            (
+                "view",
+                args(&dir, "view", "consumer", &["stream=cam/frames", "bulk=1"]),
+            ),
+        ]),
+        &[],
+    );
+    h.wait_ready(&["cam", "view"]);
+    let l = wait_lines(&dir, "view", "frames from the restarted producer", |l| {
+        l.iter().filter(|v| v["inc"] == 2).count() >= 5
+    });
+    assert!(
+        l.iter().all(|v| v["intact"] == true),
+        "every delivered frame is whole: {:?}",
+        l.iter().filter(|v| v["intact"] != true).collect::<Vec<_>>()
+    );
+    assert!(
+        !l.iter().any(|v| v["inc"] == 1 && v["n"] == 30),
+        "the frame being written when the producer died is never delivered"
+    );
+    let first_new = l.iter().find(|v| v["inc"] == 2).unwrap();
+    assert!(first_new["gap"].as_u64().unwrap() >= 1, "{first_new}");
+    let crash = h.crashes(Some("cam"));
+    assert!(!crash.is_empty(), "the abort is recorded as a crash");
+}
+
+#[test]
+fn each_policy_with_a_slow_consumer() {
+    let (_t, dir) = scratch();
+    let pair = |name: &str, policy: &str| {
+        vec![
+            (
+                name.to_owned(),
+                args(
+                    &dir,
+                    name,
+                    "producer",
+                    &[
+                        "stream=s",
+                        &format!("policy={policy}"),
+                        "slots=4",
+                        "rate=500",
+                        "block_ms=10",
+                    ],
+                ),
+            ),
+            (
+                format!("{name}-slow"),
+                args(
+                    &dir,
+                    &format!("{name}-slow"),
+                    "consumer",
+                    &[&format!("stream={name}/s"), "delay_ms=25"],
+                ),
+            ),
+        ]
+    };
+    let mut drivers = pair("latest", "latest");
+    drivers.extend(pair("drop", "drop"));
+    drivers.extend(pair("block", "block"));
+    let drivers: Vec<(&str, String)> = drivers
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.clone()))
+        .collect();
+    let h = Harness::start(&config(&drivers), &[]);
+    h.wait_ready(&[
+        "latest",
+        "drop",
+        "block",
+        "latest-slow",
+        "drop-slow",
+        "block-slow",
+    ]);
+    let enough = |l: &[Value]| l.iter().filter(|v| v.get("seq").is_some()).count() >= 30;
+    let latest = wait_lines(&dir, "latest-slow", "30 messages", enough);
+    let dropped = wait_lines(&dir, "drop-slow", "30 messages", enough);
+    let blocked = wait_lines(&dir, "block-slow", "30 messages", enough);
+    let gaps = |l: &[Value]| l.iter().filter_map(|v| v["gap"].as_u64()).sum::<u64>();
+
+    // latest-only: the slow consumer skips to the newest; the producer never waits.
+    assert!(gaps(&latest) > 0, "latest-only skips: {latest:?}");
+    assert!(
+        lines(&dir, "latest").is_empty(),
+        "latest-only never fails a write"
+    );
+    // drop-oldest: in order, losing what fell off the ring; the producer never waits.
+    assert!(gaps(&dropped) > 0, "drop-oldest loses the oldest");
+    assert!(
+        lines(&dir, "drop").is_empty(),
+        "drop-oldest never fails a write"
+    );
+    // block: nothing lost; the producer's writes time out instead.
+    assert_eq!(gaps(&blocked), 0, "block loses nothing: {blocked:?}");
+    let seqs: Vec<u64> = blocked.iter().filter_map(|v| v["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+    let errors = wait_lines(&dir, "block", "a write to time out", |l| !l.is_empty());
+    assert!(
+        errors[0]["write_error"]
+            .as_str()
+            .unwrap()
+            .contains("the ring is full"),
+        "{errors:?}"
+    );
+    // The producer is held up, not hung: it stays ready.
+    assert_eq!(h.node("block").incarnation, 1);
+}
+
+#[test]
+fn bad_subscriptions_get_clear_errors() {
+    let (_t, dir) = scratch();
+    let h = Harness::start(
+        &config(&[
+            (
+                "prod",
+                args(&dir, "prod", "producer", &["stream=ticks", "rate=50"]),
+            ),
+            (
+                "wrongtype",
+                args(
+                    &dir,
+                    "wrongtype",
+                    "consumer",
+                    &["stream=prod/ticks", "type=wrong"],
+                ),
+            ),
+            (
+                "nostream",
+                args(
+                    &dir,
+                    "nostream",
+                    "consumer",
+                    &["stream=prod/nothing", "wait=0"],
+                ),
+            ),
+            (
+                "badshape",
+                args(&dir, "badshape", "producer", &["stream=ticks", "slots=1"]),
+            ),
+            (
+                "huge",
+                args(
+                    &dir,
+                    "huge",
+                    "producer",
+                    &["stream=ticks", "slots=2", "size=2000000"],
+                ),
+            ),
+        ])
+        .replace("[worlds]", "[streams]\nmax_ring_mb = 1\n[worlds]"),
+        &[],
+    );
+    h.wait_ready(&["prod", "wrongtype", "nostream", "badshape"]);
+    let e = wait_lines(&dir, "wrongtype", "an error", |l| !l.is_empty());
+    let msg = e[0]["subscribe_error"].as_str().unwrap();
+    assert!(
+        msg.contains("carries") && msg.contains("Tick") && msg.contains("String"),
+        "{msg}"
+    );
+    let e = wait_lines(&dir, "nostream", "an error", |l| !l.is_empty());
+    let msg = e[0]["subscribe_error"].as_str().unwrap();
+    assert!(
+        msg.contains("no stream `prod/nothing`") && msg.contains("prod/ticks"),
+        "{msg}"
+    );
+    let e = wait_lines(&dir, "badshape", "an error", |l| !l.is_empty());
+    let msg = e[0]["declare_error"].as_str().unwrap();
+    assert!(
+        msg.contains("badshape/ticks") && msg.contains("slot_count 1 is out of range"),
+        "{msg}"
+    );
+    let e = wait_lines(&dir, "huge", "an error", |l| !l.is_empty());
+    let msg = e[0]["declare_error"].as_str().unwrap();
+    assert!(
+        msg.contains("huge/ticks") && msg.contains("streams.max_ring_mb"),
+        "{msg}"
+    );
+    assert_eq!(h.node("prod").incarnation, 1, "the others are untouched");
+}
+
+#[test]
+fn tap_shows_a_world_scene_live() {
+    let h = Harness::start("[worlds]\nentities = 32\n", &[]);
+    h.wait_ready(&["world/main"]);
+    let out = h.cli(&[
+        "tap",
+        "world/main/scene",
+        "--count",
+        "1",
+        "--interval-ms",
+        "300",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["rate_hz"].as_f64().unwrap() > 10.0, "{report}");
+    assert_eq!(report["value"]["entities"].as_array().unwrap().len(), 32);
+    assert_eq!(report["value"]["world"], "main");
+    assert_eq!(report["gaps"], 0);
+    let status = h.try_status().unwrap();
+    assert_eq!(
+        status.node("world/main").unwrap().produces,
+        vec!["world/main/scene"]
+    );
+    let bad = h.cli(&["tap", "world/nope/scene"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no stream `world/nope/scene`"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
+#[test]
+fn the_runtime_leaks_no_fds_over_100_producer_restarts() {
+    let (_t, dir) = scratch();
+    let h = Harness::start(
+        &config(&[
+            (
+                "prod",
+                args(&dir, "prod", "producer", &["stream=ticks", "rate=100"]),
+            ),
+            (
+                "cons",
+                args(&dir, "cons", "consumer", &["stream=prod/ticks"]),
+            ),
+        ]),
+        &[],
+    );
+    h.wait_ready(&["prod", "cons"]);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", h.pid()))
+            .unwrap()
+            .count()
+    };
+    // Settle: the first restart creates nothing new in the Broker either.
+    let baseline = fds();
+    for i in 1..=100u64 {
+        match h.try_request(ControlRequest::Restart {
+            node: "prod".into(),
+        }) {
+            Some(ControlReply::Done { .. }) => {}
+            other => panic!("restart {i}: {other:?}"),
+        }
+        h.wait_ready_incarnation("prod", i + 1);
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while fds() > baseline {
+        assert!(
+            Instant::now() < deadline,
+            "the runtime holds {} fds after 100 producer restarts, {baseline} before",
+            fds()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let l = lines(&dir, "cons");
+    assert!(
+        l.iter().any(|v| v["inc"] == 101),
+        "the consumer still reads the 101st producer"
+    );
+}
