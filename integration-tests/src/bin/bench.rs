@@ -22,6 +22,9 @@ use syncra_protocol::NodeState;
 use syncra_protocol::status::EventKind;
 use syncra_runtime::{ControlClient, EventStream};
 
+#[path = "bench/streams.rs"]
+mod streams;
+
 struct Row {
     measure: String,
     p50: String,
@@ -388,6 +391,11 @@ fn verdict(ok: bool, note: String) -> String {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--ring-child") {
+        return streams::run_child(&argv[2..]);
+    }
+    let only_streams = argv.iter().any(|a| a == "--streams-only");
     let kills = arg("--kills", 60);
     let hangs = arg("--hangs", 10);
     let starts = arg("--starts", 10);
@@ -403,10 +411,13 @@ fn main() {
         .build()
         .unwrap();
     let mut rows = Vec::new();
-    kill_latency(&tokio, kills, &mut rows);
-    hang_detection(&tokio, hangs, &mut rows);
-    four_worlds(starts, &mut rows);
-    many_worlds(large, &mut rows);
+    if !only_streams {
+        kill_latency(&tokio, kills, &mut rows);
+        hang_detection(&tokio, hangs, &mut rows);
+        four_worlds(starts, &mut rows);
+        many_worlds(large, &mut rows);
+    }
+    streams::all(&mut rows, arg("--rounds", 20_000), arg("--frames", 60));
 
     println!("| measure | p50 | p99 | baseline (same run) | target | verdict |");
     println!("|---|---|---|---|---|---|");
