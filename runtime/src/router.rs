@@ -140,76 +140,39 @@ fn cast(agent: &ActorRef<NodeInbox>, msg: &RuntimeToNode) {
 impl RouterState {
     fn route(&mut self, me: &ActorRef<RouterMsg>, from: NodeName, incarnation: u64, msg: Routed) {
         if self.registry.shutting_down() {
-            let (id, to) = (msg.id, msg.to.clone());
-            return self.give_back(
-                &from,
-                incarnation,
-                id,
-                to,
-                Undeliverable::ShuttingDown,
-                msg.payload,
-            );
+            return self.bounce(&from, incarnation, msg, Undeliverable::ShuttingDown);
         }
         let Some((state, agent)) = self.registry.target(&msg.to) else {
-            let (id, to) = (msg.id, msg.to.clone());
-            return self.give_back(
-                &from,
-                incarnation,
-                id,
-                to,
-                Undeliverable::UnknownName,
-                msg.payload,
-            );
+            return self.bounce(&from, incarnation, msg, Undeliverable::UnknownName);
         };
-        match (state, agent) {
-            (NodeState::Ready, Some(agent)) => deliver(&agent, from, incarnation, msg),
-            (NodeState::Failed, _) => {
-                let (id, to) = (msg.id, msg.to.clone());
-                self.give_back(
-                    &from,
-                    incarnation,
-                    id,
-                    to,
-                    Undeliverable::Failed,
-                    msg.payload,
-                )
+        match (state, agent, msg.wait_ms) {
+            (NodeState::Ready, Some(agent), _) => deliver(&agent, from, incarnation, msg),
+            (NodeState::Failed, _, _) => {
+                self.bounce(&from, incarnation, msg, Undeliverable::Failed)
             }
-            (state, _) => match msg.wait_ms {
-                None => {
-                    let (id, to) = (msg.id, msg.to.clone());
-                    self.give_back(
-                        &from,
-                        incarnation,
-                        id,
-                        to,
-                        Undeliverable::NotReady { state },
-                        msg.payload,
-                    )
+            (state, _, None) => {
+                self.bounce(&from, incarnation, msg, Undeliverable::NotReady { state })
+            }
+            (_, _, Some(ms)) => {
+                let queue = self.parked.entry(msg.to.clone()).or_default();
+                if queue.len() >= MAX_PARKED {
+                    return self.bounce(&from, incarnation, msg, Undeliverable::QueueFull);
                 }
-                Some(ms) => {
-                    let queue = self.parked.entry(msg.to.clone()).or_default();
-                    if queue.len() >= MAX_PARKED {
-                        let (id, to) = (msg.id, msg.to.clone());
-                        return self.give_back(
-                            &from,
-                            incarnation,
-                            id,
-                            to,
-                            Undeliverable::QueueFull,
-                            msg.payload,
-                        );
-                    }
-                    let wait = Duration::from_millis(ms);
-                    queue.push_back(Parked {
-                        from,
-                        incarnation,
-                        msg,
-                        deadline: Instant::now() + wait,
-                    });
-                    me.send_after(wait, || RouterMsg::Expire);
-                }
-            },
+                let wait = Duration::from_millis(ms);
+                queue.push_back(Parked {
+                    from,
+                    incarnation,
+                    msg,
+                    deadline: Instant::now() + wait,
+                });
+                me.send_after(wait, || RouterMsg::Expire);
+            }
         }
+    }
+
+    /// Return a routed message to its sender.
+    fn bounce(&self, sender: &NodeName, incarnation: u64, msg: Routed, reason: Undeliverable) {
+        self.give_back(sender, incarnation, msg.id, msg.to, reason, msg.payload);
     }
 
     /// Deliver what waits for nodes that became ready.
@@ -240,14 +203,7 @@ impl RouterState {
         }
         self.parked.retain(|_, q| !q.is_empty());
         for (p, reason) in returns {
-            self.give_back(
-                &p.from,
-                p.incarnation,
-                p.msg.id,
-                p.msg.to,
-                reason,
-                p.msg.payload,
-            );
+            self.bounce(&p.from, p.incarnation, p.msg, reason);
         }
     }
 

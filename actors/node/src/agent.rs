@@ -56,30 +56,15 @@ impl Actor for Agent {
                 to,
                 reason,
                 payload,
-            }) => {
-                let is_call = self
-                    .shared
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains_key(&id);
-                if is_call {
-                    messaging::answered(
-                        &self.shared,
-                        id,
-                        messaging::Answer::Returned(reason, payload),
-                    );
-                } else {
-                    messaging::returned(
-                        &self.shared,
-                        messaging::Returned {
-                            to,
-                            reason,
-                            payload,
-                        },
-                    );
-                }
-            }
+            }) => messaging::answered(
+                &self.shared,
+                id,
+                messaging::Answer::Returned(messaging::Returned {
+                    to,
+                    reason,
+                    payload,
+                }),
+            ),
             Err(e) => tracing::warn!(error = %e, "ignored a message from the runtime"),
         }
         Ok(())

@@ -82,6 +82,14 @@ pub enum JoinError {
         /// What failed.
         message: String,
     },
+    /// The broker socket (streams) is unusable.
+    #[error("the broker socket (fd {fd}): {message}")]
+    Broker {
+        /// The fd.
+        fd: i32,
+        /// What failed.
+        message: String,
+    },
     /// The cluster node could not start or join.
     #[error("joining the cluster as {node}: {message}")]
     Cluster {
@@ -99,9 +107,10 @@ impl JoinError {
             JoinError::Boot(BootError::Decode(syncra_protocol::wire::DecodeError::Version {
                 ..
             })) => exit_code::PROTOCOL_MISMATCH,
-            JoinError::NotSpawnedByRuntime | JoinError::Boot(_) | JoinError::Page { .. } => {
-                exit_code::BAD_BOOT
-            }
+            JoinError::NotSpawnedByRuntime
+            | JoinError::Boot(_)
+            | JoinError::Page { .. }
+            | JoinError::Broker { .. } => exit_code::BAD_BOOT,
             JoinError::Cluster { .. } => 1,
         }
     }
@@ -372,45 +381,41 @@ impl Node {
     }
 }
 
-/// Take ownership of the inherited broker socket and start its client.
-fn take_broker_socket(fd: i32, incarnation: u64) -> Result<Arc<streams::BrokerClient>, JoinError> {
-    // SAFETY: only borrowed to inspect it; ownership is taken below after checking it is a
-    // socket, which by the spawn contract nothing else in this process owns.
+/// Take ownership of the inherited fd `fd` if it is a socket, and keep it from leaking into
+/// our own children.
+fn take_socket(fd: i32) -> Option<OwnedFd> {
+    // SAFETY: `fd` is only borrowed here to inspect it; ownership is taken below only after it
+    // has been verified to be an open socket, which by the spawn contract nothing else in this
+    // process owns.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let is_socket = rustix::fs::fstat(borrowed)
         .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
         .unwrap_or(false);
     if !is_socket {
-        return Err(JoinError::Page {
-            fd,
-            message: "the broker fd is not a socket".into(),
-        });
+        return None;
     }
     let _ = rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC);
     // SAFETY: an open socket inherited for this purpose; this is its only owner.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    streams::BrokerClient::start(owned, incarnation).map_err(|e| JoinError::Page {
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Take the cluster socket (fd 3).
+fn take_inherited_socket() -> Result<std::os::unix::net::UnixStream, JoinError> {
+    take_socket(CLUSTER_FD)
+        .map(std::os::unix::net::UnixStream::from)
+        .ok_or(JoinError::NotSpawnedByRuntime)
+}
+
+/// Take the broker socket and start its client.
+fn take_broker_socket(fd: i32, incarnation: u64) -> Result<Arc<streams::BrokerClient>, JoinError> {
+    let socket = take_socket(fd).ok_or_else(|| JoinError::Broker {
+        fd,
+        message: "not an inherited socket".into(),
+    })?;
+    streams::BrokerClient::start(socket, incarnation).map_err(|e| JoinError::Broker {
         fd,
         message: format!("starting the broker client: {e}"),
     })
-}
-
-/// Take ownership of fd 3 if it is a socket, and keep it from leaking into our own children.
-fn take_inherited_socket() -> Result<std::os::unix::net::UnixStream, JoinError> {
-    // SAFETY: fd 3 is only borrowed here to inspect it; ownership is taken below only after
-    // it has been verified to be an open socket, which by the spawn contract nothing else in
-    // this process owns.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(CLUSTER_FD) };
-    let is_socket = rustix::fs::fstat(borrowed)
-        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
-        .unwrap_or(false);
-    if !is_socket {
-        return Err(JoinError::NotSpawnedByRuntime);
-    }
-    let _ = rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC);
-    // SAFETY: fd 3 is an open socket inherited for this purpose; this is its only owner.
-    let owned = unsafe { OwnedFd::from_raw_fd(CLUSTER_FD) };
-    Ok(std::os::unix::net::UnixStream::from(owned))
 }
 
 /// Log to stderr (which the runtime writes to this node's log file), filtered by `SYNCRA_LOG`.

@@ -213,7 +213,7 @@ impl Returned {
 #[derive(Debug)]
 pub(crate) enum Answer {
     Reply(Result<Payload, String>),
-    Returned(Undeliverable, Payload),
+    Returned(Returned),
 }
 
 /// Route a delivered message from the runtime into the inbox (or back to its sender).
@@ -253,34 +253,27 @@ pub(crate) fn deliver(
     }
 }
 
-/// An answer (or a returned request) for call `call`.
-pub(crate) fn answered(shared: &Shared, call: u64, answer: Answer) {
+/// An answer or a returned message for id `id`: to the call waiting for it, or, for a plain
+/// message, kept for [`Node::returned`].
+pub(crate) fn answered(shared: &Shared, id: u64, answer: Answer) {
     let waiter = shared
         .pending
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .remove(&call);
+        .remove(&id);
     match (waiter, answer) {
         (Some(w), answer) => {
             let _ = w.push(answer);
         }
-        (None, Answer::Returned(reason, payload)) => {
-            // A plain message came back.
-            tracing::warn!(%reason, type_tag = payload.type_tag, "a message was returned undelivered");
+        (None, Answer::Returned(ret)) => {
+            tracing::warn!(to = %ret.to, reason = %ret.reason, "a message was returned undelivered");
+            if shared.returned.push(ret).is_err() {
+                tracing::warn!(
+                    "too many returned messages not collected with Node::returned; dropped this one"
+                );
+            }
         }
-        (None, Answer::Reply(_)) => {
-            tracing::debug!(call, "an answer after the call timed out");
-        }
-    }
-}
-
-/// A returned plain message: keep it for [`Node::returned`].
-pub(crate) fn returned(shared: &Shared, ret: Returned) {
-    tracing::warn!(to = %ret.to, reason = %ret.reason, "a message was returned undelivered");
-    if shared.returned.push(ret).is_err() {
-        tracing::warn!(
-            "too many returned messages not collected with Node::returned; dropped the oldest news"
-        );
+        (None, Answer::Reply(_)) => tracing::debug!(id, "an answer after the call timed out"),
     }
 }
 
@@ -440,7 +433,7 @@ impl Node {
                     after: timeout,
                 })
             }
-            Some(Answer::Returned(reason, _)) => Err(undelivered(to, reason, req)),
+            Some(Answer::Returned(ret)) => Err(undelivered(to, ret.reason, req)),
             Some(Answer::Reply(Err(message))) => Err(CallError::Remote {
                 to: to.to_owned(),
                 message,
