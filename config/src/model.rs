@@ -227,6 +227,10 @@ pub struct SupervisorSection {
     pub backoff_jitter: f64,
     /// A node that was ready at least this long restarts at once, and its delay resets.
     pub stable_after_ms: u64,
+    /// Keep a warm spare per node: a process of the node's program started ahead, waiting for
+    /// its boot frame, that the next restart uses instead of spawning (Chromium's spare
+    /// renderer). Restarts skip fork, exec and program start; each node costs one idle process.
+    pub warm_spare: bool,
     /// What giving up on a node does.
     pub on_give_up: GiveUpAction,
     /// `[supervisor.drivers]`: overrides for the drivers group.
@@ -246,6 +250,7 @@ impl Default for SupervisorSection {
             backoff_multiplier: DEFAULT_BACKOFF_MULTIPLIER,
             backoff_jitter: DEFAULT_BACKOFF_JITTER,
             stable_after_ms: DEFAULT_STABLE_AFTER_MS,
+            warm_spare: false,
             on_give_up: GiveUpAction::KeepRunning,
             drivers: GroupOverrides::default(),
             worlds: GroupOverrides::default(),

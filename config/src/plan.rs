@@ -87,6 +87,8 @@ pub struct GroupPolicy {
     pub backoff: Backoff,
     /// A node ready this long restarts at once.
     pub stable_after: Duration,
+    /// Each node keeps a warm spare process for its next restart.
+    pub warm_spare: bool,
 }
 
 /// One node, resolved: everything the runtime needs to spawn and supervise it.
@@ -569,6 +571,7 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
             jitter: sup.backoff_jitter,
         },
         stable_after: ms(sup.stable_after_ms),
+        warm_spare: sup.warm_spare,
     };
     let mut plans: Vec<NodePlan> = nodes.into_iter().map(|(_, p, _)| p).collect();
     let worlds = plans.split_off(driver_count);

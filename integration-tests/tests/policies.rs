@@ -363,3 +363,53 @@ fn a_failed_dependency_fails_its_dependents_with_a_record() {
     );
     h.wait_ready(&["world/main"]);
 }
+
+#[test]
+fn a_warm_spare_replaces_a_killed_world_and_never_outlives_the_runtime() {
+    let mut h = Harness::start(&config("warm_spare = true", ""), &[]);
+    let spare_of = |h: &Harness, not: Option<u32>| {
+        h.wait_until("world/main has a new warm spare", PATIENCE, |s| {
+            let n = s.node("world/main")?;
+            (n.state == NodeState::Ready && n.spare_pid.is_some() && n.spare_pid != not)
+                .then(|| n.clone())
+        })
+    };
+    let first = spare_of(&h, None);
+    let spare = first.spare_pid.unwrap();
+    assert_ne!(Some(spare), first.pid, "the spare is a process of its own");
+
+    // The restart uses the spare: the replacement is the spare's process.
+    send(first.pid.unwrap(), libc::SIGKILL);
+    let second = h.wait_ready_incarnation("world/main", first.incarnation + 1);
+    assert_eq!(second.pid, Some(spare), "the restart did not use the spare");
+    let next = spare_of(&h, Some(spare));
+    let next_spare = next.spare_pid.unwrap();
+
+    // A spare that dies is only a spare lost: no restart, no crash record; the next restart
+    // spawns afresh.
+    send(next_spare, libc::SIGKILL);
+    h.wait_until("the dead spare is gone from status", PATIENCE, |s| {
+        s.node("world/main")
+            .filter(|n| n.spare_pid.is_none())
+            .cloned()
+    });
+    let still = h.node("world/main");
+    assert_eq!(
+        (still.pid, still.incarnation),
+        (second.pid, second.incarnation)
+    );
+    assert_eq!(
+        h.crashes(Some("world/main")).len(),
+        1,
+        "only the world's own kill"
+    );
+    send(second.pid.unwrap(), libc::SIGKILL);
+    let third = h.wait_ready_incarnation("world/main", second.incarnation + 1);
+    assert_ne!(third.pid, Some(next_spare));
+    spare_of(&h, Some(next_spare));
+
+    // Shutdown takes the spare with it.
+    h.signal(libc::SIGTERM);
+    assert!(h.wait_exit(PATIENCE).success());
+    h.wait_no_processes_left(PATIENCE);
+}

@@ -328,7 +328,12 @@ fn bad_subscriptions_get_clear_errors() {
                 ),
             ),
         ])
-        .replace("[worlds]", "[streams]\nmax_ring_mb = 1\n[worlds]"),
+        .replace("[worlds]", "[streams]\nmax_ring_mb = 1\n[worlds]")
+        // Not waiting, it must look only once `prod` has declared its stream (before ready).
+        .replace(
+            "[drivers.nostream]\n",
+            "[drivers.nostream]\ndepends_on = [\"prod\"]\n",
+        ),
         &[],
     );
     h.wait_ready(&["prod", "wrongtype", "nostream", "badshape"]);

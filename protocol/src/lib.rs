@@ -25,6 +25,7 @@ pub mod boot;
 pub mod broker;
 pub mod control;
 pub mod crash;
+pub mod link;
 pub mod node;
 pub mod page;
 pub mod ring;

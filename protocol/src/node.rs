@@ -10,11 +10,12 @@
 //! to the runtime and that incarnation, is what the gateway routes and authenticates by.
 //! Heartbeats are not messages: they go through the node's shared page ([`crate::page`]).
 
-use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream, RactorClusterMessage};
+use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
 
 use crate::NodeName;
 use crate::boot::Token;
+pub use crate::link::UnixLink;
 
 /// The process group holding the runtime's gateway actor.
 pub const RUNTIME_GROUP: &str = "syncra.runtime";
@@ -222,37 +223,6 @@ pub fn node_server(node_name: &str, cookie: &str) -> ractor_cluster::NodeServer 
         Some(ractor_cluster::node::NodeConnectionMode::Isolated),
     )
     .with_listen_addr(IpAddr::V4(Ipv4Addr::LOCALHOST))
-}
-
-/// A connected Unix socket (an inherited socketpair end) as a ractor_cluster transport.
-#[derive(Debug)]
-pub struct UnixLink {
-    stream: tokio::net::UnixStream,
-    label: String,
-}
-
-impl UnixLink {
-    /// Wrap `stream`; `label` names the peer in ractor_cluster's session information, and is
-    /// how the runtime matches a session to the child it spawned.
-    pub fn new(stream: tokio::net::UnixStream, label: impl Into<String>) -> Self {
-        Self {
-            stream,
-            label: label.into(),
-        }
-    }
-}
-
-impl ClusterBidiStream for UnixLink {
-    fn split(self: Box<Self>) -> (BoxRead, BoxWrite) {
-        let (r, w) = self.stream.into_split();
-        (Box::new(r), Box::new(w))
-    }
-    fn peer_label(&self) -> Option<String> {
-        Some(self.label.clone())
-    }
-    fn local_label(&self) -> Option<String> {
-        Some(format!("{}:local", self.label))
-    }
 }
 
 #[cfg(test)]

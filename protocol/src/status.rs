@@ -196,6 +196,10 @@ pub struct NodeView {
     /// Streams it consumes.
     #[serde(default)]
     pub consumes: Vec<String>,
+    /// Pid of the warm spare waiting to replace this node at its next restart
+    /// (`supervisor.warm_spare`), if one is waiting.
+    #[serde(default)]
+    pub spare_pid: Option<u32>,
 }
 
 /// Facts about the runtime process itself.

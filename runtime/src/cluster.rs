@@ -65,10 +65,17 @@ impl Hub {
     }
 
     /// Open a session over a connected socket whose other end a child inherited.
-    pub(crate) fn attach(&self, stream: tokio::net::UnixStream, label: &str) -> Result<(), String> {
+    /// Call it inside the tokio runtime.
+    pub(crate) fn attach(
+        &self,
+        stream: std::os::unix::net::UnixStream,
+        label: &str,
+    ) -> Result<(), String> {
+        let link = UnixLink::new(stream, label)
+            .map_err(|e| format!("preparing the session socket: {e}"))?;
         self.server
             .cast(NodeServerMessage::ConnectionOpenedExternal {
-                stream: Box::new(UnixLink::new(stream, label)),
+                stream: Box::new(link),
                 is_server: true,
             })
             .map_err(|e| format!("the hub node is gone: {e}"))

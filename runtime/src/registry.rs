@@ -81,6 +81,7 @@ impl Registry {
                     detail: Some("not started yet".into()),
                     produces: Vec::new(),
                     consumes: Vec::new(),
+                    spare_pid: None,
                 },
                 ready_since: None,
                 page: None,

@@ -33,14 +33,24 @@ impl NodeEventSubscription for Subscription {
     }
 }
 
-/// Start the cluster thread, join, and return the runtime's gateway once it is reachable.
-pub(crate) fn start(
-    boot: &Boot,
+/// What the cluster thread needs to join, once the boot frame is read.
+struct Job {
+    boot: Boot,
     socket: std::os::unix::net::UnixStream,
     shared: Arc<Shared>,
-) -> Result<ActorRef<RuntimeInbox>, String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let boot = boot.clone();
+}
+
+/// The cluster thread, started (with its tokio runtime built) before the boot frame arrives,
+/// so that a process started ahead — a warm spare — has done that work by the time it boots.
+pub(crate) struct Prestarted {
+    jobs: std::sync::mpsc::Sender<Job>,
+    joined: std::sync::mpsc::Receiver<Result<ActorRef<RuntimeInbox>, String>>,
+}
+
+/// Start the cluster thread and its tokio runtime; it waits for [`Prestarted::join`].
+pub(crate) fn prestart() -> Result<Prestarted, String> {
+    let (jobs, job) = std::sync::mpsc::channel::<Job>();
+    let (tx, joined) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("syncra-node".into())
         .spawn(move || {
@@ -53,6 +63,15 @@ pub(crate) fn start(
                     let _ = tx.send(Err(format!("starting the node's tokio runtime: {e}")));
                     return;
                 }
+            };
+            // No job: the process failed before joining and is on its way out.
+            let Ok(Job {
+                boot,
+                socket,
+                shared,
+            }) = job.recv()
+            else {
+                return;
             };
             rt.block_on(async move {
                 match connect(&boot, socket, shared.clone()).await {
@@ -67,8 +86,28 @@ pub(crate) fn start(
             });
         })
         .map_err(|e| format!("starting the node thread: {e}"))?;
-    rx.recv_timeout(JOIN_TIMEOUT + std::time::Duration::from_secs(1))
-        .map_err(|_| "the node thread did not answer".to_owned())?
+    Ok(Prestarted { jobs, joined })
+}
+
+impl Prestarted {
+    /// Join, and return the runtime's gateway once it is reachable.
+    pub(crate) fn join(
+        self,
+        boot: &Boot,
+        socket: std::os::unix::net::UnixStream,
+        shared: Arc<Shared>,
+    ) -> Result<ActorRef<RuntimeInbox>, String> {
+        self.jobs
+            .send(Job {
+                boot: boot.clone(),
+                socket,
+                shared,
+            })
+            .map_err(|_| "the node thread is gone".to_owned())?;
+        self.joined
+            .recv_timeout(JOIN_TIMEOUT + std::time::Duration::from_secs(1))
+            .map_err(|_| "the node thread did not answer".to_owned())?
+    }
 }
 
 async fn connect(
@@ -93,14 +132,11 @@ async fn connect(
         .map_err(|e| format!("starting the agent: {e}"))?;
     ractor::pg::join(agent_group(&join.node_name), vec![agent.get_cell()]);
 
-    socket
-        .set_nonblocking(true)
-        .map_err(|e| format!("preparing the cluster socket: {e}"))?;
-    let stream = tokio::net::UnixStream::from_std(socket)
+    let link = UnixLink::new(socket, "runtime")
         .map_err(|e| format!("preparing the cluster socket: {e}"))?;
     let t_connect = std::time::Instant::now();
     tracing::debug!("node server and agent up; opening the session");
-    ractor_cluster::client_connect_external(&server, Box::new(UnixLink::new(stream, "runtime")))
+    ractor_cluster::client_connect_external(&server, Box::new(link))
         .await
         .map_err(|e| format!("opening the session: {e}"))?;
 

@@ -90,6 +90,9 @@ pub enum JoinError {
         /// What failed.
         message: String,
     },
+    /// The node's cluster thread could not start.
+    #[error("starting the node's cluster thread: {0}")]
+    Thread(String),
     /// The cluster node could not start or join.
     #[error("joining the cluster as {node}: {message}")]
     Cluster {
@@ -111,7 +114,7 @@ impl JoinError {
             | JoinError::Boot(_)
             | JoinError::Page { .. }
             | JoinError::Broker { .. } => exit_code::BAD_BOOT,
-            JoinError::Cluster { .. } => 1,
+            JoinError::Thread(_) | JoinError::Cluster { .. } => 1,
         }
     }
 
@@ -206,11 +209,13 @@ impl Node {
     /// and return once the runtime can hear this node. Blocks; call it before starting other
     /// threads where possible.
     pub fn join() -> Result<Node, JoinError> {
-        let t0 = Instant::now();
-        let socket = take_inherited_socket()?;
-        let boot = Boot::read_from(&mut &socket, CLUSTER_FD)?;
-        panic::install(&boot);
         init_logging();
+        let socket = take_inherited_socket()?;
+        // The cluster thread starts while the boot frame is awaited (a warm spare waits here).
+        let cluster = cluster::prestart().map_err(JoinError::Thread)?;
+        let boot = Boot::read_from(&mut &socket, CLUSTER_FD)?;
+        let t0 = Instant::now();
+        panic::install(&boot);
         let shared = Arc::new(Shared {
             shutdown: AtomicBool::new(false),
             shutdown_notify: Notify::new(),
@@ -248,12 +253,12 @@ impl Node {
             None => None,
         };
         let booted = t0.elapsed();
-        let gateway = cluster::start(&boot, socket, shared.clone()).map_err(|message| {
-            JoinError::Cluster {
+        let gateway = cluster
+            .join(&boot, socket, shared.clone())
+            .map_err(|message| JoinError::Cluster {
                 node: boot.node.clone(),
                 message,
-            }
-        })?;
+            })?;
         let joined = t0.elapsed();
         let _ = shared.gateway.set(gateway);
         let node = Node {

@@ -22,6 +22,8 @@ use syncra_protocol::NodeState;
 use syncra_protocol::status::EventKind;
 use syncra_runtime::{ControlClient, EventStream};
 
+#[path = "bench/routing.rs"]
+mod routing;
 #[path = "bench/streams.rs"]
 mod streams;
 
@@ -102,17 +104,29 @@ async fn until<T>(
     }
 }
 
-/// (a) SIGKILL → replacement ready.
-fn kill_latency(rt: &tokio::runtime::Runtime, kills: usize, rows: &mut Vec<Row>) {
+/// (a) SIGKILL → replacement ready, without and with a warm spare.
+fn kill_latency(rt: &tokio::runtime::Runtime, kills: usize, spare: bool, rows: &mut Vec<Row>) {
     let mut bare = bare_spawn_to_first_line(kills);
-    let h = Harness::start(&config(1000, "[worlds]\nentities = 256\n"), &[]);
+    let extra = format!("warm_spare = {spare}\n[worlds]\nentities = 256\n");
+    let h = Harness::start(&config(1000, &extra), &[]);
     h.wait_ready(&["world/main"]);
     let mut stream = rt.block_on(events(&h));
     let (mut total, mut startup, mut machinery) = (Vec::new(), Vec::new(), Vec::new());
+    let mut spares_used = 0;
     for _ in 0..kills {
-        let node = h.node("world/main");
-        // Past the stability threshold, so the restart is immediate (no backoff).
+        // Past the stability threshold, so the restart is immediate (no backoff); with a
+        // spare, also until the next spare is waiting.
         std::thread::sleep(Duration::from_millis(60));
+        let node = if spare {
+            h.wait_until("a warm spare", Duration::from_secs(10), |s| {
+                s.nodes
+                    .iter()
+                    .find(|n| n.name.to_string() == "world/main" && n.spare_pid.is_some())
+                    .cloned()
+            })
+        } else {
+            h.node("world/main")
+        };
         let t0 = Instant::now();
         send(node.pid.unwrap(), libc::SIGKILL);
         let (t1, up_ms) = rt.block_on(until(&mut stream, |ev| match ev.what {
@@ -120,14 +134,22 @@ fn kill_latency(rt: &tokio::runtime::Runtime, kills: usize, rows: &mut Vec<Row>)
             _ => None,
         }));
         let dt = (t1 - t0).as_secs_f64() * 1e3;
+        if spare && h.node("world/main").pid == node.spare_pid {
+            spares_used += 1;
+        }
         total.push(dt);
         startup.push(up_ms);
         machinery.push(dt - up_ms);
     }
     let (b50, b99) = (percentile(&mut bare, 50.0), percentile(&mut bare, 99.0));
     let (t50, t99) = (percentile(&mut total, 50.0), percentile(&mut total, 99.0));
+    let label = if spare {
+        format!(" with `warm_spare = true` ({spares_used} of {kills} restarts used the spare)")
+    } else {
+        String::new()
+    };
     rows.push(Row {
-        measure: format!("(a) SIGKILL → replacement ready ({kills} kills)"),
+        measure: format!("(a) SIGKILL → replacement ready ({kills} kills){label}"),
         p50: ms(t50),
         p99: ms(t99),
         baseline: format!(
@@ -139,7 +161,11 @@ fn kill_latency(rt: &tokio::runtime::Runtime, kills: usize, rows: &mut Vec<Row>)
         verdict: verdict(t50 <= b50 + 2.0, format!("+{:.2} ms", t50 - b50)),
     });
     rows.push(Row {
-        measure: "(a) … of which spawn → ready (fork, exec, join, ready)".into(),
+        measure: if spare {
+            "(a) … of which boot frame → ready (join, ready: the spare had started already)".into()
+        } else {
+            "(a) … of which spawn → ready (fork, exec, join, ready)".into()
+        },
         p50: ms(percentile(&mut startup, 50.0)),
         p99: ms(percentile(&mut startup, 99.0)),
         baseline: "the runtime's own figure (Up event)".into(),
@@ -396,6 +422,8 @@ fn main() {
         return streams::run_child(&argv[2..]);
     }
     let only_streams = argv.iter().any(|a| a == "--streams-only");
+    let only_calls = argv.iter().any(|a| a == "--calls-only");
+    let only_restarts = argv.iter().any(|a| a == "--restarts-only");
     let kills = arg("--kills", 60);
     let hangs = arg("--hangs", 10);
     let starts = arg("--starts", 10);
@@ -411,14 +439,26 @@ fn main() {
         .build()
         .unwrap();
     let mut rows = Vec::new();
-    if !only_streams {
-        kill_latency(&tokio, kills, &mut rows);
+    if !only_streams && !only_calls {
+        kill_latency(&tokio, kills, false, &mut rows);
+        kill_latency(&tokio, kills, true, &mut rows);
+    }
+    if only_restarts {
+        return print(rows);
+    }
+    if !only_streams && !only_calls {
         hang_detection(&tokio, hangs, &mut rows);
         four_worlds(starts, &mut rows);
         many_worlds(large, &mut rows);
     }
-    streams::all(&mut rows, arg("--rounds", 20_000), arg("--frames", 60));
+    if !only_calls {
+        streams::all(&mut rows, arg("--rounds", 20_000), arg("--frames", 200));
+    }
+    routing::routed_call(arg("--calls", 5_000), &mut rows);
+    print(rows);
+}
 
+fn print(rows: Vec<Row>) {
     println!("| measure | p50 | p99 | baseline (same run) | target | verdict |");
     println!("|---|---|---|---|---|---|");
     for r in rows {

@@ -10,6 +10,11 @@
 //!   header's `n`; the incarnation-1 process aborts in the middle of writing message `abort_at`.
 //! - `consumer stream=NAME [type=wrong] [wait=0] [delay_ms=D] [bulk=1]`: subscribes and
 //!   reports every message (seq, gap, producer incarnation, payload).
+//! - `bench-caller to=NAME direct=PATH rounds=N`: times `rounds` routed calls to `to` and as
+//!   many direct ractor_cluster calls to the echo served at `direct` (an `echo direct=PATH`
+//!   in another process), in alternating blocks, and reports both as `routed_us`/`direct_us`.
+//!
+//! `echo direct=PATH` also serves a direct ractor_cluster echo on the Unix socket `PATH`.
 
 #![allow(clippy::disallowed_methods, reason = "a test helper")]
 
@@ -20,6 +25,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use syncra_node::{Node, StreamOptions};
 use syncra_protocol::status::NodeMetrics;
+
+#[path = "peer/direct.rs"]
+mod direct;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Ping(u64);
@@ -76,6 +84,9 @@ fn main() {
     };
     match role.as_str() {
         "echo" => {
+            if opts.contains_key("direct") {
+                direct::serve(opt("direct").into());
+            }
             node.ready();
             while !node.shutdown_requested() {
                 if let Some(call) = node.recv_timeout(Duration::from_millis(20)) {
@@ -109,6 +120,58 @@ fn main() {
                 }
                 beat(&node);
                 node.sleep_until(Instant::now() + Duration::from_millis(10));
+            }
+        }
+        "bench-caller" => {
+            node.ready();
+            let blocks = 10;
+            let per_block = (num("rounds", 5000) as usize).div_ceil(blocks);
+            let to = opt("to");
+            let direct = match direct::DirectCaller::connect(
+                std::path::Path::new(&opt("direct")),
+                Duration::from_secs(10),
+            ) {
+                Ok(d) => d,
+                Err(e) => return idle(&node, &mut out, format!("direct link: {e}")),
+            };
+            let payload = [7u8; 16];
+            let routed_call = |n: u64| -> Result<f64, String> {
+                let t = Instant::now();
+                let pong: Pong = node
+                    .call(&to, Ping(n), Duration::from_secs(10))
+                    .map_err(|e| e.to_string())?;
+                let us = t.elapsed().as_secs_f64() * 1e6;
+                if pong.n != n {
+                    return Err(format!("asked {n}, answered {}", pong.n));
+                }
+                Ok(us)
+            };
+            let measured = (|| -> Result<(Vec<f64>, Vec<f64>), String> {
+                // Warm up both paths (the first routed call also waits for `to` to be ready).
+                for n in 0..200 {
+                    routed_call(n)?;
+                    direct.call(&payload)?;
+                }
+                let (mut routed, mut direct_us) = (Vec::new(), Vec::new());
+                for b in 0..blocks {
+                    for i in 0..per_block {
+                        routed.push(routed_call((b * per_block + i) as u64)?);
+                    }
+                    beat(&node);
+                    for _ in 0..per_block {
+                        direct_us.push(direct.call(&payload)?);
+                    }
+                    beat(&node);
+                }
+                Ok((routed, direct_us))
+            })();
+            match measured {
+                Ok((routed, direct_us)) => out.line(serde_json::json!({
+                    "routed_us": routed, "direct_us": direct_us })),
+                Err(e) => out.line(serde_json::json!({ "error": e })),
+            }
+            while !node.sleep_until(Instant::now() + Duration::from_millis(20)) {
+                beat(&node);
             }
         }
         "producer" => {

@@ -599,6 +599,7 @@ fn print_status(r: &StatusReport) {
             tick,
             entities,
             detail,
+            spare_pid,
             ..
         } = n;
         let last = last_exit.as_ref().map(|e| {
@@ -613,7 +614,8 @@ fn print_status(r: &StatusReport) {
                 format!("{} ({how})", e.reason)
             }
         });
-        let note = [last, detail.clone()]
+        let spare = spare_pid.map(|p| format!("warm spare pid {p}"));
+        let note = [last, detail.clone(), spare]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()

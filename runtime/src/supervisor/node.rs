@@ -13,12 +13,13 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use rustix::process::Signal;
-use syncra_config::{GiveUpAction, GroupPolicy, HookPoint, NodePlan};
+use syncra_config::{GiveUpAction, GroupPolicy, HookPoint, NodePlan, RestartType};
 use syncra_protocol::boot::{Boot, ClusterJoin, PAGE_FD, Token};
 use syncra_protocol::broker::BROKER_FD;
 use syncra_protocol::crash::{CrashRecord, Decision, ExitSummary, PanicReport, Reason};
@@ -40,6 +41,11 @@ use crate::spawn::{Exit, SpawnError, SpawnSpec, resolve_program, signal};
 /// How long the exit handler waits for a dead child's pipes to drain.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(300);
 
+/// A launched process's claim before it is given an incarnation (a warm spare).
+const UNCLAIMED: u64 = 0;
+/// A launched process's claim once it has exited.
+const EXITED: u64 = u64::MAX;
+
 /// Everything that can happen to a node.
 #[derive(RactorMessage)]
 pub(crate) enum SupMsg {
@@ -53,6 +59,10 @@ pub(crate) enum SupMsg {
     },
     /// A restart delay is over.
     Spawn { epoch: u64 },
+    /// The node is ready: launch a warm spare for its next restart (when it keeps one).
+    PrepareSpare,
+    /// The warm spare exited before it was used.
+    SpareExited { pid: u32, termination: Termination },
     /// A message from the child, authenticated by the gateway.
     FromNode {
         incarnation: u64,
@@ -174,6 +184,48 @@ enum After {
     Restart { delay: Duration, cause: String },
 }
 
+/// A process launched for this node and blocked reading its boot frame: about to become an
+/// incarnation, or a warm spare waiting for the next restart.
+struct Launched {
+    pid: u32,
+    pidfd: OwnedFd,
+    /// The incarnation it is, [`UNCLAIMED`] while a spare, [`EXITED`] once its exit is seen:
+    /// whoever changes it first decides what the exit is reported as.
+    claim: Arc<AtomicU64>,
+    ours: std::os::unix::net::UnixStream,
+    broker_ours: OwnedFd,
+    page: Arc<NodePage>,
+    log_path: std::path::PathBuf,
+}
+
+impl Launched {
+    /// Claim a spare as incarnation `incarnation`; `None` if it already exited.
+    fn claim(self, incarnation: u64) -> Option<Launched> {
+        self.claim
+            .compare_exchange(UNCLAIMED, incarnation, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            .then_some(self)
+    }
+}
+
+/// Write as much of `frame` as the socket takes now.
+fn write_nonblocking(
+    socket: &std::os::unix::net::UnixStream,
+    frame: &[u8],
+) -> std::io::Result<usize> {
+    socket.set_nonblocking(true)?;
+    let mut written = 0;
+    while written < frame.len() {
+        match std::io::Write::write(&mut &*socket, &frame[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
 /// The running incarnation.
 struct Live {
     incarnation: u64,
@@ -205,6 +257,8 @@ pub(crate) struct SupState {
     live: Option<Live>,
     after: After,
     stop_waiters: Vec<RpcReplyPort<()>>,
+    /// The warm spare, when the policy keeps one and the node is ready.
+    spare: Option<Launched>,
 }
 
 impl Actor for NodeSupervisor {
@@ -231,6 +285,7 @@ impl Actor for NodeSupervisor {
             live: None,
             after: After::Decide,
             stop_waiters: Vec::new(),
+            spare: None,
         })
     }
 
@@ -260,6 +315,14 @@ impl Actor for NodeSupervisor {
                     st.begin().await;
                 }
             }
+            SupMsg::PrepareSpare => st.prepare_spare().await,
+            SupMsg::SpareExited { pid, termination } => {
+                if st.spare.as_ref().is_some_and(|s| s.pid == pid) {
+                    tracing::warn!(node = %st.plan.name, pid, ?termination, "the warm spare exited before it was used; the next restart spawns afresh");
+                    st.spare = None;
+                    st.show_spare();
+                }
+            }
             SupMsg::FromNode { incarnation, msg } => st.on_node_message(incarnation, msg),
             SupMsg::Exited(report) => st.exited(*report).await,
             SupMsg::StartTimeout { incarnation } => {
@@ -287,28 +350,31 @@ impl Actor for NodeSupervisor {
                 }
             }
             SupMsg::Restart { delay, cause, user } => st.restart(delay, cause, user).await,
-            SupMsg::Stop(reply) => match st.phase {
-                Phase::Starting | Phase::Ready => {
-                    st.stop_waiters.push(reply);
-                    st.stop_live(After::StayStopped, "stop requested");
+            SupMsg::Stop(reply) => {
+                st.drop_spare();
+                match st.phase {
+                    Phase::Starting | Phase::Ready => {
+                        st.stop_waiters.push(reply);
+                        st.stop_live(After::StayStopped, "stop requested");
+                    }
+                    Phase::Stopping => {
+                        st.stop_waiters.push(reply);
+                        st.after = After::StayStopped;
+                    }
+                    Phase::Waiting | Phase::Backoff => {
+                        st.epoch += 1;
+                        st.set_phase(Phase::Stopped, Some("stopped".into()));
+                        st.emit(None, EventKind::Stopped);
+                        let mut hook = st.hook_ctx(HookPoint::AfterStop, None);
+                        hook.reason = Some(Reason::Requested);
+                        st.hook_in_background(hook);
+                        let _ = reply.send(());
+                    }
+                    Phase::Stopped | Phase::Failed => {
+                        let _ = reply.send(());
+                    }
                 }
-                Phase::Stopping => {
-                    st.stop_waiters.push(reply);
-                    st.after = After::StayStopped;
-                }
-                Phase::Waiting | Phase::Backoff => {
-                    st.epoch += 1;
-                    st.set_phase(Phase::Stopped, Some("stopped".into()));
-                    st.emit(None, EventKind::Stopped);
-                    let mut hook = st.hook_ctx(HookPoint::AfterStop, None);
-                    hook.reason = Some(Reason::Requested);
-                    st.hook_in_background(hook);
-                    let _ = reply.send(());
-                }
-                Phase::Stopped | Phase::Failed => {
-                    let _ = reply.send(());
-                }
-            },
+            }
             SupMsg::StartRequest(reply) => {
                 if matches!(st.phase, Phase::Stopped | Phase::Failed) {
                     st.history.reset();
@@ -356,6 +422,7 @@ impl Actor for NodeSupervisor {
         if let Some(live) = &st.live {
             signal(&live.pidfd, Signal::KILL);
         }
+        st.drop_spare();
         Ok(())
     }
 }
@@ -566,6 +633,22 @@ impl SupState {
     }
 
     async fn try_spawn(&mut self, incarnation: u64) -> Result<Live, SpawnError> {
+        // Spawn → ready is timed from here, fork and exec included (as a bare spawn would be).
+        let started = Instant::now();
+        let launched = match self.spare.take().and_then(|s| s.claim(incarnation)) {
+            Some(spare) => {
+                tracing::debug!(node = %self.plan.name, pid = spare.pid, incarnation, "using the warm spare");
+                spare
+            }
+            None => self.launch(incarnation).await?,
+        };
+        self.activate(launched, incarnation, started)
+    }
+
+    /// Start a process of this node's program. It blocks reading its boot frame until
+    /// [`SupState::activate`] writes one. `claim` is the incarnation it will be (0: a spare,
+    /// claimed later): its exit is reported as that incarnation's.
+    async fn launch(&self, claim: u64) -> Result<Launched, SpawnError> {
         let io = |what: &str, e: std::io::Error| SpawnError::Io {
             program: self.plan.command.clone(),
             message: format!("{what}: {e}"),
@@ -583,13 +666,105 @@ impl SupState {
         let (page, page_child) = NodePage::create("syncra-node-page")
             .map_err(|e| io("creating the node page", std::io::Error::other(e)))?;
         let page = Arc::new(page);
+        let mut env: Vec<(String, String)> = self
+            .plan
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.push(("SYNCRA_NODE".into(), self.plan.name.to_string()));
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none()
+            && !self.plan.env.contains_key("MALLOC_ARENA_MAX")
+        {
+            // glibc reserves an arena per thread; two keep a node's footprint small.
+            env.push(("MALLOC_ARENA_MAX".into(), "2".into()));
+        }
+        let spec = SpawnSpec {
+            program,
+            args: self.plan.args.clone(),
+            env,
+            fds: vec![
+                (theirs, syncra_protocol::boot::CLUSTER_FD),
+                (page_child, PAGE_FD),
+                (broker_theirs, BROKER_FD),
+            ],
+            capture_output: true,
+        };
+        let spawned = self.ctx.spawner.spawn(spec).await?;
+        let pid = spawned.pid;
+        let log_path = self
+            .ctx
+            .runtime
+            .log_dir
+            .join(format!("{}_{pid}.log", self.plan.name.file_stem()));
+        let capture = logs::capture(spawned.stdout, spawned.stderr, log_path.clone());
+        let process = spawned.process;
+        let me = self.myself.clone();
+        let waiter_page = page.clone();
+        let claim = Arc::new(AtomicU64::new(claim));
+        let waiter_claim = claim.clone();
+        tokio::spawn(async move {
+            let status = process.wait().await;
+            let at = SystemTime::now();
+            let termination = match status {
+                Ok(Exit::Code(c)) => Termination::Code(c),
+                Ok(Exit::Signal(sig)) => Termination::Signal(sig),
+                Err(e) => {
+                    tracing::error!(pid, error = %e, "waiting for a child failed");
+                    Termination::Code(-1)
+                }
+            };
+            let stderr_tail = capture.finish(OUTPUT_DRAIN).await;
+            let incarnation = waiter_claim.swap(EXITED, Ordering::AcqRel);
+            if incarnation == UNCLAIMED {
+                let _ = me.cast(SupMsg::SpareExited { pid, termination });
+                return;
+            }
+            let panic = read_panic(&waiter_page);
+            let _ = me.cast(SupMsg::Exited(Box::new(ExitReport {
+                incarnation,
+                termination,
+                at,
+                stderr_tail,
+                panic,
+                not_started: None,
+            })));
+        });
+        Ok(Launched {
+            pid,
+            pidfd: spawned.signal_fd,
+            claim,
+            ours: std::os::unix::net::UnixStream::from(ours),
+            broker_ours,
+            page,
+            log_path,
+        })
+    }
+
+    /// Make a launched process incarnation `incarnation`: its token and route, its session
+    /// with the hub, its broker link, and last its boot frame, which lets it go.
+    fn activate(
+        &mut self,
+        launched: Launched,
+        incarnation: u64,
+        started: Instant,
+    ) -> Result<Live, SpawnError> {
+        let io = |what: &str, e: std::io::Error| SpawnError::Io {
+            program: self.plan.command.clone(),
+            message: format!("{what}: {e}"),
+        };
+        let Launched {
+            pid,
+            pidfd,
+            claim: _,
+            ours,
+            broker_ours,
+            page,
+            log_path,
+        } = launched;
         let token = new_token().map_err(|e| io("generating the node token", e))?;
         let cluster_name = format!("{}#{incarnation}", self.plan.name);
         let group = agent_group(&cluster_name);
-
-        // The boot frame and the hub's side of the session go onto our end of the socketpair
-        // before the fork, so the child finds both waiting when it starts. A boot frame that
-        // does not fit the socket buffer (a huge config chunk) is finished after the spawn.
         let boot = Boot {
             node: self.plan.name.clone(),
             incarnation,
@@ -607,44 +782,7 @@ impl SupState {
         };
         let mut frame = Vec::new();
         let _ = boot.write_to(&mut frame);
-        let ours = std::os::unix::net::UnixStream::from(ours);
-        ours.set_nonblocking(true)
-            .map_err(|e| io("preparing the cluster socket", e))?;
-        let mut written = 0;
-        while written < frame.len() {
-            match std::io::Write::write(&mut &ours, &frame[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(io("writing the boot frame", e)),
-            }
-        }
-        let stream = tokio::net::UnixStream::from_std(ours)
-            .map_err(|e| io("preparing the cluster socket", e))?;
-        let unfinished = if written == frame.len() {
-            self.ctx
-                .hub
-                .attach(stream, &cluster_name)
-                .map_err(|e| io("opening the cluster session", std::io::Error::other(e)))?;
-            None
-        } else {
-            Some(stream)
-        };
-
-        let mut env: Vec<(String, String)> = self
-            .plan
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        env.push(("SYNCRA_NODE".into(), self.plan.name.to_string()));
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none()
-            && !self.plan.env.contains_key("MALLOC_ARENA_MAX")
-        {
-            // glibc reserves an arena per thread; two keep a node's footprint small.
-            env.push(("MALLOC_ARENA_MAX".into(), "2".into()));
-        }
-        // From here on the child may speak: route its token, watch for its agent. (Nothing
-        // above needs undoing on failure; below, a failed spawn undoes these two.)
+        // From here on the child may speak: route its token, watch for its agent.
         ractor::pg::monitor(group.clone(), self.myself.get_cell());
         self.ctx.registry.add_route(
             token,
@@ -654,91 +792,70 @@ impl SupState {
                 to: self.myself.clone(),
             },
         );
-        // Spawn → ready is timed from here, fork and exec included (as a bare spawn would be).
-        let spawn_started = Instant::now();
-        let spec = SpawnSpec {
-            program,
-            args: self.plan.args.clone(),
-            env,
-            fds: vec![
-                (theirs, syncra_protocol::boot::CLUSTER_FD),
-                (page_child, PAGE_FD),
-                (broker_theirs, BROKER_FD),
-            ],
-            capture_output: true,
-        };
-        let spawned = match self.ctx.spawner.spawn(spec).await {
-            Ok(s) => s,
-            Err(e) => {
-                self.ctx.registry.remove_route(&token);
-                ractor::pg::demonitor(group, self.myself.get_id());
-                return Err(e);
-            }
-        };
-        let pid = spawned.pid;
         self.ctx
             .broker
             .attach(self.plan.name.clone(), incarnation, broker_ours);
-        if let Some(mut stream) = unfinished {
-            let rest = async {
-                stream.write_all(&frame[written..]).await?;
-                Ok::<_, std::io::Error>(stream)
+        let undo = |me: &Self, e: SpawnError| {
+            me.ctx.registry.remove_route(&token);
+            ractor::pg::demonitor(group.clone(), me.myself.get_id());
+            signal(&pidfd, Signal::KILL);
+            e
+        };
+        // The boot frame, then the hub's side of the session, on our end of the socketpair. A
+        // frame that does not fit the socket buffer (a huge config chunk) is finished by a task.
+        let written = match write_nonblocking(&ours, &frame) {
+            Ok(n) => Some(n),
+            // It died before reading its boot frame (a child that exits at once): its exit,
+            // with its code and output, is reported like any other.
+            Err(e) => {
+                tracing::debug!(node = %self.plan.name, pid, error = %e, "boot frame not delivered");
+                None
+            }
+        };
+        if let Some(written) = written
+            && written == frame.len()
+        {
+            if let Err(e) = self.ctx.hub.attach(ours, &cluster_name) {
+                return Err(undo(
+                    self,
+                    io("opening the cluster session", std::io::Error::other(e)),
+                ));
+            }
+        } else if let Some(written) = written {
+            let stream = match tokio::net::UnixStream::from_std(ours) {
+                Ok(s) => s,
+                Err(e) => return Err(undo(self, io("preparing the cluster socket", e))),
             };
-            match tokio::time::timeout(Duration::from_secs(5), rest).await {
-                Ok(Ok(stream)) => {
-                    if let Err(e) = self.ctx.hub.attach(stream, &cluster_name) {
-                        tracing::error!(node = %self.plan.name, pid, error = %e, "could not open the cluster session");
+            let (hub, name) = (self.ctx.hub.clone(), self.plan.name.clone());
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let rest = async {
+                    stream.write_all(&frame[written..]).await?;
+                    stream.into_std()
+                };
+                match tokio::time::timeout(Duration::from_secs(5), rest).await {
+                    Ok(Ok(stream)) => {
+                        if let Err(e) = hub.attach(stream, &cluster_name) {
+                            tracing::error!(node = %name, pid, error = %e, "could not open the cluster session");
+                        }
+                    }
+                    // The child died before reading its boot frame; its exit is reported.
+                    Ok(Err(e)) => {
+                        tracing::debug!(node = %name, pid, error = %e, "boot frame not delivered")
+                    }
+                    Err(_) => {
+                        tracing::warn!(node = %name, pid, "the child did not read its boot frame within 5 s")
                     }
                 }
-                // The child died before reading its boot frame; its exit is reported below.
-                Ok(Err(e)) => {
-                    tracing::debug!(node = %self.plan.name, pid, error = %e, "boot frame not delivered")
-                }
-                Err(_) => {
-                    tracing::warn!(node = %self.plan.name, pid, "the child did not read its boot frame within 5 s")
-                }
-            }
+            });
         }
-
-        let log_path = self
-            .ctx
-            .runtime
-            .log_dir
-            .join(format!("{}_{pid}.log", self.plan.name.file_stem()));
-        let capture = logs::capture(spawned.stdout, spawned.stderr, log_path.clone());
-        let process = spawned.process;
-        let me = self.myself.clone();
-        let waiter_page = page.clone();
-        tokio::spawn(async move {
-            let status = process.wait().await;
-            let at = SystemTime::now();
-            let termination = match status {
-                Ok(Exit::Code(c)) => Termination::Code(c),
-                Ok(Exit::Signal(sig)) => Termination::Signal(sig),
-                Err(e) => {
-                    tracing::error!(pid, error = %e, "waiting for a child failed");
-                    Termination::Code(-1)
-                }
-            };
-            let stderr_tail = capture.finish(OUTPUT_DRAIN).await;
-            let panic = read_panic(&waiter_page);
-            let _ = me.cast(SupMsg::Exited(Box::new(ExitReport {
-                incarnation,
-                termination,
-                at,
-                stderr_tail,
-                panic,
-                not_started: None,
-            })));
-        });
-
         Ok(Live {
             incarnation,
             pid,
-            pidfd: spawned.signal_fd,
+            pidfd,
             token,
             group,
-            spawned_at: spawn_started,
+            spawned_at: started,
             ready_at: None,
             ready_announced: false,
             page,
@@ -746,6 +863,43 @@ impl SupState {
             forced: None,
             log_path,
         })
+    }
+
+    /// Launch a warm spare for the next restart, if this node keeps one.
+    async fn prepare_spare(&mut self) {
+        let wanted = self.policy.warm_spare
+            && self.plan.restart != RestartType::Temporary
+            && self.phase == Phase::Ready
+            && self.spare.is_none()
+            && !self.ctx.registry.shutting_down();
+        if !wanted {
+            return;
+        }
+        match self.launch(UNCLAIMED).await {
+            Ok(spare) => {
+                tracing::debug!(node = %self.plan.name, pid = spare.pid, "warm spare ready for the next restart");
+                self.spare = Some(spare);
+                self.show_spare();
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.plan.name, error = %e, "could not launch a warm spare")
+            }
+        }
+    }
+
+    /// Kill the warm spare, if there is one (the node stops, fails or the runtime ends).
+    fn drop_spare(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            signal(&spare.pidfd, Signal::KILL);
+            self.show_spare();
+        }
+    }
+
+    fn show_spare(&self) {
+        let pid = self.spare.as_ref().map(|s| s.pid);
+        self.ctx
+            .registry
+            .update(&self.plan.name, |r| r.view.spare_pid = pid);
     }
 
     fn on_node_message(&mut self, incarnation: u64, msg: NodeToRuntime) {
@@ -827,6 +981,9 @@ impl SupState {
         tracing::info!(node = %self.plan.name, pid, incarnation, startup_ms = format!("{startup_ms:.1}"), "ready");
         self.emit(Some(pid), EventKind::Up { startup_ms });
         self.hook_in_background(self.hook_ctx(HookPoint::AfterReady, Some(pid)));
+        if self.policy.warm_spare && self.spare.is_none() {
+            let _ = self.myself.cast(SupMsg::PrepareSpare);
+        }
     }
 
     /// The watchdog saw no heartbeat for the deadline: SIGABRT (a dump), SIGKILL after the grace.
@@ -1098,6 +1255,9 @@ impl SupState {
             Next::GiveUp { why } => Decision::GaveUp { why: why.clone() },
             Next::Stop { why, .. } => Decision::NotRestarted { why: why.clone() },
         };
+        if !matches!(next, Next::Restart { .. }) {
+            self.drop_spare();
+        }
 
         let mut hook = self.hook_ctx(HookPoint::OnCrash, pid);
         hook.incarnation = report.incarnation;

@@ -224,6 +224,7 @@ mod tests {
                 jitter: 0.0,
             },
             stable_after: Duration::from_secs(5),
+            warm_spare: false,
         }
     }
 
