@@ -128,46 +128,23 @@ impl Actor for Gateway {
             Some(route) => {
                 tracing::trace!(node = %route.node, incarnation = route.incarnation, "message from a child");
                 let (from, incarnation) = (route.node, route.incarnation);
-                let routed = match env.body {
-                    NodeToRuntime::Route(msg) => RouterMsg::Route {
-                        from,
-                        incarnation,
-                        msg,
-                    },
-                    NodeToRuntime::Reply {
-                        to,
-                        incarnation,
-                        call,
-                        outcome,
-                    } => RouterMsg::Reply {
-                        to,
-                        incarnation,
-                        call,
-                        outcome,
-                    },
-                    NodeToRuntime::Refused {
-                        to,
-                        incarnation,
-                        id,
-                        reason,
-                        payload,
-                    } => RouterMsg::Refused {
-                        from,
-                        to,
-                        incarnation,
-                        id,
-                        reason,
-                        payload,
-                    },
+                match env.body {
+                    body @ (NodeToRuntime::Route(_)
+                    | NodeToRuntime::Reply { .. }
+                    | NodeToRuntime::Refused { .. }) => {
+                        let _ = self.router.cast(RouterMsg::FromNode {
+                            from,
+                            incarnation,
+                            body,
+                        });
+                    }
                     body => {
                         let _ = route.to.cast(SupMsg::FromNode {
                             incarnation,
                             msg: body,
                         });
-                        return Ok(());
                     }
-                };
-                let _ = self.router.cast(routed);
+                }
             }
             None => tracing::debug!(
                 "dropped a message with an unknown or expired token (a late message from a dead incarnation)"

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
-use syncra_protocol::node::{NodeInbox, Payload, Routed, RuntimeToNode, Undeliverable};
+use syncra_protocol::node::{
+    NodeInbox, NodeToRuntime, Payload, Routed, RuntimeToNode, Undeliverable,
+};
 use syncra_protocol::{NodeName, NodeState, wire};
 
 use crate::registry::Registry;
@@ -26,27 +28,13 @@ pub(crate) const MAX_PARKED: usize = 1024;
 /// What the router handles.
 #[derive(RactorMessage)]
 pub(crate) enum RouterMsg {
-    /// A message from `from` (incarnation `incarnation`) for another node.
-    Route {
+    /// A routing message from node `from` (incarnation `incarnation`), authenticated by the
+    /// gateway: a message or call for another node (`Route`), a callee's answer (`Reply`), or
+    /// a delivered message its receiver could not take (`Refused`).
+    FromNode {
         from: NodeName,
         incarnation: u64,
-        msg: Routed,
-    },
-    /// A callee's answer for `to`.
-    Reply {
-        to: NodeName,
-        incarnation: u64,
-        call: u64,
-        outcome: Result<Payload, String>,
-    },
-    /// A receiver could not take a delivered message: back to its sender.
-    Refused {
-        from: NodeName,
-        to: NodeName,
-        incarnation: u64,
-        id: u64,
-        reason: Undeliverable,
-        payload: Payload,
+        body: NodeToRuntime,
     },
     /// Some node changed state: deliver what waits for it.
     Changed,
@@ -100,30 +88,34 @@ impl Actor for Router {
         st: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RouterMsg::Route {
+            RouterMsg::FromNode {
                 from,
                 incarnation,
-                msg,
-            } => st.route(&myself, from, incarnation, msg),
-            RouterMsg::Reply {
-                to,
-                incarnation,
-                call,
-                outcome,
-            } => match st.registry.agent(&to, incarnation) {
-                Some(agent) => cast(&agent, &RuntimeToNode::Answer { call, outcome }),
-                None => {
-                    tracing::debug!(caller = %to, incarnation, call, "an answer for a caller that is gone")
-                }
+                body,
+            } => match body {
+                NodeToRuntime::Route(msg) => st.route(&myself, from, incarnation, msg),
+                // `incarnation` here is the caller's, the one the answer is for.
+                NodeToRuntime::Reply {
+                    to,
+                    incarnation,
+                    call,
+                    outcome,
+                } => match st.registry.agent(&to, incarnation) {
+                    Some(agent) => cast(&agent, &RuntimeToNode::Answer { call, outcome }),
+                    None => {
+                        tracing::debug!(caller = %to, incarnation, call, "an answer for a caller that is gone")
+                    }
+                },
+                NodeToRuntime::Refused {
+                    to,
+                    incarnation,
+                    id,
+                    reason,
+                    payload,
+                } => st.give_back(&to, incarnation, id, from, reason, payload),
+                // The gateway gives the rest to the node's supervisor.
+                _ => {}
             },
-            RouterMsg::Refused {
-                from,
-                to,
-                incarnation,
-                id,
-                reason,
-                payload,
-            } => st.give_back(&to, incarnation, id, from, reason, payload),
             RouterMsg::Changed => st.flush(),
             RouterMsg::Expire => st.expire(),
         }
