@@ -71,13 +71,17 @@ fn scratch() -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn calls_by_name_survive_a_restart_of_the_callee_and_unknown_names_come_back() {
     let (_t, dir) = scratch();
-    let h = Harness::start(
-        &config(&[
-            ("echo", args(&dir, "echo", "echo", &[])),
-            ("caller", args(&dir, "caller", "caller", &["to=echo"])),
-        ]),
-        &[],
+    let config = config(&[
+        ("echo", args(&dir, "echo", "echo", &[])),
+        ("caller", args(&dir, "caller", "caller", &["to=echo"])),
+    ])
+    // A call waits up to 3 s for echo to come back; on a loaded machine that can be longer than
+    // the test's default heartbeat deadline (1.5 s), and this test is not about hangs.
+    .replace(
+        "[drivers.caller]\n",
+        "[drivers.caller]\nheartbeat_deadline_ms = 10000\n",
     );
+    let h = Harness::start(&config, &[]);
     h.wait_ready(&["echo", "caller"]);
     let first = lines(&dir, "caller");
     assert_eq!(
@@ -85,6 +89,16 @@ fn calls_by_name_survive_a_restart_of_the_callee_and_unknown_names_come_back() {
         "a send to a name nobody has comes back at once: {first:?}"
     );
     assert_eq!(first[0]["returned"], 7, "with the message itself");
+    // A call from a task on the caller's link thread, answered on the callee's link thread.
+    wait_lines(&dir, "caller", "the link-thread call is answered", |l| {
+        l.iter()
+            .any(|v| v["link_answer"] == 42 || v.get("link_error").is_some())
+    });
+    let l = lines(&dir, "caller");
+    assert!(
+        l.iter().any(|v| v["link_answer"] == 42),
+        "the link-thread call failed: {l:?}"
+    );
     wait_lines(&dir, "caller", "answers from echo #1", |l| {
         l.iter().filter(|v| v["incarnation"] == 1).count() >= 5
     });
@@ -105,6 +119,42 @@ fn calls_by_name_survive_a_restart_of_the_callee_and_unknown_names_come_back() {
         1,
         "the caller never restarted"
     );
+}
+
+#[test]
+fn a_call_whose_callee_dies_before_answering_fails_at_once_and_gives_the_request_back() {
+    let (_t, dir) = scratch();
+    let config = config(&[
+        ("echo", args(&dir, "echo", "echo", &["hold=1"])),
+        (
+            "caller",
+            args(&dir, "caller", "caller", &["to=echo", "timeout_ms=600000"]),
+        ),
+    ])
+    // The caller blocks in its call for as long as the test takes: no hang for it.
+    .replace(
+        "[drivers.caller]\n",
+        "[drivers.caller]\nheartbeat_deadline_ms = 600000\n",
+    );
+    let h = Harness::start(&config, &[]);
+    h.wait_ready(&["echo", "caller"]);
+    wait_lines(&dir, "echo", "echo holds the first call", |l| {
+        l.iter().any(|v| v["holding"] == 1)
+    });
+    send(h.node("echo").pid.unwrap(), libc::SIGKILL);
+    // The call's own timeout is ten minutes: an error within the test's patience is the
+    // runtime telling the caller that its callee is gone.
+    let l = wait_lines(&dir, "caller", "the held call fails", |l| {
+        l.iter().any(|v| v.get("error").is_some())
+    });
+    let failed = l.iter().find(|v| v.get("error").is_some()).unwrap();
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("echo (incarnation 1) exited before answering"),
+        "{error}"
+    );
+    assert_eq!(failed["returned"], failed["n"], "the request comes back");
+    assert_eq!(h.node("caller").incarnation, 1);
 }
 
 #[test]
@@ -417,14 +467,25 @@ fn the_runtime_leaks_no_fds_over_100_producer_restarts() {
         ]),
         &[],
     );
-    h.wait_ready(&["prod", "cons"]);
-    let fds = || {
+    // Every node, the world too: its scene stream is part of the baseline.
+    h.wait_ready(&["prod", "cons", "world/main"]);
+    // Each open fd and what it is (`socket:[…]`, `/memfd:…`, `anon_inode:[eventfd]`, a log).
+    let open = || -> Vec<(String, String)> {
         std::fs::read_dir(format!("/proc/{}/fd", h.pid()))
             .unwrap()
-            .count()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some((
+                    e.file_name().to_string_lossy().into_owned(),
+                    target.display().to_string(),
+                ))
+            })
+            .collect()
     };
-    // Settle: the first restart creates nothing new in the Broker either.
-    let baseline = fds();
+    let fds = || open().len();
+    let before = open();
+    let baseline = before.len();
     for i in 1..=100u64 {
         match h.try_request(ControlRequest::Restart {
             node: "prod".into(),
@@ -436,11 +497,13 @@ fn the_runtime_leaks_no_fds_over_100_producer_restarts() {
     }
     let deadline = Instant::now() + PATIENCE;
     while fds() > baseline {
-        assert!(
-            Instant::now() < deadline,
-            "the runtime holds {} fds after 100 producer restarts, {baseline} before",
-            fds()
-        );
+        if Instant::now() >= deadline {
+            let extra: Vec<_> = open().into_iter().filter(|f| !before.contains(f)).collect();
+            panic!(
+                "the runtime holds {} fds after 100 producer restarts, {baseline} before; new: {extra:?}",
+                fds()
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     let l = lines(&dir, "cons");

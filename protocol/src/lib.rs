@@ -35,6 +35,6 @@ pub mod world;
 
 /// Version of every message format in this crate. Bump it whenever a serialized type changes
 /// shape; a node built against another version is refused when it joins.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 pub use status::{NodeKind, NodeName, NodeState};

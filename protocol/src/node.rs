@@ -172,6 +172,16 @@ pub enum RuntimeToNode {
         /// The answer, or the callee's error.
         outcome: Result<Payload, String>,
     },
+    /// The callee of one of this node's calls exited after the call was delivered and before
+    /// it answered: no answer will come (the callee may have acted on the request).
+    CalleeExited {
+        /// The call's id.
+        call: u64,
+        /// The callee.
+        to: NodeName,
+        /// The callee's incarnation that took the call.
+        incarnation: u64,
+    },
     /// One of this node's messages could not be delivered: here it is back.
     Returned {
         /// The message's id.

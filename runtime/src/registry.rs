@@ -33,8 +33,11 @@ pub(crate) struct Record {
     /// not "not started yet").
     pub(crate) begun: bool,
     /// The live incarnation's agent, once it is reachable: where routed messages go.
-    pub(crate) agent: Option<(u64, ActorRef<NodeInbox>)>,
+    pub(crate) agent: Option<LiveAgent>,
 }
+
+/// A live incarnation's number and its agent.
+pub(crate) type LiveAgent = (u64, ActorRef<NodeInbox>);
 
 /// Where a token's messages go.
 #[derive(Debug, Clone)]
@@ -135,16 +138,13 @@ impl Registry {
             .map(|r| r.view.state)
     }
 
-    /// Where a message for `name` can go now: its state and, if reachable, its agent.
-    /// `None` if no node has that name.
-    pub(crate) fn target(
-        &self,
-        name: &NodeName,
-    ) -> Option<(NodeState, Option<ActorRef<NodeInbox>>)> {
+    /// Where a message for `name` can go now: its state and, if reachable, its live
+    /// incarnation and that incarnation's agent. `None` if no node has that name.
+    pub(crate) fn target(&self, name: &NodeName) -> Option<(NodeState, Option<LiveAgent>)> {
         read(&self.records)
             .iter()
             .find(|r| r.view.name == *name)
-            .map(|r| (r.view.state, r.agent.as_ref().map(|(_, a)| a.clone())))
+            .map(|r| (r.view.state, r.agent.clone()))
     }
 
     /// The agent of incarnation `incarnation` of `name`, if that incarnation is still alive.

@@ -8,8 +8,11 @@
 //! **Invariants:** a message is delivered, or returned to its sender with the reason; never
 //! dropped silently (unless its sender is gone too). A message for a node that is not ready
 //! waits only if its sender asked, and only as long as it asked; the queue per node is bounded.
+//! A call delivered to an incarnation that exits before answering is answered by the router
+//! ([`RuntimeToNode::CalleeExited`]) as soon as the exit is known: a caller never waits out its
+//! timeout for a callee that is already gone.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,10 +23,14 @@ use syncra_protocol::node::{
 };
 use syncra_protocol::{NodeName, NodeState, wire};
 
-use crate::registry::Registry;
+use crate::registry::{LiveAgent, Registry};
 
 /// Most messages held for one node that is not ready.
 pub(crate) const MAX_PARKED: usize = 1024;
+
+/// Most unanswered calls tracked per callee incarnation; calls beyond it are still delivered,
+/// their callers just learn of the callee's exit by their own timeout.
+pub(crate) const MAX_IN_FLIGHT: usize = 4096;
 
 /// What the router handles.
 #[derive(RactorMessage)]
@@ -49,11 +56,21 @@ struct Parked {
     deadline: Instant,
 }
 
+/// A delivered call waiting for its answer: who made it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Caller {
+    name: NodeName,
+    incarnation: u64,
+    call: u64,
+}
+
 pub(crate) struct Router;
 
 pub(crate) struct RouterState {
     registry: Arc<Registry>,
     parked: HashMap<NodeName, VecDeque<Parked>>,
+    /// Calls delivered to each callee incarnation and not answered yet.
+    in_flight: HashMap<(NodeName, u64), HashSet<Caller>>,
 }
 
 impl Actor for Router {
@@ -78,6 +95,7 @@ impl Actor for Router {
         Ok(RouterState {
             registry,
             parked: HashMap::new(),
+            in_flight: HashMap::new(),
         })
     }
 
@@ -90,33 +108,42 @@ impl Actor for Router {
         match msg {
             RouterMsg::FromNode {
                 from,
-                incarnation,
+                incarnation: from_incarnation,
                 body,
             } => match body {
-                NodeToRuntime::Route(msg) => st.route(&myself, from, incarnation, msg),
+                NodeToRuntime::Route(msg) => st.route(&myself, from, from_incarnation, msg),
                 // `incarnation` here is the caller's, the one the answer is for.
                 NodeToRuntime::Reply {
                     to,
                     incarnation,
                     call,
                     outcome,
-                } => match st.registry.agent(&to, incarnation) {
-                    Some(agent) => cast(&agent, &RuntimeToNode::Answer { call, outcome }),
-                    None => {
-                        tracing::debug!(caller = %to, incarnation, call, "an answer for a caller that is gone")
+                } => {
+                    st.answered(&from, from_incarnation, &to, incarnation, call);
+                    match st.registry.agent(&to, incarnation) {
+                        Some(agent) => cast(&agent, &RuntimeToNode::Answer { call, outcome }),
+                        None => {
+                            tracing::debug!(caller = %to, incarnation, call, "an answer for a caller that is gone")
+                        }
                     }
-                },
+                }
                 NodeToRuntime::Refused {
                     to,
                     incarnation,
                     id,
                     reason,
                     payload,
-                } => st.give_back(&to, incarnation, id, from, reason, payload),
+                } => {
+                    st.answered(&from, from_incarnation, &to, incarnation, id);
+                    st.give_back(&to, incarnation, id, from, reason, payload)
+                }
                 // The gateway gives the rest to the node's supervisor.
                 _ => {}
             },
-            RouterMsg::Changed => st.flush(),
+            RouterMsg::Changed => {
+                st.flush();
+                st.callees_gone();
+            }
             RouterMsg::Expire => st.expire(),
         }
         Ok(())
@@ -138,7 +165,7 @@ impl RouterState {
             return self.bounce(&from, incarnation, msg, Undeliverable::UnknownName);
         };
         match (state, agent, msg.wait_ms) {
-            (NodeState::Ready, Some(agent), _) => deliver(&agent, from, incarnation, msg),
+            (NodeState::Ready, Some(callee), _) => self.deliver(callee, from, incarnation, msg),
             (NodeState::Failed, _, _) => {
                 self.bounce(&from, incarnation, msg, Undeliverable::Failed)
             }
@@ -169,17 +196,101 @@ impl RouterState {
 
     /// Deliver what waits for nodes that became ready.
     fn flush(&mut self) {
-        let registry = self.registry.clone();
-        self.parked.retain(|to, queue| {
-            let agent = match registry.target(to) {
-                Some((NodeState::Ready, Some(agent))) => agent,
-                _ => return true,
-            };
-            for p in queue.drain(..) {
-                deliver(&agent, p.from, p.incarnation, p.msg);
+        let mut ready = Vec::new();
+        self.parked
+            .retain(|to, queue| match self.registry.target(to) {
+                Some((NodeState::Ready, Some(callee))) => {
+                    ready.push((callee, std::mem::take(queue)));
+                    false
+                }
+                _ => true,
+            });
+        for (callee, queue) in ready {
+            for p in queue {
+                self.deliver(callee.clone(), p.from, p.incarnation, p.msg);
             }
-            false
-        });
+        }
+    }
+
+    /// Deliver `msg` to `callee` (its incarnation and agent); a call is remembered until
+    /// answered, so that its caller hears at once if the callee exits first.
+    fn deliver(
+        &mut self,
+        (callee_incarnation, agent): LiveAgent,
+        from: NodeName,
+        incarnation: u64,
+        msg: Routed,
+    ) {
+        if msg.call {
+            let calls = self
+                .in_flight
+                .entry((msg.to.clone(), callee_incarnation))
+                .or_default();
+            if calls.len() < MAX_IN_FLIGHT {
+                calls.insert(Caller {
+                    name: from.clone(),
+                    incarnation,
+                    call: msg.id,
+                });
+            }
+        }
+        cast(
+            &agent,
+            &RuntimeToNode::Deliver {
+                from,
+                from_incarnation: incarnation,
+                id: msg.id,
+                call: msg.call,
+                payload: msg.payload,
+            },
+        );
+    }
+
+    /// Forget call `call` of `caller` (incarnation `incarnation`) at `callee`: it was answered
+    /// or refused.
+    fn answered(
+        &mut self,
+        callee: &NodeName,
+        callee_incarnation: u64,
+        caller: &NodeName,
+        incarnation: u64,
+        call: u64,
+    ) {
+        let key = (callee.clone(), callee_incarnation);
+        if let Some(calls) = self.in_flight.get_mut(&key) {
+            calls.remove(&Caller {
+                name: caller.clone(),
+                incarnation,
+                call,
+            });
+            if calls.is_empty() {
+                self.in_flight.remove(&key);
+            }
+        }
+    }
+
+    /// Tell the callers of every incarnation that exited with their calls unanswered.
+    fn callees_gone(&mut self) {
+        let registry = &self.registry;
+        let gone: Vec<_> = self
+            .in_flight
+            .extract_if(|(callee, incarnation), _| registry.agent(callee, *incarnation).is_none())
+            .collect();
+        for ((callee, callee_incarnation), callers) in gone {
+            tracing::debug!(%callee, incarnation = callee_incarnation, calls = callers.len(), "a callee exited with calls unanswered");
+            for c in callers {
+                if let Some(agent) = self.registry.agent(&c.name, c.incarnation) {
+                    cast(
+                        &agent,
+                        &RuntimeToNode::CalleeExited {
+                            call: c.call,
+                            to: callee.clone(),
+                            incarnation: callee_incarnation,
+                        },
+                    );
+                }
+            }
+        }
     }
 
     /// Return what waited too long.
@@ -225,17 +336,4 @@ impl RouterState {
             }
         }
     }
-}
-
-fn deliver(agent: &ActorRef<NodeInbox>, from: NodeName, incarnation: u64, msg: Routed) {
-    cast(
-        agent,
-        &RuntimeToNode::Deliver {
-            from,
-            from_incarnation: incarnation,
-            id: msg.id,
-            call: msg.call,
-            payload: msg.payload,
-        },
-    );
 }

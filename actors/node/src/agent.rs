@@ -51,6 +51,15 @@ impl Actor for Agent {
             Ok(RuntimeToNode::Answer { call, outcome }) => {
                 messaging::answered(&self.shared, call, messaging::Answer::Reply(outcome))
             }
+            Ok(RuntimeToNode::CalleeExited {
+                call,
+                to,
+                incarnation,
+            }) => messaging::answered(
+                &self.shared,
+                call,
+                messaging::Answer::CalleeExited { to, incarnation },
+            ),
             Ok(RuntimeToNode::Returned {
                 id,
                 to,

@@ -73,6 +73,7 @@ pub(crate) fn prestart() -> Result<Prestarted, String> {
             else {
                 return;
             };
+            let _ = shared.runtime.set(rt.handle().clone());
             rt.block_on(async move {
                 match connect(&boot, socket, shared.clone()).await {
                     Ok((gateway, events)) => {

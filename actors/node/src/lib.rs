@@ -164,6 +164,10 @@ pub(crate) struct Shared {
     pub(crate) inbox: mailbox::Mailbox<Incoming>,
     /// Messages the runtime gave back.
     pub(crate) returned: mailbox::Mailbox<Returned>,
+    /// Calls answered on the link thread, by request type tag ([`Node::serve_calls`]).
+    pub(crate) handlers: std::sync::RwLock<std::collections::HashMap<String, messaging::Handler>>,
+    /// The link thread's tokio runtime ([`Node::spawn`]).
+    pub(crate) runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl Shared {
@@ -227,6 +231,8 @@ impl Node {
             pending: Mutex::new(std::collections::HashMap::new()),
             inbox: mailbox::Mailbox::new(messaging::INBOX_CAPACITY),
             returned: mailbox::Mailbox::new(messaging::INBOX_CAPACITY),
+            handlers: std::sync::RwLock::new(std::collections::HashMap::new()),
+            runtime: std::sync::OnceLock::new(),
         });
         let broker = match boot.broker_fd {
             Some(fd) => Some(take_broker_socket(fd, boot.incarnation)?),
@@ -379,6 +385,37 @@ impl Node {
             code,
             reason: reason.to_owned(),
         });
+    }
+
+    /// Run `task` on the node's link thread — the thread that carries its messages — and
+    /// return its handle. An async caller running there makes calls ([`Node::call_async`])
+    /// without a hand-off between threads; a node shared with the task is an
+    /// `Arc<Node>`. The task must not block the thread (that stops all of this node's
+    /// messaging); a panic in it is a crash of the node, like a panic anywhere else.
+    ///
+    /// ```no_run
+    /// # fn demo(node: syncra_node::Node) {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// let node = Arc::new(node);
+    /// let n = node.clone();
+    /// let answer = node.spawn(async move {
+    ///     n.call_async::<_, String>("renderer", "stats".to_owned(), Duration::from_secs(1), true)
+    ///         .await
+    ///         .ok()
+    /// });
+    /// # }
+    /// ```
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.shared
+            .runtime
+            .get()
+            .expect("the link thread's runtime is set before join returns")
+            .spawn(task)
     }
 
     fn tell(&self, body: NodeToRuntime) {

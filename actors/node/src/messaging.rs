@@ -16,6 +16,12 @@
 //!
 //! A message that cannot be delivered comes back with the reason: at once for a name no node
 //! has, and through [`crate::Node::returned`] for a `send` the runtime could not deliver later.
+//!
+//! A node answers a call from its main loop ([`crate::Node::recv_timeout`]), or, for quick
+//! answers that need no main-loop state, on its link thread as the call arrives
+//! ([`crate::Node::serve_calls`]). A caller that is async can run on that thread too
+//! ([`crate::Node::spawn`]): a call between two link threads crosses no thread inside either
+//! process.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -82,6 +88,20 @@ pub enum CallError<M> {
         to: String,
         /// Its error.
         message: String,
+    },
+    /// The callee took the call and exited before answering (it crashed, hung or was
+    /// restarted). It may have acted on the request, which comes back so the caller can
+    /// decide whether to retry it.
+    #[error(
+        "{to} (incarnation {incarnation}) exited before answering; it may have acted on the request"
+    )]
+    CalleeExited {
+        /// The callee.
+        to: String,
+        /// The incarnation that took the call.
+        incarnation: u64,
+        /// The request.
+        request: M,
     },
     /// The answer is not of the expected type.
     #[error("the answer from {to} does not decode: {message}")]
@@ -191,6 +211,18 @@ impl Drop for Incoming {
     }
 }
 
+/// A call handler run on the link thread: the request's payload in, the answer out.
+#[derive(Clone)]
+pub(crate) struct Handler(Arc<HandlerFn>);
+
+type HandlerFn = dyn Fn(&NodeName, &Payload) -> Result<Payload, String> + Send + Sync;
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handler")
+    }
+}
+
 /// A message the runtime gave back.
 #[derive(Debug)]
 pub struct Returned {
@@ -214,6 +246,7 @@ impl Returned {
 pub(crate) enum Answer {
     Reply(Result<Payload, String>),
     Returned(Returned),
+    CalleeExited { to: NodeName, incarnation: u64 },
 }
 
 /// Route a delivered message from the runtime into the inbox (or back to its sender).
@@ -225,6 +258,24 @@ pub(crate) fn deliver(
     call: bool,
     payload: Payload,
 ) {
+    if call {
+        let handler = shared
+            .handlers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&payload.type_tag)
+            .cloned();
+        if let Some(handler) = handler {
+            let outcome = (handler.0)(&from, &payload);
+            shared.send(NodeToRuntime::Reply {
+                to: from,
+                incarnation: from_incarnation,
+                call: id,
+                outcome,
+            });
+            return;
+        }
+    }
     let incoming = Incoming {
         from,
         from_incarnation,
@@ -273,7 +324,9 @@ pub(crate) fn answered(shared: &Shared, id: u64, answer: Answer) {
                 );
             }
         }
-        (None, Answer::Reply(_)) => tracing::debug!(id, "an answer after the call timed out"),
+        (None, Answer::Reply(_) | Answer::CalleeExited { .. }) => {
+            tracing::debug!(id, "an answer after the call timed out")
+        }
     }
 }
 
@@ -434,6 +487,11 @@ impl Node {
                 })
             }
             Some(Answer::Returned(ret)) => Err(undelivered(to, ret.reason, req)),
+            Some(Answer::CalleeExited { to, incarnation }) => Err(CallError::CalleeExited {
+                to: to.to_string(),
+                incarnation,
+                request: req,
+            }),
             Some(Answer::Reply(Err(message))) => Err(CallError::Remote {
                 to: to.to_owned(),
                 message,
@@ -455,6 +513,41 @@ impl Node {
                 })
             }
         }
+    }
+
+    /// Answer every call whose request is a `Req` with `answer`, on the node's link thread as
+    /// the call arrives, instead of through the inbox and the main loop. For answers that need
+    /// no main-loop state (a lookup in shared data, an echo, a counter): `answer` runs on the
+    /// thread that carries all of this node's messages, so it must be quick and must not block.
+    /// Its `Err` reaches the caller as [`CallError::Remote`]. Registering again for the same
+    /// `Req` replaces the handler.
+    ///
+    /// ```no_run
+    /// # fn demo(node: &syncra_node::Node) {
+    /// node.serve_calls(|from, name: String| Ok(format!("hello {name}, from {}", from)));
+    /// # }
+    /// ```
+    pub fn serve_calls<Req, Resp, F>(&self, answer: F)
+    where
+        Req: DeserializeOwned + 'static,
+        Resp: Serialize + 'static,
+        F: Fn(&NodeName, Req) -> Result<Resp, String> + Send + Sync + 'static,
+    {
+        let expected = type_tag::<Req>();
+        let handler = Handler(Arc::new(move |from: &NodeName, payload: &Payload| {
+            let req: Req = wire::decode("routed call", &payload.bytes)
+                .map_err(|e| format!("the request does not decode: {e}"))?;
+            let resp = answer(from, req)?;
+            Ok(Payload {
+                type_tag: type_tag::<Resp>(),
+                bytes: wire::encode(&resp),
+            })
+        }));
+        self.shared
+            .handlers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(expected, handler);
     }
 
     /// The next message or call from another node, waiting up to `timeout`.

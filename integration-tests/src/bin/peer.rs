@@ -1,18 +1,24 @@
 //! A test node for routing and streams. The first argument is its role, the rest `key=value`
 //! options; it reports what it sees as JSON lines in the file `out=PATH`.
 //!
-//! - `echo`: answers `Ping(n)` calls with `Pong { n, incarnation }`.
-//! - `caller to=NAME`: first sends to a name nobody has (and reports what came back), then
-//!   calls `to` every 10 ms (waiting up to 3 s for it to be ready), reporting each outcome.
+//! - `echo [hold=1]`: answers `Ping(n)` calls from its main loop and `LinkPing(n)` calls on its
+//!   link thread, with `Pong { n, incarnation }`; with `hold`, takes every `Ping` and never
+//!   answers it, reporting how many it holds.
+//! - `caller to=NAME [timeout_ms=MS]`: first sends to a name nobody has (and reports what came
+//!   back), then calls `to` every 10 ms (each call waiting up to `timeout_ms`, default 3000, in
+//!   all), reporting each outcome. Before that, one `LinkPing(42)` call from a task on its
+//!   link thread (`link_answer`).
 //! - `producer stream=NAME policy=latest|drop|block slots=N rate=HZ [block_ms=MS]`: publishes
 //!   `Tick { n }` as fast as `rate` allows, reporting write errors.
 //! - `bulk-producer stream=NAME abort_at=K`: publishes frames whose bytes all equal the
 //!   header's `n`; the incarnation-1 process aborts in the middle of writing message `abort_at`.
 //! - `consumer stream=NAME [type=wrong] [wait=0] [delay_ms=D] [bulk=1]`: subscribes and
 //!   reports every message (seq, gap, producer incarnation, payload).
-//! - `bench-caller to=NAME direct=PATH rounds=N`: times `rounds` routed calls to `to` and as
-//!   many direct ractor_cluster calls to the echo served at `direct` (an `echo direct=PATH`
-//!   in another process), in alternating blocks, and reports both as `routed_us`/`direct_us`.
+//! - `bench-caller to=NAME direct=PATH rounds=N`: times `rounds` routed calls to `to` from
+//!   the main loop, as many from a task on the link thread (answered on the callee's link
+//!   thread) and as many direct ractor_cluster calls to the echo served at `direct` (an
+//!   `echo direct=PATH` in another process), in alternating blocks, and reports them as
+//!   `routed_us`, `link_us` and `direct_us`.
 //!
 //! `echo direct=PATH` also serves a direct ractor_cluster echo on the Unix socket `PATH`.
 
@@ -23,7 +29,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use syncra_node::{Node, StreamOptions};
+use syncra_node::{CallError, Node, StreamOptions};
 use syncra_protocol::status::NodeMetrics;
 
 #[path = "peer/direct.rs"]
@@ -31,6 +37,10 @@ mod direct;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Ping(u64);
+
+/// A ping the echo answers on its link thread ([`Node::serve_calls`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct LinkPing(u64);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Pong {
@@ -67,7 +77,7 @@ fn main() {
         .collect();
     let opt = |k: &str| opts.get(k).cloned().unwrap_or_default();
     let num = |k: &str, d: u64| opts.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
-    let node = Node::join().unwrap_or_else(|e| e.exit());
+    let node = std::sync::Arc::new(Node::join().unwrap_or_else(|e| e.exit()));
     let mut out = Out(std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -87,9 +97,22 @@ fn main() {
             if opts.contains_key("direct") {
                 direct::serve(opt("direct").into());
             }
+            node.serve_calls(move |_, LinkPing(n)| {
+                Ok(Pong {
+                    n,
+                    incarnation: inc,
+                })
+            });
             node.ready();
+            // `hold`: take every call and never answer it (a callee about to die mid-call).
+            let mut held = Vec::new();
             while !node.shutdown_requested() {
                 if let Some(call) = node.recv_timeout(Duration::from_millis(20)) {
+                    if opts.contains_key("hold") {
+                        held.push(call);
+                        out.line(serde_json::json!({ "holding": held.len() }));
+                        continue;
+                    }
                     match call.decode::<Ping>() {
                         Ok(Ping(n)) => call.reply(&Pong {
                             n,
@@ -109,14 +132,41 @@ fn main() {
                 Ok(()) => out.line(serde_json::json!({ "unknown": "accepted" })),
             }
             node.ready();
+            // One call from a task on the link thread, answered on the callee's link thread.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (n, callee) = (node.clone(), to.clone());
+            node.spawn(async move {
+                let pong = n
+                    .call_async::<LinkPing, Pong>(
+                        &callee,
+                        LinkPing(42),
+                        Duration::from_secs(10),
+                        true,
+                    )
+                    .await;
+                let _ = tx.send(pong.map(|p| p.n).map_err(|e| e.to_string()));
+            });
+            match rx.recv() {
+                Ok(Ok(n)) => out.line(serde_json::json!({ "link_answer": n })),
+                Ok(Err(e)) => out.line(serde_json::json!({ "link_error": e })),
+                Err(_) => out.line(serde_json::json!({ "link_error": "the task died" })),
+            }
+            let timeout = Duration::from_millis(num("timeout_ms", 3000));
             let mut n = 0;
             while !node.shutdown_requested() {
                 n += 1;
-                match node.call::<Ping, Pong>(&to, Ping(n), Duration::from_secs(3)) {
+                match node.call::<Ping, Pong>(&to, Ping(n), timeout) {
                     Ok(p) => {
                         out.line(serde_json::json!({ "n": p.n, "incarnation": p.incarnation }))
                     }
-                    Err(e) => out.line(serde_json::json!({ "n": n, "error": e.to_string() })),
+                    Err(e) => {
+                        let returned = match &e {
+                            CallError::CalleeExited { request, .. } => Some(request.0),
+                            _ => None,
+                        };
+                        out.line(serde_json::json!({
+                            "n": n, "error": e.to_string(), "returned": returned }))
+                    }
                 }
                 beat(&node);
                 node.sleep_until(Instant::now() + Duration::from_millis(10));
@@ -146,28 +196,55 @@ fn main() {
                 }
                 Ok(us)
             };
-            let measured = (|| -> Result<(Vec<f64>, Vec<f64>), String> {
-                // Warm up both paths (the first routed call also waits for `to` to be ready).
+            // `count` calls from a task on this node's link thread to `to`'s link-thread handler.
+            let link_calls = |first: u64, count: usize| -> Result<Vec<f64>, String> {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let (n, to) = (node.clone(), to.clone());
+                node.spawn(async move {
+                    let mut times = Vec::with_capacity(count);
+                    for k in first..first + count as u64 {
+                        let t = Instant::now();
+                        let pong: Result<Pong, _> = n
+                            .call_async(&to, LinkPing(k), Duration::from_secs(10), true)
+                            .await;
+                        let us = t.elapsed().as_secs_f64() * 1e6;
+                        match pong {
+                            Ok(p) if p.n == k => times.push(us),
+                            Ok(p) => return tx.send(Err(format!("asked {k}, answered {}", p.n))),
+                            Err(e) => return tx.send(Err(e.to_string())),
+                        }
+                    }
+                    tx.send(Ok(times))
+                });
+                rx.recv()
+                    .map_err(|_| "the link-thread task died".to_owned())?
+            };
+            type Times = (Vec<f64>, Vec<f64>, Vec<f64>);
+            let measured = (|| -> Result<Times, String> {
+                // Warm up every path (the first routed call also waits for `to` to be ready).
                 for n in 0..200 {
                     routed_call(n)?;
                     direct.call(&payload)?;
                 }
-                let (mut routed, mut direct_us) = (Vec::new(), Vec::new());
+                link_calls(0, 200)?;
+                let (mut routed, mut link, mut direct_us) = (Vec::new(), Vec::new(), Vec::new());
                 for b in 0..blocks {
                     for i in 0..per_block {
                         routed.push(routed_call((b * per_block + i) as u64)?);
                     }
+                    beat(&node);
+                    link.extend(link_calls((b * per_block) as u64, per_block)?);
                     beat(&node);
                     for _ in 0..per_block {
                         direct_us.push(direct.call(&payload)?);
                     }
                     beat(&node);
                 }
-                Ok((routed, direct_us))
+                Ok((routed, link, direct_us))
             })();
             match measured {
-                Ok((routed, direct_us)) => out.line(serde_json::json!({
-                    "routed_us": routed, "direct_us": direct_us })),
+                Ok((routed, link, direct_us)) => out.line(serde_json::json!({
+                    "routed_us": routed, "link_us": link, "direct_us": direct_us })),
                 Err(e) => out.line(serde_json::json!({ "error": e })),
             }
             while !node.sleep_until(Instant::now() + Duration::from_millis(20)) {

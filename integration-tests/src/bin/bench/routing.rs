@@ -1,9 +1,12 @@
 //! (streams c) A call by name routed through the runtime, beside a direct ractor_cluster call
 //! between the same two processes. Both run in two `syncra-test-peer` nodes under a real
-//! runtime: `caller` calls `echo` by name with `Node::call` (main thread to main thread,
-//! through the runtime's router), and over a second, direct ractor_cluster link between the
-//! same two processes (an actor call from the thread driving the caller's runtime to an actor
-//! that answers at once): see `peer/direct.rs`.
+//! runtime: `caller` calls `echo` by name through the runtime's router — from a task on its
+//! link thread to a handler on the echo's link thread (`Node::spawn` + `Node::call_async` →
+//! `Node::serve_calls`), and from its main loop to the echo's main loop (`Node::call` →
+//! `Node::recv_timeout`) — and over a second, direct ractor_cluster link between the same two
+//! processes (an actor call from the thread driving the caller's runtime to an actor that
+//! answers at once): see `peer/direct.rs`. The link-thread call has the direct call's shape
+//! (one thread on each side), so it is the one held to the target.
 
 use std::time::{Duration, Instant};
 
@@ -11,9 +14,18 @@ use syncra_integration_tests::{Harness, percentile, workspace_bin};
 
 use super::{Row, verdict};
 
-/// Routed and direct call round trips (µs) between two peers under a runtime started from
-/// this thread, whose CPU affinity (inherited by the runtime and its children) is `cpus`.
-fn measure(rounds: usize, cpus: Option<&[usize]>) -> (Vec<f64>, Vec<f64>) {
+/// Call round trips (µs) between two peers under a runtime started from this thread, whose
+/// CPU affinity (inherited by the runtime and its children) is `cpus`.
+struct Times {
+    /// Routed, main loop to main loop.
+    main: Vec<f64>,
+    /// Routed, link thread to link thread.
+    link: Vec<f64>,
+    /// Direct ractor_cluster call.
+    direct: Vec<f64>,
+}
+
+fn measure(rounds: usize, cpus: Option<&[usize]>) -> Times {
     let dir = tempfile::tempdir().expect("a scratch directory");
     let peer = workspace_bin("syncra-test-peer");
     let out = dir.path().join("caller.jsonl");
@@ -62,10 +74,15 @@ fn measure(rounds: usize, cpus: Option<&[usize]>) -> (Vec<f64>, Vec<f64>) {
             .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
             .unwrap_or_default()
     };
-    (list("routed_us"), list("direct_us"))
+    Times {
+        main: list("routed_us"),
+        link: list("link_us"),
+        direct: list("direct_us"),
+    }
 }
 
-fn row(label: &str, mut routed: Vec<f64>, mut direct: Vec<f64>) -> Row {
+fn row(label: &str, mut routed: Vec<f64>, direct: &[f64]) -> Row {
+    let mut direct = direct.to_vec();
     let (r50, r99) = (percentile(&mut routed, 50.0), percentile(&mut routed, 99.0));
     let (d50, d99) = (percentile(&mut direct, 50.0), percentile(&mut direct, 99.0));
     // One hop: the runtime is one more node on the path out and on the path back, so a hop
@@ -87,13 +104,23 @@ fn row(label: &str, mut routed: Vec<f64>, mut direct: Vec<f64>) -> Row {
 }
 
 pub(crate) fn routed_call(rounds: usize, rows: &mut Vec<Row>) {
-    let (routed, direct) = measure(rounds, None);
-    rows.push(row("", routed, direct));
+    let mut both = |t: Times, label: &str| {
+        rows.push(row(
+            &format!(", link thread to link thread{label}"),
+            t.link,
+            &t.direct,
+        ));
+        rows.push(row(
+            &format!(", main loop to main loop{label}"),
+            t.main,
+            &t.direct,
+        ));
+    };
+    both(measure(rounds, None), "");
     // The same with every process on one CPU: no wakeup of an idle CPU on the path, which is
     // what most of the time above is on a virtual machine.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus > 1 {
-        let (routed, direct) = measure(rounds, Some(&[0]));
-        rows.push(row(", every process on one CPU", routed, direct));
+        both(measure(rounds, Some(&[0])), ", every process on one CPU");
     }
 }
