@@ -452,6 +452,47 @@ fn tap_shows_a_world_scene_live() {
 }
 
 #[test]
+fn a_restarted_producer_that_changes_its_stream_is_refused_with_both_shapes() {
+    let (_t, dir) = scratch();
+    let h = Harness::start(
+        &config(&[(
+            "prod",
+            args(&dir, "prod", "producer", &["stream=ticks", "grow=1"]),
+        )]),
+        &[],
+    );
+    h.wait_ready(&["prod"]);
+    match h.try_request(ControlRequest::Restart {
+        node: "prod".into(),
+    }) {
+        Some(ControlReply::Done { .. }) => {}
+        other => panic!("restart: {other:?}"),
+    }
+    let l = wait_lines(
+        &dir,
+        "prod",
+        "the second incarnation's declaration is refused",
+        |l| l.iter().any(|v| v.get("declare_error").is_some()),
+    );
+    let error = l.iter().find_map(|v| v["declare_error"].as_str()).unwrap();
+    assert!(
+        error.contains("stream `prod/ticks` was declared as")
+            && error.contains("a restarted producer must declare the same type and shape")
+            && error.contains("slot_count: 8")
+            && error.contains("slot_count: 9"),
+        "{error}"
+    );
+    // The refusal came before that line: the stream is nobody's now, and shows it.
+    let streams = match h.try_request(ControlRequest::Streams) {
+        Some(ControlReply::Streams(s)) => s,
+        other => panic!("{other:?}"),
+    };
+    let s = streams.iter().find(|s| s.name == "prod/ticks").unwrap();
+    assert!(!s.producer_live, "{s:?}");
+    assert_eq!(s.geometry.slot_count, 8, "the ring kept its shape: {s:?}");
+}
+
+#[test]
 fn the_runtime_leaks_no_fds_over_100_producer_restarts() {
     let (_t, dir) = scratch();
     let h = Harness::start(

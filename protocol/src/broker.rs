@@ -119,6 +119,15 @@ pub enum BrokerToNode {
         /// The consumer cells whose doorbells follow.
         bells: Vec<u32>,
     },
+    /// Sent unasked when an incarnation attaches: a stream its node produced before, held for
+    /// it. Declaring the same spec takes it without a request (a restarted producer is
+    /// ready one round trip sooner); fds as in `Declared`.
+    Granted {
+        /// The stream.
+        stream: StreamInfo,
+        /// The consumer cells whose doorbells follow.
+        bells: Vec<u32>,
+    },
     /// The subscription's streams (three fds each, in order; see [`Attachment`]).
     Subscribed {
         /// The request's id.

@@ -49,6 +49,8 @@ struct Stream {
     rate_hz: f64,
     /// The producing incarnation that holds it now, if live.
     held_by: Option<u64>,
+    /// `held_by` was granted at attach and not declared yet.
+    granted: bool,
 }
 
 /// A live incarnation's link.
@@ -122,6 +124,24 @@ impl Broker {
         let socket = Arc::new(socket);
         {
             let mut st = self.lock();
+            // What this node produced before is held for the new incarnation at once: its
+            // declaration then needs no round trip.
+            for s in st.streams.values_mut() {
+                if s.info.producer != node || s.held_by.is_some() {
+                    continue;
+                }
+                s.held_by = Some(incarnation);
+                s.granted = true;
+                let (msg, fds) = declared(0, s);
+                let BrokerToNode::Declared { stream, bells, .. } = msg else {
+                    unreachable!("declared() builds a Declared")
+                };
+                if let Err(e) = send(&socket, &(BrokerToNode::Granted { stream, bells }, fds)) {
+                    tracing::warn!(node = %node, error = %e, "could not grant a stream");
+                    s.held_by = None;
+                    s.granted = false;
+                }
+            }
             st.conns.insert(
                 node.clone(),
                 Conn {
@@ -203,6 +223,7 @@ impl Broker {
         for s in st.streams.values_mut() {
             if s.info.producer == *node && s.held_by == Some(incarnation) {
                 s.held_by = None;
+                s.granted = false;
                 s.map.header().producer_live.store(0, Ordering::Release);
             }
             let mut freed = false;
@@ -262,7 +283,8 @@ impl Broker {
         let mut st = self.lock();
         let st = &mut *st;
         if let Some(s) = st.streams.get_mut(&spec.name) {
-            if s.held_by == Some(incarnation) {
+            let granted = std::mem::take(&mut s.granted);
+            if s.held_by == Some(incarnation) && !granted {
                 return refused(
                     id,
                     RefusalKind::Conflict,
@@ -270,6 +292,9 @@ impl Broker {
                 );
             }
             if s.info.spec != spec {
+                if granted {
+                    s.held_by = None;
+                }
                 return refused(
                     id,
                     RefusalKind::Conflict,
@@ -343,6 +368,7 @@ impl Broker {
             sample: (Instant::now(), 0),
             rate_hz: 0.0,
             held_by: Some(incarnation),
+            granted: false,
         };
         st.streams.insert(name.clone(), stream);
         tracing::info!(stream = %name, producer = %node, bytes, "stream declared");

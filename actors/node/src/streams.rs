@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use syncra_protocol::broker::{
-    self, Attachment, BrokerToNode, NodeToBroker, RecvError, RefusalKind, StreamSpec,
+    self, Attachment, BrokerToNode, NodeToBroker, RecvError, RefusalKind, StreamInfo, StreamSpec,
 };
 use syncra_protocol::ring::{
     self, Bells, Geometry, MAX_CONSUMERS, Policy, ReadOutcome, Received, RingMap, RingReader,
@@ -147,6 +147,10 @@ type Reply = (BrokerToNode, Vec<OwnedFd>);
 type Pushes = Arc<Mailbox<(Attachment, Vec<OwnedFd>)>>;
 
 /// The node's side of the broker socket.
+/// A stream granted at attach: its info, the consumer cells whose doorbells follow, and the
+/// fds (ring, space doorbell, consumer doorbells).
+type Grant = (StreamInfo, Vec<u32>, Vec<OwnedFd>);
+
 #[derive(Debug)]
 pub(crate) struct BrokerClient {
     socket: OwnedFd,
@@ -157,6 +161,9 @@ pub(crate) struct BrokerClient {
     bells: Mutex<HashMap<String, Bells>>,
     /// Doorbells that arrived before their stream's declaration was answered.
     early_bells: Mutex<HashMap<String, Vec<(u32, OwnedFd)>>>,
+    /// Streams this node produced before, held for this incarnation by the Broker
+    /// (`Granted`): declaring the same spec takes one without a request.
+    grants: Mutex<HashMap<String, Grant>>,
     pub(crate) incarnation: u64,
 }
 
@@ -171,6 +178,7 @@ impl BrokerClient {
             patterns: Mutex::new(HashMap::new()),
             bells: Mutex::new(HashMap::new()),
             early_bells: Mutex::new(HashMap::new()),
+            grants: Mutex::new(HashMap::new()),
             incarnation,
         });
         let me = Arc::downgrade(&client);
@@ -205,6 +213,9 @@ impl BrokerClient {
                     }
                     None => tracing::debug!(id, "a broker answer nobody waits for"),
                 }
+            }
+            BrokerToNode::Granted { stream, bells } => {
+                lock(&self.grants).insert(stream.spec.name.clone(), (stream, bells, fds));
             }
             BrokerToNode::Added { id, stream } => {
                 let sub = lock(&self.patterns).get(&id).cloned();
@@ -260,31 +271,49 @@ impl BrokerClient {
 
     fn declare(&self, spec: StreamSpec) -> Result<RingWriter, StreamError> {
         let name = spec.name.clone();
+        // A stream granted at attach, declared the same: it is ours without asking. Declared
+        // otherwise, the Broker decides (and names the difference).
+        let grant = lock(&self.grants).remove(&name);
+        if let Some((stream, bells, fds)) = grant
+            && stream.spec == spec
+        {
+            return self.writer(&name, stream, bells, fds);
+        }
         let (msg, fds) = self.request(|id| NodeToBroker::Declare { id, spec }, Duration::ZERO)?;
         match msg {
-            BrokerToNode::Declared { stream, bells, .. } => {
-                let mut fds = fds.into_iter();
-                let (Some(memfd), Some(space)) = (fds.next(), fds.next()) else {
-                    return Err(link_err("the Broker's answer lacks the ring's fds"));
-                };
-                let map = RingMap::map(memfd.as_fd(), stream.spec.geometry).map_err(link_err)?;
-                let table: Bells = Arc::new(Mutex::new((0..MAX_CONSUMERS).map(|_| None).collect()));
-                for (cell, fd) in bells.into_iter().zip(fds) {
-                    set_bell(&table, cell, fd);
-                }
-                lock(&self.bells).insert(name.clone(), table.clone());
-                for (cell, fd) in lock(&self.early_bells).remove(&name).unwrap_or_default() {
-                    set_bell(&table, cell, fd);
-                }
-                Ok(RingWriter::attach(
-                    Arc::new(map),
-                    space,
-                    table,
-                    self.incarnation,
-                ))
-            }
+            BrokerToNode::Declared { stream, bells, .. } => self.writer(&name, stream, bells, fds),
             other => Err(refusal(other)),
         }
+    }
+
+    /// The writer of stream `name` from the Broker's fds: the ring, the space doorbell, then
+    /// one doorbell per consumer cell in `bells`.
+    fn writer(
+        &self,
+        name: &str,
+        stream: StreamInfo,
+        bells: Vec<u32>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<RingWriter, StreamError> {
+        let mut fds = fds.into_iter();
+        let (Some(memfd), Some(space)) = (fds.next(), fds.next()) else {
+            return Err(link_err("the Broker's answer lacks the ring's fds"));
+        };
+        let map = RingMap::map(memfd.as_fd(), stream.spec.geometry).map_err(link_err)?;
+        let table: Bells = Arc::new(Mutex::new((0..MAX_CONSUMERS).map(|_| None).collect()));
+        for (cell, fd) in bells.into_iter().zip(fds) {
+            set_bell(&table, cell, fd);
+        }
+        lock(&self.bells).insert(name.to_owned(), table.clone());
+        for (cell, fd) in lock(&self.early_bells).remove(name).unwrap_or_default() {
+            set_bell(&table, cell, fd);
+        }
+        Ok(RingWriter::attach(
+            Arc::new(map),
+            space,
+            table,
+            self.incarnation,
+        ))
     }
 
     fn subscribe(

@@ -8,8 +8,10 @@
 //!   back), then calls `to` every 10 ms (each call waiting up to `timeout_ms`, default 3000, in
 //!   all), reporting each outcome. Before that, one `LinkPing(42)` call from a task on its
 //!   link thread (`link_answer`).
-//! - `producer stream=NAME policy=latest|drop|block slots=N rate=HZ [block_ms=MS]`: publishes
-//!   `Tick { n }` as fast as `rate` allows, reporting write errors.
+//! - `producer stream=NAME policy=latest|drop|block slots=N rate=HZ [block_ms=MS] [grow=1]`:
+//!   publishes `Tick { n }` as fast as `rate` allows, reporting write errors (and a refused
+//!   declaration as `declare_error`); with `grow=1`, incarnations after the first declare one
+//!   slot more.
 //! - `bulk-producer stream=NAME abort_at=K`: publishes frames whose bytes all equal the
 //!   header's `n`; the incarnation-1 process aborts in the middle of writing message `abort_at`.
 //! - `consumer stream=NAME [type=wrong] [wait=0] [delay_ms=D] [bulk=1]`: subscribes and
@@ -252,7 +254,8 @@ fn main() {
             }
         }
         "producer" => {
-            let slots = num("slots", 8) as u32;
+            // `grow=1`: every incarnation after the first declares one slot more.
+            let slots = num("slots", 8) as u32 + u32::from(num("grow", 0) == 1 && inc > 1);
             let size = num("size", 64) as u32;
             let options = match opt("policy").as_str() {
                 "latest" => StreamOptions {
