@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use syncra_integration_tests::{Harness, PATIENCE, send};
-use syncra_protocol::control::{ControlReply, ControlRequest};
+use syncra_protocol::control::{ControlReply, ControlRequest, StreamView};
 
 const PEER: &str = env!("CARGO_BIN_EXE_syncra-test-peer");
 
@@ -59,6 +59,22 @@ fn wait_lines(dir: &Path, name: &str, what: &str, f: impl Fn(&[Value]) -> bool) 
                 .join("\n")
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every stream, as `syncra streams` shows them.
+fn streams(h: &Harness) -> Vec<StreamView> {
+    match h.try_request(ControlRequest::Streams) {
+        Some(ControlReply::Streams(s)) => s,
+        other => panic!("streams: {other:?}"),
+    }
+}
+
+/// Restart `node` through the control socket.
+fn restart(h: &Harness, node: &str) {
+    match h.try_request(ControlRequest::Restart { node: node.into() }) {
+        Some(ControlReply::Done { .. }) => {}
+        other => panic!("restart {node}: {other:?}"),
     }
 }
 
@@ -207,10 +223,7 @@ fn a_stream_delivers_in_order_and_a_killed_producer_shows_as_a_gap() {
         1,
         "the consumer never rebound or restarted"
     );
-    let streams = match h.try_request(ControlRequest::Streams) {
-        Some(ControlReply::Streams(s)) => s,
-        other => panic!("{other:?}"),
-    };
+    let streams = streams(&h);
     let s = streams.iter().find(|s| s.name == "prod/ticks").unwrap();
     assert_eq!(s.attachments, 2, "the same ring, taken back: {s:?}");
     assert_eq!(s.consumers.len(), 1);
@@ -462,12 +475,7 @@ fn a_restarted_producer_that_changes_its_stream_is_refused_with_both_shapes() {
         &[],
     );
     h.wait_ready(&["prod"]);
-    match h.try_request(ControlRequest::Restart {
-        node: "prod".into(),
-    }) {
-        Some(ControlReply::Done { .. }) => {}
-        other => panic!("restart: {other:?}"),
-    }
+    restart(&h, "prod");
     let l = wait_lines(
         &dir,
         "prod",
@@ -483,10 +491,7 @@ fn a_restarted_producer_that_changes_its_stream_is_refused_with_both_shapes() {
         "{error}"
     );
     // The refusal came before that line: the stream is nobody's now, and shows it.
-    let streams = match h.try_request(ControlRequest::Streams) {
-        Some(ControlReply::Streams(s)) => s,
-        other => panic!("{other:?}"),
-    };
+    let streams = streams(&h);
     let s = streams.iter().find(|s| s.name == "prod/ticks").unwrap();
     assert!(!s.producer_live, "{s:?}");
     assert_eq!(s.geometry.slot_count, 8, "the ring kept its shape: {s:?}");
@@ -528,12 +533,7 @@ fn the_runtime_leaks_no_fds_over_100_producer_restarts() {
     let before = open();
     let baseline = before.len();
     for i in 1..=100u64 {
-        match h.try_request(ControlRequest::Restart {
-            node: "prod".into(),
-        }) {
-            Some(ControlReply::Done { .. }) => {}
-            other => panic!("restart {i}: {other:?}"),
-        }
+        restart(&h, "prod");
         h.wait_ready_incarnation("prod", i + 1);
     }
     let deadline = Instant::now() + PATIENCE;

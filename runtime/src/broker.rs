@@ -132,10 +132,7 @@ impl Broker {
                 }
                 s.held_by = Some(incarnation);
                 s.granted = true;
-                let (msg, fds) = declared(0, s);
-                let BrokerToNode::Declared { stream, bells, .. } = msg else {
-                    unreachable!("declared() builds a Declared")
-                };
+                let (stream, bells, fds) = writer_parts(s);
                 if let Err(e) = send(&socket, &(BrokerToNode::Granted { stream, bells }, fds)) {
                     tracing::warn!(node = %node, error = %e, "could not grant a stream");
                     s.held_by = None;
@@ -660,6 +657,13 @@ fn attach_cell(
 }
 
 fn declared(id: u64, s: &Stream) -> Outgoing {
+    let (stream, bells, fds) = writer_parts(s);
+    (BrokerToNode::Declared { id, stream, bells }, fds)
+}
+
+/// What a producer needs to write `s`: its info, the consumer cells whose doorbells follow,
+/// and the fds (ring, space doorbell, then those doorbells).
+fn writer_parts(s: &Stream) -> (StreamInfo, Vec<u32>, Vec<OwnedFd>) {
     let mut fds: Vec<OwnedFd> = [dup(&s.memfd), dup(&s.space_bell)]
         .into_iter()
         .flatten()
@@ -671,14 +675,7 @@ fn declared(id: u64, s: &Stream) -> Outgoing {
             bells.push(i as u32);
         }
     }
-    (
-        BrokerToNode::Declared {
-            id,
-            stream: s.info.clone(),
-            bells,
-        },
-        fds,
-    )
+    (s.info.clone(), bells, fds)
 }
 
 fn view(s: &Stream) -> StreamView {
