@@ -113,6 +113,46 @@ impl<P: Provider> Provider for Named<P> {
     }
 }
 
+/// A layer with some keys taken out: the loader removes a key that failed to deserialize
+/// and tries again, so that one bad value does not hide the problems of the others.
+struct Pruned<P> {
+    inner: P,
+    paths: Vec<Vec<String>>,
+}
+
+impl<P: Provider> Provider for Pruned<P> {
+    fn metadata(&self) -> Metadata {
+        self.inner.metadata()
+    }
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut data = self.inner.data()?;
+        for dict in data.values_mut() {
+            for path in &self.paths {
+                remove_path(dict, path);
+            }
+        }
+        Ok(data)
+    }
+}
+
+/// Remove the value at `path` from `dict`, if there is one.
+fn remove_path(dict: &mut Dict, path: &[String]) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.remove(last);
+        }
+        [first, rest @ ..] => {
+            if let Some(figment::value::Value::Dict(_, inner)) = dict.get_mut(first) {
+                remove_path(inner, rest);
+            }
+        }
+    }
+}
+
+/// Most bad values the loader reports from one config before it stops looking.
+const MAX_VALUE_PROBLEMS: usize = 64;
+
 const DEFAULTS: &str = "built-in defaults";
 const FLAGS: &str = "command-line flags";
 
@@ -144,19 +184,29 @@ impl Loader {
         self
     }
 
-    fn figment(&self, text: Option<&str>) -> Figment {
+    fn figment(&self, text: Option<&str>, pruned: &[Vec<String>]) -> Figment {
+        let prune = |inner| Pruned {
+            inner,
+            paths: pruned.to_vec(),
+        };
         let mut fig = Figment::from(Named {
             name: DEFAULTS,
             inner: Serialized::defaults(SyncraConfig::default()),
         });
         if let (Some(path), Some(text)) = (&self.file, text) {
-            fig = fig.merge(FileLayer {
-                path: path.clone(),
-                text: text.to_owned(),
+            fig = fig.merge(Pruned {
+                inner: FileLayer {
+                    path: path.clone(),
+                    text: text.to_owned(),
+                },
+                paths: pruned.to_vec(),
             });
         }
         if self.env {
-            fig = fig.merge(env_provider());
+            fig = fig.merge(Pruned {
+                inner: env_provider(),
+                paths: pruned.to_vec(),
+            });
         }
         let mut flags = Vec::<(&str, figment::value::Value)>::new();
         if let Some(n) = self.overrides.worlds {
@@ -169,12 +219,43 @@ impl Loader {
             flags.push(("runtime.run_dir", d.display().to_string().into()));
         }
         for (key, value) in flags {
-            fig = fig.merge(Named {
+            fig = fig.merge(prune(Named {
                 name: FLAGS,
                 inner: Serialized::global(key, value),
-            });
+            }));
         }
         fig
+    }
+
+    /// Extract the layered config. A value that does not fit the model is reported and taken
+    /// out of its layer (the default applies), and extraction is tried again, so every bad
+    /// value is reported at once; with problems, the config is what remains.
+    fn extract(&self, text: Option<&str>) -> (Figment, SyncraConfig, Vec<Problem>) {
+        let mut pruned: Vec<Vec<String>> = Vec::new();
+        let mut problems = Vec::new();
+        loop {
+            let fig = self.figment(text, &pruned);
+            let err = match fig.extract::<SyncraConfig>() {
+                Ok(config) => return (fig, config, problems),
+                Err(e) => e,
+            };
+            let mut progress = false;
+            for e in err.clone() {
+                let mut path = e.path.clone();
+                if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+                    path.push(field.clone());
+                }
+                if !path.is_empty() && !pruned.contains(&path) {
+                    pruned.push(path);
+                    progress = true;
+                }
+            }
+            problems.extend(figment_problems(err, self));
+            if !progress || problems.len() >= MAX_VALUE_PROBLEMS {
+                // Nothing left to take out (a syntax error, a whole-document problem).
+                return (fig, SyncraConfig::default(), problems);
+            }
+        }
     }
 
     /// Load, validate and resolve.
@@ -183,10 +264,11 @@ impl Loader {
             Some(path) => Some(read_file(path)?),
             None => None,
         };
-        let fig = self.figment(text.as_deref());
-        let mut config: SyncraConfig = fig
-            .extract()
-            .map_err(|e| ConfigError::Invalid(figment_problems(e, self)))?;
+        let (fig, mut config, value_problems) = self.extract(text.as_deref());
+        // A problem with no key (a syntax error) leaves nothing to validate.
+        if value_problems.iter().any(|p| p.key.is_empty()) {
+            return Err(ConfigError::Invalid(value_problems));
+        }
 
         // figment keeps tables in key order; restore the order the file wrote them in.
         if let Some(text) = &text {
@@ -238,17 +320,23 @@ impl Loader {
             );
         }
 
-        let plan = plan(&config).map_err(|problems| {
-            ConfigError::Invalid(
-                problems
-                    .into_iter()
-                    .map(|mut p| {
-                        p.source = source_of(&fig, &p.key, self);
-                        p
-                    })
-                    .collect(),
-            )
-        })?;
+        let planned = plan(&config).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|mut p| {
+                    p.source = source_of(&fig, &p.key, self);
+                    p
+                })
+                .collect::<Vec<_>>()
+        });
+        let plan = match (planned, value_problems) {
+            (Ok(plan), none) if none.is_empty() => plan,
+            (Ok(_), value_problems) => return Err(ConfigError::Invalid(value_problems)),
+            (Err(more), mut value_problems) => {
+                value_problems.extend(more);
+                return Err(ConfigError::Invalid(value_problems));
+            }
+        };
         Ok(Loaded {
             config,
             plan,

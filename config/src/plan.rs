@@ -35,6 +35,21 @@ pub const MAX_TICK_HZ: f64 = 10_000.0;
 pub const MAX_CHUNK: usize = 512 * 1024;
 /// Most entities in one world's scene.
 pub const MAX_ENTITIES: u32 = 1_000_000;
+/// Longest accepted `watch_interval_ms` (an hour): longer would all but turn hang
+/// detection off.
+pub const MAX_WATCH_INTERVAL_MS: u64 = 3_600_000;
+/// Most accepted `missed_beats`.
+pub const MAX_MISSED_BEATS: u32 = 1000;
+/// Longest accepted duration of any other kind (timeouts, delays, windows, deadlines): a day.
+pub const MAX_DURATION_MS: u64 = 86_400_000;
+/// Most accepted restarts within one intensity window.
+pub const MAX_INTENSITY: u32 = 100_000;
+/// Largest accepted `backoff_multiplier`.
+pub const MAX_BACKOFF_MULTIPLIER: f64 = 1000.0;
+/// Most accepted `streams.max_streams`.
+pub const MAX_STREAMS: u32 = 65_536;
+/// Most accepted `streams.max_ring_mb` (1 TiB).
+pub const MAX_RING_MB: u64 = 1 << 20;
 
 /// One thing wrong with a config, located by its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,32 +279,46 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
     let sup = &config.supervisor;
 
     // ---- runtime
-    if rt.watch_interval_ms < MIN_WATCH_INTERVAL_MS {
+    let (watch, beats) = (rt.watch_interval_ms, rt.missed_beats);
+    in_range(
+        &mut problems,
+        "runtime.watch_interval_ms",
+        watch,
+        MIN_WATCH_INTERVAL_MS,
+        MAX_WATCH_INTERVAL_MS,
+        "milliseconds",
+    );
+    in_range(
+        &mut problems,
+        "runtime.missed_beats",
+        beats.into(),
+        1,
+        MAX_MISSED_BEATS.into(),
+        "heartbeats",
+    );
+    if watch <= MAX_WATCH_INTERVAL_MS
+        && beats <= MAX_MISSED_BEATS
+        && watch * u64::from(beats) > MAX_DURATION_MS
+    {
         problems.push(problem(
-            "runtime.watch_interval_ms",
+            "runtime.missed_beats",
             format!(
-                "{} is too small: must be at least {MIN_WATCH_INTERVAL_MS} (milliseconds)",
-                rt.watch_interval_ms
+                "{beats} × runtime.watch_interval_ms = {watch} makes a heartbeat deadline of {} ms, more than a day ({MAX_DURATION_MS} ms): a hung node would go unnoticed",
+                watch * u64::from(beats)
             ),
         ));
     }
-    positive(
+    for (key, value) in [
+        ("runtime.start_timeout_ms", rt.start_timeout_ms),
+        ("runtime.stop_timeout_ms", rt.stop_timeout_ms),
+    ] {
+        duration(&mut problems, key, value, 1);
+    }
+    duration(
         &mut problems,
-        "runtime.missed_beats",
-        rt.missed_beats as u64,
-        "heartbeats",
-    );
-    positive(
-        &mut problems,
-        "runtime.start_timeout_ms",
-        rt.start_timeout_ms,
-        "milliseconds",
-    );
-    positive(
-        &mut problems,
-        "runtime.stop_timeout_ms",
-        rt.stop_timeout_ms,
-        "milliseconds",
+        "runtime.abort_grace_ms",
+        rt.abort_grace_ms,
+        0,
     );
     for (key, dir) in [
         ("runtime.log_dir", Some(&rt.log_dir)),
@@ -302,17 +331,32 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
     }
 
     // ---- supervisor
-    positive(
+    duration(&mut problems, "supervisor.period_ms", sup.period_ms, 1);
+    duration(
         &mut problems,
-        "supervisor.period_ms",
-        sup.period_ms,
-        "milliseconds",
+        "supervisor.backoff_initial_ms",
+        sup.backoff_initial_ms,
+        0,
     );
-    positive(
+    duration(
         &mut problems,
         "supervisor.backoff_max_ms",
         sup.backoff_max_ms,
-        "milliseconds",
+        1,
+    );
+    duration(
+        &mut problems,
+        "supervisor.stable_after_ms",
+        sup.stable_after_ms,
+        0,
+    );
+    in_range(
+        &mut problems,
+        "supervisor.intensity",
+        sup.intensity.into(),
+        0,
+        MAX_INTENSITY.into(),
+        "restarts",
     );
     if sup.backoff_initial_ms > sup.backoff_max_ms {
         problems.push(problem(
@@ -323,11 +367,13 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
             ),
         ));
     }
-    if !(sup.backoff_multiplier.is_finite() && sup.backoff_multiplier >= 1.0) {
+    if !(sup.backoff_multiplier.is_finite()
+        && (1.0..=MAX_BACKOFF_MULTIPLIER).contains(&sup.backoff_multiplier))
+    {
         problems.push(problem(
             "supervisor.backoff_multiplier",
             format!(
-                "{} is invalid: expected a number of at least 1.0",
+                "{} is invalid: expected a number from 1.0 to {MAX_BACKOFF_MULTIPLIER}",
                 sup.backoff_multiplier
             ),
         ));
@@ -342,11 +388,23 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
         ));
     }
     for (group, o) in [("drivers", &sup.drivers), ("worlds", &sup.worlds)] {
-        if o.period_ms == Some(0) {
-            problems.push(problem(
-                format!("supervisor.{group}.period_ms"),
-                "must be at least 1 (milliseconds)",
-            ));
+        if let Some(p) = o.period_ms {
+            duration(
+                &mut problems,
+                &format!("supervisor.{group}.period_ms"),
+                p,
+                1,
+            );
+        }
+        if let Some(i) = o.intensity {
+            in_range(
+                &mut problems,
+                &format!("supervisor.{group}.intensity"),
+                i.into(),
+                0,
+                MAX_INTENSITY.into(),
+                "restarts",
+            );
         }
     }
     hooks_problems(&mut problems, "hooks", &config.hooks);
@@ -521,13 +579,22 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
     dependency_problems(&mut problems, &nodes, driver_count);
 
     let st = &config.streams;
-    positive(
+    in_range(
         &mut problems,
         "streams.max_streams",
         u64::from(st.max_streams),
+        1,
+        MAX_STREAMS.into(),
         "streams",
     );
-    positive(&mut problems, "streams.max_ring_mb", st.max_ring_mb, "MiB");
+    in_range(
+        &mut problems,
+        "streams.max_ring_mb",
+        st.max_ring_mb,
+        1,
+        MAX_RING_MB,
+        "MiB",
+    );
     if st.max_consumers == 0 || st.max_consumers as usize > syncra_protocol::ring::MAX_CONSUMERS {
         problems.push(problem(
             "streams.max_consumers",
@@ -589,10 +656,33 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
     })
 }
 
-fn positive(problems: &mut Vec<Problem>, key: &str, value: u64, unit: &str) {
-    if value == 0 {
-        problems.push(problem(key, format!("must be at least 1 ({unit})")));
+/// `value` must lie in `min..=max`.
+fn in_range(problems: &mut Vec<Problem>, key: &str, value: u64, min: u64, max: u64, unit: &str) {
+    if value < min {
+        let message = if min == 1 {
+            format!("must be at least 1 ({unit})")
+        } else {
+            format!("{value} is too small: must be at least {min} ({unit})")
+        };
+        problems.push(problem(key, message));
+    } else if value > max {
+        problems.push(problem(
+            key,
+            format!("{value} is too large: must be at most {max} ({unit})"),
+        ));
     }
+}
+
+/// A duration in milliseconds: at least `min`, at most [`MAX_DURATION_MS`] (a day).
+fn duration(problems: &mut Vec<Problem>, key: &str, value: u64, min: u64) {
+    in_range(
+        problems,
+        key,
+        value,
+        min,
+        MAX_DURATION_MS,
+        "milliseconds; the longest is a day",
+    );
 }
 
 fn hooks_problems(problems: &mut Vec<Problem>, key: &str, hooks: &Hooks) {
@@ -604,11 +694,8 @@ fn hooks_problems(problems: &mut Vec<Problem>, key: &str, hooks: &Hooks) {
             ));
         }
     }
-    if hooks.timeout_ms == Some(0) {
-        problems.push(problem(
-            format!("{key}.timeout_ms"),
-            "must be at least 1 (milliseconds)",
-        ));
+    if let Some(t) = hooks.timeout_ms {
+        duration(problems, &format!("{key}.timeout_ms"), t, 1);
     }
 }
 
@@ -665,23 +752,22 @@ fn node_plan(
         ));
     }
     let deadline = spec.heartbeat_deadline_ms.unwrap_or(default_deadline);
-    if let Some(d) = spec.heartbeat_deadline_ms
-        && d < rt.watch_interval_ms
-    {
-        problems.push(problem(
+    if let Some(d) = spec.heartbeat_deadline_ms {
+        if d < rt.watch_interval_ms {
+            problems.push(problem(
                 format!("{key}.heartbeat_deadline_ms"),
                 format!("{d} is shorter than runtime.watch_interval_ms = {}: a deadline must allow at least two heartbeats", rt.watch_interval_ms),
             ));
+        } else {
+            duration(problems, &format!("{key}.heartbeat_deadline_ms"), d, 1);
+        }
     }
     for (k, v) in [
         ("start_timeout_ms", spec.start_timeout_ms),
         ("stop_timeout_ms", spec.stop_timeout_ms),
     ] {
-        if v == Some(0) {
-            problems.push(problem(
-                format!("{key}.{k}"),
-                "must be at least 1 (milliseconds)",
-            ));
+        if let Some(v) = v {
+            duration(problems, &format!("{key}.{k}"), v, 1);
         }
     }
     let hooks = spec.hooks.clone().unwrap_or_default();
@@ -809,7 +895,8 @@ fn dependency_problems(
 
 /// Make a relative `path` absolute against `base` (the directory of the file that set it).
 pub(crate) fn anchor(path: &Path, base: &Path) -> PathBuf {
-    if path.is_absolute() {
+    // An empty path stays empty, for validation to refuse by its key.
+    if path.is_absolute() || path.as_os_str().is_empty() {
         path.to_owned()
     } else {
         base.join(path)

@@ -74,6 +74,9 @@ pub struct CrashEntry {
     pub path: String,
     /// Its content.
     pub record: CrashRecord,
+    /// Why the file could not be written (a full disk, a missing directory); `None` once it
+    /// is written, or while it is being written.
+    pub not_written: Option<String>,
 }
 
 /// The runtime's answer.
@@ -174,4 +177,6 @@ pub enum ControlErrorKind {
     Timeout,
     /// No stream has that name.
     UnknownStream,
+    /// The runtime serves as many clients (or subscribers) as it takes; try again later.
+    Busy,
 }

@@ -26,6 +26,7 @@ pub mod broker;
 pub mod control;
 pub mod crash;
 pub mod link;
+pub mod listener;
 pub mod node;
 pub mod page;
 pub mod ring;
@@ -35,6 +36,6 @@ pub mod world;
 
 /// Version of every message format in this crate. Bump it whenever a serialized type changes
 /// shape; a node built against another version is refused when it joins.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 pub use status::{NodeKind, NodeName, NodeState};

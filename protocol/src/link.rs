@@ -21,6 +21,10 @@ use rustix::net::{RecvFlags, SendFlags, Shutdown};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
+/// How every [`UnixLink`]'s peer label begins: ractor_cluster reports it as the session's
+/// peer address, where a TCP session shows `ip:port` ([`crate::listener::is_stranger`]).
+pub const LINK_LABEL_PREFIX: &str = "unix:";
+
 /// How much one read takes from the socket at most.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -64,10 +68,10 @@ impl ClusterBidiStream for UnixLink {
         (Box::new(self.reader), Box::new(self.writer))
     }
     fn peer_label(&self) -> Option<String> {
-        Some(self.label.clone())
+        Some(format!("{LINK_LABEL_PREFIX}{}", self.label))
     }
     fn local_label(&self) -> Option<String> {
-        Some(format!("{}:local", self.label))
+        Some(format!("{LINK_LABEL_PREFIX}{}:local", self.label))
     }
 }
 

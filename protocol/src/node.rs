@@ -221,8 +221,9 @@ pub enum NodeInbox {
 /// mandatory TCP listener bound to loopback on an ephemeral port, in Isolated mode (a hub does
 /// not introduce its children to each other).
 ///
-/// **Invariant:** no Syncra process listens on anything but loopback.
-pub fn node_server(node_name: &str, cookie: &str) -> ractor_cluster::NodeServer {
+/// **Invariant:** no Syncra process listens on anything but loopback. Start it through
+/// [`crate::listener::start_node_server`], which also seals that listener.
+pub(crate) fn node_server(node_name: &str, cookie: &str) -> ractor_cluster::NodeServer {
     use std::net::{IpAddr, Ipv4Addr};
     ractor_cluster::NodeServer::new(
         0,

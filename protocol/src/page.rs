@@ -101,6 +101,16 @@ pub struct PageError {
     source: std::io::Error,
 }
 
+impl From<PageError> for std::io::Error {
+    /// The OS error, its kind and errno kept, with the step in its message.
+    fn from(e: PageError) -> std::io::Error {
+        match e.source.raw_os_error() {
+            Some(errno) => std::io::Error::from_raw_os_error(errno),
+            None => std::io::Error::new(e.source.kind(), format!("{}: {}", e.what, e.source)),
+        }
+    }
+}
+
 fn err(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> PageError {
     move |e| PageError {
         what,

@@ -1,18 +1,17 @@
 //! The hub: the runtime's own ractor_cluster node, and the gateway actor every child talks to.
 //!
 //! Children connect over their inherited socketpair ([`Hub::attach`]); the hub's mandatory
-//! TCP listener is bound to loopback on an ephemeral port and accepts nothing useful without
-//! the session cookie, which is random per session and never leaves the runtime except in a
-//! child's boot frame. The gateway authenticates each message by the sender's token
+//! TCP listener is bound to loopback on an ephemeral port and sealed
+//! ([`syncra_protocol::listener`]): no connection to it completes, and one that slipped in
+//! before the seal is closed as it opens. The session cookie is random per session and never
+//! leaves the runtime except in a child's boot frame. The gateway authenticates each message by the sender's token
 //! ([`crate::registry::Registry::route`]) and hands it to that node's supervisor.
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::NodeServerMessage;
-use syncra_protocol::node::{
-    Envelope, NodeToRuntime, RUNTIME_GROUP, RuntimeInbox, UnixLink, node_server,
-};
+use syncra_protocol::node::{Envelope, NodeToRuntime, RUNTIME_GROUP, RuntimeInbox, UnixLink};
 use syncra_protocol::wire;
 
 use crate::registry::Registry;
@@ -44,10 +43,10 @@ impl Hub {
         router: ActorRef<RouterMsg>,
     ) -> Result<Hub, String> {
         let cookie = random_cookie().map_err(|e| format!("generating the session cookie: {e}"))?;
-        let server = node_server(HUB_NAME, &cookie);
-        let (server, _) = Actor::spawn(None, server, ())
+        let server = syncra_protocol::listener::start_node_server(HUB_NAME, &cookie, (), true)
             .await
-            .map_err(|e| format!("starting the hub node: {e}"))?;
+            .map_err(|e| format!("starting the hub node: {e}"))?
+            .server;
         let (gateway, _) = Actor::spawn(None, Gateway { registry, router }, ())
             .await
             .map_err(|e| format!("starting the gateway: {e}"))?;

@@ -2,7 +2,10 @@
 //! the tests and the benchmarks use to reach a running runtime.
 //!
 //! Only the user who runs the runtime can connect: the socket sits in the 0700 run directory
-//! and every peer's uid is checked again on accept.
+//! and every peer's uid is checked again on accept. Even that user's runaway scripts cannot
+//! exhaust it: connections ([`MAX_CONNECTIONS`], the oldest idle one gives way to a newcomer),
+//! subscribers ([`MAX_SUBSCRIBERS`]), request size ([`MAX_REQUEST`]) and the time to send a
+//! request are bounded, and accepting uses the fd reserve when the process is out of fds.
 
 use std::path::{Path, PathBuf};
 
@@ -16,15 +19,73 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::Runtime;
+use crate::fdreserve::is_fd_shortage;
 
-async fn read_frame(s: &mut UnixStream) -> std::io::Result<Option<Vec<u8>>> {
+/// Most control connections open at once. A newcomer over the limit closes the oldest
+/// connection that has waited [`EVICTABLE_AFTER`] without sending its request; when there is
+/// none, the newcomer is refused as busy.
+pub const MAX_CONNECTIONS: usize = 128;
+/// How long a connection is safe from eviction while it has not sent its request (a real
+/// client sends it as soon as it connects).
+const EVICTABLE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+/// Most event subscribers at once (`syncra events`, [`ControlClient::subscribe`]).
+pub const MAX_SUBSCRIBERS: usize = 32;
+/// Largest request a client may send, bytes (requests are a few dozen bytes; replies may be
+/// up to [`MAX_CONTROL_FRAME`]).
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a client may take to send its request after connecting.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a subscriber may take to read one event before it is dropped.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Read one request frame, beginning with the bytes `have` already read from `s`.
+async fn read_request(s: &mut UnixStream, mut have: Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
+    let mut chunk = [0u8; 4096];
+    let mut fill = async |have: &mut Vec<u8>, want: usize| -> std::io::Result<bool> {
+        while have.len() < want {
+            let n = s.read(&mut chunk[..(want - have.len()).min(4096)]).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            have.extend_from_slice(&chunk[..n]);
+        }
+        Ok(true)
+    };
+    if !fill(&mut have, 4).await? {
+        return if have.is_empty() {
+            Ok(None)
+        } else {
+            Err(std::io::ErrorKind::UnexpectedEof.into())
+        };
+    }
+    let len = wire::check_len(
+        "control request",
+        u32::from_be_bytes([have[0], have[1], have[2], have[3]]),
+        MAX_REQUEST,
+    )
+    .map_err(std::io::Error::other)?;
+    if !fill(&mut have, 4 + len).await? {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    have.drain(..4);
+    have.truncate(len);
+    Ok(Some(have))
+}
+
+/// Whether `bytes` hold a whole frame.
+fn is_whole_frame(bytes: &[u8]) -> bool {
+    bytes.len() >= 4
+        && bytes.len() - 4 >= u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize
+}
+
+async fn read_frame(s: &mut UnixStream, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match s.read_exact(&mut len).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = wire::check_len("control", u32::from_be_bytes(len), MAX_CONTROL_FRAME)
+    let len = wire::check_len("control", u32::from_be_bytes(len), limit)
         .map_err(std::io::Error::other)?;
     let mut buf = vec![0u8; len];
     s.read_exact(&mut buf).await?;
@@ -35,16 +96,110 @@ async fn write_frame(s: &mut UnixStream, payload: &[u8]) -> std::io::Result<()> 
     s.write_all(&wire::frame(payload)).await
 }
 
+/// Who is connected: the bounds on connections and subscribers.
+#[derive(Debug, Default)]
+struct Gate {
+    state: std::sync::Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    open: usize,
+    subscribers: usize,
+    next: u64,
+    /// Connections that have not sent their request, oldest first: since when, and their
+    /// eviction.
+    waiting:
+        std::collections::VecDeque<(u64, std::time::Instant, tokio::sync::oneshot::Sender<()>)>,
+}
+
+/// One admitted connection; dropping it frees its place.
+#[derive(Debug)]
+struct Admitted {
+    gate: std::sync::Arc<Gate>,
+    id: u64,
+    subscriber: bool,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admit a connection, closing the oldest waiting one if the limit is reached; `None`:
+    /// every place is taken by a connection that is being served.
+    fn admit(
+        self: &std::sync::Arc<Self>,
+    ) -> Option<(Admitted, tokio::sync::oneshot::Receiver<()>)> {
+        let mut st = self.lock();
+        let now = std::time::Instant::now();
+        if st.open >= MAX_CONNECTIONS {
+            match st.waiting.front() {
+                Some((_, since, _)) if now.duration_since(*since) >= EVICTABLE_AFTER => {}
+                _ => return None,
+            }
+            if let Some((_, _, evict)) = st.waiting.pop_front() {
+                let _ = evict.send(());
+            }
+        }
+        st.open += 1;
+        st.next += 1;
+        let id = st.next;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        st.waiting.push_back((id, now, tx));
+        Some((
+            Admitted {
+                gate: self.clone(),
+                id,
+                subscriber: false,
+            },
+            rx,
+        ))
+    }
+}
+
+impl Admitted {
+    /// The request has arrived: this connection can no longer be evicted.
+    fn served(&self) {
+        self.gate.lock().waiting.retain(|(id, _, _)| *id != self.id);
+    }
+
+    /// Become an event subscriber, if there is room.
+    fn subscribe(&mut self) -> Result<(), usize> {
+        let mut st = self.gate.lock();
+        if st.subscribers >= MAX_SUBSCRIBERS {
+            return Err(st.subscribers);
+        }
+        st.subscribers += 1;
+        self.subscriber = true;
+        Ok(())
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut st = self.gate.lock();
+        st.open -= 1;
+        if self.subscriber {
+            st.subscribers -= 1;
+        }
+        st.waiting.retain(|(id, _, _)| *id != self.id);
+    }
+}
+
 /// Serve the control socket until the task is aborted.
 pub(crate) async fn serve(listener: UnixListener, runtime: Runtime) {
     let us = rustix::process::getuid();
+    let gate = std::sync::Arc::new(Gate::default());
     loop {
-        let stream = match listener.accept().await {
+        let mut stream = match listener.accept().await {
             Ok((stream, _)) => stream,
+            // Out of fds: take one from the reserve, so that `syncra status` still answers.
+            Err(e) if is_fd_shortage(&e) && runtime.fds().release_one() => continue,
             Err(e) => {
-                // Out of fds, most likely: back off instead of spinning.
                 tracing::warn!(error = %e, "accepting a control connection failed");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                runtime.fds().refill();
                 continue;
             }
         };
@@ -56,18 +211,68 @@ pub(crate) async fn serve(listener: UnixListener, runtime: Runtime) {
                 continue;
             }
         }
-        tokio::spawn(handle(stream, runtime.clone()));
+        match gate.admit() {
+            Some((admitted, evicted)) => {
+                // A real client has usually sent its request by now: take it at once, so
+                // that no flood of newcomers can evict it before its task runs.
+                let mut have = vec![0u8; 4096];
+                match stream.try_read(&mut have) {
+                    Ok(n) => have.truncate(n),
+                    Err(_) => have.clear(),
+                }
+                if is_whole_frame(&have) {
+                    admitted.served();
+                }
+                let runtime = runtime.clone();
+                tokio::spawn(async move {
+                    handle(stream, have, &runtime, admitted, evicted).await;
+                    runtime.fds().refill();
+                });
+            }
+            None => {
+                tracing::warn!(
+                    limit = MAX_CONNECTIONS,
+                    "refused a control connection: every place is taken"
+                );
+                let reply = error(
+                    ControlErrorKind::Busy,
+                    format!(
+                        "the runtime is serving {MAX_CONNECTIONS} control connections (the most it takes); try again when some have closed"
+                    ),
+                );
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        WRITE_TIMEOUT,
+                        write_frame(&mut stream, &wire::encode(&reply)),
+                    )
+                    .await;
+                });
+            }
+        }
     }
 }
 
-/// How long a client may take to send its request.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-async fn handle(mut stream: UnixStream, runtime: Runtime) {
-    let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut stream)).await {
-        Ok(r) => r,
-        Err(_) => return,
+async fn handle(
+    mut stream: UnixStream,
+    have: Vec<u8>,
+    runtime: &Runtime,
+    mut admitted: Admitted,
+    evicted: tokio::sync::oneshot::Receiver<()>,
+) {
+    let request = tokio::select! {
+        r = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream, have)) => match r {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::debug!("closed a control connection that sent no request within {} s", REQUEST_TIMEOUT.as_secs());
+                return;
+            }
+        },
+        Ok(()) = evicted => {
+            tracing::debug!("closed a waiting control connection to admit a newer one");
+            return;
+        }
     };
+    admitted.served();
     let reply = match request {
         Ok(Some(bytes)) => match wire::decode::<ControlFrame>("control request", &bytes) {
             Ok(frame) if frame.protocol != PROTOCOL_VERSION => error(
@@ -80,7 +285,15 @@ async fn handle(mut stream: UnixStream, runtime: Runtime) {
             Ok(ControlFrame {
                 request: ControlRequest::Subscribe,
                 ..
-            }) => return subscribe(stream, runtime).await,
+            }) => match admitted.subscribe() {
+                Ok(()) => return subscribe(stream, runtime).await,
+                Err(n) => error(
+                    ControlErrorKind::Busy,
+                    format!(
+                        "{n} event subscribers are connected, the most the runtime takes; close one (`syncra events`)"
+                    ),
+                ),
+            },
             Ok(ControlFrame {
                 request: ControlRequest::Tap { stream: name },
                 ..
@@ -94,10 +307,14 @@ async fn handle(mut stream: UnixStream, runtime: Runtime) {
             format!("reading the request: {e}"),
         ),
     };
-    let _ = write_frame(&mut stream, &wire::encode(&reply)).await;
+    let _ = tokio::time::timeout(
+        WRITE_TIMEOUT,
+        write_frame(&mut stream, &wire::encode(&reply)),
+    )
+    .await;
 }
 
-async fn subscribe(mut stream: UnixStream, runtime: Runtime) {
+async fn subscribe(mut stream: UnixStream, runtime: &Runtime) {
     let mut events = runtime.subscribe();
     let mut closed = [0u8; 1];
     loop {
@@ -106,7 +323,7 @@ async fn subscribe(mut stream: UnixStream, runtime: Runtime) {
                 Ok(ev) => {
                     // A subscriber that stopped reading is dropped, not waited for.
                     let frame = wire::encode(&ControlReply::Event(ev));
-                    let sent = tokio::time::timeout(REQUEST_TIMEOUT, write_frame(&mut stream, &frame)).await;
+                    let sent = tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut stream, &frame)).await;
                     if !matches!(sent, Ok(Ok(()))) {
                         return;
                     }
@@ -123,7 +340,7 @@ async fn subscribe(mut stream: UnixStream, runtime: Runtime) {
 }
 
 /// Answer a tap: the stream's view in one frame, the ring's fd attached to its first byte.
-async fn tap(mut stream: UnixStream, runtime: Runtime, name: &str) {
+async fn tap(mut stream: UnixStream, runtime: &Runtime, name: &str) {
     let Some((view, fd)) = runtime.tap(name) else {
         let known: Vec<String> = runtime.streams().into_iter().map(|s| s.name).collect();
         let reply = error(
@@ -158,7 +375,7 @@ async fn tap(mut stream: UnixStream, runtime: Runtime, name: &str) {
         })
         .await;
     if sent.is_ok() {
-        let _ = stream.write_all(&frame[1..]).await;
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frame[1..])).await;
     }
 }
 
@@ -305,7 +522,7 @@ impl ControlClient {
     }
 
     async fn read(&mut self) -> Result<ControlReply, ClientError> {
-        match read_frame(&mut self.stream).await? {
+        match read_frame(&mut self.stream, MAX_CONTROL_FRAME).await? {
             Some(bytes) => Ok(wire::decode("control reply", &bytes)?),
             None => Err(ClientError::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,

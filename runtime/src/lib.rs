@@ -33,6 +33,7 @@
 mod broker;
 mod cluster;
 mod control;
+mod fdreserve;
 pub mod hooks;
 pub mod logs;
 mod registry;
@@ -43,11 +44,13 @@ mod spawn;
 mod supervisor;
 mod watchdog;
 
-pub use control::{ClientError, ControlClient, EventStream};
+pub use control::{
+    ClientError, ControlClient, EventStream, MAX_CONNECTIONS, MAX_REQUEST, MAX_SUBSCRIBERS,
+};
 pub use hooks::{HookContext, HookFn};
 pub use rundir::RunDirError;
 pub use runtime::{Runtime, RuntimeBuilder, ShutdownReport, StartError};
-pub use spawn::SpawnError;
+pub use spawn::{SpawnError, command_problems};
 pub use supervisor::ShutdownCause;
 pub use syncra_config as config;
 pub use syncra_protocol as protocol;

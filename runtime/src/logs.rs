@@ -233,8 +233,12 @@ pub(crate) fn write_crash_record(path: &Path, record: &CrashRecord) -> std::io::
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     let json = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, json)?;
-    std::fs::rename(&tmp, path)
+    let written = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        // A full disk leaves no half-written file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]

@@ -35,6 +35,27 @@ pub enum RunDirError {
         /// Our uid.
         us: u32,
     },
+    /// Other users can write into the directory: one could replace the control socket or
+    /// the lock.
+    #[error(
+        "run dir {} is writable by other users (mode {mode:04o}): another user could replace the control socket in it. Syncra never changes the mode of a directory it did not create; use a private directory (created if missing, mode 0700), e.g. --run-dir {}, or leave --run-dir out for the default",
+        dir.display(),
+        suggestion.display()
+    )]
+    Shared {
+        /// The directory.
+        dir: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+        /// A private directory to use instead.
+        suggestion: PathBuf,
+    },
+    /// The path exists and is not a directory.
+    #[error("run dir {} exists and is not a directory", dir.display())]
+    NotADirectory {
+        /// The path.
+        dir: PathBuf,
+    },
     /// Creating or locking failed.
     #[error("run dir {}: {what}: {source}", dir.display())]
     Io {
@@ -56,19 +77,37 @@ pub(crate) struct RunDir {
 }
 
 impl RunDir {
-    /// Create (mode 0700) and lock `path`.
+    /// Lock `path`, creating it (mode 0700) if it does not exist. An existing directory is
+    /// used as it is, never chmod-ed: it must belong to this user and be writable by nobody
+    /// else.
     pub(crate) fn acquire(path: &Path) -> Result<RunDir, RunDirError> {
         let io = |what, source| RunDirError::Io {
             dir: path.to_owned(),
             what,
             source,
         };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .map_err(|e| io("creating it", e))?;
+        if path.as_os_str().is_empty() {
+            return Err(io(
+                "checking it",
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path is empty"),
+            ));
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|e| io("creating it", e))?,
+            Err(e) => return Err(io("reading its metadata", e)),
+        }
+        // Followed through a symlink: what matters is the directory the socket lands in.
         let meta = std::fs::metadata(path).map_err(|e| io("reading its metadata", e))?;
+        if !meta.is_dir() {
+            return Err(RunDirError::NotADirectory {
+                dir: path.to_owned(),
+            });
+        }
         let us = rustix::process::getuid().as_raw();
         if meta.uid() != us {
             return Err(RunDirError::NotOurs {
@@ -77,9 +116,13 @@ impl RunDir {
                 us,
             });
         }
-        if meta.permissions().mode() & 0o077 != 0 {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| io("making it private (0700)", e))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(RunDirError::Shared {
+                dir: path.to_owned(),
+                mode,
+                suggestion: syncra_config::default_run_dir(),
+            });
         }
         let mut lock = OpenOptions::new()
             .read(true)
@@ -126,6 +169,46 @@ impl Drop for RunDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_others_can_write_into_is_refused_and_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = RunDir::acquire(&shared).unwrap_err();
+        assert!(
+            matches!(err, RunDirError::Shared { mode: 0o1777, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("writable by other users"), "{err}");
+        assert_eq!(
+            std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777,
+            0o1777
+        );
+        assert!(!shared.join(LOCK_NAME).exists());
+    }
+
+    #[test]
+    fn an_existing_private_enough_directory_is_used_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = dir.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let held = RunDir::acquire(&mine).unwrap();
+        assert_eq!(
+            std::fs::metadata(&mine).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+        drop(held);
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(matches!(
+            RunDir::acquire(&file),
+            Err(RunDirError::NotADirectory { .. })
+        ));
+        assert!(RunDir::acquire(Path::new("")).is_err());
+    }
 
     #[test]
     fn private_and_exclusive() {

@@ -124,6 +124,8 @@ impl RuntimeBuilder {
     /// Returns as soon as the start sequence is under way; see [`Runtime::wait_ready`].
     pub async fn start(self) -> Result<Runtime, StartError> {
         let plan = self.plan?;
+        // First, while fd numbers are low: whatever limit the process runs under, these fit.
+        let fds = crate::fdreserve::FdReserve::new();
         let rt = &plan.runtime;
         for (what, dir) in [("log dir", &rt.log_dir), ("crash dir", &rt.crash_dir)] {
             logs::ensure_dir(dir).map_err(|source| StartError::Dir {
@@ -188,6 +190,7 @@ impl RuntimeBuilder {
             shutdown: watch::channel(None).0,
             hook_tasks: Mutex::new(tokio::task::JoinSet::new()),
             watchdog,
+            fds,
         });
 
         let (drivers, _) =
@@ -363,6 +366,11 @@ impl ShutdownReport {
 }
 
 impl Runtime {
+    /// The fd reserve.
+    pub(crate) fn fds(&self) -> &crate::fdreserve::FdReserve {
+        &self.inner.ctx.fds
+    }
+
     /// Start a runtime for `config` (see [`RuntimeBuilder`] for hook callbacks).
     pub async fn start(config: &SyncraConfig) -> Result<Runtime, StartError> {
         RuntimeBuilder::new(config).start().await

@@ -192,6 +192,8 @@ pub enum SpawnError {
         program: String,
         /// The OS error.
         message: String,
+        /// Its errno, when the OS gave one.
+        errno: Option<i32>,
     },
     /// The spawner thread is gone (the runtime is exiting).
     #[error("the spawner thread is gone")]
@@ -204,6 +206,19 @@ impl SpawnError {
         matches!(
             self,
             SpawnError::NotFound { .. } | SpawnError::NotExecutable { .. }
+        )
+    }
+
+    /// Whether the machine (or this process) is out of a resource — file descriptors,
+    /// memory, processes: a condition of the machine, not a fault of the node, that waiting
+    /// can cure.
+    pub fn is_resource_shortage(&self) -> bool {
+        matches!(
+            self,
+            SpawnError::Io {
+                errno: Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM),
+                ..
+            }
         )
     }
 }
@@ -383,6 +398,7 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
     let io_err = |e: std::io::Error| SpawnError::Io {
         program: program_name.clone(),
         message: e.to_string(),
+        errno: e.raw_os_error(),
     };
 
     let path = cstring("the program path", spec.program.as_os_str().as_bytes()).map_err(io_err)?;
@@ -515,9 +531,9 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
                     program: program_name,
                     message: "it is not an executable this machine can run (wrong format or architecture)".into(),
                 },
-                _ => SpawnError::Io { program: program_name, message: format!("exec: {e}") },
+                _ => SpawnError::Io { program: program_name, message: format!("exec: {e}"), errno: Some(args.errno) },
             },
-            Some(step) => SpawnError::Io { program: program_name, message: format!("{}: {e}", step.describe()) },
+            Some(step) => SpawnError::Io { program: program_name, message: format!("{}: {e}", step.describe()), errno: Some(args.errno) },
             None => io_err(e),
         });
     }
@@ -567,6 +583,64 @@ pub(crate) fn resolve_program(command: &str, bin_dirs: &[PathBuf]) -> Result<Pat
         program: command.to_owned(),
         searched: searched.join(", "),
     })
+}
+
+/// Every node's command checked the way a spawn would find it (`syncra check-config`), as
+/// `(problems, warnings)`: a problem per config key whose command is not a file, not
+/// executable, or (for a command the config names) missing; a warning per built-in driver or
+/// world executable that is not installed, which `syncra run` marks failed while the rest
+/// runs. `bin_dirs` are searched before `PATH`, as [`crate::RuntimeBuilder::bin_dir`] does.
+pub fn command_problems(
+    loaded: &syncra_config::Loaded,
+    bin_dirs: &[PathBuf],
+) -> (Vec<syncra_config::Problem>, Vec<syncra_config::Problem>) {
+    let (mut problems, mut warnings): (Vec<syncra_config::Problem>, Vec<syncra_config::Problem>) =
+        (Vec::new(), Vec::new());
+    let config = &loaded.config;
+    for node in loaded.plan.nodes() {
+        let Err(e) = resolve_program(&node.command, bin_dirs) else {
+            continue;
+        };
+        let name = node.name.short();
+        let (key, named) = match node.kind {
+            syncra_protocol::NodeKind::Driver => {
+                let named = config
+                    .drivers
+                    .0
+                    .iter()
+                    .any(|(n, entry)| n == name && entry.spec().command.is_some());
+                (format!("drivers.{name}.command"), named)
+            }
+            syncra_protocol::NodeKind::World => {
+                let own = config
+                    .worlds
+                    .tables
+                    .iter()
+                    .any(|(n, spec)| n == name && spec.command.is_some());
+                if own {
+                    (format!("worlds.{name}.command"), true)
+                } else {
+                    (
+                        "worlds.command".to_owned(),
+                        config.worlds.defaults.command.is_some(),
+                    )
+                }
+            }
+        };
+        let list = if named || !matches!(e, SpawnError::NotFound { .. }) {
+            &mut problems
+        } else {
+            &mut warnings
+        };
+        if list.iter().all(|p| p.key != key) {
+            list.push(syncra_config::Problem {
+                key,
+                message: format!("{e}; `{}` would fail to start", node.name),
+                source: loaded.file.as_ref().map(|f| f.display().to_string()),
+            });
+        }
+    }
+    (problems, warnings)
 }
 
 fn check_executable(command: &str, path: &Path) -> Result<(), SpawnError> {

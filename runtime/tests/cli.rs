@@ -209,3 +209,165 @@ fn shipped_presets_are_valid() {
         );
     }
 }
+
+#[test]
+fn every_bad_value_is_reported_at_once_even_type_errors() {
+    refused(
+        "[runtime]\nwatch_interval_ms = -5\nmissed_beats = -1\nstop_timeout_ms = \"soon\"\n\n[supervisor]\nstrategy = \"all_for_one\"\nbackoff_max_ms = 0\n",
+        &[
+            "`runtime.watch_interval_ms`: expected u64, found signed int `-5`",
+            "`runtime.missed_beats`: expected u32, found signed int `-1`",
+            "`runtime.stop_timeout_ms`: expected u64, found string \"soon\"",
+            "`supervisor.strategy`: unknown value `all_for_one`",
+            "`supervisor.backoff_max_ms`: must be at least 1",
+        ],
+    );
+}
+
+#[test]
+fn durations_and_counts_have_upper_bounds() {
+    refused(
+        "[runtime]\nwatch_interval_ms = 1000000000000\nstart_timeout_ms = 99999999999\n\n[supervisor]\nbackoff_max_ms = 8857767766330545000\nintensity = 4000000000\nbackoff_multiplier = 1e300\n\n[hooks]\ntimeout_ms = 100000000000\n\n[drivers.x]\ncommand = \"/bin/true\"\nheartbeat_deadline_ms = 1000000000000\n\n[streams]\nmax_streams = 4000000000\n",
+        &[
+            "`runtime.watch_interval_ms`: 1000000000000 is too large: must be at most 3600000",
+            "`runtime.start_timeout_ms`: 99999999999 is too large: must be at most 86400000",
+            "`supervisor.backoff_max_ms`: 8857767766330545000 is too large",
+            "`supervisor.intensity`: 4000000000 is too large",
+            "`supervisor.backoff_multiplier`",
+            "`hooks.timeout_ms`: 100000000000 is too large",
+            "`drivers.x.heartbeat_deadline_ms`: 1000000000000 is too large",
+            "`streams.max_streams`: 4000000000 is too large",
+        ],
+    );
+    refused(
+        "[runtime]\nwatch_interval_ms = 3600000\nmissed_beats = 1000\n",
+        &["`runtime.missed_beats`", "more than a day"],
+    );
+}
+
+#[test]
+fn empty_directories_are_refused_by_key_not_taken_as_the_config_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[runtime]\nrun_dir = \"\"\nlog_dir = \"\"\ncrash_dir = \"\"\n",
+    )
+    .unwrap();
+    for cmd in ["check-config", "run"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_syncra"))
+            .args([cmd, "--config", path.to_str().unwrap()])
+            .current_dir(dir.path())
+            .env_remove("SYNCRA_CONFIG")
+            .env_remove("SYNCRA_RUN_DIR")
+            .env_remove("SYNCRA_LOG_DIR")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "`syncra {cmd}`: {err}");
+        for needle in [
+            "bad.toml: `runtime.run_dir`: is empty",
+            "bad.toml: `runtime.log_dir`: is empty",
+            "bad.toml: `runtime.crash_dir`: is empty",
+        ] {
+            assert!(
+                err.contains(needle),
+                "`syncra {cmd}` lacks {needle:?}:\n{err}"
+            );
+        }
+    }
+    let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755, "the config's directory changed mode");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "something was created"
+    );
+}
+
+#[test]
+fn check_config_refuses_a_command_that_is_a_directory_or_not_executable() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_exec = dir.path().join("tool");
+    std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[drivers.telemetry]\ncommand = \"{}\"\n[drivers.tool]\ncommand = \"{}\"\n[drivers.gone]\ncommand = \"/nonexistent/driver\"\n",
+            dir.path().display(),
+            not_exec.display()
+        ),
+    )
+    .unwrap();
+    let out = syncra(
+        &["check-config", "--config", path.to_str().unwrap()],
+        dir.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in [
+        "`drivers.telemetry.command`",
+        "it is not a file",
+        "`drivers.tool.command`",
+        "it is not marked executable",
+        "`drivers.gone.command`",
+        "not found",
+    ] {
+        assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
+    }
+}
+
+#[test]
+fn check_config_only_warns_about_a_built_in_driver_that_is_not_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("SyncraConfig.toml");
+    std::fs::write(&path, "[drivers]\nhologram = false\n[drivers.window]\ncommand = \"syncra-window-not-installed\"\n[drivers.audio]\n").unwrap();
+    let out = syncra(&["check-config"], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    // `window` names its command (a problem); `audio` is built in (a warning).
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("warning:") && err.contains("`drivers.audio.command`"),
+        "{err}"
+    );
+    assert!(err.contains("`drivers.window.command`"), "{err}");
+}
+
+#[test]
+fn a_shared_run_directory_is_refused_and_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_syncra"))
+        .args([
+            "run",
+            "--worlds",
+            "1",
+            "--run-dir",
+            shared.to_str().unwrap(),
+        ])
+        .arg("--log-dir")
+        .arg(dir.path().join("logs"))
+        .current_dir(dir.path())
+        .env_remove("SYNCRA_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is writable by other users (mode 1777)") && err.contains("--run-dir"),
+        "{err}"
+    );
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1777, "the shared directory's mode was changed");
+    assert_eq!(
+        std::fs::read_dir(&shared).unwrap().count(),
+        0,
+        "something was created in it"
+    );
+}

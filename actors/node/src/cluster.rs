@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
-use ractor_cluster::{NodeEventSubscription, NodeServerMessage};
 use syncra_protocol::boot::{Boot, exit_code};
-use syncra_protocol::node::{RUNTIME_GROUP, RuntimeInbox, UnixLink, agent_group, node_server};
+use syncra_protocol::link::LINK_LABEL_PREFIX;
+use syncra_protocol::listener::{SessionEvents, start_node_server};
+use syncra_protocol::node::{RUNTIME_GROUP, RuntimeInbox, UnixLink, agent_group};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::agent::Agent;
@@ -16,7 +17,8 @@ use crate::{JOIN_TIMEOUT, Shared};
 /// What the cluster thread watches for.
 #[derive(Debug)]
 pub(crate) enum LinkEvent {
-    /// The session to `peer` is down.
+    /// The session over the node's link to the runtime is down (connections that strangers
+    /// make to the node's TCP listener never get here: [`start_node_server`] closes them).
     Down { peer: String },
     /// The runtime's gateway group changed.
     GatewayChanged,
@@ -24,11 +26,19 @@ pub(crate) enum LinkEvent {
 
 struct Subscription(UnboundedSender<LinkEvent>);
 
-impl NodeEventSubscription for Subscription {
-    fn node_session_opened(&self, _: NodeServerSessionInformation) {}
-    fn node_session_authenticated(&self, _: NodeServerSessionInformation) {}
-    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
-        let peer = ses.peer_name.map(|n| n.name).unwrap_or_default();
+/// The label of the node's link to the runtime, as its session reports it.
+const RUNTIME_LINK: &str = "runtime";
+
+impl SessionEvents for Subscription {
+    fn link_down(&self, ses: &NodeServerSessionInformation) {
+        if ses.peer_addr.strip_prefix(LINK_LABEL_PREFIX) != Some(RUNTIME_LINK) {
+            return; // another link of ours: not the runtime going away
+        }
+        let peer = ses
+            .peer_name
+            .as_ref()
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| ses.peer_addr.clone());
         let _ = self.0.send(LinkEvent::Down { peer });
     }
 }
@@ -117,23 +127,21 @@ async fn connect(
     shared: Arc<Shared>,
 ) -> Result<(ActorRef<RuntimeInbox>, UnboundedReceiver<LinkEvent>), String> {
     let join = &boot.cluster;
-    let server = node_server(&join.node_name, &join.cookie);
-    let (server, _) = Actor::spawn(None, server, ())
-        .await
-        .map_err(|e| format!("starting the node server: {e}"))?;
     let (tx, mut rx) = unbounded_channel();
-    server
-        .cast(NodeServerMessage::SubscribeToEvents {
-            id: "syncra-node".into(),
-            subscription: Box::new(Subscription(tx.clone())),
-        })
-        .map_err(|e| format!("subscribing to node events: {e}"))?;
+    let server = start_node_server(
+        &join.node_name,
+        &join.cookie,
+        Subscription(tx.clone()),
+        true,
+    )
+    .await?
+    .server;
     let (agent, _) = Actor::spawn(None, Agent { shared, events: tx }, ())
         .await
         .map_err(|e| format!("starting the agent: {e}"))?;
     ractor::pg::join(agent_group(&join.node_name), vec![agent.get_cell()]);
 
-    let link = UnixLink::new(socket, "runtime")
+    let link = UnixLink::new(socket, RUNTIME_LINK)
         .map_err(|e| format!("preparing the cluster socket: {e}"))?;
     let t_connect = std::time::Instant::now();
     tracing::debug!("node server and agent up; opening the session");
@@ -193,7 +201,7 @@ async fn serve(boot: &Boot, mut events: UnboundedReceiver<LinkEvent>, shared: Ar
             tracing::warn!(
                 "could not install SIGTERM/SIGINT handlers; only the runtime can stop this node gracefully"
             );
-            watch_link(boot, &mut events).await;
+            watch_link(&mut events).await;
             tracing::warn!(node = %boot.node, "the runtime is gone; exiting");
             std::process::exit(exit_code::LINK_LOST);
         }
@@ -201,8 +209,11 @@ async fn serve(boot: &Boot, mut events: UnboundedReceiver<LinkEvent>, shared: Ar
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(LinkEvent::Down { peer }) if peer == boot.cluster.hub_name || peer.is_empty() => break,
-                Some(_) => {}
+                Some(LinkEvent::Down { peer }) => {
+                    tracing::debug!(node = %boot.node, %peer, "the link to the runtime is down");
+                    break;
+                }
+                Some(LinkEvent::GatewayChanged) => {}
                 None => break,
             },
             _ = term.recv() => {
@@ -221,11 +232,9 @@ async fn serve(boot: &Boot, mut events: UnboundedReceiver<LinkEvent>, shared: Ar
 }
 
 /// Wait until the link to the runtime is gone.
-async fn watch_link(boot: &Boot, events: &mut UnboundedReceiver<LinkEvent>) {
+async fn watch_link(events: &mut UnboundedReceiver<LinkEvent>) {
     while let Some(ev) = events.recv().await {
-        if let LinkEvent::Down { peer } = ev
-            && (peer == boot.cluster.hub_name || peer.is_empty())
-        {
+        if let LinkEvent::Down { .. } = ev {
             return;
         }
     }

@@ -209,7 +209,24 @@ fn loader(args: &ConfigArgs) -> Loader {
 }
 
 fn check_config(args: ConfigArgs) -> ExitCode {
-    match loader(&args).load() {
+    let loaded = loader(&args).load().and_then(|loaded| {
+        // Commands are checked as a spawn would find them: next to `syncra`, then on PATH.
+        let bin_dirs: Vec<PathBuf> = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_owned))
+            .into_iter()
+            .collect();
+        let (problems, warnings) = syncra_runtime::command_problems(&loaded, &bin_dirs);
+        for w in &warnings {
+            eprintln!("syncra: warning: {w}");
+        }
+        if problems.is_empty() {
+            Ok(loaded)
+        } else {
+            Err(syncra_runtime::config::ConfigError::Invalid(problems))
+        }
+    });
+    match loaded {
         Ok(loaded) => {
             let source = loaded
                 .file
@@ -533,11 +550,7 @@ async fn tap(
         if json {
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
         } else {
-            let mut value = report.value.to_string();
-            if value.len() > 300 {
-                value.truncate(300);
-                value.push_str(" …");
-            }
+            let value = shorten(&report.value.to_string(), 300);
             println!(
                 "seq {:>8}  {:>7.1}/s  latency {}  gaps {}  producer #{}{}\n  latest: {value}",
                 report.seq,
@@ -556,6 +569,18 @@ async fn tap(
             return ExitCode::SUCCESS;
         }
     }
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary, marked with ` …` when cut.
+fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} …", &text[..end])
 }
 
 fn human_ms(ms: u64) -> String {
@@ -663,6 +688,12 @@ fn print_status(r: &StatusReport) {
 async fn crashes(run_dir: &Path, node: Option<String>, limit: usize, json: bool) -> ExitCode {
     match request(run_dir, ControlRequest::Crashes { node, limit }).await {
         Ok(ControlReply::Crashes(list)) => {
+            let unwritten = list.iter().filter(|c| c.not_written.is_some()).count();
+            if unwritten > 0 {
+                eprintln!(
+                    "syncra: {unwritten} of these crash records could not be written to disk; they are kept in memory (see `not_written`)"
+                );
+            }
             if json {
                 let records: Vec<&CrashEntry> = list.iter().collect();
                 println!(
@@ -694,7 +725,10 @@ async fn crashes(run_dir: &Path, node: Option<String>, limit: usize, json: bool)
                         );
                     }
                     println!("    decision: {:?}", r.decision);
-                    println!("    record: {}", c.path);
+                    match &c.not_written {
+                        None => println!("    record: {}", c.path),
+                        Some(why) => println!("    record: not written to {}: {why}", c.path),
+                    }
                 }
             }
             ExitCode::SUCCESS
@@ -754,5 +788,19 @@ async fn events(run_dir: &Path, json: bool) -> ExitCode {
             }
             Err(e) => return fail(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shorten_cuts_on_a_character_boundary() {
+        let text = "é".repeat(200); // 400 bytes, two per character
+        let cut = shorten(&text, 301);
+        assert!(cut.ends_with(" …"), "{cut}");
+        assert_eq!(cut.trim_end_matches(" …").len(), 300);
+        assert_eq!(shorten("short", 300), "short");
     }
 }

@@ -63,6 +63,8 @@ pub(crate) struct Ctx {
     pub(crate) watchdog: Arc<crate::watchdog::Watchdog>,
     /// Hooks running in the background; shutdown waits for them (each has a timeout).
     pub(crate) hook_tasks: Mutex<tokio::task::JoinSet<()>>,
+    /// Fds kept for status and crash records when the process runs out.
+    pub(crate) fds: crate::fdreserve::FdReserve,
 }
 
 impl Ctx {
@@ -77,6 +79,14 @@ impl Ctx {
             crashes.remove(0);
         }
         crashes.push(entry);
+    }
+
+    /// The crash record meant for `path` could not be written, because of `why`.
+    pub(crate) fn crash_not_written(&self, path: &str, why: String) {
+        let mut crashes = self.crashes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = crashes.iter_mut().rev().find(|c| c.path == path) {
+            entry.not_written = Some(why);
+        }
     }
 
     /// Run `task` (a hook) in the background, tracked so that shutdown can wait for it.

@@ -259,6 +259,8 @@ pub(crate) struct SupState {
     stop_waiters: Vec<RpcReplyPort<()>>,
     /// The warm spare, when the policy keeps one and the node is ready.
     spare: Option<Launched>,
+    /// Spawn attempts in a row that found the machine out of a resource.
+    resource_waits: u32,
 }
 
 impl Actor for NodeSupervisor {
@@ -286,6 +288,7 @@ impl Actor for NodeSupervisor {
             after: After::Decide,
             stop_waiters: Vec::new(),
             spare: None,
+            resource_waits: 0,
         })
     }
 
@@ -609,6 +612,7 @@ impl SupState {
         match self.try_spawn(incarnation).await {
             Ok(live) => {
                 let pid = live.pid;
+                self.resource_waits = 0;
                 tracing::info!(node = %self.plan.name, pid, incarnation, "spawned");
                 self.live = Some(live);
                 self.set_phase(Phase::Starting, None);
@@ -618,7 +622,9 @@ impl SupState {
                         incarnation,
                     });
             }
+            Err(error) if error.is_resource_shortage() => self.short_of_resources(error),
             Err(error) => {
+                self.resource_waits = 0;
                 let report = ExitReport {
                     incarnation,
                     termination: Termination::NotStarted,
@@ -630,6 +636,37 @@ impl SupState {
                 self.ended(report, None).await;
             }
         }
+    }
+
+    /// Spawning failed because the machine (or the runtime) is out of a resource: no
+    /// incarnation came to be and nothing failed, so the attempt is repeated after a delay
+    /// for as long as it takes, without counting against the node's restart intensity.
+    fn short_of_resources(&mut self, error: SpawnError) {
+        self.incarnation -= 1;
+        self.spawns -= 1;
+        self.resource_waits = self.resource_waits.saturating_add(1);
+        let attempt = self.resource_waits;
+        let delay = policy::resource_retry_delay(attempt);
+        let delay_ms = delay.as_millis() as u64;
+        tracing::warn!(node = %self.plan.name, attempt, delay_ms, error = %error, "the machine is out of a resource; spawning again later (not a failure of the node)");
+        let why = format!("waiting for resources: {error}");
+        self.emit(
+            None,
+            EventKind::Restarting {
+                delay_ms,
+                cause: why.clone(),
+            },
+        );
+        self.epoch += 1;
+        let epoch = self.epoch;
+        self.set_phase(
+            Phase::Backoff,
+            Some(format!(
+                "{why}; trying again in {delay_ms} ms (attempt {attempt}; not counted as a failure)"
+            )),
+        );
+        self.myself
+            .send_after(delay, move || SupMsg::Spawn { epoch });
     }
 
     async fn try_spawn(&mut self, incarnation: u64) -> Result<Live, SpawnError> {
@@ -652,6 +689,7 @@ impl SupState {
         let io = |what: &str, e: std::io::Error| SpawnError::Io {
             program: self.plan.command.clone(),
             message: format!("{what}: {e}"),
+            errno: e.raw_os_error(),
         };
         let program = resolve_program(&self.plan.command, &self.ctx.bin_dirs)?;
         let (ours, theirs) = rustix::net::socketpair(
@@ -664,7 +702,7 @@ impl SupState {
         let (broker_ours, broker_theirs) = syncra_protocol::broker::socketpair()
             .map_err(|e| io("creating the broker socketpair", e))?;
         let (page, page_child) = NodePage::create("syncra-node-page")
-            .map_err(|e| io("creating the node page", std::io::Error::other(e)))?;
+            .map_err(|e| io("creating the node page", e.into()))?;
         let page = Arc::new(page);
         let mut env: Vec<(String, String)> = self
             .plan
@@ -752,6 +790,7 @@ impl SupState {
         let io = |what: &str, e: std::io::Error| SpawnError::Io {
             program: self.plan.command.clone(),
             message: format!("{what}: {e}"),
+            errno: e.raw_os_error(),
         };
         let Launched {
             pid,
@@ -1293,6 +1332,7 @@ impl SupState {
             self.ctx.record_crash(syncra_protocol::control::CrashEntry {
                 path: path.display().to_string(),
                 record: record.clone(),
+                not_written: None,
             });
             // Off the restart's path: the record is written, then the on-crash hook (which
             // reads it) runs.
@@ -1302,13 +1342,22 @@ impl SupState {
                 hook.clone(),
             );
             let run_hook = self.ctx.hooks.any(HookPoint::OnCrash, &own);
+            let ctx = self.ctx.clone();
             self.ctx.track(async move {
                 let write = tokio::task::spawn_blocking({
-                    let path = path.clone();
-                    move || logs::write_crash_record(&path, &record)
+                    let (path, ctx) = (path.clone(), ctx.clone());
+                    // Out of fds: the reserve gives one, so the record is still written.
+                    move || {
+                        let written = ctx
+                            .fds
+                            .relieve(|| logs::write_crash_record(&path, &record));
+                        ctx.fds.refill();
+                        written
+                    }
                 });
                 if let Err(e) = write.await.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
                     tracing::error!(node = %crash_hook.node, path = %path.display(), error = %e, "could not write the crash record");
+                    ctx.crash_not_written(&path.display().to_string(), e.to_string());
                 }
                 if run_hook {
                     hooks.run(&crash_hook, &own).await;

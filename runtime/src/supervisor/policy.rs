@@ -184,6 +184,21 @@ pub(crate) fn backoff_delay(policy: &GroupPolicy, attempt: u32, jitter_unit: f64
     Duration::from_secs_f64(varied.clamp(0.0, b.max.as_secs_f64()))
 }
 
+/// First delay before spawning again when the machine was out of a resource.
+pub(crate) const RESOURCE_RETRY_INITIAL: Duration = Duration::from_millis(100);
+/// Longest such delay.
+pub(crate) const RESOURCE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The delay before spawn attempt `attempt` (1-based) after the machine ran out of a resource
+/// (fds, memory, processes): doubling from [`RESOURCE_RETRY_INITIAL`] up to
+/// [`RESOURCE_RETRY_MAX`], for as long as it takes. It is no failure of the node, so it
+/// never counts toward the intensity and never makes the supervisor give up.
+pub(crate) fn resource_retry_delay(attempt: u32) -> Duration {
+    RESOURCE_RETRY_INITIAL
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(RESOURCE_RETRY_MAX)
+}
+
 /// The siblings that restart with `failed` under `strategy`, from `order` (start order).
 pub(crate) fn siblings(strategy: Strategy, order: &[NodeName], failed: &NodeName) -> Vec<NodeName> {
     match strategy {
@@ -457,5 +472,14 @@ mod tests {
             siblings(Strategy::RestForOne, &order, &b),
             [NodeName::driver("c")]
         );
+    }
+
+    #[test]
+    fn a_machine_out_of_resources_is_waited_out_with_growing_delays_up_to_a_cap() {
+        assert_eq!(resource_retry_delay(1), Duration::from_millis(100));
+        assert_eq!(resource_retry_delay(2), Duration::from_millis(200));
+        assert_eq!(resource_retry_delay(4), Duration::from_millis(800));
+        assert_eq!(resource_retry_delay(7), RESOURCE_RETRY_MAX);
+        assert_eq!(resource_retry_delay(u32::MAX), RESOURCE_RETRY_MAX);
     }
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::{NodeServerMessage, RactorClusterMessage};
-use syncra_protocol::node::{UnixLink, node_server};
+use syncra_protocol::listener::start_node_server;
+use syncra_protocol::node::UnixLink;
 
 const GROUP: &str = "bench.direct-echo";
 const COOKIE: &str = "bench-direct";
@@ -61,9 +62,10 @@ fn current_thread() -> tokio::runtime::Runtime {
 pub(crate) fn serve(path: PathBuf) {
     std::thread::spawn(move || {
         current_thread().block_on(async move {
-            let (server, _) = Actor::spawn(None, node_server("bench-direct-echo", COOKIE), ())
+            let server = start_node_server("bench-direct-echo", COOKIE, (), true)
                 .await
-                .expect("the direct node server");
+                .expect("the direct node server")
+                .server;
             Actor::spawn(None, DirectEcho, ())
                 .await
                 .expect("the direct echo");
@@ -95,9 +97,9 @@ impl DirectCaller {
         let rt = current_thread();
         let echo = rt.block_on(async {
             let deadline = Instant::now() + patience;
-            let (server, _) = Actor::spawn(None, node_server("bench-direct-caller", COOKIE), ())
-                .await
-                .map_err(|e| e.to_string())?;
+            let server = start_node_server("bench-direct-caller", COOKIE, (), true)
+                .await?
+                .server;
             let stream = loop {
                 match tokio::net::UnixStream::connect(path).await {
                     Ok(s) => break s,
