@@ -16,6 +16,10 @@ test *ARGS:
 bench *ARGS:
     cargo bench-all {{ARGS}}
 
+# a minute of random SIGKILL and SIGSTOP across 8 worlds, and the invariants after it
+chaos *ARGS:
+    cargo chaos {{ARGS}}
+
 # the embedding example: a host application driving the supervisor
 embed:
     cargo build -p syncra-world

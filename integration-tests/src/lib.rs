@@ -19,6 +19,8 @@ use syncra_protocol::control::{ControlReply, ControlRequest, CrashEntry};
 use syncra_protocol::status::{NodeView, StatusReport};
 use syncra_runtime::ControlClient;
 
+pub mod chaos;
+
 /// How long a test waits for something that should happen at once (generous: CI is slow).
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -59,6 +61,12 @@ fn output_path(dir: &Path) -> PathBuf {
 impl Harness {
     /// Write `config` and start `syncra run` on it (plus `extra` arguments).
     pub fn start(config: &str, extra: &[&str]) -> Harness {
+        Self::start_with(config, extra, None)
+    }
+
+    /// [`Harness::start`], with the runtime's fd limit (`RLIMIT_NOFILE`, soft and hard, as
+    /// `ulimit -n` sets it) at `nofile`.
+    pub fn start_with(config: &str, extra: &[&str], nofile: Option<u64>) -> Harness {
         let dir = tempfile::Builder::new()
             .prefix("syncra-test-")
             .tempdir()
@@ -71,7 +79,22 @@ impl Harness {
             dir.path().file_name().unwrap().to_string_lossy()
         );
         let out = std::fs::File::create(output_path(dir.path())).expect("output file");
-        let child = Command::new(workspace_bin("syncra"))
+        let mut cmd = Command::new(workspace_bin("syncra"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = rustix::process::Rlimit {
+                        current: Some(n),
+                        maximum: Some(n),
+                    };
+                    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -323,6 +346,130 @@ pub fn send(pid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe {
         libc::kill(pid as i32, sig);
+    }
+}
+
+/// Open fds of process `pid` (0 if it cannot be read).
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The TCP ports process `pid` listens on (IPv4 and IPv6).
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            if *state == "0A"
+                && inode.parse().is_ok_and(|i: u64| inodes.contains(&i))
+                && let Some(port) = local
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            {
+                ports.push(port);
+            }
+        }
+    }
+    ports
+}
+
+/// Whether this test runs as root (and can run a helper as another user).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// The unprivileged user a stranger's helper runs as (`nobody`).
+pub const STRANGER_UID: u32 = 65534;
+
+/// `syncra-test-intruder`, a hostile local process ([`Intruder`]).
+#[derive(Debug)]
+pub struct Intruder {
+    child: Child,
+    /// The line it printed once its connections were made.
+    pub report: String,
+    _copy: Option<tempfile::TempDir>,
+}
+
+impl Intruder {
+    /// Run `syncra-test-intruder ARGS` and wait for its report line; it holds its connections
+    /// until dropped. As root and with `stranger`, it runs as [`STRANGER_UID`] (from a copy in
+    /// a directory that user can read); otherwise as this user, which the caller is told.
+    pub fn start(args: &[String], stranger: bool) -> Intruder {
+        use std::io::BufRead;
+        let mut copy = None;
+        let mut cmd = if stranger && is_root() {
+            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::process::CommandExt;
+            let dir = tempfile::Builder::new()
+                .prefix("syncra-intruder-")
+                .tempdir()
+                .expect("tempdir");
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+            let exe = dir.path().join("syncra-test-intruder");
+            std::fs::copy(workspace_bin("syncra-test-intruder"), &exe).expect("copy intruder");
+            let mut cmd = Command::new(&exe);
+            cmd.uid(STRANGER_UID).gid(STRANGER_UID);
+            copy = Some(dir);
+            cmd
+        } else {
+            if stranger {
+                eprintln!("note: not root, so the intruder runs as this user, not as another one");
+            }
+            Command::new(workspace_bin("syncra-test-intruder"))
+        };
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn syncra-test-intruder");
+        let mut report = String::new();
+        let out = child.stdout.take().expect("stdout");
+        let _ = std::io::BufReader::new(out).read_line(&mut report);
+        Intruder {
+            child,
+            report: report.trim().to_owned(),
+            _copy: copy,
+        }
+    }
+
+    /// The number after `key=` in the report.
+    pub fn count(&self, key: &str) -> usize {
+        self.report
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}= in the intruder's report {:?}", self.report))
+    }
+}
+
+impl Drop for Intruder {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

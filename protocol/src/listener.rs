@@ -42,9 +42,14 @@ impl SessionEvents for () {
 pub enum Seal {
     /// The listener at this address drops every packet.
     Sealed(SocketAddrV4),
-    /// The listener could not be found or sealed (named); the gatekeeper still stops every
-    /// connection that reaches it.
-    Open(String),
+    /// The listener (at `addr`, when it was found) could not be sealed, for the reason `why`;
+    /// the gatekeeper still closes every connection that reaches it.
+    Open {
+        /// Its address, when found.
+        addr: Option<SocketAddrV4>,
+        /// Why it is open.
+        why: String,
+    },
 }
 
 /// A running `NodeServer` with its listener sealed.
@@ -107,22 +112,35 @@ pub async fn start_node_server(
         .filter(|l| *l.addr.ip() == Ipv4Addr::LOCALHOST)
         .collect();
     let seal = match new.as_slice() {
-        _ if !seal => Seal::Open("not sealed (asked not to)".into()),
+        [one] if !seal => Seal::Open {
+            addr: Some(one.addr),
+            why: "not sealed (asked not to)".into(),
+        },
         [one] => match drop_every_packet(one.fd) {
             Ok(()) => Seal::Sealed(one.addr),
-            Err(e) => Seal::Open(format!("sealing {}: {e}", one.addr)),
+            Err(e) => Seal::Open {
+                addr: Some(one.addr),
+                why: format!("sealing it: {e}"),
+            },
         },
-        [] => Seal::Open("the cluster listener was not found in /proc/self/fd".into()),
-        many => Seal::Open(format!(
-            "{} new loopback listeners appeared at once; none was sealed",
-            many.len()
-        )),
+        [] => Seal::Open {
+            addr: None,
+            why: "the cluster listener was not found in /proc/self/fd".into(),
+        },
+        many => Seal::Open {
+            addr: None,
+            why: format!(
+                "{} new loopback listeners appeared at once; none was sealed",
+                many.len()
+            ),
+        },
     };
     match &seal {
         Seal::Sealed(addr) => tracing::debug!(%addr, "cluster listener sealed"),
-        Seal::Open(why) => {
-            tracing::warn!("cluster listener left open, guarded by closing every connection: {why}")
-        }
+        Seal::Open { addr, why } => tracing::warn!(
+            ?addr,
+            "cluster listener left open, guarded by closing every connection to it: {why}"
+        ),
     }
     Ok(GuardedServer { server, seal })
 }
@@ -236,6 +254,46 @@ mod tests {
             parse_tcp_listeners(table),
             vec![(4242, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0x9C41))]
         );
+    }
+
+    /// Records the ends of our own links.
+    #[derive(Clone, Default)]
+    struct Downs(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl SessionEvents for Downs {
+        fn link_down(&self, ses: &NodeServerSessionInformation) {
+            self.0.lock().unwrap().push(ses.peer_addr.clone());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_gatekeeper_closes_a_tcp_connection_at_once_and_tells_no_one() {
+        use tokio::io::AsyncReadExt;
+        let downs = Downs::default();
+        let guarded = start_node_server("gatekeeper-test", "cookie", downs.clone(), false)
+            .await
+            .unwrap();
+        let Seal::Open {
+            addr: Some(addr), ..
+        } = guarded.seal
+        else {
+            panic!("the listener was not found: {:?}", guarded.seal)
+        };
+        for _ in 0..3 {
+            let mut stranger = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut buf = [0u8; 64];
+            // Closed by the node (EOF or a reset), long before any handshake timeout would.
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(10), stranger.read(&mut buf))
+                    .await
+                    .expect("the stranger's connection was left open");
+            assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        }
+        assert!(
+            downs.0.lock().unwrap().is_empty(),
+            "a stranger's session was reported as one of ours"
+        );
+        guarded.server.stop(None);
     }
 
     #[test]

@@ -93,6 +93,16 @@ pub struct Payload {
     pub bytes: Vec<u8>,
 }
 
+/// Longest a routed message (or a subscription) may wait for its receiver, milliseconds: an
+/// hour. The runtime holds a longer `wait_ms` this long and no longer.
+pub const MAX_WAIT_MS: u64 = 3_600_000;
+
+/// A `wait_ms` from another process as a duration the runtime can hold: at most
+/// [`MAX_WAIT_MS`].
+pub fn bounded_wait(wait_ms: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(wait_ms.min(MAX_WAIT_MS))
+}
+
 /// A message for another node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Routed {
@@ -103,7 +113,7 @@ pub struct Routed {
     /// Whether the sender waits for an answer.
     pub call: bool,
     /// If the receiver is not ready (restarting, not started yet): hold the message this
-    /// long for it, milliseconds; `None` returns it at once.
+    /// long for it, milliseconds (at most [`MAX_WAIT_MS`]); `None` returns it at once.
     pub wait_ms: Option<u64>,
     /// The message.
     pub payload: Payload,
@@ -240,6 +250,21 @@ pub(crate) fn node_server(node_name: &str, cookie: &str) -> ractor_cluster::Node
 mod tests {
     use super::*;
     use crate::wire;
+
+    #[test]
+    fn a_wait_from_another_process_is_bounded() {
+        assert_eq!(bounded_wait(250), std::time::Duration::from_millis(250));
+        assert_eq!(
+            bounded_wait(u64::MAX),
+            std::time::Duration::from_millis(MAX_WAIT_MS)
+        );
+        // Far in the future, and still representable.
+        assert!(
+            std::time::Instant::now()
+                .checked_add(bounded_wait(u64::MAX))
+                .is_some()
+        );
+    }
 
     #[test]
     fn envelope_round_trip() {

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use syncra_config::StreamLimits;
 use syncra_protocol::NodeName;
@@ -505,7 +505,8 @@ impl Broker {
                 pattern: pattern.clone(),
                 type_tag,
                 exact,
-                deadline: wait_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
+                deadline: wait_ms
+                    .map(|ms| Instant::now() + syncra_protocol::node::bounded_wait(ms)),
             });
         }
         if attachments.is_empty() {

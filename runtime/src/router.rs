@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
@@ -177,7 +177,8 @@ impl RouterState {
                 if queue.len() >= MAX_PARKED {
                     return self.bounce(&from, incarnation, msg, Undeliverable::QueueFull);
                 }
-                let wait = Duration::from_millis(ms);
+                // Whatever the sender asked: an unbounded wait would overflow the deadline.
+                let wait = syncra_protocol::node::bounded_wait(ms);
                 queue.push_back(Parked {
                     from,
                     incarnation,

@@ -5,6 +5,7 @@
 //! cargo run-desktop [--release] [SYNCRA RUN ARGS]  desktop preset (config/desktop.toml)
 //! cargo test-all                                    install system packages, run every test
 //! cargo bench-all                                   the benchmark table (release build)
+//! cargo chaos [--seconds S] [--worlds N]            a minute of random kills and stops (release)
 //! ```
 //!
 //! The aliases live in `.cargo/config.toml`; the justfile calls the same tasks.
@@ -193,6 +194,16 @@ fn bench_all(args: Vec<String>) -> Result<(), String> {
     run(cmd)
 }
 
+fn chaos(args: Vec<String>) -> Result<(), String> {
+    build(
+        &["syncra-runtime", "syncra-world", "syncra-integration-tests"],
+        true,
+    )?;
+    let mut cmd = Command::new(target_dir(true).join("syncra-chaos"));
+    cmd.args(&args);
+    run(cmd)
+}
+
 fn run_desktop(args: Vec<String>) -> Result<(), String> {
     let drivers: Vec<&str> = DESKTOP_DRIVERS.iter().map(|(p, _)| *p).collect();
     let release = args.iter().any(|a| a == "--release");
@@ -223,9 +234,10 @@ fn main() -> ExitCode {
         "run-desktop" => run_desktop(rest),
         "test" => test_all(rest),
         "bench" => bench_all(rest),
+        "chaos" => chaos(rest),
         "deps" => install_test_packages(),
         _ => Err(format!(
-            "unknown task `{task}`; tasks: run-server, run-desktop, test, bench, deps (see .cargo/config.toml for the aliases)"
+            "unknown task `{task}`; tasks: run-server, run-desktop, test, bench, chaos, deps (see .cargo/config.toml for the aliases)"
         )),
     };
     match result {

@@ -353,7 +353,7 @@ impl Node {
             to,
             call,
             wait_ms: match delivery {
-                Delivery::Wait(d) => Some(d.as_millis() as u64),
+                Delivery::Wait(d) => Some(d.as_millis().min(u128::from(u64::MAX)) as u64),
                 Delivery::FailFast => None,
             },
             payload: Payload {
