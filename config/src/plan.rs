@@ -43,7 +43,7 @@ pub const MAX_MISSED_BEATS: u32 = 1000;
 /// Longest accepted duration of any other kind (timeouts, delays, windows, deadlines): a day.
 pub const MAX_DURATION_MS: u64 = 86_400_000;
 /// Most accepted restarts within one intensity window.
-pub const MAX_INTENSITY: u32 = 100_000;
+pub const MAX_INTENSITY: u32 = 1_000_000;
 /// Largest accepted `backoff_multiplier`.
 pub const MAX_BACKOFF_MULTIPLIER: f64 = 1000.0;
 /// Most accepted `streams.max_streams`.

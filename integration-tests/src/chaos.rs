@@ -46,8 +46,10 @@ pub struct Report {
     pub max_live_per_name: usize,
     /// Samples of the process table taken.
     pub samples: usize,
-    /// Fault to replacement ready, milliseconds, per fault.
-    pub recovery_ms: Vec<f64>,
+    /// SIGKILL to replacement ready, milliseconds, per kill (as often as the status poll sees).
+    pub kill_recovery_ms: Vec<f64>,
+    /// SIGSTOP to replacement ready, milliseconds, per stop (the hang deadline included).
+    pub stop_recovery_ms: Vec<f64>,
 }
 
 impl Report {
@@ -166,8 +168,8 @@ pub fn run(h: &Harness, names: &[String], duration: Duration, seed: u64) -> Repo
     };
     let mut rng = Rng(seed | 1);
     let mut faulted: HashSet<(String, u64)> = HashSet::new();
-    // Faults whose replacement is not ready yet: (name, incarnation faulted, when).
-    let mut pending: Vec<(String, u64, Instant)> = Vec::new();
+    // Faults whose replacement is not ready yet: (name, incarnation faulted, when, a stop).
+    let mut pending: Vec<(String, u64, Instant, bool)> = Vec::new();
     let start = Instant::now();
     let mut next_fault = start;
     while start.elapsed() < duration {
@@ -179,15 +181,7 @@ pub fn run(h: &Harness, names: &[String], duration: Duration, seed: u64) -> Repo
         let Some(status) = h.try_status() else {
             continue;
         };
-        pending.retain(|(name, inc, at)| {
-            let back = status
-                .node(name)
-                .is_some_and(|v| v.state == NodeState::Ready && v.incarnation > *inc);
-            if back {
-                report.recovery_ms.push(at.elapsed().as_secs_f64() * 1e3);
-            }
-            !back
-        });
+        recovered(&mut pending, &status, &mut report);
         if Instant::now() >= next_fault {
             let name = &names[rng.below(names.len() as u64) as usize];
             if let Some(v) = status.node(name)
@@ -195,14 +189,15 @@ pub fn run(h: &Harness, names: &[String], duration: Duration, seed: u64) -> Repo
                 && let Some(pid) = v.pid
                 && faulted.insert((name.clone(), v.incarnation))
             {
-                if rng.below(3) == 0 {
+                let stop = rng.below(3) == 0;
+                if stop {
                     send(pid, libc::SIGSTOP);
                     report.stops += 1;
                 } else {
                     send(pid, libc::SIGKILL);
                     report.kills += 1;
                 }
-                pending.push((name.clone(), v.incarnation, Instant::now()));
+                pending.push((name.clone(), v.incarnation, Instant::now(), stop));
             }
             next_fault = Instant::now() + Duration::from_millis(10 + rng.below(60));
         }
@@ -229,15 +224,7 @@ pub fn run(h: &Harness, names: &[String], duration: Duration, seed: u64) -> Repo
             None => names.to_vec(),
         };
         if let Some(s) = &status {
-            pending.retain(|(name, inc, at)| {
-                let back = s
-                    .node(name)
-                    .is_some_and(|v| v.state == NodeState::Ready && v.incarnation > *inc);
-                if back {
-                    report.recovery_ms.push(at.elapsed().as_secs_f64() * 1e3);
-                }
-                !back
-            });
+            recovered(&mut pending, s, &mut report);
         }
         report.crash_records = crash_files(h);
         report.fds_after = fd_count(h.pid());
@@ -247,6 +234,29 @@ pub fn run(h: &Harness, names: &[String], duration: Duration, seed: u64) -> Repo
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Take the faults whose node is back (a later incarnation ready) out of `pending`, noting
+/// how long each took.
+fn recovered(
+    pending: &mut Vec<(String, u64, Instant, bool)>,
+    status: &syncra_protocol::status::StatusReport,
+    report: &mut Report,
+) {
+    pending.retain(|(name, inc, at, stop)| {
+        let back = status
+            .node(name)
+            .is_some_and(|v| v.state == NodeState::Ready && v.incarnation > *inc);
+        if back {
+            let ms = at.elapsed().as_secs_f64() * 1e3;
+            if *stop {
+                report.stop_recovery_ms.push(ms);
+            } else {
+                report.kill_recovery_ms.push(ms);
+            }
+        }
+        !back
+    });
 }
 
 /// A seed from the clock.

@@ -191,6 +191,8 @@ impl Drop for Admitted {
 pub(crate) async fn serve(listener: UnixListener, runtime: Runtime) {
     let us = rustix::process::getuid();
     let gate = std::sync::Arc::new(Gate::default());
+    // Refusals are logged once a second at most, with their count: a flood is one line.
+    let (mut refused, mut last_warned) = (0u64, None::<std::time::Instant>);
     loop {
         let mut stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -230,10 +232,15 @@ pub(crate) async fn serve(listener: UnixListener, runtime: Runtime) {
                 });
             }
             None => {
-                tracing::warn!(
-                    limit = MAX_CONNECTIONS,
-                    "refused a control connection: every place is taken"
-                );
+                refused += 1;
+                if last_warned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                    tracing::warn!(
+                        limit = MAX_CONNECTIONS,
+                        refused,
+                        "refused control connections: every place is taken"
+                    );
+                    (refused, last_warned) = (0, Some(std::time::Instant::now()));
+                }
                 let reply = error(
                     ControlErrorKind::Busy,
                     format!(
