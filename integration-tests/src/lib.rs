@@ -41,6 +41,15 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// How [`Harness::start_with`] starts the runtime.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The runtime's fd limit (`RLIMIT_NOFILE`, soft and hard, as `ulimit -n` sets it).
+    pub nofile: Option<u64>,
+    /// Extra environment for the runtime (and so for every node).
+    pub env: Vec<(String, String)>,
+}
+
 /// A runtime under test.
 #[derive(Debug)]
 pub struct Harness {
@@ -61,12 +70,12 @@ fn output_path(dir: &Path) -> PathBuf {
 impl Harness {
     /// Write `config` and start `syncra run` on it (plus `extra` arguments).
     pub fn start(config: &str, extra: &[&str]) -> Harness {
-        Self::start_with(config, extra, None)
+        Self::start_with(config, extra, Options::default())
     }
 
-    /// [`Harness::start`], with the runtime's fd limit (`RLIMIT_NOFILE`, soft and hard, as
-    /// `ulimit -n` sets it) at `nofile`.
-    pub fn start_with(config: &str, extra: &[&str], nofile: Option<u64>) -> Harness {
+    /// [`Harness::start`] with [`Options`].
+    pub fn start_with(config: &str, extra: &[&str], options: Options) -> Harness {
+        let nofile = options.nofile;
         let dir = tempfile::Builder::new()
             .prefix("syncra-test-")
             .tempdir()
@@ -103,6 +112,7 @@ impl Harness {
             .arg("--log-dir")
             .arg(dir.path().join("logs"))
             .args(extra)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .env("SYNCRA_TEST_TAG", &tag)
             .env("SYNCRA_TEST_DIR", dir.path())
             .env_remove("SYNCRA_RUN_DIR")

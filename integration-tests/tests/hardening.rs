@@ -6,23 +6,57 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use syncra_integration_tests::{Harness, Intruder, PATIENCE, fd_count, listening_ports, send};
+use syncra_integration_tests::{
+    Harness, Intruder, Options, PATIENCE, fd_count, listening_ports, send,
+};
 use syncra_protocol::NodeState;
 use syncra_runtime::{ClientError, ControlClient, MAX_CONNECTIONS, MAX_SUBSCRIBERS};
 
 const WORLDS: &str = "[worlds]\ndefault_world = \"a\"\nnames = [\"b\", \"c\"]\nentities = 16\n";
 const NAMES: [&str; 3] = ["world/a", "world/b", "world/c"];
 
-/// The cluster listener ports of the runtime and of every node in `names`.
+/// A runtime whose processes log where their cluster listener was, with `nofile` fds.
+fn start(config: &str, nofile: Option<u64>) -> Harness {
+    let env = vec![(
+        "SYNCRA_LOG".to_owned(),
+        "info,syncra_protocol=debug".to_owned(),
+    )];
+    Harness::start_with(config, &[], Options { nofile, env })
+}
+
+/// The ports the cluster listeners of the runtime and of every node in `names` were bound to
+/// before they were sealed — each process logs it — after checking that none of these
+/// processes listens on any TCP port now.
 fn cluster_ports(h: &Harness, names: &[&str]) -> Vec<String> {
-    let mut pids = vec![h.pid()];
-    pids.extend(h.wait_ready(names).iter().filter_map(|v| v.pid));
-    let mut ports = Vec::new();
-    for pid in pids {
-        let own = listening_ports(pid);
-        assert!(!own.is_empty(), "process {pid} has no cluster listener");
-        ports.extend(own.into_iter().map(|p| p.to_string()));
+    let views = h.wait_ready(names);
+    let mut texts = vec![h.output()];
+    for v in &views {
+        let pid = v.pid.unwrap();
+        let log = h
+            .log_dir()
+            .join(format!("{}_{pid}.log", v.name.file_stem()));
+        texts.push(std::fs::read_to_string(&log).unwrap_or_default());
     }
+    for pid in std::iter::once(h.pid()).chain(views.iter().filter_map(|v| v.pid)) {
+        let open = listening_ports(pid);
+        assert!(
+            open.is_empty(),
+            "process {pid} listens on TCP ports {open:?}"
+        );
+    }
+    let ports: Vec<String> = texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter(|l| l.contains("cluster listener sealed"))
+        .filter_map(|l| l.split("addr=127.0.0.1:").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        ports.len(),
+        names.len() + 1,
+        "every process logs its sealed listener: {ports:?}\n{}",
+        h.output()
+    );
     ports
 }
 
@@ -74,7 +108,7 @@ fn untouched(h: &Harness, names: &[&str]) {
 
 #[test]
 fn strangers_connecting_to_cluster_ports_disturb_no_node() {
-    let h = Harness::start(WORLDS, &[]);
+    let h = start(WORLDS, None);
     let ports = cluster_ports(&h, &NAMES);
 
     // Connect and close at once, again and again (this used to end a node with exit code 89).
@@ -98,7 +132,7 @@ fn strangers_connecting_to_cluster_ports_disturb_no_node() {
 
 #[test]
 fn eleven_hundred_idle_connections_under_ulimit_1024_cannot_stop_a_restart() {
-    let h = Harness::start_with(WORLDS, &[], Some(1024));
+    let h = start(WORLDS, Some(1024));
     let ports = cluster_ports(&h, &NAMES);
     let before = fd_count(h.pid());
     let hold = Intruder::start(&args(&["tcp-hold", "1100"], &ports), true);
@@ -114,7 +148,7 @@ fn eleven_hundred_idle_connections_under_ulimit_1024_cannot_stop_a_restart() {
 
 #[test]
 fn a_thousand_idle_control_clients_cannot_stop_status_or_a_restart() {
-    let h = Harness::start_with(WORLDS, &[], Some(1024));
+    let h = start(WORLDS, Some(1024));
     h.wait_ready(&NAMES);
     let before = fd_count(h.pid());
     let socket = h.run_dir().join("control.sock").display().to_string();

@@ -371,7 +371,7 @@ fn socket_inodes(pid: u32) -> Vec<String> {
 }
 
 #[test]
-fn every_listener_is_on_loopback_and_the_cookie_stays_secret() {
+fn no_process_listens_on_tcp_and_the_cookie_stays_secret() {
     let config = base(&format!(
         "[drivers.d]\ncommand = \"{CRASHER}\"\n[worlds]\ncount = 2\nentities = 16\n"
     ));
@@ -381,7 +381,8 @@ fn every_listener_is_on_loopback_and_the_cookie_stays_secret() {
         .chain(views.iter().filter_map(|v| v.pid))
         .collect();
 
-    // LISTEN sockets (state 0A) of these processes, from /proc/net/tcp{,6}.
+    // LISTEN sockets (state 0A), from /proc/net/tcp{,6}: ractor_cluster binds one in every
+    // process (to loopback), and every process seals it, so none may be left.
     let mut listeners = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         for line in std::fs::read_to_string(table)
@@ -401,17 +402,7 @@ fn every_listener_is_on_loopback_and_the_cookie_stays_secret() {
             .iter()
             .filter(|(_, inode)| mine.contains(inode))
             .collect();
-        assert!(
-            !theirs.is_empty(),
-            "pid {pid} runs a ractor_cluster node, so it has a listener"
-        );
-        for (addr, _) in theirs {
-            let ip = addr.split(':').next().unwrap();
-            assert!(
-                ip == "0100007F" || ip == "00000000000000000000000001000000",
-                "pid {pid} listens on {addr}, not on loopback"
-            );
-        }
+        assert!(theirs.is_empty(), "pid {pid} listens on TCP: {theirs:?}");
     }
 
     // The cookie is 64 hex digits, random per session: no such token may appear in any

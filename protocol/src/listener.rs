@@ -6,10 +6,11 @@
 //! socketpairs ([`crate::link::UnixLink`]) — so any TCP connection to it is a stranger's.
 //! [`start_node_server`] is the one way Syncra starts a `NodeServer`, and shuts the door twice:
 //!
-//! 1. It **seals** the listener: a socket filter that drops every packet is attached to the
-//!    listening socket (and locked), so a connect never completes, nothing is ever accepted,
-//!    and a stranger costs the process neither an fd nor a wakeup. Nothing else about the
-//!    listener changes: ractor_cluster's accept loop simply waits forever.
+//! 1. It **seals** the listener: the listening socket is closed under ractor_cluster's feet and
+//!    its fd number given to a listening Unix socket nobody knows of and the reactor does not
+//!    watch ([`replace_with_dead_end`]). A connect to the port is refused at once, nothing is
+//!    ever accepted, and a stranger costs the process neither an fd nor a wakeup;
+//!    ractor_cluster's accept loop simply waits forever.
 //! 2. Its **gatekeeper** stops every session that arrived over TCP anyway (in the moment
 //!    between the bind and the seal) as soon as ractor_cluster opens it, before it could
 //!    authenticate. Such a session never reaches a [`SessionEvents`] subscriber, so no inbound
@@ -121,7 +122,7 @@ pub async fn start_node_server(
             addr: Some(one.addr),
             why: "not sealed (asked not to)".into(),
         },
-        [one] => match drop_every_packet(one.fd) {
+        [one] => match replace_with_dead_end(one.fd) {
             Ok(()) => Seal::Sealed(one.addr),
             Err(e) => Seal::Open {
                 addr: Some(one.addr),
@@ -143,7 +144,7 @@ pub async fn start_node_server(
     match &seal {
         Seal::Sealed(addr) => tracing::debug!(
             %addr,
-            // What sealing costs: the two fd scans and the setsockopt calls.
+            // What sealing costs: the two fd scans and the replacement.
             cost_us = scan_us + (t0.elapsed().as_micros() as u64).saturating_sub(spawned_us),
             "cluster listener sealed"
         ),
@@ -216,44 +217,28 @@ fn listening_v4(fd: std::os::fd::BorrowedFd<'_>) -> Option<SocketAddrV4> {
     SocketAddrV4::try_from(rustix::net::getsockname(fd).ok()?).ok()
 }
 
-/// Attach (and lock) a classic BPF socket filter that drops every packet to socket `fd`.
-fn drop_every_packet(fd: RawFd) -> std::io::Result<()> {
-    let mut program = [libc::sock_filter {
-        code: (libc::BPF_RET | libc::BPF_K) as u16,
-        jt: 0,
-        jf: 0,
-        k: 0, // keep 0 bytes: drop
-    }];
-    let fprog = libc::sock_fprog {
-        len: program.len() as u16,
-        filter: program.as_mut_ptr(),
-    };
-    let one: libc::c_int = 1;
-    // SAFETY: `fprog` points at `program`, both live across the call; the kernel copies the
-    // program. On an fd that is not a socket the call fails with ENOTSOCK/EBADF.
-    let attached = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&raw const fprog).cast(),
-            size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if attached != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `one` is a live c_int of the size passed.
-    let locked = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LOCK_FILTER,
-            (&raw const one).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if locked != 0 {
+/// Close the listening socket at fd number `fd` and put in its place a listening socket that
+/// nobody is ever told about: a non-blocking Unix socket that `listen` binds to a random
+/// abstract name. The TCP port is gone at once (a connect is refused), and ractor_cluster's
+/// accept loop, whose fd number now holds a socket its reactor was never registered for,
+/// waits forever; should it try `accept` once more on readiness it saw before, the call says
+/// "would block". (A classic-BPF filter that drops every packet would keep the port bound and
+/// is simpler, but attaching one takes privileges on some kernels: EPERM here for non-root.)
+fn replace_with_dead_end(fd: RawFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dead_end = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // An unnamed address: the kernel binds the socket to a random abstract name (autobind).
+    rustix::net::bind(&dead_end, &rustix::net::SocketAddrUnix::new_unnamed())?;
+    rustix::net::listen(&dead_end, 0)?;
+    // SAFETY: dup3 atomically closes whatever `fd` refers to and makes it a duplicate of
+    // `dead_end`; no memory is involved. `fd` is the listener ractor_cluster owns, and it keeps
+    // owning a valid fd number (which it closes when it drops the listener).
+    if unsafe { libc::dup3(dead_end.as_raw_fd(), fd, libc::O_CLOEXEC) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -262,6 +247,10 @@ fn drop_every_packet(fd: RawFd) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tests that look for a new listener among the next fd numbers run one at a time: a
+    /// test opening fds on another thread meanwhile would take those numbers.
+    static FDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     /// Records the ends of our own links.
     #[derive(Clone, Default)]
@@ -274,8 +263,13 @@ mod tests {
     }
 
     #[tokio::test]
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "the guard only keeps the other fd test out; nothing here waits for it"
+    )]
     async fn the_gatekeeper_closes_a_tcp_connection_at_once_and_tells_no_one() {
         use tokio::io::AsyncReadExt;
+        let _fds = FDS.lock().unwrap_or_else(|p| p.into_inner());
         let downs = Downs::default();
         let guarded = start_node_server("gatekeeper-test", "cookie", downs.clone(), false)
             .await
@@ -305,6 +299,7 @@ mod tests {
 
     #[test]
     fn a_sealed_listener_accepts_no_connection() {
+        let _fds = FDS.lock().unwrap_or_else(|p| p.into_inner());
         let window = next_fds();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -312,11 +307,14 @@ mod tests {
         let ours = found
             .iter()
             .find(|l| std::net::SocketAddr::V4(l.addr) == addr)
-            .expect("our listener is found in /proc");
-        drop_every_packet(ours.fd).unwrap();
-        let attempt =
-            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300));
-        assert!(attempt.is_err(), "a connect to a sealed listener completed");
+            .expect("our listener is found");
+        replace_with_dead_end(ours.fd).unwrap();
+        let attempt = std::net::TcpStream::connect(addr);
+        assert_eq!(
+            attempt.map(|_| ()).unwrap_err().kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "a connect to a sealed listener was not refused"
+        );
         listener.set_nonblocking(true).unwrap();
         assert_eq!(
             listener.accept().unwrap_err().kind(),
