@@ -184,22 +184,14 @@ fn test_all(args: Vec<String>) -> Result<(), String> {
     run(cmd)
 }
 
-fn bench_all(args: Vec<String>) -> Result<(), String> {
+/// Build the release binaries of the runtime, the world and the integration tests, then run
+/// the integration tests' program `bin` with `args` (the benchmark, the chaos run).
+fn run_release_tool(bin: &str, args: Vec<String>) -> Result<(), String> {
     build(
         &["syncra-runtime", "syncra-world", "syncra-integration-tests"],
         true,
     )?;
-    let mut cmd = Command::new(target_dir(true).join("syncra-bench"));
-    cmd.args(&args);
-    run(cmd)
-}
-
-fn chaos(args: Vec<String>) -> Result<(), String> {
-    build(
-        &["syncra-runtime", "syncra-world", "syncra-integration-tests"],
-        true,
-    )?;
-    let mut cmd = Command::new(target_dir(true).join("syncra-chaos"));
+    let mut cmd = Command::new(target_dir(true).join(bin));
     cmd.args(&args);
     run(cmd)
 }
@@ -233,8 +225,8 @@ fn main() -> ExitCode {
         "run-server" => run_preset("server.toml", rest, &[]),
         "run-desktop" => run_desktop(rest),
         "test" => test_all(rest),
-        "bench" => bench_all(rest),
-        "chaos" => chaos(rest),
+        "bench" => run_release_tool("syncra-bench", rest),
+        "chaos" => run_release_tool("syncra-chaos", rest),
         "deps" => install_test_packages(),
         _ => Err(format!(
             "unknown task `{task}`; tasks: run-server, run-desktop, test, bench, chaos, deps (see .cargo/config.toml for the aliases)"
