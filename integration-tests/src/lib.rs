@@ -192,14 +192,36 @@ impl Harness {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "timed out after {timeout:?} waiting until {what}\nlast status: {}\nruntime output:\n{}",
+                    "timed out after {timeout:?} waiting until {what}\nlast status: {}\nruntime output:\n{}\nlatest crash records:\n{}",
                     last.map(|s| serde_json::to_string_pretty(&s).unwrap())
                         .unwrap_or_else(|| "none".into()),
-                    self.output()
+                    self.output(),
+                    self.recent_crashes(5)
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The newest `n` crash records in brief (node, detail, the child's last stderr lines),
+    /// for failure messages.
+    fn recent_crashes(&self, n: usize) -> String {
+        let Some(ControlReply::Crashes(list)) = self.try_request(ControlRequest::Crashes {
+            node: None,
+            limit: n,
+        }) else {
+            return "unavailable".into();
+        };
+        list.iter()
+            .map(|c| {
+                let tail: Vec<&String> = c.record.stderr_tail.iter().rev().take(8).rev().collect();
+                format!(
+                    "{}#{} {}: {}\n    stderr: {tail:?}",
+                    c.record.node, c.record.incarnation, c.record.reason, c.record.detail
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Wait until every node in `names` is ready; their views.
