@@ -403,7 +403,9 @@ fn bad_subscriptions_get_clear_errors() {
     let e = wait_lines(&dir, "wrongtype", "an error", |l| !l.is_empty());
     let msg = e[0]["subscribe_error"].as_str().unwrap();
     assert!(
-        msg.contains("carries") && msg.contains("Tick") && msg.contains("String"),
+        msg.contains("carries")
+            && msg.contains("syncra.test.tick/1")
+            && msg.contains("syncra.test.not-a-tick/1"),
         "{msg}"
     );
     let e = wait_lines(&dir, "nostream", "an error", |l| !l.is_empty());
@@ -551,5 +553,28 @@ fn the_runtime_leaks_no_fds_over_100_producer_restarts() {
     assert!(
         l.iter().any(|v| v["inc"] == 101),
         "the consumer still reads the 101st producer"
+    );
+}
+
+#[test]
+fn messages_are_known_by_their_tags_so_independent_types_interoperate_and_other_tags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let lookalike = env!("CARGO_BIN_EXE_syncra-test-lookalike");
+    let mut c = config(&[("echo", args(dir.path(), "echo", "echo", &[]))]);
+    c.push_str(&format!(
+        "[drivers.lookalike]\ncommand = \"{lookalike}\"\nargs = [\"to=echo\", \"out={}\"]\n",
+        dir.path().join("lookalike.jsonl").display()
+    ));
+    let h = Harness::start(&c, &[]);
+    let seen = wait_lines(dir.path(), "lookalike", "both calls answered", |l| {
+        l.len() >= 2
+    });
+    // Another crate's `Ping` and `Pong`, same tags and shapes: the echo answers it.
+    assert_eq!(seen[0]["same_tag"], 41, "{seen:?}\n{}", h.output());
+    // A tag the echo does not know is refused, naming both tags.
+    let err = seen[1]["other_tag_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("`syncra.test.ping/2`") && err.contains("`syncra.test.ping/1`"),
+        "{seen:?}"
     );
 }

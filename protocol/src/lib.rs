@@ -11,6 +11,9 @@
 //! A fourth link is memory: the [`page`] a child shares with the runtime for its heartbeat,
 //! metrics and panic report.
 //!
+//! What nodes say to each other is identified by [`message`] tags (`syncra.world.scene/1`),
+//! never by Rust type paths.
+//!
 //! The shared vocabulary — node identity and state ([`status`]), crash records ([`crash`]),
 //! the world's config chunk ([`world`]) — lives beside them, and [`wire`] holds the framing
 //! and the defensive decoding every link uses.
@@ -27,6 +30,7 @@ pub mod control;
 pub mod crash;
 pub mod link;
 pub mod listener;
+pub mod message;
 pub mod node;
 pub mod page;
 pub mod ring;
@@ -36,6 +40,6 @@ pub mod world;
 
 /// Version of every message format in this crate. Bump it whenever a serialized type changes
 /// shape; a node built against another version is refused when it joins.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 pub use status::{NodeKind, NodeName, NodeState};

@@ -85,8 +85,8 @@ pub enum NodeToRuntime {
 /// A typed message body: a MessagePack payload and the type it encodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payload {
-    /// The type's tag (by default its Rust type path); a receiver expecting another type
-    /// refuses the payload with a type mismatch instead of decoding garbage.
+    /// The payload's [`crate::message::Message::TAG`]; a receiver expecting another tag
+    /// refuses the payload, naming both, instead of decoding garbage.
     pub type_tag: String,
     /// MessagePack.
     #[serde(with = "serde_bytes")]

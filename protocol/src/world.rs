@@ -49,6 +49,8 @@ pub struct SceneSnapshot {
     pub entities: Vec<EntitySnapshot>,
 }
 
+crate::message!(SceneSnapshot = "syncra.world.scene/1");
+
 /// One entity of a [`SceneSnapshot`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EntitySnapshot {

@@ -39,8 +39,37 @@ pub use streams::{
     BulkConsumer, BulkProducer, Consumer, Producer, Sample, StreamError, StreamOptions,
     Subscription,
 };
-pub use syncra_protocol::node::Undeliverable;
-pub use syncra_protocol::ring::Policy;
+pub use syncra_protocol::broker::RefusalKind;
+pub use syncra_protocol::message;
+pub use syncra_protocol::message::{Message, Request, TagMismatch};
+pub use syncra_protocol::node::{Payload, Undeliverable};
+pub use syncra_protocol::ring::{Policy, Received};
+pub use syncra_protocol::status::NodeMetrics;
+pub use syncra_protocol::wire::DecodeError;
+pub use syncra_protocol::{NodeName, PROTOCOL_VERSION};
+
+/// What every world publishes, so a driver can read it with `syncra-node` alone.
+pub mod world {
+    pub use syncra_protocol::world::{
+        EntitySnapshot, SCENE_STREAM, SceneSnapshot, WorldSettings, scene_slot_size,
+    };
+
+    /// The full name of world `world`'s scene stream: `world/<world>/scene`.
+    ///
+    /// ```
+    /// assert_eq!(syncra_node::world::scene_stream("main"), "world/main/scene");
+    /// assert!(syncra_node::streams::matches(syncra_node::world::ALL_SCENES, "world/main/scene"));
+    /// ```
+    pub fn scene_stream(world: &str) -> String {
+        format!(
+            "{}{world}/{SCENE_STREAM}",
+            syncra_protocol::status::WORLD_PREFIX
+        )
+    }
+
+    /// The pattern that matches every world's scene stream: `world/*/scene`.
+    pub const ALL_SCENES: &str = "world/*/scene";
+}
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,8 +81,7 @@ use serde::de::DeserializeOwned;
 use syncra_protocol::boot::{Boot, BootError, CLUSTER_FD, exit_code};
 use syncra_protocol::node::{Envelope, NodeToRuntime, RuntimeInbox};
 use syncra_protocol::page::NodePage;
-use syncra_protocol::status::NodeMetrics;
-use syncra_protocol::{NodeName, wire};
+use syncra_protocol::wire;
 use tokio::sync::Notify;
 
 /// The default log filter of a node (overridden by `SYNCRA_LOG`).
@@ -397,10 +425,16 @@ impl Node {
     /// # fn demo(node: syncra_node::Node) {
     /// use std::sync::Arc;
     /// use std::time::Duration;
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct GetStats;
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Stats { frames: u64 }
+    /// syncra_node::message!(Stats = "example.stats/1");
+    /// syncra_node::message!(GetStats = "example.get-stats/1" => Stats);
     /// let node = Arc::new(node);
     /// let n = node.clone();
     /// let answer = node.spawn(async move {
-    ///     n.call_async::<_, String>("renderer", "stats".to_owned(), Duration::from_secs(1), true)
+    ///     n.call_async("renderer", GetStats, Duration::from_secs(1), true)
     ///         .await
     ///         .ok()
     /// });

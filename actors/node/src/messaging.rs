@@ -1,14 +1,24 @@
 //! Messages and calls between nodes, by logical name, routed through the runtime.
 //!
+//! Every message type names itself with a stable tag ([`crate::Message`], [`crate::message!`]);
+//! a request names its response ([`crate::Request`]), so a call is typed end to end.
+//!
 //! ```no_run
 //! # fn demo(node: &syncra_node::Node) {
 //! use std::time::Duration;
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Ping(u64);
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Pong(u64);
+//! syncra_node::message!(Pong = "example.pong/1");
+//! syncra_node::message!(Ping = "example.ping/1" => Pong);
+//!
 //! // A call waits (within its timeout) for a callee that is restarting.
-//! let pong: Result<String, _> = node.call("world/arena", "ping".to_owned(), Duration::from_secs(1));
+//! let pong: Result<Pong, _> = node.call("world/arena", Ping(1), Duration::from_secs(1));
 //! // The callee answers from its own loop.
 //! while let Some(incoming) = node.recv_timeout(Duration::ZERO) {
-//!     if let Ok(text) = incoming.decode::<String>() {
-//!         incoming.reply(&format!("{text}: pong"));
+//!     if let Ok(Ping(n)) = incoming.decode::<Ping>() {
+//!         incoming.reply(&Pong(n));
 //!     }
 //! }
 //! # }
@@ -27,8 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use syncra_protocol::message::{Message, Request, TagMismatch, expect_tag};
 use syncra_protocol::node::{NodeToRuntime, Payload, Routed, Undeliverable};
 use syncra_protocol::{NodeName, wire};
 
@@ -41,9 +50,18 @@ pub const DEFAULT_SEND_WAIT: Duration = Duration::from_secs(5);
 /// Most messages waiting in a node's inbox; more are returned to their senders.
 pub const INBOX_CAPACITY: usize = 4096;
 
-/// The tag a type's payloads carry: its Rust type path.
-pub fn type_tag<T: ?Sized>() -> String {
-    std::any::type_name::<T>().to_owned()
+/// A payload of message type `M`.
+pub(crate) fn payload<M: Message>(msg: &M) -> Payload {
+    Payload {
+        type_tag: M::TAG.to_owned(),
+        bytes: wire::encode(msg),
+    }
+}
+
+/// Decode `payload` as an `M`, refusing another tag (naming both).
+pub(crate) fn decode<M: Message>(what: &'static str, payload: &Payload) -> Result<M, MessageError> {
+    expect_tag::<M>(&payload.type_tag)?;
+    Ok(wire::decode(what, &payload.bytes)?)
 }
 
 /// What to do when the receiver is not ready (restarting, not started yet).
@@ -128,18 +146,14 @@ pub struct Incoming {
     answered: bool,
 }
 
-/// The payload is of another type than the receiver expects.
+/// The payload is not the message the receiver expects.
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
-    /// The sender sent another type.
-    #[error("type mismatch: the message is a {got}, expected a {expected}")]
-    TypeMismatch {
-        /// The sender's tag.
-        got: String,
-        /// The receiver's.
-        expected: String,
-    },
-    /// The bytes do not decode.
+    /// The sender sent another message (its tag differs).
+    #[error(transparent)]
+    TagMismatch(#[from] TagMismatch),
+    /// The tag is right but the bytes do not decode (the sender's type has another shape
+    /// under the same tag: one of them should have changed the tag's version).
     #[error(transparent)]
     Decode(#[from] wire::DecodeError),
 }
@@ -155,34 +169,49 @@ impl Incoming {
         self.call
     }
 
-    /// The payload's type tag.
-    pub fn type_tag(&self) -> &str {
+    /// The payload's tag.
+    pub fn tag(&self) -> &str {
         &self.payload.type_tag
     }
 
-    /// Whether the payload is a `T`.
-    pub fn is<T>(&self) -> bool {
-        self.payload.type_tag == type_tag::<T>()
+    /// Whether the payload is an `M` (by its tag).
+    pub fn is<M: Message>(&self) -> bool {
+        self.payload.type_tag == M::TAG
     }
 
-    /// Decode the payload as a `T`; a payload of another type is a [`MessageError::TypeMismatch`].
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, MessageError> {
-        if !self.is::<T>() {
-            return Err(MessageError::TypeMismatch {
-                got: self.payload.type_tag.clone(),
-                expected: type_tag::<T>(),
-            });
+    /// Decode the payload as an `M`; a payload with another tag is a
+    /// [`MessageError::TagMismatch`] naming both tags.
+    pub fn decode<M: Message>(&self) -> Result<M, MessageError> {
+        decode("routed message", &self.payload)
+    }
+
+    /// Answer a call (a plain message ignores the answer) with `answer`, which should be the
+    /// request's [`Request::Response`]: the caller refuses another tag.
+    pub fn reply<M: Message>(mut self, answer: &M) {
+        self.answer(Ok(payload(answer)));
+    }
+
+    /// Decode the payload as the request `R` and answer it with `answer`'s result: a typed
+    /// handler for a call taken from the inbox. A payload that is not an `R` is left alone
+    /// and given back as `Err(self)`.
+    pub fn answer_with<R: Request>(
+        self,
+        answer: impl FnOnce(R) -> Result<R::Response, String>,
+    ) -> Result<(), Incoming> {
+        match self.decode::<R>() {
+            Ok(request) => {
+                match answer(request) {
+                    Ok(response) => self.reply(&response),
+                    Err(message) => self.reply_error(message),
+                }
+                Ok(())
+            }
+            Err(MessageError::TagMismatch(_)) => Err(self),
+            Err(e) => {
+                self.reply_error(format!("the request does not decode: {e}"));
+                Ok(())
+            }
         }
-        Ok(wire::decode("routed message", &self.payload.bytes)?)
-    }
-
-    /// Answer a call (a plain message ignores the answer).
-    pub fn reply<R: Serialize>(mut self, answer: &R) {
-        let payload = Payload {
-            type_tag: type_tag::<R>(),
-            bytes: wire::encode(answer),
-        };
-        self.answer(Ok(payload));
     }
 
     /// Answer a call with an error.
@@ -236,8 +265,8 @@ pub struct Returned {
 
 impl Returned {
     /// Decode the message as the `M` that was sent.
-    pub fn decode<M: DeserializeOwned>(&self) -> Result<M, wire::DecodeError> {
-        wire::decode("returned message", &self.payload.bytes)
+    pub fn decode<M: Message>(&self) -> Result<M, MessageError> {
+        decode("returned message", &self.payload)
     }
 }
 
@@ -340,7 +369,7 @@ impl Node {
         }
     }
 
-    fn route<M: Serialize>(
+    fn route<M: Message>(
         &self,
         to: NodeName,
         msg: &M,
@@ -356,10 +385,7 @@ impl Node {
                 Delivery::Wait(d) => Some(d.as_millis().min(u128::from(u64::MAX)) as u64),
                 Delivery::FailFast => None,
             },
-            payload: Payload {
-                type_tag: type_tag::<M>(),
-                bytes: wire::encode(msg),
-            },
+            payload: payload(msg),
         };
         let waiter = call.then(|| {
             let waiter = Arc::new(Mailbox::new(1));
@@ -377,12 +403,12 @@ impl Node {
     /// Send `msg` to the node named `to`, holding it up to [`DEFAULT_SEND_WAIT`] for a node
     /// that is restarting. A name no node has gives the message back at once; a message the
     /// runtime cannot deliver later comes back through [`Node::returned`].
-    pub fn send<M: Serialize>(&self, to: &str, msg: M) -> Result<(), Undelivered<M>> {
+    pub fn send<M: Message>(&self, to: &str, msg: M) -> Result<(), Undelivered<M>> {
         self.send_with(to, msg, Delivery::Wait(DEFAULT_SEND_WAIT))
     }
 
     /// [`Node::send`], choosing what happens when the receiver is not ready.
-    pub fn send_with<M: Serialize>(
+    pub fn send_with<M: Message>(
         &self,
         to: &str,
         msg: M,
@@ -408,23 +434,23 @@ impl Node {
 
     /// Call the node named `to` and wait for its answer, up to `timeout` in all — including
     /// the time the callee takes to become ready if it is restarting. Blocks the thread.
-    pub fn call<Req: Serialize, Resp: DeserializeOwned>(
+    pub fn call<R: Request>(
         &self,
         to: &str,
-        req: Req,
+        req: R,
         timeout: Duration,
-    ) -> Result<Resp, CallError<Req>> {
+    ) -> Result<R::Response, CallError<R>> {
         self.call_with(to, req, timeout, true)
     }
 
     /// [`Node::call`] that fails at once if the callee is not ready (`wait_for_ready = false`).
-    pub fn call_with<Req: Serialize, Resp: DeserializeOwned>(
+    pub fn call_with<R: Request>(
         &self,
         to: &str,
-        req: Req,
+        req: R,
         timeout: Duration,
         wait_for_ready: bool,
-    ) -> Result<Resp, CallError<Req>> {
+    ) -> Result<R::Response, CallError<R>> {
         let (id, waiter) = match self.start_call(to, &req, timeout, wait_for_ready) {
             Ok(started) => started,
             Err(reason) => return Err(undelivered(to, reason, req)),
@@ -434,13 +460,13 @@ impl Node {
     }
 
     /// [`Node::call_with`] for async callers.
-    pub async fn call_async<Req: Serialize, Resp: DeserializeOwned>(
+    pub async fn call_async<R: Request>(
         &self,
         to: &str,
-        req: Req,
+        req: R,
         timeout: Duration,
         wait_for_ready: bool,
-    ) -> Result<Resp, CallError<Req>> {
+    ) -> Result<R::Response, CallError<R>> {
         let (id, waiter) = match self.start_call(to, &req, timeout, wait_for_ready) {
             Ok(started) => started,
             Err(reason) => return Err(undelivered(to, reason, req)),
@@ -449,10 +475,10 @@ impl Node {
         self.finish_call(to, id, req, timeout, answer)
     }
 
-    fn start_call<Req: Serialize>(
+    fn start_call<R: Request>(
         &self,
         to: &str,
-        req: &Req,
+        req: &R,
         timeout: Duration,
         wait_for_ready: bool,
     ) -> Result<(u64, Arc<Mailbox<Answer>>), Undeliverable> {
@@ -466,14 +492,14 @@ impl Node {
         Ok((id, waiter.expect("calls have a waiter")))
     }
 
-    fn finish_call<Req, Resp: DeserializeOwned>(
+    fn finish_call<R: Request>(
         &self,
         to: &str,
         id: u64,
-        req: Req,
+        req: R,
         timeout: Duration,
         answer: Option<Answer>,
-    ) -> Result<Resp, CallError<Req>> {
+    ) -> Result<R::Response, CallError<R>> {
         match answer {
             None => {
                 self.shared
@@ -497,17 +523,7 @@ impl Node {
                 message,
             }),
             Some(Answer::Reply(Ok(payload))) => {
-                if payload.type_tag != type_tag::<Resp>() {
-                    return Err(CallError::BadAnswer {
-                        to: to.to_owned(),
-                        message: format!(
-                            "type mismatch: the answer is a {}, expected a {}",
-                            payload.type_tag,
-                            type_tag::<Resp>()
-                        ),
-                    });
-                }
-                wire::decode("answer", &payload.bytes).map_err(|e| CallError::BadAnswer {
+                decode::<R::Response>("answer", &payload).map_err(|e| CallError::BadAnswer {
                     to: to.to_owned(),
                     message: e.to_string(),
                 })
@@ -515,39 +531,39 @@ impl Node {
         }
     }
 
-    /// Answer every call whose request is a `Req` with `answer`, on the node's link thread as
+    /// Answer every call whose request is an `R` with `answer`, on the node's link thread as
     /// the call arrives, instead of through the inbox and the main loop. For answers that need
     /// no main-loop state (a lookup in shared data, an echo, a counter): `answer` runs on the
     /// thread that carries all of this node's messages, so it must be quick and must not block.
     /// Its `Err` reaches the caller as [`CallError::Remote`]. Registering again for the same
-    /// `Req` replaces the handler.
+    /// `R` replaces the handler.
     ///
     /// ```no_run
     /// # fn demo(node: &syncra_node::Node) {
-    /// node.serve_calls(|from, name: String| Ok(format!("hello {name}, from {}", from)));
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Hello(String);
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Greeting(String);
+    /// syncra_node::message!(Greeting = "example.greeting/1");
+    /// syncra_node::message!(Hello = "example.hello/1" => Greeting);
+    /// node.serve_calls(|from, Hello(name): Hello| Ok(Greeting(format!("hello {name}, from {from}"))));
     /// # }
     /// ```
-    pub fn serve_calls<Req, Resp, F>(&self, answer: F)
+    pub fn serve_calls<R, F>(&self, answer: F)
     where
-        Req: DeserializeOwned + 'static,
-        Resp: Serialize + 'static,
-        F: Fn(&NodeName, Req) -> Result<Resp, String> + Send + Sync + 'static,
+        R: Request + 'static,
+        F: Fn(&NodeName, R) -> Result<R::Response, String> + Send + Sync + 'static,
     {
-        let expected = type_tag::<Req>();
         let handler = Handler(Arc::new(move |from: &NodeName, payload: &Payload| {
-            let req: Req = wire::decode("routed call", &payload.bytes)
-                .map_err(|e| format!("the request does not decode: {e}"))?;
-            let resp = answer(from, req)?;
-            Ok(Payload {
-                type_tag: type_tag::<Resp>(),
-                bytes: wire::encode(&resp),
-            })
+            let req: R = wire::decode("routed call", &payload.bytes)
+                .map_err(|e| format!("the request `{}` does not decode: {e}", R::TAG))?;
+            Ok(self::payload(&answer(from, req)?))
         }));
         self.shared
             .handlers
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(expected, handler);
+            .insert(R::TAG.to_owned(), handler);
     }
 
     /// The next message or call from another node, waiting up to `timeout`.

@@ -9,17 +9,22 @@
 //! # fn demo(node: &syncra_node::Node) -> Result<(), syncra_node::StreamError> {
 //! use std::time::Duration;
 //! use syncra_node::StreamOptions;
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct State(Vec<f32>);
+//! syncra_node::message!(State = "example.state/1");
 //! // Producer: `world/arena/state` (a name without the node prefix gets it).
-//! let mut tx = node.declare::<Vec<f32>>("state", StreamOptions::latest_only(4096))?;
-//! tx.publish(&vec![1.0, 2.0])?;
+//! let mut tx = node.declare::<State>("state", StreamOptions::latest_only(4096))?;
+//! tx.publish(&State(vec![1.0, 2.0]))?;
 //! // Consumer, blocking (render loops, audio callbacks) …
-//! let mut rx = node.subscribe::<Vec<f32>>("world/arena/state", Some(Duration::from_secs(5)))?;
+//! let mut rx = node.subscribe::<State>("world/arena/state", Some(Duration::from_secs(5)))?;
 //! if let Some(sample) = rx.recv_timeout(Duration::from_millis(16))? {
 //!     println!("{} (gap {})", sample.seq, sample.gap);
 //! }
 //! // … or async: `rx.recv().await`.
 //! # Ok(()) }
 //! ```
+
+pub use syncra_protocol::broker::matches;
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -40,7 +45,7 @@ use syncra_protocol::ring::{
 use tokio::io::unix::AsyncFd;
 
 use crate::mailbox::Mailbox;
-use crate::messaging::type_tag;
+use syncra_protocol::message::{Message, bulk_tag};
 
 /// How long a request to the Broker may take, beyond any wait the caller asked for.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -398,10 +403,10 @@ impl crate::Node {
         }
     }
 
-    /// Declare an output stream of `T` (MessagePack in each slot). `name` is the stream's full
+    /// Declare an output stream of `T` (MessagePack in each slot, tagged `T::TAG`). `name` is the stream's full
     /// name (`world/arena/scene`) or the part after this node's name (`scene`). After a
     /// restart, declaring the same stream gets the same ring back; the sequence continues.
-    pub fn declare<T: Serialize>(
+    pub fn declare<T: Message>(
         &self,
         name: &str,
         options: StreamOptions,
@@ -409,7 +414,7 @@ impl crate::Node {
         let name = self.full_name(name);
         let writer = self.broker()?.declare(StreamSpec {
             name: name.clone(),
-            type_tag: type_tag::<T>(),
+            type_tag: T::TAG.to_owned(),
             geometry: options.geometry(0),
         })?;
         Ok(Producer {
@@ -421,7 +426,7 @@ impl crate::Node {
 
     /// Declare a bulk output stream: each message is a small typed header `H` and up to
     /// `options.slot_size` raw bytes (frames, audio blocks), written in place.
-    pub fn declare_bulk<H: Serialize>(
+    pub fn declare_bulk<H: Message>(
         &self,
         name: &str,
         options: StreamOptions,
@@ -429,7 +434,7 @@ impl crate::Node {
         let name = self.full_name(name);
         let writer = self.broker()?.declare(StreamSpec {
             name: name.clone(),
-            type_tag: format!("bulk:{}", type_tag::<H>()),
+            type_tag: bulk_tag::<H>(),
             geometry: options.geometry(BULK_HEADER as u32),
         })?;
         Ok(BulkProducer {
@@ -440,15 +445,16 @@ impl crate::Node {
     }
 
     /// Subscribe to the stream `name` of `T`. If it is not declared yet: wait up to `wait`
-    /// for its producer (`None`: fail at once). A type other than the producer's is refused.
-    pub fn subscribe<T: DeserializeOwned>(
+    /// for its producer (`None`: fail at once). A tag other than the producer's is refused,
+    /// naming both.
+    pub fn subscribe<T: Message>(
         &self,
         name: &str,
         wait: Option<Duration>,
     ) -> Result<Consumer<T>, StreamError> {
         let client = self.broker()?;
         let id = client.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut got = client.subscribe(id, name, type_tag::<T>(), wait)?;
+        let mut got = client.subscribe(id, name, T::TAG.to_owned(), wait)?;
         let (att, reader) = got
             .pop()
             .ok_or_else(|| link_err("the Broker answered with no stream"))?;
@@ -456,14 +462,14 @@ impl crate::Node {
     }
 
     /// Subscribe to the bulk stream `name` with headers `H`.
-    pub fn subscribe_bulk<H: DeserializeOwned>(
+    pub fn subscribe_bulk<H: Message>(
         &self,
         name: &str,
         wait: Option<Duration>,
     ) -> Result<BulkConsumer<H>, StreamError> {
         let client = self.broker()?;
         let id = client.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut got = client.subscribe(id, name, format!("bulk:{}", type_tag::<H>()), wait)?;
+        let mut got = client.subscribe(id, name, bulk_tag::<H>(), wait)?;
         let (att, reader) = got
             .pop()
             .ok_or_else(|| link_err("the Broker answered with no stream"))?;
@@ -473,7 +479,7 @@ impl crate::Node {
     }
 
     /// Subscribe to every stream of `T` matching `pattern` (`world/*/scene`), now and later.
-    pub fn subscribe_pattern<T: DeserializeOwned>(
+    pub fn subscribe_pattern<T: Message>(
         &self,
         pattern: &str,
     ) -> Result<Subscription<T>, StreamError> {
@@ -482,7 +488,7 @@ impl crate::Node {
         // Register for pushes before asking, so no later stream is missed.
         let pushes = Arc::new(Mailbox::new(MAX_CONSUMERS * 64));
         lock(&client.patterns).insert(id, pushes.clone());
-        let existing = client.subscribe(id, pattern, type_tag::<T>(), None)?;
+        let existing = client.subscribe(id, pattern, T::TAG.to_owned(), None)?;
         Ok(Subscription {
             ready: existing
                 .into_iter()

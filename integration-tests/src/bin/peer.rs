@@ -60,6 +60,19 @@ struct Frame {
     n: u64,
 }
 
+/// A type of the same shape as [`Tick`] under another tag: subscribing with it is refused.
+#[derive(Debug, Serialize, Deserialize)]
+struct NotATick {
+    n: u64,
+}
+
+syncra_node::message!(Pong = "syncra.test.pong/1");
+syncra_node::message!(Ping = "syncra.test.ping/1" => Pong);
+syncra_node::message!(LinkPing = "syncra.test.link-ping/1" => Pong);
+syncra_node::message!(Tick = "syncra.test.tick/1");
+syncra_node::message!(NotATick = "syncra.test.not-a-tick/1");
+syncra_node::message!(Frame = "syncra.test.frame/1");
+
 struct Out(std::fs::File);
 
 impl Out {
@@ -139,12 +152,7 @@ fn main() {
             let (n, callee) = (node.clone(), to.clone());
             node.spawn(async move {
                 let pong = n
-                    .call_async::<LinkPing, Pong>(
-                        &callee,
-                        LinkPing(42),
-                        Duration::from_secs(10),
-                        true,
-                    )
+                    .call_async::<LinkPing>(&callee, LinkPing(42), Duration::from_secs(10), true)
                     .await;
                 let _ = tx.send(pong.map(|p| p.n).map_err(|e| e.to_string()));
             });
@@ -157,7 +165,7 @@ fn main() {
             let mut n = 0;
             while !node.shutdown_requested() {
                 n += 1;
-                match node.call::<Ping, Pong>(&to, Ping(n), timeout) {
+                match node.call::<Ping>(&to, Ping(n), timeout) {
                     Ok(p) => {
                         out.line(serde_json::json!({ "n": p.n, "incarnation": p.incarnation }))
                     }
@@ -342,7 +350,7 @@ fn main() {
                 return;
             }
             let sub = if opt("type") == "wrong" {
-                node.subscribe::<String>(&stream, wait).map(|_| ())
+                node.subscribe::<NotATick>(&stream, wait).map(|_| ())
             } else {
                 match node.subscribe::<Tick>(&stream, wait) {
                     Ok(mut rx) => {
