@@ -853,9 +853,10 @@ default_world = "my_base_world"
             loaded.plan.runtime.crash_dir,
             dir.path().join("mylogs/crashes")
         );
+        // Clean: no `/./` left in the path.
         assert_eq!(
             loaded.plan.node("x").unwrap().command,
-            dir.path().join("./bin/x").display().to_string()
+            dir.path().join("bin/x").display().to_string()
         );
     }
 

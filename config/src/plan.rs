@@ -896,9 +896,14 @@ fn dependency_problems(
 /// Make a relative `path` absolute against `base` (the directory of the file that set it).
 pub(crate) fn anchor(path: &Path, base: &Path) -> PathBuf {
     // An empty path stays empty, for validation to refuse by its key.
-    if path.is_absolute() || path.as_os_str().is_empty() {
+    let joined = if path.is_absolute() || path.as_os_str().is_empty() {
         path.to_owned()
     } else {
         base.join(path)
-    }
+    };
+    // `dir/./logs` → `dir/logs` (`..` stays: it may cross a symlink).
+    joined
+        .components()
+        .filter(|c| *c != std::path::Component::CurDir)
+        .collect()
 }

@@ -111,6 +111,48 @@ pub enum Decision {
     },
 }
 
+/// `ms` milliseconds in words: `850 ms`, `12.4 s`, `3m05s`, `2h10m`.
+pub fn human_duration(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1000..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..=3_599_999 => format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60),
+    }
+}
+
+impl std::fmt::Display for Decision {
+    /// The decision as a sentence: `restarted after 400 ms (failure 3 in a row)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decision::Restart {
+                after_ms,
+                attempt,
+                siblings,
+            } => {
+                match (after_ms, attempt) {
+                    (0, 0) => write!(f, "restarted at once: it had been running stably")?,
+                    (0, _) => write!(f, "restarted at once")?,
+                    (ms, 1) => write!(f, "restarted after {}", human_duration(*ms))?,
+                    (ms, n) => write!(
+                        f,
+                        "restarted after {} (failure {n} in a row)",
+                        human_duration(*ms)
+                    )?,
+                }
+                if !siblings.is_empty() {
+                    let names: Vec<String> = siblings.iter().map(|s| s.to_string()).collect();
+                    write!(f, ", and with it {}", names.join(", "))?;
+                }
+                Ok(())
+            }
+            Decision::GaveUp { why } => write!(f, "gave up: {why}"),
+            Decision::NotRestarted { why } => write!(f, "not restarted: {why}"),
+            Decision::Shutdown { why } => write!(f, "shut the runtime down: {why}"),
+        }
+    }
+}
+
 /// One failure of one incarnation: the JSON file written to the crash directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CrashRecord {
@@ -142,4 +184,39 @@ pub struct CrashRecord {
     pub log_file: Option<String>,
     /// What the supervisor decided.
     pub decision: Decision,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_read_as_sentences() {
+        let restart = |after_ms, attempt, siblings: Vec<&str>| Decision::Restart {
+            after_ms,
+            attempt,
+            siblings: siblings.into_iter().map(NodeName::driver).collect(),
+        };
+        assert_eq!(
+            restart(0, 0, vec![]).to_string(),
+            "restarted at once: it had been running stably"
+        );
+        assert_eq!(
+            restart(100, 1, vec![]).to_string(),
+            "restarted after 100 ms"
+        );
+        assert_eq!(
+            restart(1600, 5, vec!["audio", "input"]).to_string(),
+            "restarted after 1.6 s (failure 5 in a row), and with it audio, input"
+        );
+        assert_eq!(
+            Decision::GaveUp {
+                why: "too many".into()
+            }
+            .to_string(),
+            "gave up: too many"
+        );
+        assert_eq!(human_duration(91_000), "1m31s");
+        assert_eq!(human_duration(7_800_000), "2h10m");
+    }
 }

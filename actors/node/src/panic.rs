@@ -23,7 +23,7 @@ pub(crate) fn install(boot: &Boot) {
                 .to_owned(),
             location: info.location().map(|l| l.to_string()),
             thread: std::thread::current().name().map(str::to_owned),
-            backtrace: Backtrace::force_capture().to_string(),
+            backtrace: from_the_panic(&Backtrace::force_capture().to_string()),
         };
         if let Some(fd) = fd {
             let mut report = report.clone();
@@ -51,6 +51,48 @@ pub(crate) fn install(boot: &Boot) {
     }));
 }
 
+/// Frames of the machinery between a panic and this hook (capturing, the hook, the panic
+/// runtime, the standard library's unwrap/expect failures).
+const MACHINERY: &[&str] = &[
+    "std::backtrace",
+    "std::panicking::",
+    "core::panicking::",
+    "std::sys::backtrace::",
+    "rust_begin_unwind",
+    "syncra_node::panic::",
+    "core::ops::function::Fn",
+    "core::result::unwrap_failed",
+    "core::option::unwrap_failed",
+    "core::option::expect_failed",
+];
+
+/// `backtrace` from the frame that panicked on: the frames above it, from the capture down
+/// to the panic's entry (`rust_begin_unwind`, `panic_fmt`) and the standard library frames
+/// right under it, are dropped; the rest keep their numbers. A backtrace without such an
+/// entry in its first 40 frames is left whole.
+fn from_the_panic(backtrace: &str) -> String {
+    let lines: Vec<&str> = backtrace.lines().collect();
+    let is_frame = |l: &str| {
+        l.trim_start()
+            .split_once(": ")
+            .is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    };
+    let frames: Vec<usize> = (0..lines.len()).filter(|&i| is_frame(lines[i])).collect();
+    let (mut entry_seen, mut last) = (false, None);
+    for (k, &i) in frames.iter().enumerate().take(40) {
+        if MACHINERY.iter().any(|m| lines[i].contains(m)) {
+            last = Some(k);
+            entry_seen |= lines[i].contains("rust_begin_unwind") || lines[i].contains("panic_fmt");
+        } else if entry_seen {
+            break;
+        }
+    }
+    match last.filter(|_| entry_seen).and_then(|k| frames.get(k + 1)) {
+        Some(&start) => lines[start..].join("\n"),
+        None => backtrace.to_owned(),
+    }
+}
+
 /// Cut `s` to at most `max` bytes, at a character boundary, marking the cut with `note`.
 fn cut(s: &mut String, max: usize, note: &str) {
     if s.len() <= max {
@@ -66,7 +108,18 @@ fn cut(s: &mut String, max: usize, note: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::cut;
+    use super::{cut, from_the_panic};
+
+    #[test]
+    fn a_backtrace_starts_at_the_code_that_panicked() {
+        let bt = "   0: std::backtrace::Backtrace::create\n             at /rustc/x/backtrace.rs:331:13\n   1: syncra_node::panic::install::{{closure}}\n   2: <alloc::boxed::Box<F,A> as core::ops::function::Fn<Args>>::call\n   3: std::panicking::rust_panic_with_hook\n   4: __rustc::rust_begin_unwind\n   5: core::panicking::panic_fmt\n   6: core::result::unwrap_failed\n   7: my_driver::render\n             at ./src/main.rs:10:5\n   8: std::panicking::catch_unwind\n   9: main";
+        assert_eq!(
+            from_the_panic(bt),
+            "   7: my_driver::render\n             at ./src/main.rs:10:5\n   8: std::panicking::catch_unwind\n   9: main"
+        );
+        let plain = "   0: my_driver::render\n   1: main";
+        assert_eq!(from_the_panic(plain), plain);
+    }
 
     #[test]
     fn cuts_respect_character_boundaries() {

@@ -117,7 +117,7 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Watch a live stream: its rate, latency, gaps and latest value, decoded, once per
+    /// Watch a live stream: its rate, the age of its newest message, gaps and latest value, decoded, once per
     /// interval. Passive: it holds no consumer cell and never slows the producer.
     Tap {
         /// The stream (`world/main/scene`).
@@ -456,7 +456,8 @@ struct TapReport {
     stream: String,
     seq: u64,
     rate_hz: f64,
-    latency_ms: Option<f64>,
+    /// How long ago the newest message was published.
+    age_ms: Option<f64>,
     gaps: u64,
     producer_incarnation: u64,
     producer_live: bool,
@@ -539,7 +540,7 @@ async fn tap(
             stream: view.name.clone(),
             seq: published,
             rate_hz: rate,
-            latency_ms: latest
+            age_ms: latest
                 .as_ref()
                 .map(|(m, _)| ring::monotonic_ns().saturating_sub(m.publish_ns) as f64 / 1e6),
             gaps,
@@ -552,11 +553,11 @@ async fn tap(
         } else {
             let value = shorten(&report.value.to_string(), 300);
             println!(
-                "seq {:>8}  {:>7.1}/s  latency {}  gaps {}  producer #{}{}\n  latest: {value}",
+                "seq {:>8}  {:>7.1}/s  age {}  gaps {}  producer #{}{}\n  latest: {value}",
                 report.seq,
                 report.rate_hz,
                 report
-                    .latency_ms
+                    .age_ms
                     .map(|l| format!("{l:.3} ms"))
                     .unwrap_or_else(|| "-".into()),
                 report.gaps,
@@ -724,7 +725,11 @@ async fn crashes(run_dir: &Path, node: Option<String>, limit: usize, json: bool)
                             p.location.as_deref().unwrap_or("?")
                         );
                     }
-                    println!("    decision: {:?}", r.decision);
+                    println!(
+                        "    decision: {} (it ran {})",
+                        r.decision,
+                        syncra_runtime::protocol::crash::human_duration(r.ran_ms)
+                    );
                     match &c.not_written {
                         None => println!("    record: {}", c.path),
                         Some(why) => println!("    record: not written to {}: {why}", c.path),
