@@ -578,3 +578,49 @@ fn messages_are_known_by_their_tags_so_independent_types_interoperate_and_other_
         "{seen:?}"
     );
 }
+
+#[test]
+fn a_node_reports_its_own_figures_in_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(
+        &config(&[
+            ("echo", args(dir.path(), "echo", "echo", &[])),
+            ("caller", args(dir.path(), "caller", "caller", &["to=echo"])),
+        ]),
+        &[],
+    );
+    let answered = |s: &syncra_protocol::status::StatusReport| {
+        s.node("echo")?
+            .figures
+            .iter()
+            .find(|f| f.name == "answered")
+            .map(|f| f.value)
+    };
+    h.wait_until("echo has answered calls", PATIENCE, |s| {
+        answered(s).filter(|n| *n >= 3.0)
+    });
+    let json = h.cli(&["status", "--json"]);
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let echo = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "echo")
+        .unwrap();
+    let names: Vec<&str> = echo["figures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["answered", "holding"], "{echo}");
+    assert_eq!(echo["figures"][0]["kind"], "counter");
+    let text = String::from_utf8_lossy(&h.cli(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains("FIGURES")
+            && text.lines().any(|l| l.starts_with("echo")
+                && l.contains("answered ")
+                && l.contains("holding 0")),
+        "{text}"
+    );
+}

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! offset 0     Vitals: heartbeat counter and main-loop metrics (atomics, written by the child)
+//! offset 1024  Figures: up to MAX_FIGURES named gauges and counters (atomics, written by the
+//!              child, read by the runtime for `syncra status`)
 //! offset 4096  panic report: u32 BE length + MessagePack PanicReport (written by the child's
 //!              panic hook, read by the runtime after the child exits)
 //! ```
@@ -89,6 +91,58 @@ impl Vitals {
             tick_us_max: self.tick_us_max.swap(0, Ordering::Relaxed),
             overruns: self.overruns.load(Ordering::Relaxed),
         })
+    }
+}
+
+/// Where the figure slots start.
+pub const FIGURES_OFFSET: usize = 1024;
+/// Most figures one node reports.
+pub const MAX_FIGURES: usize = 24;
+/// Longest figure name, bytes.
+pub const MAX_FIGURE_NAME: usize = 48;
+
+const SLOT_EMPTY: u32 = 0;
+const SLOT_WRITING: u32 = 1;
+const SLOT_READY: u32 = 2;
+
+/// One named figure: a gauge (a value now: fps, queue depth) or a counter (grows: frames).
+#[repr(C)]
+#[derive(Debug)]
+pub struct FigureSlot {
+    state: AtomicU32,
+    kind: AtomicU32,
+    /// `f64` bits.
+    value: AtomicU64,
+    name: [AtomicU64; MAX_FIGURE_NAME / 8],
+}
+
+const _: () = assert!(FIGURES_OFFSET + MAX_FIGURES * size_of::<FigureSlot>() <= PANIC_OFFSET);
+const _: () = assert!(size_of::<Vitals>() <= FIGURES_OFFSET);
+
+impl FigureSlot {
+    /// Set a gauge's value.
+    pub fn set(&self, value: f64) {
+        self.value.store(value.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Add to a counter.
+    pub fn add(&self, by: f64) {
+        let _ = self
+            .value
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + by).to_bits())
+            });
+    }
+
+    fn name(&self) -> Option<String> {
+        let mut bytes = Vec::with_capacity(MAX_FIGURE_NAME);
+        for w in &self.name {
+            bytes.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+        let name = std::str::from_utf8(&bytes[..end]).ok()?;
+        crate::status::validate_figure_name(name).ok()?;
+        Some(name.to_owned())
     }
 }
 
@@ -180,6 +234,73 @@ impl NodePage {
         Ok(NodePage { ptr })
     }
 
+    fn figure_slots(&self) -> &[FigureSlot] {
+        // SAFETY: FIGURES_OFFSET + MAX_FIGURES slots lie within the mapping (checked at compile
+        // time above), 8-byte aligned (the mapping is page-aligned, the offset and the slot
+        // size multiples of 8); FigureSlot is repr(C) atomics, valid for any bit pattern.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ptr.as_ptr().add(FIGURES_OFFSET).cast::<FigureSlot>(),
+                MAX_FIGURES,
+            )
+        }
+    }
+
+    /// The slot number of the figure `name` of `kind`, claiming a free slot the first time
+    /// (for the child). `None` when all [`MAX_FIGURES`] are taken or the name is invalid.
+    pub fn figure(&self, name: &str, kind: crate::status::FigureKind) -> Option<usize> {
+        crate::status::validate_figure_name(name).ok()?;
+        let slots = self.figure_slots();
+        if let Some(existing) = slots.iter().position(|s| {
+            s.state.load(Ordering::Acquire) == SLOT_READY && s.name().as_deref() == Some(name)
+        }) {
+            return Some(existing);
+        }
+        let index = slots.iter().position(|s| {
+            s.state
+                .compare_exchange(
+                    SLOT_EMPTY,
+                    SLOT_WRITING,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        })?;
+        let slot = &slots[index];
+        let mut bytes = [0u8; MAX_FIGURE_NAME];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        for (w, chunk) in slot.name.iter().zip(bytes.chunks(8)) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            w.store(u64::from_le_bytes(word), Ordering::Relaxed);
+        }
+        slot.kind.store(kind as u32, Ordering::Relaxed);
+        slot.value.store(0f64.to_bits(), Ordering::Relaxed);
+        slot.state.store(SLOT_READY, Ordering::Release);
+        Some(index)
+    }
+
+    /// Figure slot `index` (from [`NodePage::figure`]).
+    pub fn figure_slot(&self, index: usize) -> Option<&FigureSlot> {
+        self.figure_slots().get(index)
+    }
+
+    /// Every figure the child reported, in the order it declared them (for the runtime). A
+    /// slot whose name is not valid is left out.
+    pub fn figures(&self) -> Vec<crate::status::Figure> {
+        self.figure_slots()
+            .iter()
+            .filter(|s| s.state.load(Ordering::Acquire) == SLOT_READY)
+            .filter_map(|s| {
+                Some(crate::status::Figure {
+                    name: s.name()?,
+                    kind: crate::status::FigureKind::from_raw(s.kind.load(Ordering::Relaxed)),
+                    value: f64::from_bits(s.value.load(Ordering::Relaxed)),
+                })
+            })
+            .collect()
+    }
+
     /// The vitals at the start of the page.
     pub fn vitals(&self) -> &Vitals {
         // SAFETY: the mapping is page-aligned, at least PAGE_SIZE long and lives as long as
@@ -231,6 +352,54 @@ impl Drop for NodePage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::FigureKind;
+
+    #[test]
+    fn figures_cross_two_mappings_in_declaration_order() {
+        let (runtime_side, fd) = NodePage::create("test-page").unwrap();
+        let child_side = NodePage::map(fd.as_fd()).unwrap();
+        assert!(runtime_side.figures().is_empty());
+        let fps = child_side.figure("fps", FigureKind::Gauge).unwrap();
+        let frames = child_side.figure("frames", FigureKind::Counter).unwrap();
+        assert_eq!(
+            child_side.figure("fps", FigureKind::Gauge),
+            Some(fps),
+            "the same name, the same slot"
+        );
+        child_side.figure_slot(fps).unwrap().set(59.5);
+        child_side.figure_slot(frames).unwrap().add(2.0);
+        child_side.figure_slot(frames).unwrap().add(3.0);
+        let seen = runtime_side.figures();
+        let brief: Vec<(&str, FigureKind, f64)> = seen
+            .iter()
+            .map(|f| (f.name.as_str(), f.kind, f.value))
+            .collect();
+        assert_eq!(
+            brief,
+            [
+                ("fps", FigureKind::Gauge, 59.5),
+                ("frames", FigureKind::Counter, 5.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn figures_are_bounded_and_a_garbled_name_is_left_out() {
+        let (page, _fd) = NodePage::create("test-page").unwrap();
+        assert_eq!(page.figure("bad name", FigureKind::Gauge), None);
+        assert_eq!(
+            page.figure(&"x".repeat(MAX_FIGURE_NAME + 1), FigureKind::Gauge),
+            None
+        );
+        for i in 0..MAX_FIGURES {
+            assert!(page.figure(&format!("f{i}"), FigureKind::Counter).is_some());
+        }
+        assert_eq!(page.figure("one-too-many", FigureKind::Gauge), None);
+        // A child writes bytes that are not a name into a slot: the runtime skips it.
+        page.figure_slots()[3].name[0]
+            .store(u64::from_le_bytes(*b"\xff\xfe bad\0\0"), Ordering::Relaxed);
+        assert_eq!(page.figures().len(), MAX_FIGURES - 1);
+    }
 
     #[test]
     fn beats_and_metrics_cross_two_mappings() {

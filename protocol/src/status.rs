@@ -163,6 +163,59 @@ pub struct NodeMetrics {
     pub overruns: u64,
 }
 
+/// What a [`Figure`] measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u32)]
+pub enum FigureKind {
+    /// A value now (frames per second, queue depth).
+    Gauge = 0,
+    /// A total that grows (frames drawn, samples mixed).
+    Counter = 1,
+}
+
+impl FigureKind {
+    /// From its number in a node page (anything unknown reads as a gauge).
+    pub fn from_raw(raw: u32) -> FigureKind {
+        if raw == FigureKind::Counter as u32 {
+            FigureKind::Counter
+        } else {
+            FigureKind::Gauge
+        }
+    }
+}
+
+/// A named figure a node reports beside its heartbeat (`fps`, `frames`, `queue_depth`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Figure {
+    /// Its name.
+    pub name: String,
+    /// Gauge or counter.
+    pub kind: FigureKind,
+    /// Its value.
+    pub value: f64,
+}
+
+/// Check a figure name: 1 to [`crate::page::MAX_FIGURE_NAME`] bytes of ASCII letters,
+/// digits, `_`, `.` and `-`.
+pub fn validate_figure_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > crate::page::MAX_FIGURE_NAME {
+        return Err(format!(
+            "figure name `{name}` must be 1 to {} bytes",
+            crate::page::MAX_FIGURE_NAME
+        ));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        Some(bad) => Err(format!(
+            "figure name `{name}` contains {bad:?}; use letters, digits, `_`, `.` and `-`"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// One node as `syncra status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
@@ -200,6 +253,9 @@ pub struct NodeView {
     /// (`supervisor.warm_spare`), if one is waiting.
     #[serde(default)]
     pub spare_pid: Option<u32>,
+    /// The figures the node reports (`fps`, `frames`, …), in the order it declared them.
+    #[serde(default)]
+    pub figures: Vec<Figure>,
 }
 
 /// Facts about the runtime process itself.

@@ -85,6 +85,7 @@ impl Registry {
                     produces: Vec::new(),
                     consumes: Vec::new(),
                     spare_pid: None,
+                    figures: Vec::new(),
                 },
                 ready_since: None,
                 page: None,
@@ -125,6 +126,7 @@ impl Registry {
                 v.tick = metrics.as_ref().map(|m| m.tick);
                 v.entities = metrics.as_ref().and_then(|m| m.entities);
                 v.tick_us = metrics.as_ref().map(|m| m.tick_us);
+                v.figures = r.page.as_ref().map(|p| p.figures()).unwrap_or_default();
                 v
             })
             .collect()

@@ -48,6 +48,57 @@ pub use syncra_protocol::status::NodeMetrics;
 pub use syncra_protocol::wire::DecodeError;
 pub use syncra_protocol::{NodeName, PROTOCOL_VERSION};
 
+pub use syncra_protocol::page::MAX_FIGURES;
+pub use syncra_protocol::status::FigureKind;
+
+/// A named figure of this node, shown in `syncra status` ([`Node::figure`]).
+#[derive(Clone)]
+pub struct Figure {
+    slot: Option<(Arc<NodePage>, usize)>,
+    name: Arc<str>,
+    kind: FigureKind,
+}
+
+impl std::fmt::Debug for Figure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Figure")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("reported", &self.slot.is_some())
+            .finish()
+    }
+}
+
+impl Figure {
+    /// Set the figure's value (a gauge: the value now).
+    pub fn set(&self, value: f64) {
+        if let Some((page, i)) = &self.slot
+            && let Some(slot) = page.figure_slot(*i)
+        {
+            slot.set(value);
+        }
+    }
+
+    /// Add to the figure's value (a counter).
+    pub fn add(&self, by: f64) {
+        if let Some((page, i)) = &self.slot
+            && let Some(slot) = page.figure_slot(*i)
+        {
+            slot.add(by);
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Gauge or counter.
+    pub fn kind(&self) -> FigureKind {
+        self.kind
+    }
+}
+
 /// What every world publishes, so a driver can read it with `syncra-node` alone.
 pub mod world {
     pub use syncra_protocol::world::{
@@ -233,7 +284,7 @@ pub struct Node {
     broker: Option<Arc<streams::BrokerClient>>,
     started: Instant,
     beat_interval: Duration,
-    page: Option<NodePage>,
+    page: Option<Arc<NodePage>>,
 }
 
 impl Node {
@@ -282,7 +333,7 @@ impl Node {
                         message: "not initialised by a runtime of this protocol version".into(),
                     });
                 }
-                Some(page)
+                Some(Arc::new(page))
             }
             None => None,
         };
@@ -350,6 +401,30 @@ impl Node {
     pub fn heartbeat(&self, metrics: Option<&NodeMetrics>) {
         if let Some(page) = &self.page {
             page.vitals().beat(metrics);
+        }
+    }
+
+    /// A named figure this node reports in `syncra status` (and `--json`): a gauge (`fps`,
+    /// `queue_depth`: [`Figure::set`]) or a counter (`frames`: [`Figure::add`]). Asking again
+    /// for the same name gives the same figure. The handle is `Clone + Send`: update it from
+    /// whichever thread does the work; an update is one atomic store in shared memory, read
+    /// when someone asks for status. At most [`MAX_FIGURES`] per node; a name beyond them, an
+    /// invalid name, or a node run without a runtime gives a figure that goes nowhere.
+    pub fn figure(&self, name: &str, kind: FigureKind) -> Figure {
+        let slot = self
+            .page
+            .as_ref()
+            .and_then(|page| Some((page.clone(), page.figure(name, kind)?)));
+        if slot.is_none() && self.page.is_some() {
+            tracing::warn!(
+                name,
+                "figure not reported: an invalid name, or all {MAX_FIGURES} figures are taken"
+            );
+        }
+        Figure {
+            slot,
+            name: Arc::from(name),
+            kind,
         }
     }
 

@@ -3,7 +3,8 @@
 //!
 //! - `echo [hold=1]`: answers `Ping(n)` calls from its main loop and `LinkPing(n)` calls on its
 //!   link thread, with `Pong { n, incarnation }`; with `hold`, takes every `Ping` and never
-//!   answers it, reporting how many it holds.
+//!   answers it, reporting how many it holds. Its figures: `answered` (a counter) and
+//!   `holding` (a gauge).
 //! - `caller to=NAME [timeout_ms=MS]`: first sends to a name nobody has (and reports what came
 //!   back), then calls `to` every 10 ms (each call waiting up to `timeout_ms`, default 3000, in
 //!   all), reporting each outcome. Before that, one `LinkPing(42)` call from a task on its
@@ -118,6 +119,9 @@ fn main() {
                     incarnation: inc,
                 })
             });
+            // Figures for `syncra status`: a counter and a gauge.
+            let answered = node.figure("answered", syncra_node::FigureKind::Counter);
+            let holding = node.figure("holding", syncra_node::FigureKind::Gauge);
             node.ready();
             // `hold`: take every call and never answer it (a callee about to die mid-call).
             let mut held = Vec::new();
@@ -125,14 +129,18 @@ fn main() {
                 if let Some(call) = node.recv_timeout(Duration::from_millis(20)) {
                     if opts.contains_key("hold") {
                         held.push(call);
+                        holding.set(held.len() as f64);
                         out.line(serde_json::json!({ "holding": held.len() }));
                         continue;
                     }
                     match call.decode::<Ping>() {
-                        Ok(Ping(n)) => call.reply(&Pong {
-                            n,
-                            incarnation: inc,
-                        }),
+                        Ok(Ping(n)) => {
+                            answered.add(1.0);
+                            call.reply(&Pong {
+                                n,
+                                incarnation: inc,
+                            })
+                        }
                         Err(e) => call.reply_error(e.to_string()),
                     }
                 }

@@ -572,6 +572,17 @@ async fn tap(
     }
 }
 
+/// A figure's value as people write it: `1234`, `59.83`, `0.0012`.
+fn figure_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else if v.abs() >= 0.01 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
 /// `text` cut to at most `max` bytes, on a character boundary, marked with ` …` when cut.
 fn shorten(text: &str, max: usize) -> String {
     if text.len() <= max {
@@ -659,6 +670,18 @@ fn print_status(r: &StatusReport) {
             entities.map(|e| e.to_string()).unwrap_or_else(dash),
             if note.is_empty() { "-".into() } else { note },
         );
+    }
+    let with_figures: Vec<&NodeView> = r.nodes.iter().filter(|n| !n.figures.is_empty()).collect();
+    if !with_figures.is_empty() {
+        println!("\nFIGURES");
+        for n in with_figures {
+            let figures: Vec<String> = n
+                .figures
+                .iter()
+                .map(|f| format!("{} {}", f.name, figure_value(f.value)))
+                .collect();
+            println!("{:<22} {}", n.name.to_string(), figures.join(", "));
+        }
     }
     let with_streams: Vec<&NodeView> = r
         .nodes
