@@ -624,3 +624,51 @@ fn a_node_reports_its_own_figures_in_status() {
         "{text}"
     );
 }
+
+#[test]
+fn a_driver_subscribing_to_a_world_is_ready_before_the_world_exists_and_then_gets_its_scenes() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(
+        &config(&[
+            (
+                "viewer",
+                args(dir.path(), "viewer", "viewer", &["stream=world/main/scene"]),
+            ),
+            // Subscribes with the wrong type before the world exists: refused once it does.
+            (
+                "wrong",
+                args(
+                    dir.path(),
+                    "wrong",
+                    "consumer",
+                    &["stream=world/main/scene", "type=wrong"],
+                ),
+            ),
+        ]),
+        &[],
+    );
+    let refused = wait_lines(dir.path(), "wrong", "the late refusal", |l| !l.is_empty());
+    let msg = refused[0]["subscribe_error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("syncra.world.scene/1") && msg.contains("syncra.test.not-a-tick/1"),
+        "{refused:?}"
+    );
+    let seen = wait_lines(dir.path(), "viewer", "scenes arrive", |l| {
+        l.iter().filter(|v| v.get("tick").is_some()).count() >= 3
+    });
+    assert_eq!(
+        seen[0]["attached_at_ready"], false,
+        "the stream did not exist when the driver subscribed: {seen:?}"
+    );
+    let scene = seen.iter().find(|v| v.get("tick").is_some()).unwrap();
+    assert_eq!(
+        (scene["world"].as_str(), scene["entities"].as_u64()),
+        (Some("main"), Some(16))
+    );
+    let viewer = h.node("viewer");
+    assert_eq!(
+        (viewer.incarnation, viewer.restarts),
+        (1, 0),
+        "never killed at its start timeout: {viewer:?}"
+    );
+}

@@ -83,8 +83,20 @@ pub enum NodeToBroker {
         /// The type the subscriber expects.
         type_tag: String,
         /// When nothing matches yet: wait this long for a producer to declare one (`None`:
-        /// refuse at once).
+        /// refuse at once, unless `lazy`).
         wait_ms: Option<u64>,
+        /// For a name that is not declared yet: answer at once with no stream, and push the
+        /// stream ([`BrokerToNode::Added`]) when its producer declares it — or a
+        /// [`BrokerToNode::Refused`] with this id if it carries another type. A subscriber
+        /// never blocks on a producer that may start after it.
+        #[serde(default)]
+        lazy: bool,
+    },
+    /// End the subscription `id` (a pattern subscription, or a lazy one not attached yet):
+    /// nothing more is pushed for it. No answer.
+    Unsubscribe {
+        /// The subscription's request id.
+        id: u64,
     },
 }
 
@@ -135,7 +147,8 @@ pub enum BrokerToNode {
         /// One per matching stream.
         streams: Vec<Attachment>,
     },
-    /// A stream declared later matches a subscription (three fds, as in [`Attachment`]).
+    /// A stream declared later matches a subscription — a pattern, or a lazy subscription to
+    /// one name (three fds, as in [`Attachment`]).
     Added {
         /// The subscription's request id.
         id: u64,
@@ -149,7 +162,8 @@ pub enum BrokerToNode {
         /// The consumer's cell.
         cell: u32,
     },
-    /// The request failed.
+    /// The request failed — or, for a lazy subscription, the stream it waits for was
+    /// declared with another type.
     Refused {
         /// The request's id.
         id: u64,

@@ -73,6 +73,9 @@ struct Listener {
     type_tag: String,
     /// Exact-name waits answer once with `Subscribed`; patterns push `Added` for ever.
     exact: bool,
+    /// An exact name subscribed lazily: answered already (with no stream), it is pushed as
+    /// `Added` (or `Refused`, for another type) when declared.
+    lazy: bool,
     deadline: Option<Instant>,
 }
 
@@ -249,7 +252,14 @@ impl Broker {
                 pattern,
                 type_tag,
                 wait_ms,
-            } => self.subscribe(node, incarnation, id, pattern, type_tag, wait_ms),
+                lazy,
+            } => self.subscribe(node, incarnation, id, pattern, type_tag, wait_ms, lazy),
+            NodeToBroker::Unsubscribe { id } => {
+                self.lock()
+                    .listeners
+                    .retain(|l| !(l.node == *node && l.incarnation == incarnation && l.id == id));
+                None
+            }
         }
     }
 
@@ -387,7 +397,7 @@ impl Broker {
                     stream.info.spec.type_tag, l.type_tag
                 );
                 tracing::warn!(subscriber = %l.node, "{msg}");
-                if l.exact {
+                if l.exact || l.lazy {
                     let l = st.listeners.remove(i);
                     pushes.push((l.node, refused(l.id, RefusalKind::TypeMismatch, msg)));
                 } else {
@@ -403,7 +413,7 @@ impl Broker {
             let attached =
                 conn.and_then(|c| attach_cell(stream, &l.node, c, self.limits.max_consumers).ok());
             if let Some((att, fds)) = attached {
-                let msg = if l.exact {
+                let msg = if l.exact && !l.lazy {
                     BrokerToNode::Subscribed {
                         id: l.id,
                         streams: vec![att],
@@ -432,6 +442,10 @@ impl Broker {
         declared(id, st.streams.get(&name).expect("inserted above"))
     }
 
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the fields of one Subscribe request"
+    )]
     fn subscribe(
         &self,
         node: &NodeName,
@@ -440,6 +454,7 @@ impl Broker {
         pattern: String,
         type_tag: String,
         wait_ms: Option<u64>,
+        lazy: bool,
     ) -> Option<Outgoing> {
         let mut st = self.lock();
         let st = &mut *st;
@@ -497,7 +512,8 @@ impl Broker {
                 }
             }
         }
-        if !exact || (attachments.is_empty() && wait_ms.is_some()) {
+        let lazy = lazy && exact && attachments.is_empty();
+        if !exact || (attachments.is_empty() && (wait_ms.is_some() || lazy)) {
             st.listeners.push(Listener {
                 node: node.clone(),
                 incarnation,
@@ -505,11 +521,13 @@ impl Broker {
                 pattern: pattern.clone(),
                 type_tag,
                 exact,
+                lazy,
                 deadline: wait_ms
+                    .filter(|_| !lazy)
                     .map(|ms| Instant::now() + syncra_protocol::node::bounded_wait(ms)),
             });
         }
-        if attachments.is_empty() {
+        if attachments.is_empty() && !lazy {
             if exact && wait_ms.is_some() {
                 // Answered when the stream is declared, or refused when the wait ends.
                 return None;

@@ -15,8 +15,9 @@
 //! // Producer: `world/arena/state` (a name without the node prefix gets it).
 //! let mut tx = node.declare::<State>("state", StreamOptions::latest_only(4096))?;
 //! tx.publish(&State(vec![1.0, 2.0]))?;
-//! // Consumer, blocking (render loops, audio callbacks) …
-//! let mut rx = node.subscribe::<State>("world/arena/state", Some(Duration::from_secs(5)))?;
+//! // Consumer, blocking (render loops, audio callbacks): returns at once, and attaches when
+//! // the producer declares the stream, if it has not yet …
+//! let mut rx = node.subscribe::<State>("world/arena/state")?;
 //! if let Some(sample) = rx.recv_timeout(Duration::from_millis(16))? {
 //!     println!("{} (gap {})", sample.seq, sample.gap);
 //! }
@@ -66,7 +67,31 @@ pub struct StreamOptions {
     pub block_timeout: Duration,
 }
 
+/// A slot size that holds messages like `sample` (its encoded size), with room for them to
+/// grow by `headroom` times, rounded up to 64 bytes; at least 64. Derive slot sizes from a
+/// sample of the largest expected message instead of counting bytes by hand:
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Pose { position: [f32; 3], rotation: [f32; 4] }
+/// syncra_node::message!(Pose = "example.pose/1");
+/// let size = syncra_node::streams::slot_for(&Pose { position: [0.0; 3], rotation: [0.0; 4] }, 2.0);
+/// assert!(size >= 64 && size % 64 == 0);
+/// ```
+pub fn slot_for<T: Message>(sample: &T, headroom: f64) -> u32 {
+    let encoded = syncra_protocol::wire::encode(sample).len() as f64;
+    let wanted = (encoded * headroom.max(1.0))
+        .ceil()
+        .min(f64::from(u32::MAX - 64)) as u32;
+    wanted.max(64).div_ceil(64).saturating_mul(64)
+}
+
 impl StreamOptions {
+    /// Latest-only, 4 slots, each holding messages like `sample` with room to double.
+    pub fn latest_only_like<T: Message>(sample: &T) -> Self {
+        Self::latest_only(slot_for(sample, 2.0))
+    }
+
     /// Latest-only, 4 slots of `slot_size` bytes (state, scenes, frames).
     pub fn latest_only(slot_size: u32) -> Self {
         StreamOptions {
@@ -148,8 +173,17 @@ fn link_err(e: impl std::fmt::Display) -> StreamError {
 
 type Reply = (BrokerToNode, Vec<OwnedFd>);
 
-/// Streams pushed to a pattern subscription.
-type Pushes = Arc<Mailbox<(Attachment, Vec<OwnedFd>)>>;
+/// What the Broker pushes to a subscription after answering it.
+#[derive(Debug)]
+enum Push {
+    /// A stream to attach (its three fds follow).
+    Added(Attachment, Vec<OwnedFd>),
+    /// The stream a lazy subscription waits for was declared with another type.
+    Refused(RefusalKind, String),
+}
+
+/// Streams pushed to a pattern or lazy subscription.
+type Pushes = Arc<Mailbox<Push>>;
 
 /// The node's side of the broker socket.
 /// A stream granted at attach: its info, the consumer cells whose doorbells follow, and the
@@ -212,11 +246,21 @@ impl BrokerClient {
             | BrokerToNode::Subscribed { id, .. }
             | BrokerToNode::Refused { id, .. } => {
                 let waiter = lock(&self.waiters).remove(&id);
-                match waiter {
-                    Some(w) => {
+                match (waiter, msg) {
+                    (Some(w), msg) => {
                         let _ = w.push((msg, fds));
                     }
-                    None => tracing::debug!(id, "a broker answer nobody waits for"),
+                    // A lazy subscription's stream came with another type.
+                    (None, BrokerToNode::Refused { id, kind, message }) => {
+                        let sub = lock(&self.patterns).remove(&id);
+                        match sub {
+                            Some(sub) => {
+                                let _ = sub.push(Push::Refused(kind, message));
+                            }
+                            None => tracing::debug!(id, "a refusal nobody waits for"),
+                        }
+                    }
+                    (None, _) => tracing::debug!(id, "a broker answer nobody waits for"),
                 }
             }
             BrokerToNode::Granted { stream, bells } => {
@@ -225,7 +269,7 @@ impl BrokerClient {
             BrokerToNode::Added { id, stream } => {
                 let sub = lock(&self.patterns).get(&id).cloned();
                 if let Some(sub) = sub {
-                    let _ = sub.push((stream, fds));
+                    let _ = sub.push(Push::Added(stream, fds));
                 }
             }
             BrokerToNode::ConsumerJoined { stream, cell } => {
@@ -326,7 +370,7 @@ impl BrokerClient {
         id: u64,
         pattern: &str,
         type_tag: String,
-        wait: Option<Duration>,
+        lazy: bool,
     ) -> Result<Vec<(Attachment, RingReader)>, StreamError> {
         let pattern_owned = pattern.to_owned();
         let (msg, fds) = self.request_as(
@@ -335,13 +379,22 @@ impl BrokerClient {
                 id,
                 pattern: pattern_owned,
                 type_tag,
-                wait_ms: wait.map(|d| d.as_millis() as u64),
+                wait_ms: None,
+                lazy,
             },
-            wait.unwrap_or_default(),
+            Duration::ZERO,
         )?;
         match msg {
             BrokerToNode::Subscribed { streams, .. } => attach_all(streams, fds),
             other => Err(refusal(other)),
+        }
+    }
+
+    /// End subscription `id`: the Broker pushes nothing more for it.
+    fn unsubscribe(&self, id: u64) {
+        lock(&self.patterns).remove(&id);
+        if let Err(e) = broker::send(&self.socket, &NodeToBroker::Unsubscribe { id }, &[]) {
+            tracing::debug!(id, error = %e, "could not end a subscription (the link is gone)");
         }
     }
 }
@@ -444,37 +497,56 @@ impl crate::Node {
         })
     }
 
-    /// Subscribe to the stream `name` of `T`. If it is not declared yet: wait up to `wait`
-    /// for its producer (`None`: fail at once). A tag other than the producer's is refused,
-    /// naming both.
-    pub fn subscribe<T: Message>(
-        &self,
-        name: &str,
-        wait: Option<Duration>,
-    ) -> Result<Consumer<T>, StreamError> {
-        let client = self.broker()?;
-        let id = client.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut got = client.subscribe(id, name, T::TAG.to_owned(), wait)?;
-        let (att, reader) = got
-            .pop()
-            .ok_or_else(|| link_err("the Broker answered with no stream"))?;
-        Ok(Consumer::new(att.stream.spec.name, reader))
+    /// Subscribe to the stream `name` of `T`. Returns at once: if the stream is not declared
+    /// yet, the consumer attaches when its producer declares it (a driver can be ready before
+    /// the worlds it reads from exist); until then it simply has no messages
+    /// ([`Consumer::is_attached`]). A stream of another type is refused naming both tags —
+    /// at once, or on the consumer's next read if the producer declares it later.
+    pub fn subscribe<T: Message>(&self, name: &str) -> Result<Consumer<T>, StreamError> {
+        self.subscribe_tagged(name, T::TAG.to_owned(), true)
     }
 
-    /// Subscribe to the bulk stream `name` with headers `H`.
-    pub fn subscribe_bulk<H: Message>(
+    /// Subscribe to the stream `name` of `T` only if it is declared now; otherwise refused
+    /// (`RefusalKind::NotDeclared`, naming the streams that are).
+    pub fn subscribe_existing<T: Message>(&self, name: &str) -> Result<Consumer<T>, StreamError> {
+        self.subscribe_tagged(name, T::TAG.to_owned(), false)
+    }
+
+    fn subscribe_tagged<T>(
         &self,
         name: &str,
-        wait: Option<Duration>,
-    ) -> Result<BulkConsumer<H>, StreamError> {
-        let client = self.broker()?;
+        tag: String,
+        lazy: bool,
+    ) -> Result<Consumer<T>, StreamError> {
+        let client = self.broker()?.clone();
         let id = client.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut got = client.subscribe(id, name, bulk_tag::<H>(), wait)?;
-        let (att, reader) = got
-            .pop()
-            .ok_or_else(|| link_err("the Broker answered with no stream"))?;
+        // Register for the push before asking, so a declaration right after is not missed.
+        let pushes: Pushes = Arc::new(Mailbox::new(2));
+        if lazy {
+            lock(&client.patterns).insert(id, pushes.clone());
+        }
+        let got = client.subscribe(id, name, tag, lazy);
+        let mut got = match got {
+            Ok(got) => got,
+            Err(e) => {
+                lock(&client.patterns).remove(&id);
+                return Err(e);
+            }
+        };
+        match got.pop() {
+            Some((att, reader)) => {
+                lock(&client.patterns).remove(&id);
+                Ok(Consumer::new(att.stream.spec.name, reader))
+            }
+            None if lazy => Ok(Consumer::pending(name.to_owned(), client, id, pushes)),
+            None => Err(link_err("the Broker answered with no stream")),
+        }
+    }
+
+    /// Subscribe to the bulk stream `name` with headers `H` (lazily, as [`Node::subscribe`]).
+    pub fn subscribe_bulk<H: Message>(&self, name: &str) -> Result<BulkConsumer<H>, StreamError> {
         Ok(BulkConsumer {
-            inner: Consumer::new(att.stream.spec.name, reader),
+            inner: self.subscribe_tagged(name, bulk_tag::<H>(), true)?,
         })
     }
 
@@ -488,15 +560,29 @@ impl crate::Node {
         // Register for pushes before asking, so no later stream is missed.
         let pushes = Arc::new(Mailbox::new(MAX_CONSUMERS * 64));
         lock(&client.patterns).insert(id, pushes.clone());
-        let existing = client.subscribe(id, pattern, T::TAG.to_owned(), None)?;
+        let existing = client.subscribe(id, pattern, T::TAG.to_owned(), false)?;
         Ok(Subscription {
             ready: existing
                 .into_iter()
                 .map(|(att, reader)| Consumer::new(att.stream.spec.name, reader))
                 .collect(),
             pushes,
+            _ends: Unsubscribe { client, id },
             _type: PhantomData,
         })
+    }
+}
+
+/// Ends a subscription when dropped.
+#[derive(Debug)]
+struct Unsubscribe {
+    client: Arc<BrokerClient>,
+    id: u64,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        self.client.unsubscribe(self.id);
     }
 }
 
@@ -621,13 +707,24 @@ pub struct Sample<T> {
     pub value: T,
 }
 
-/// The reading end of a stream of `T`.
+/// The reading end of a stream of `T`. Subscribed before its producer declared the stream,
+/// it is *pending*: it has no messages until the stream appears, then attaches on its own.
 #[derive(Debug)]
 pub struct Consumer<T> {
     name: String,
-    reader: RingReader,
+    reader: Option<RingReader>,
+    pending: Option<Pending>,
+    /// Why it can never attach (the stream came with another type).
+    refused: Option<(RefusalKind, String)>,
     bell: Option<AsyncFd<OwnedFd>>,
     _type: PhantomData<fn() -> T>,
+}
+
+/// A lazy subscription not attached yet: where its stream will be pushed, and its end.
+#[derive(Debug)]
+struct Pending {
+    pushes: Pushes,
+    _ends: Unsubscribe,
 }
 
 fn sample<T>(m: Received, value: T) -> Sample<T> {
@@ -644,7 +741,23 @@ impl<T> Consumer<T> {
     fn new(name: String, reader: RingReader) -> Self {
         Consumer {
             name,
-            reader,
+            reader: Some(reader),
+            pending: None,
+            refused: None,
+            bell: None,
+            _type: PhantomData,
+        }
+    }
+
+    fn pending(name: String, client: Arc<BrokerClient>, id: u64, pushes: Pushes) -> Self {
+        Consumer {
+            name,
+            reader: None,
+            pending: Some(Pending {
+                pushes,
+                _ends: Unsubscribe { client, id },
+            }),
+            refused: None,
             bell: None,
             _type: PhantomData,
         }
@@ -655,6 +768,55 @@ impl<T> Consumer<T> {
         &self.name
     }
 
+    /// Whether the stream exists and this consumer is attached to it (a consumer subscribed
+    /// before its producer declared the stream attaches when it does).
+    pub fn is_attached(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    /// Attach if the Broker pushed the stream, waiting up to `wait` for it; whether attached.
+    fn attach(&mut self, wait: Option<Duration>) -> Result<bool, StreamError> {
+        if self.reader.is_some() {
+            return Ok(true);
+        }
+        if let Some((kind, message)) = &self.refused {
+            return Err(StreamError::Refused {
+                kind: kind.clone(),
+                message: message.clone(),
+            });
+        }
+        let Some(p) = &self.pending else {
+            return Ok(false);
+        };
+        let push = match wait {
+            Some(t) if !t.is_zero() => p.pushes.recv_timeout(t),
+            _ => p.pushes.try_recv(),
+        };
+        match push {
+            None => Ok(false),
+            Some(push) => self.take(push).map(|()| true),
+        }
+    }
+
+    fn take(&mut self, push: Push) -> Result<(), StreamError> {
+        match push {
+            Push::Added(att, fds) => {
+                let (att, reader) = attach_all(vec![att], fds)?
+                    .pop()
+                    .ok_or_else(|| link_err("the Broker pushed no stream"))?;
+                self.name = att.stream.spec.name;
+                self.reader = Some(reader);
+                self.pending = None;
+                Ok(())
+            }
+            Push::Refused(kind, message) => {
+                self.pending = None;
+                self.refused = Some((kind.clone(), message.clone()));
+                Err(StreamError::Refused { kind, message })
+            }
+        }
+    }
+
     /// Read the next message in place with `read` (zero-copy), waiting up to `timeout`.
     /// A torn read (the producer overwrote the slot meanwhile) is discarded and the next
     /// message read instead; `read` may see garbage then, and must not panic on it.
@@ -662,13 +824,17 @@ impl<T> Consumer<T> {
         &mut self,
         timeout: Duration,
         mut read: impl FnMut(&[u8]) -> R,
-    ) -> Option<(Received, R)> {
+    ) -> Result<Option<(Received, R)>, StreamError> {
         let deadline = Instant::now() + timeout;
+        if !self.attach(Some(timeout))? {
+            return Ok(None);
+        }
+        let reader = self.reader.as_mut().expect("attached");
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.reader.read_timeout(Some(left), |b, _| read(b)) {
-                ReadOutcome::Message(m, r) => return Some((m, r)),
-                ReadOutcome::Empty => return None,
+            match reader.read_timeout(Some(left), |b, _| read(b)) {
+                ReadOutcome::Message(m, r) => return Ok(Some((m, r))),
+                ReadOutcome::Empty => return Ok(None),
                 ReadOutcome::Torn { .. } => continue,
             }
         }
@@ -676,7 +842,10 @@ impl<T> Consumer<T> {
 
     /// Torn reads discarded so far.
     pub fn torn(&self) -> u64 {
-        self.reader.cell().torn.load(Ordering::Relaxed)
+        self.reader
+            .as_ref()
+            .map(|r| r.cell().torn.load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 }
 
@@ -698,8 +867,12 @@ impl<T: DeserializeOwned> Consumer<T> {
 
     /// The next message if one is waiting.
     pub fn try_recv(&mut self) -> Result<Option<Sample<T>>, StreamError> {
+        if !self.attach(None)? {
+            return Ok(None);
+        }
+        let reader = self.reader.as_mut().expect("attached");
         loop {
-            match self.reader.try_read(|b, _| rmp_serde::from_slice::<T>(b)) {
+            match reader.try_read(|b, _| rmp_serde::from_slice::<T>(b)) {
                 ReadOutcome::Message(m, r) => return self.decode(m, r).map(Some),
                 ReadOutcome::Empty => return Ok(None),
                 ReadOutcome::Torn { .. } => continue,
@@ -709,31 +882,43 @@ impl<T: DeserializeOwned> Consumer<T> {
 
     /// The next message, waiting up to `timeout` (blocking; for render loops and threads).
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Sample<T>>, StreamError> {
-        match self.read_with(timeout, |b| rmp_serde::from_slice::<T>(b)) {
+        match self.read_with(timeout, |b| rmp_serde::from_slice::<T>(b))? {
             Some((m, r)) => self.decode(m, r).map(Some),
             None => Ok(None),
         }
     }
 
-    /// The next message (async).
+    /// The next message (async); a pending consumer first waits for its stream.
     pub async fn recv(&mut self) -> Result<Sample<T>, StreamError> {
+        while !self.attach(None)? {
+            let pushes = self.pending.as_ref().map(|p| p.pushes.clone());
+            match pushes {
+                Some(pushes) => {
+                    let push = pushes.recv().await;
+                    self.take(push)?;
+                }
+                None => return Err(link_err("a consumer with no stream and no subscription")),
+            }
+        }
         loop {
             if let Some(s) = self.try_recv()? {
                 return Ok(s);
             }
+            let reader = self.reader.as_ref().expect("attached");
             if self.bell.is_none() {
-                let fd = self.reader.bell().try_clone_to_owned().map_err(link_err)?;
+                let fd = reader.bell().try_clone_to_owned().map_err(link_err)?;
                 // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, open until it is dropped.
                 let afd =
                     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
                         .map_err(|e| link_err(e.to_string()))?;
                 self.bell = Some(afd);
             }
-            if self.reader.prepare_wait() {
+            let reader = self.reader.as_ref().expect("attached");
+            if reader.prepare_wait() {
                 let bell = self.bell.as_ref().expect("set above");
                 let mut guard = bell.readable().await.map_err(link_err)?;
                 guard.clear_ready();
-                self.reader.finish_wait();
+                self.reader.as_ref().expect("attached").finish_wait();
             }
         }
     }
@@ -766,7 +951,7 @@ impl<H: DeserializeOwned> BulkConsumer<H> {
             let head = b.get(4..4 + hlen.min(BULK_HEADER - 4))?;
             let h: H = rmp_serde::from_slice(head).ok()?;
             Some(read(&h, &b[BULK_HEADER..]))
-        });
+        })?;
         match got {
             None => Ok(None),
             Some((m, Some(r))) => Ok(Some((m, r))),
@@ -779,11 +964,14 @@ impl<H: DeserializeOwned> BulkConsumer<H> {
     }
 }
 
-/// A pattern subscription: the streams matching now, and those declared later.
+/// A pattern subscription: the streams matching now, and those declared later. Dropping it
+/// ends the subscription (the consumers it gave keep their streams).
 #[derive(Debug)]
 pub struct Subscription<T> {
     ready: Vec<Consumer<T>>,
     pushes: Pushes,
+    /// Ends the subscription when dropped.
+    _ends: Unsubscribe,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -794,11 +982,15 @@ impl<T> Subscription<T> {
         if let Some(c) = self.ready.pop() {
             return Ok(Some(c));
         }
-        let Some((att, fds)) = self.pushes.recv_timeout(timeout) else {
-            return Ok(None);
-        };
-        let mut got = attach_all(vec![att], fds)?;
-        let (att, reader) = got.pop().expect("one attachment");
-        Ok(Some(Consumer::new(att.stream.spec.name, reader)))
+        match self.pushes.recv_timeout(timeout) {
+            None => Ok(None),
+            Some(Push::Added(att, fds)) => {
+                let (att, reader) = attach_all(vec![att], fds)?
+                    .pop()
+                    .ok_or_else(|| link_err("the Broker pushed no stream"))?;
+                Ok(Some(Consumer::new(att.stream.spec.name, reader)))
+            }
+            Some(Push::Refused(kind, message)) => Err(StreamError::Refused { kind, message }),
+        }
     }
 }

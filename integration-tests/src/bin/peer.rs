@@ -15,8 +15,11 @@
 //!   slot more.
 //! - `bulk-producer stream=NAME abort_at=K`: publishes frames whose bytes all equal the
 //!   header's `n`; the incarnation-1 process aborts in the middle of writing message `abort_at`.
-//! - `consumer stream=NAME [type=wrong] [wait=0] [delay_ms=D] [bulk=1]`: subscribes and
-//!   reports every message (seq, gap, producer incarnation, payload).
+//! - `viewer stream=NAME`: subscribes to a world's scene stream before it is ready (reporting
+//!   `attached_at_ready`), then reports each scene's world, tick and entity count.
+//! - `consumer stream=NAME [type=wrong] [wait=0] [delay_ms=D] [bulk=1]`: subscribes (lazily:
+//!   the stream may come later; `wait=0`: only one that exists now) and reports every message
+//!   (seq, gap, producer incarnation, payload).
 //! - `bench-caller to=NAME direct=PATH rounds=N`: times `rounds` routed calls to `to` from
 //!   the main loop, as many from a task on the link thread (answered on the callee's link
 //!   thread) and as many direct ractor_cluster calls to the echo served at `direct` (an
@@ -333,13 +336,34 @@ fn main() {
                 node.sleep_until(Instant::now() + Duration::from_millis(5));
             }
         }
+        "viewer" => {
+            // Subscribes before it is ready, to a world's scene: the worlds start only once
+            // every driver is ready, so the stream cannot exist yet.
+            let mut rx = match node.subscribe::<syncra_node::world::SceneSnapshot>(&opt("stream")) {
+                Ok(rx) => rx,
+                Err(e) => return idle(&node, &mut out, e.to_string()),
+            };
+            out.line(serde_json::json!({ "attached_at_ready": rx.is_attached() }));
+            node.ready();
+            while !node.shutdown_requested() {
+                match rx.recv_timeout(Duration::from_millis(20)) {
+                    Ok(Some(s)) => out.line(serde_json::json!({
+                        "world": s.value.world, "tick": s.value.tick,
+                        "entities": s.value.entities.len() })),
+                    Ok(None) => {}
+                    Err(e) => out.line(serde_json::json!({ "error": e.to_string() })),
+                }
+                beat(&node);
+            }
+        }
         "consumer" => {
             let stream = opt("stream");
-            let wait = (num("wait", 1) != 0).then_some(Duration::from_secs(10));
+            // `wait=0`: only a stream that exists now; otherwise attach whenever it appears.
+            let lazy = num("wait", 1) != 0;
             let delay = Duration::from_millis(num("delay_ms", 0));
             node.ready();
             if opt("bulk") == "1" {
-                let mut rx = match node.subscribe_bulk::<Frame>(&stream, wait) {
+                let mut rx = match node.subscribe_bulk::<Frame>(&stream) {
                     Ok(rx) => rx,
                     Err(e) => return idle(&node, &mut out, e.to_string()),
                 };
@@ -357,10 +381,25 @@ fn main() {
                 }
                 return;
             }
-            let sub = if opt("type") == "wrong" {
-                node.subscribe::<NotATick>(&stream, wait).map(|_| ())
+            let sub: Result<(), syncra_node::StreamError> = if opt("type") == "wrong" {
+                // Refused at once, or on the first read if the stream comes later.
+                match node.subscribe::<NotATick>(&stream) {
+                    Ok(mut rx) => loop {
+                        match rx.recv_timeout(Duration::from_millis(20)) {
+                            Err(e) => break Err(e),
+                            Ok(_) if node.shutdown_requested() => return,
+                            Ok(_) => beat(&node),
+                        }
+                    },
+                    Err(e) => Err(e),
+                }
             } else {
-                match node.subscribe::<Tick>(&stream, wait) {
+                let subscribed = if lazy {
+                    node.subscribe::<Tick>(&stream)
+                } else {
+                    node.subscribe_existing::<Tick>(&stream)
+                };
+                match subscribed {
                     Ok(mut rx) => {
                         out.line(serde_json::json!({ "subscribed": rx.name() }));
                         while !node.shutdown_requested() {
