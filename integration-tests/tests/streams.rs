@@ -672,3 +672,65 @@ fn a_driver_subscribing_to_a_world_is_ready_before_the_world_exists_and_then_get
         "never killed at its start timeout: {viewer:?}"
     );
 }
+
+#[test]
+fn one_event_loop_takes_samples_calls_and_a_shutdown_at_once() {
+    event_loop(&[]);
+}
+
+#[test]
+fn the_async_event_loop_does_the_same() {
+    event_loop(&["async=1"]);
+}
+
+fn event_loop(mode: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut looper = vec!["stream=prod/ticks"];
+    looper.extend_from_slice(mode);
+    // Heartbeats every 30 s: the loop wakes for its events, not for a poll or a beat.
+    let c = config(&[
+        (
+            "prod",
+            args(
+                dir.path(),
+                "prod",
+                "producer",
+                &["stream=ticks", "rate=100"],
+            ),
+        ),
+        ("looper", args(dir.path(), "looper", "looper", &looper)),
+        (
+            "caller",
+            args(dir.path(), "caller", "caller", &["to=looper"]),
+        ),
+    ])
+    .replace("watch_interval_ms = 500", "watch_interval_ms = 60000")
+    .replace(
+        "[drivers.looper]\n",
+        "[drivers.looper]\nstop_timeout_ms = 20000\n",
+    );
+    let h = Harness::start(&c, &[]);
+    wait_lines(dir.path(), "looper", "ticks arrive", |l| {
+        l.iter().filter(|v| v.get("n").is_some()).count() >= 10
+    });
+    wait_lines(dir.path(), "caller", "calls answered by the loop", |l| {
+        l.iter().filter(|v| v.get("incarnation").is_some()).count() >= 5
+    });
+    // Nothing else wakes the loop now: only the stop request can.
+    for node in ["caller", "prod", "looper"] {
+        match h.try_request(ControlRequest::Stop { node: node.into() }) {
+            Some(ControlReply::Done { .. }) => {}
+            other => panic!("stop {node}: {other:?}"),
+        }
+    }
+    let stopped = h.wait_state("looper", syncra_protocol::NodeState::Stopped);
+    let exit = stopped.last_exit.expect("an exit");
+    // Woken by the request itself: it left on its own, long before the 20 s stop timeout.
+    assert_eq!(
+        (exit.code, exit.signal.as_deref()),
+        (Some(0), None),
+        "{exit:?}"
+    );
+    let seen = lines(dir.path(), "looper");
+    assert_eq!(seen.last().unwrap()["shutdown"], true, "{:?}", seen.last());
+}

@@ -852,6 +852,63 @@ impl RingReader {
     }
 }
 
+/// What an event loop needs to wait for a reader's next message beside other things: the
+/// ring, the reader's cell and a duplicate of its doorbell, which the loop polls together with
+/// its other fds. [`ReaderWaker::prepare_wait`] before polling, [`ReaderWaker::finish_wait`]
+/// after, exactly as the reader's own blocking read does.
+#[derive(Debug)]
+pub struct ReaderWaker {
+    map: Arc<RingMap>,
+    cell: usize,
+    bell: OwnedFd,
+}
+
+impl ReaderWaker {
+    fn cell(&self) -> &ConsumerCell {
+        self.map.consumer(self.cell)
+    }
+
+    /// Whether a message is waiting for the reader.
+    pub fn has_message(&self) -> bool {
+        self.map.header().published.load(Ordering::SeqCst)
+            >= self.cell().next.load(Ordering::Relaxed)
+    }
+
+    /// Ask the producer to ring the doorbell for the next message; `false` if one is
+    /// already waiting (then do not wait).
+    pub fn prepare_wait(&self) -> bool {
+        let cell = self.cell();
+        cell.waiting.store(1, Ordering::SeqCst);
+        if self.has_message() {
+            cell.waiting.store(0, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// After waking: empty the doorbell and clear the waiting flag.
+    pub fn finish_wait(&self) {
+        drain(self.bell.as_fd());
+        self.cell().waiting.store(0, Ordering::Relaxed);
+    }
+
+    /// The doorbell to poll.
+    pub fn bell(&self) -> BorrowedFd<'_> {
+        self.bell.as_fd()
+    }
+}
+
+impl RingReader {
+    /// A [`ReaderWaker`] for this reader, for an event loop that waits on it beside others.
+    pub fn waker(&self) -> std::io::Result<ReaderWaker> {
+        Ok(ReaderWaker {
+            map: self.map.clone(),
+            cell: self.cell,
+            bell: self.bell.try_clone()?,
+        })
+    }
+}
+
 impl Drop for RingReader {
     fn drop(&mut self) {
         let c = self.cell();

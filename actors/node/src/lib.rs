@@ -29,6 +29,7 @@
 
 mod agent;
 mod cluster;
+pub mod events;
 mod mailbox;
 pub mod messaging;
 mod panic;
@@ -247,6 +248,9 @@ pub(crate) struct Shared {
     pub(crate) handlers: std::sync::RwLock<std::collections::HashMap<String, messaging::Handler>>,
     /// The link thread's tokio runtime ([`Node::spawn`]).
     pub(crate) runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// An eventfd rung whenever something an event loop waits for arrives (a message, a
+    /// returned message, a stream pushed by the Broker, shutdown): [`events::Events`].
+    pub(crate) loop_bell: Arc<OwnedFd>,
 }
 
 impl Shared {
@@ -270,9 +274,15 @@ impl Shared {
         self.shutdown_grace_ms.store(grace_ms, Ordering::Relaxed);
         if !self.shutdown.swap(true, Ordering::AcqRel) {
             self.shutdown_notify.notify_waiters();
+            self.wake_loop();
             let _guard = self.wake.0.lock();
             self.wake.1.notify_all();
         }
+    }
+
+    /// Wake an event loop waiting in [`events::Events`].
+    pub(crate) fn wake_loop(&self) {
+        syncra_protocol::ring::ring(std::os::fd::AsFd::as_fd(&*self.loop_bell));
     }
 }
 
@@ -312,9 +322,16 @@ impl Node {
             returned: mailbox::Mailbox::new(messaging::INBOX_CAPACITY),
             handlers: std::sync::RwLock::new(std::collections::HashMap::new()),
             runtime: std::sync::OnceLock::new(),
+            loop_bell: Arc::new(events::loop_bell().map_err(|e| {
+                JoinError::Thread(format!("creating the event loop's eventfd: {e}"))
+            })?),
         });
         let broker = match boot.broker_fd {
-            Some(fd) => Some(take_broker_socket(fd, boot.incarnation)?),
+            Some(fd) => Some(take_broker_socket(
+                fd,
+                boot.incarnation,
+                shared.loop_bell.clone(),
+            )?),
             None => None,
         };
         let page = match boot.page_fd {
@@ -558,12 +575,16 @@ fn take_inherited_socket() -> Result<std::os::unix::net::UnixStream, JoinError> 
 }
 
 /// Take the broker socket and start its client.
-fn take_broker_socket(fd: i32, incarnation: u64) -> Result<Arc<streams::BrokerClient>, JoinError> {
+fn take_broker_socket(
+    fd: i32,
+    incarnation: u64,
+    loop_bell: Arc<OwnedFd>,
+) -> Result<Arc<streams::BrokerClient>, JoinError> {
     let socket = take_socket(fd).ok_or_else(|| JoinError::Broker {
         fd,
         message: "not an inherited socket".into(),
     })?;
-    streams::BrokerClient::start(socket, incarnation).map_err(|e| JoinError::Broker {
+    streams::BrokerClient::start(socket, incarnation, loop_bell).map_err(|e| JoinError::Broker {
         fd,
         message: format!("starting the broker client: {e}"),
     })

@@ -43,6 +43,11 @@ impl<T> Mailbox<T> {
         Ok(())
     }
 
+    /// Whether an item is waiting.
+    pub(crate) fn has_items(&self) -> bool {
+        !self.lock().is_empty()
+    }
+
     pub(crate) fn try_recv(&self) -> Option<T> {
         self.lock().pop_front()
     }

@@ -314,7 +314,11 @@ pub(crate) fn deliver(
         shared: shared.clone(),
         answered: false,
     };
-    if let Err(mut back) = shared.inbox.push(incoming) {
+    let pushed = shared.inbox.push(incoming);
+    if pushed.is_ok() {
+        shared.wake_loop();
+    }
+    if let Err(mut back) = pushed {
         back.answered = true;
         tracing::warn!(from = %back.from, "inbox full: message returned to its sender");
         shared.send(NodeToRuntime::Refused {
@@ -347,7 +351,9 @@ pub(crate) fn answered(shared: &Shared, id: u64, answer: Answer) {
         }
         (None, Answer::Returned(ret)) => {
             tracing::warn!(to = %ret.to, reason = %ret.reason, "a message was returned undelivered");
-            if shared.returned.push(ret).is_err() {
+            if shared.returned.push(ret).is_ok() {
+                shared.wake_loop();
+            } else {
                 tracing::warn!(
                     "too many returned messages not collected with Node::returned; dropped this one"
                 );

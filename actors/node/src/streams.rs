@@ -48,6 +48,8 @@ use tokio::io::unix::AsyncFd;
 use crate::mailbox::Mailbox;
 use syncra_protocol::message::{Message, bulk_tag};
 
+use crate::events::WatchState;
+
 /// How long a request to the Broker may take, beyond any wait the caller asked for.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -175,7 +177,7 @@ type Reply = (BrokerToNode, Vec<OwnedFd>);
 
 /// What the Broker pushes to a subscription after answering it.
 #[derive(Debug)]
-enum Push {
+pub(crate) enum Push {
     /// A stream to attach (its three fds follow).
     Added(Attachment, Vec<OwnedFd>),
     /// The stream a lazy subscription waits for was declared with another type.
@@ -183,7 +185,7 @@ enum Push {
 }
 
 /// Streams pushed to a pattern or lazy subscription.
-type Pushes = Arc<Mailbox<Push>>;
+pub(crate) type Pushes = Arc<Mailbox<Push>>;
 
 /// The node's side of the broker socket.
 /// A stream granted at attach: its info, the consumer cells whose doorbells follow, and the
@@ -204,11 +206,17 @@ pub(crate) struct BrokerClient {
     /// (`Granted`): declaring the same spec takes one without a request.
     grants: Mutex<HashMap<String, Grant>>,
     pub(crate) incarnation: u64,
+    /// Rung when a stream is pushed to a subscription, for the node's event loop.
+    loop_bell: Arc<OwnedFd>,
 }
 
 impl BrokerClient {
     /// Start the reader thread on `socket` (the inherited broker socket).
-    pub(crate) fn start(socket: OwnedFd, incarnation: u64) -> std::io::Result<Arc<BrokerClient>> {
+    pub(crate) fn start(
+        socket: OwnedFd,
+        incarnation: u64,
+        loop_bell: Arc<OwnedFd>,
+    ) -> std::io::Result<Arc<BrokerClient>> {
         let reader = socket.try_clone()?;
         let client = Arc::new(BrokerClient {
             socket,
@@ -219,6 +227,7 @@ impl BrokerClient {
             early_bells: Mutex::new(HashMap::new()),
             grants: Mutex::new(HashMap::new()),
             incarnation,
+            loop_bell,
         });
         let me = Arc::downgrade(&client);
         std::thread::Builder::new()
@@ -256,6 +265,7 @@ impl BrokerClient {
                         match sub {
                             Some(sub) => {
                                 let _ = sub.push(Push::Refused(kind, message));
+                                ring::ring(self.loop_bell.as_fd());
                             }
                             None => tracing::debug!(id, "a refusal nobody waits for"),
                         }
@@ -270,6 +280,7 @@ impl BrokerClient {
                 let sub = lock(&self.patterns).get(&id).cloned();
                 if let Some(sub) = sub {
                     let _ = sub.push(Push::Added(stream, fds));
+                    ring::ring(self.loop_bell.as_fd());
                 }
             }
             BrokerToNode::ConsumerJoined { stream, cell } => {
@@ -714,10 +725,24 @@ pub struct Consumer<T> {
     name: String,
     reader: Option<RingReader>,
     pending: Option<Pending>,
+    /// Shared with the event loops watching this consumer.
+    watch: Arc<Mutex<WatchState>>,
     /// Why it can never attach (the stream came with another type).
     refused: Option<(RefusalKind, String)>,
     bell: Option<AsyncFd<OwnedFd>>,
     _type: PhantomData<fn() -> T>,
+}
+
+impl<T> crate::events::Watch for Consumer<T> {
+    fn watch_handle(&self) -> crate::events::WatchHandle {
+        crate::events::WatchHandle(self.watch.clone())
+    }
+}
+
+impl<H> crate::events::Watch for BulkConsumer<H> {
+    fn watch_handle(&self) -> crate::events::WatchHandle {
+        crate::events::WatchHandle(self.inner.watch.clone())
+    }
 }
 
 /// A lazy subscription not attached yet: where its stream will be pushed, and its end.
@@ -739,10 +764,15 @@ fn sample<T>(m: Received, value: T) -> Sample<T> {
 
 impl<T> Consumer<T> {
     fn new(name: String, reader: RingReader) -> Self {
+        let watch = Arc::new(Mutex::new(WatchState {
+            waker: reader.waker().ok(),
+            pushes: None,
+        }));
         Consumer {
             name,
             reader: Some(reader),
             pending: None,
+            watch,
             refused: None,
             bell: None,
             _type: PhantomData,
@@ -750,9 +780,14 @@ impl<T> Consumer<T> {
     }
 
     fn pending(name: String, client: Arc<BrokerClient>, id: u64, pushes: Pushes) -> Self {
+        let watch = Arc::new(Mutex::new(WatchState {
+            waker: None,
+            pushes: Some(pushes.clone()),
+        }));
         Consumer {
             name,
             reader: None,
+            watch,
             pending: Some(Pending {
                 pushes,
                 _ends: Unsubscribe { client, id },
@@ -805,12 +840,17 @@ impl<T> Consumer<T> {
                     .pop()
                     .ok_or_else(|| link_err("the Broker pushed no stream"))?;
                 self.name = att.stream.spec.name;
+                *lock(&self.watch) = WatchState {
+                    waker: reader.waker().ok(),
+                    pushes: None,
+                };
                 self.reader = Some(reader);
                 self.pending = None;
                 Ok(())
             }
             Push::Refused(kind, message) => {
                 self.pending = None;
+                *lock(&self.watch) = WatchState::default();
                 self.refused = Some((kind.clone(), message.clone()));
                 Err(StreamError::Refused { kind, message })
             }

@@ -4,7 +4,8 @@
 //! build: it uses the `syncra` and `syncra-world` binaries next to itself.
 //!
 //! ```text
-//! syncra-bench [--kills N] [--hangs N] [--starts N] [--worlds-large N]
+//! syncra-bench [--kills N] [--hangs N] [--starts N] [--worlds-large N] [--samples N] [--stops N]
+//! syncra-bench --kit-only      only the driver kit's rows
 //! ```
 
 #![allow(
@@ -22,6 +23,8 @@ use syncra_protocol::NodeState;
 use syncra_protocol::status::EventKind;
 use syncra_runtime::{ControlClient, EventStream};
 
+#[path = "bench/kit.rs"]
+mod kit;
 #[path = "bench/routing.rs"]
 mod routing;
 #[path = "bench/streams.rs"]
@@ -424,6 +427,11 @@ fn main() {
     let only_streams = argv.iter().any(|a| a == "--streams-only");
     let only_calls = argv.iter().any(|a| a == "--calls-only");
     let only_restarts = argv.iter().any(|a| a == "--restarts-only");
+    if argv.iter().any(|a| a == "--kit-only") {
+        let mut rows = Vec::new();
+        kit::all(arg("--samples", 2000), arg("--stops", 20), &mut rows);
+        return print(rows);
+    }
     let kills = arg("--kills", 60);
     let hangs = arg("--hangs", 10);
     let starts = arg("--starts", 10);
@@ -455,6 +463,9 @@ fn main() {
         streams::all(&mut rows, arg("--rounds", 20_000), arg("--frames", 200));
     }
     routing::routed_call(arg("--calls", 5_000), &mut rows);
+    if !only_calls {
+        kit::all(arg("--samples", 2000), arg("--stops", 20), &mut rows);
+    }
     print(rows);
 }
 

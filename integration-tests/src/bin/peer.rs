@@ -15,6 +15,11 @@
 //!   slot more.
 //! - `bulk-producer stream=NAME abort_at=K`: publishes frames whose bytes all equal the
 //!   header's `n`; the incarnation-1 process aborts in the middle of writing message `abort_at`.
+//! - `looper stream=NAME [async=1]`: one event loop ([`syncra_node::events`]; `async=1`: its
+//!   async form): reports each `Tick` of `stream`, answers `Ping` calls, and on shutdown
+//!   reports `shutdown` and exits 0.
+//! - `wake-bench stream=NAME mode=events|raw [samples=N]`: the publish → wake latency of N
+//!   samples, woken by the event loop or by a blocking read (`latency_us`).
 //! - `viewer stream=NAME`: subscribes to a world's scene stream before it is ready (reporting
 //!   `attached_at_ready`), then reports each scene's world, tick and entity count.
 //! - `consumer stream=NAME [type=wrong] [wait=0] [delay_ms=D] [bulk=1]`: subscribes (lazily:
@@ -334,6 +339,90 @@ fn main() {
                 });
                 beat(&node);
                 node.sleep_until(Instant::now() + Duration::from_millis(5));
+            }
+        }
+        "looper" => {
+            // One event loop: ticks from `stream`, `Ping` calls, shutdown — no poll timeouts.
+            // `async=1`: the same loop in async code (`Events::next_async`).
+            use syncra_node::events::NodeEvent;
+            let mut ticks = match node.subscribe::<Tick>(&opt("stream")) {
+                Ok(rx) => rx,
+                Err(e) => return idle(&node, &mut out, e.to_string()),
+            };
+            let mut events = node.events();
+            let key = events.watch(&ticks);
+            node.ready();
+            let is_async = opt("async") == "1";
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            let mut n = 0u64;
+            loop {
+                let event = if is_async {
+                    rt.block_on(events.next_async(None))
+                } else {
+                    events.next(None)
+                };
+                match event {
+                    NodeEvent::Stream(k) if k == key => {
+                        while let Ok(Some(s)) = ticks.try_recv() {
+                            out.line(serde_json::json!({ "n": s.value.n }));
+                        }
+                    }
+                    NodeEvent::Message(call) => {
+                        let _ = call.answer_with(|Ping(n): Ping| {
+                            Ok(Pong {
+                                n,
+                                incarnation: inc,
+                            })
+                        });
+                    }
+                    NodeEvent::Shutdown => {
+                        out.line(serde_json::json!({ "shutdown": true }));
+                        break;
+                    }
+                    _ => {}
+                }
+                n += 1;
+                node.heartbeat(Some(&NodeMetrics {
+                    tick: n,
+                    ..NodeMetrics::default()
+                }));
+            }
+        }
+        "wake-bench" => {
+            // Publish → wake latency of `samples` samples of `stream`, read through the event
+            // loop (`mode=events`) or by a blocking read on the consumer (`mode=raw`).
+            use syncra_node::events::NodeEvent;
+            let mut rx = match node.subscribe::<Tick>(&opt("stream")) {
+                Ok(rx) => rx,
+                Err(e) => return idle(&node, &mut out, e.to_string()),
+            };
+            let mut events = node.events();
+            let key = events.watch(&rx);
+            node.ready();
+            let (events_mode, want) = (opt("mode") == "events", num("samples", 2000) as usize);
+            let mut latency_us = Vec::with_capacity(want);
+            while latency_us.len() < want && !node.shutdown_requested() {
+                if events_mode {
+                    match events.next(None) {
+                        NodeEvent::Stream(k) if k == key => {
+                            while let Ok(Some(s)) = rx.try_recv() {
+                                latency_us.push(s.latency.as_secs_f64() * 1e6);
+                            }
+                        }
+                        NodeEvent::Shutdown => break,
+                        _ => {}
+                    }
+                } else if let Ok(Some(s)) = rx.recv_timeout(Duration::from_secs(1)) {
+                    latency_us.push(s.latency.as_secs_f64() * 1e6);
+                }
+                node.heartbeat(None);
+            }
+            out.line(serde_json::json!({ "latency_us": latency_us }));
+            while !node.sleep_until(Instant::now() + Duration::from_millis(100)) {
+                node.heartbeat(None);
             }
         }
         "viewer" => {
