@@ -5,6 +5,9 @@
 //! offset 0     Vitals: heartbeat counter and main-loop metrics (atomics, written by the child)
 //! offset 1024  Figures: up to MAX_FIGURES named gauges and counters (atomics, written by the
 //!              child, read by the runtime for `syncra status`)
+//! offset 3072  exit note: u32 BE length + UTF-8, why the node is leaving (written by the
+//!              child just before it exits — a refused setting, a failed start — read by the
+//!              runtime after the child exits, for status and the crash record)
 //! offset 4096  panic report: u32 BE length + MessagePack PanicReport (written by the child's
 //!              panic hook, read by the runtime after the child exits)
 //! ```
@@ -116,7 +119,13 @@ pub struct FigureSlot {
     name: [AtomicU64; MAX_FIGURE_NAME / 8],
 }
 
-const _: () = assert!(FIGURES_OFFSET + MAX_FIGURES * size_of::<FigureSlot>() <= PANIC_OFFSET);
+/// Where the exit note starts.
+pub const EXIT_NOTE_OFFSET: usize = 3072;
+/// Largest exit note, bytes (with its length).
+pub const EXIT_NOTE_MAX: usize = 1024;
+
+const _: () = assert!(FIGURES_OFFSET + MAX_FIGURES * size_of::<FigureSlot>() <= EXIT_NOTE_OFFSET);
+const _: () = assert!(EXIT_NOTE_OFFSET + EXIT_NOTE_MAX <= PANIC_OFFSET);
 const _: () = assert!(size_of::<Vitals>() <= FIGURES_OFFSET);
 
 impl FigureSlot {
@@ -334,6 +343,56 @@ impl NodePage {
         Some(body)
     }
 
+    /// Leave `note`, why this node is about to exit, for the runtime (for the child, just
+    /// before it exits; cut at a character boundary to fit).
+    pub fn write_exit_note(&self, note: &str) {
+        let mut end = note.len().min(EXIT_NOTE_MAX - 4);
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut framed = Vec::with_capacity(end + 4);
+        framed.extend_from_slice(&(end as u32).to_be_bytes());
+        framed.extend_from_slice(&note.as_bytes()[..end]);
+        // SAFETY: EXIT_NOTE_OFFSET + EXIT_NOTE_MAX <= PAGE_SIZE (checked at compile time), and
+        // `framed` is at most EXIT_NOTE_MAX bytes; the runtime reads the area only once this
+        // process is gone.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                framed.as_ptr(),
+                self.ptr.as_ptr().add(EXIT_NOTE_OFFSET),
+                framed.len(),
+            )
+        };
+    }
+
+    /// The exit note the child left, if any (for the runtime, once the child is gone). Bytes
+    /// that are not UTF-8 are shown replaced; a length that does not fit gives `None`.
+    pub fn exit_note(&self) -> Option<String> {
+        let mut len = [0u8; 4];
+        // SAFETY: within the mapping (as above); the writer is gone.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(EXIT_NOTE_OFFSET),
+                len.as_mut_ptr(),
+                4,
+            )
+        };
+        let len = u32::from_be_bytes(len) as usize;
+        if len == 0 || len > EXIT_NOTE_MAX - 4 {
+            return None;
+        }
+        let mut body = vec![0u8; len];
+        // SAFETY: as above; `len` was checked against the area's size.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(EXIT_NOTE_OFFSET + 4),
+                body.as_mut_ptr(),
+                len,
+            )
+        };
+        Some(String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// Whether the runtime initialised this page for this protocol version.
     pub fn is_initialised(&self) -> bool {
         self.vitals().magic.load(Ordering::Relaxed) == VITALS_MAGIC
@@ -381,6 +440,24 @@ mod tests {
                 ("frames", FigureKind::Counter, 5.0)
             ]
         );
+    }
+
+    #[test]
+    fn an_exit_note_crosses_to_the_runtime_and_a_bad_length_reads_as_none() {
+        let (runtime_side, fd) = NodePage::create("test-page").unwrap();
+        let child_side = NodePage::map(fd.as_fd()).unwrap();
+        assert_eq!(runtime_side.exit_note(), None);
+        child_side.write_exit_note("settings: `rate`: expected u32");
+        assert_eq!(
+            runtime_side.exit_note().as_deref(),
+            Some("settings: `rate`: expected u32")
+        );
+        let long = "é".repeat(EXIT_NOTE_MAX);
+        child_side.write_exit_note(&long);
+        let cut = runtime_side.exit_note().unwrap();
+        assert!(cut.len() <= EXIT_NOTE_MAX - 4 && cut.chars().all(|c| c == 'é'));
+        rustix::io::pwrite(&fd, &u32::MAX.to_be_bytes(), EXIT_NOTE_OFFSET as u64).unwrap();
+        assert_eq!(runtime_side.exit_note(), None);
     }
 
     #[test]

@@ -193,7 +193,11 @@ fn check_config_prints_the_effective_config_and_start_order() {
 #[test]
 fn shipped_presets_are_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    for preset in ["config/server.toml", "config/desktop.toml"] {
+    for preset in [
+        "config/server.toml",
+        "config/desktop.toml",
+        "config/hologram.toml",
+    ] {
         let out = syncra(
             &[
                 "check-config",

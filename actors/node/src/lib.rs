@@ -29,6 +29,7 @@
 
 mod agent;
 mod cluster;
+pub mod driver;
 pub mod events;
 mod mailbox;
 pub mod messaging;
@@ -212,14 +213,58 @@ pub struct SettingsError {
     node: NodeName,
     #[source]
     source: wire::DecodeError,
+    page: Option<Arc<NodePage>>,
 }
 
 impl SettingsError {
-    /// Print this error to stderr and exit with the code that tells the runtime the settings
-    /// were refused (a permanent start failure).
+    /// What is wrong, naming the key when the decoder knows it.
+    pub fn reason(&self) -> String {
+        format!("its settings do not fit: {}", self.source)
+    }
+
+    /// Print this error to stderr, leave it for the runtime (status and the crash record
+    /// show it), and exit with the code that says the settings were refused (a permanent
+    /// start failure).
     pub fn exit(&self) -> ! {
         eprintln!("syncra-node: {self}");
+        if let Some(page) = &self.page {
+            page.write_exit_note(&self.reason());
+        }
         std::process::exit(exit_code::BAD_SETTINGS)
+    }
+}
+
+/// A heartbeat that can be moved into the loop that does a driver's work when that loop
+/// belongs to a library (winit's event loop, an audio callback): `Clone + Send`, one atomic
+/// increment per beat. Beat from inside that loop, never from a timer thread of its own — a
+/// timer would keep beating while the loop hangs.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    page: Option<Arc<NodePage>>,
+}
+
+impl Heartbeat {
+    /// One heartbeat, with the loop's metrics when it has them.
+    pub fn beat(&self, metrics: Option<&NodeMetrics>) {
+        if let Some(page) = &self.page {
+            page.vitals().beat(metrics);
+        }
+    }
+}
+
+/// Callbacks run once when a shutdown is requested.
+#[derive(Default)]
+pub(crate) struct ShutdownCallbacks(Mutex<Vec<Box<dyn FnOnce() + Send>>>);
+
+impl std::fmt::Debug for ShutdownCallbacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShutdownCallbacks")
+    }
+}
+
+impl ShutdownCallbacks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Box<dyn FnOnce() + Send>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -251,6 +296,8 @@ pub(crate) struct Shared {
     /// An eventfd rung whenever something an event loop waits for arrives (a message, a
     /// returned message, a stream pushed by the Broker, shutdown): [`events::Events`].
     pub(crate) loop_bell: Arc<OwnedFd>,
+    /// Run when a shutdown is requested ([`Node::on_shutdown`]).
+    pub(crate) on_shutdown: ShutdownCallbacks,
 }
 
 impl Shared {
@@ -275,8 +322,14 @@ impl Shared {
         if !self.shutdown.swap(true, Ordering::AcqRel) {
             self.shutdown_notify.notify_waiters();
             self.wake_loop();
-            let _guard = self.wake.0.lock();
-            self.wake.1.notify_all();
+            {
+                let _guard = self.wake.0.lock();
+                self.wake.1.notify_all();
+            }
+            let callbacks = std::mem::take(&mut *self.on_shutdown.lock());
+            for f in callbacks {
+                f();
+            }
         }
     }
 
@@ -325,6 +378,7 @@ impl Node {
             loop_bell: Arc::new(events::loop_bell().map_err(|e| {
                 JoinError::Thread(format!("creating the event loop's eventfd: {e}"))
             })?),
+            on_shutdown: ShutdownCallbacks::default(),
         });
         let broker = match boot.broker_fd {
             Some(fd) => Some(take_broker_socket(
@@ -396,12 +450,45 @@ impl Node {
         self.boot.incarnation
     }
 
-    /// Decode this node's config chunk into `T`.
+    /// Decode this node's config chunk into `T`. Its error's [`SettingsError::exit`] tells
+    /// the runtime what did not fit, so `syncra status` names it.
     pub fn settings<T: DeserializeOwned>(&self) -> Result<T, SettingsError> {
         wire::decode("config chunk", &self.boot.settings).map_err(|source| SettingsError {
             node: self.boot.node.clone(),
             source,
+            page: self.page.clone(),
         })
+    }
+
+    /// A [`Heartbeat`] to move into a library's loop.
+    pub fn heartbeat_handle(&self) -> Heartbeat {
+        Heartbeat {
+            page: self.page.clone(),
+        }
+    }
+
+    /// Run `f` once when a shutdown is requested (at once if one already was), on the thread
+    /// that received the request: for a driver whose main loop belongs to a library, to post
+    /// a quit into that loop (winit's `EventLoopProxy`, a channel). `f` must be quick.
+    pub fn on_shutdown(&self, f: impl FnOnce() + Send + 'static) {
+        let mut callbacks = self.shared.on_shutdown.lock();
+        if self.shutdown_requested() {
+            drop(callbacks);
+            f();
+        } else {
+            callbacks.push(Box::new(f));
+        }
+    }
+
+    /// Leave the runtime now with exit code `code`, telling it why (`reason` shows in
+    /// `syncra status` and the crash record). For a node that cannot go on: a start that
+    /// failed, a device that is gone.
+    pub fn exit_with(&self, code: i32, reason: &str) -> ! {
+        tracing::error!(node = %self.boot.node, code, "{reason}");
+        if let Some(page) = &self.page {
+            page.write_exit_note(reason);
+        }
+        std::process::exit(code)
     }
 
     /// Tell the runtime this node is ready: it is initialised and serves its purpose.

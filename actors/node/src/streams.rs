@@ -180,6 +180,8 @@ type Reply = (BrokerToNode, Vec<OwnedFd>);
 pub(crate) enum Push {
     /// A stream to attach (its three fds follow).
     Added(Attachment, Vec<OwnedFd>),
+    /// A stream already attached (those a pattern matched when it was subscribed).
+    Attached(String, RingReader),
     /// The stream a lazy subscription waits for was declared with another type.
     Refused(RefusalKind, String),
 }
@@ -572,12 +574,18 @@ impl crate::Node {
         let pushes = Arc::new(Mailbox::new(MAX_CONSUMERS * 64));
         lock(&client.patterns).insert(id, pushes.clone());
         let existing = client.subscribe(id, pattern, T::TAG.to_owned(), false)?;
+        // The streams that match now come first, through the same mailbox as later ones (so
+        // an event loop watching the subscription hears of them too).
+        for (att, reader) in existing {
+            let _ = pushes.push(Push::Attached(att.stream.spec.name, reader));
+        }
+        let watch = Arc::new(Mutex::new(WatchState {
+            waker: None,
+            pushes: Some(pushes.clone()),
+        }));
         Ok(Subscription {
-            ready: existing
-                .into_iter()
-                .map(|(att, reader)| Consumer::new(att.stream.spec.name, reader))
-                .collect(),
             pushes,
+            watch,
             _ends: Unsubscribe { client, id },
             _type: PhantomData,
         })
@@ -739,6 +747,14 @@ impl<T> crate::events::Watch for Consumer<T> {
     }
 }
 
+impl<T> crate::events::Watch for Subscription<T> {
+    /// A watched subscription wakes the loop when a matching stream appears: take it with
+    /// [`Subscription::next_stream`].
+    fn watch_handle(&self) -> crate::events::WatchHandle {
+        crate::events::WatchHandle(self.watch.clone())
+    }
+}
+
 impl<H> crate::events::Watch for BulkConsumer<H> {
     fn watch_handle(&self) -> crate::events::WatchHandle {
         crate::events::WatchHandle(self.inner.watch.clone())
@@ -840,6 +856,16 @@ impl<T> Consumer<T> {
                     .pop()
                     .ok_or_else(|| link_err("the Broker pushed no stream"))?;
                 self.name = att.stream.spec.name;
+                *lock(&self.watch) = WatchState {
+                    waker: reader.waker().ok(),
+                    pushes: None,
+                };
+                self.reader = Some(reader);
+                self.pending = None;
+                Ok(())
+            }
+            Push::Attached(name, reader) => {
+                self.name = name;
                 *lock(&self.watch) = WatchState {
                     waker: reader.waker().ok(),
                     pushes: None,
@@ -1008,8 +1034,9 @@ impl<H: DeserializeOwned> BulkConsumer<H> {
 /// ends the subscription (the consumers it gave keep their streams).
 #[derive(Debug)]
 pub struct Subscription<T> {
-    ready: Vec<Consumer<T>>,
     pushes: Pushes,
+    /// Shared with the event loops watching this subscription.
+    watch: Arc<Mutex<WatchState>>,
     /// Ends the subscription when dropped.
     _ends: Unsubscribe,
     _type: PhantomData<fn() -> T>,
@@ -1019,11 +1046,14 @@ impl<T> Subscription<T> {
     /// The next matching stream (those that existed first), waiting up to `timeout` for one
     /// declared later.
     pub fn next_stream(&mut self, timeout: Duration) -> Result<Option<Consumer<T>>, StreamError> {
-        if let Some(c) = self.ready.pop() {
-            return Ok(Some(c));
-        }
-        match self.pushes.recv_timeout(timeout) {
+        let push = if timeout.is_zero() {
+            self.pushes.try_recv()
+        } else {
+            self.pushes.recv_timeout(timeout)
+        };
+        match push {
             None => Ok(None),
+            Some(Push::Attached(name, reader)) => Ok(Some(Consumer::new(name, reader))),
             Some(Push::Added(att, fds)) => {
                 let (att, reader) = attach_all(vec![att], fds)?
                     .pop()

@@ -20,6 +20,11 @@
 //!   reports `shutdown` and exits 0.
 //! - `wake-bench stream=NAME mode=events|raw [samples=N]`: the publish → wake latency of N
 //!   samples, woken by the event loop or by a blocking read (`latency_us`).
+//! - `stats to=NAME`: asks the hologram driver for its stats every 100 ms, with its own types
+//!   under the hologram's tags, and reports the answers.
+//! - `library-loop`: its main thread lives in a "library" loop fed by a timer thread; it
+//!   beats through `Node::heartbeat_handle` from inside that loop, and leaves when the
+//!   `Node::on_shutdown` callback posts a quit into it (`quit_posted`).
 //! - `viewer stream=NAME`: subscribes to a world's scene stream before it is ready (reporting
 //!   `attached_at_ready`), then reports each scene's world, tick and entity count.
 //! - `consumer stream=NAME [type=wrong] [wait=0] [delay_ms=D] [bulk=1]`: subscribes (lazily:
@@ -424,6 +429,65 @@ fn main() {
             while !node.sleep_until(Instant::now() + Duration::from_millis(100)) {
                 node.heartbeat(None);
             }
+        }
+        "stats" => {
+            // The hologram's stats request, from types of this crate under the hologram's
+            // tags: reports the answer (`frames`, `scenes`, `worlds`) every 100 ms.
+            #[derive(Debug, Serialize, Deserialize)]
+            struct AskStats;
+            #[derive(Debug, Serialize, Deserialize)]
+            struct HoloStats {
+                frames: u64,
+                scenes: u64,
+                worlds: usize,
+            }
+            syncra_node::message!(HoloStats = "syncra.hologram.stats/1");
+            syncra_node::message!(AskStats = "syncra.hologram.get-stats/1" => HoloStats);
+            node.ready();
+            let to = opt("to");
+            while !node.shutdown_requested() {
+                match node.call(&to, AskStats, Duration::from_secs(5)) {
+                    Ok(s) => out.line(serde_json::json!({
+                        "frames": s.frames, "scenes": s.scenes, "worlds": s.worlds })),
+                    Err(e) => out.line(serde_json::json!({ "error": e.to_string() })),
+                }
+                beat(&node);
+                node.sleep_until(Instant::now() + Duration::from_millis(100));
+            }
+        }
+        "library-loop" => {
+            // The main thread hands itself to a "library" loop (a channel of callbacks, as
+            // winit's event loop or an audio callback would) and never comes back to the node
+            // API: it beats through a heartbeat handle, and quits when the shutdown callback
+            // posts a quit into the loop.
+            let (tx, rx) = std::sync::mpsc::channel::<bool>();
+            let quit = tx.clone();
+            let poster = std::sync::Arc::new(std::sync::Mutex::new(Some(quit)));
+            let slot = poster.clone();
+            node.on_shutdown(move || {
+                if let Some(q) = slot.lock().unwrap().take() {
+                    let _ = q.send(true);
+                }
+            });
+            let heart = node.heartbeat_handle();
+            std::thread::spawn(move || {
+                // The library's own timer: it drives the loop's callbacks, but never beats.
+                while tx.send(false).is_ok() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+            node.ready();
+            for (rounds, quit) in rx.into_iter().enumerate() {
+                if quit {
+                    out.line(serde_json::json!({ "quit_posted": true }));
+                    break;
+                }
+                heart.beat(Some(&NodeMetrics {
+                    tick: rounds as u64 + 1,
+                    ..NodeMetrics::default()
+                }));
+            }
+            drop(poster);
         }
         "viewer" => {
             // Subscribes before it is ready, to a world's scene: the worlds start only once

@@ -98,6 +98,8 @@ pub(crate) struct ExitReport {
     at: SystemTime,
     stderr_tail: Vec<String>,
     panic: Option<PanicReport>,
+    /// Why the node said it was leaving (its page's exit note), if it said.
+    note: Option<String>,
     /// Why no process ran, when none did.
     not_started: Option<NotStarted>,
 }
@@ -631,6 +633,7 @@ impl SupState {
                     at: SystemTime::now(),
                     stderr_tail: Vec::new(),
                     panic: None,
+                    note: None,
                     not_started: Some(NotStarted::Spawn(error)),
                 };
                 self.ended(report, None).await;
@@ -759,12 +762,14 @@ impl SupState {
                 return;
             }
             let panic = read_panic(&waiter_page);
+            let note = waiter_page.exit_note();
             let _ = me.cast(SupMsg::Exited(Box::new(ExitReport {
                 incarnation,
                 termination,
                 at,
                 stderr_tail,
                 panic,
+                note,
                 not_started: None,
             })));
         });
@@ -1145,6 +1150,7 @@ impl SupState {
             at: SystemTime::now(),
             stderr_tail: Vec::new(),
             panic: None,
+            note: None,
             not_started: Some(NotStarted::Dependency(why)),
         };
         self.ended(report, None).await;
@@ -1192,6 +1198,10 @@ impl SupState {
             (_, Some(Forced::Refused(why))) => Some(why.clone()),
             _ => policy::is_permanent_start_failure(report.termination).map(str::to_owned),
         };
+        let permanent = match (permanent, &report.note) {
+            (Some(why), Some(note)) => Some(format!("{why}: {note}")),
+            (permanent, _) => permanent,
+        };
         let detail = match (&forced, &report.not_started) {
             (_, Some(NotStarted::Spawn(e))) => format!("could not be started: {e}"),
             (_, Some(NotStarted::Dependency(why))) => format!("not started: {why}"),
@@ -1225,6 +1235,11 @@ impl SupState {
                 (None, Some(s), true) => format!("terminated by {}", signal_name(s)),
                 _ => "ended".into(),
             },
+        };
+        // What the node said about its own exit (a refused setting, a failed start).
+        let detail = match &report.note {
+            Some(note) if reason != Reason::Requested => format!("{detail}: {note}"),
+            _ => detail,
         };
         let mut summary = ExitSummary {
             unix_ms: logs::unix_ms(report.at),

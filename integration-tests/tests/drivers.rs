@@ -1,0 +1,174 @@
+//! Drivers on the kit: the seed's hologram example under a real runtime, and what every
+//! driver gets from `syncra_node::driver` — settings errors in status, a heartbeat from a
+//! library's loop.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use syncra_integration_tests::{Harness, PATIENCE, send, workspace_bin};
+use syncra_protocol::NodeState;
+
+const PEER: &str = env!("CARGO_BIN_EXE_syncra-test-peer");
+
+fn hologram(settings: &str, extra: &str) -> String {
+    format!(
+        "[runtime]\nwatch_interval_ms = 500\n[supervisor]\nintensity = 100\n\
+         [drivers.hologram]\ncommand = \"{}\"\nsettings = {settings}\n{extra}\n[worlds]\nentities = 32\n",
+        workspace_bin("syncra-hologram").display()
+    )
+}
+
+/// `syncra tap STREAM --count 1 --json`, parsed.
+fn tap(h: &Harness, stream: &str) -> Value {
+    let out = h.cli(&[
+        "tap",
+        stream,
+        "--count",
+        "1",
+        "--interval-ms",
+        "100",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("tap JSON")
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn the_hologram_example_draws_the_worlds_answers_stats_and_resumes_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let stats_out = dir.path().join("stats.jsonl");
+    let h = Harness::start(
+        &hologram(
+            "{ width = 8, height = 8, rate_hz = 50.0 }",
+            &format!(
+                "[drivers.stats]\ncommand = \"{PEER}\"\nargs = [\"stats\", \"to=hologram\", \"out={}\"]\n",
+                stats_out.display()
+            ),
+        ),
+        &[],
+    );
+    h.wait_ready(&["hologram", "world/main"]);
+    // Frames flow: 8 × 8 height maps, some cell above the floor once the world's scene is in.
+    let deadline = Instant::now() + PATIENCE;
+    let first = loop {
+        let t = tap(&h, "hologram/frame");
+        let heights = t["value"]["heights"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if heights.len() == 64 && heights.iter().any(|v| v.as_f64().unwrap_or(0.0) > 0.0) {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no frame with the world in it: {t}"
+        );
+    };
+    assert_eq!(first["producer_incarnation"], 1);
+    // Stats, asked by another node with types of its own under the hologram's tags.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if lines(&stats_out)
+            .iter()
+            .any(|v| v["worlds"] == 1 && v["frames"].as_u64().unwrap_or(0) > 0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stats: {:?}",
+            lines(&stats_out)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGKILL: the next incarnation takes the stream back and the frames go on.
+    let holo = h.node("hologram");
+    send(holo.pid.unwrap(), libc::SIGKILL);
+    h.wait_ready_incarnation("hologram", 2);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let t = tap(&h, "hologram/frame");
+        if t["producer_incarnation"] == 2 && t["seq"].as_u64() > first["seq"].as_u64() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the frames did not resume: {t}");
+    }
+    // Its figure: frames drawn.
+    let s = h.try_status().unwrap();
+    let frames = s
+        .node("hologram")
+        .unwrap()
+        .figures
+        .iter()
+        .find(|f| f.name == "frames")
+        .cloned();
+    assert!(frames.is_some(), "{:?}", s.node("hologram"));
+}
+
+#[test]
+fn a_settings_typo_shows_in_status_with_its_key() {
+    let h = Harness::start(&hologram("{ widht = 8 }", ""), &[]);
+    let failed = h.wait_state("hologram", NodeState::Failed);
+    let json = h.cli(&["status", "--json"]);
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let node = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "hologram")
+        .unwrap()
+        .clone();
+    let detail = node["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("widht") && detail.contains("settings"),
+        "the key is named in status: {detail:?}\n{failed:?}"
+    );
+    assert_eq!(failed.restarts, 0, "a settings error is not retried");
+}
+
+#[test]
+fn a_heartbeat_handle_keeps_a_node_alive_inside_a_library_loop_and_shutdown_reaches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lib.jsonl");
+    // A deadline of 300 ms: the main thread never returns to the node API; only the handle,
+    // beating from inside the "library" loop, keeps it alive.
+    let h = Harness::start(
+        &format!(
+            "[runtime]\nwatch_interval_ms = 100\n[drivers.lib]\ncommand = \"{PEER}\"\nargs = [\"library-loop\", \"out={}\"]\n[worlds]\nentities = 16\n",
+            out.display()
+        ),
+        &[],
+    );
+    h.wait_until("the library loop has run 30 rounds", PATIENCE, |s| {
+        s.node("lib")
+            .filter(|n| n.state == NodeState::Ready && n.tick.unwrap_or(0) >= 30)
+            .cloned()
+    });
+    let lib = h.node("lib");
+    assert_eq!(
+        (lib.incarnation, lib.restarts),
+        (1, 0),
+        "never hung: {lib:?}"
+    );
+    let out_text = h.cli(&["stop", "lib"]);
+    assert!(out_text.status.success());
+    let stopped = h.wait_state("lib", NodeState::Stopped);
+    assert_eq!(stopped.last_exit.unwrap().code, Some(0));
+    assert!(
+        lines(&out).iter().any(|v| v["quit_posted"] == true),
+        "the shutdown callback posted the quit into the loop"
+    );
+}
