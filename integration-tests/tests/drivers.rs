@@ -94,6 +94,16 @@ fn the_hologram_example_draws_the_worlds_answers_stats_and_resumes_after_sigkill
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // And from the command line: JSON in, JSON out.
+    let out = h.cli(&["call", "hologram", "syncra.hologram.get-stats/1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["worlds"], 1, "{answer}");
+    assert!(answer["frames"].as_u64().unwrap_or(0) > 0, "{answer}");
     // SIGKILL: the next incarnation takes the stream back and the frames go on.
     let holo = h.node("hologram");
     send(holo.pid.unwrap(), libc::SIGKILL);
@@ -171,4 +181,41 @@ fn a_heartbeat_handle_keeps_a_node_alive_inside_a_library_loop_and_shutdown_reac
         lines(&out).iter().any(|v| v["quit_posted"] == true),
         "the shutdown callback posted the quit into the loop"
     );
+}
+
+#[test]
+fn syncra_call_refuses_what_a_request_type_does_not_allow_and_bad_input_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(
+        &format!(
+            "[drivers.echo]\ncommand = \"{PEER}\"\nargs = [\"echo\", \"out={}\"]\n[worlds]\nentities = 16\n",
+            dir.path().join("echo.jsonl").display()
+        ),
+        &[],
+    );
+    h.wait_ready(&["echo", "world/main"]);
+    let refused = |args: &[&str], needle: &str| {
+        let out = h.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    // `LinkPing` does not allow the command line (its `serve_calls` handler says so).
+    refused(
+        &["call", "echo", "syncra.test.link-ping/1", "42"],
+        "`syncra.test.link-ping/1` may not be called from the command line",
+    );
+    // A tag the callee does not answer, JSON that is not JSON, a node that is not there, a
+    // tag that is not a tag.
+    refused(
+        &["call", "world/main", "syncra.test.ping/1", "1"],
+        "`syncra.test.ping/1`",
+    );
+    refused(
+        &["call", "echo", "syncra.test.ping/1", "{oops"],
+        "the request is not JSON",
+    );
+    refused(&["call", "nobody", "a.b/1"], "no node is called `nobody`");
+    refused(&["call", "echo", "ping"], "`ping` is not a message tag");
+    assert!(h.try_status().is_some(), "the runtime stays up");
 }

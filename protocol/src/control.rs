@@ -58,6 +58,27 @@ pub enum ControlRequest {
     Subscribe,
     /// Every declared stream, its producer, consumers, rate and drops.
     Streams,
+    /// Call node `node` with a request given as JSON, tagged `tag` (`syncra call`): answered
+    /// by [`ControlReply::Answer`]. The callee refuses request types that do not allow it.
+    Call {
+        /// The callee.
+        node: String,
+        /// The request's tag.
+        tag: String,
+        /// The request, as JSON.
+        json: String,
+        /// How long to wait for the answer, milliseconds.
+        timeout_ms: u64,
+    },
+    /// Send node `node` a message given as JSON, tagged `tag` (`syncra send`).
+    Send {
+        /// The receiver.
+        node: String,
+        /// The message's tag.
+        tag: String,
+        /// The message, as JSON.
+        json: String,
+    },
     /// Watch one stream without joining it: answered by [`ControlReply::Tap`] with the ring's
     /// fd attached (SCM_RIGHTS), so the client maps it read-only-in-spirit and peeks at the
     /// newest message; a tap holds no consumer cell and never slows the producer.
@@ -97,6 +118,13 @@ pub enum ControlReply {
     Streams(Vec<StreamView>),
     /// Answer to [`ControlRequest::Tap`]; the ring's fd comes with this frame.
     Tap(StreamView),
+    /// Answer to [`ControlRequest::Call`]: the callee's answer, as JSON.
+    Answer {
+        /// The answer's tag.
+        tag: String,
+        /// The answer, as JSON.
+        json: String,
+    },
     /// The request was refused.
     Error(ControlError),
 }
@@ -179,4 +207,8 @@ pub enum ControlErrorKind {
     UnknownStream,
     /// The runtime serves as many clients (or subscribers) as it takes; try again later.
     Busy,
+    /// A call or message from the command line was not delivered or not answered.
+    Undelivered,
+    /// The callee answered a call from the command line with an error.
+    Remote,
 }

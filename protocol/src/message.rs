@@ -36,6 +36,9 @@ pub trait Message: Serialize + DeserializeOwned {
 pub trait Request: Message {
     /// What the callee answers with.
     type Response: Message;
+    /// Whether `syncra call` may send this request from the command line (JSON in, JSON
+    /// out). Off unless the type says so (`message!(T = "…" => R, cli)`).
+    const CLI: bool = false;
 }
 
 /// Longest tag name (before the `/`).
@@ -67,7 +70,8 @@ pub const fn is_valid_tag(tag: &str) -> bool {
 
 /// Give a type its tag: `message!(Scene = "studio.scene/1")` implements [`Message`];
 /// `message!(GetStats = "studio.get-stats/1" => Stats)` also makes it a [`Request`] answered
-/// by `Stats`. An invalid tag fails the build.
+/// by `Stats`, and `message!(GetStats = "…" => Stats, cli)` one that `syncra call` may send.
+/// An invalid tag fails the build.
 #[macro_export]
 macro_rules! message {
     ($ty:ty = $tag:literal) => {
@@ -89,6 +93,13 @@ macro_rules! message {
         $crate::message!($ty = $tag);
         impl $crate::message::Request for $ty {
             type Response = $response;
+        }
+    };
+    ($ty:ty = $tag:literal => $response:ty, cli) => {
+        $crate::message!($ty = $tag);
+        impl $crate::message::Request for $ty {
+            type Response = $response;
+            const CLI: bool = true;
         }
     };
 }

@@ -93,6 +93,10 @@ pub struct Payload {
     pub bytes: Vec<u8>,
 }
 
+/// The name calls from the command line (`syncra call`, `syncra send`) come from: not a
+/// name any node can have (node names begin with a letter or digit).
+pub const CLI_CALLER: &str = "@cli";
+
 /// Longest a routed message (or a subscription) may wait for its receiver, milliseconds: an
 /// hour. The runtime holds a longer `wait_ms` this long and no longer.
 pub const MAX_WAIT_MS: u64 = 3_600_000;

@@ -19,7 +19,7 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
 use syncra_protocol::node::{
-    NodeInbox, NodeToRuntime, Payload, Routed, RuntimeToNode, Undeliverable,
+    CLI_CALLER, NodeInbox, NodeToRuntime, Payload, Routed, RuntimeToNode, Undeliverable,
 };
 use syncra_protocol::{NodeName, NodeState, wire};
 
@@ -47,6 +47,36 @@ pub(crate) enum RouterMsg {
     Changed,
     /// A held message's wait may have ended.
     Expire,
+    /// A message or call from the command line (`syncra send`, `syncra call`), as from
+    /// [`CLI_CALLER`]; `reply` hears how it went.
+    Cli {
+        to: NodeName,
+        call: bool,
+        payload: Payload,
+        wait_ms: Option<u64>,
+        reply: tokio::sync::oneshot::Sender<CliOutcome>,
+    },
+}
+
+/// How a message or call from the command line went.
+#[derive(Debug)]
+pub(crate) enum CliOutcome {
+    /// The message was delivered (a send).
+    Delivered,
+    /// The callee answered (or answered with an error).
+    Answered(Result<Payload, String>),
+    /// It was not delivered.
+    Undeliverable(Undeliverable),
+    /// The callee exited before answering.
+    CalleeExited { incarnation: u64 },
+}
+
+/// Most calls from the command line waiting for their answer at once.
+pub(crate) const MAX_CLI_CALLS: usize = 256;
+
+/// The command line, as a caller.
+fn cli_caller() -> NodeName {
+    NodeName::driver(CLI_CALLER)
 }
 
 struct Parked {
@@ -71,6 +101,9 @@ pub(crate) struct RouterState {
     parked: HashMap<NodeName, VecDeque<Parked>>,
     /// Calls delivered to each callee incarnation and not answered yet.
     in_flight: HashMap<(NodeName, u64), HashSet<Caller>>,
+    /// Messages and calls from the command line waiting for their outcome, by id.
+    cli: HashMap<u64, tokio::sync::oneshot::Sender<CliOutcome>>,
+    next_cli: u64,
 }
 
 impl Actor for Router {
@@ -96,6 +129,8 @@ impl Actor for Router {
             registry,
             parked: HashMap::new(),
             in_flight: HashMap::new(),
+            cli: HashMap::new(),
+            next_cli: 0,
         })
     }
 
@@ -120,6 +155,12 @@ impl Actor for Router {
                     outcome,
                 } => {
                     st.answered(&from, from_incarnation, &to, incarnation, call);
+                    if to.as_str() == CLI_CALLER {
+                        if let Some(tx) = st.cli.remove(&call) {
+                            let _ = tx.send(CliOutcome::Answered(outcome));
+                        }
+                        return Ok(());
+                    }
                     match st.registry.agent(&to, incarnation) {
                         Some(agent) => cast(&agent, &RuntimeToNode::Answer { call, outcome }),
                         None => {
@@ -145,6 +186,29 @@ impl Actor for Router {
                 st.callees_gone();
             }
             RouterMsg::Expire => st.expire(),
+            RouterMsg::Cli {
+                to,
+                call,
+                payload,
+                wait_ms,
+                reply,
+            } => {
+                if st.cli.len() >= MAX_CLI_CALLS {
+                    let _ = reply.send(CliOutcome::Undeliverable(Undeliverable::QueueFull));
+                    return Ok(());
+                }
+                st.next_cli += 1;
+                let id = st.next_cli;
+                st.cli.insert(id, reply);
+                let msg = Routed {
+                    id,
+                    to,
+                    call,
+                    wait_ms,
+                    payload,
+                };
+                st.route(&myself, cli_caller(), 0, msg);
+            }
         }
         Ok(())
     }
@@ -191,7 +255,7 @@ impl RouterState {
     }
 
     /// Return a routed message to its sender.
-    fn bounce(&self, sender: &NodeName, incarnation: u64, msg: Routed, reason: Undeliverable) {
+    fn bounce(&mut self, sender: &NodeName, incarnation: u64, msg: Routed, reason: Undeliverable) {
         self.give_back(sender, incarnation, msg.id, msg.to, reason, msg.payload);
     }
 
@@ -235,6 +299,7 @@ impl RouterState {
                 });
             }
         }
+        let (id, call, from_cli) = (msg.id, msg.call, from.as_str() == CLI_CALLER);
         cast(
             &agent,
             &RuntimeToNode::Deliver {
@@ -245,6 +310,12 @@ impl RouterState {
                 payload: msg.payload,
             },
         );
+        if from_cli
+            && !call
+            && let Some(tx) = self.cli.remove(&id)
+        {
+            let _ = tx.send(CliOutcome::Delivered);
+        }
     }
 
     /// Forget call `call` of `caller` (incarnation `incarnation`) at `callee`: it was answered
@@ -280,6 +351,14 @@ impl RouterState {
         for ((callee, callee_incarnation), callers) in gone {
             tracing::debug!(%callee, incarnation = callee_incarnation, calls = callers.len(), "a callee exited with calls unanswered");
             for c in callers {
+                if c.name.as_str() == CLI_CALLER {
+                    if let Some(tx) = self.cli.remove(&c.call) {
+                        let _ = tx.send(CliOutcome::CalleeExited {
+                            incarnation: callee_incarnation,
+                        });
+                    }
+                    continue;
+                }
                 if let Some(agent) = self.registry.agent(&c.name, c.incarnation) {
                     cast(
                         &agent,
@@ -313,7 +392,7 @@ impl RouterState {
 
     /// Return a message to its sender, with the reason.
     fn give_back(
-        &self,
+        &mut self,
         sender: &NodeName,
         incarnation: u64,
         id: u64,
@@ -322,6 +401,12 @@ impl RouterState {
         payload: Payload,
     ) {
         tracing::debug!(from = %sender, to = %to, %reason, "returning an undeliverable message");
+        if sender.as_str() == CLI_CALLER {
+            if let Some(tx) = self.cli.remove(&id) {
+                let _ = tx.send(CliOutcome::Undeliverable(reason));
+            }
+            return;
+        }
         match self.registry.agent(sender, incarnation) {
             Some(agent) => cast(
                 &agent,

@@ -10,6 +10,7 @@ use syncra_config::{HookPoint, Plan, SyncraConfig};
 use syncra_protocol::control::{
     ControlError, ControlErrorKind, ControlReply, ControlRequest, CrashEntry, StreamView,
 };
+use syncra_protocol::node::Payload;
 use syncra_protocol::status::{LifecycleEvent, RuntimeInfo, StatusReport};
 use syncra_protocol::{NodeKind, NodeName, NodeState, PROTOCOL_VERSION};
 use tokio::sync::{broadcast, watch};
@@ -23,6 +24,9 @@ use crate::spawn::Spawner;
 use crate::supervisor::group::{Group, GroupMsg};
 use crate::supervisor::node::SupMsg;
 use crate::supervisor::{Ctx, ShutdownCause};
+
+/// Longest a call from the command line waits, milliseconds (10 minutes).
+pub const MAX_CLI_WAIT_MS: u64 = 600_000;
 
 /// Capacity of the lifecycle event channel; a subscriber further behind misses events.
 const EVENT_CAPACITY: usize = 4096;
@@ -466,6 +470,15 @@ impl Runtime {
             })
     }
 
+    /// The node called `name`, or an error listing the nodes there are.
+    fn node_name(&self, name: &str) -> Result<NodeName, ControlError> {
+        self.supervisor(name)?;
+        NodeName::parse(name).map_err(|message| ControlError {
+            kind: ControlErrorKind::UnknownNode,
+            message,
+        })
+    }
+
     fn refuse_if_shutting_down(&self) -> Result<(), ControlError> {
         if self.inner.ctx.registry.shutting_down() {
             Err(ControlError {
@@ -722,6 +735,115 @@ impl Runtime {
                 kind: ControlErrorKind::BadRequest,
                 message: "subscribe through the control socket or Runtime::subscribe".into(),
             }),
+            ControlRequest::Call {
+                node,
+                tag,
+                json,
+                timeout_ms,
+            } => self
+                .cli_message(&node, &tag, &json, Some(timeout_ms))
+                .await
+                .unwrap_or_else(ControlReply::Error),
+            ControlRequest::Send { node, tag, json } => self
+                .cli_message(&node, &tag, &json, None)
+                .await
+                .unwrap_or_else(ControlReply::Error),
+        }
+    }
+
+    /// A call (`timeout_ms`: `Some`) or a message from the command line to `node`: `json`
+    /// becomes a MessagePack payload tagged `tag`, routed as from
+    /// [`syncra_protocol::node::CLI_CALLER`]; the answer
+    /// comes back as JSON.
+    async fn cli_message(
+        &self,
+        node: &str,
+        tag: &str,
+        json: &str,
+        timeout_ms: Option<u64>,
+    ) -> Result<ControlReply, ControlError> {
+        use crate::router::{CliOutcome, RouterMsg};
+        let err = |kind, message: String| ControlError { kind, message };
+        let to = self.node_name(node)?;
+        if !syncra_protocol::message::is_valid_tag(tag) {
+            return Err(err(
+                ControlErrorKind::BadRequest,
+                format!(
+                    "`{tag}` is not a message tag: expected NAME/VERSION, e.g. studio.hologram.get-stats/1"
+                ),
+            ));
+        }
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+            err(
+                ControlErrorKind::BadRequest,
+                format!(
+                    "the {} is not JSON: {e}",
+                    if timeout_ms.is_some() {
+                        "request"
+                    } else {
+                        "message"
+                    }
+                ),
+            )
+        })?;
+        let payload = Payload {
+            type_tag: tag.to_owned(),
+            bytes: syncra_protocol::wire::encode(&value),
+        };
+        // Wait for a node that is restarting as long as a call may take (a send: 5 s).
+        let wait = Duration::from_millis(timeout_ms.unwrap_or(5000).min(MAX_CLI_WAIT_MS));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let routed = RouterMsg::Cli {
+            to: to.clone(),
+            call: timeout_ms.is_some(),
+            payload,
+            wait_ms: Some(wait.as_millis() as u64),
+            reply: tx,
+        };
+        if self.inner.router.cast(routed).is_err() {
+            return Err(err(ControlErrorKind::Timeout, "the router is gone".into()));
+        }
+        let outcome = match tokio::time::timeout(wait + Duration::from_millis(500), rx).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => {
+                return Err(err(
+                    ControlErrorKind::Timeout,
+                    format!("no answer from {to} within {} ms", wait.as_millis()),
+                ));
+            }
+        };
+        match outcome {
+            CliOutcome::Delivered => Ok(ControlReply::Done {
+                message: format!("delivered to {to}"),
+            }),
+            CliOutcome::Answered(Ok(answer)) => {
+                let value =
+                    syncra_protocol::wire::decode::<serde_json::Value>("answer", &answer.bytes)
+                        .map_err(|e| {
+                            err(
+                                ControlErrorKind::Remote,
+                                format!("{to}'s answer does not decode: {e}"),
+                            )
+                        })?;
+                Ok(ControlReply::Answer {
+                    tag: answer.type_tag,
+                    json: value.to_string(),
+                })
+            }
+            CliOutcome::Answered(Err(message)) => Err(err(
+                ControlErrorKind::Remote,
+                format!("{to} answered with an error: {message}"),
+            )),
+            CliOutcome::Undeliverable(reason) => Err(err(
+                ControlErrorKind::Undelivered,
+                format!("not delivered to {to}: {reason}"),
+            )),
+            CliOutcome::CalleeExited { incarnation } => Err(err(
+                ControlErrorKind::Undelivered,
+                format!(
+                    "{to} (incarnation {incarnation}) exited before answering; it may have acted on the request"
+                ),
+            )),
         }
     }
 

@@ -92,6 +92,11 @@ fn main() {
                     tracing::warn!(error = %e, "publishing the scene failed");
                 }
             }
+            // A world answers no messages yet: each one is refused (a call with an error naming
+            // its tag) rather than left to its sender's timeout.
+            while let Some(m) = node.recv_timeout(Duration::ZERO) {
+                drop(m);
+            }
             node.heartbeat(Some(m))
         },
     );

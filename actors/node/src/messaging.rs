@@ -50,6 +50,18 @@ pub const DEFAULT_SEND_WAIT: Duration = Duration::from_secs(5);
 /// Most messages waiting in a node's inbox; more are returned to their senders.
 pub const INBOX_CAPACITY: usize = 4096;
 
+/// Refuse a call of `R` from the command line unless `R` allows it ([`Request::CLI`]).
+fn cli_allowed<R: Request>(from: &NodeName) -> Result<(), String> {
+    if from.as_str() == syncra_protocol::node::CLI_CALLER && !R::CLI {
+        Err(format!(
+            "`{}` may not be called from the command line: its type does not allow it (`message!(.. => .., cli)`)",
+            R::TAG
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// A payload of message type `M`.
 pub(crate) fn payload<M: Message>(msg: &M) -> Payload {
     Payload {
@@ -198,6 +210,13 @@ impl Incoming {
         self,
         answer: impl FnOnce(R) -> Result<R::Response, String>,
     ) -> Result<(), Incoming> {
+        if !self.is::<R>() {
+            return Err(self);
+        }
+        if let Err(refusal) = cli_allowed::<R>(&self.from) {
+            self.reply_error(refusal);
+            return Ok(());
+        }
         match self.decode::<R>() {
             Ok(request) => {
                 match answer(request) {
@@ -236,7 +255,10 @@ impl Incoming {
 impl Drop for Incoming {
     fn drop(&mut self) {
         // A caller is never left to time out on a call its callee threw away.
-        self.answer(Err("the callee dropped the call without answering".into()));
+        let tag = self.payload.type_tag.clone();
+        self.answer(Err(format!(
+            "the callee took the `{tag}` call and did not answer it (does it know this request?)"
+        )));
     }
 }
 
@@ -561,6 +583,7 @@ impl Node {
         F: Fn(&NodeName, R) -> Result<R::Response, String> + Send + Sync + 'static,
     {
         let handler = Handler(Arc::new(move |from: &NodeName, payload: &Payload| {
+            cli_allowed::<R>(from)?;
             let req: R = wire::decode("routed call", &payload.bytes)
                 .map_err(|e| format!("the request `{}` does not decode: {e}", R::TAG))?;
             Ok(self::payload(&answer(from, req)?))

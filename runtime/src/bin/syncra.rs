@@ -134,6 +134,35 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Call a node by name with a request given as JSON and print its answer as JSON
+    /// (`syncra call hologram syncra.hologram.get-stats/1`). Only request types that allow
+    /// the command line answer.
+    Call {
+        /// The node.
+        name: String,
+        /// The request's tag (`NAME/VERSION`).
+        tag: String,
+        /// The request, as JSON (default `null`, for a request without fields).
+        #[arg(default_value = "null")]
+        json: String,
+        /// How long to wait for the answer, milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Send a node a message given as JSON.
+    Send {
+        /// The node.
+        name: String,
+        /// The message's tag (`NAME/VERSION`).
+        tag: String,
+        /// The message, as JSON.
+        #[arg(default_value = "null")]
+        json: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Follow lifecycle events (spawned, up, hung, down, restarting, failed) until Ctrl-C.
     Events {
         /// Print each event as one JSON line.
@@ -180,6 +209,40 @@ fn main() -> ExitCode {
                 target,
             } => crashes(&target.dir(), name, limit, json).await,
             Command::Events { json, target } => events(&target.dir(), json).await,
+            Command::Call {
+                name,
+                tag,
+                json,
+                timeout_ms,
+                target,
+            } => {
+                call(
+                    &target.dir(),
+                    ControlRequest::Call {
+                        node: name,
+                        tag,
+                        json,
+                        timeout_ms,
+                    },
+                )
+                .await
+            }
+            Command::Send {
+                name,
+                tag,
+                json,
+                target,
+            } => {
+                simple(
+                    &target.dir(),
+                    ControlRequest::Send {
+                        node: name,
+                        tag,
+                        json,
+                    },
+                )
+                .await
+            }
             Command::Streams { json, target } => streams(&target.dir(), json).await,
             Command::Tap {
                 stream,
@@ -366,6 +429,21 @@ async fn simple(run_dir: &Path, req: ControlRequest) -> ExitCode {
     match request(run_dir, req).await {
         Ok(ControlReply::Done { message }) => {
             println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Ok(other) => fail(ClientError::Unexpected(format!("{other:?}"))),
+        Err(e) => fail(e),
+    }
+}
+
+async fn call(run_dir: &Path, req: ControlRequest) -> ExitCode {
+    match request(run_dir, req).await {
+        Ok(ControlReply::Answer { json, .. }) => {
+            let pretty = serde_json::from_str::<serde_json::Value>(&json)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or(json);
+            println!("{pretty}");
             ExitCode::SUCCESS
         }
         Ok(other) => fail(ClientError::Unexpected(format!("{other:?}"))),

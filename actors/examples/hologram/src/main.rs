@@ -44,7 +44,8 @@ pub struct Stats {
     pub worlds: usize,
 }
 syncra_node::message!(Stats = "syncra.hologram.stats/1");
-syncra_node::message!(GetStats = "syncra.hologram.get-stats/1" => Stats);
+// `cli`: `syncra call hologram syncra.hologram.get-stats/1` may ask it too.
+syncra_node::message!(GetStats = "syncra.hologram.get-stats/1" => Stats, cli);
 
 /// `[drivers.hologram] settings = { .. }`.
 #[derive(Debug, Deserialize)]
