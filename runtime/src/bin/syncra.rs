@@ -163,6 +163,15 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Write a new driver crate, on the driver skeleton, that builds and runs as written
+    /// (outside this workspace): `Cargo.toml`, `src/main.rs` and a config snippet.
+    NewDriver {
+        /// The driver's name (its package, binary and `[drivers.NAME]` table).
+        name: String,
+        /// Where to create it (the crate goes in `DIR/NAME`).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        path: PathBuf,
+    },
     /// Follow lifecycle events (spawned, up, hung, down, restarting, failed) until Ctrl-C.
     Events {
         /// Print each event as one JSON line.
@@ -209,6 +218,7 @@ fn main() -> ExitCode {
                 target,
             } => crashes(&target.dir(), name, limit, json).await,
             Command::Events { json, target } => events(&target.dir(), json).await,
+            Command::NewDriver { name, path } => new_driver(&name, &path),
             Command::Call {
                 name,
                 tag,
@@ -433,6 +443,190 @@ async fn simple(run_dir: &Path, req: ControlRequest) -> ExitCode {
         }
         Ok(other) => fail(ClientError::Unexpected(format!("{other:?}"))),
         Err(e) => fail(e),
+    }
+}
+
+/// The driver template of `syncra new-driver`: `{name}`, `{crate_name}` and `{tag}` are
+/// filled in.
+const DRIVER_MAIN: &str = r#"//! `{name}`: a Syncra driver, on the driver skeleton (`syncra_node::driver`).
+//!
+//! It counts the scenes of every world, ticks at `rate_hz`, reports a `ticks` figure in
+//! `syncra status`, and answers `syncra call {name} {tag}.stats-request/1`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use syncra_node::driver::{self, Context, Driver};
+use syncra_node::events::{NodeEvent, StreamKey};
+use syncra_node::streams::{Consumer, Subscription};
+use syncra_node::world::{ALL_SCENES, SceneSnapshot};
+use syncra_node::{Figure, FigureKind};
+
+/// Ask the driver how it is doing.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatsRequest;
+/// What it answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Stats {
+    pub ticks: u64,
+    pub scenes: u64,
+}
+syncra_node::message!(Stats = "{tag}.stats/1");
+syncra_node::message!(StatsRequest = "{tag}.stats-request/1" => Stats, cli);
+
+/// `[drivers.{name}] settings = { .. }`: a misspelt key is refused, and `syncra status` says so.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Settings {
+    rate_hz: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { rate_hz: 10.0 }
+    }
+}
+
+struct {crate_name} {
+    rate_hz: f64,
+    worlds: Subscription<SceneSnapshot>,
+    worlds_key: StreamKey,
+    scenes: Vec<Consumer<SceneSnapshot>>,
+    seen: u64,
+    ticks: Figure,
+}
+
+impl Driver for {crate_name} {
+    type Settings = Settings;
+
+    fn start(ctx: &mut Context<'_>, settings: Settings) -> Result<Self, String> {
+        let worlds = ctx.node().subscribe_pattern(ALL_SCENES).map_err(|e| e.to_string())?;
+        let worlds_key = ctx.watch(&worlds);
+        let ticks = ctx.node().figure("ticks", FigureKind::Counter);
+        Ok({crate_name} { rate_hz: settings.rate_hz, worlds, worlds_key, scenes: Vec::new(), seen: 0, ticks })
+    }
+
+    fn rate(&self) -> Option<f64> {
+        Some(self.rate_hz)
+    }
+
+    fn event(&mut self, ctx: &mut Context<'_>, event: NodeEvent) -> Result<(), String> {
+        match event {
+            NodeEvent::Stream(key) if key == self.worlds_key => {
+                while let Some(c) = self.worlds.next_stream(Duration::ZERO).map_err(|e| e.to_string())? {
+                    ctx.watch(&c);
+                    self.scenes.push(c);
+                }
+            }
+            NodeEvent::Stream(_) => {
+                for c in &mut self.scenes {
+                    while c.try_recv().map_err(|e| e.to_string())?.is_some() {
+                        self.seen += 1;
+                    }
+                }
+            }
+            NodeEvent::Message(incoming) => {
+                let stats = Stats { ticks: ctx.ticker().ticks(), scenes: self.seen };
+                let _ = incoming.answer_with(|StatsRequest| Ok(stats));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, _: &mut Context<'_>) -> Result<(), String> {
+        self.ticks.add(1.0);
+        Ok(())
+    }
+}
+
+fn main() {
+    driver::run::<{crate_name}>()
+}
+"#;
+
+/// `syncra new-driver NAME --path DIR`.
+fn new_driver(name: &str, path: &Path) -> ExitCode {
+    if let Err(e) = syncra_runtime::protocol::status::validate_component("driver name", name) {
+        eprintln!("syncra: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let dir = path.join(name);
+    if dir.exists() {
+        eprintln!(
+            "syncra: {} exists already; choose another name or --path",
+            dir.display()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    // This workspace's syncra-node, when `syncra` runs from a build of it; else from git.
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned);
+    let node_crate = workspace
+        .as_ref()
+        .map(|w| w.join("actors/node"))
+        .filter(|p| p.is_dir());
+    let node_dep = match &node_crate {
+        Some(p) => format!("{{ path = \"{}\" }}", p.display()),
+        None => "{ git = \"https://github.com/syncra/syncra-runtime\" }".to_owned(),
+    };
+    let crate_name: String = name
+        .split(['-', '_', '.'])
+        .map(|part| {
+            let mut c = part.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    let crate_name = if crate_name.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("Driver{crate_name}")
+    } else {
+        crate_name
+    };
+    let tag = format!("driver.{}", name.replace('_', "-"));
+    let cargo_toml = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n\
+         [dependencies]\nsyncra-node = {node_dep}\nserde = {{ version = \"1\", features = [\"derive\"] }}\n\n\
+         # A crate of its own, even inside another workspace's tree.\n[workspace]\n\n\
+         # Dependencies optimised in debug builds, as in the Syncra workspace: drivers run at speed.\n\
+         [profile.dev.package.\"*\"]\nopt-level = 2\ndebug = false\n"
+    );
+    let main_rs = DRIVER_MAIN
+        .replace("{name}", name)
+        .replace("{crate_name}", &crate_name)
+        .replace("{tag}", &tag);
+    let snippet = format!(
+        "# Add to your SyncraConfig.toml (after `cargo build` in {dir}):\n\
+         [drivers.{name}]\ncommand = \"{bin}\"\nsettings = {{ rate_hz = 10.0 }}\n",
+        dir = dir.display(),
+        bin = dir.join("target/debug").join(name).display()
+    );
+    let written = std::fs::create_dir_all(dir.join("src"))
+        .and_then(|()| std::fs::write(dir.join("Cargo.toml"), cargo_toml))
+        .and_then(|()| std::fs::write(dir.join("src/main.rs"), main_rs))
+        .and_then(|()| std::fs::write(dir.join(format!("{name}.toml")), &snippet))
+        .and_then(|()| match workspace.map(|w| w.join("Cargo.lock")) {
+            // The versions this Syncra was built and tested with.
+            Some(lock) if lock.is_file() && node_crate.is_some() => {
+                std::fs::copy(lock, dir.join("Cargo.lock")).map(|_| ())
+            }
+            _ => Ok(()),
+        });
+    match written {
+        Ok(()) => {
+            println!(
+                "created driver `{name}` in {}:\n  cd {} && cargo build\nthen add {name}.toml to your config; `syncra call {name} {tag}.stats-request/1` asks it for its stats.",
+                dir.display(),
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("syncra: writing {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
     }
 }
 
