@@ -716,8 +716,7 @@ impl RingReader {
 
     /// Whether a message is waiting.
     pub fn has_message(&self) -> bool {
-        self.map.header().published.load(Ordering::SeqCst)
-            >= self.cell().next.load(Ordering::Relaxed)
+        has_message(&self.map, self.cell)
     }
 
     /// Read the next message in place, if any: `read` gets the payload and its tag and runs
@@ -827,19 +826,12 @@ impl RingReader {
     /// Announce that this consumer is about to sleep on its doorbell. Returns `false` (and
     /// does not announce) if a message arrived meanwhile: read instead of sleeping.
     pub fn prepare_wait(&self) -> bool {
-        let cell = self.cell();
-        cell.waiting.store(1, Ordering::SeqCst);
-        if self.has_message() {
-            cell.waiting.store(0, Ordering::Relaxed);
-            return false;
-        }
-        true
+        prepare_wait(&self.map, self.cell)
     }
 
     /// After waking: empty the doorbell and clear the waiting flag.
     pub fn finish_wait(&self) {
-        drain(self.bell.as_fd());
-        self.cell().waiting.store(0, Ordering::Relaxed);
+        finish_wait(&self.map, self.cell, self.bell.as_fd());
     }
 
     fn wake_producer(&self) {
@@ -863,33 +855,44 @@ pub struct ReaderWaker {
     bell: OwnedFd,
 }
 
-impl ReaderWaker {
-    fn cell(&self) -> &ConsumerCell {
-        self.map.consumer(self.cell)
-    }
+/// Whether consumer `cell` of `map` has a message waiting.
+fn has_message(map: &RingMap, cell: usize) -> bool {
+    map.header().published.load(Ordering::SeqCst) >= map.consumer(cell).next.load(Ordering::Relaxed)
+}
 
+/// Ask the producer to ring consumer `cell`'s doorbell for its next message; `false` (and
+/// nothing asked) if one is already waiting.
+fn prepare_wait(map: &RingMap, cell: usize) -> bool {
+    let c = map.consumer(cell);
+    c.waiting.store(1, Ordering::SeqCst);
+    if has_message(map, cell) {
+        c.waiting.store(0, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+/// After waking: empty the doorbell and clear consumer `cell`'s waiting flag.
+fn finish_wait(map: &RingMap, cell: usize, bell: BorrowedFd<'_>) {
+    drain(bell);
+    map.consumer(cell).waiting.store(0, Ordering::Relaxed);
+}
+
+impl ReaderWaker {
     /// Whether a message is waiting for the reader.
     pub fn has_message(&self) -> bool {
-        self.map.header().published.load(Ordering::SeqCst)
-            >= self.cell().next.load(Ordering::Relaxed)
+        has_message(&self.map, self.cell)
     }
 
     /// Ask the producer to ring the doorbell for the next message; `false` if one is
     /// already waiting (then do not wait).
     pub fn prepare_wait(&self) -> bool {
-        let cell = self.cell();
-        cell.waiting.store(1, Ordering::SeqCst);
-        if self.has_message() {
-            cell.waiting.store(0, Ordering::Relaxed);
-            return false;
-        }
-        true
+        prepare_wait(&self.map, self.cell)
     }
 
     /// After waking: empty the doorbell and clear the waiting flag.
     pub fn finish_wait(&self) {
-        drain(self.bell.as_fd());
-        self.cell().waiting.store(0, Ordering::Relaxed);
+        finish_wait(&self.map, self.cell, self.bell.as_fd());
     }
 
     /// The doorbell to poll.

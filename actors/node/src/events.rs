@@ -171,19 +171,12 @@ impl Events {
     /// node's heartbeat while it waits.
     pub fn next(&mut self, deadline: Option<Instant>) -> NodeEvent {
         loop {
-            if let Some(ev) = self.ready() {
-                return ev;
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| d <= now) {
-                return NodeEvent::Deadline;
-            }
-            let waiting = self.prepare();
-            if !waiting {
-                continue;
-            }
-            let wake_at = self.wake_at(deadline, now);
-            let left = wake_at.saturating_duration_since(now);
+            let wake_at = match self.before_wait(deadline) {
+                Ok(Some(at)) => at,
+                Ok(None) => continue,
+                Err(ev) => return ev,
+            };
+            let left = wake_at.saturating_duration_since(Instant::now());
             let timeout = rustix::time::Timespec {
                 tv_sec: left.as_secs() as i64,
                 tv_nsec: i64::from(left.subsec_nanos()),
@@ -198,17 +191,11 @@ impl Events {
     /// [`Events::next`] for async code.
     pub async fn next_async(&mut self, deadline: Option<Instant>) -> NodeEvent {
         loop {
-            if let Some(ev) = self.ready() {
-                return ev;
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| d <= now) {
-                return NodeEvent::Deadline;
-            }
-            if !self.prepare() {
-                continue;
-            }
-            let wake_at = self.wake_at(deadline, now);
+            let wake_at = match self.before_wait(deadline) {
+                Ok(Some(at)) => at,
+                Ok(None) => continue,
+                Err(ev) => return ev,
+            };
             if self.async_fd.is_none() {
                 let fd = self.epoll.try_clone().expect("duplicating the epoll fd");
                 // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, open until it is dropped.
@@ -235,6 +222,23 @@ impl Events {
             self.finish();
             self.beat_if_due(wake_at);
         }
+    }
+
+    /// Before waiting: `Err(event)` if one is ready now (or the deadline passed); `Ok(None)` if
+    /// something arrived while the doorbells were armed (look again); `Ok(Some(at))`: wait
+    /// until `at` at the latest.
+    fn before_wait(&mut self, deadline: Option<Instant>) -> Result<Option<Instant>, NodeEvent> {
+        if let Some(ev) = self.ready() {
+            return Err(ev);
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| d <= now) {
+            return Err(NodeEvent::Deadline);
+        }
+        if !self.prepare() {
+            return Ok(None);
+        }
+        Ok(Some(self.wake_at(deadline, now)))
     }
 
     /// An event that is ready now, without waiting: shutdown first, then messages, returned
