@@ -179,6 +179,11 @@ fn test_all(args: Vec<String>) -> Result<(), String> {
             );
         }
     }
+    // Every binary first: the end-to-end tests run drivers (the hologram example) that no
+    // test target of their own package would make cargo build.
+    let mut bins = cargo();
+    bins.args(["build", "--workspace", "--bins"]);
+    run(bins)?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"]).args(&args);
     run(cmd)

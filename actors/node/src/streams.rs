@@ -556,7 +556,7 @@ impl crate::Node {
         }
     }
 
-    /// Subscribe to the bulk stream `name` with headers `H` (lazily, as [`Node::subscribe`]).
+    /// Subscribe to the bulk stream `name` with headers `H` (lazily, as [`crate::Node::subscribe`]).
     pub fn subscribe_bulk<H: Message>(&self, name: &str) -> Result<BulkConsumer<H>, StreamError> {
         Ok(BulkConsumer {
             inner: self.subscribe_tagged(name, bulk_tag::<H>(), true)?,
