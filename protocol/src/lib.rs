@@ -11,7 +11,7 @@
 //! A fourth link is memory: the [`page`] a child shares with the runtime for its heartbeat,
 //! metrics and panic report.
 //!
-//! What nodes say to each other is identified by [`message`] tags (`syncra.world.scene/1`),
+//! What nodes say to each other is identified by [`message`](mod@message) tags (`syncra.world.scene/1`),
 //! never by Rust type paths.
 //!
 //! The shared vocabulary — node identity and state ([`status`]), crash records ([`crash`]),

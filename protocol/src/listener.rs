@@ -8,7 +8,7 @@
 //!
 //! 1. It **seals** the listener: the listening socket is closed under ractor_cluster's feet and
 //!    its fd number given to a listening Unix socket nobody knows of and the reactor does not
-//!    watch ([`replace_with_dead_end`]). A connect to the port is refused at once, nothing is
+//!    watch (`replace_with_dead_end`). A connect to the port is refused at once, nothing is
 //!    ever accepted, and a stranger costs the process neither an fd nor a wakeup;
 //!    ractor_cluster's accept loop simply waits forever.
 //! 2. Its **gatekeeper** stops every session that arrived over TCP anyway (in the moment

@@ -21,7 +21,7 @@
 //!
 //! A tag is `NAME/VERSION`: NAME is 1 to [`MAX_TAG_NAME`] ASCII letters, digits, `.`, `_` and
 //! `-` (by convention `owner.thing.kind`), VERSION a number. Change the version whenever the
-//! shape changes. [`message!`] checks the tag when the crate compiles.
+//! shape changes. [`message!`](crate::message!) checks the tag when the crate compiles.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

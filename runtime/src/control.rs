@@ -22,7 +22,7 @@ use crate::Runtime;
 use crate::fdreserve::is_fd_shortage;
 
 /// Most control connections open at once. A newcomer over the limit closes the oldest
-/// connection that has waited [`EVICTABLE_AFTER`] without sending its request; when there is
+/// connection that has waited `EVICTABLE_AFTER` (100 ms) without sending its request; when there is
 /// none, the newcomer is refused as busy.
 pub const MAX_CONNECTIONS: usize = 128;
 /// How long a connection is safe from eviction while it has not sent its request (a real

@@ -11,9 +11,10 @@
 //! - serves a graceful shutdown request (from the runtime, or SIGTERM/SIGINT);
 //! - exits when the runtime is gone.
 //!
-//! A driver is best written on the skeleton, [`driver`]: one [`driver::Driver`] implementation,
-//! run by [`driver::run`], with one event loop ([`events`]) and typed, tagged messages
-//! ([`message!`], [`Message`], [`Request`]). The rest of this page is what the skeleton does.
+//! A driver is best written on the skeleton, [`driver`]: one [`driver::Driver`]
+//! implementation, run by [`driver::run`], with one event loop ([`events`]) and typed,
+//! tagged messages ([`message!`](macro@message), [`Message`], [`Request`]). The rest of this
+//! page is what the skeleton does for it.
 //!
 //! The caller's main loop then announces readiness with [`Node::ready`] and proves it is alive
 //! with [`Node::heartbeat`] — from the loop itself, so that a stuck loop stops the beats and
