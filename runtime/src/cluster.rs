@@ -16,7 +16,6 @@ use syncra_protocol::wire;
 
 use crate::registry::Registry;
 use crate::router::RouterMsg;
-use crate::supervisor::node::SupMsg;
 
 /// The hub's ractor node name, as children see it.
 pub(crate) const HUB_NAME: &str = "syncra-runtime";
@@ -41,13 +40,14 @@ impl Hub {
     pub(crate) async fn start(
         registry: Arc<Registry>,
         router: ActorRef<RouterMsg>,
+        supervisor: ractor::ActorCell,
     ) -> Result<Hub, String> {
         let cookie = random_cookie().map_err(|e| format!("generating the session cookie: {e}"))?;
         let server = syncra_protocol::listener::start_node_server(HUB_NAME, &cookie, (), true)
             .await
             .map_err(|e| format!("starting the hub node: {e}"))?
             .server;
-        let (gateway, _) = Actor::spawn(None, Gateway { registry, router }, ())
+        let (gateway, _) = Actor::spawn_linked(None, Gateway { registry, router }, (), supervisor)
             .await
             .map_err(|e| format!("starting the gateway: {e}"))?;
         ractor::pg::join(RUNTIME_GROUP.to_owned(), vec![gateway.get_cell()]);
@@ -56,6 +56,11 @@ impl Hub {
             gateway,
             cookie,
         })
+    }
+
+    /// The gateway actor's id.
+    pub(crate) fn gateway_id(&self) -> ractor::ActorId {
+        self.gateway.get_id()
     }
 
     /// The session cookie.
@@ -138,10 +143,7 @@ impl Actor for Gateway {
                         });
                     }
                     body => {
-                        let _ = route.to.cast(SupMsg::FromNode {
-                            incarnation,
-                            msg: body,
-                        });
+                        (route.deliver)(incarnation, body);
                     }
                 }
             }

@@ -37,6 +37,7 @@ mod fdreserve;
 pub mod hooks;
 pub mod logs;
 mod registry;
+mod root;
 mod router;
 mod rundir;
 pub mod runtime;

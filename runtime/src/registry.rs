@@ -18,8 +18,6 @@ use syncra_protocol::status::NodeView;
 use syncra_protocol::{NodeName, NodeState};
 use tokio::sync::watch;
 
-use crate::supervisor::node::SupMsg;
-
 /// One node's record.
 #[derive(Debug, Clone)]
 pub(crate) struct Record {
@@ -39,12 +37,24 @@ pub(crate) struct Record {
 /// A live incarnation's number and its agent.
 pub(crate) type LiveAgent = (u64, ActorRef<NodeInbox>);
 
+/// Hands a message from incarnation `u64` of a node to whoever supervises it.
+pub(crate) type Deliver = Arc<dyn Fn(u64, syncra_protocol::node::NodeToRuntime) + Send + Sync>;
+
 /// Where a token's messages go.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Route {
     pub(crate) node: NodeName,
     pub(crate) incarnation: u64,
-    pub(crate) to: ActorRef<SupMsg>,
+    pub(crate) deliver: Deliver,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("node", &self.node)
+            .field("incarnation", &self.incarnation)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]

@@ -143,12 +143,27 @@ impl RuntimeBuilder {
         let registry = Arc::new(Registry::new(plan.nodes().map(|n| n.name.clone())));
         let spawner = Spawner::start(tokio::runtime::Handle::current())
             .map_err(|e| StartError::Internal(format!("spawner thread: {e}")))?;
-        let (router, _) = Actor::spawn(None, crate::router::Router, registry.clone())
+        // The root: the runtime's own actors are linked to it, its tasks watched by it.
+        let ctx_slot: crate::root::CtxSlot = Arc::new(std::sync::OnceLock::new());
+        let (root, _) = Actor::spawn(None, crate::root::Root, ctx_slot.clone())
             .await
-            .map_err(|e| StartError::Internal(format!("router: {e}")))?;
-        let hub = Hub::start(registry.clone(), router.clone())
+            .map_err(|e| StartError::Internal(format!("root: {e}")))?;
+        let name = |id, what| {
+            let _ = root.cast(crate::root::RootMsg::Name(id, what));
+        };
+        let (router, _) = Actor::spawn_linked(
+            None,
+            crate::router::Router,
+            registry.clone(),
+            root.get_cell(),
+        )
+        .await
+        .map_err(|e| StartError::Internal(format!("router: {e}")))?;
+        name(router.get_id(), "router");
+        let hub = Hub::start(registry.clone(), router.clone(), root.get_cell())
             .await
             .map_err(StartError::Internal)?;
+        name(hub.gateway_id(), "gateway");
         let broker = crate::broker::Broker::new(rt.streams);
         let broker_task = {
             let broker = broker.clone();
@@ -160,6 +175,8 @@ impl RuntimeBuilder {
                 }
             })
         };
+        let broker_abort = broker_task.abort_handle();
+        crate::root::watch_task(ctx_slot.clone(), "Broker task", broker_task);
         let extra_env = vec![
             (
                 "SYNCRA_RUN_DIR".to_owned(),
@@ -181,6 +198,8 @@ impl RuntimeBuilder {
         // after its deadline.
         let watchdog = crate::watchdog::Watchdog::new(rt.watch_interval / 4);
         let watchdog_task = tokio::spawn(watchdog.clone().run());
+        let watchdog_abort = watchdog_task.abort_handle();
+        crate::root::watch_task(ctx_slot.clone(), "watchdog", watchdog_task);
         let ctx = Arc::new(Ctx {
             registry: registry.clone(),
             spawner,
@@ -196,14 +215,26 @@ impl RuntimeBuilder {
             watchdog,
             fds,
         });
+        let _ = ctx_slot.set(Arc::downgrade(&ctx));
 
-        let (drivers, _) =
-            Actor::spawn(None, Group, ("drivers", plan.drivers.clone(), ctx.clone()))
-                .await
-                .map_err(|e| StartError::Internal(format!("drivers group: {e}")))?;
-        let (worlds, _) = Actor::spawn(None, Group, ("worlds", plan.worlds.clone(), ctx.clone()))
-            .await
-            .map_err(|e| StartError::Internal(format!("worlds group: {e}")))?;
+        let (drivers, _) = Actor::spawn_linked(
+            None,
+            Group,
+            ("drivers", plan.drivers.clone(), ctx.clone()),
+            root.get_cell(),
+        )
+        .await
+        .map_err(|e| StartError::Internal(format!("drivers group: {e}")))?;
+        name(drivers.get_id(), "drivers group");
+        let (worlds, _) = Actor::spawn_linked(
+            None,
+            Group,
+            ("worlds", plan.worlds.clone(), ctx.clone()),
+            root.get_cell(),
+        )
+        .await
+        .map_err(|e| StartError::Internal(format!("worlds group: {e}")))?;
+        name(worlds.get_id(), "worlds group");
         let mut supervisors = HashMap::new();
         for group in [&drivers, &worlds] {
             let children = ractor::call_t!(group, GroupMsg::Children, 5000)
@@ -235,9 +266,10 @@ impl RuntimeBuilder {
                 hub,
                 run_dir: Mutex::new(Some(run_dir)),
                 control: Mutex::new(None),
-                watchdog: watchdog_task,
-                broker_task,
+                watchdog: watchdog_abort,
+                broker_task: broker_abort,
                 router,
+                root,
                 finished: tokio::sync::OnceCell::new(),
             }),
         };
@@ -327,8 +359,9 @@ struct Inner {
     hub: Hub,
     run_dir: Mutex<Option<RunDir>>,
     control: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    watchdog: tokio::task::JoinHandle<()>,
-    broker_task: tokio::task::JoinHandle<()>,
+    watchdog: tokio::task::AbortHandle,
+    broker_task: tokio::task::AbortHandle,
+    root: ActorRef<crate::root::RootMsg>,
     router: ActorRef<crate::router::RouterMsg>,
     finished: tokio::sync::OnceCell<ShutdownReport>,
 }
@@ -360,16 +393,28 @@ pub struct ShutdownReport {
 
 impl ShutdownReport {
     /// The process exit code this shutdown deserves: 0 for a requested shutdown, 1 when the
-    /// runtime shut down because it gave up on a node.
+    /// runtime shut down because it gave up on a node or lost a part of itself.
     pub fn exit_code(&self) -> i32 {
         match self.cause {
-            ShutdownCause::GaveUp(_) => 1,
+            ShutdownCause::GaveUp(_) | ShutdownCause::Internal(_) => 1,
             _ => 0,
         }
     }
 }
 
 impl Runtime {
+    /// The router (for tests that take a part of the runtime away).
+    #[cfg(test)]
+    pub(crate) fn router(&self) -> &ActorRef<crate::router::RouterMsg> {
+        &self.inner.router
+    }
+
+    /// The supervisor of node `name` (for tests that take a part of the runtime away).
+    #[cfg(test)]
+    pub(crate) fn supervisor_of(&self, name: &str) -> Option<ActorRef<SupMsg>> {
+        self.supervisor(name).ok().cloned()
+    }
+
     /// The fd reserve.
     pub(crate) fn fds(&self) -> &crate::fdreserve::FdReserve {
         &self.inner.ctx.fds
@@ -686,6 +731,7 @@ impl Runtime {
         self.inner.router.stop(None);
         self.inner.drivers.stop(None);
         self.inner.worlds.stop(None);
+        self.inner.root.stop(None);
         drop(
             self.inner
                 .run_dir

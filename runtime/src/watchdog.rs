@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ractor::ActorRef;
 use syncra_protocol::NodeName;
 use syncra_protocol::page::NodePage;
 
-use crate::supervisor::node::SupMsg;
+/// Told that an incarnation is hung: its number and how long it was silent.
+pub(crate) type OnHung = Box<dyn Fn(u64, Duration) + Send>;
 
 struct Watched {
     incarnation: u64,
@@ -23,7 +23,7 @@ struct Watched {
     deadline: Duration,
     last_beats: u64,
     last_change: Instant,
-    to: ActorRef<SupMsg>,
+    on_hung: OnHung,
 }
 
 /// The watched nodes and the sampling period.
@@ -60,7 +60,7 @@ impl Watchdog {
         incarnation: u64,
         page: Arc<NodePage>,
         deadline: Duration,
-        to: ActorRef<SupMsg>,
+        on_hung: OnHung,
     ) {
         let last_beats = page.vitals().beats();
         self.lock().insert(
@@ -71,7 +71,7 @@ impl Watchdog {
                 deadline,
                 last_beats,
                 last_change: Instant::now(),
-                to,
+                on_hung,
             },
         );
     }
@@ -110,11 +110,71 @@ impl Watchdog {
         }
         for name in hung {
             if let Some(w) = watched.remove(&name) {
-                let _ = w.to.cast(SupMsg::Hung {
-                    incarnation: w.incarnation,
-                    silent: now.duration_since(w.last_change),
-                });
+                (w.on_hung)(w.incarnation, now.duration_since(w.last_change));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn watched(
+        dog: &Watchdog,
+        deadline_ms: u64,
+    ) -> (Arc<NodePage>, mpsc::Receiver<(u64, Duration)>) {
+        let (page, _fd) = NodePage::create("watchdog-test").unwrap();
+        let page = Arc::new(page);
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        dog.watch(
+            NodeName::world("w"),
+            7,
+            page.clone(),
+            Duration::from_millis(deadline_ms),
+            Box::new(move |inc, silent| {
+                let _ = tx.lock().unwrap().send((inc, silent));
+            }),
+        );
+        (page, rx)
+    }
+
+    #[test]
+    fn a_node_silent_for_its_deadline_is_reported_hung_once() {
+        let dog = Watchdog::new(Duration::from_millis(25));
+        let (_page, hung) = watched(&dog, 100);
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(25);
+        for i in 1..=3 {
+            dog.sweep(t0 + tick * i, tick);
+        }
+        assert!(hung.try_recv().is_err(), "reported before its deadline");
+        dog.sweep(t0 + Duration::from_millis(125), tick);
+        let (inc, silent) = hung.try_recv().expect("reported at its deadline");
+        assert_eq!(inc, 7);
+        assert!(silent >= Duration::from_millis(100), "{silent:?}");
+        dog.sweep(t0 + Duration::from_millis(400), tick);
+        assert!(hung.try_recv().is_err(), "reported twice");
+    }
+
+    #[test]
+    fn a_beating_node_is_never_hung_and_a_stalled_watchdog_only_rebaselines() {
+        let dog = Watchdog::new(Duration::from_millis(25));
+        let (page, hung) = watched(&dog, 100);
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(25);
+        for i in 1..=20 {
+            page.vitals().beat(None);
+            dog.sweep(t0 + tick * i, tick);
+        }
+        assert!(hung.try_recv().is_err());
+        // The runtime itself was stopped for a second: no beats seen, but no blame either.
+        dog.sweep(t0 + Duration::from_millis(1500), Duration::from_secs(1));
+        assert!(
+            hung.try_recv().is_err(),
+            "a stall of the runtime was blamed on the node"
+        );
     }
 }

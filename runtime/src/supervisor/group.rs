@@ -33,6 +33,7 @@ pub(crate) struct GroupState {
     label: &'static str,
     strategy: Strategy,
     children: Vec<(NodeName, ActorRef<SupMsg>)>,
+    ctx: Arc<Ctx>,
 }
 
 impl Actor for Group {
@@ -62,6 +63,7 @@ impl Actor for Group {
             label,
             strategy: plan.policy.strategy,
             children,
+            ctx,
         })
     }
 
@@ -116,9 +118,29 @@ impl Actor for Group {
         ev: SupervisionEvent,
         st: &mut GroupState,
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(who, err) = ev {
-            tracing::error!(group = st.label, actor = %who.get_id(), error = %err, "a node supervisor failed (a bug): its node is no longer supervised");
+        // A node supervisor ends only with the runtime: one that fails or stops before (a
+        // bug) leaves its node unsupervised, so the runtime stops in order instead.
+        let (who, why) = match ev {
+            SupervisionEvent::ActorFailed(who, err) => (who, format!("it failed: {err}")),
+            SupervisionEvent::ActorTerminated(who, _, reason) => {
+                (who, reason.unwrap_or_else(|| "it stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        if st.ctx.registry.shutting_down() {
+            return Ok(());
         }
+        let node = st
+            .children
+            .iter()
+            .find(|(_, c)| c.get_id() == who.get_id())
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_else(|| format!("actor {}", who.get_id()));
+        tracing::error!(group = st.label, %node, "the supervisor of {node} ended ({why}); stopping in order");
+        st.ctx
+            .request_shutdown(super::ShutdownCause::Internal(format!(
+                "the supervisor of {node} ended: {why}"
+            )));
         Ok(())
     }
 }

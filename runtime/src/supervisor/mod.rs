@@ -41,6 +41,9 @@ pub enum ShutdownCause {
     Signal(&'static str),
     /// The supervisor gave up on a node and config says to shut down.
     GaveUp(String),
+    /// A part of the runtime itself (its router, gateway, a group, a task) ended: it stops in
+    /// order rather than go on without it.
+    Internal(String),
 }
 
 /// What every supervisor shares.

@@ -833,7 +833,12 @@ impl SupState {
             Route {
                 node: self.plan.name.clone(),
                 incarnation,
-                to: self.myself.clone(),
+                deliver: {
+                    let me = self.myself.clone();
+                    Arc::new(move |incarnation, msg| {
+                        let _ = me.cast(SupMsg::FromNode { incarnation, msg });
+                    })
+                },
             },
         );
         self.ctx
@@ -1012,12 +1017,18 @@ impl SupState {
             now.duration_since(live.spawned_at),
         );
         let deadline = Duration::from_millis(self.plan.heartbeat.deadline_ms);
+        let me = self.myself.clone();
         self.ctx.watchdog.watch(
             self.plan.name.clone(),
             incarnation,
             live.page.clone(),
             deadline,
-            self.myself.clone(),
+            Box::new(move |incarnation, silent| {
+                let _ = me.cast(SupMsg::Hung {
+                    incarnation,
+                    silent,
+                });
+            }),
         );
         // The state first, then the event: whoever receives the event sees the new state.
         self.set_phase(Phase::Ready, None);
