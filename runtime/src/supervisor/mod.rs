@@ -12,6 +12,7 @@
 //! applies OTP strategies (which siblings restart with a failed child). Restart policy itself
 //! is data, decided by the pure functions in [`policy`].
 
+pub(crate) mod ending;
 pub(crate) mod group;
 pub(crate) mod node;
 pub(crate) mod policy;

@@ -29,6 +29,7 @@ use syncra_protocol::status::{EventKind, LifecycleEvent};
 use syncra_protocol::{NodeName, NodeState, PROTOCOL_VERSION, wire};
 use tokio::io::AsyncWriteExt;
 
+use super::ending::{Forced, NotStarted};
 use super::group::GroupMsg;
 use super::policy::{self, Ending, History, Termination, Verdict};
 use super::{Ctx, ShutdownCause};
@@ -104,15 +105,6 @@ pub(crate) struct ExitReport {
     not_started: Option<NotStarted>,
 }
 
-/// Why an incarnation never had a process.
-#[derive(Debug)]
-enum NotStarted {
-    /// Creating the process failed.
-    Spawn(SpawnError),
-    /// A dependency cannot become ready.
-    Dependency(String),
-}
-
 /// What follows the end of an incarnation.
 #[derive(Debug)]
 enum Next {
@@ -164,15 +156,6 @@ impl Phase {
             Phase::Failed => NodeState::Failed,
         }
     }
-}
-
-/// Why the runtime itself ended an incarnation.
-#[derive(Debug, Clone)]
-enum Forced {
-    Hung { silent: Duration },
-    StartTimeout,
-    Refused(String),
-    Requested,
 }
 
 /// What follows the end of the current incarnation.
@@ -1195,63 +1178,20 @@ impl SupState {
             Termination::Signal(s) => (None, Some(s)),
             Termination::NotStarted => (None, None),
         };
-        // A node that panicked or crashed while being asked to stop crashed all the same.
-        let crashed_anyway = report.panic.is_some()
-            || matches!(report.termination, Termination::Signal(s) if policy::is_crash_signal(s));
-        let reason = match &forced {
-            Some(Forced::Hung { .. }) => Reason::Hung,
-            Some(Forced::StartTimeout) | Some(Forced::Refused(_)) => Reason::FailedToStart,
-            Some(Forced::Requested) if !crashed_anyway => Reason::Requested,
-            _ => policy::classify(report.termination, was_ready.is_some()),
-        };
-        let permanent: Option<String> = match (&report.not_started, &forced) {
-            (Some(NotStarted::Spawn(e)), _) if e.is_permanent() => Some(e.to_string()),
-            (_, Some(Forced::Refused(why))) => Some(why.clone()),
-            _ => policy::is_permanent_start_failure(report.termination).map(str::to_owned),
-        };
-        let permanent = match (permanent, &report.note) {
-            (Some(why), Some(note)) => Some(format!("{why}: {note}")),
-            (permanent, _) => permanent,
-        };
-        let detail = match (&forced, &report.not_started) {
-            (_, Some(NotStarted::Spawn(e))) => format!("could not be started: {e}"),
-            (_, Some(NotStarted::Dependency(why))) => format!("not started: {why}"),
-            (Some(Forced::Hung { silent }), _) => format!(
-                "no heartbeat for {} ms (deadline {} ms)",
-                silent.as_millis(),
-                self.plan.heartbeat.deadline_ms
-            ),
-            (Some(Forced::StartTimeout), _) => {
-                format!(
-                    "not ready within its start timeout of {} ms",
-                    self.plan.start_timeout.as_millis()
-                )
-            }
-            (Some(Forced::Refused(why)), _) => why.clone(),
-            (Some(Forced::Requested), _) if reason == Reason::Requested => {
-                "stopped on request".into()
-            }
-            _ => match (code, sig, was_ready.is_some()) {
-                (Some(c), _, false) => match syncra_protocol::boot::exit_code::describe(c) {
-                    Some(why) => format!("exited with code {c} before it was ready: {why}"),
-                    None => format!("exited with code {c} before it was ready"),
-                },
-                (None, Some(s), false) => {
-                    format!("killed by {} before it was ready", signal_name(s))
-                }
-                (Some(c), _, true) if c == syncra_protocol::boot::exit_code::LINK_LOST => {
-                    format!("lost its link to the runtime and left (exit code {c})")
-                }
-                (Some(c), _, true) => format!("exited with code {c}"),
-                (None, Some(s), true) => format!("terminated by {}", signal_name(s)),
-                _ => "ended".into(),
-            },
-        };
-        // What the node said about its own exit (a refused setting, a failed start).
-        let detail = match &report.note {
-            Some(note) if reason != Reason::Requested => format!("{detail}: {note}"),
-            _ => detail,
-        };
+        let super::ending::Assessment {
+            reason,
+            permanent,
+            detail,
+        } = super::ending::assess(&super::ending::Facts {
+            termination: report.termination,
+            was_ready: was_ready.is_some(),
+            forced: forced.as_ref(),
+            not_started: report.not_started.as_ref(),
+            panicked: report.panic.is_some(),
+            note: report.note.as_deref(),
+            deadline_ms: self.plan.heartbeat.deadline_ms,
+            start_timeout: self.plan.start_timeout,
+        });
         let mut summary = ExitSummary {
             unix_ms: logs::unix_ms(report.at),
             pid,
