@@ -734,3 +734,47 @@ fn event_loop(mode: &[&str]) {
     let seen = lines(dir.path(), "looper");
     assert_eq!(seen.last().unwrap()["shutdown"], true, "{:?}", seen.last());
 }
+
+#[test]
+fn a_dropped_pattern_subscription_gets_no_later_streams_and_keeps_what_it_had() {
+    let (_t, dir) = scratch();
+    let pattern = |name: &str, drop: bool| {
+        let mut opts = vec!["pattern=*/ticks"];
+        if drop {
+            opts.push("drop=1");
+        }
+        args(&dir, name, "pattern", &opts)
+    };
+    let h = Harness::start(
+        &config(&[
+            ("first", args(&dir, "first", "producer", &["stream=ticks"])),
+            ("dropper", pattern("dropper", true)),
+            ("keeper", pattern("keeper", false)),
+            ("late", args(&dir, "late", "producer", &["stream=ticks"])),
+        ])
+        // `late` declares only once both subscribers are ready: the dropper has dropped.
+        .replace(
+            "[drivers.late]\n",
+            "[drivers.late]\ndepends_on = [\"dropper\", \"keeper\"]\n",
+        ),
+        &[],
+    );
+    h.wait_ready(&["first", "dropper", "keeper", "late"]);
+    wait_lines(&dir, "keeper", "the keeper holds both streams", |l| {
+        l.iter().any(|v| v["streams"] == 2)
+    });
+    let views = streams(&h);
+    let consumers = |stream: &str| -> Vec<String> {
+        let v = views.iter().find(|v| v.name == stream).expect(stream);
+        let mut nodes: Vec<String> = v.consumers.iter().map(|c| c.node.to_string()).collect();
+        nodes.sort();
+        nodes
+    };
+    assert_eq!(consumers("first/ticks"), ["dropper", "keeper"]);
+    assert_eq!(
+        consumers("late/ticks"),
+        ["keeper"],
+        "the dropped pattern got nothing more"
+    );
+    assert!(lines(&dir, "dropper").iter().all(|v| v["streams"] == 1));
+}

@@ -509,6 +509,32 @@ fn main() {
                 beat(&node);
             }
         }
+        "pattern" => {
+            // Subscribe to every `Tick` stream matching `pattern`; `drop=1`: drop the
+            // subscription once the first stream came (keeping that consumer), then be ready.
+            let mut sub = match node.subscribe_pattern::<Tick>(&opt("pattern")) {
+                Ok(sub) => sub,
+                Err(e) => return idle(&node, &mut out, e.to_string()),
+            };
+            let mut consumers = Vec::new();
+            match sub.next_stream(Duration::from_secs(30)) {
+                Ok(Some(c)) => consumers.push(c),
+                other => return idle(&node, &mut out, format!("no first stream: {other:?}")),
+            }
+            let mut sub = (opt("drop") != "1").then_some(sub);
+            node.ready();
+            while !node.shutdown_requested() {
+                if let Some(sub) = &mut sub
+                    && let Ok(Some(c)) = sub.next_stream(Duration::from_millis(20))
+                {
+                    consumers.push(c);
+                } else {
+                    node.sleep_until(Instant::now() + Duration::from_millis(20));
+                }
+                out.line(serde_json::json!({ "streams": consumers.len() }));
+                beat(&node);
+            }
+        }
         "consumer" => {
             let stream = opt("stream");
             // `wait=0`: only a stream that exists now; otherwise attach whenever it appears.
