@@ -35,6 +35,7 @@ pub mod node;
 pub mod page;
 pub mod ring;
 pub mod status;
+pub mod step;
 pub mod wire;
 pub mod world;
 
@@ -43,3 +44,4 @@ pub mod world;
 pub const PROTOCOL_VERSION: u32 = 5;
 
 pub use status::{NodeKind, NodeName, NodeState};
+pub use step::{BoxError, StepError};

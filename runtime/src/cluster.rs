@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::NodeServerMessage;
 use syncra_protocol::node::{Envelope, NodeToRuntime, RUNTIME_GROUP, RuntimeInbox, UnixLink};
-use syncra_protocol::wire;
+use syncra_protocol::{StepError, wire};
 
 use crate::registry::Registry;
 use crate::router::RouterMsg;
@@ -41,15 +41,15 @@ impl Hub {
         registry: Arc<Registry>,
         router: ActorRef<RouterMsg>,
         supervisor: ractor::ActorCell,
-    ) -> Result<Hub, String> {
-        let cookie = random_cookie().map_err(|e| format!("generating the session cookie: {e}"))?;
+    ) -> Result<Hub, StepError> {
+        let cookie = random_cookie().map_err(StepError::at("generating the session cookie"))?;
         let server = syncra_protocol::listener::start_node_server(HUB_NAME, &cookie, (), true)
             .await
-            .map_err(|e| format!("starting the hub node: {e}"))?
+            .map_err(StepError::at("starting the hub node"))?
             .server;
         let (gateway, _) = Actor::spawn_linked(None, Gateway { registry, router }, (), supervisor)
             .await
-            .map_err(|e| format!("starting the gateway: {e}"))?;
+            .map_err(StepError::at("starting the gateway"))?;
         ractor::pg::join(RUNTIME_GROUP.to_owned(), vec![gateway.get_cell()]);
         Ok(Hub {
             server,
@@ -74,15 +74,17 @@ impl Hub {
         &self,
         stream: std::os::unix::net::UnixStream,
         label: &str,
-    ) -> Result<(), String> {
-        let link = UnixLink::new(stream, label)
-            .map_err(|e| format!("preparing the session socket: {e}"))?;
+    ) -> Result<(), StepError> {
+        let link =
+            UnixLink::new(stream, label).map_err(StepError::at("preparing the session socket"))?;
         self.server
             .cast(NodeServerMessage::ConnectionOpenedExternal {
                 stream: Box::new(link),
                 is_server: true,
             })
-            .map_err(|e| format!("the hub node is gone: {e}"))
+            .map_err(|e| {
+                StepError::new("opening the session", format!("the hub node is gone: {e}"))
+            })
     }
 
     /// Stop the hub node (before the tokio runtime ends, so its listener does not respawn).

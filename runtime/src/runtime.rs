@@ -12,7 +12,7 @@ use syncra_protocol::control::{
 };
 use syncra_protocol::node::Payload;
 use syncra_protocol::status::{LifecycleEvent, RuntimeInfo, StatusReport};
-use syncra_protocol::{NodeKind, NodeName, NodeState, PROTOCOL_VERSION};
+use syncra_protocol::{NodeKind, NodeName, NodeState, PROTOCOL_VERSION, StepError};
 use tokio::sync::{broadcast, watch};
 
 use crate::cluster::Hub;
@@ -51,9 +51,10 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// The hub node, the spawner or the control socket could not start.
+    /// A part of the runtime (the hub node, the spawner, an actor, the control socket) could
+    /// not start: the step names it, its source says why.
     #[error("starting the runtime: {0}")]
-    Internal(String),
+    Internal(#[from] StepError),
 }
 
 /// Builds a [`Runtime`]: the config, plus what only code can give (hook callbacks).
@@ -142,12 +143,12 @@ impl RuntimeBuilder {
 
         let registry = Arc::new(Registry::new(plan.nodes().map(|n| n.name.clone())));
         let spawner = Spawner::start(tokio::runtime::Handle::current())
-            .map_err(|e| StartError::Internal(format!("spawner thread: {e}")))?;
+            .map_err(StepError::at("starting the spawner thread"))?;
         // The root: the runtime's own actors are linked to it, its tasks watched by it.
         let ctx_slot: crate::root::CtxSlot = Arc::new(std::sync::OnceLock::new());
         let (root, _) = Actor::spawn(None, crate::root::Root, ctx_slot.clone())
             .await
-            .map_err(|e| StartError::Internal(format!("root: {e}")))?;
+            .map_err(StepError::at("starting the root actor"))?;
         let name = |id, what| {
             let _ = root.cast(crate::root::RootMsg::Name(id, what));
         };
@@ -158,11 +159,9 @@ impl RuntimeBuilder {
             root.get_cell(),
         )
         .await
-        .map_err(|e| StartError::Internal(format!("router: {e}")))?;
+        .map_err(StepError::at("starting the router"))?;
         name(router.get_id(), "router");
-        let hub = Hub::start(registry.clone(), router.clone(), root.get_cell())
-            .await
-            .map_err(StartError::Internal)?;
+        let hub = Hub::start(registry.clone(), router.clone(), root.get_cell()).await?;
         name(hub.gateway_id(), "gateway");
         let broker = crate::broker::Broker::new(rt.streams);
         let broker_task = {
@@ -224,7 +223,7 @@ impl RuntimeBuilder {
             root.get_cell(),
         )
         .await
-        .map_err(|e| StartError::Internal(format!("drivers group: {e}")))?;
+        .map_err(StepError::at("starting the drivers group"))?;
         name(drivers.get_id(), "drivers group");
         let (worlds, _) = Actor::spawn_linked(
             None,
@@ -233,23 +232,23 @@ impl RuntimeBuilder {
             root.get_cell(),
         )
         .await
-        .map_err(|e| StartError::Internal(format!("worlds group: {e}")))?;
+        .map_err(StepError::at("starting the worlds group"))?;
         name(worlds.get_id(), "worlds group");
         let mut supervisors = HashMap::new();
         for group in [&drivers, &worlds] {
             let children = ractor::call_t!(group, GroupMsg::Children, 5000)
-                .map_err(|e| StartError::Internal(format!("listing a group: {e}")))?;
+                .map_err(StepError::at("listing a group's node supervisors"))?;
             supervisors.extend(children);
         }
 
         let socket = run_dir.socket();
         let listener = if self.control_socket {
             let listener = tokio::net::UnixListener::bind(&socket)
-                .map_err(|e| StartError::Internal(format!("binding {}: {e}", socket.display())))?;
+                .map_err(StepError::at(format!("binding {}", socket.display())))?;
             // Private like its directory: only this user may drive the runtime.
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(
-                |e| StartError::Internal(format!("making {} private: {e}", socket.display())),
+                StepError::at(format!("making {} private", socket.display())),
             )?;
             Some(listener)
         } else {

@@ -24,6 +24,7 @@
 //! **Architecture Invariant:** nothing else in the workspace creates a process (clippy's
 //! `disallowed-methods` bans `Command::new`).
 
+use std::borrow::Cow;
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -167,7 +168,7 @@ pub(crate) struct Spawned {
 }
 
 /// Why a process could not be spawned.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     /// The executable was not found.
     #[error("executable `{program}` not found{}", if searched.is_empty() { String::new() } else { format!(" (looked in {searched})") })]
@@ -186,14 +187,15 @@ pub enum SpawnError {
         message: String,
     },
     /// Creating the process failed.
-    #[error("spawning `{program}` failed: {message}")]
+    #[error("spawning `{program}` failed: {step}: {source}")]
     Io {
         /// The path.
         program: String,
+        /// What was being done: `creating the stdout pipe`, `exec`.
+        step: Cow<'static, str>,
         /// The OS error.
-        message: String,
-        /// Its errno, when the OS gave one.
-        errno: Option<i32>,
+        #[source]
+        source: std::io::Error,
     },
     /// The spawner thread is gone (the runtime is exiting).
     #[error("the spawner thread is gone")]
@@ -214,12 +216,30 @@ impl SpawnError {
     /// can cure.
     pub fn is_resource_shortage(&self) -> bool {
         matches!(
-            self,
-            SpawnError::Io {
-                errno: Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM),
-                ..
-            }
+            self.errno(),
+            Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
         )
+    }
+
+    /// The errno of an OS error, if the failure was one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            SpawnError::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    /// An OS error at `step` of spawning `program`.
+    pub(crate) fn io(
+        program: impl Into<String>,
+        step: impl Into<Cow<'static, str>>,
+        source: std::io::Error,
+    ) -> SpawnError {
+        SpawnError::Io {
+            program: program.into(),
+            step: step.into(),
+            source,
+        }
     }
 }
 
@@ -395,16 +415,21 @@ fn cstring(what: &str, bytes: &[u8]) -> std::io::Result<CString> {
 
 fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
     let program_name = spec.program.display().to_string();
-    let io_err = |e: std::io::Error| SpawnError::Io {
-        program: program_name.clone(),
-        message: e.to_string(),
-        errno: e.raw_os_error(),
+    let io_err = |step: &'static str| {
+        let program = program_name.clone();
+        move |e: std::io::Error| SpawnError::io(program, step, e)
+    };
+    let os_err = |step: &'static str| {
+        let program = program_name.clone();
+        move |e: rustix::io::Errno| SpawnError::io(program, step, e.into())
     };
 
-    let path = cstring("the program path", spec.program.as_os_str().as_bytes()).map_err(io_err)?;
+    let path = cstring("the program path", spec.program.as_os_str().as_bytes())
+        .map_err(io_err("preparing the program path"))?;
     let mut argv_c = vec![path.clone()];
     for a in &spec.args {
-        argv_c.push(cstring("an argument", a.as_bytes()).map_err(io_err)?);
+        argv_c
+            .push(cstring("an argument", a.as_bytes()).map_err(io_err("preparing the arguments"))?);
     }
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
@@ -419,7 +444,10 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
         let mut kv = k;
         kv.push(b'=');
         kv.append(&mut v);
-        envp_c.push(cstring(&format!("environment variable {name}"), &kv).map_err(io_err)?);
+        envp_c.push(
+            cstring(&format!("environment variable {name}"), &kv)
+                .map_err(io_err("preparing the environment"))?,
+        );
     }
     let argv: Vec<*const c_char> = argv_c
         .iter()
@@ -445,18 +473,18 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
             rustix::fs::Mode::empty(),
         )
     };
-    let stdin = devnull(false).map_err(|e| io_err(e.into()))?;
+    let stdin = devnull(false).map_err(os_err("opening /dev/null for stdin"))?;
     let (mut readers, stdout_w, stderr_w) = if spec.capture_output {
         let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| io_err(e.into()))?;
+            .map_err(os_err("creating the stdout pipe"))?;
         let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| io_err(e.into()))?;
+            .map_err(os_err("creating the stderr pipe"))?;
         (Some((out_r, err_r)), out_w, err_w)
     } else {
         (
             None,
-            devnull(true).map_err(|e| io_err(e.into()))?,
-            devnull(true).map_err(|e| io_err(e.into()))?,
+            devnull(true).map_err(os_err("opening /dev/null for stdout"))?,
+            devnull(true).map_err(os_err("opening /dev/null for stderr"))?,
         )
     };
 
@@ -471,8 +499,8 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
     .into_iter()
     .chain(spec.fds.iter().map(|(fd, t)| (fd.as_fd(), *t)))
     {
-        let high =
-            rustix::io::fcntl_dupfd_cloexec(fd, STAGING_FD_MIN).map_err(|e| io_err(e.into()))?;
+        let high = rustix::io::fcntl_dupfd_cloexec(fd, STAGING_FD_MIN)
+            .map_err(os_err("staging the inherited fds"))?;
         staged.push((high, target));
     }
     let moves: Vec<(RawFd, RawFd)> = staged
@@ -510,7 +538,7 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
         )
     };
     if pid < 0 {
-        return Err(io_err(std::io::Error::last_os_error()));
+        return Err(io_err("clone")(std::io::Error::last_os_error()));
     }
     // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd, owned by nobody else, in `pidfd`.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
@@ -531,10 +559,10 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
                     program: program_name,
                     message: "it is not an executable this machine can run (wrong format or architecture)".into(),
                 },
-                _ => SpawnError::Io { program: program_name, message: format!("exec: {e}"), errno: Some(args.errno) },
+                _ => SpawnError::io(program_name, "exec", e),
             },
-            Some(step) => SpawnError::Io { program: program_name, message: format!("{}: {e}", step.describe()), errno: Some(args.errno) },
-            None => io_err(e),
+            Some(step) => SpawnError::io(program_name, step.describe(), e),
+            None => io_err("starting the child")(e),
         });
     }
     let signal_fd = pidfd.try_clone();
@@ -543,12 +571,12 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
         pidfd: Some(pidfd),
     };
     // On failure `process` is dropped here, which kills and reaps the child.
-    let signal_fd = signal_fd.map_err(io_err)?;
+    let signal_fd = signal_fd.map_err(io_err("duplicating the pidfd"))?;
     let (stdout, stderr) = match readers.take() {
         // On failure `process` is dropped here, which kills and reaps the child.
         Some((out_r, err_r)) => (
-            Some(pipe::Receiver::from_owned_fd(out_r).map_err(io_err)?),
-            Some(pipe::Receiver::from_owned_fd(err_r).map_err(io_err)?),
+            Some(pipe::Receiver::from_owned_fd(out_r).map_err(io_err("reading the stdout pipe"))?),
+            Some(pipe::Receiver::from_owned_fd(err_r).map_err(io_err("reading the stderr pipe"))?),
         ),
         None => (None, None),
     };
@@ -775,6 +803,31 @@ mod tests {
         let (out, _) = output(s).await;
         let ignored = u64::from_str_radix(out.split_whitespace().nth(1).unwrap(), 16).unwrap();
         assert_eq!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_step_in_the_child_is_named_with_its_os_error() {
+        let spawner = Spawner::start(tokio::runtime::Handle::current()).unwrap();
+        let (_ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        // No process can have an fd this high: placing it fails in the child, before exec.
+        let spec = sh("exit 0", &[], vec![(theirs.into(), 1 << 30)]);
+        let err = spawner.spawn(spec).await.unwrap_err();
+        match &err {
+            SpawnError::Io { step, source, .. } => {
+                assert_eq!(step, "placing its inherited fds");
+                assert_eq!(source.raw_os_error(), Some(libc::EBADF), "{err}");
+            }
+            other => panic!("expected an OS error at a step, got {other:?}"),
+        }
+        assert_eq!(err.errno(), Some(libc::EBADF));
+        assert!(!err.is_resource_shortage(), "a bad fd is not a shortage");
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("spawning `/bin/sh` failed: placing its inherited fds: "),
+            "{shown}"
+        );
+        let source = std::error::Error::source(&err).expect("the OS error is its source");
+        assert!(source.downcast_ref::<std::io::Error>().is_some());
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
+use syncra_protocol::StepError;
 use syncra_protocol::boot::{Boot, exit_code};
 use syncra_protocol::link::LINK_LABEL_PREFIX;
 use syncra_protocol::listener::{SessionEvents, start_node_server};
@@ -54,11 +55,11 @@ struct Job {
 /// so that a process started ahead — a warm spare — has done that work by the time it boots.
 pub(crate) struct Prestarted {
     jobs: std::sync::mpsc::Sender<Job>,
-    joined: std::sync::mpsc::Receiver<Result<ActorRef<RuntimeInbox>, String>>,
+    joined: std::sync::mpsc::Receiver<Result<ActorRef<RuntimeInbox>, StepError>>,
 }
 
 /// Start the cluster thread and its tokio runtime; it waits for [`Prestarted::join`].
-pub(crate) fn prestart() -> Result<Prestarted, String> {
+pub(crate) fn prestart() -> Result<Prestarted, StepError> {
     let (jobs, job) = std::sync::mpsc::channel::<Job>();
     let (tx, joined) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -70,7 +71,7 @@ pub(crate) fn prestart() -> Result<Prestarted, String> {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = tx.send(Err(format!("starting the node's tokio runtime: {e}")));
+                    let _ = tx.send(Err(StepError::new("starting the node's tokio runtime", e)));
                     return;
                 }
             };
@@ -96,7 +97,7 @@ pub(crate) fn prestart() -> Result<Prestarted, String> {
                 }
             });
         })
-        .map_err(|e| format!("starting the node thread: {e}"))?;
+        .map_err(StepError::at("starting the node thread"))?;
     Ok(Prestarted { jobs, joined })
 }
 
@@ -107,17 +108,17 @@ impl Prestarted {
         boot: &Boot,
         socket: std::os::unix::net::UnixStream,
         shared: Arc<Shared>,
-    ) -> Result<ActorRef<RuntimeInbox>, String> {
+    ) -> Result<ActorRef<RuntimeInbox>, StepError> {
         self.jobs
             .send(Job {
                 boot: boot.clone(),
                 socket,
                 shared,
             })
-            .map_err(|_| "the node thread is gone".to_owned())?;
+            .map_err(|_| StepError::new("joining", "the node thread is gone"))?;
         self.joined
             .recv_timeout(JOIN_TIMEOUT + std::time::Duration::from_secs(1))
-            .map_err(|_| "the node thread did not answer".to_owned())?
+            .map_err(|_| StepError::new("joining", "the node thread did not answer"))?
     }
 }
 
@@ -125,7 +126,7 @@ async fn connect(
     boot: &Boot,
     socket: std::os::unix::net::UnixStream,
     shared: Arc<Shared>,
-) -> Result<(ActorRef<RuntimeInbox>, UnboundedReceiver<LinkEvent>), String> {
+) -> Result<(ActorRef<RuntimeInbox>, UnboundedReceiver<LinkEvent>), StepError> {
     let join = &boot.cluster;
     let (tx, mut rx) = unbounded_channel();
     let server = start_node_server(
@@ -134,20 +135,21 @@ async fn connect(
         Subscription(tx.clone()),
         true,
     )
-    .await?
+    .await
+    .map_err(StepError::at("starting the node server"))?
     .server;
     let (agent, _) = Actor::spawn(None, Agent { shared, events: tx }, ())
         .await
-        .map_err(|e| format!("starting the agent: {e}"))?;
+        .map_err(StepError::at("starting the agent"))?;
     ractor::pg::join(agent_group(&join.node_name), vec![agent.get_cell()]);
 
     let link = UnixLink::new(socket, RUNTIME_LINK)
-        .map_err(|e| format!("preparing the cluster socket: {e}"))?;
+        .map_err(StepError::at("preparing the cluster socket"))?;
     let t_connect = std::time::Instant::now();
     tracing::debug!("node server and agent up; opening the session");
     ractor_cluster::client_connect_external(&server, Box::new(link))
         .await
-        .map_err(|e| format!("opening the session: {e}"))?;
+        .map_err(StepError::at("opening the session"))?;
 
     let wait = async {
         loop {
@@ -156,10 +158,10 @@ async fn connect(
             }
             match rx.recv().await {
                 Some(LinkEvent::Down { .. }) | None => {
-                    return Err(
-                        "the runtime closed the session (wrong cookie, or the runtime stopped)"
-                            .to_owned(),
-                    );
+                    return Err(StepError::new(
+                        "waiting for the runtime's gateway",
+                        "the runtime closed the session (wrong cookie, or the runtime stopped)",
+                    ));
                 }
                 Some(LinkEvent::GatewayChanged) => {}
             }
@@ -168,9 +170,12 @@ async fn connect(
     let gateway = tokio::time::timeout(JOIN_TIMEOUT, wait)
         .await
         .map_err(|_| {
-            format!(
-                "the runtime did not answer within {} s",
-                JOIN_TIMEOUT.as_secs()
+            StepError::new(
+                "waiting for the runtime's gateway",
+                format!(
+                    "the runtime did not answer within {} s",
+                    JOIN_TIMEOUT.as_secs()
+                ),
             )
         })??;
     tracing::debug!(

@@ -53,7 +53,7 @@ pub use syncra_protocol::node::{Payload, Undeliverable};
 pub use syncra_protocol::ring::{Policy, Received};
 pub use syncra_protocol::status::NodeMetrics;
 pub use syncra_protocol::wire::DecodeError;
-pub use syncra_protocol::{NodeName, PROTOCOL_VERSION};
+pub use syncra_protocol::{BoxError, NodeName, PROTOCOL_VERSION, StepError};
 
 pub use syncra_protocol::page::MAX_FIGURES;
 pub use syncra_protocol::status::FigureKind;
@@ -161,31 +161,35 @@ pub enum JoinError {
     #[error("reading the boot frame: {0}")]
     Boot(#[from] BootError),
     /// The node page could not be mapped.
-    #[error("mapping the node page (fd {fd}): {message}")]
+    #[error("the node page (fd {fd}): {source}")]
     Page {
         /// The fd.
         fd: i32,
-        /// What failed.
-        message: String,
+        /// The step that failed and why.
+        #[source]
+        source: StepError,
     },
     /// The broker socket (streams) is unusable.
-    #[error("the broker socket (fd {fd}): {message}")]
+    #[error("the broker socket (fd {fd}): {source}")]
     Broker {
         /// The fd.
         fd: i32,
-        /// What failed.
-        message: String,
+        /// The step that failed and why.
+        #[source]
+        source: StepError,
     },
-    /// The node's cluster thread could not start.
-    #[error("starting the node's cluster thread: {0}")]
-    Thread(String),
+    /// The node's own machinery (its cluster thread, its event loop's eventfd) could not
+    /// start.
+    #[error("preparing the node: {0}")]
+    Thread(#[source] StepError),
     /// The cluster node could not start or join.
-    #[error("joining the cluster as {node}: {message}")]
+    #[error("joining the cluster as {node}: {source}")]
     Cluster {
         /// This node.
         node: NodeName,
-        /// What failed.
-        message: String,
+        /// The step that failed and why.
+        #[source]
+        source: StepError,
     },
 }
 
@@ -381,7 +385,7 @@ impl Node {
             handlers: std::sync::RwLock::new(std::collections::HashMap::new()),
             runtime: std::sync::OnceLock::new(),
             loop_bell: Arc::new(events::loop_bell().map_err(|e| {
-                JoinError::Thread(format!("creating the event loop's eventfd: {e}"))
+                JoinError::Thread(StepError::new("creating the event loop's eventfd", e))
             })?),
             on_shutdown: ShutdownCallbacks::default(),
         });
@@ -401,12 +405,15 @@ impl Node {
                 let _ = rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC);
                 let page = NodePage::map(borrowed).map_err(|e| JoinError::Page {
                     fd,
-                    message: e.to_string(),
+                    source: StepError::new("mapping it", e),
                 })?;
                 if !page.is_initialised() {
                     return Err(JoinError::Page {
                         fd,
-                        message: "not initialised by a runtime of this protocol version".into(),
+                        source: StepError::new(
+                            "checking it",
+                            "not initialised by a runtime of this protocol version",
+                        ),
                     });
                 }
                 Some(Arc::new(page))
@@ -416,9 +423,9 @@ impl Node {
         let booted = t0.elapsed();
         let gateway = cluster
             .join(&boot, socket, shared.clone())
-            .map_err(|message| JoinError::Cluster {
+            .map_err(|source| JoinError::Cluster {
                 node: boot.node.clone(),
-                message,
+                source,
             })?;
         let joined = t0.elapsed();
         let _ = shared.gateway.set(gateway);
@@ -674,11 +681,11 @@ fn take_broker_socket(
 ) -> Result<Arc<streams::BrokerClient>, JoinError> {
     let socket = take_socket(fd).ok_or_else(|| JoinError::Broker {
         fd,
-        message: "not an inherited socket".into(),
+        source: StepError::new("taking it", "not an inherited socket"),
     })?;
     streams::BrokerClient::start(socket, incarnation, loop_bell).map_err(|e| JoinError::Broker {
         fd,
-        message: format!("starting the broker client: {e}"),
+        source: StepError::new("starting the broker client", e),
     })
 }
 

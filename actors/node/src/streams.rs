@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use syncra_protocol::StepError;
 use syncra_protocol::broker::{
     self, Attachment, BrokerToNode, NodeToBroker, RecvError, RefusalKind, StreamInfo, StreamSpec,
 };
@@ -164,13 +165,17 @@ pub enum StreamError {
         /// What the decoder said.
         message: String,
     },
-    /// This process has no broker link (not started by a runtime of this version).
-    #[error("no broker link: {0}")]
-    Link(String),
+    /// The broker link failed, or this process has none (not started by a runtime of this
+    /// version): the step names what was being done, its source why.
+    #[error("the broker link: {0}")]
+    Link(#[source] StepError),
 }
 
-fn link_err(e: impl std::fmt::Display) -> StreamError {
-    StreamError::Link(e.to_string())
+/// For `map_err`: the broker link failed at `step`.
+fn link_err<E: Into<syncra_protocol::BoxError>>(
+    step: &'static str,
+) -> impl FnOnce(E) -> StreamError {
+    move |e| StreamError::Link(StepError::new(step, e))
 }
 
 type Reply = (BrokerToNode, Vec<OwnedFd>);
@@ -318,15 +323,16 @@ impl BrokerClient {
         lock(&self.waiters).insert(id, waiter.clone());
         if let Err(e) = broker::send(&self.socket, &req(id), &[]) {
             lock(&self.waiters).remove(&id);
-            return Err(link_err(e));
+            return Err(link_err("sending a request")(e));
         }
         match waiter.recv_timeout(wait + BROKER_TIMEOUT) {
             Some(reply) => Ok(reply),
             None => {
                 lock(&self.waiters).remove(&id);
-                Err(StreamError::Link(
-                    "the runtime's Broker did not answer".into(),
-                ))
+                Err(StreamError::Link(StepError::new(
+                    "waiting for the Broker's answer",
+                    "the runtime's Broker did not answer",
+                )))
             }
         }
     }
@@ -359,9 +365,12 @@ impl BrokerClient {
     ) -> Result<RingWriter, StreamError> {
         let mut fds = fds.into_iter();
         let (Some(memfd), Some(space)) = (fds.next(), fds.next()) else {
-            return Err(link_err("the Broker's answer lacks the ring's fds"));
+            return Err(link_err("taking a stream to write")(
+                "the Broker's answer lacks the ring's fds",
+            ));
         };
-        let map = RingMap::map(memfd.as_fd(), stream.spec.geometry).map_err(link_err)?;
+        let map = RingMap::map(memfd.as_fd(), stream.spec.geometry)
+            .map_err(link_err("mapping a stream's ring"))?;
         let table: Bells = Arc::new(Mutex::new((0..MAX_CONSUMERS).map(|_| None).collect()));
         for (cell, fd) in bells.into_iter().zip(fds) {
             set_bell(&table, cell, fd);
@@ -415,7 +424,10 @@ impl BrokerClient {
 fn refusal(msg: BrokerToNode) -> StreamError {
     match msg {
         BrokerToNode::Refused { kind, message, .. } => StreamError::Refused { kind, message },
-        other => StreamError::Link(format!("unexpected answer from the Broker: {other:?}")),
+        other => StreamError::Link(StepError::new(
+            "reading the Broker's answer",
+            format!("unexpected answer: {other:?}"),
+        )),
     }
 }
 
@@ -424,7 +436,9 @@ fn attach_all(
     fds: Vec<OwnedFd>,
 ) -> Result<Vec<(Attachment, RingReader)>, StreamError> {
     if fds.len() != streams.len() * 3 {
-        return Err(link_err("the Broker's answer has the wrong number of fds"));
+        return Err(link_err("attaching a stream")(
+            "the Broker's answer has the wrong number of fds",
+        ));
     }
     let mut fds = fds.into_iter();
     let mut out = Vec::new();
@@ -434,9 +448,10 @@ fn attach_all(
             fds.next().expect("counted"),
             fds.next().expect("counted"),
         );
-        let map = RingMap::map(memfd.as_fd(), att.stream.spec.geometry).map_err(link_err)?;
+        let map = RingMap::map(memfd.as_fd(), att.stream.spec.geometry)
+            .map_err(link_err("mapping a stream's ring"))?;
         let reader = RingReader::attach(Arc::new(map), att.cell as usize, bell, space, att.resume)
-            .map_err(link_err)?;
+            .map_err(link_err("attaching a consumer cell"))?;
         out.push((att, reader));
     }
     Ok(out)
@@ -455,9 +470,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl crate::Node {
     fn broker(&self) -> Result<&Arc<BrokerClient>, StreamError> {
-        self.broker
-            .as_ref()
-            .ok_or_else(|| StreamError::Link("the runtime passed no broker socket".into()))
+        self.broker.as_ref().ok_or_else(|| {
+            link_err("finding the broker link")("the runtime passed no broker socket")
+        })
     }
 
     fn full_name(&self, name: &str) -> String {
@@ -552,7 +567,9 @@ impl crate::Node {
                 Ok(Consumer::new(att.stream.spec.name, reader))
             }
             None if lazy => Ok(Consumer::pending(name.to_owned(), client, id, pushes)),
-            None => Err(link_err("the Broker answered with no stream")),
+            None => Err(link_err("subscribing")(
+                "the Broker answered with no stream",
+            )),
         }
     }
 
@@ -854,7 +871,7 @@ impl<T> Consumer<T> {
             Push::Added(att, fds) => {
                 let (att, reader) = attach_all(vec![att], fds)?
                     .pop()
-                    .ok_or_else(|| link_err("the Broker pushed no stream"))?;
+                    .ok_or_else(|| link_err("attaching a stream")("the Broker pushed no stream"))?;
                 self.name = att.stream.spec.name;
                 *lock(&self.watch) = WatchState {
                     waker: reader.waker().ok(),
@@ -963,7 +980,11 @@ impl<T: DeserializeOwned> Consumer<T> {
                     let push = pushes.recv().await;
                     self.take(push)?;
                 }
-                None => return Err(link_err("a consumer with no stream and no subscription")),
+                None => {
+                    return Err(link_err("waiting for a stream")(
+                        "a consumer with no stream and no subscription",
+                    ));
+                }
             }
         }
         loop {
@@ -972,17 +993,23 @@ impl<T: DeserializeOwned> Consumer<T> {
             }
             let reader = self.reader.as_ref().expect("attached");
             if self.bell.is_none() {
-                let fd = reader.bell().try_clone_to_owned().map_err(link_err)?;
+                let fd = reader
+                    .bell()
+                    .try_clone_to_owned()
+                    .map_err(link_err("duplicating the consumer's doorbell"))?;
                 // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, open until it is dropped.
                 let afd =
                     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-                        .map_err(|e| link_err(e.to_string()))?;
+                        .map_err(link_err("registering the consumer's doorbell"))?;
                 self.bell = Some(afd);
             }
             let reader = self.reader.as_ref().expect("attached");
             if reader.prepare_wait() {
                 let bell = self.bell.as_ref().expect("set above");
-                let mut guard = bell.readable().await.map_err(link_err)?;
+                let mut guard = bell
+                    .readable()
+                    .await
+                    .map_err(link_err("waiting on the consumer's doorbell"))?;
                 guard.clear_ready();
                 self.reader.as_ref().expect("attached").finish_wait();
             }
@@ -1057,7 +1084,7 @@ impl<T> Subscription<T> {
             Some(Push::Added(att, fds)) => {
                 let (att, reader) = attach_all(vec![att], fds)?
                     .pop()
-                    .ok_or_else(|| link_err("the Broker pushed no stream"))?;
+                    .ok_or_else(|| link_err("attaching a stream")("the Broker pushed no stream"))?;
                 Ok(Some(Consumer::new(att.stream.spec.name, reader)))
             }
             Some(Push::Refused(kind, message)) => Err(StreamError::Refused { kind, message }),

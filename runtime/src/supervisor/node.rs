@@ -672,10 +672,8 @@ impl SupState {
     /// [`SupState::activate`] writes one. `claim` is the incarnation it will be (0: a spare,
     /// claimed later): its exit is reported as that incarnation's.
     async fn launch(&self, claim: u64) -> Result<Launched, SpawnError> {
-        let io = |what: &str, e: std::io::Error| SpawnError::Io {
-            program: self.plan.command.clone(),
-            message: format!("{what}: {e}"),
-            errno: e.raw_os_error(),
+        let io = |what: &'static str, e: std::io::Error| {
+            SpawnError::io(self.plan.command.clone(), what, e)
         };
         let program = resolve_program(&self.plan.command, &self.ctx.bin_dirs)?;
         let (ours, theirs) = rustix::net::socketpair(
@@ -775,10 +773,8 @@ impl SupState {
         incarnation: u64,
         started: Instant,
     ) -> Result<Live, SpawnError> {
-        let io = |what: &str, e: std::io::Error| SpawnError::Io {
-            program: self.plan.command.clone(),
-            message: format!("{what}: {e}"),
-            errno: e.raw_os_error(),
+        let io = |what: &'static str, e: std::io::Error| {
+            SpawnError::io(self.plan.command.clone(), what, e)
         };
         let Launched {
             pid,
