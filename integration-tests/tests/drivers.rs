@@ -219,3 +219,95 @@ fn syncra_call_refuses_what_a_request_type_does_not_allow_and_bad_input_by_name(
     refused(&["call", "echo", "ping"], "`ping` is not a message tag");
     assert!(h.try_status().is_some(), "the runtime stays up");
 }
+
+/// A driver run by hand with `--standalone`: it runs its loop with no runtime, prints what
+/// status would show, stops on SIGTERM with exit 0, and refuses bad settings and arguments
+/// by name.
+#[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a driver run by hand, as its developer would"
+)]
+fn a_driver_runs_standalone_without_a_runtime() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let bin = workspace_bin("syncra-hologram");
+    let mut child = Command::new(&bin)
+        .args(["--standalone", "--set", "rate_hz=50", "--set", "width=8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the hologram");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The status line: its name, its ticks and its own figure, counting.
+    let deadline = Instant::now() + PATIENCE;
+    let frames = |line: &str| -> Option<u64> {
+        let rest = line.split(" · ").find_map(|p| p.strip_prefix("frames "))?;
+        rest.parse().ok()
+    };
+    let mut seen = Vec::new();
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no status line with frames and a rate; saw {seen:?}"));
+        if line.contains("ticks/s") && frames(&line).is_some_and(|f| f > 0) {
+            break line;
+        }
+        seen.push(line);
+    };
+    assert!(line.starts_with("hologram (standalone)"), "{line}");
+    send(child.id(), libc::SIGTERM);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < PATIENCE,
+            "the standalone driver did not stop on SIGTERM"
+        );
+        std::thread::yield_now();
+    };
+    assert_eq!(status.code(), Some(0), "a requested stop exits 0");
+
+    // A settings typo: the key named, the settings exit code.
+    let out = Command::new(&bin)
+        .args(["--standalone", "--set", "rate_hz=fast"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(syncra_protocol::boot::exit_code::BAD_SETTINGS),
+        "{err}"
+    );
+    assert!(
+        err.contains("`rate_hz`") && err.contains("expected f64"),
+        "{err}"
+    );
+    // A bad argument: usage, exit 2.
+    let out = Command::new(&bin)
+        .args(["--standalone", "--rate", "3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--rate"), "{err}");
+    // By hand without --standalone: told how.
+    let out = Command::new(&bin).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--standalone"), "{err}");
+}

@@ -33,6 +33,10 @@
 //! fn main() { driver::run::<Blinker>() }
 //! ```
 //!
+//! Started with `--standalone` (by hand, for development), [`run`] runs the same driver with
+//! no runtime ([`crate::Node::standalone`]): settings from `--settings FILE` and
+//! `--set key=value`, a status line on stdout once a second, Ctrl-C to stop.
+//!
 //! A driver whose loop belongs to a library (winit's event loop, an audio callback) takes a
 //! [`crate::Heartbeat`] into that loop ([`crate::Node::heartbeat_handle`]) and asks to be told
 //! of shutdown there ([`crate::Node::on_shutdown`]) instead.
@@ -170,7 +174,14 @@ impl Ticker {
 /// Never returns: the process exits 0 after a requested stop, or with the code that says why
 /// it could not go on.
 pub fn run<D: Driver>() -> ! {
-    let node = Node::join().unwrap_or_else(|e| e.exit());
+    let node = match crate::standalone::from_args() {
+        Some(Ok(node)) => node,
+        Some(Err(why)) => {
+            eprintln!("{why}");
+            std::process::exit(2)
+        }
+        None => Node::join().unwrap_or_else(|e| e.exit()),
+    };
     let settings: D::Settings = node.settings().unwrap_or_else(|e| e.exit());
     let mut ctx = Context {
         node: &node,

@@ -39,6 +39,7 @@ pub mod events;
 mod mailbox;
 pub mod messaging;
 mod panic;
+mod standalone;
 pub mod streams;
 
 pub use messaging::{CallError, Delivery, Incoming, MessageError, Returned, Undelivered};
@@ -154,9 +155,12 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum JoinError {
     /// fd 3 is not an inherited socket: the process was not started by a runtime.
     #[error(
-        "fd {CLUSTER_FD} is not an inherited socket: a Syncra node is started by the `syncra` runtime (add it to the config), not by hand"
+        "fd {CLUSTER_FD} is not an inherited socket: a Syncra node is started by the `syncra` runtime (add it to the config); a driver on `syncra_node::driver` also runs by hand with --standalone"
     )]
     NotSpawnedByRuntime,
+    /// A node run without a runtime ([`Node::standalone`]) could not set itself up.
+    #[error("running standalone: {0}")]
+    Standalone(#[source] StepError),
     /// The boot frame could not be read.
     #[error("reading the boot frame: {0}")]
     Boot(#[from] BootError),
@@ -204,7 +208,7 @@ impl JoinError {
             | JoinError::Boot(_)
             | JoinError::Page { .. }
             | JoinError::Broker { .. } => exit_code::BAD_BOOT,
-            JoinError::Thread(_) | JoinError::Cluster { .. } => 1,
+            JoinError::Thread(_) | JoinError::Cluster { .. } | JoinError::Standalone(_) => 1,
         }
     }
 
@@ -217,18 +221,37 @@ impl JoinError {
 
 /// The node's config chunk did not match what the node expects.
 #[derive(Debug, thiserror::Error)]
-#[error("the config chunk of {node} does not fit this node: {source}")]
+#[error("the settings of {node} do not fit this node: {}", self.what())]
 pub struct SettingsError {
     node: NodeName,
-    #[source]
-    source: wire::DecodeError,
+    /// The key, as a path (`size.w`, `modes[2]`), when the error is in one.
+    key: Option<String>,
+    message: String,
     page: Option<Arc<NodePage>>,
 }
 
 impl SettingsError {
     /// What is wrong, naming the key when the decoder knows it.
     pub fn reason(&self) -> String {
-        format!("its settings do not fit: {}", self.source)
+        format!("its settings do not fit: {}", self.what())
+    }
+
+    /// The key the error is in (`rate_hz`, `size.w`), as a path; `None` for the table as a
+    /// whole (a missing or unknown field names itself in [`SettingsError::message`]).
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// What the decoder said.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn what(&self) -> String {
+        match &self.key {
+            Some(key) => format!("`{key}`: {}", self.message),
+            None => self.message.clone(),
+        }
     }
 
     /// Print this error to stderr, leave it for the runtime (status and the crash record
@@ -314,7 +337,7 @@ impl Shared {
     /// cluster thread then ends the process).
     pub(crate) fn send(&self, body: NodeToRuntime) {
         let Some(gateway) = self.gateway.get() else {
-            tracing::warn!("a message before joining the runtime was dropped");
+            tracing::debug!("no runtime (standalone): a message to it was dropped");
             return;
         };
         let packet = wire::encode(&Envelope {
@@ -371,24 +394,7 @@ impl Node {
         let boot = Boot::read_from(&mut &socket, CLUSTER_FD)?;
         let t0 = Instant::now();
         panic::install(&boot);
-        let shared = Arc::new(Shared {
-            shutdown: AtomicBool::new(false),
-            shutdown_notify: Notify::new(),
-            shutdown_grace_ms: AtomicU64::new(0),
-            wake: (Mutex::new(()), Condvar::new()),
-            gateway: std::sync::OnceLock::new(),
-            token: boot.cluster.token,
-            next_id: AtomicU64::new(1),
-            pending: Mutex::new(std::collections::HashMap::new()),
-            inbox: mailbox::Mailbox::new(messaging::INBOX_CAPACITY),
-            returned: mailbox::Mailbox::new(messaging::INBOX_CAPACITY),
-            handlers: std::sync::RwLock::new(std::collections::HashMap::new()),
-            runtime: std::sync::OnceLock::new(),
-            loop_bell: Arc::new(events::loop_bell().map_err(|e| {
-                JoinError::Thread(StepError::new("creating the event loop's eventfd", e))
-            })?),
-            on_shutdown: ShutdownCallbacks::default(),
-        });
+        let shared = new_shared(boot.cluster.token)?;
         let broker = match boot.broker_fd {
             Some(fd) => Some(take_broker_socket(
                 fd,
@@ -465,10 +471,20 @@ impl Node {
     /// Decode this node's config chunk into `T`. Its error's [`SettingsError::exit`] tells
     /// the runtime what did not fit, so `syncra status` names it.
     pub fn settings<T: DeserializeOwned>(&self) -> Result<T, SettingsError> {
-        wire::decode("config chunk", &self.boot.settings).map_err(|source| SettingsError {
+        let error = |key: Option<String>, message: String| SettingsError {
             node: self.boot.node.clone(),
-            source,
+            key,
+            message,
             page: self.page.clone(),
+        };
+        // Through a self-describing value, so that a type error names its key and says what
+        // was expected ("invalid type: string \"abc\", expected f64") in the user's terms.
+        let value: serde_json::Value = wire::decode("config chunk", &self.boot.settings)
+            .map_err(|e| error(None, e.to_string()))?;
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let key = (key != ".").then_some(key);
+            error(key, e.into_inner().to_string())
         })
     }
 
@@ -650,6 +666,28 @@ impl Node {
 
 /// Take ownership of the inherited fd `fd` if it is a socket, and keep it from leaking into
 /// our own children.
+/// The state a node's threads share, before it is connected.
+pub(crate) fn new_shared(token: syncra_protocol::boot::Token) -> Result<Arc<Shared>, JoinError> {
+    Ok(Arc::new(Shared {
+        shutdown: AtomicBool::new(false),
+        shutdown_notify: Notify::new(),
+        shutdown_grace_ms: AtomicU64::new(0),
+        wake: (Mutex::new(()), Condvar::new()),
+        gateway: std::sync::OnceLock::new(),
+        token,
+        next_id: AtomicU64::new(1),
+        pending: Mutex::new(std::collections::HashMap::new()),
+        inbox: mailbox::Mailbox::new(messaging::INBOX_CAPACITY),
+        returned: mailbox::Mailbox::new(messaging::INBOX_CAPACITY),
+        handlers: std::sync::RwLock::new(std::collections::HashMap::new()),
+        runtime: std::sync::OnceLock::new(),
+        loop_bell: Arc::new(events::loop_bell().map_err(|e| {
+            JoinError::Thread(StepError::new("creating the event loop's eventfd", e))
+        })?),
+        on_shutdown: ShutdownCallbacks::default(),
+    }))
+}
+
 fn take_socket(fd: i32) -> Option<OwnedFd> {
     // SAFETY: `fd` is only borrowed here to inspect it; ownership is taken below only after it
     // has been verified to be an open socket, which by the spawn contract nothing else in this

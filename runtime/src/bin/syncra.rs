@@ -617,7 +617,7 @@ fn new_driver(name: &str, path: &Path) -> ExitCode {
     match written {
         Ok(()) => {
             println!(
-                "created driver `{name}` in {}:\n  cd {} && cargo build\nthen add {name}.toml to your config; `syncra call {name} {tag}.stats-request/1` asks it for its stats.",
+                "created driver `{name}` in {}:\n  cd {} && cargo build\nthen add {name}.toml to your config; `syncra call {name} {tag}.stats-request/1` asks it for its stats.\nWithout a runtime: `cargo run -- --standalone --set rate_hz=10`.",
                 dir.display(),
                 dir.display()
             );
