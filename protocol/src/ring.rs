@@ -895,6 +895,15 @@ impl ReaderWaker {
         finish_wait(&self.map, self.cell, self.bell.as_fd());
     }
 
+    /// After waking for another reason (its doorbell did not ring): clear the waiting flag,
+    /// leaving the doorbell as it is.
+    pub fn stop_waiting(&self) {
+        self.map
+            .consumer(self.cell)
+            .waiting
+            .store(0, Ordering::Relaxed);
+    }
+
     /// The doorbell to poll.
     pub fn bell(&self) -> BorrowedFd<'_> {
         self.bell.as_fd()

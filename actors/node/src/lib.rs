@@ -47,11 +47,12 @@ pub use streams::{
     BulkConsumer, BulkProducer, Consumer, Producer, Sample, StreamError, StreamOptions,
     Subscription,
 };
+pub use syncra_protocol::boot::BootError;
 pub use syncra_protocol::broker::RefusalKind;
 pub use syncra_protocol::message;
 pub use syncra_protocol::message::{Message, Request, TagMismatch};
 pub use syncra_protocol::node::{Payload, Undeliverable};
-pub use syncra_protocol::ring::{Policy, Received};
+pub use syncra_protocol::ring::{Policy, Received, WriteError};
 pub use syncra_protocol::status::NodeMetrics;
 pub use syncra_protocol::wire::DecodeError;
 pub use syncra_protocol::{BoxError, NodeName, PROTOCOL_VERSION, StepError};
@@ -137,7 +138,7 @@ use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
 use serde::de::DeserializeOwned;
-use syncra_protocol::boot::{Boot, BootError, CLUSTER_FD, exit_code};
+use syncra_protocol::boot::{Boot, CLUSTER_FD, exit_code};
 use syncra_protocol::node::{Envelope, NodeToRuntime, RuntimeInbox};
 use syncra_protocol::page::NodePage;
 use syncra_protocol::wire;

@@ -429,7 +429,12 @@ fn main() {
     let only_restarts = argv.iter().any(|a| a == "--restarts-only");
     if argv.iter().any(|a| a == "--kit-only") {
         let mut rows = Vec::new();
-        kit::all(arg("--samples", 2000), arg("--stops", 20), &mut rows);
+        kit::all(
+            arg("--samples", 2000),
+            arg("--stops", 20),
+            arg("--calls", 5000),
+            &mut rows,
+        );
         return print(rows);
     }
     let kills = arg("--kills", 60);
@@ -464,7 +469,12 @@ fn main() {
     }
     routing::routed_call(arg("--calls", 5_000), &mut rows);
     if !only_calls {
-        kit::all(arg("--samples", 2000), arg("--stops", 20), &mut rows);
+        kit::all(
+            arg("--samples", 2000),
+            arg("--stops", 20),
+            arg("--calls", 5000),
+            &mut rows,
+        );
     }
     print(rows);
 }

@@ -216,10 +216,13 @@ fn main() {
                 Err(e) => return idle(&node, &mut out, format!("direct link: {e}")),
             };
             let payload = [7u8; 16];
-            let routed_call = |n: u64| -> Result<f64, String> {
+            // `kit_to=NODE`: also call NODE, a driver answering from its event loop with the
+            // kit's typed handler (`answer_with`), in the same blocks.
+            let kit_to = opt("kit_to");
+            let call_to = |to: &str, n: u64| -> Result<f64, String> {
                 let t = Instant::now();
                 let pong: Pong = node
-                    .call(&to, Ping(n), Duration::from_secs(10))
+                    .call(to, Ping(n), Duration::from_secs(10))
                     .map_err(|e| e.to_string())?;
                 let us = t.elapsed().as_secs_f64() * 1e6;
                 if pong.n != n {
@@ -227,6 +230,7 @@ fn main() {
                 }
                 Ok(us)
             };
+            let routed_call = |n: u64| call_to(&to, n);
             // `count` calls from a task on this node's link thread to `to`'s link-thread handler.
             let link_calls = |first: u64, count: usize| -> Result<Vec<f64>, String> {
                 let (tx, rx) = std::sync::mpsc::channel();
@@ -250,20 +254,30 @@ fn main() {
                 rx.recv()
                     .map_err(|_| "the link-thread task died".to_owned())?
             };
-            type Times = (Vec<f64>, Vec<f64>, Vec<f64>);
+            type Times = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
             let measured = (|| -> Result<Times, String> {
                 // Warm up every path (the first routed call also waits for `to` to be ready).
                 for n in 0..200 {
                     routed_call(n)?;
                     direct.call(&payload)?;
+                    if !kit_to.is_empty() {
+                        call_to(&kit_to, n)?;
+                    }
                 }
                 link_calls(0, 200)?;
                 let (mut routed, mut link, mut direct_us) = (Vec::new(), Vec::new(), Vec::new());
+                let mut kit = Vec::new();
                 for b in 0..blocks {
                     for i in 0..per_block {
                         routed.push(routed_call((b * per_block + i) as u64)?);
                     }
                     beat(&node);
+                    if !kit_to.is_empty() {
+                        for i in 0..per_block {
+                            kit.push(call_to(&kit_to, (b * per_block + i) as u64)?);
+                        }
+                        beat(&node);
+                    }
                     link.extend(link_calls((b * per_block) as u64, per_block)?);
                     beat(&node);
                     for _ in 0..per_block {
@@ -271,11 +285,11 @@ fn main() {
                     }
                     beat(&node);
                 }
-                Ok((routed, link, direct_us))
+                Ok((routed, link, direct_us, kit))
             })();
             match measured {
-                Ok((routed, link, direct_us)) => out.line(serde_json::json!({
-                    "routed_us": routed, "link_us": link, "direct_us": direct_us })),
+                Ok((routed, link, direct_us, kit)) => out.line(serde_json::json!({
+                    "routed_us": routed, "link_us": link, "direct_us": direct_us, "kit_us": kit })),
                 Err(e) => out.line(serde_json::json!({ "error": e })),
             }
             while !node.sleep_until(Instant::now() + Duration::from_millis(20)) {
@@ -407,25 +421,36 @@ fn main() {
             let mut events = node.events();
             let key = events.watch(&rx);
             node.ready();
-            let (events_mode, want) = (opt("mode") == "events", num("samples", 2000) as usize);
-            let mut latency_us = Vec::with_capacity(want);
-            while latency_us.len() < want && !node.shutdown_requested() {
+            // `mode=both`: blocks of 50 samples read each way in turn, so that both see the
+            // same conditions (`raw_us`, `events_us`).
+            let mode = opt("mode");
+            let want = num("samples", 2000) as usize;
+            let (mut raw_us, mut events_us) = (Vec::new(), Vec::new());
+            let mut block = 0usize;
+            while raw_us.len() + events_us.len() < want && !node.shutdown_requested() {
+                let events_mode = match mode.as_str() {
+                    "events" => true,
+                    "both" => (block / 50) % 2 == 1,
+                    _ => false,
+                };
+                let before = raw_us.len() + events_us.len();
                 if events_mode {
                     match events.next(None) {
                         NodeEvent::Stream(k) if k == key => {
                             while let Ok(Some(s)) = rx.try_recv() {
-                                latency_us.push(s.latency.as_secs_f64() * 1e6);
+                                events_us.push(s.latency.as_secs_f64() * 1e6);
                             }
                         }
                         NodeEvent::Shutdown => break,
                         _ => {}
                     }
                 } else if let Ok(Some(s)) = rx.recv_timeout(Duration::from_secs(1)) {
-                    latency_us.push(s.latency.as_secs_f64() * 1e6);
+                    raw_us.push(s.latency.as_secs_f64() * 1e6);
                 }
+                block += raw_us.len() + events_us.len() - before;
                 node.heartbeat(None);
             }
-            out.line(serde_json::json!({ "latency_us": latency_us }));
+            out.line(serde_json::json!({ "raw_us": raw_us, "events_us": events_us }));
             while !node.sleep_until(Instant::now() + Duration::from_millis(100)) {
                 node.heartbeat(None);
             }

@@ -1,11 +1,16 @@
 //! (kit) The driver kit's costs, under a real runtime with `syncra-test-peer` nodes:
 //!
 //! - (kit a) a stream sample published → the consumer's event loop awake and reading it,
-//!   beside the same consumer woken by its own blocking read (the raw ring consumer), each in
-//!   a runtime of its own with the same producer (500 samples/s);
+//!   beside the same consumer woken by its own blocking read (the raw ring consumer), in
+//!   alternating blocks of 50 samples from one producer (500 samples/s), so that both see the
+//!   same conditions;
 //! - (kit b) a stop request → the driver exited (the control request's answer: the runtime
 //!   answers once the process is gone), for a driver waiting in its event loop, beside a
-//!   world (whose loop sleeps in `Node::sleep_until`).
+//!   world (whose loop sleeps in `Node::sleep_until`);
+//! - (kit c) a typed call (`Node::call` → `R::Response`) to a driver on the kit, answered in
+//!   its event loop by `answer_with`, beside the same call to a node that answers as nodes did
+//!   before the kit (a blocking `recv_timeout`, a hand `decode` and `reply`), in the same
+//!   blocks from the same caller (`routing::measure`).
 
 use std::time::{Duration, Instant};
 
@@ -35,8 +40,9 @@ fn quoted(args: &[String]) -> String {
         .join(", ")
 }
 
-/// Publish → wake latencies (µs) of `samples` samples read in `mode`.
-fn wake(mode: &str, samples: usize) -> Vec<f64> {
+/// Publish → wake latencies (µs) of `samples` samples read by the consumer's own blocking
+/// read and through its event loop, in alternating blocks of 50: (raw, events).
+fn wake(samples: usize) -> (Vec<f64>, Vec<f64>) {
     let dir = tempfile::tempdir().expect("a scratch directory");
     let out = dir.path().join("bench.jsonl");
     let h = Harness::start(
@@ -58,8 +64,8 @@ fn wake(mode: &str, samples: usize) -> Vec<f64> {
                     "wake-bench".into(),
                     format!("out={}", out.display()),
                     "stream=prod/ticks".into(),
-                    format!("mode={mode}"),
-                    format!("samples={}", samples + 100),
+                    "mode=both".into(),
+                    format!("samples={}", 2 * samples + 100),
                 ]),
             ),
         ]),
@@ -71,15 +77,20 @@ fn wake(mode: &str, samples: usize) -> Vec<f64> {
         if let Some(v) = text
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v.get("latency_us").is_some() || v.get("subscribe_error").is_some())
+            .find(|v| v.get("raw_us").is_some() || v.get("subscribe_error").is_some())
         {
-            let all: Vec<f64> = v["latency_us"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
-                .unwrap_or_default();
-            assert!(!all.is_empty(), "the wake benchmark failed: {v}");
-            // The first samples include the consumer's attach: skip them.
-            return all.into_iter().skip(100).collect();
+            let list = |k: &str| -> Vec<f64> {
+                v[k].as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                    .unwrap_or_default()
+            };
+            let (raw, events) = (list("raw_us"), list("events_us"));
+            assert!(
+                !raw.is_empty() && !events.is_empty(),
+                "the wake benchmark failed: {v}"
+            );
+            // The first raw block includes the consumer's attach: skip it.
+            return (raw.into_iter().skip(50).collect(), events);
         }
         assert!(
             Instant::now() < deadline,
@@ -110,10 +121,9 @@ fn stops(h: &Harness, node: &str, rounds: usize) -> Vec<f64> {
         .collect()
 }
 
-/// (kit a) and (kit b).
-pub(crate) fn all(samples: usize, rounds: usize, rows: &mut Vec<Row>) {
-    let mut raw = wake("raw", samples);
-    let mut looped = wake("events", samples);
+/// (kit a), (kit b) and (kit c).
+pub(crate) fn all(samples: usize, rounds: usize, calls: usize, rows: &mut Vec<Row>) {
+    let (mut raw, mut looped) = wake(samples);
     let (raw50, raw99) = (percentile(&mut raw, 50.0), percentile(&mut raw, 99.0));
     let (ev50, ev99) = (percentile(&mut looped, 50.0), percentile(&mut looped, 99.0));
     rows.push(Row {
@@ -149,5 +159,24 @@ pub(crate) fn all(samples: usize, rounds: usize, rows: &mut Vec<Row>) {
         baseline: format!("a world (sleep_until loop): p50 {w50:.2} ms p99 {w99:.2} ms"),
         target: "< 10 ms (a polling driver took 83 ms)".into(),
         verdict: verdict(d99 < 10.0, String::new()),
+    });
+
+    let times = super::routing::measure(calls, None, true);
+    let mut kit = times.kit.clone();
+    let mut before = times.main().to_vec();
+    let (k50, k99) = (percentile(&mut kit, 50.0), percentile(&mut kit, 99.0));
+    let (b50, b99) = (percentile(&mut before, 50.0), percentile(&mut before, 99.0));
+    rows.push(Row {
+        measure: format!(
+            "(kit c) typed call to a driver answering in its event loop (`answer_with`), main loop to main loop ({} calls)",
+            kit.len()
+        ),
+        p50: format!("{k50:.1} µs"),
+        p99: format!("{k99:.1} µs"),
+        baseline: format!(
+            "the same call to a node answering as before the kit (recv_timeout, decode, reply): p50 {b50:.1} µs p99 {b99:.1} µs"
+        ),
+        target: "no slower (p50 ≤ 1.05× before)".into(),
+        verdict: verdict(k50 <= b50 * 1.05, format!("{:.2}× before", k50 / b50)),
     });
 }

@@ -16,16 +16,27 @@ use super::{Row, verdict};
 
 /// Call round trips (µs) between two peers under a runtime started from this thread, whose
 /// CPU affinity (inherited by the runtime and its children) is `cpus`.
-struct Times {
+pub(crate) struct Times {
     /// Routed, main loop to main loop.
     main: Vec<f64>,
     /// Routed, link thread to link thread.
     link: Vec<f64>,
     /// Direct ractor_cluster call.
     direct: Vec<f64>,
+    /// Routed, main loop to a driver on the kit answering from its event loop
+    /// (`answer_with`); empty unless asked for.
+    pub(crate) kit: Vec<f64>,
 }
 
-fn measure(rounds: usize, cpus: Option<&[usize]>) -> Times {
+impl Times {
+    /// Routed, main loop to main loop (the callee decoding and replying by hand).
+    pub(crate) fn main(&self) -> &[f64] {
+        &self.main
+    }
+}
+
+/// Measure; `kit`: also call a driver on the kit (the `looper` peer) in the same blocks.
+pub(crate) fn measure(rounds: usize, cpus: Option<&[usize]>, kit: bool) -> Times {
     let dir = tempfile::tempdir().expect("a scratch directory");
     let peer = workspace_bin("syncra-test-peer");
     let out = dir.path().join("caller.jsonl");
@@ -33,7 +44,17 @@ fn measure(rounds: usize, cpus: Option<&[usize]>) -> Times {
     let config = format!(
         "[runtime]\nwatch_interval_ms = 1000\n[worlds]\nentities = 16\n\
          [drivers.echo]\ncommand = \"{peer}\"\nargs = [\"echo\", \"out={echo_out}\", \"direct={sock}\"]\n\
-         [drivers.caller]\ncommand = \"{peer}\"\nargs = [\"bench-caller\", \"out={out}\", \"to=echo\", \"direct={sock}\", \"rounds={rounds}\"]\n",
+         [drivers.caller]\ncommand = \"{peer}\"\nargs = [\"bench-caller\", \"out={out}\", \"to=echo\", \"direct={sock}\", \"rounds={rounds}\"{kit_to}]\n{looper}",
+        kit_to = if kit { ", \"kit_to=looper\"" } else { "" },
+        looper = if kit {
+            format!(
+                "[drivers.looper]\ncommand = \"{}\"\nargs = [\"looper\", \"out={}\", \"stream=nobody/ticks\"]\n",
+                peer.display(),
+                dir.path().join("looper.jsonl").display()
+            )
+        } else {
+            String::new()
+        },
         peer = peer.display(),
         echo_out = dir.path().join("echo.jsonl").display(),
         sock = sock.display(),
@@ -78,6 +99,7 @@ fn measure(rounds: usize, cpus: Option<&[usize]>) -> Times {
         main: list("routed_us"),
         link: list("link_us"),
         direct: list("direct_us"),
+        kit: list("kit_us"),
     }
 }
 
@@ -116,11 +138,14 @@ pub(crate) fn routed_call(rounds: usize, rows: &mut Vec<Row>) {
             &t.direct,
         ));
     };
-    both(measure(rounds, None), "");
+    both(measure(rounds, None, false), "");
     // The same with every process on one CPU: no wakeup of an idle CPU on the path, which is
     // what most of the time above is on a virtual machine.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus > 1 {
-        both(measure(rounds, Some(&[0])), ", every process on one CPU");
+        both(
+            measure(rounds, Some(&[0]), false),
+            ", every process on one CPU",
+        );
     }
 }
