@@ -44,6 +44,9 @@ pub mod exit_code {
     pub const BAD_SETTINGS: i32 = 88;
     /// The node lost its link to the runtime and left (not a start failure: it had joined).
     pub const LINK_LOST: i32 = 89;
+    /// A device the node cannot run without is not there (no display, no GPU adapter, no
+    /// sound card): starting it again would meet the same machine.
+    pub const NO_DEVICE: i32 = 90;
 
     /// A sentence for one of these codes, or `None` for any other code.
     pub fn describe(code: i32) -> Option<&'static str> {
@@ -51,6 +54,7 @@ pub mod exit_code {
             PROTOCOL_MISMATCH => Some("the node was built against another protocol version"),
             BAD_BOOT => Some("the node could not read its boot frame"),
             BAD_SETTINGS => Some("the node refused its config chunk"),
+            NO_DEVICE => Some("a device the node needs is not there"),
             _ => None,
         }
     }

@@ -33,6 +33,7 @@ pub mod listener;
 pub mod message;
 pub mod node;
 pub mod page;
+pub mod render;
 pub mod ring;
 pub mod status;
 pub mod step;

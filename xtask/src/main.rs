@@ -21,7 +21,16 @@ use std::process::{Command, ExitCode};
 
 /// Debian packages the test suite needs, beyond the Rust toolchain and gcc. Each entry is
 /// (package, a command or file that shows it is installed).
-const TEST_PACKAGES: &[(&str, &str)] = &[];
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    // The renderer's tests draw for real on Mesa's CPU Vulkan (lavapipe) and its GL (EGL).
+    (
+        "mesa-vulkan-drivers",
+        "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json",
+    ),
+    ("libvulkan1", "/usr/lib/x86_64-linux-gnu/libvulkan.so.1"),
+    ("libegl1", "/usr/lib/x86_64-linux-gnu/libEGL.so.1"),
+    ("libegl-mesa0", "/usr/lib/x86_64-linux-gnu/libEGL_mesa.so.0"),
+];
 
 /// The binaries every run needs: the runtime and the world.
 const CORE_PACKAGES: &[&str] = &["syncra-runtime", "syncra-world"];

@@ -47,7 +47,7 @@ pub use streams::{
     BulkConsumer, BulkProducer, Consumer, Producer, Sample, StreamError, StreamOptions,
     Subscription,
 };
-pub use syncra_protocol::boot::BootError;
+pub use syncra_protocol::boot::{BootError, exit_code};
 pub use syncra_protocol::broker::RefusalKind;
 pub use syncra_protocol::message;
 pub use syncra_protocol::message::{Message, Request, TagMismatch};
@@ -108,6 +108,14 @@ impl Figure {
     }
 }
 
+/// What the renderer publishes and how it frames the worlds (camera, entity look).
+pub mod render {
+    pub use syncra_protocol::render::{
+        AMBIENT, Camera, ENTITY_HALF_SIZE, FRAME_STREAM, FrameHeader, LIGHT_TOWARDS, WorldView,
+        shade,
+    };
+}
+
 /// What every world publishes, so a driver can read it with `syncra-node` alone.
 pub mod world {
     pub use syncra_protocol::world::{
@@ -138,7 +146,7 @@ use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
 use serde::de::DeserializeOwned;
-use syncra_protocol::boot::{Boot, CLUSTER_FD, exit_code};
+use syncra_protocol::boot::{Boot, CLUSTER_FD};
 use syncra_protocol::node::{Envelope, NodeToRuntime, RuntimeInbox};
 use syncra_protocol::page::NodePage;
 use syncra_protocol::wire;
@@ -730,7 +738,7 @@ fn take_broker_socket(
 
 /// Log to stderr (which the runtime writes to this node's log file), filtered by `SYNCRA_LOG`.
 /// Does nothing if the process already installed a subscriber.
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SYNCRA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let _ = tracing_subscriber::fmt()

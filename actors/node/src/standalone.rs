@@ -132,6 +132,8 @@ impl Node {
     /// and a status line goes to stdout once a second. [`crate::driver::run`] calls it when
     /// the program is started with `--standalone`.
     pub fn standalone(name: &str, settings: &impl Serialize) -> Result<Node, JoinError> {
+        // Logs go to stderr, as under a runtime (`SYNCRA_LOG` filters them).
+        crate::init_logging();
         let fail =
             |step: &'static str| move |e: StepError| JoinError::Standalone(StepError::new(step, e));
         let node = NodeName::parse(name)

@@ -674,6 +674,11 @@ pub struct BulkProducer<H> {
 }
 
 impl<H: Serialize> BulkProducer<H> {
+    /// The sequence the next message gets.
+    pub fn next_seq(&self) -> u64 {
+        self.writer.next_seq()
+    }
+
     /// Bytes of raw payload one message can hold.
     pub fn capacity(&self) -> usize {
         self.writer.map().geometry().slot_size as usize - BULK_HEADER

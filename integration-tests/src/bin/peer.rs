@@ -560,6 +560,54 @@ fn main() {
                 beat(&node);
             }
         }
+        // Read the renderer's frames: a line per frame (sequence, producer incarnation, the
+        // header), and every `save_every`-th frame's pixels as `dir/frame-<seq>.rgba` (written
+        // whole, then renamed; only the newest 4 kept).
+        "frame-grab" => {
+            let stream = opt("stream");
+            let dir = std::path::PathBuf::from(opt("dir"));
+            let save_every = num("save_every", 10).max(1);
+            let mut rx = match node.subscribe_bulk::<syncra_node::render::FrameHeader>(&stream) {
+                Ok(rx) => rx,
+                Err(e) => return idle(&node, &mut out, e.to_string()),
+            };
+            node.ready();
+            let mut saved = std::collections::VecDeque::new();
+            let mut read = 0u64;
+            while !node.shutdown_requested() {
+                let save = read.is_multiple_of(save_every);
+                let got = rx.read_with(Duration::from_millis(20), |h, raw| {
+                    (h.clone(), save.then(|| raw.to_vec()))
+                });
+                match got {
+                    Ok(Some((m, (header, pixels)))) => {
+                        read += 1;
+                        let mut path = None;
+                        if let Some(pixels) = pixels {
+                            let p = dir.join(format!("frame-{}.rgba", m.seq));
+                            let tmp = dir.join("frame.tmp");
+                            if std::fs::write(&tmp, &pixels).is_ok()
+                                && std::fs::rename(&tmp, &p).is_ok()
+                            {
+                                saved.push_back(p.clone());
+                                path = Some(p.display().to_string());
+                            }
+                            while saved.len() > 4 {
+                                if let Some(old) = saved.pop_front() {
+                                    let _ = std::fs::remove_file(old);
+                                }
+                            }
+                        }
+                        out.line(serde_json::json!({
+                            "seq": m.seq, "inc": m.producer_incarnation, "gap": m.gap,
+                            "publish_ns": m.publish_ns, "header": header, "saved": path }));
+                    }
+                    Ok(None) => {}
+                    Err(e) => out.line(serde_json::json!({ "error": e.to_string() })),
+                }
+                beat(&node);
+            }
+        }
         "consumer" => {
             let stream = opt("stream");
             // `wait=0`: only a stream that exists now; otherwise attach whenever it appears.

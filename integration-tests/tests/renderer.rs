@@ -1,0 +1,309 @@
+//! The renderer driver under a real runtime, drawing on a real wgpu device (lavapipe, Mesa's
+//! CPU Vulkan, or its GL): its frames, read from `renderer/frame` by a test peer, are checked
+//! pixel by pixel against the world's deterministic scene at the tick each frame says it
+//! shows, through the camera every frame is drawn with. Nothing in the expected picture is
+//! hard-coded: where each entity lands and its colour come from the scene and the camera.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::Value;
+use syncra_integration_tests::{Harness, PATIENCE, send, workspace_bin};
+use syncra_protocol::NodeState;
+use syncra_protocol::render::{AMBIENT, Camera, ENTITY_HALF_SIZE};
+use syncra_protocol::world::{DEFAULT_SEED, SceneSnapshot, WorldSettings};
+
+const PEER: &str = env!("CARGO_BIN_EXE_syncra-test-peer");
+const ENTITIES: u32 = 24;
+const WIDTH: u32 = 640;
+const HEIGHT: u32 = 360;
+
+/// A runtime with the world `main`, the renderer and a peer grabbing its frames.
+fn config(dir: &Path, settings: &str, env: &str) -> String {
+    format!(
+        "[runtime]\nwatch_interval_ms = 500\n[supervisor]\nintensity = 100\n\
+         [drivers.renderer]\ncommand = \"{renderer}\"\n\
+         settings = {{ worlds = [\"main\"], width = {WIDTH}, height = {HEIGHT}, rate_hz = 30.0{settings} }}\n{env}\n\
+         [drivers.grab]\ncommand = \"{PEER}\"\n\
+         args = [\"frame-grab\", \"stream=renderer/frame\", \"out={out}\", \"dir={dir}\", \"save_every=5\"]\n\
+         [worlds]\nentities = {ENTITIES}\n",
+        renderer = workspace_bin("syncra-renderer").display(),
+        out = dir.join("grab.jsonl").display(),
+        dir = dir.display(),
+    )
+}
+
+fn lines(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("grab.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The first saved frame that `pick` accepts: its line and its pixels.
+fn saved_frame(dir: &Path, what: &str, pick: impl Fn(&Value) -> bool) -> (Value, Vec<u8>) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let l = lines(dir);
+        if let Some(e) = l.iter().find(|v| v.get("error").is_some()) {
+            panic!("the frame grabber failed: {e}");
+        }
+        for v in l.iter().rev().filter(|v| v["saved"].is_string() && pick(v)) {
+            if let Ok(pixels) = std::fs::read(v["saved"].as_str().unwrap_or_default()) {
+                return (v.clone(), pixels);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no saved frame {what}; the last lines:\n{}",
+            l.iter()
+                .rev()
+                .take(5)
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The world `main`'s scene at `tick`, simulated here from the same seed.
+fn scene_at(tick: u64) -> SceneSnapshot {
+    let settings = WorldSettings {
+        entities: ENTITIES,
+        seed: DEFAULT_SEED,
+        ..WorldSettings::new("main")
+    };
+    let mut scene = syncra_world::Scene::new(&settings);
+    for _ in 0..tick {
+        scene.step();
+    }
+    let mut out = SceneSnapshot {
+        world: String::new(),
+        tick: 0,
+        entities: Vec::new(),
+    };
+    scene.snapshot_into("main", &mut out);
+    out
+}
+
+/// What a frame shows against what `scene` says it should.
+#[derive(Debug, Default)]
+struct Check {
+    /// Entities whose centre pixel could be checked (in view, nothing nearer overlapping).
+    checked: usize,
+    /// Those whose centre pixel is not their colour, lit.
+    wrong: Vec<String>,
+    /// Background pixels checked, far from every entity.
+    background: usize,
+    /// Those that were not the background colour.
+    background_wrong: Vec<String>,
+}
+
+fn check(pixels: &[u8], width: u32, height: u32, scene: &SceneSnapshot) -> Check {
+    assert_eq!(
+        pixels.len(),
+        (width * height * 4) as usize,
+        "a whole RGBA8 frame"
+    );
+    let cam = Camera::default();
+    let px = |x: u32, y: u32| {
+        let i = ((y * width + x) * 4) as usize;
+        [pixels[i], pixels[i + 1], pixels[i + 2]]
+    };
+    // Each entity's centre on screen, its depth, and a generous radius (the cube's corners).
+    let reach = ENTITY_HALF_SIZE * 3f32.sqrt();
+    let placed: Vec<_> = scene
+        .entities
+        .iter()
+        .filter_map(|e| {
+            let [x, y, d] = cam.project(e.position, width, height)?;
+            Some((
+                e,
+                x,
+                y,
+                d,
+                cam.pixel_radius(e.position, reach, height) * 1.3 + 2.0,
+            ))
+        })
+        .collect();
+    let mut c = Check::default();
+    for &(e, x, y, d, r) in &placed {
+        let inside = x >= 2.0 && y >= 2.0 && x < width as f32 - 2.0 && y < height as f32 - 2.0;
+        let covered = placed
+            .iter()
+            .any(|&(o, ox, oy, od, or)| o.id != e.id && od < d && (ox - x).hypot(oy - y) < r + or);
+        if !inside || covered {
+            continue;
+        }
+        c.checked += 1;
+        let got = px(x as u32, y as u32).map(|v| v as f32 / 255.0);
+        let want = [e.colour[0], e.colour[1], e.colour[2]];
+        // The lit colour is the entity's colour times one factor in AMBIENT..=1.
+        let k = got.iter().zip(&want).map(|(g, w)| g * w).sum::<f32>()
+            / want.iter().map(|w| w * w).sum::<f32>().max(1e-6);
+        let off = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - k * w).abs())
+            .fold(0.0, f32::max);
+        if !(AMBIENT - 0.03..=1.03).contains(&k) || off > 6.0 / 255.0 {
+            c.wrong.push(format!(
+                "entity {} at ({x:.0},{y:.0}): pixel {:?}, colour {want:?} (factor {k:.2}, off {off:.3})",
+                e.id,
+                px(x as u32, y as u32)
+            ));
+        }
+    }
+    // The background, on a grid, wherever no entity can reach.
+    let clear = [0.02f32, 0.025, 0.035].map(|v| (v * 255.0).round() as i32);
+    for y in (4..height).step_by(23) {
+        for x in (4..width).step_by(29) {
+            let near = placed
+                .iter()
+                .any(|&(_, ex, ey, _, r)| (ex - x as f32).hypot(ey - y as f32) < r + 2.0);
+            if near {
+                continue;
+            }
+            c.background += 1;
+            let got = px(x, y);
+            if got
+                .iter()
+                .zip(clear)
+                .any(|(&g, w)| (g as i32 - w).abs() > 1)
+            {
+                c.background_wrong.push(format!("({x},{y}): {got:?}"));
+            }
+        }
+    }
+    c
+}
+
+/// Check a grabbed frame line and its pixels against the scene at the tick it shows.
+fn assert_shows_its_tick(line: &Value, pixels: &[u8]) -> u64 {
+    let h = &line["header"];
+    assert_eq!(
+        (h["width"].as_u64(), h["height"].as_u64()),
+        (Some(WIDTH.into()), Some(HEIGHT.into()))
+    );
+    let view = &h["worlds"][0];
+    assert_eq!(view["world"], "main", "{h}");
+    assert_eq!(
+        (view["x"].as_u64(), view["width"].as_u64()),
+        (Some(0), Some(WIDTH.into()))
+    );
+    let tick = view["tick"].as_u64().expect("the tick shown");
+    let c = check(pixels, WIDTH, HEIGHT, &scene_at(tick));
+    assert!(
+        c.checked >= (ENTITIES / 2) as usize,
+        "too few entities could be checked: {c:?}"
+    );
+    assert!(
+        c.wrong.is_empty(),
+        "tick {tick}: entities not where or as they should be: {:#?}",
+        c.wrong
+    );
+    assert!(c.background > 100 && c.background_wrong.is_empty(), "{c:?}");
+    tick
+}
+
+#[test]
+fn offscreen_frames_show_each_entity_where_the_camera_puts_it_at_the_tick_they_say() {
+    let t = tempfile::tempdir().unwrap();
+    let h = Harness::start(&config(t.path(), "", ""), &[]);
+    h.wait_ready(&["renderer", "grab", "world/main"]);
+    // Two seconds in, entities have moved well past their size since tick 0.
+    let (line, pixels) = saved_frame(t.path(), "two seconds into the world", |v| {
+        v["header"]["worlds"][0]["tick"]
+            .as_u64()
+            .is_some_and(|t| t >= 120)
+    });
+    let tick = assert_shows_its_tick(&line, &pixels);
+    // The check can fail: the same frame against the scene of two seconds earlier does.
+    let stale = check(&pixels, WIDTH, HEIGHT, &scene_at(tick - 120));
+    assert!(
+        stale.wrong.len() * 2 >= stale.checked,
+        "a frame should not match the scene of 2 s before: {stale:?}"
+    );
+    // What it draws with, by the CLI.
+    let out = h.cli(&["call", "renderer", "syncra.renderer.get-info/1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: Value = serde_json::from_slice(&out.stdout).expect("info JSON");
+    assert_eq!(info["backend"], "vulkan", "{info}");
+    assert!(
+        info["adapter"].as_str().is_some_and(|a| !a.is_empty()),
+        "{info}"
+    );
+    assert_eq!(
+        (info["width"].as_u64(), info["target"].as_str()),
+        (Some(WIDTH.into()), Some("offscreen"))
+    );
+    let figures = h.node("renderer");
+    assert!(
+        figures.figures.iter().any(|f| f.name == "fps"),
+        "status shows the frame rate: {:?}",
+        figures.figures
+    );
+}
+
+#[test]
+fn a_killed_renderer_is_replaced_and_draws_on_without_the_world_noticing() {
+    let t = tempfile::tempdir().unwrap();
+    let h = Harness::start(&config(t.path(), "", ""), &[]);
+    h.wait_ready(&["renderer", "grab", "world/main"]);
+    let (before, _) = saved_frame(t.path(), "from the first renderer", |v| v["inc"] == 1);
+    let world = h.node("world/main");
+    send(h.node("renderer").pid.expect("a pid"), libc::SIGKILL);
+    let (after, pixels) = saved_frame(t.path(), "from the second renderer", |v| v["inc"] == 2);
+    assert!(
+        after["seq"].as_u64() > before["seq"].as_u64(),
+        "frame numbers go on: {before} then {after}"
+    );
+    assert_shows_its_tick(&after, &pixels);
+    let now = h.node("world/main");
+    assert_eq!(
+        now.incarnation, world.incarnation,
+        "the world was not restarted"
+    );
+    assert!(h.crashes(Some("world/main")).is_empty());
+    assert_eq!(h.crashes(Some("renderer")).len(), 1, "the kill is recorded");
+}
+
+#[test]
+fn without_vulkan_the_renderer_falls_back_to_gl_or_fails_saying_why() {
+    let no_vulkan = "env = { VK_ICD_FILENAMES = \"/dev/null\" }";
+    // Falling back (the default): the same picture, drawn with GL.
+    let t = tempfile::tempdir().unwrap();
+    let h = Harness::start(&config(t.path(), "", no_vulkan), &[]);
+    h.wait_ready(&["renderer", "grab", "world/main"]);
+    let (line, pixels) = saved_frame(t.path(), "drawn with GL", |v| {
+        v["header"]["worlds"][0]["tick"]
+            .as_u64()
+            .is_some_and(|t| t > 0)
+    });
+    assert_shows_its_tick(&line, &pixels);
+    let out = h.cli(&["call", "renderer", "syncra.renderer.get-info/1"]);
+    let info: Value = serde_json::from_slice(&out.stdout).expect("info JSON");
+    assert_eq!(info["backend"], "gl", "{info}");
+    drop(h);
+    // No fallback: the renderer fails for good (no retries into the same machine), and
+    // status says it has no Vulkan adapter.
+    let t = tempfile::tempdir().unwrap();
+    let h = Harness::start(&config(t.path(), ", fallback = \"none\"", no_vulkan), &[]);
+    let failed = h.wait_until("the renderer says why it failed", PATIENCE, |s| {
+        s.node("renderer")
+            .and_then(|n| n.detail.clone())
+            .filter(|d| d.contains("no vulkan adapter"))
+    });
+    assert!(failed.contains("fallback = \"none\""), "{failed}");
+    let node = h.wait_state("renderer", NodeState::Failed);
+    assert_eq!(
+        node.restarts, 0,
+        "a missing device is not retried: {node:?}"
+    );
+}
