@@ -37,12 +37,13 @@ pub mod render;
 pub mod ring;
 pub mod status;
 pub mod step;
+pub mod window;
 pub mod wire;
 pub mod world;
 
 /// Version of every message format in this crate. Bump it whenever a serialized type changes
 /// shape; a node built against another version is refused when it joins.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 pub use status::{NodeKind, NodeName, NodeState};
 pub use step::{BoxError, StepError};

@@ -53,6 +53,12 @@ pub enum NodeToRuntime {
         /// Why, in words.
         reason: String,
     },
+    /// The user asked to quit through this node (closed the window): stop the whole runtime
+    /// in order, as `syncra shutdown` would. Only drivers may; a world's request is ignored.
+    Quit {
+        /// Why, in words.
+        reason: String,
+    },
     /// A message or call for another node, by name: the runtime routes it to the current
     /// incarnation of `to`.
     Route(Routed),

@@ -174,14 +174,7 @@ impl Ticker {
 /// Never returns: the process exits 0 after a requested stop, or with the code that says why
 /// it could not go on.
 pub fn run<D: Driver>() -> ! {
-    let node = match crate::standalone::from_args() {
-        Some(Ok(node)) => node,
-        Some(Err(why)) => {
-            eprintln!("{why}");
-            std::process::exit(2)
-        }
-        None => Node::join().unwrap_or_else(|e| e.exit()),
-    };
+    let node = Node::join_or_standalone();
     let settings: D::Settings = node.settings().unwrap_or_else(|e| e.exit());
     let mut ctx = Context {
         node: &node,

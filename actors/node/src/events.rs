@@ -100,6 +100,9 @@ pub struct Events {
     next_key: usize,
     /// Where the fairness rotation starts next time.
     turn: usize,
+    /// The last event returned was the deadline (a due deadline and ready events then take
+    /// turns, so neither starves the other).
+    deadline_last: bool,
     beat_interval: Duration,
     page: Option<Arc<syncra_protocol::page::NodePage>>,
     async_fd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
@@ -146,6 +149,7 @@ impl Node {
             watched: Vec::new(),
             next_key: 0,
             turn: 0,
+            deadline_last: false,
             beat_interval: self.beat_interval,
             page: self.page.clone(),
             async_fd: None,
@@ -233,11 +237,21 @@ impl Events {
     /// something arrived while the doorbells were armed (look again); `Ok(Some(at))`: wait
     /// until `at` at the latest.
     fn before_wait(&mut self, deadline: Option<Instant>) -> Result<Option<Instant>, NodeEvent> {
+        let now = Instant::now();
+        let due = deadline.is_some_and(|d| d <= now);
+        // A due deadline goes first unless it went last: a stream that always has something
+        // (or a flood of messages) cannot hold the ticks off, nor can ticks that overrun
+        // their period hold the events off.
+        if due && !self.deadline_last && !self.shutdown_pending() {
+            self.deadline_last = true;
+            return Err(NodeEvent::Deadline);
+        }
         if let Some(ev) = self.ready() {
+            self.deadline_last = false;
             return Err(ev);
         }
-        let now = Instant::now();
-        if deadline.is_some_and(|d| d <= now) {
+        if due {
+            self.deadline_last = true;
             return Err(NodeEvent::Deadline);
         }
         if !self.prepare() {
@@ -248,12 +262,14 @@ impl Events {
 
     /// An event that is ready now, without waiting: shutdown first, then messages, returned
     /// messages and streams in turn (so none starves the others).
-    fn ready(&mut self) -> Option<NodeEvent> {
-        if self
-            .shared
+    fn shutdown_pending(&self) -> bool {
+        self.shared
             .shutdown
             .load(std::sync::atomic::Ordering::Acquire)
-        {
+    }
+
+    fn ready(&mut self) -> Option<NodeEvent> {
+        if self.shutdown_pending() {
             return Some(NodeEvent::Shutdown);
         }
         // Consumers that were dropped are watched no more.

@@ -116,6 +116,13 @@ pub mod render {
     };
 }
 
+/// What the window driver publishes: its identity and its events.
+pub mod window {
+    pub use syncra_protocol::window::{
+        EVENTS_STREAM, IDENTITY_STREAM, Modifiers, Present, WindowEvent, WindowIdentity,
+    };
+}
+
 /// What every world publishes, so a driver can read it with `syncra-node` alone.
 pub mod world {
     pub use syncra_protocol::world::{
@@ -619,6 +626,16 @@ impl Node {
     /// requested (0 when the request came from a signal).
     pub fn shutdown_grace_ms(&self) -> u64 {
         self.shared.shutdown_grace_ms.load(Ordering::Relaxed)
+    }
+
+    /// Ask the runtime to stop everything in order, on the user's behalf: the window was
+    /// closed, the user chose "quit". This node is stopped with the rest (its shutdown comes
+    /// as usual). Only drivers may; the runtime ignores a world's request.
+    pub fn quit(&self, reason: &str) {
+        tracing::info!(node = %self.boot.node, reason, "asking the runtime to quit");
+        self.tell(NodeToRuntime::Quit {
+            reason: reason.to_owned(),
+        });
     }
 
     /// Tell the runtime this node is leaving on its own with `code`, then return (the caller

@@ -125,6 +125,20 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
 }
 
 impl Node {
+    /// Join the runtime that started this process or, with `--standalone` on the command
+    /// line, run without one ([`Node::standalone`]); on failure, say why and exit. What
+    /// [`crate::driver::run`] starts with, for a driver whose loop belongs to a library.
+    pub fn join_or_standalone() -> Node {
+        match from_args() {
+            Some(Ok(node)) => node,
+            Some(Err(why)) => {
+                eprintln!("{why}");
+                std::process::exit(2)
+            }
+            None => Node::join().unwrap_or_else(|e| e.exit()),
+        }
+    }
+
     /// This process as node `name` with no runtime, its config chunk `settings` (any value
     /// that serializes as the driver's settings table would). For development: what the
     /// runtime would provide is local (see [`crate::driver`]'s `--standalone`): streams are

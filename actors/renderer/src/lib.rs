@@ -10,6 +10,7 @@
 pub mod draw;
 pub mod gpu;
 pub mod offscreen;
+pub mod window;
 
 /// The frame's background, linear RGB.
 pub const CLEAR: [f64; 3] = [0.02, 0.025, 0.035];

@@ -13,12 +13,14 @@ use serde::{Deserialize, Serialize};
 use syncra_node::driver::{self, Context, Driver};
 use syncra_node::events::{NodeEvent, StreamKey};
 use syncra_node::render::{Camera, FRAME_STREAM, FrameHeader};
-use syncra_node::streams::{BulkProducer, Consumer, StreamOptions, Subscription};
+use syncra_node::streams::{BulkProducer, Consumer, Producer, StreamOptions, Subscription};
+use syncra_node::window::{IDENTITY_STREAM, Present, WindowIdentity};
 use syncra_node::world::{ALL_SCENES, SceneSnapshot, scene_stream};
 use syncra_node::{Figure, FigureKind};
 use syncra_renderer::draw::SceneDraw;
 use syncra_renderer::gpu::{Backend, Gpu};
 use syncra_renderer::offscreen::{self, Offscreen};
+use syncra_renderer::window::{Attached, Next, PresentMode};
 
 /// Ask the renderer what it draws with.
 #[derive(Debug, Serialize, Deserialize)]
@@ -33,8 +35,12 @@ pub struct RendererInfo {
     pub device_type: String,
     /// "vulkan" or "gl".
     pub backend: String,
-    /// Where frames go: "offscreen".
+    /// Where frames go: "offscreen" or "window".
     pub target: String,
+    /// Presenting into a window: the present mode ("Immediate", "Fifo", …); empty otherwise.
+    pub present_mode: String,
+    /// The X11 window presented into, once attached.
+    pub window: Option<u64>,
     /// Frame size.
     pub width: u32,
     /// Frame size.
@@ -56,6 +62,9 @@ enum Target {
     /// Drawn offscreen and published on `renderer/frame` (headless servers, thumbnails,
     /// tests, and a window driver in `frames` mode).
     Offscreen,
+    /// Presented into the window driver's window (X11, XWayland); each presented frame's
+    /// header goes on `renderer/presented`.
+    Window,
 }
 
 /// `[drivers.renderer] settings = { .. }`.
@@ -78,6 +87,10 @@ struct Settings {
     fallback: Fallback,
     /// The camera.
     camera: Camera,
+    /// With `target = "window"`: the window driver's node name.
+    window: String,
+    /// With `target = "window"`: how frames are queued.
+    present_mode: PresentMode,
 }
 
 impl Default for Settings {
@@ -91,6 +104,8 @@ impl Default for Settings {
             backend: Backend::Vulkan,
             fallback: Fallback::Gl,
             camera: Camera::default(),
+            window: "window".into(),
+            present_mode: PresentMode::Auto,
         }
     }
 }
@@ -117,6 +132,9 @@ impl Fallback {
     }
 }
 
+/// With `target = "window"`: the header of every frame presented, `renderer/presented`.
+const PRESENTED_STREAM: &str = "presented";
+
 /// Largest frame side accepted, pixels.
 const MAX_SIDE: u32 = 8192;
 
@@ -131,14 +149,31 @@ enum Scenes {
     ),
 }
 
+/// Where frames go, and what that needs.
+enum Output {
+    Offscreen {
+        draw: SceneDraw,
+        target: Offscreen,
+        out: BulkProducer<FrameHeader>,
+    },
+    Window {
+        identity: Consumer<WindowIdentity>,
+        /// The newest identity read.
+        latest: Option<WindowIdentity>,
+        /// The surface on that window, and a pipeline for its format.
+        attached: Option<(Attached, SceneDraw)>,
+        /// A generation that could not be attached to (not tried again).
+        refused: Option<u64>,
+        presented: Producer<FrameHeader>,
+    },
+}
+
 struct Renderer {
     s: Settings,
     gpu: Gpu,
-    draw: SceneDraw,
-    target: Offscreen,
+    output: Output,
     scenes: Scenes,
     latest: BTreeMap<String, SceneSnapshot>,
-    out: BulkProducer<FrameHeader>,
     frames: u64,
     fps: f64,
     frame_ms: f64,
@@ -190,9 +225,52 @@ impl Driver for Renderer {
             )
         });
         tracing::info!(adapter = %gpu.adapter_name(), backend = %gpu.backend, "GPU open");
-        let draw = SceneDraw::new(&gpu.device, offscreen::FORMAT, s.camera);
-        let target = Offscreen::new(&gpu.device, s.width, s.height);
         let node = ctx.node();
+        let output = match s.target {
+            Target::Offscreen => {
+                let target = Offscreen::new(&gpu.device, s.width, s.height);
+                let out = node
+                    .declare_bulk(
+                        FRAME_STREAM,
+                        StreamOptions::latest_only(target.frame_len() as u32),
+                    )
+                    .map_err(|e| e.to_string())?;
+                Output::Offscreen {
+                    draw: SceneDraw::new(&gpu.device, offscreen::FORMAT, s.camera),
+                    target,
+                    out,
+                }
+            }
+            Target::Window => {
+                let identity = node
+                    .subscribe(&format!("{}/{IDENTITY_STREAM}", s.window))
+                    .map_err(|e| e.to_string())?;
+                ctx.watch(&identity);
+                let sample = FrameHeader {
+                    width: 0,
+                    height: 0,
+                    sequence: 0,
+                    worlds: (0..16)
+                        .map(|_| syncra_node::render::WorldView {
+                            world: "w".repeat(64),
+                            tick: u64::MAX,
+                            x: 0,
+                            width: 0,
+                        })
+                        .collect(),
+                };
+                let presented = node
+                    .declare(PRESENTED_STREAM, StreamOptions::latest_only_like(&sample))
+                    .map_err(|e| e.to_string())?;
+                Output::Window {
+                    identity,
+                    latest: None,
+                    attached: None,
+                    refused: None,
+                    presented,
+                }
+            }
+        };
         let scenes = if s.worlds.is_empty() {
             let sub = node
                 .subscribe_pattern(ALL_SCENES)
@@ -210,23 +288,15 @@ impl Driver for Renderer {
             }
             Scenes::Named(named)
         };
-        let out = node
-            .declare_bulk(
-                FRAME_STREAM,
-                StreamOptions::latest_only(target.frame_len() as u32),
-            )
-            .map_err(|e| e.to_string())?;
         Ok(Renderer {
             fig_fps: node.figure("fps", FigureKind::Gauge),
             fig_frame_ms: node.figure("frame_ms", FigureKind::Gauge),
             fig_frames: node.figure("frames", FigureKind::Counter),
             s,
             gpu,
-            draw,
-            target,
+            output,
             scenes,
             latest: BTreeMap::new(),
-            out,
             frames: 0,
             fps: 0.0,
             frame_ms: 0.0,
@@ -249,15 +319,34 @@ impl Driver for Renderer {
                     consumers.push(c);
                 }
             }
-            NodeEvent::Stream(_) => self.read_scenes()?,
+            NodeEvent::Stream(_) => {
+                self.read_scenes()?;
+                self.read_identity()?;
+            }
             NodeEvent::Message(incoming) => {
+                let (target, (width, height), present_mode, window) = match &self.output {
+                    Output::Offscreen { target, .. } => {
+                        ("offscreen", target.size(), String::new(), None)
+                    }
+                    Output::Window { attached, .. } => match attached {
+                        Some((a, _)) => (
+                            "window",
+                            a.size(),
+                            format!("{:?}", a.present_mode()),
+                            Some(u64::from(a.window())),
+                        ),
+                        None => ("window", (0, 0), String::new(), None),
+                    },
+                };
                 let info = RendererInfo {
                     adapter: self.gpu.adapter_name(),
                     device_type: self.gpu.device_type(),
                     backend: self.gpu.backend.to_string(),
-                    target: "offscreen".into(),
-                    width: self.s.width,
-                    height: self.s.height,
+                    target: target.into(),
+                    width,
+                    height,
+                    present_mode,
+                    window,
                     frames: self.frames,
                     fps: self.fps,
                     frame_ms: self.frame_ms,
@@ -272,46 +361,12 @@ impl Driver for Renderer {
     fn tick(&mut self, _: &mut Context<'_>) -> Result<(), String> {
         let t = Instant::now();
         self.read_scenes()?;
-        let scenes: Vec<&SceneSnapshot> = match &self.scenes {
-            Scenes::Named(_) => self
-                .s
-                .worlds
-                .iter()
-                .filter_map(|w| self.latest.get(w))
-                .collect(),
-            Scenes::All(..) => self.latest.values().collect(),
+        let drew = match &mut self.output {
+            Output::Offscreen { .. } => self.offscreen_frame()?,
+            Output::Window { .. } => self.window_frame()?,
         };
-        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
-        let views = self.draw.draw(
-            &self.gpu.device,
-            &self.gpu.queue,
-            &mut encoder,
-            self.target.view(),
-            self.target.size(),
-            &scenes,
-        );
-        self.target.copy(&mut encoder);
-        self.gpu.queue.submit([encoder.finish()]);
-        let (width, height) = self.target.size();
-        let header = FrameHeader {
-            width,
-            height,
-            sequence: self.out.next_seq(),
-            worlds: views,
-        };
-        let (target, device) = (&self.target, &self.gpu.device);
-        let mut failed = None;
-        self.out
-            .publish_with(&header, |slot| match target.read_into(device, slot) {
-                Ok(n) => n,
-                Err(e) => {
-                    failed = Some(e);
-                    0
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        if let Some(e) = failed {
-            return Err(e);
+        if !drew {
+            return Ok(());
         }
         self.frames += 1;
         self.frame_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -328,7 +383,146 @@ impl Driver for Renderer {
     }
 }
 
+/// The scenes to draw, in order.
+fn in_order<'a>(
+    scenes: &Scenes,
+    s: &Settings,
+    latest: &'a BTreeMap<String, SceneSnapshot>,
+) -> Vec<&'a SceneSnapshot> {
+    match scenes {
+        Scenes::Named(_) => s.worlds.iter().filter_map(|w| latest.get(w)).collect(),
+        Scenes::All(..) => latest.values().collect(),
+    }
+}
+
 impl Renderer {
+    /// Draw, read back and publish one offscreen frame.
+    fn offscreen_frame(&mut self) -> Result<bool, String> {
+        let scenes = in_order(&self.scenes, &self.s, &self.latest);
+        let Output::Offscreen { draw, target, out } = &mut self.output else {
+            return Ok(false);
+        };
+        let gpu = &self.gpu;
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let views = draw.draw(
+            &gpu.device,
+            &gpu.queue,
+            &mut encoder,
+            target.view(),
+            target.size(),
+            &scenes,
+        );
+        target.copy(&mut encoder);
+        gpu.queue.submit([encoder.finish()]);
+        let (width, height) = target.size();
+        let header = FrameHeader {
+            width,
+            height,
+            sequence: out.next_seq(),
+            worlds: views,
+        };
+        let mut failed = None;
+        out.publish_with(&header, |slot| match target.read_into(&gpu.device, slot) {
+            Ok(n) => n,
+            Err(e) => {
+                failed = Some(e);
+                0
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        failed.map_or(Ok(true), Err)
+    }
+
+    /// Present one frame into the window, attaching to it first if it is new.
+    fn window_frame(&mut self) -> Result<bool, String> {
+        let scenes = in_order(&self.scenes, &self.s, &self.latest);
+        let gpu = &self.gpu;
+        let camera = self.s.camera;
+        let mode = self.s.present_mode;
+        let Output::Window {
+            identity,
+            latest,
+            attached,
+            refused,
+            presented,
+        } = &mut self.output
+        else {
+            return Ok(false);
+        };
+        while let Some(id) = identity.try_recv().map_err(|e| e.to_string())? {
+            *latest = Some(id.value);
+        }
+        let Some(id) = latest.as_ref() else {
+            return Ok(false); // no window yet
+        };
+        if attached
+            .as_ref()
+            .is_some_and(|(a, _)| a.generation != id.generation)
+        {
+            tracing::info!(generation = id.generation, "a new window: attaching to it");
+            *attached = None;
+        }
+        if attached.is_none() && *refused != Some(id.generation) {
+            if id.present != Present::Surface {
+                tracing::info!(
+                    "the window shows renderer/frame itself (present = frames); nothing to present into"
+                );
+                *refused = Some(id.generation);
+                return Ok(false);
+            }
+            match Attached::attach(gpu, id, mode) {
+                Ok(a) => {
+                    tracing::info!(window = format!("{:#x}", a.window()), size = ?a.size(), present_mode = ?a.present_mode(), "attached to the window");
+                    let draw = SceneDraw::new(&gpu.device, a.format(), camera);
+                    *attached = Some((a, draw));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, generation = id.generation, "could not attach to the window; waiting for the next one");
+                    *refused = Some(id.generation);
+                }
+            }
+        }
+        let Some((a, draw)) = attached.as_mut() else {
+            return Ok(false);
+        };
+        let frame = match a.next(&gpu.device) {
+            Next::Frame(f) => f,
+            Next::Skip => return Ok(false),
+            Next::Gone(why) => {
+                tracing::info!(reason = %why, "the window went away; waiting for the next one");
+                *attached = None;
+                return Ok(false);
+            }
+        };
+        let view = frame.texture.create_view(&Default::default());
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let size = (frame.texture.width(), frame.texture.height());
+        let views = draw.draw(&gpu.device, &gpu.queue, &mut encoder, &view, size, &scenes);
+        gpu.queue.submit([encoder.finish()]);
+        gpu.queue.present(frame);
+        let header = FrameHeader {
+            width: size.0,
+            height: size.1,
+            sequence: presented.next_seq(),
+            worlds: views,
+        };
+        presented.publish(&header).map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// Keep the window's newest identity.
+    fn read_identity(&mut self) -> Result<(), String> {
+        if let Output::Window {
+            identity, latest, ..
+        } = &mut self.output
+        {
+            while let Some(id) = identity.try_recv().map_err(|e| e.to_string())? {
+                *latest = Some(id.value);
+            }
+        }
+        Ok(())
+    }
+
     /// Keep the newest scene of every world.
     fn read_scenes(&mut self) -> Result<(), String> {
         let consumers = match &mut self.scenes {

@@ -40,6 +40,8 @@ pub enum ShutdownCause {
     Requested,
     /// SIGTERM or SIGINT.
     Signal(&'static str),
+    /// A driver asked on the user's behalf (the window was closed): the node and its reason.
+    Quit(syncra_protocol::NodeName, String),
     /// The supervisor gave up on a node and config says to shut down.
     GaveUp(String),
     /// A part of the runtime itself (its router, gateway, a group, a task) ended: it stops in

@@ -26,7 +26,7 @@ use syncra_protocol::crash::{CrashRecord, Decision, ExitSummary, PanicReport, Re
 use syncra_protocol::node::{NodeInbox, NodeToRuntime, RuntimeToNode, agent_group};
 use syncra_protocol::page::NodePage;
 use syncra_protocol::status::{EventKind, LifecycleEvent};
-use syncra_protocol::{NodeName, NodeState, PROTOCOL_VERSION, wire};
+use syncra_protocol::{NodeKind, NodeName, NodeState, PROTOCOL_VERSION, wire};
 use tokio::io::AsyncWriteExt;
 
 use super::ending::{Forced, NotStarted};
@@ -932,6 +932,7 @@ impl SupState {
 
     fn on_node_message(&mut self, incarnation: u64, msg: NodeToRuntime) {
         let name = self.plan.name.clone();
+        let driver = self.plan.kind == NodeKind::Driver;
         let Some(live) = self.live_mut(incarnation) else {
             return;
         };
@@ -954,6 +955,14 @@ impl SupState {
             }
             NodeToRuntime::Leaving { code, reason } => {
                 tracing::info!(node = %name, pid = live.pid, incarnation, code, reason, "node is leaving");
+            }
+            NodeToRuntime::Quit { reason } => {
+                if driver {
+                    tracing::info!(node = %name, pid = live.pid, incarnation, reason, "the user quit: stopping the runtime");
+                    self.ctx.request_shutdown(ShutdownCause::Quit(name, reason));
+                } else {
+                    tracing::warn!(node = %name, reason, "only a driver may stop the runtime; ignored");
+                }
             }
             // The gateway hands these to the router, never to a supervisor.
             NodeToRuntime::Route(_)
