@@ -20,6 +20,7 @@ use syncra_protocol::status::{NodeView, StatusReport};
 use syncra_runtime::ControlClient;
 
 pub mod chaos;
+pub mod picture;
 
 /// How long a test waits for something that should happen at once (generous: CI is slow).
 pub const PATIENCE: Duration = Duration::from_secs(20);

@@ -8,10 +8,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use serde_json::Value;
+use syncra_integration_tests::picture::{Picture, check, scene_at};
 use syncra_integration_tests::{Harness, PATIENCE, send, workspace_bin};
 use syncra_protocol::NodeState;
-use syncra_protocol::render::{AMBIENT, Camera, ENTITY_HALF_SIZE};
-use syncra_protocol::world::{DEFAULT_SEED, SceneSnapshot, WorldSettings};
+use syncra_protocol::world::{DEFAULT_SEED, WorldSettings};
 
 const PEER: &str = env!("CARGO_BIN_EXE_syncra-test-peer");
 const ENTITIES: u32 = 24;
@@ -68,116 +68,13 @@ fn saved_frame(dir: &Path, what: &str, pick: impl Fn(&Value) -> bool) -> (Value,
     }
 }
 
-/// The world `main`'s scene at `tick`, simulated here from the same seed.
-fn scene_at(tick: u64) -> SceneSnapshot {
-    let settings = WorldSettings {
+/// The world `main`'s settings (the default seed, as the runtime gives the first world).
+fn main_world() -> WorldSettings {
+    WorldSettings {
         entities: ENTITIES,
         seed: DEFAULT_SEED,
         ..WorldSettings::new("main")
-    };
-    let mut scene = syncra_world::Scene::new(&settings);
-    for _ in 0..tick {
-        scene.step();
     }
-    let mut out = SceneSnapshot {
-        world: String::new(),
-        tick: 0,
-        entities: Vec::new(),
-    };
-    scene.snapshot_into("main", &mut out);
-    out
-}
-
-/// What a frame shows against what `scene` says it should.
-#[derive(Debug, Default)]
-struct Check {
-    /// Entities whose centre pixel could be checked (in view, nothing nearer overlapping).
-    checked: usize,
-    /// Those whose centre pixel is not their colour, lit.
-    wrong: Vec<String>,
-    /// Background pixels checked, far from every entity.
-    background: usize,
-    /// Those that were not the background colour.
-    background_wrong: Vec<String>,
-}
-
-fn check(pixels: &[u8], width: u32, height: u32, scene: &SceneSnapshot) -> Check {
-    assert_eq!(
-        pixels.len(),
-        (width * height * 4) as usize,
-        "a whole RGBA8 frame"
-    );
-    let cam = Camera::default();
-    let px = |x: u32, y: u32| {
-        let i = ((y * width + x) * 4) as usize;
-        [pixels[i], pixels[i + 1], pixels[i + 2]]
-    };
-    // Each entity's centre on screen, its depth, and a generous radius (the cube's corners).
-    let reach = ENTITY_HALF_SIZE * 3f32.sqrt();
-    let placed: Vec<_> = scene
-        .entities
-        .iter()
-        .filter_map(|e| {
-            let [x, y, d] = cam.project(e.position, width, height)?;
-            Some((
-                e,
-                x,
-                y,
-                d,
-                cam.pixel_radius(e.position, reach, height) * 1.3 + 2.0,
-            ))
-        })
-        .collect();
-    let mut c = Check::default();
-    for &(e, x, y, d, r) in &placed {
-        let inside = x >= 2.0 && y >= 2.0 && x < width as f32 - 2.0 && y < height as f32 - 2.0;
-        let covered = placed
-            .iter()
-            .any(|&(o, ox, oy, od, or)| o.id != e.id && od < d && (ox - x).hypot(oy - y) < r + or);
-        if !inside || covered {
-            continue;
-        }
-        c.checked += 1;
-        let got = px(x as u32, y as u32).map(|v| v as f32 / 255.0);
-        let want = [e.colour[0], e.colour[1], e.colour[2]];
-        // The lit colour is the entity's colour times one factor in AMBIENT..=1.
-        let k = got.iter().zip(&want).map(|(g, w)| g * w).sum::<f32>()
-            / want.iter().map(|w| w * w).sum::<f32>().max(1e-6);
-        let off = got
-            .iter()
-            .zip(&want)
-            .map(|(g, w)| (g - k * w).abs())
-            .fold(0.0, f32::max);
-        if !(AMBIENT - 0.03..=1.03).contains(&k) || off > 6.0 / 255.0 {
-            c.wrong.push(format!(
-                "entity {} at ({x:.0},{y:.0}): pixel {:?}, colour {want:?} (factor {k:.2}, off {off:.3})",
-                e.id,
-                px(x as u32, y as u32)
-            ));
-        }
-    }
-    // The background, on a grid, wherever no entity can reach.
-    let clear = [0.02f32, 0.025, 0.035].map(|v| (v * 255.0).round() as i32);
-    for y in (4..height).step_by(23) {
-        for x in (4..width).step_by(29) {
-            let near = placed
-                .iter()
-                .any(|&(_, ex, ey, _, r)| (ex - x as f32).hypot(ey - y as f32) < r + 2.0);
-            if near {
-                continue;
-            }
-            c.background += 1;
-            let got = px(x, y);
-            if got
-                .iter()
-                .zip(clear)
-                .any(|(&g, w)| (g as i32 - w).abs() > 1)
-            {
-                c.background_wrong.push(format!("({x},{y}): {got:?}"));
-            }
-        }
-    }
-    c
 }
 
 /// Check a grabbed frame line and its pixels against the scene at the tick it shows.
@@ -194,17 +91,14 @@ fn assert_shows_its_tick(line: &Value, pixels: &[u8]) -> u64 {
         (Some(0), Some(WIDTH.into()))
     );
     let tick = view["tick"].as_u64().expect("the tick shown");
-    let c = check(pixels, WIDTH, HEIGHT, &scene_at(tick));
-    assert!(
-        c.checked >= (ENTITIES / 2) as usize,
-        "too few entities could be checked: {c:?}"
+    let c = check(
+        &Picture::from_rgba(WIDTH, HEIGHT, pixels),
+        &scene_at(&main_world(), tick),
     );
     assert!(
-        c.wrong.is_empty(),
-        "tick {tick}: entities not where or as they should be: {:#?}",
-        c.wrong
+        c.passed((ENTITIES / 2) as usize),
+        "tick {tick}: the frame does not show the scene: {c:#?}"
     );
-    assert!(c.background > 100 && c.background_wrong.is_empty(), "{c:?}");
     tick
 }
 
@@ -221,7 +115,10 @@ fn offscreen_frames_show_each_entity_where_the_camera_puts_it_at_the_tick_they_s
     });
     let tick = assert_shows_its_tick(&line, &pixels);
     // The check can fail: the same frame against the scene of two seconds earlier does.
-    let stale = check(&pixels, WIDTH, HEIGHT, &scene_at(tick - 120));
+    let stale = check(
+        &Picture::from_rgba(WIDTH, HEIGHT, &pixels),
+        &scene_at(&main_world(), tick - 120),
+    );
     assert!(
         stale.wrong.len() * 2 >= stale.checked,
         "a frame should not match the scene of 2 s before: {stale:?}"

@@ -30,14 +30,29 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("libvulkan1", "/usr/lib/x86_64-linux-gnu/libvulkan.so.1"),
     ("libegl1", "/usr/lib/x86_64-linux-gnu/libEGL.so.1"),
     ("libegl-mesa0", "/usr/lib/x86_64-linux-gnu/libEGL_mesa.so.0"),
+    // The window's tests: a private X server, screenshots, resizes, and what winit loads.
+    ("xvfb", "Xvfb"),
+    ("imagemagick", "import"),
+    ("xdotool", "xdotool"),
+    (
+        "libxkbcommon-x11-0",
+        "/usr/lib/x86_64-linux-gnu/libxkbcommon-x11.so.0",
+    ),
+    ("libxcursor1", "/usr/lib/x86_64-linux-gnu/libXcursor.so.1"),
+    ("libxrandr2", "/usr/lib/x86_64-linux-gnu/libXrandr.so.2"),
+    ("libxi6", "/usr/lib/x86_64-linux-gnu/libXi.so.6"),
+    ("libx11-xcb1", "/usr/lib/x86_64-linux-gnu/libX11-xcb.so.1"),
 ];
 
 /// The binaries every run needs: the runtime and the world.
 const CORE_PACKAGES: &[&str] = &["syncra-runtime", "syncra-world"];
 
-/// Driver binaries of the desktop preset, by package and executable. None is built yet; each
-/// later issue adds its own here.
-const DESKTOP_DRIVERS: &[(&str, &str)] = &[];
+/// Driver binaries of the desktop preset, by package and executable. Each later issue adds
+/// its own here.
+const DESKTOP_DRIVERS: &[(&str, &str)] = &[
+    ("syncra-window", "syncra-window"),
+    ("syncra-renderer", "syncra-renderer"),
+];
 
 /// Drivers config/desktop.toml enables and the executable each needs.
 const DESKTOP_EXECUTABLES: &[(&str, &str)] = &[
@@ -210,7 +225,54 @@ fn run_release_tool(bin: &str, args: Vec<String>) -> Result<(), String> {
     run(cmd)
 }
 
+/// System libraries the desktop drivers load at run time (winit and wgpu open them
+/// themselves), as Debian names them, with a file that shows each is there.
+const DESKTOP_LIBRARIES: &[(&str, &str)] = &[
+    ("libvulkan1", "/usr/lib/x86_64-linux-gnu/libvulkan.so.1"),
+    ("libegl1", "/usr/lib/x86_64-linux-gnu/libEGL.so.1"),
+    (
+        "libxkbcommon-x11-0",
+        "/usr/lib/x86_64-linux-gnu/libxkbcommon-x11.so.0",
+    ),
+    ("libxcursor1", "/usr/lib/x86_64-linux-gnu/libXcursor.so.1"),
+    ("libxrandr2", "/usr/lib/x86_64-linux-gnu/libXrandr.so.2"),
+    ("libxi6", "/usr/lib/x86_64-linux-gnu/libXi.so.6"),
+    ("libx11-xcb1", "/usr/lib/x86_64-linux-gnu/libX11-xcb.so.1"),
+];
+
 fn run_desktop(args: Vec<String>) -> Result<(), String> {
+    // Nothing is installed behind the user's back: say what looks missing, and go on (the
+    // paths are Debian's; elsewhere the drivers themselves say what they could not load).
+    if Path::new("/etc/debian_version").exists() {
+        let missing: Vec<&str> = DESKTOP_LIBRARIES
+            .iter()
+            .filter(|(_, probe)| !is_installed(probe))
+            .map(|(p, _)| *p)
+            .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "run-desktop: these libraries the window and renderer load look missing: {}.\n\
+                 Install them with: sudo apt-get install {}",
+                missing.join(", "),
+                missing.join(" ")
+            );
+        }
+        if !is_installed("/usr/share/vulkan/icd.d") {
+            eprintln!(
+                "run-desktop: no Vulkan driver is installed; the renderer falls back to GL. \
+                 For Vulkan without a GPU: sudo apt-get install mesa-vulkan-drivers"
+            );
+        }
+    }
+    let has = |v: &str| std::env::var_os(v).is_some_and(|d| !d.is_empty());
+    if !has("DISPLAY") && !has("WAYLAND_DISPLAY") {
+        return Err(
+            "run-desktop needs a display (DISPLAY or WAYLAND_DISPLAY is not set). \
+             Run headless with `cargo run-server`, or under Xvfb: \
+             `Xvfb :99 & DISPLAY=:99 cargo run-desktop`"
+                .into(),
+        );
+    }
     let drivers: Vec<&str> = DESKTOP_DRIVERS.iter().map(|(p, _)| *p).collect();
     let release = args.iter().any(|a| a == "--release");
     let dir = target_dir(release);

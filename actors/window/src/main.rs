@@ -386,7 +386,8 @@ fn main() {
             );
         }
     }
-    if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    if !set("DISPLAY") && !set("WAYLAND_DISPLAY") {
         fail(
             &node,
             exit_code::NO_DEVICE,
@@ -395,7 +396,7 @@ fn main() {
     }
     let mut builder = EventLoop::<Wake>::with_user_event();
     // Where X11 is there (XWayland too), the renderer can present into the window.
-    if s.present != PresentSetting::Frames && std::env::var_os("DISPLAY").is_some() {
+    if s.present != PresentSetting::Frames && set("DISPLAY") {
         use winit::platform::x11::EventLoopBuilderExtX11;
         builder.with_x11();
     }
