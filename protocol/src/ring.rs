@@ -669,6 +669,9 @@ impl RingReader {
     /// Take consumer cell `cell` of `map`. `resume`: keep the cell's cursor (a restarted
     /// consumer picks up where its previous incarnation stopped, if the ring still holds it);
     /// otherwise start at the newest published message (a late joiner sees the latest slot).
+    /// A latest-only ring always starts at its newest message: it carries state, and a new
+    /// incarnation has none until it reads it (a renderer restarted after reading the
+    /// window's identity must see that identity again).
     pub fn attach(
         map: Arc<RingMap>,
         cell: usize,
@@ -684,7 +687,8 @@ impl RingReader {
         let published = map.header().published.load(Ordering::Acquire);
         let c = map.consumer(cell);
         let mut next = c.next.load(Ordering::Acquire);
-        if !resume || next == 0 || next > published + 1 {
+        if !resume || next == 0 || next > published + 1 || map.geometry.policy == Policy::LatestOnly
+        {
             next = published.max(1);
         }
         c.next.store(next, Ordering::Release);
@@ -1079,6 +1083,24 @@ mod tests {
         w.write_bytes(0, &6u64.to_le_bytes()).unwrap();
         w.write_bytes(0, &7u64.to_le_bytes()).unwrap();
         assert_eq!(read_u64(&mut late), Some((7, 1, 7)));
+    }
+
+    #[test]
+    fn a_resumed_latest_only_reader_sees_the_newest_message_again() {
+        let (map, fd) = ring_of(Policy::LatestOnly, 2);
+        let bells = Bells::default();
+        let mut w = writer(&map, &bells);
+        w.write_bytes(0, &1u64.to_le_bytes()).unwrap();
+        let mut first = reader(&fd, 0, &bells, false);
+        assert_eq!(read_u64(&mut first), Some((1, 0, 1)));
+        assert_eq!(read_u64(&mut first), None, "read once");
+        drop(first);
+        // A restarted consumer taking the same cell back has no state: it gets the state.
+        let mut again = reader(&fd, 0, &bells, true);
+        assert_eq!(
+            read_u64(&mut again).map(|(seq, _, v)| (seq, v)),
+            Some((1, 1))
+        );
     }
 
     #[test]

@@ -106,3 +106,25 @@ pub enum WindowEvent {
 }
 
 crate::message!(WindowEvent = "syncra.window.event/1");
+
+/// In frames mode, the window's stream `window/shown`: each frame it showed, when.
+pub const SHOWN_STREAM: &str = "shown";
+
+/// A frame of `renderer/frame` the window showed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameShown {
+    /// The frame's sequence on `renderer/frame`.
+    pub seq: u64,
+    /// When the renderer published it (CLOCK_MONOTONIC ns).
+    pub published_ns: u64,
+    /// When the window had it on screen (presented; CLOCK_MONOTONIC ns).
+    pub shown_ns: u64,
+    /// The CPU copy into the window's buffer, scaling included, microseconds.
+    pub blit_us: u64,
+    /// The frame's size.
+    pub width: u32,
+    /// The frame's size.
+    pub height: u32,
+}
+
+crate::message!(FrameShown = "syncra.window.shown/1");

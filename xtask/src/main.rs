@@ -217,7 +217,13 @@ fn test_all(args: Vec<String>) -> Result<(), String> {
 /// the integration tests' program `bin` with `args` (the benchmark, the chaos run).
 fn run_release_tool(bin: &str, args: Vec<String>) -> Result<(), String> {
     build(
-        &["syncra-runtime", "syncra-world", "syncra-integration-tests"],
+        &[
+            "syncra-runtime",
+            "syncra-world",
+            "syncra-integration-tests",
+            "syncra-renderer",
+            "syncra-window",
+        ],
         true,
     )?;
     let mut cmd = Command::new(target_dir(true).join(bin));

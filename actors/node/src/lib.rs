@@ -119,7 +119,8 @@ pub mod render {
 /// What the window driver publishes: its identity and its events.
 pub mod window {
     pub use syncra_protocol::window::{
-        EVENTS_STREAM, IDENTITY_STREAM, Modifiers, Present, WindowEvent, WindowIdentity,
+        EVENTS_STREAM, FrameShown, IDENTITY_STREAM, Modifiers, Present, SHOWN_STREAM, WindowEvent,
+        WindowIdentity,
     };
 }
 

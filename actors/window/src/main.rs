@@ -19,7 +19,8 @@ use serde::Deserialize;
 use syncra_node::render::FrameHeader;
 use syncra_node::streams::{BulkConsumer, Producer, StreamOptions};
 use syncra_node::window::{
-    EVENTS_STREAM, IDENTITY_STREAM, Modifiers, Present, WindowEvent, WindowIdentity,
+    EVENTS_STREAM, FrameShown, IDENTITY_STREAM, Modifiers, Present, SHOWN_STREAM, WindowEvent,
+    WindowIdentity,
 };
 use syncra_node::{Figure, FigureKind, Heartbeat, Node, exit_code};
 use winit::application::ApplicationHandler;
@@ -89,6 +90,7 @@ enum Wake {
 /// Frames mode: the renderer's frames, copied into the window.
 struct Frames {
     rx: BulkConsumer<FrameHeader>,
+    out: Producer<FrameShown>,
     surface: softbuffer::Surface<Arc<Window>, Arc<Window>>,
     shown: Figure,
     blit_ms: Figure,
@@ -160,8 +162,13 @@ impl App {
                     .subscribe_bulk::<FrameHeader>(&self.s.frames)
                     .map_err(|e| e.to_string())?,
             };
+            let out = self
+                .node
+                .declare(SHOWN_STREAM, StreamOptions::drop_oldest(256, 64))
+                .map_err(|e| e.to_string())?;
             self.frames = Some(Frames {
                 rx,
+                out,
                 surface,
                 shown: self.node.figure("frames_shown", FigureKind::Counter),
                 blit_ms: self.node.figure("blit_ms", FigureKind::Gauge),
@@ -209,23 +216,41 @@ impl App {
         let (Some(w), Some(h)) = (NonZeroU32::new(size.width), NonZeroU32::new(size.height)) else {
             return;
         };
-        let t = Instant::now();
         let surface = &mut frames.surface;
         let got = frames.rx.read_with(Duration::ZERO, |header, rgba| {
             if surface.resize(w, h).is_err() {
-                return false;
+                return None;
             }
             let Ok(mut buffer) = surface.buffer_mut() else {
-                return false;
+                return None;
             };
+            let t = Instant::now();
             blit(header, rgba, &mut buffer, size.width, size.height);
-            buffer.present().is_ok()
+            let blit = t.elapsed();
+            buffer
+                .present()
+                .is_ok()
+                .then_some((blit, header.width, header.height))
         });
-        if let Ok(Some((_, true))) = got {
+        if let Ok(Some((m, Some((blit, width, height))))) = got {
             frames.shown.add(1.0);
-            frames.blit_ms.set(t.elapsed().as_secs_f64() * 1e3);
+            frames.blit_ms.set(blit.as_secs_f64() * 1e3);
+            let _ = frames.out.publish(&FrameShown {
+                seq: m.seq,
+                published_ns: m.publish_ns,
+                shown_ns: monotonic_ns(),
+                blit_us: blit.as_micros() as u64,
+                width,
+                height,
+            });
         }
     }
+}
+
+/// CLOCK_MONOTONIC now, ns (the rings' clock).
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// The window's X11 id, if it is an X11 window.

@@ -6,6 +6,7 @@
 //! ```text
 //! syncra-bench [--kills N] [--hangs N] [--starts N] [--worlds-large N] [--samples N] [--stops N]
 //! syncra-bench --kit-only      only the driver kit's rows
+//! syncra-bench --render-only [--renderer-kills 20] [--seconds 5]   only the window and renderer's
 //! ```
 
 #![allow(
@@ -25,6 +26,8 @@ use syncra_runtime::{ControlClient, EventStream};
 
 #[path = "bench/kit.rs"]
 mod kit;
+#[path = "bench/render.rs"]
+mod render;
 #[path = "bench/routing.rs"]
 mod routing;
 #[path = "bench/streams.rs"]
@@ -437,6 +440,15 @@ fn main() {
         );
         return print(rows);
     }
+    if argv.iter().any(|a| a == "--render-only") {
+        let mut rows = Vec::new();
+        render::all(
+            arg("--renderer-kills", 20),
+            arg("--seconds", 5) as u64,
+            &mut rows,
+        );
+        return print(rows);
+    }
     let kills = arg("--kills", 60);
     let hangs = arg("--hangs", 10);
     let starts = arg("--starts", 10);
@@ -473,6 +485,11 @@ fn main() {
             arg("--samples", 2000),
             arg("--stops", 20),
             arg("--calls", 5000),
+            &mut rows,
+        );
+        render::all(
+            arg("--renderer-kills", 20),
+            arg("--seconds", 5) as u64,
             &mut rows,
         );
     }

@@ -96,6 +96,13 @@ impl Out {
     }
 }
 
+/// When a sample `latency` old now was published (CLOCK_MONOTONIC ns, the rings' clock).
+fn published_ns(latency: Duration) -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
+        .saturating_sub(latency.as_nanos() as u64)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let role = args.first().cloned().unwrap_or_default();
@@ -604,6 +611,74 @@ fn main() {
                     }
                     Ok(None) => {}
                     Err(e) => out.line(serde_json::json!({ "error": e.to_string() })),
+                }
+                beat(&node);
+            }
+        }
+        // Timestamps for the renderer's benchmark: every scene seen on `scene=` and every
+        // frame on `frames=` (`bulk=1`: a bulk frame stream), each with the tick it shows, the
+        // publisher's clock (CLOCK_MONOTONIC ns) and the producer's incarnation.
+        "frame-times" => {
+            use syncra_node::render::FrameHeader;
+            use syncra_node::world::SceneSnapshot;
+            let mut scenes = match node.subscribe::<SceneSnapshot>(&opt("scene")) {
+                Ok(c) => c,
+                Err(e) => return idle(&node, &mut out, e.to_string()),
+            };
+            let bulk = opt("bulk") == "1";
+            let mut bulk_rx = None;
+            let mut plain_rx = None;
+            let sub = if bulk {
+                node.subscribe_bulk::<FrameHeader>(&opt("frames"))
+                    .map(|c| bulk_rx = Some(c))
+            } else {
+                node.subscribe::<FrameHeader>(&opt("frames"))
+                    .map(|c| plain_rx = Some(c))
+            };
+            if let Err(e) = sub {
+                return idle(&node, &mut out, e.to_string());
+            }
+            // `shown=window/shown`: also the frames the window showed (frames mode).
+            let mut shown = match opt("shown").as_str() {
+                "" => None,
+                name => match node.subscribe::<syncra_node::window::FrameShown>(name) {
+                    Ok(c) => Some(c),
+                    Err(e) => return idle(&node, &mut out, e.to_string()),
+                },
+            };
+            node.ready();
+            while !node.shutdown_requested() {
+                while let Some(Ok(Some(s))) = shown.as_mut().map(|c| c.try_recv()) {
+                    out.line(serde_json::json!({ "k": "shown", "seq": s.value.seq,
+                        "pub": s.value.published_ns, "shown": s.value.shown_ns, "blit_us": s.value.blit_us,
+                        "width": s.value.width }));
+                }
+                while let Ok(Some(s)) = scenes.try_recv() {
+                    out.line(serde_json::json!({ "k": "scene", "tick": s.value.tick, "pub": published_ns(s.latency) }));
+                }
+                let frame = if let Some(rx) = bulk_rx.as_mut() {
+                    rx.read_with(Duration::from_millis(1), |h, _| h.clone())
+                        .ok()
+                        .flatten()
+                        .map(|(m, h)| (m.seq, m.producer_incarnation, m.publish_ns, h))
+                } else if let Some(rx) = plain_rx.as_mut() {
+                    rx.recv_timeout(Duration::from_millis(1))
+                        .ok()
+                        .flatten()
+                        .map(|s| {
+                            (
+                                s.seq,
+                                s.producer_incarnation,
+                                published_ns(s.latency),
+                                s.value,
+                            )
+                        })
+                } else {
+                    None
+                };
+                if let Some((seq, inc, publish_ns, h)) = frame {
+                    let tick = h.worlds.first().map(|w| w.tick);
+                    out.line(serde_json::json!({ "k": "frame", "seq": seq, "inc": inc, "pub": publish_ns, "tick": tick }));
                 }
                 beat(&node);
             }
