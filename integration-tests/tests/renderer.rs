@@ -204,3 +204,77 @@ fn without_vulkan_the_renderer_falls_back_to_gl_or_fails_saying_why() {
         "a missing device is not retried: {node:?}"
     );
 }
+
+#[test]
+fn a_crash_looping_renderer_ends_failed_and_nothing_else_is_touched() {
+    let t = tempfile::tempdir().unwrap();
+    // At most 3 restarts a minute, then the supervisor gives up on it.
+    let config = config(t.path(), "", "").replace(
+        "intensity = 100",
+        "intensity = 3\nperiod_ms = 60000\nbackoff_initial_ms = 10\nstable_after_ms = 60000",
+    );
+    let h = Harness::start(&config, &[]);
+    h.wait_ready(&["renderer", "grab", "world/main"]);
+    let world = h.node("world/main");
+    for incarnation in 1..=4 {
+        let node = h.wait_ready_incarnation("renderer", incarnation);
+        send(node.pid.expect("a pid"), libc::SIGKILL);
+    }
+    let failed = h.wait_state("renderer", NodeState::Failed);
+    assert!(
+        failed
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("gave up")),
+        "{failed:?}"
+    );
+    // The runtime is up and answers; the world and the frame grabber were never touched.
+    let now = h.node("world/main");
+    assert_eq!(
+        (now.state, now.incarnation),
+        (NodeState::Ready, world.incarnation)
+    );
+    assert!(
+        now.tick > world.tick,
+        "the world ticks on: {world:?} then {now:?}"
+    );
+    assert_eq!(h.node("grab").incarnation, 1);
+}
+
+#[test]
+fn a_setting_out_of_range_is_refused_once_naming_it() {
+    let t = tempfile::tempdir().unwrap();
+    let h = Harness::start(
+        &config(t.path(), "", "").replace("width = 640", "width = 0"),
+        &[],
+    );
+    let failed = h.wait_state("renderer", NodeState::Failed);
+    assert_eq!(failed.restarts, 0, "not retried: {failed:?}");
+    let detail = failed.detail.unwrap_or_default();
+    assert!(detail.contains("settings.width = 0"), "{detail}");
+}
+
+#[test]
+fn a_lost_gpu_device_is_replaced_in_process_and_drawing_goes_on() {
+    let t = tempfile::tempdir().unwrap();
+    let h = Harness::start(&config(t.path(), "", ""), &[]);
+    h.wait_ready(&["renderer", "grab", "world/main"]);
+    let (before, _) = saved_frame(t.path(), "before the loss", |v| v["inc"] == 1);
+    let out = h.cli(&["call", "renderer", "syncra.renderer.lose-device/1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seq = before["seq"].as_u64().unwrap();
+    // Frames go on from the same process (the same incarnation), drawn right.
+    let (after, pixels) = saved_frame(t.path(), "after the loss", |v| {
+        v["inc"] == 1 && v["seq"].as_u64().is_some_and(|s| s > seq + 10)
+    });
+    assert_shows_its_tick(&after, &pixels);
+    let out = h.cli(&["call", "renderer", "syncra.renderer.get-info/1"]);
+    let info: Value = serde_json::from_slice(&out.stdout).expect("info JSON");
+    assert_eq!(info["device_losses"], 1, "{info}");
+    assert_eq!(h.node("renderer").incarnation, 1, "recovered in-process");
+    assert!(h.crashes(Some("renderer")).is_empty());
+}

@@ -242,7 +242,9 @@ fn a_resized_window_is_drawn_all_over() {
 fn frames_mode_shows_the_same_picture_copied_by_the_window() {
     let x = Xvfb::start();
     let dir = tempfile::tempdir().unwrap();
-    // The window shows renderer/frame itself; a peer grabs the same frames' headers.
+    // The window shows renderer/frame itself, which the renderer (target = "window", as on the
+    // desktop) draws at the window's size once it sees the window is in frames mode; a peer
+    // grabs the same frames' headers.
     let grab = format!(
         "[drivers.grab]\ncommand = \"{PEER}\"\nargs = [\"frame-grab\", \"stream=renderer/frame\", \"out={}\", \"dir={}\", \"save_every=1000000\"]\n",
         dir.path().join("grab.jsonl").display(),
@@ -250,11 +252,7 @@ fn frames_mode_shows_the_same_picture_copied_by_the_window() {
     );
     let h = start(
         &x,
-        &config(
-            ", present = \"frames\"",
-            ", width = 640, height = 360",
-            &grab,
-        ),
+        &config(", present = \"frames\"", ", target = \"window\"", &grab),
     );
     let (id, _) = identity(&h);
     let t = tap(&h, "window/identity").expect("identity");
@@ -349,4 +347,25 @@ fn without_a_display_the_window_driver_fails_once_saying_how_to_run_headless() {
     );
     // The rest runs.
     h.wait_ready(&["renderer", "world/main"]);
+}
+
+#[test]
+fn keys_and_clicks_in_the_window_come_out_on_window_events() {
+    let x = Xvfb::start();
+    let h = start(&x, &config("", ", target = \"window\"", ""));
+    let (id, _) = identity(&h);
+    let id = id.to_string();
+    // Real input through the X server, as a user's (xdotool's synthetic events are ignored).
+    x.xdotool(&["windowfocus", "--sync", &id]).expect("focus");
+    x.xdotool(&["key", "a"]).expect("a key");
+    let key = wait_tap(&h, "window/events", "the key's release", |t| {
+        t["value"]["Key"]["code"] == "KeyA" && t["value"]["Key"]["pressed"] == false
+    });
+    assert_eq!(key["value"]["Key"]["key"], "a", "{key}");
+    x.xdotool(&["mousemove", "--window", &id, "100", "50", "click", "1"])
+        .expect("a click");
+    wait_tap(&h, "window/events", "the button's release", |t| {
+        t["value"]["MouseButton"]["button"] == "left"
+            && t["value"]["MouseButton"]["pressed"] == false
+    });
 }

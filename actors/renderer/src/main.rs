@@ -7,6 +7,8 @@
 //! draws with, and how fast.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -49,11 +51,27 @@ pub struct RendererInfo {
     pub frames: u64,
     /// Frames per second over the last second.
     pub fps: f64,
+    /// GPU devices lost (and replaced in-process) by this incarnation.
+    pub device_losses: u64,
     /// Draw + readback + publish of the last frame, milliseconds.
     pub frame_ms: f64,
 }
 syncra_node::message!(RendererInfo = "syncra.renderer.info/1");
 syncra_node::message!(GetInfo = "syncra.renderer.get-info/1" => RendererInfo, cli);
+
+/// Destroy the renderer's GPU device, as a driver reset or a removed GPU would: it recovers
+/// in-process with a new device (`syncra call renderer syncra.renderer.lose-device/1`, for
+/// testing what a device loss does; Chromium has `chrome://gpucrash` for the same).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoseDevice;
+/// What it answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeviceLost {
+    /// Devices lost before this one.
+    pub losses_before: u64,
+}
+syncra_node::message!(DeviceLost = "syncra.renderer.device-lost/1");
+syncra_node::message!(LoseDevice = "syncra.renderer.lose-device/1" => DeviceLost, cli);
 
 /// Where frames go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -135,6 +153,9 @@ impl Fallback {
 /// With `target = "window"`: the header of every frame presented, `renderer/presented`.
 const PRESENTED_STREAM: &str = "presented";
 
+/// Device losses in a row (without a frame drawn in between) before the renderer gives up.
+const MAX_LOSSES_IN_A_ROW: u32 = 3;
+
 /// Largest frame side accepted, pixels.
 const MAX_SIDE: u32 = 8192;
 
@@ -149,13 +170,103 @@ enum Scenes {
     ),
 }
 
+/// Frames drawn offscreen and published on `renderer/frame`.
+struct FrameOut {
+    draw: SceneDraw,
+    target: Offscreen,
+    out: BulkProducer<FrameHeader>,
+}
+
+impl FrameOut {
+    /// Declare `renderer/frame` with slots for `width × height` frames.
+    fn new(
+        node: &syncra_node::Node,
+        gpu: &Gpu,
+        width: u32,
+        height: u32,
+        camera: Camera,
+    ) -> Result<FrameOut, String> {
+        let target = Offscreen::new(&gpu.device, width, height);
+        let out = node
+            .declare_bulk(
+                FRAME_STREAM,
+                StreamOptions::latest_only(target.frame_len() as u32),
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(FrameOut {
+            draw: SceneDraw::new(&gpu.device, offscreen::FORMAT, camera),
+            target,
+            out,
+        })
+    }
+
+    /// The same target and stream on a new device.
+    fn rebuild(&mut self, gpu: &Gpu, camera: Camera) {
+        let (w, h) = self.target.size();
+        self.target = Offscreen::new(&gpu.device, w, h);
+        self.draw = SceneDraw::new(&gpu.device, offscreen::FORMAT, camera);
+    }
+
+    /// Draw into a target of `width × height` from now on, as large as the slots allow
+    /// (scaled down, keeping the aspect ratio, when the window outgrows them).
+    fn resize(&mut self, gpu: &Gpu, width: u32, height: u32) {
+        let fit = (self.out.capacity() as f64 / (4.0 * f64::from(width) * f64::from(height)))
+            .sqrt()
+            .min(1.0);
+        let size = (
+            ((f64::from(width) * fit) as u32).max(1),
+            ((f64::from(height) * fit) as u32).max(1),
+        );
+        if size != self.target.size() {
+            self.target = Offscreen::new(&gpu.device, size.0, size.1);
+        }
+    }
+
+    /// Draw, read back and publish one frame.
+    fn frame(&mut self, gpu: &Gpu, scenes: &[&SceneSnapshot]) -> Result<bool, String> {
+        let FrameOut { draw, target, out } = self;
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        let views = draw.draw(
+            &gpu.device,
+            &gpu.queue,
+            &mut encoder,
+            target.view(),
+            target.size(),
+            scenes,
+        );
+        target.copy(&mut encoder);
+        gpu.queue.submit([encoder.finish()]);
+        let (width, height) = target.size();
+        let header = FrameHeader {
+            width,
+            height,
+            sequence: out.next_seq(),
+            worlds: views,
+        };
+        let mut failed = None;
+        out.publish_with(&header, |slot| match target.read_into(&gpu.device, slot) {
+            Ok(n) => n,
+            Err(e) => {
+                failed = Some(e);
+                0
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        failed.map_or(Ok(true), Err)
+    }
+}
+
+/// The frame slots of a window in frames mode hold at least this (and the window's size when
+/// it opens); a window grown past them gets frames scaled down to fit, which it scales up.
+const MIN_WINDOW_FRAME: (u32, u32) = (1920, 1080);
+
 /// Where frames go, and what that needs.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per process, never moved after start"
+)]
 enum Output {
-    Offscreen {
-        draw: SceneDraw,
-        target: Offscreen,
-        out: BulkProducer<FrameHeader>,
-    },
+    Offscreen(FrameOut),
     Window {
         identity: Consumer<WindowIdentity>,
         /// The newest identity read.
@@ -165,12 +276,20 @@ enum Output {
         /// A generation that could not be attached to (not tried again).
         refused: Option<u64>,
         presented: Producer<FrameHeader>,
+        /// A window in frames mode shows `renderer/frame`: drawn offscreen at its size.
+        frames: Option<FrameOut>,
     },
 }
 
 struct Renderer {
     s: Settings,
     gpu: Gpu,
+    /// Set when the device is lost.
+    lost: Arc<AtomicBool>,
+    /// Devices lost, and lost again before a frame was drawn on the new one.
+    losses: u64,
+    losses_in_a_row: u32,
+    fig_losses: Figure,
     output: Output,
     scenes: Scenes,
     latest: BTreeMap<String, SceneSnapshot>,
@@ -181,6 +300,22 @@ struct Renderer {
     fig_fps: Figure,
     fig_frame_ms: Figure,
     fig_frames: Figure,
+}
+
+/// Open the GPU and watch its device: a loss sets `lost` (the loop recovers in-process), and
+/// errors nobody captured are logged instead of ending the process.
+fn open_watched(s: &Settings, lost: &Arc<AtomicBool>) -> Result<Gpu, String> {
+    let gpu = open_gpu(s)?;
+    let flag = lost.clone();
+    gpu.device.set_device_lost_callback(move |reason, message| {
+        tracing::error!(?reason, message, "the GPU device was lost");
+        flag.store(true, Ordering::Release);
+    });
+    gpu.device.on_uncaptured_error(Arc::new(|e| {
+        tracing::error!(error = %e, "GPU error");
+    }));
+    lost.store(false, Ordering::Release);
+    Ok(gpu)
 }
 
 fn open_gpu(s: &Settings) -> Result<Gpu, String> {
@@ -204,21 +339,24 @@ impl Driver for Renderer {
     type Settings = Settings;
 
     fn start(ctx: &mut Context<'_>, s: Settings) -> Result<Self, String> {
+        // A value out of range is a settings error: permanent, like a typo.
         for (key, v) in [("width", s.width), ("height", s.height)] {
             if v == 0 || v > MAX_SIDE {
-                return Err(format!(
-                    "settings.{key} = {v}: must be 1 ..= {MAX_SIDE} pixels"
-                ));
+                refuse(
+                    ctx.node(),
+                    &format!("settings.{key} = {v}: must be 1 ..= {MAX_SIDE} pixels"),
+                );
             }
         }
         if !(s.rate_hz > 0.0 && s.rate_hz <= 1000.0) {
-            return Err(format!(
-                "settings.rate_hz = {}: must be in (0, 1000]",
-                s.rate_hz
-            ));
+            refuse(
+                ctx.node(),
+                &format!("settings.rate_hz = {}: must be in (0, 1000]", s.rate_hz),
+            );
         }
         // No adapter is a fact of this machine: say so and do not be restarted into it.
-        let gpu = open_gpu(&s).unwrap_or_else(|why| {
+        let lost = Arc::new(AtomicBool::new(false));
+        let gpu = open_watched(&s, &lost).unwrap_or_else(|why| {
             ctx.node().exit_with(
                 syncra_node::exit_code::NO_DEVICE,
                 &format!("could not start: {why}"),
@@ -228,18 +366,7 @@ impl Driver for Renderer {
         let node = ctx.node();
         let output = match s.target {
             Target::Offscreen => {
-                let target = Offscreen::new(&gpu.device, s.width, s.height);
-                let out = node
-                    .declare_bulk(
-                        FRAME_STREAM,
-                        StreamOptions::latest_only(target.frame_len() as u32),
-                    )
-                    .map_err(|e| e.to_string())?;
-                Output::Offscreen {
-                    draw: SceneDraw::new(&gpu.device, offscreen::FORMAT, s.camera),
-                    target,
-                    out,
-                }
+                Output::Offscreen(FrameOut::new(node, &gpu, s.width, s.height, s.camera)?)
             }
             Target::Window => {
                 let identity = node
@@ -268,6 +395,7 @@ impl Driver for Renderer {
                     attached: None,
                     refused: None,
                     presented,
+                    frames: None,
                 }
             }
         };
@@ -297,6 +425,10 @@ impl Driver for Renderer {
             output,
             scenes,
             latest: BTreeMap::new(),
+            lost,
+            losses: 0,
+            losses_in_a_row: 0,
+            fig_losses: node.figure("device_losses", FigureKind::Counter),
             frames: 0,
             fps: 0.0,
             frame_ms: 0.0,
@@ -325,9 +457,10 @@ impl Driver for Renderer {
             }
             NodeEvent::Message(incoming) => {
                 let (target, (width, height), present_mode, window) = match &self.output {
-                    Output::Offscreen { target, .. } => {
-                        ("offscreen", target.size(), String::new(), None)
-                    }
+                    Output::Offscreen(f) => ("offscreen", f.target.size(), String::new(), None),
+                    Output::Window {
+                        frames: Some(f), ..
+                    } => ("window (frames)", f.target.size(), String::new(), None),
                     Output::Window { attached, .. } => match attached {
                         Some((a, _)) => (
                             "window",
@@ -349,25 +482,44 @@ impl Driver for Renderer {
                     window,
                     frames: self.frames,
                     fps: self.fps,
+                    device_losses: self.losses,
                     frame_ms: self.frame_ms,
                 };
-                let _ = incoming.answer_with(|GetInfo| Ok(info));
+                let incoming = match incoming.answer_with(|GetInfo| Ok(info)) {
+                    Ok(()) => return Ok(()),
+                    Err(other) => other,
+                };
+                let losses_before = self.losses;
+                let device = self.gpu.device.clone();
+                let _ = incoming.answer_with(|LoseDevice| {
+                    device.destroy();
+                    Ok(DeviceLost { losses_before })
+                });
             }
             _ => {}
         }
         Ok(())
     }
 
-    fn tick(&mut self, _: &mut Context<'_>) -> Result<(), String> {
+    fn tick(&mut self, ctx: &mut Context<'_>) -> Result<(), String> {
         let t = Instant::now();
         self.read_scenes()?;
+        if self.lost.load(Ordering::Acquire) {
+            return self.recover();
+        }
         let drew = match &mut self.output {
-            Output::Offscreen { .. } => self.offscreen_frame()?,
-            Output::Window { .. } => self.window_frame()?,
+            Output::Offscreen(_) => self.offscreen_frame(),
+            Output::Window { .. } => self.window_frame(ctx.node()),
+        };
+        let drew = match drew {
+            // A frame failed because the device went away under it.
+            Err(_) if self.lost.load(Ordering::Acquire) => return self.recover(),
+            other => other?,
         };
         if !drew {
             return Ok(());
         }
+        self.losses_in_a_row = 0;
         self.frames += 1;
         self.frame_ms = t.elapsed().as_secs_f64() * 1e3;
         self.fig_frame_ms.set(self.frame_ms);
@@ -383,6 +535,14 @@ impl Driver for Renderer {
     }
 }
 
+/// Leave as a node whose settings were refused (not restarted: it would fail the same way).
+fn refuse(node: &syncra_node::Node, why: &str) -> ! {
+    node.exit_with(
+        syncra_node::exit_code::BAD_SETTINGS,
+        &format!("the settings do not fit this node: {why}"),
+    )
+}
+
 /// The scenes to draw, in order.
 fn in_order<'a>(
     scenes: &Scenes,
@@ -396,45 +556,50 @@ fn in_order<'a>(
 }
 
 impl Renderer {
+    /// The device was lost: open a new one and rebuild what lives on it, keeping the streams
+    /// (the frame sequence goes on). Three losses in a row without a frame between: give up.
+    fn recover(&mut self) -> Result<(), String> {
+        self.losses += 1;
+        self.losses_in_a_row += 1;
+        self.fig_losses.add(1.0);
+        if self.losses_in_a_row > MAX_LOSSES_IN_A_ROW {
+            return Err(format!(
+                "the GPU device was lost {MAX_LOSSES_IN_A_ROW} times in a row; giving up"
+            ));
+        }
+        let gpu = open_watched(&self.s, &self.lost)
+            .map_err(|e| format!("the GPU device was lost and no new one opened: {e}"))?;
+        tracing::info!(adapter = %gpu.adapter_name(), backend = %gpu.backend, losses = self.losses, "a new GPU device after the loss");
+        match &mut self.output {
+            Output::Offscreen(f) => f.rebuild(&gpu, self.s.camera),
+            Output::Window {
+                attached,
+                refused,
+                frames,
+                ..
+            } => {
+                *attached = None;
+                *refused = None;
+                if let Some(f) = frames {
+                    f.rebuild(&gpu, self.s.camera);
+                }
+            }
+        }
+        self.gpu = gpu;
+        Ok(())
+    }
+
     /// Draw, read back and publish one offscreen frame.
     fn offscreen_frame(&mut self) -> Result<bool, String> {
         let scenes = in_order(&self.scenes, &self.s, &self.latest);
-        let Output::Offscreen { draw, target, out } = &mut self.output else {
-            return Ok(false);
-        };
-        let gpu = &self.gpu;
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        let views = draw.draw(
-            &gpu.device,
-            &gpu.queue,
-            &mut encoder,
-            target.view(),
-            target.size(),
-            &scenes,
-        );
-        target.copy(&mut encoder);
-        gpu.queue.submit([encoder.finish()]);
-        let (width, height) = target.size();
-        let header = FrameHeader {
-            width,
-            height,
-            sequence: out.next_seq(),
-            worlds: views,
-        };
-        let mut failed = None;
-        out.publish_with(&header, |slot| match target.read_into(&gpu.device, slot) {
-            Ok(n) => n,
-            Err(e) => {
-                failed = Some(e);
-                0
-            }
-        })
-        .map_err(|e| e.to_string())?;
-        failed.map_or(Ok(true), Err)
+        match &mut self.output {
+            Output::Offscreen(f) => f.frame(&self.gpu, &scenes),
+            Output::Window { .. } => Ok(false),
+        }
     }
 
     /// Present one frame into the window, attaching to it first if it is new.
-    fn window_frame(&mut self) -> Result<bool, String> {
+    fn window_frame(&mut self, node: &syncra_node::Node) -> Result<bool, String> {
         let scenes = in_order(&self.scenes, &self.s, &self.latest);
         let gpu = &self.gpu;
         let camera = self.s.camera;
@@ -445,6 +610,7 @@ impl Renderer {
             attached,
             refused,
             presented,
+            frames,
         } = &mut self.output
         else {
             return Ok(false);
@@ -462,14 +628,27 @@ impl Renderer {
             tracing::info!(generation = id.generation, "a new window: attaching to it");
             *attached = None;
         }
-        if attached.is_none() && *refused != Some(id.generation) {
-            if id.present != Present::Surface {
+        if id.present == Present::Frames {
+            // The window shows renderer/frame itself: draw offscreen at its size.
+            *attached = None;
+            if frames.is_none() {
                 tracing::info!(
-                    "the window shows renderer/frame itself (present = frames); nothing to present into"
+                    "the window shows renderer/frame itself (frames mode): drawing offscreen at its size"
                 );
-                *refused = Some(id.generation);
-                return Ok(false);
+                let (w, h) = MIN_WINDOW_FRAME;
+                *frames = Some(FrameOut::new(
+                    node,
+                    gpu,
+                    w.max(id.width),
+                    h.max(id.height),
+                    camera,
+                )?);
             }
+            let f = frames.as_mut().expect("set above");
+            f.resize(gpu, id.width.max(1), id.height.max(1));
+            return f.frame(gpu, &scenes);
+        }
+        if attached.is_none() && *refused != Some(id.generation) {
             match Attached::attach(gpu, id, mode) {
                 Ok(a) => {
                     tracing::info!(window = format!("{:#x}", a.window()), size = ?a.size(), present_mode = ?a.present_mode(), "attached to the window");
