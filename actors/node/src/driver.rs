@@ -141,8 +141,10 @@ impl Ticker {
         self.period.map(|_| self.next)
     }
 
-    /// Record a tick that took `took`, and schedule the next one (a late loop skips the ticks
-    /// it missed rather than running them back to back).
+    /// Record a tick that took `took`, and schedule the next one. A late loop skips the ticks
+    /// it missed rather than running them back to back, but does not wait either: its next
+    /// tick is due at once (a renderer whose frame takes longer than its period draws as fast
+    /// as it can, not every other period).
     pub fn ticked(&mut self, took: Duration) {
         let Some(period) = self.period else { return };
         let us = took.as_micros().min(u128::from(u32::MAX)) as u32;
@@ -155,7 +157,7 @@ impl Ticker {
         self.next += period;
         let now = Instant::now();
         if self.next < now {
-            self.next = now + period;
+            self.next = now;
         }
     }
 
@@ -227,6 +229,10 @@ mod tests {
             (m.tick, m.tick_us, m.tick_us_max, m.overruns),
             (2, 25_000, 25_000, 1)
         );
+        // A loop 50 ms late: the next tick is due at once, not a period from now.
+        t.next = Instant::now() - Duration::from_millis(50);
+        t.ticked(Duration::from_millis(1));
+        assert!(t.deadline().unwrap() <= Instant::now());
         assert_eq!(Ticker::new(None).deadline(), None);
         assert_eq!(Ticker::new(Some(0.0)).deadline(), None);
         assert_eq!(Ticker::new(Some(f64::NAN)).deadline(), None);

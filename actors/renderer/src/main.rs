@@ -190,7 +190,12 @@ impl FrameOut {
         let out = node
             .declare_bulk(
                 FRAME_STREAM,
-                StreamOptions::latest_only(target.frame_len() as u32),
+                // Three slots, not four: frames are big, and a reader holds one at most while
+                // the renderer fills another.
+                StreamOptions {
+                    slot_count: 3,
+                    ..StreamOptions::latest_only(target.frame_len() as u32)
+                },
             )
             .map_err(|e| e.to_string())?;
         Ok(FrameOut {
