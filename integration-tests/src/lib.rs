@@ -22,6 +22,15 @@ use syncra_runtime::ControlClient;
 pub mod chaos;
 pub mod picture;
 
+/// The JSON lines of the file at `path` (a helper node's log): those that parse.
+pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 /// How long a test waits for something that should happen at once (generous: CI is slow).
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -223,6 +232,26 @@ impl Harness {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// `syncra tap STREAM --count 1 --json`, parsed: the stream's newest message and what tap
+    /// says of it; `None` if tap failed or the stream has nothing yet.
+    pub fn tap(&self, stream: &str) -> Option<serde_json::Value> {
+        let out = self.cli(&[
+            "tap",
+            stream,
+            "--count",
+            "1",
+            "--interval-ms",
+            "50",
+            "--json",
+        ]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .filter(|v| !v["value"].is_null())
     }
 
     /// Wait until every node in `names` is ready; their views.

@@ -2,11 +2,10 @@
 //! driver gets from `syncra_node::driver` — settings errors in status, a heartbeat from a
 //! library's loop.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use syncra_integration_tests::{Harness, PATIENCE, send, workspace_bin};
+use syncra_integration_tests::{Harness, PATIENCE, jsonl as lines, send, workspace_bin};
 use syncra_protocol::NodeState;
 
 const PEER: &str = env!("CARGO_BIN_EXE_syncra-test-peer");
@@ -19,31 +18,9 @@ fn hologram(settings: &str, extra: &str) -> String {
     )
 }
 
-/// `syncra tap STREAM --count 1 --json`, parsed.
+/// `syncra tap STREAM`, parsed (`null` while the stream has nothing).
 fn tap(h: &Harness, stream: &str) -> Value {
-    let out = h.cli(&[
-        "tap",
-        stream,
-        "--count",
-        "1",
-        "--interval-ms",
-        "100",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("tap JSON")
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    h.tap(stream).unwrap_or(Value::Null)
 }
 
 #[test]

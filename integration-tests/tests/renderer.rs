@@ -34,11 +34,7 @@ fn config(dir: &Path, settings: &str, env: &str) -> String {
 }
 
 fn lines(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("grab.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    syncra_integration_tests::jsonl(&dir.join("grab.jsonl"))
 }
 
 /// The first saved frame that `pick` accepts: its line and its pixels.

@@ -52,23 +52,8 @@ fn start(x: &Xvfb, config: &str) -> Harness {
     h
 }
 
-/// `syncra tap STREAM --count 1 --json`, parsed; `None` while the stream has nothing.
 fn tap(h: &Harness, stream: &str) -> Option<Value> {
-    let out = h.cli(&[
-        "tap",
-        stream,
-        "--count",
-        "1",
-        "--interval-ms",
-        "50",
-        "--json",
-    ]);
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice::<Value>(&out.stdout)
-        .ok()
-        .filter(|v| !v["value"].is_null())
+    h.tap(stream)
 }
 
 /// Wait until `stream`'s newest message satisfies `f`; that message.

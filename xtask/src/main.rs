@@ -27,21 +27,12 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "mesa-vulkan-drivers",
         "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json",
     ),
-    ("libvulkan1", "/usr/lib/x86_64-linux-gnu/libvulkan.so.1"),
-    ("libegl1", "/usr/lib/x86_64-linux-gnu/libEGL.so.1"),
     ("libegl-mesa0", "/usr/lib/x86_64-linux-gnu/libEGL_mesa.so.0"),
     // The window's tests: a private X server, screenshots, resizes, and what winit loads.
     ("xvfb", "Xvfb"),
     ("imagemagick", "import"),
     ("xdotool", "xdotool"),
-    (
-        "libxkbcommon-x11-0",
-        "/usr/lib/x86_64-linux-gnu/libxkbcommon-x11.so.0",
-    ),
-    ("libxcursor1", "/usr/lib/x86_64-linux-gnu/libXcursor.so.1"),
-    ("libxrandr2", "/usr/lib/x86_64-linux-gnu/libXrandr.so.2"),
-    ("libxi6", "/usr/lib/x86_64-linux-gnu/libXi.so.6"),
-    ("libx11-xcb1", "/usr/lib/x86_64-linux-gnu/libX11-xcb.so.1"),
+    // …and every library the window and renderer load (DESKTOP_LIBRARIES).
 ];
 
 /// The binaries every run needs: the runtime and the world.
@@ -137,6 +128,7 @@ fn is_installed(probe: &str) -> bool {
 fn install_test_packages() -> Result<(), String> {
     let missing: Vec<&str> = TEST_PACKAGES
         .iter()
+        .chain(DESKTOP_LIBRARIES)
         .filter(|(_, probe)| !is_installed(probe))
         .map(|(p, _)| *p)
         .collect();

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use syncra_integration_tests::picture::Xvfb;
-use syncra_integration_tests::{Harness, Options, percentile, send, workspace_bin};
+use syncra_integration_tests::{Harness, Options, jsonl as lines, percentile, send, workspace_bin};
 
 use super::{Row, config, ms, verdict};
 
@@ -29,14 +29,6 @@ const PEER: &str = "syncra-test-peer";
 fn monotonic_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 fn of_kind<'a>(l: &'a [Value], k: &str) -> impl Iterator<Item = &'a Value> {
