@@ -73,6 +73,21 @@ impl Picture {
         Ok(Picture { width, height, rgb })
     }
 
+    /// The columns `x .. x + width` (one world's viewport).
+    pub fn columns(&self, x: u32, width: u32) -> Picture {
+        let rgb = (0..self.height)
+            .flat_map(|y| {
+                let row = ((y * self.width + x) * 3) as usize;
+                self.rgb[row..row + (width * 3) as usize].iter().copied()
+            })
+            .collect();
+        Picture {
+            width,
+            height: self.height,
+            rgb,
+        }
+    }
+
     /// The pixel at (x, y).
     pub fn px(&self, x: u32, y: u32) -> [u8; 3] {
         let i = ((y * self.width + x) * 3) as usize;

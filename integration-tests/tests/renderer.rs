@@ -274,3 +274,41 @@ fn a_lost_gpu_device_is_replaced_in_process_and_drawing_goes_on() {
     assert_eq!(h.node("renderer").incarnation, 1, "recovered in-process");
     assert!(h.crashes(Some("renderer")).is_empty());
 }
+
+#[test]
+fn every_world_is_drawn_side_by_side_in_its_own_viewport() {
+    let t = tempfile::tempdir().unwrap();
+    // `worlds = []`: every world, by name; two worlds of different seeds.
+    let config = config(t.path(), "", "")
+        .replace("worlds = [\"main\"], ", "worlds = [], ")
+        .replace("[worlds]\n", "[worlds]\ncount = 2\n");
+    let h = Harness::start(&config, &[]);
+    h.wait_ready(&["renderer", "grab", "world/main", "world/main-2"]);
+    let (line, pixels) = saved_frame(t.path(), "with both worlds", |v| {
+        v["header"]["worlds"]
+            .as_array()
+            .is_some_and(|w| w.len() == 2)
+    });
+    let picture = Picture::from_rgba(WIDTH, HEIGHT, &pixels);
+    let views = line["header"]["worlds"].as_array().unwrap();
+    for (i, view) in views.iter().enumerate() {
+        let name = view["world"].as_str().unwrap();
+        assert_eq!(name, ["main", "main-2"][i], "in name order: {views:?}");
+        let (x, w) = (
+            view["x"].as_u64().unwrap() as u32,
+            view["width"].as_u64().unwrap() as u32,
+        );
+        assert_eq!((x, w), (i as u32 * WIDTH / 2, WIDTH / 2), "{view}");
+        // The second world has the next seed, as the runtime gives it.
+        let settings = WorldSettings {
+            name: name.into(),
+            seed: DEFAULT_SEED + i as u64,
+            ..main_world()
+        };
+        let c = check(
+            &picture.columns(x, w),
+            &scene_at(&settings, view["tick"].as_u64().unwrap()),
+        );
+        assert!(c.passed((ENTITIES / 3) as usize), "{name}: {c:#?}");
+    }
+}
