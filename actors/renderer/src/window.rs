@@ -67,6 +67,16 @@ impl Attached {
             .ok()
             .and_then(NonZeroU32::new)
             .ok_or_else(|| format!("window id {} is not an X11 window id", id.x11_window))?;
+        // The window must be on this renderer's own display: an identity naming another one
+        // (another X server, a TCP display) is not followed.
+        if let Some(own) = std::env::var("DISPLAY").ok().filter(|d| !d.is_empty())
+            && own != id.display
+        {
+            return Err(format!(
+                "the window is on display {:?}, this renderer's DISPLAY is {own:?}: not attaching",
+                id.display
+            ));
+        }
         let name = std::ffi::CString::new(id.display.as_str())
             .map_err(|_| format!("display name {:?} holds a NUL byte", id.display))?;
         let (conn, screen) = XCBConnection::connect(Some(&name))
