@@ -312,3 +312,27 @@ fn every_world_is_drawn_side_by_side_in_its_own_viewport() {
         assert!(c.passed((ENTITIES / 3) as usize), "{name}: {c:#?}");
     }
 }
+
+#[test]
+fn with_more_worlds_than_viewports_the_first_four_by_name_are_drawn() {
+    let t = tempfile::tempdir().unwrap();
+    let config = config(t.path(), "", "")
+        .replace("worlds = [\"main\"], ", "worlds = [], ")
+        .replace("[worlds]\n", "[worlds]\ncount = 5\n");
+    let h = Harness::start(&config, &[]);
+    h.wait_ready(&["renderer", "grab", "world/main-5"]);
+    let (line, _) = saved_frame(t.path(), "with four worlds", |v| {
+        v["header"]["worlds"]
+            .as_array()
+            .is_some_and(|w| w.len() >= 4)
+    });
+    let names: Vec<&str> = line["header"]["worlds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["world"].as_str())
+        .collect();
+    assert_eq!(names, ["main", "main-2", "main-3", "main-4"]);
+    // Frames keep coming from the same renderer: the header fits.
+    assert_eq!(h.node("renderer").incarnation, 1);
+}

@@ -156,6 +156,10 @@ const PRESENTED_STREAM: &str = "presented";
 /// Device losses in a row (without a frame drawn in between) before the renderer gives up.
 const MAX_LOSSES_IN_A_ROW: u32 = 3;
 
+/// Most worlds drawn side by side. Each one's `WorldView` goes in the frame's header, which a
+/// bulk stream keeps small (4 views with the longest world names fit).
+const MAX_VIEWS: usize = 4;
+
 /// Largest frame side accepted, pixels.
 const MAX_SIDE: u32 = 8192;
 
@@ -353,6 +357,15 @@ impl Driver for Renderer {
                 );
             }
         }
+        if s.worlds.len() > MAX_VIEWS {
+            refuse(
+                ctx.node(),
+                &format!(
+                    "settings.worlds names {} worlds: at most {MAX_VIEWS} are drawn side by side",
+                    s.worlds.len()
+                ),
+            );
+        }
         if !(s.rate_hz > 0.0 && s.rate_hz <= 1000.0) {
             refuse(
                 ctx.node(),
@@ -382,7 +395,7 @@ impl Driver for Renderer {
                     width: 0,
                     height: 0,
                     sequence: 0,
-                    worlds: (0..16)
+                    worlds: (0..MAX_VIEWS)
                         .map(|_| syncra_node::render::WorldView {
                             world: "w".repeat(64),
                             tick: u64::MAX,
@@ -548,7 +561,7 @@ fn refuse(node: &syncra_node::Node, why: &str) -> ! {
     )
 }
 
-/// The scenes to draw, in order.
+/// The scenes to draw, in order: the configured worlds, or the first [`MAX_VIEWS`] by name.
 fn in_order<'a>(
     scenes: &Scenes,
     s: &Settings,
@@ -556,7 +569,7 @@ fn in_order<'a>(
 ) -> Vec<&'a SceneSnapshot> {
     match scenes {
         Scenes::Named(_) => s.worlds.iter().filter_map(|w| latest.get(w)).collect(),
-        Scenes::All(..) => latest.values().collect(),
+        Scenes::All(..) => latest.values().take(MAX_VIEWS).collect(),
     }
 }
 
@@ -605,24 +618,22 @@ impl Renderer {
 
     /// Present one frame into the window, attaching to it first if it is new.
     fn window_frame(&mut self, node: &syncra_node::Node) -> Result<bool, String> {
+        self.read_identity()?;
         let scenes = in_order(&self.scenes, &self.s, &self.latest);
         let gpu = &self.gpu;
         let camera = self.s.camera;
         let mode = self.s.present_mode;
         let Output::Window {
-            identity,
             latest,
             attached,
             refused,
             presented,
             frames,
+            ..
         } = &mut self.output
         else {
             return Ok(false);
         };
-        while let Some(id) = identity.try_recv().map_err(|e| e.to_string())? {
-            *latest = Some(id.value);
-        }
         let Some(id) = latest.as_ref() else {
             return Ok(false); // no window yet
         };

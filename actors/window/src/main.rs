@@ -105,7 +105,6 @@ struct App {
     events: Producer<WindowEvent>,
     window: Option<Arc<Window>>,
     frames: Option<Frames>,
-    frames_rx: Option<BulkConsumer<FrameHeader>>,
     modifiers: ModifiersState,
     windows_opened: u64,
     generation: u64,
@@ -155,13 +154,10 @@ impl App {
                 .map_err(|e| format!("could not draw into the window: {e}"))?;
             let surface = softbuffer::Surface::new(&context, window.clone())
                 .map_err(|e| format!("could not draw into the window: {e}"))?;
-            let rx = match self.frames_rx.take() {
-                Some(rx) => rx,
-                None => self
-                    .node
-                    .subscribe_bulk::<FrameHeader>(&self.s.frames)
-                    .map_err(|e| e.to_string())?,
-            };
+            let rx = self
+                .node
+                .subscribe_bulk::<FrameHeader>(&self.s.frames)
+                .map_err(|e| e.to_string())?;
             let out = self
                 .node
                 .declare(SHOWN_STREAM, StreamOptions::drop_oldest(256, 64))
@@ -225,7 +221,9 @@ impl App {
                 return None;
             };
             let t = Instant::now();
-            blit(header, rgba, &mut buffer, size.width, size.height);
+            if !blit(header, rgba, &mut buffer, size.width, size.height) {
+                return None;
+            }
             let blit = t.elapsed();
             buffer
                 .present()
@@ -263,11 +261,13 @@ fn x11_id(window: &Window) -> Option<u64> {
 }
 
 /// Copy an RGBA8 frame into a window buffer of 0RGB pixels, scaled to fit (nearest pixel).
-fn blit(header: &FrameHeader, rgba: &[u8], out: &mut [u32], width: u32, height: u32) {
+/// A frame whose bytes do not match its header (another process wrote both) is not shown:
+/// false, and the window keeps its last picture.
+fn blit(header: &FrameHeader, rgba: &[u8], out: &mut [u32], width: u32, height: u32) -> bool {
     let (fw, fh) = (header.width as usize, header.height as usize);
-    if fw == 0 || fh == 0 || rgba.len() < fw * fh * 4 {
-        out.fill(0);
-        return;
+    let need = fw.checked_mul(fh).and_then(|n| n.checked_mul(4));
+    if fw == 0 || fh == 0 || need.is_none_or(|n| rgba.len() < n) {
+        return false;
     }
     let (w, h) = (width as usize, height as usize);
     let xs: Vec<usize> = (0..w).map(|x| x * fw / w).collect();
@@ -278,6 +278,7 @@ fn blit(header: &FrameHeader, rgba: &[u8], out: &mut [u32], width: u32, height: 
             *px = (u32::from(p[0]) << 16) | (u32::from(p[1]) << 8) | u32::from(p[2]);
         }
     }
+    true
 }
 
 fn key_name(key: &winit::keyboard::Key) -> String {
@@ -451,7 +452,6 @@ fn main() {
         events,
         window: None,
         frames: None,
-        frames_rx: None,
         modifiers: ModifiersState::empty(),
         windows_opened: 0,
         generation: 0,
@@ -463,4 +463,37 @@ fn main() {
     drop(app);
     tracing::info!("stopped");
     std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(width: u32, height: u32) -> FrameHeader {
+        FrameHeader {
+            width,
+            height,
+            sequence: 0,
+            worlds: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_frame_is_scaled_to_the_window_and_a_frame_that_lies_about_its_size_is_not_shown() {
+        // 2×1: red, blue → a 4×2 window.
+        let rgba = [255, 0, 0, 255, 0, 0, 255, 255];
+        let mut out = vec![7u32; 8];
+        assert!(blit(&header(2, 1), &rgba, &mut out, 4, 2));
+        assert_eq!(
+            out,
+            [
+                0xff0000, 0xff0000, 0xff, 0xff, 0xff0000, 0xff0000, 0xff, 0xff
+            ]
+        );
+        // A header bigger than its bytes, or so big that its size overflows: left alone.
+        let mut out = vec![7u32; 8];
+        assert!(!blit(&header(3, 1), &rgba, &mut out, 4, 2));
+        assert!(!blit(&header(u32::MAX, u32::MAX), &rgba, &mut out, 4, 2));
+        assert_eq!(out, [7; 8]);
+    }
 }
