@@ -699,6 +699,27 @@ default_world = "my_base_world"
     }
 
     #[test]
+    fn a_worlds_game_comes_from_its_settings_and_a_typo_there_is_named() {
+        let loaded = load(
+            "[worlds]\ndefault_world = \"main\"\ncount = 2\nsettings = { player = true, ambience = \"hum\" }\n[worlds.solo]\nsettings = { player = false }\n",
+        )
+        .unwrap();
+        let games: Vec<_> = loaded
+            .plan
+            .worlds
+            .nodes
+            .iter()
+            .map(|n| n.world.clone().unwrap().game)
+            .collect();
+        assert!(games[0].player && games[0].ambience == "hum");
+        assert!(!games[1].player, "a world's own settings win");
+        assert_problem(
+            "[worlds]\nsettings = { playr = true }\n",
+            &["worlds.settings", "playr"],
+        );
+    }
+
+    #[test]
     fn syntax_error_names_file_and_line() {
         let found = problems("[runtime\nwatch_interval_ms = 5\n");
         assert!(

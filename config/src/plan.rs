@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 use syncra_protocol::boot::HeartbeatPlan;
 use syncra_protocol::status::validate_component;
-use syncra_protocol::world::{DEFAULT_ENTITIES, DEFAULT_SEED, DEFAULT_TICK_HZ, WorldSettings};
+use syncra_protocol::world::{
+    DEFAULT_ENTITIES, DEFAULT_SEED, DEFAULT_TICK_HZ, WorldGame, WorldSettings,
+};
 use syncra_protocol::{NodeKind, NodeName, wire};
 
 use crate::model::*;
@@ -525,6 +527,21 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
                     .unwrap_or(DEFAULT_SEED)
                     .wrapping_add(index as u64)
             }),
+            game: match &spec.settings {
+                None => WorldGame::default(),
+                Some(table) => match toml::Value::Table(table.clone()).try_into::<WorldGame>() {
+                    Ok(g) => g,
+                    Err(e) => {
+                        let k = if own.settings.is_some() {
+                            format!("{key}.settings")
+                        } else {
+                            "worlds.settings".into()
+                        };
+                        problems.push(problem(k, e.message().trim().to_owned()));
+                        WorldGame::default()
+                    }
+                },
+            },
         };
         if !(settings.tick_hz.is_finite()
             && settings.tick_hz > 0.0

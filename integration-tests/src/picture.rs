@@ -105,6 +105,7 @@ pub fn scene_at(settings: &WorldSettings, tick: u64) -> SceneSnapshot {
         world: String::new(),
         tick: 0,
         entities: Vec::new(),
+        player: None,
     };
     scene.snapshot_into(&settings.name, &mut out);
     out

@@ -24,10 +24,12 @@
 
 #![warn(missing_docs)]
 
+pub mod audio;
 pub mod boot;
 pub mod broker;
 pub mod control;
 pub mod crash;
+pub mod input;
 pub mod link;
 pub mod listener;
 pub mod message;
@@ -43,7 +45,7 @@ pub mod world;
 
 /// Version of every message format in this crate. Bump it whenever a serialized type changes
 /// shape; a node built against another version is refused when it joins.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 pub use status::{NodeKind, NodeName, NodeState};
 pub use step::{BoxError, StepError};

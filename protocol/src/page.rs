@@ -5,6 +5,8 @@
 //! offset 0     Vitals: heartbeat counter and main-loop metrics (atomics, written by the child)
 //! offset 1024  Figures: up to MAX_FIGURES named gauges and counters (atomics, written by the
 //!              child, read by the runtime for `syncra status`)
+//! offset 2560  status note: a seqlock-framed sentence the child keeps current ("output: null,
+//!              no audio device"), read by the runtime for `syncra status`
 //! offset 3072  exit note: u32 BE length + UTF-8, why the node is leaving (written by the
 //!              child just before it exits — a refused setting, a failed start — read by the
 //!              runtime after the child exits, for status and the crash record)
@@ -124,7 +126,66 @@ pub const EXIT_NOTE_OFFSET: usize = 3072;
 /// Largest exit note, bytes (with its length).
 pub const EXIT_NOTE_MAX: usize = 1024;
 
-const _: () = assert!(FIGURES_OFFSET + MAX_FIGURES * size_of::<FigureSlot>() <= EXIT_NOTE_OFFSET);
+/// Where the status note starts.
+pub const STATUS_NOTE_OFFSET: usize = 2560;
+/// Largest status note, bytes.
+pub const STATUS_NOTE_MAX: usize = 480;
+
+/// The status note: a sentence the child rewrites at will and the runtime reads at any time.
+/// A seqlock (odd while written) over atomic words, so a racing read is detected, never torn.
+#[repr(C)]
+#[derive(Debug)]
+pub struct StatusNote {
+    seq: AtomicU32,
+    len: AtomicU32,
+    words: [AtomicU64; STATUS_NOTE_MAX / 8],
+}
+
+impl StatusNote {
+    /// Replace the note (for the child; one writer). Cut at a character boundary to fit; an
+    /// empty note clears it.
+    pub fn write(&self, note: &str) {
+        let mut end = note.len().min(STATUS_NOTE_MAX);
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; STATUS_NOTE_MAX];
+        bytes[..end].copy_from_slice(&note.as_bytes()[..end]);
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1) | 1, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        for (w, chunk) in self.words.iter().zip(bytes.chunks(8)) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            w.store(u64::from_le_bytes(word), Ordering::Relaxed);
+        }
+        self.len.store(end as u32, Ordering::Relaxed);
+        self.seq
+            .store((seq.wrapping_add(1) | 1).wrapping_add(1), Ordering::Release);
+    }
+
+    /// The note, if any (for the runtime): `None` when empty, being written, or not UTF-8.
+    pub fn read(&self) -> Option<String> {
+        let before = self.seq.load(Ordering::Acquire);
+        if before % 2 == 1 {
+            return None;
+        }
+        let len = (self.len.load(Ordering::Relaxed) as usize).min(STATUS_NOTE_MAX);
+        let mut bytes = Vec::with_capacity(STATUS_NOTE_MAX);
+        for w in &self.words {
+            bytes.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        std::sync::atomic::fence(Ordering::Acquire);
+        if self.seq.load(Ordering::Relaxed) != before || len == 0 {
+            return None;
+        }
+        bytes.truncate(len);
+        String::from_utf8(bytes).ok()
+    }
+}
+
+const _: () = assert!(FIGURES_OFFSET + MAX_FIGURES * size_of::<FigureSlot>() <= STATUS_NOTE_OFFSET);
+const _: () = assert!(STATUS_NOTE_OFFSET + size_of::<StatusNote>() <= EXIT_NOTE_OFFSET);
 const _: () = assert!(EXIT_NOTE_OFFSET + EXIT_NOTE_MAX <= PANIC_OFFSET);
 const _: () = assert!(size_of::<Vitals>() <= FIGURES_OFFSET);
 
@@ -310,6 +371,20 @@ impl NodePage {
             .collect()
     }
 
+    /// The status note.
+    pub fn status_note(&self) -> &StatusNote {
+        // SAFETY: STATUS_NOTE_OFFSET + size_of::<StatusNote>() lies within the mapping (checked
+        // at compile time above), 8-byte aligned; StatusNote is repr(C) atomics, valid for any
+        // bit pattern and for shared access.
+        unsafe {
+            &*self
+                .ptr
+                .as_ptr()
+                .add(STATUS_NOTE_OFFSET)
+                .cast::<StatusNote>()
+        }
+    }
+
     /// The vitals at the start of the page.
     pub fn vitals(&self) -> &Vitals {
         // SAFETY: the mapping is page-aligned, at least PAGE_SIZE long and lives as long as
@@ -458,6 +533,31 @@ mod tests {
         assert!(cut.len() <= EXIT_NOTE_MAX - 4 && cut.chars().all(|c| c == 'é'));
         rustix::io::pwrite(&fd, &u32::MAX.to_be_bytes(), EXIT_NOTE_OFFSET as u64).unwrap();
         assert_eq!(runtime_side.exit_note(), None);
+    }
+
+    #[test]
+    fn a_status_note_crosses_while_the_child_runs_and_is_replaced_and_cleared() {
+        let (runtime_side, fd) = NodePage::create("test-page").unwrap();
+        let child_side = NodePage::map(fd.as_fd()).unwrap();
+        assert_eq!(runtime_side.status_note().read(), None);
+        child_side
+            .status_note()
+            .write("output: null (no audio device)");
+        assert_eq!(
+            runtime_side.status_note().read().as_deref(),
+            Some("output: null (no audio device)")
+        );
+        child_side.status_note().write("output: device");
+        assert_eq!(
+            runtime_side.status_note().read().as_deref(),
+            Some("output: device")
+        );
+        let long = "é".repeat(STATUS_NOTE_MAX);
+        child_side.status_note().write(&long);
+        let cut = runtime_side.status_note().read().unwrap();
+        assert!(cut.len() <= STATUS_NOTE_MAX && long.starts_with(&cut));
+        child_side.status_note().write("");
+        assert_eq!(runtime_side.status_note().read(), None);
     }
 
     #[test]

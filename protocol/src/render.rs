@@ -126,6 +126,35 @@ pub fn shade(colour: [f32; 3], normal: [f32; 3]) -> [f32; 3] {
     colour.map(|c| (c * k).clamp(0.0, 1.0))
 }
 
+/// The spectrum strip the renderer draws along the bottom of a frame from `audio/fft`: this
+/// many bands, spaced evenly in log frequency from [`SPECTRUM_LOW_HZ`] to Nyquist
+/// ([`crate::audio::Spectrum::bands`]).
+pub const SPECTRUM_BANDS: usize = 32;
+/// The lowest frequency of the strip, Hz.
+pub const SPECTRUM_LOW_HZ: f32 = 40.0;
+/// The strip's height, a fraction of the frame's.
+pub const SPECTRUM_HEIGHT: f32 = 0.15;
+/// A bar's colour (linear RGB, written as is to an RGBA8 frame).
+pub const SPECTRUM_RGB: [f32; 3] = [0.25, 0.95, 0.55];
+/// The level a bar shows, 0 ..= 1, of a band magnitude: 60 dB of range, full at 0 dBFS.
+pub fn spectrum_level(magnitude: f32) -> f32 {
+    if magnitude <= 0.0 || !magnitude.is_finite() {
+        return 0.0;
+    }
+    ((20.0 * magnitude.log10() + 60.0) / 60.0).clamp(0.0, 1.0)
+}
+
+/// Band `i`'s bar on a `width × height` frame at `level`: (first column, last column
+/// exclusive, top row, bottom row exclusive). Bars leave a pixel gap between them.
+pub fn spectrum_bar(i: usize, width: u32, height: u32, level: f32) -> (u32, u32, u32, u32) {
+    let n = SPECTRUM_BANDS as u32;
+    let x0 = width * i as u32 / n;
+    let x1 = (width * (i as u32 + 1) / n).saturating_sub(1).max(x0 + 1);
+    let strip = (height as f32 * SPECTRUM_HEIGHT).round() as u32;
+    let h = (strip as f32 * level.clamp(0.0, 1.0)).round() as u32;
+    (x0, x1, height - h, height)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

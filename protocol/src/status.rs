@@ -256,6 +256,10 @@ pub struct NodeView {
     /// The figures the node reports (`fps`, `frames`, …), in the order it declared them.
     #[serde(default)]
     pub figures: Vec<Figure>,
+    /// What the node says it is doing, in a sentence ([`crate::page::StatusNote`]): "output:
+    /// null (no audio device)". `null` when it says nothing or is not running.
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// Facts about the runtime process itself.

@@ -21,6 +21,42 @@ pub struct WorldSettings {
     pub entities: u32,
     /// Seed of the scene: the same seed gives the same scene and the same simulation.
     pub seed: u64,
+    /// The game: a player, sounds (the world's own `settings = { .. }` table in config).
+    #[serde(default)]
+    pub game: WorldGame,
+}
+
+/// What a world does beyond its seeded scene: `[worlds] settings = { .. }` (or a world's own).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorldGame {
+    /// A player entity besides the seeded ones, moved by the input driver's `move` action
+    /// and `jump` (player 0's). Off by default (a headless server has no one to play).
+    pub player: bool,
+    /// Looping ambience asked of the audio driver when the world starts (an asset name);
+    /// empty: none.
+    pub ambience: String,
+    /// The sound of the player jumping; empty: none.
+    pub jump_sound: String,
+    /// The sound of the player hitting a wall; empty: none.
+    pub bump_sound: String,
+    /// The audio driver's node name.
+    pub audio: String,
+    /// The input driver's node name.
+    pub input: String,
+}
+
+impl Default for WorldGame {
+    fn default() -> Self {
+        WorldGame {
+            player: false,
+            ambience: String::new(),
+            jump_sound: "jump".into(),
+            bump_sound: "bump".into(),
+            audio: "audio".into(),
+            input: "input".into(),
+        }
+    }
 }
 
 impl WorldSettings {
@@ -31,6 +67,7 @@ impl WorldSettings {
             tick_hz: DEFAULT_TICK_HZ,
             entities: DEFAULT_ENTITIES,
             seed: DEFAULT_SEED,
+            game: WorldGame::default(),
         }
     }
 }
@@ -47,9 +84,12 @@ pub struct SceneSnapshot {
     pub tick: u64,
     /// Every entity.
     pub entities: Vec<EntitySnapshot>,
+    /// The player's entity id, if the world has a player.
+    #[serde(default)]
+    pub player: Option<u64>,
 }
 
-crate::message!(SceneSnapshot = "syncra.world.scene/1");
+crate::message!(SceneSnapshot = "syncra.world.scene/2");
 
 /// One entity of a [`SceneSnapshot`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -96,6 +96,7 @@ impl Registry {
                     consumes: Vec::new(),
                     spare_pid: None,
                     figures: Vec::new(),
+                    note: None,
                 },
                 ready_since: None,
                 page: None,
@@ -137,6 +138,11 @@ impl Registry {
                 v.entities = metrics.as_ref().and_then(|m| m.entities);
                 v.tick_us = metrics.as_ref().map(|m| m.tick_us);
                 v.figures = r.page.as_ref().map(|p| p.figures()).unwrap_or_default();
+                v.note = r
+                    .page
+                    .as_ref()
+                    .filter(|_| v.pid.is_some())
+                    .and_then(|p| p.status_note().read());
                 v
             })
             .collect()

@@ -40,11 +40,37 @@ pub struct Velocity {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Colour(pub [f32; 4]);
 
+/// The player's entity: moved by input rather than by the seed.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Player {
+    /// The `move` action: x right, y forward (away from the camera, -Z), length ≤ 1.
+    pub wish: [f32; 2],
+    /// Ticks until another bump may sound.
+    pub bump_cooldown: u32,
+}
+
+/// The player's colour: white, to stand out among the seeded entities.
+pub const PLAYER_COLOUR: [f32; 4] = [1.0, 1.0, 1.0, 1.0];
+/// The player's running speed, metres per second.
+pub const PLAYER_SPEED: f32 = 15.0;
+/// The player's take-off speed, metres per second.
+pub const JUMP_SPEED: f32 = 25.0;
+/// Gravity on the player, metres per second².
+pub const GRAVITY: f32 = 40.0;
+
+/// What the player did in a tick, for sounds and haptics.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PlayerEvents {
+    /// It ran into a wall, there.
+    pub bumped: Option<Vec3>,
+}
+
 /// One world's simulation state.
 pub struct Scene {
     world: hecs::World,
     tick: u64,
     dt: f32,
+    player: Option<hecs::Entity>,
 }
 
 impl std::fmt::Debug for Scene {
@@ -87,17 +113,95 @@ impl Scene {
                 colour,
             )
         }));
+        let player = settings.game.player.then(|| {
+            world.spawn((
+                Transform {
+                    position: Vec3::new(0.0, -ARENA_HALF_EXTENT, 0.0),
+                    rotation: Quat::IDENTITY,
+                },
+                Velocity {
+                    linear: Vec3::ZERO,
+                    spin: 0.0,
+                },
+                Colour(PLAYER_COLOUR),
+                Player::default(),
+            ))
+        });
         Scene {
             world,
             tick: 0,
             dt: (1.0 / settings.tick_hz) as f32,
+            player,
         }
     }
 
-    /// Advance the simulation by one fixed tick: move, spin, bounce off the arena's walls.
-    pub fn step(&mut self) {
+    /// The player's `move` action from now on (x right, y forward; clamped to length 1).
+    pub fn set_move(&mut self, x: f32, y: f32) {
+        let v = glam::Vec2::new(x, y);
+        let v = if v.is_finite() {
+            v.clamp_length_max(1.0)
+        } else {
+            glam::Vec2::ZERO
+        };
+        if let Some(p) = self.player
+            && let Ok(mut player) = self.world.get::<&mut Player>(p)
+        {
+            player.wish = v.to_array();
+        }
+    }
+
+    /// The player jumps, if it stands on the floor: where it took off from.
+    pub fn jump(&mut self) -> Option<Vec3> {
+        let p = self.player?;
+        let (t, v) = self
+            .world
+            .query_one_mut::<(&Transform, &mut Velocity)>(p)
+            .ok()?;
+        (t.position.y <= -ARENA_HALF_EXTENT + 1e-3 && v.linear.y <= 0.0).then(|| {
+            v.linear.y = JUMP_SPEED;
+            t.position
+        })
+    }
+
+    /// Where the player is.
+    pub fn player_position(&self) -> Option<Vec3> {
+        let p = self.player?;
+        self.world.get::<&Transform>(p).ok().map(|t| t.position)
+    }
+
+    /// Advance the simulation by one fixed tick: move, spin, bounce off the arena's walls;
+    /// the player runs where its `move` points, falls, and stops at the walls.
+    pub fn step(&mut self) -> PlayerEvents {
         let dt = self.dt;
-        for (transform, velocity) in self.world.query_mut::<(&mut Transform, &mut Velocity)>() {
+        let mut events = PlayerEvents::default();
+        for (transform, velocity, player) in self
+            .world
+            .query_mut::<(&mut Transform, &mut Velocity, &mut Player)>()
+        {
+            velocity.linear.x = player.wish[0] * PLAYER_SPEED;
+            velocity.linear.z = -player.wish[1] * PLAYER_SPEED;
+            velocity.linear.y -= GRAVITY * dt;
+            transform.position += velocity.linear * dt;
+            if transform.position.y < -ARENA_HALF_EXTENT {
+                transform.position.y = -ARENA_HALF_EXTENT;
+                velocity.linear.y = 0.0;
+            }
+            player.bump_cooldown = player.bump_cooldown.saturating_sub(1);
+            for axis in [0, 2] {
+                let p = transform.position[axis];
+                if p.abs() > ARENA_HALF_EXTENT {
+                    transform.position[axis] = p.signum() * ARENA_HALF_EXTENT;
+                    if player.bump_cooldown == 0 {
+                        events.bumped = Some(transform.position);
+                        player.bump_cooldown = 15;
+                    }
+                }
+            }
+        }
+        for (transform, velocity) in self
+            .world
+            .query_mut::<hecs::Without<(&mut Transform, &mut Velocity), &Player>>()
+        {
             transform.position += velocity.linear * dt;
             for axis in 0..3 {
                 let p = transform.position[axis];
@@ -110,6 +214,7 @@ impl Scene {
                 (Quat::from_rotation_y(velocity.spin * dt) * transform.rotation).normalize();
         }
         self.tick += 1;
+        events
     }
 
     /// Ticks simulated so far.
@@ -137,6 +242,7 @@ impl Scene {
                 rotation: t.rotation.to_array(),
                 colour: c.0,
             }));
+        out.player = self.player.map(|p| p.to_bits().get());
     }
 
     /// A hash of every entity's transform, colour and velocity (FNV-1a over their bits, in
@@ -170,6 +276,7 @@ mod tests {
             tick_hz: 60.0,
             entities: 500,
             seed,
+            game: Default::default(),
         }
     }
 
@@ -183,6 +290,51 @@ mod tests {
         }
         assert_eq!(a.state_hash(), b.state_hash());
         assert_eq!(a.tick(), 600);
+    }
+
+    #[test]
+    fn the_player_runs_where_move_points_jumps_from_the_floor_and_stops_at_walls() {
+        let mut s = Scene::new(&WorldSettings {
+            game: syncra_protocol::world::WorldGame {
+                player: true,
+                ..Default::default()
+            },
+            ..settings(4)
+        });
+        assert_eq!(s.entities(), 501);
+        let start = s.player_position().unwrap();
+        s.set_move(1.0, 0.0);
+        for _ in 0..60 {
+            assert_eq!(s.step().bumped, None);
+        }
+        let moved = s.player_position().unwrap();
+        assert!((moved.x - start.x - PLAYER_SPEED).abs() < 0.01, "{moved:?}");
+        assert!(s.jump().is_some());
+        assert!(s.jump().is_none(), "not in the air");
+        s.step();
+        assert!(s.player_position().unwrap().y > start.y);
+        let mut bumped = None;
+        for _ in 0..600 {
+            bumped = bumped.or(s.step().bumped);
+        }
+        let p = s.player_position().unwrap();
+        assert_eq!(p.x, ARENA_HALF_EXTENT);
+        assert_eq!(p.y, -ARENA_HALF_EXTENT, "landed");
+        assert_eq!(bumped.map(|b| b.x), Some(ARENA_HALF_EXTENT));
+        let mut snap = SceneSnapshot {
+            world: String::new(),
+            tick: 0,
+            entities: Vec::new(),
+            player: None,
+        };
+        s.snapshot_into("t", &mut snap);
+        let id = snap.player.unwrap();
+        let e = snap.entities.iter().find(|e| e.id == id).unwrap();
+        assert_eq!(e.colour, PLAYER_COLOUR);
+        // Without a player, nothing moves by input.
+        let mut plain = Scene::new(&settings(4));
+        plain.set_move(1.0, 1.0);
+        assert!(plain.jump().is_none() && plain.player_position().is_none());
     }
 
     #[test]

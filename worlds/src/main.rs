@@ -11,13 +11,17 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use syncra_node::audio::{Emitter, Play, SetListener};
+use syncra_node::input::{ACTIONS_STREAM, ActionEvent, ActionValue, Rumble};
+use syncra_node::render::Camera;
 use syncra_node::{Node, StreamOptions};
 use syncra_protocol::status::NodeMetrics;
+use syncra_protocol::world::WorldGame;
 use syncra_protocol::world::{
     DEFAULT_ENTITIES, DEFAULT_SEED, DEFAULT_TICK_HZ, SCENE_STREAM, SceneSnapshot, WorldSettings,
     scene_slot_size,
 };
-use syncra_world::Scene;
+use syncra_world::{PlayerEvents, Scene};
 
 /// A Syncra world process. Started by the `syncra` runtime; run it by hand only with --standalone.
 #[derive(Debug, Parser)]
@@ -57,6 +61,7 @@ fn main() {
             tick_hz: cli.tick_hz,
             entities: cli.entities,
             seed: cli.seed,
+            game: Default::default(),
         };
         return standalone(&settings, cli.ticks);
     }
@@ -79,13 +84,17 @@ fn main() {
         world: settings.name.clone(),
         tick: 0,
         entities: Vec::new(),
+        player: None,
     };
+    let game = std::cell::RefCell::new(Game::new(&node, &settings.game));
     node.ready();
     let ticks = run(
         scene,
         &settings,
         |deadline| node.sleep_until(deadline),
-        |scene, m| {
+        |scene| game.borrow_mut().input(scene),
+        |scene, events, m| {
+            game.borrow_mut().sounds(events);
             if let Some(p) = producer.as_mut() {
                 scene.snapshot_into(&settings.name, &mut snapshot);
                 if let Err(e) = p.publish(&snapshot) {
@@ -103,23 +112,139 @@ fn main() {
     tracing::info!(world = %settings.name, ticks, "stopped");
 }
 
-/// The fixed-rate tick loop. `sleep` waits for the next tick (true: stop); `beat` is the
-/// heartbeat with this tick's metrics. Returns the ticks simulated.
+/// The world as a game: the player's actions from the input driver, and the sounds and
+/// rumble it asks the audio and input drivers for. Every request is a message, never a call:
+/// a tick never waits on a driver, and a world runs the same with no driver at all.
+struct Game<'a> {
+    node: &'a Node,
+    game: WorldGame,
+    actions: Option<syncra_node::Consumer<ActionEvent>>,
+    /// Whether a request to a driver was refused already (said once, not every tick).
+    said: bool,
+}
+
+/// The world's own ids for its sounds (each id replaces its previous sound).
+const AMBIENCE_ID: u64 = 1;
+const JUMP_ID: u64 = 2;
+const BUMP_ID: u64 = 3;
+
+impl<'a> Game<'a> {
+    fn new(node: &'a Node, game: &WorldGame) -> Game<'a> {
+        let actions = game.player.then(|| {
+            node.subscribe::<ActionEvent>(&format!("{}/{ACTIONS_STREAM}", game.input))
+                .map_err(|e| tracing::warn!(error = %e, "no actions: the player stands still"))
+                .ok()
+        });
+        let mut g = Game {
+            node,
+            game: game.clone(),
+            actions: actions.flatten(),
+            said: false,
+        };
+        if g.game.player || !g.game.ambience.is_empty() {
+            // Heard from where the renderer's camera looks from.
+            let cam = Camera::default();
+            g.send(SetListener::looking_at(cam.eye, cam.target));
+        }
+        if !g.game.ambience.is_empty() {
+            g.send(Play {
+                looping: true,
+                volume_db: -12.0,
+                fade_in_ms: 500,
+                ..Play::new(AMBIENCE_ID, g.game.ambience.clone())
+            });
+        }
+        g
+    }
+
+    fn send<M: syncra_node::Message>(&mut self, m: M) {
+        let to = self.game.audio.clone();
+        self.send_to(&to, m);
+    }
+
+    fn send_to<M: syncra_node::Message>(&mut self, to: &str, m: M) {
+        if let Err(e) = self.node.send(to, m)
+            && !self.said
+        {
+            self.said = true;
+            tracing::info!(to, reason = ?e.reason, "a driver is not there; the world goes on without it");
+        }
+    }
+
+    /// Apply player 0's actions that arrived since the last tick.
+    fn input(&mut self, scene: &mut Scene) {
+        let Some(actions) = self.actions.as_mut() else {
+            return;
+        };
+        let mut jumped = None;
+        while let Ok(Some(a)) = actions.try_recv() {
+            if a.value.player != 0 {
+                continue;
+            }
+            match (a.value.action.as_str(), a.value.value) {
+                ("move", ActionValue::Axis { x, y }) => scene.set_move(x, y),
+                ("jump", ActionValue::Pressed) => jumped = jumped.or(scene.jump()),
+                _ => {}
+            }
+        }
+        if let Some(at) = jumped {
+            if !self.game.jump_sound.is_empty() {
+                self.send(Play {
+                    emitter: Some(Emitter {
+                        position: at.to_array(),
+                    }),
+                    ..Play::new(JUMP_ID, self.game.jump_sound.clone())
+                });
+            }
+            let input = self.game.input.clone();
+            self.send_to(
+                &input,
+                Rumble {
+                    player: Some(0),
+                    strong: 0.2,
+                    weak: 0.6,
+                    duration_ms: 120,
+                },
+            );
+        }
+    }
+
+    /// Sounds for what happened in the tick.
+    fn sounds(&mut self, events: PlayerEvents) {
+        if let Some(at) = events.bumped
+            && !self.game.bump_sound.is_empty()
+        {
+            self.send(Play {
+                emitter: Some(Emitter {
+                    position: at.to_array(),
+                }),
+                ..Play::new(BUMP_ID, self.game.bump_sound.clone())
+            });
+        }
+    }
+}
+
+/// The fixed-rate tick loop. `sleep` waits for the next tick (true: stop); `input` applies
+/// what arrived before each tick; `beat` gets what the tick did and the heartbeat's metrics.
+/// Returns the ticks simulated.
 fn run(
     mut scene: Scene,
     settings: &WorldSettings,
     mut sleep: impl FnMut(Instant) -> bool,
-    mut beat: impl FnMut(&Scene, &NodeMetrics),
+    mut input: impl FnMut(&mut Scene),
+    mut beat: impl FnMut(&Scene, PlayerEvents, &NodeMetrics),
 ) -> u64 {
     let period = Duration::from_secs_f64(1.0 / settings.tick_hz);
     let mut next = Instant::now();
     let mut overruns = 0u64;
     loop {
         let started = Instant::now();
-        scene.step();
+        input(&mut scene);
+        let events = scene.step();
         let tick_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
         beat(
             &scene,
+            events,
             &NodeMetrics {
                 tick: scene.tick(),
                 entities: Some(scene.entities()),
@@ -170,7 +295,8 @@ fn standalone(settings: &WorldSettings, ticks: Option<u64>) {
             std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
             false
         },
-        |_, m| {
+        |_| {},
+        |_, _, m| {
             if last_print.elapsed() >= Duration::from_secs(1) || ticks.is_some_and(|t| m.tick >= t)
             {
                 last_print = Instant::now();

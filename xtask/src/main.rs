@@ -32,7 +32,16 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("xvfb", "Xvfb"),
     ("imagemagick", "import"),
     ("xdotool", "xdotool"),
-    // …and every library the window and renderer load (DESKTOP_LIBRARIES).
+    // …and what the audio and input drivers build against (DESKTOP_BUILD), and every
+    // library the window and renderer load (DESKTOP_LIBRARIES).
+];
+
+/// What building the audio driver (cpal links ALSA) and the input driver (gilrs links
+/// libudev) needs.
+const DESKTOP_BUILD: &[(&str, &str)] = &[
+    ("pkg-config", "pkg-config"),
+    ("libasound2-dev", "/usr/include/alsa/asoundlib.h"),
+    ("libudev-dev", "/usr/include/libudev.h"),
 ];
 
 /// The binaries every run needs: the runtime and the world.
@@ -43,6 +52,8 @@ const CORE_PACKAGES: &[&str] = &["syncra-runtime", "syncra-world"];
 const DESKTOP_DRIVERS: &[(&str, &str)] = &[
     ("syncra-window", "syncra-window"),
     ("syncra-renderer", "syncra-renderer"),
+    ("syncra-audio", "syncra-audio"),
+    ("syncra-input", "syncra-input"),
 ];
 
 /// Drivers config/desktop.toml enables and the executable each needs.
@@ -128,6 +139,7 @@ fn is_installed(probe: &str) -> bool {
 fn install_test_packages() -> Result<(), String> {
     let missing: Vec<&str> = TEST_PACKAGES
         .iter()
+        .chain(DESKTOP_BUILD)
         .chain(DESKTOP_LIBRARIES)
         .filter(|(_, probe)| !is_installed(probe))
         .map(|(p, _)| *p)
@@ -215,6 +227,8 @@ fn run_release_tool(bin: &str, args: Vec<String>) -> Result<(), String> {
             "syncra-integration-tests",
             "syncra-renderer",
             "syncra-window",
+            "syncra-audio",
+            "syncra-input",
         ],
         true,
     )?;
@@ -242,6 +256,19 @@ fn run_desktop(args: Vec<String>) -> Result<(), String> {
     // Nothing is installed behind the user's back: say what looks missing, and go on (the
     // paths are Debian's; elsewhere the drivers themselves say what they could not load).
     if Path::new("/etc/debian_version").exists() {
+        let unbuildable: Vec<&str> = DESKTOP_BUILD
+            .iter()
+            .filter(|(_, probe)| !is_installed(probe))
+            .map(|(p, _)| *p)
+            .collect();
+        if !unbuildable.is_empty() {
+            return Err(format!(
+                "run-desktop: building the audio and input drivers needs {}. \
+                 Install them with: sudo apt-get install {}",
+                unbuildable.join(", "),
+                unbuildable.join(" ")
+            ));
+        }
         let missing: Vec<&str> = DESKTOP_LIBRARIES
             .iter()
             .filter(|(_, probe)| !is_installed(probe))

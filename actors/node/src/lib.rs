@@ -111,8 +111,9 @@ impl Figure {
 /// What the renderer publishes and how it frames the worlds (camera, entity look).
 pub mod render {
     pub use syncra_protocol::render::{
-        AMBIENT, Camera, ENTITY_HALF_SIZE, FRAME_STREAM, FrameHeader, LIGHT_TOWARDS, WorldView,
-        shade,
+        AMBIENT, Camera, ENTITY_HALF_SIZE, FRAME_STREAM, FrameHeader, LIGHT_TOWARDS,
+        SPECTRUM_BANDS, SPECTRUM_HEIGHT, SPECTRUM_LOW_HZ, SPECTRUM_RGB, WorldView, shade,
+        spectrum_bar, spectrum_level,
     };
 }
 
@@ -122,6 +123,16 @@ pub mod window {
         EVENTS_STREAM, FrameShown, IDENTITY_STREAM, Modifiers, Present, SHOWN_STREAM, WindowEvent,
         WindowIdentity,
     };
+}
+
+/// What worlds ask the audio driver for, and what it publishes: the mix and its spectrum.
+pub mod audio {
+    pub use syncra_protocol::audio::*;
+}
+
+/// What the input driver publishes (events and actions), and the haptics it takes.
+pub mod input {
+    pub use syncra_protocol::input::*;
 }
 
 /// What every world publishes, so a driver can read it with `syncra-node` alone.
@@ -161,7 +172,8 @@ use syncra_protocol::wire;
 use tokio::sync::Notify;
 
 /// The default log filter of a node (overridden by `SYNCRA_LOG`).
-pub const DEFAULT_LOG_FILTER: &str = "info,ractor=warn,ractor_cluster=error";
+pub const DEFAULT_LOG_FILTER: &str =
+    "info,ractor=warn,ractor_cluster=error,symphonia_core=warn,symphonia_format_ogg=warn";
 
 /// How long joining may take before the node gives up (the runtime's start timeout is usually
 /// the tighter bound).
@@ -574,6 +586,16 @@ impl Node {
             slot,
             name: Arc::from(name),
             kind,
+        }
+    }
+
+    /// Say in `syncra status` what this node is doing, in one sentence ("output: null, no
+    /// audio device"), replacing the sentence before; `""` clears it. It shows while this
+    /// incarnation runs (cut to 480 bytes); without a runtime it goes to the log.
+    pub fn set_note(&self, note: &str) {
+        tracing::info!(note, "status");
+        if let Some(page) = &self.page {
+            page.status_note().write(note);
         }
     }
 

@@ -3,7 +3,10 @@
 //! buffer; one viewport per world, side by side.
 
 use bytemuck::{Pod, Zeroable};
-use syncra_node::render::{AMBIENT, Camera, ENTITY_HALF_SIZE, LIGHT_TOWARDS, WorldView};
+use syncra_node::render::{
+    AMBIENT, Camera, ENTITY_HALF_SIZE, LIGHT_TOWARDS, SPECTRUM_BANDS, SPECTRUM_RGB, WorldView,
+    spectrum_bar,
+};
 use syncra_node::world::SceneSnapshot;
 use wgpu::util::DeviceExt;
 
@@ -51,6 +54,42 @@ fn fs(v: Out) -> @location(0) vec4<f32> {
     return vec4<f32>(clamp(v.colour * k, vec3<f32>(0.0), vec3<f32>(1.0)), 1.0);
 }
 "#;
+
+/// Flat rectangles in clip space: the spectrum strip's bars.
+const BARS_SHADER: &str = r#"
+struct In {
+    @builtin(vertex_index) i: u32,
+    // x0, y0, x1, y1 in clip space
+    @location(0) rect: vec4<f32>,
+    @location(1) colour: vec4<f32>,
+};
+struct Out {
+    @builtin(position) clip: vec4<f32>,
+    @location(0) colour: vec4<f32>,
+};
+@vertex
+fn vs(v: In) -> Out {
+    var corners = array<vec2<f32>, 6>(
+        vec2<f32>(0.0, 0.0), vec2<f32>(1.0, 0.0), vec2<f32>(1.0, 1.0),
+        vec2<f32>(0.0, 0.0), vec2<f32>(1.0, 1.0), vec2<f32>(0.0, 1.0));
+    let c = corners[v.i];
+    var o: Out;
+    o.clip = vec4<f32>(mix(v.rect.x, v.rect.z, c.x), mix(v.rect.y, v.rect.w, c.y), 0.0, 1.0);
+    o.colour = v.colour;
+    return o;
+}
+@fragment
+fn fs(v: Out) -> @location(0) vec4<f32> {
+    return v.colour;
+}
+"#;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Bar {
+    rect: [f32; 4],
+    colour: [f32; 4],
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -115,6 +154,10 @@ pub struct SceneDraw {
     views: Vec<View>,
     depth: Option<(wgpu::Texture, wgpu::TextureView, (u32, u32))>,
     staging: Vec<Instance>,
+    bars_pipeline: wgpu::RenderPipeline,
+    bars_buffer: wgpu::Buffer,
+    /// The spectrum strip's band levels (0 ..= 1); empty: no strip.
+    levels: Vec<f32>,
     /// The camera every viewport uses.
     pub camera: Camera,
 }
@@ -194,6 +237,53 @@ impl SceneDraw {
             multiview_mask: None,
             cache: None,
         });
+        let bars_module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("bars"),
+            source: wgpu::ShaderSource::Wgsl(BARS_SHADER.into()),
+        });
+        let bars_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("bars"),
+            bind_group_layouts: &[],
+            immediate_size: 0,
+        });
+        let bars_pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+            label: Some("bars"),
+            layout: Some(&bars_layout),
+            vertex: wgpu::VertexState {
+                module: &bars_module,
+                entry_point: Some("vs"),
+                compilation_options: Default::default(),
+                buffers: &[Some(wgpu::VertexBufferLayout {
+                    array_stride: std::mem::size_of::<Bar>() as u64,
+                    step_mode: wgpu::VertexStepMode::Instance,
+                    attributes: &wgpu::vertex_attr_array![0 => Float32x4, 1 => Float32x4],
+                })],
+            },
+            primitive: wgpu::PrimitiveState::default(),
+            // Drawn over the scene: the depth buffer is neither tested nor written.
+            depth_stencil: Some(wgpu::DepthStencilState {
+                format: DEPTH,
+                depth_write_enabled: Some(false),
+                depth_compare: Some(wgpu::CompareFunction::Always),
+                stencil: Default::default(),
+                bias: Default::default(),
+            }),
+            multisample: Default::default(),
+            fragment: Some(wgpu::FragmentState {
+                module: &bars_module,
+                entry_point: Some("fs"),
+                compilation_options: Default::default(),
+                targets: &[Some(format.into())],
+            }),
+            multiview_mask: None,
+            cache: None,
+        });
+        let bars_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("bars"),
+            size: (SPECTRUM_BANDS * std::mem::size_of::<Bar>()) as u64,
+            usage: wgpu::BufferUsages::VERTEX | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         let (v, i) = cube();
         let vertices = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("cube vertices"),
@@ -216,8 +306,23 @@ impl SceneDraw {
             views: Vec::new(),
             depth: None,
             staging: Vec::new(),
+            bars_pipeline,
+            bars_buffer,
+            levels: Vec::new(),
             camera,
         }
+    }
+
+    /// Draw the spectrum strip with these band levels (0 ..= 1, [`SPECTRUM_BANDS`] of them)
+    /// from the next frame on; empty: no strip.
+    pub fn set_spectrum(&mut self, levels: &[f32]) {
+        self.levels.clear();
+        self.levels.extend(
+            levels
+                .iter()
+                .take(SPECTRUM_BANDS)
+                .map(|l| l.clamp(0.0, 1.0)),
+        );
     }
 
     fn instance_buffer(device: &wgpu::Device, capacity: usize) -> wgpu::Buffer {
@@ -341,6 +446,32 @@ impl SceneDraw {
                 pass.draw_indexed(0..36, 0, first..first + n);
             }
             first += n;
+        }
+        if !self.levels.is_empty() {
+            let (w, h) = (width as f32, height as f32);
+            let [r, g, b] = SPECTRUM_RGB;
+            let bars: Vec<Bar> = self
+                .levels
+                .iter()
+                .enumerate()
+                .map(|(i, level)| {
+                    let (x0, x1, top, bottom) = spectrum_bar(i, width, height, *level);
+                    Bar {
+                        rect: [
+                            x0 as f32 / w * 2.0 - 1.0,
+                            1.0 - bottom as f32 / h * 2.0,
+                            x1 as f32 / w * 2.0 - 1.0,
+                            1.0 - top as f32 / h * 2.0,
+                        ],
+                        colour: [r, g, b, 1.0],
+                    }
+                })
+                .collect();
+            queue.write_buffer(&self.bars_buffer, 0, bytemuck::cast_slice(&bars));
+            pass.set_viewport(0.0, 0.0, w, h, 0.0, 1.0);
+            pass.set_pipeline(&self.bars_pipeline);
+            pass.set_vertex_buffer(0, self.bars_buffer.slice(..));
+            pass.draw(0..6, 0..bars.len() as u32);
         }
         placed
     }

@@ -12,9 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use syncra_node::audio::{FFT_STREAM, Spectrum};
 use syncra_node::driver::{self, Context, Driver};
 use syncra_node::events::{NodeEvent, StreamKey};
-use syncra_node::render::{Camera, FRAME_STREAM, FrameHeader};
+use syncra_node::render::{
+    Camera, FRAME_STREAM, FrameHeader, SPECTRUM_BANDS, SPECTRUM_LOW_HZ, spectrum_level,
+};
 use syncra_node::streams::{BulkProducer, Consumer, Producer, StreamOptions, Subscription};
 use syncra_node::window::{IDENTITY_STREAM, Present, WindowIdentity};
 use syncra_node::world::{ALL_SCENES, SceneSnapshot, scene_stream};
@@ -109,6 +112,9 @@ struct Settings {
     window: String,
     /// With `target = "window"`: how frames are queued.
     present_mode: PresentMode,
+    /// The audio driver whose spectrum (`<spectrum>/fft`) is drawn as a bar strip along
+    /// the bottom; empty: no strip.
+    spectrum: String,
 }
 
 impl Default for Settings {
@@ -124,6 +130,7 @@ impl Default for Settings {
             camera: Camera::default(),
             window: "window".into(),
             present_mode: PresentMode::Auto,
+            spectrum: "audio".into(),
         }
     }
 }
@@ -309,7 +316,14 @@ struct Renderer {
     fig_fps: Figure,
     fig_frame_ms: Figure,
     fig_frames: Figure,
+    /// The audio driver's spectrum, and when the newest came.
+    spectrum: Option<Consumer<Spectrum>>,
+    levels: Vec<f32>,
+    levels_at: Instant,
 }
+
+/// A spectrum older than this is not drawn (the audio driver stopped or went away).
+const SPECTRUM_STALE: Duration = Duration::from_secs(1);
 
 /// Open the GPU and watch its device: a loss sets `lost` (the loop recovers in-process), and
 /// errors nobody captured are logged instead of ending the process.
@@ -434,7 +448,19 @@ impl Driver for Renderer {
             }
             Scenes::Named(named)
         };
+        let spectrum = if s.spectrum.is_empty() {
+            None
+        } else {
+            let c = node
+                .subscribe::<Spectrum>(&format!("{}/{FFT_STREAM}", s.spectrum))
+                .map_err(|e| e.to_string())?;
+            ctx.watch(&c);
+            Some(c)
+        };
         Ok(Renderer {
+            spectrum,
+            levels: Vec::new(),
+            levels_at: Instant::now(),
             fig_fps: node.figure("fps", FigureKind::Gauge),
             fig_frame_ms: node.figure("frame_ms", FigureKind::Gauge),
             fig_frames: node.figure("frames", FigureKind::Counter),
@@ -472,6 +498,7 @@ impl Driver for Renderer {
             NodeEvent::Stream(_) => {
                 self.read_scenes()?;
                 self.read_identity()?;
+                self.read_spectrum()?;
             }
             NodeEvent::Message(incoming) => {
                 let (target, (width, height), present_mode, window) = match &self.output {
@@ -522,6 +549,7 @@ impl Driver for Renderer {
     fn tick(&mut self, ctx: &mut Context<'_>) -> Result<(), String> {
         let t = Instant::now();
         self.read_scenes()?;
+        self.read_spectrum()?;
         if self.lost.load(Ordering::Acquire) {
             return self.recover();
         }
@@ -713,6 +741,43 @@ impl Renderer {
         {
             while let Some(id) = identity.try_recv().map_err(|e| e.to_string())? {
                 *latest = Some(id.value);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keep the newest spectrum's band levels, and hand them to every draw.
+    fn read_spectrum(&mut self) -> Result<(), String> {
+        let Some(c) = self.spectrum.as_mut() else {
+            return Ok(());
+        };
+        while let Some(sp) = c.try_recv().map_err(|e| e.to_string())? {
+            self.levels = sp
+                .value
+                .bands(SPECTRUM_BANDS, SPECTRUM_LOW_HZ)
+                .into_iter()
+                .map(spectrum_level)
+                .collect();
+            self.levels_at = Instant::now();
+        }
+        if !self.levels.is_empty() && self.levels_at.elapsed() > SPECTRUM_STALE {
+            self.levels.clear();
+        }
+        // Every frame: a draw made since (a new window, a new device) gets them too.
+        {
+            let levels = &self.levels;
+            match &mut self.output {
+                Output::Offscreen(f) => f.draw.set_spectrum(levels),
+                Output::Window {
+                    attached, frames, ..
+                } => {
+                    if let Some((_, d)) = attached {
+                        d.set_spectrum(levels);
+                    }
+                    if let Some(f) = frames {
+                        f.draw.set_spectrum(levels);
+                    }
+                }
             }
         }
         Ok(())

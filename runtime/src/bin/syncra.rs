@@ -909,6 +909,7 @@ fn print_status(r: &StatusReport) {
             entities,
             detail,
             spare_pid,
+            note: said,
             ..
         } = n;
         let last = last_exit.as_ref().map(|e| {
@@ -924,7 +925,7 @@ fn print_status(r: &StatusReport) {
             }
         });
         let spare = spare_pid.map(|p| format!("warm spare pid {p}"));
-        let note = [last, detail.clone(), spare]
+        let note = [said.clone(), last, detail.clone(), spare]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()

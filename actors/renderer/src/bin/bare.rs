@@ -36,6 +36,7 @@ fn main() {
         world: String::new(),
         tick: 0,
         entities: Vec::new(),
+        player: None,
     };
     let mut times = Vec::new();
     let start = Instant::now();
