@@ -329,7 +329,7 @@ impl Audio {
                 let (b, c) = tap(&clock);
                 let m = output::null(b, null_settings(&clock), s.max_sounds)
                     .unwrap_or_else(|e| node.exit_with(1, &e));
-                (m, c, "settings.output = \"null\"".to_owned())
+                (m, c, "as settings.output = \"null\" says".to_owned())
             }
             OutputKind::Device | OutputKind::Auto => {
                 let (b, c) = tap(&clock);
@@ -344,7 +344,7 @@ impl Audio {
                         let (b, c) = tap(&clock);
                         let m = output::null(b, null_settings(&clock), s.max_sounds)
                             .unwrap_or_else(|e| node.exit_with(1, &e));
-                        (m, c, format!("no audio device ({why})"))
+                        (m, c, format!("no audio device: {why}"))
                     }
                 }
             }
@@ -423,7 +423,7 @@ impl Audio {
     fn say(&self) {
         let mut note = if self.mixer.is_null() {
             format!(
-                "output: null, real-time paced at {} Hz ({})",
+                "output: null (real-time paced, {} Hz), {}",
                 self.sample_rate, self.null_reason
             )
         } else {
@@ -916,8 +916,16 @@ fn previous_table(node: &Node) -> Option<PlayingTable> {
             return None;
         }
     };
+    let t = std::time::Instant::now();
     match consumer.recv_timeout(Duration::from_millis(200)) {
-        Ok(Some(sample)) => Some(sample.value),
+        Ok(Some(sample)) => {
+            tracing::info!(
+                took_us = t.elapsed().as_micros() as u64,
+                sounds = sample.value.entries.len(),
+                "read what the previous incarnation played"
+            );
+            Some(sample.value)
+        }
         Ok(None) => None,
         Err(e) => {
             tracing::warn!(error = %e, "what the previous incarnation played could not be read");

@@ -131,7 +131,7 @@ impl Driver for Input {
                 ),
             ),
             PadsSetting::Script { script, rumble_log } => {
-                match pads::Script::open(script, rumble_log.clone()) {
+                match pads::Script::open(script, rumble_log.clone(), node.incarnation() > 1) {
                     Ok(sc) => Box::new(sc),
                     Err(e) => refuse(node, &format!("settings.gamepads.script: {e}")),
                 }

@@ -223,9 +223,15 @@ pub(crate) struct Script {
 }
 
 impl Script {
-    pub(crate) fn open(path: &Path, rumble_log: Option<PathBuf>) -> Result<Script, String> {
+    /// Follow the script at `path`. `resume`: a restarted driver does not replay what the
+    /// script already said; like gilrs at start, it announces the pads connected by then.
+    pub(crate) fn open(
+        path: &Path,
+        rumble_log: Option<PathBuf>,
+        resume: bool,
+    ) -> Result<Script, String> {
         std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Script {
+        let mut script = Script {
             path: path.to_owned(),
             offset: 0,
             partial: String::new(),
@@ -234,7 +240,35 @@ impl Script {
             pending: Vec::new(),
             rumble_log,
             connected: HashMap::new(),
-        })
+        };
+        if resume {
+            let mut said = Vec::new();
+            script.poll(&mut said);
+            script.pending.clear();
+            let mut present: Vec<(String, String)> = Vec::new();
+            for ev in said {
+                match ev.change {
+                    PadChange::Connected(name) => present.push((ev.uuid, name)),
+                    PadChange::Disconnected => present.retain(|(u, _)| *u != ev.uuid),
+                    _ => {}
+                }
+            }
+            let now = Instant::now();
+            script.pending = present
+                .into_iter()
+                .map(|(uuid, name)| {
+                    (
+                        now,
+                        PadEvent {
+                            uuid,
+                            time_ns: 0,
+                            change: PadChange::Connected(name),
+                        },
+                    )
+                })
+                .collect();
+        }
+        Ok(script)
     }
 
     fn read_new_lines(&mut self) -> Vec<String> {

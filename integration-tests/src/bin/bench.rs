@@ -7,6 +7,8 @@
 //! syncra-bench [--kills N] [--hangs N] [--starts N] [--worlds-large N] [--samples N] [--stops N]
 //! syncra-bench --kit-only      only the driver kit's rows
 //! syncra-bench --render-only [--renderer-kills 20] [--seconds 5]   only the window and renderer's
+//! syncra-bench --sound-only [--audio-seconds 60] [--keys 200] [--sound-requests 100] [--audio-kills 20]
+//!                                                                  only the audio and input drivers'
 //! ```
 
 #![allow(
@@ -30,6 +32,8 @@ mod kit;
 mod render;
 #[path = "bench/routing.rs"]
 mod routing;
+#[path = "bench/sound.rs"]
+mod sound;
 #[path = "bench/streams.rs"]
 mod streams;
 
@@ -449,6 +453,17 @@ fn main() {
         );
         return print(rows);
     }
+    if argv.iter().any(|a| a == "--sound-only") {
+        let mut rows = Vec::new();
+        sound::all(
+            arg("--audio-seconds", 60) as u64,
+            arg("--keys", 200),
+            arg("--sound-requests", 100),
+            arg("--audio-kills", 20),
+            &mut rows,
+        );
+        return print(rows);
+    }
     let kills = arg("--kills", 60);
     let hangs = arg("--hangs", 10);
     let starts = arg("--starts", 10);
@@ -490,6 +505,13 @@ fn main() {
         render::all(
             arg("--renderer-kills", 20),
             arg("--seconds", 5) as u64,
+            &mut rows,
+        );
+        sound::all(
+            arg("--audio-seconds", 60) as u64,
+            arg("--keys", 200),
+            arg("--sound-requests", 100),
+            arg("--audio-kills", 20),
             &mut rows,
         );
     }

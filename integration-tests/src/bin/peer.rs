@@ -683,6 +683,171 @@ fn main() {
                 beat(&node);
             }
         }
+        // The audio driver's mix, summarised: a line per `window=` frames of `audio/samples`
+        // with each channel's RMS and peak, the first frame louder than `loud=` (×1000), the
+        // producer's incarnation and the publisher's clock.
+        "audio-grab" => {
+            use syncra_node::audio::{SamplesHeader, samples_from_bytes};
+            let mut rx = match node.subscribe_bulk::<SamplesHeader>(&opt("stream")) {
+                Ok(rx) => rx,
+                Err(e) => return idle(&node, &mut out, e.to_string()),
+            };
+            let window = num("window", 2400).max(1);
+            let loud = num("loud", 10) as f32 / 1000.0;
+            node.ready();
+            let mut buf = Vec::new();
+            let (mut sum_l, mut sum_r, mut peak, mut n) = (0f64, 0f64, 0f32, 0u64);
+            let (mut first, mut first_loud, mut inc) = (None, None, 0u64);
+            while !node.shutdown_requested() {
+                let got = rx.read_with(Duration::from_millis(20), |h, raw| {
+                    samples_from_bytes(raw, &mut buf);
+                    *h
+                });
+                match got {
+                    Ok(Some((m, h))) => {
+                        if m.producer_incarnation != inc && n > 0 {
+                            // A new incarnation: its frames start a window of their own.
+                            n = 0;
+                            (sum_l, sum_r, peak) = (0.0, 0.0, 0.0);
+                            first = None;
+                            first_loud = None;
+                        }
+                        inc = m.producer_incarnation;
+                        let pub_ns = m.publish_ns;
+                        first.get_or_insert(h.first_frame);
+                        for (i, f) in buf.chunks_exact(2).enumerate() {
+                            sum_l += f64::from(f[0] * f[0]);
+                            sum_r += f64::from(f[1] * f[1]);
+                            peak = peak.max(f[0].abs()).max(f[1].abs());
+                            if first_loud.is_none() && (f[0].abs() > loud || f[1].abs() > loud) {
+                                first_loud = Some(h.first_frame + i as u64);
+                            }
+                        }
+                        n += u64::from(h.frames);
+                        if n >= window {
+                            out.line(serde_json::json!({
+                                "first_frame": first, "frames": n, "inc": inc, "gap": m.gap,
+                                "pub": pub_ns, "rate": h.sample_rate,
+                                "rms_l": (sum_l / n as f64).sqrt(), "rms_r": (sum_r / n as f64).sqrt(),
+                                "peak": peak, "first_loud": first_loud }));
+                            n = 0;
+                            (sum_l, sum_r, peak) = (0.0, 0.0, 0.0);
+                            first = None;
+                            first_loud = None;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => out.line(serde_json::json!({ "error": e.to_string() })),
+                }
+                beat(&node);
+            }
+        }
+        // The sound-request benchmark: `n=` times, after the mix has been silent for 100 ms,
+        // ask `audio=` for `sound=` (a call) and time the request to the publish of the first
+        // `audio/samples` block that holds it, beside a get-info call's round trip.
+        "sound-latency" => {
+            use syncra_node::audio::{GetAudioInfo, Play, SamplesHeader, samples_from_bytes};
+            let audio = match opt("audio").as_str() {
+                "" => "audio".to_owned(),
+                a => a.to_owned(),
+            };
+            let mut rx = match node.subscribe_bulk::<SamplesHeader>(&format!("{audio}/samples")) {
+                Ok(rx) => rx,
+                Err(e) => return idle(&node, &mut out, e.to_string()),
+            };
+            node.ready();
+            let mut buf = Vec::new();
+            let mut read_block = |rx: &mut syncra_node::BulkConsumer<SamplesHeader>,
+                                  node: &Node| {
+                let r = rx
+                    .read_with(Duration::from_millis(20), |_, raw| {
+                        samples_from_bytes(raw, &mut buf);
+                        buf.iter().any(|v| v.abs() > 1e-3)
+                    })
+                    .ok()
+                    .flatten()
+                    .map(|(m, loud)| (m.publish_ns, loud));
+                node.heartbeat(None);
+                r
+            };
+            for i in 0..num("n", 100) {
+                if node.shutdown_requested() {
+                    break;
+                }
+                // Silence first: 100 ms of blocks with nothing in them.
+                let mut quiet_since = std::time::Instant::now();
+                while quiet_since.elapsed() < Duration::from_millis(100) {
+                    if let Some((_, true)) = read_block(&mut rx, &node) {
+                        quiet_since = std::time::Instant::now();
+                    }
+                }
+                let t = std::time::Instant::now();
+                let _ = node.call(&audio, GetAudioInfo, Duration::from_secs(2));
+                let call_ns = t.elapsed().as_nanos() as u64;
+                let t0 = syncra_node::audio::monotonic_ns();
+                if let Err(e) =
+                    node.call(&audio, Play::new(i, opt("sound")), Duration::from_secs(2))
+                {
+                    out.line(serde_json::json!({ "error": format!("{e:?}") }));
+                    continue;
+                }
+                let answered = syncra_node::audio::monotonic_ns();
+                let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                while std::time::Instant::now() < deadline {
+                    if let Some((published, true)) = read_block(&mut rx, &node) {
+                        out.line(serde_json::json!({ "k": "sound", "request_ns": t0,
+                            "answered_ns": answered, "published_ns": published,
+                            "read_ns": syncra_node::audio::monotonic_ns(), "call_ns": call_ns }));
+                        break;
+                    }
+                }
+            }
+            out.line(serde_json::json!({ "k": "done" }));
+            while !node.shutdown_requested() {
+                std::thread::sleep(Duration::from_millis(20));
+                beat(&node);
+            }
+        }
+        // Every input event and action, with how long after its source saw it this peer read
+        // it (`lat_ns`, CLOCK_MONOTONIC).
+        "action-log" => {
+            use syncra_node::input::{ActionEvent, InputEvent};
+            let input = match opt("input").as_str() {
+                "" => "input".to_owned(),
+                other => other.to_owned(),
+            };
+            let mut actions = match node.subscribe::<ActionEvent>(&format!("{input}/actions")) {
+                Ok(c) => c,
+                Err(e) => return idle(&node, &mut out, e.to_string()),
+            };
+            let mut events = match node.subscribe::<InputEvent>(&format!("{input}/events")) {
+                Ok(c) => c,
+                Err(e) => return idle(&node, &mut out, e.to_string()),
+            };
+            node.ready();
+            // Woken by the streams themselves (no polling delay in the latencies).
+            let mut loop_events = node.events();
+            loop_events.watch(&actions);
+            loop_events.watch(&events);
+            while !node.shutdown_requested() {
+                if let syncra_node::events::NodeEvent::Shutdown =
+                    loop_events.next(Some(std::time::Instant::now() + Duration::from_millis(50)))
+                {
+                    break;
+                }
+                while let Ok(Some(a)) = actions.try_recv() {
+                    let lat = syncra_node::audio::monotonic_ns().saturating_sub(a.value.time_ns);
+                    out.line(serde_json::json!({ "k": "action", "action": a.value.action,
+                        "player": a.value.player, "device": a.value.device, "value": a.value.value,
+                        "time_ns": a.value.time_ns, "lat_ns": lat, "inc": a.producer_incarnation }));
+                }
+                while let Ok(Some(e)) = events.try_recv() {
+                    out.line(serde_json::json!({ "k": "event", "player": e.value.player,
+                        "device": e.value.device, "kind": e.value.kind, "time_ns": e.value.time_ns }));
+                }
+                beat(&node);
+            }
+        }
         "consumer" => {
             let stream = opt("stream");
             // `wait=0`: only a stream that exists now; otherwise attach whenever it appears.
