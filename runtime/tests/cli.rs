@@ -329,7 +329,19 @@ fn check_config_only_warns_about_a_built_in_driver_that_is_not_installed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("SyncraConfig.toml");
     std::fs::write(&path, "[drivers]\nhologram = false\n[drivers.window]\ncommand = \"syncra-window-not-installed\"\n[drivers.audio]\n").unwrap();
-    let out = syncra(&["check-config"], dir.path());
+    // A copy of `syncra` alone in a directory of its own, with no drivers beside it (the
+    // build's own directory has them all) and none on PATH.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_syncra"), bin.join("syncra")).unwrap();
+    let out = Command::new(bin.join("syncra"))
+        .arg("check-config")
+        .current_dir(dir.path())
+        .env_remove("SYNCRA_CONFIG")
+        .env("SYNCRA_RUN_DIR", dir.path().join("run"))
+        .env("PATH", &bin)
+        .output()
+        .expect("run syncra");
     let err = String::from_utf8_lossy(&out.stderr);
     // `window` names its command (a problem); `audio` is built in (a warning).
     assert_eq!(out.status.code(), Some(2), "{err}");
