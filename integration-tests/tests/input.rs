@@ -282,7 +282,8 @@ fn a_bad_action_map_or_gamepad_setting_is_named_and_not_restarted() {
     let extra = format!(
         "[drivers.typo]\ncommand = \"{i}\"\nsettings = {{ gamepads = \"none\", actions = {{ fire = [\"Spcae\"] }} }}\n\
          [drivers.axis]\ncommand = \"{i}\"\nsettings = {{ gamepads = \"none\", actions = {{ look = {{ axis = \"Stick\" }} }} }}\n\
-         [drivers.pads]\ncommand = \"{i}\"\nsettings = {{ gamepads = \"joystick\" }}\n",
+         [drivers.pads]\ncommand = \"{i}\"\nsettings = {{ gamepads = \"joystick\" }}\n\
+         [drivers.real]\ncommand = \"{i}\"\nsettings = {{ gamepads = \"gilrs\" }}\n",
         i = input.display()
     );
     let h = Harness::start(&config(dir.path(), "\"none\"", &extra), &[]);
