@@ -650,8 +650,9 @@ fn a_driver_subscribing_to_a_world_is_ready_before_the_world_exists_and_then_get
     let refused = wait_lines(dir.path(), "wrong", "the late refusal", |l| !l.is_empty());
     let msg = refused[0]["subscribe_error"].as_str().unwrap_or_default();
     assert!(
-        msg.contains(<syncra_protocol::world::SceneSnapshot as syncra_protocol::message::Message>::TAG)
-            && msg.contains("syncra.test.not-a-tick/1"),
+        msg.contains(
+            <syncra_protocol::world::SceneSnapshot as syncra_protocol::message::Message>::TAG
+        ) && msg.contains("syncra.test.not-a-tick/1"),
         "{refused:?}"
     );
     let seen = wait_lines(dir.path(), "viewer", "scenes arrive", |l| {
