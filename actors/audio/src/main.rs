@@ -140,6 +140,8 @@ struct Audio {
     listener: ListenerHandle,
     listener_at: Option<SetListener>,
     voices: HashMap<(String, u64), Voice>,
+    /// Spatial tracks of stopped sounds, kept until their fade-out is over.
+    fading: Vec<(Instant, SpatialTrackHandle)>,
     clock: Arc<Clock>,
     tap: rtrb::Consumer<f32>,
     sample_rate: u32,
@@ -350,11 +352,10 @@ impl Audio {
             }
         };
         let mut mixer = mixer;
-        let sample_rate = if mixer.is_null() {
-            s.sample_rate
-        } else {
-            // kira mixes at the device's rate and resamples the sounds to it.
-            48_000
+        // kira mixes at the device's rate (and resamples the sounds to it): the tap was told.
+        let sample_rate = match clock.sample_rate.load(Ordering::Relaxed) {
+            0 => s.sample_rate,
+            r => r,
         };
         let listener = mixer
             .listener()
@@ -397,6 +398,7 @@ impl Audio {
             listener,
             listener_at: None,
             voices: HashMap::new(),
+            fading: Vec::new(),
             clock,
             tap: tap_out,
             sample_rate,
@@ -527,6 +529,7 @@ impl Audio {
             }
         }
         // Forget what ended.
+        self.fading.retain(|(until, _)| *until > now);
         let before = self.voices.len();
         self.voices
             .retain(|_, v| v.handle.state() != PlaybackState::Stopped);
@@ -756,13 +759,11 @@ impl Audio {
         let was_playing = match self.voices.remove(&key) {
             Some(mut v) => {
                 v.handle.stop(tween_ms(s.fade_out_ms.min(60_000)));
-                // The track goes when its handle does; keep it until the fade is over.
+                // The track goes when its handle does: keep it until the fade is over.
                 if let Some(track) = v.track.take() {
                     let fade = Duration::from_millis(u64::from(s.fade_out_ms.min(60_000)));
-                    std::thread::spawn(move || {
-                        std::thread::sleep(fade + Duration::from_millis(50));
-                        drop(track);
-                    });
+                    self.fading
+                        .push((Instant::now() + fade + Duration::from_millis(50), track));
                 }
                 true
             }

@@ -30,6 +30,8 @@ pub(crate) struct Clock {
     /// `CLOCK_MONOTONIC` ns when the control loop last went round. The audio thread beats
     /// only while this is recent: a hung control loop stops the heartbeat too.
     pub(crate) loop_alive_ns: AtomicU64,
+    /// The mix's frames per second, as kira tells the main track (a device picks its own).
+    pub(crate) sample_rate: std::sync::atomic::AtomicU32,
 }
 
 /// The control loop counts as hung after this long without going round.
@@ -74,6 +76,14 @@ impl EffectBuilder for TapBuilder {
 }
 
 impl Effect for Tap {
+    fn init(&mut self, sample_rate: u32, _internal_buffer_size: usize) {
+        self.clock.sample_rate.store(sample_rate, Ordering::Relaxed);
+    }
+
+    fn on_change_sample_rate(&mut self, sample_rate: u32) {
+        self.clock.sample_rate.store(sample_rate, Ordering::Relaxed);
+    }
+
     fn process(&mut self, input: &mut [Frame], _dt: f64, _info: &Info) {
         // Real-time thread: no allocation, no lock, no blocking.
         match self.ring.write_chunk_uninit(input.len() * 2) {

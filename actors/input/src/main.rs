@@ -318,8 +318,10 @@ impl Input {
                 repeat,
                 ..
             } => {
-                if !repeat && let Ok(b) = binding(&code) {
-                    self.map.press(0, b, pressed, &mut self.changed);
+                if !repeat {
+                    // winit's code names are the bindings' own ("KeyW", "Digit1", "Space").
+                    self.map
+                        .press(0, Binding::Key(code.clone()), pressed, &mut self.changed);
                 }
                 self.publish(
                     time_ns,
