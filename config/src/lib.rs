@@ -4,6 +4,7 @@
 //!   named constant.
 //! - [`load`]: [`Loader`] layers built-in defaults → file → `SYNCRA_*` environment →
 //!   command-line flags with figment, and names the file, key and expectation in every error.
+//! - [`sandbox`]: what each node may touch ([`sandbox::SandboxProfile`]), by kind and by config.
 //! - [`plan`]: validation and resolution into a [`Plan`]: the nodes the runtime starts, in
 //!   order, each with its effective settings and its own config chunk.
 //!
@@ -15,6 +16,7 @@
 pub mod load;
 pub mod model;
 pub mod plan;
+pub mod sandbox;
 
 pub use load::{ConfigError, Loaded, Loader, Overrides};
 pub use model::*;

@@ -301,8 +301,20 @@ impl Loader {
         if let Some(d) = &rt.run_dir {
             rt.run_dir = Some(anchor(d, &base_of("runtime.run_dir")));
         }
+        config.sandbox.anchor(&base_of("sandbox"));
+        if let Some(s) = &mut config.worlds.defaults.sandbox {
+            s.anchor(&base_of("worlds.sandbox"));
+        }
+        for (name, spec) in &mut config.worlds.tables {
+            if let Some(s) = &mut spec.sandbox {
+                s.anchor(&base_of(&format!("worlds.{name}.sandbox")));
+            }
+        }
         for (name, entry) in &mut config.drivers.0 {
             if let DriverEntry::Spec(spec) = entry {
+                if let Some(s) = &mut spec.sandbox {
+                    s.anchor(&base_of(&format!("drivers.{name}.sandbox")));
+                }
                 anchor_command(
                     &mut spec.command,
                     &base_of(&format!("drivers.{name}.command")),
@@ -944,5 +956,80 @@ default_world = "my_base_world"
         let text = loaded.config.to_toml();
         let again = load(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(again.config, loaded.config, "{text}");
+    }
+
+    #[test]
+    fn sandbox_profiles_follow_kind_then_config() {
+        use crate::sandbox::{Device, Network, SandboxMode};
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            "SyncraConfig.toml",
+            r#"
+sandbox = "strict"
+[drivers.renderer]
+[drivers.net]
+command = "/bin/net"
+sandbox = { network = "any", write = ["cache"], memory_mb = 512 }
+[drivers.plain]
+command = "/bin/plain"
+[worlds]
+count = 1
+"#,
+        );
+        let loaded = Loader::new().without_env().file(path).load().unwrap();
+        let plan = &loaded.plan;
+        let renderer = &plan.node("renderer").unwrap().sandbox;
+        assert_eq!(renderer.mode, SandboxMode::Strict);
+        assert_eq!(renderer.devices, [Device::Gpu, Device::Display]);
+        assert_eq!(renderer.network, Network::None);
+        let net = &plan.node("net").unwrap().sandbox;
+        assert_eq!(net.network, Network::Any);
+        assert_eq!(net.memory_mb, 512);
+        assert!(
+            net.write.contains(&dir.path().join("cache")),
+            "a relative grant is relative to the config file: {:?}",
+            net.write
+        );
+        // A custom driver gets the base and nothing more.
+        let plain = &plan.node("plain").unwrap().sandbox;
+        assert!(plain.devices.is_empty());
+        assert_eq!(plain.write, [PathBuf::from("/dev/null")]);
+        assert_eq!(plain.network, Network::None);
+        let world = &plan.node("world/main").unwrap().sandbox;
+        assert_eq!(world.memory_mb, crate::sandbox::WORLD_MEMORY_MB);
+        assert!(
+            world.describe().contains("network none (own namespace)"),
+            "{}",
+            world.describe()
+        );
+        // The audio driver reads its assets.
+        let audio = load("[drivers.audio]\nsettings = { assets = \"snd\" }\n").unwrap();
+        let audio = &audio.plan.node("audio").unwrap().sandbox;
+        assert!(
+            audio.read.contains(&PathBuf::from("snd")),
+            "{:?}",
+            audio.read
+        );
+        assert_eq!(audio.devices, [Device::Sound]);
+    }
+
+    #[test]
+    fn bad_sandbox_grants_are_named_by_key() {
+        assert_problem("sandbox = \"strictest\"\n", &["sandbox", "strictest"]);
+        assert_problem("[sandbox]\nwrit = [\"/x\"]\n", &["writ"]);
+        assert_problem(
+            "[drivers.x]\ncommand = \"/bin/x\"\nsandbox = { memory_mb = 99999999 }\n",
+            &["drivers.x.sandbox.memory_mb", "at most"],
+        );
+        assert_problem(
+            "[worlds.a]\nsandbox = { write = [\"/\"] }\n",
+            &["worlds.a.sandbox.write[0]", "anywhere"],
+        );
+        assert_problem("[sandbox]\nnetwork = \"lan\"\n", &["sandbox", "lan"]);
+        assert_problem(
+            "[sandbox]\nopen_files = 3\n",
+            &["sandbox.open_files", "below 16"],
+        );
     }
 }

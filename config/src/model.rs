@@ -79,6 +79,9 @@ pub struct SyncraConfig {
     pub worlds: WorldsSection,
     /// `[streams]`: limits on dataflow streams.
     pub streams: StreamsSection,
+    /// `[sandbox]` (or `sandbox = "strict"`): the mode, and grants for every node.
+    #[serde(skip_serializing_if = "crate::sandbox::SandboxSpec::is_empty")]
+    pub sandbox: crate::sandbox::SandboxSpec,
 }
 
 /// Default `streams.max_streams`.
@@ -405,6 +408,9 @@ pub struct NodeSpec {
     /// Worlds only: scene seed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// More than the node's default sandbox profile (or `"off"`, `"strict"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::sandbox::SandboxSpec>,
 }
 
 /// The keys of [`NodeSpec`], for messages and for the `[worlds]` defaults.
@@ -423,6 +429,7 @@ pub const NODE_SPEC_KEYS: &[&str] = &[
     "tick_hz",
     "entities",
     "seed",
+    "sandbox",
 ];
 
 /// The keys of [`NodeSpec`] that only worlds may use.
@@ -459,6 +466,7 @@ impl NodeSpec {
             tick_hz: pick(&self.tick_hz, &defaults.tick_hz),
             entities: pick(&self.entities, &defaults.entities),
             seed: pick(&self.seed, &defaults.seed),
+            sandbox: pick(&self.sandbox, &defaults.sandbox),
         }
     }
 
@@ -482,6 +490,7 @@ impl NodeSpec {
             ("tick_hz", self.tick_hz.is_some()),
             ("entities", self.entities.is_some()),
             ("seed", self.seed.is_some()),
+            ("sandbox", self.sandbox.is_some()),
         ];
         set.iter()
             .filter(|(k, on)| *on && keys.contains(k))
@@ -689,6 +698,7 @@ impl<'de> Deserialize<'de> for WorldsSection {
                         "tick_hz" => d.tick_hz = Some(map.next_value()?),
                         "entities" => d.entities = Some(map.next_value()?),
                         "seed" => d.seed = Some(map.next_value()?),
+                        "sandbox" => d.sandbox = Some(map.next_value()?),
                         _ => {
                             let spec = map.next_value::<WorldTable>()?.0;
                             out.tables.push((key, spec));

@@ -14,6 +14,7 @@ use syncra_protocol::world::{
 use syncra_protocol::{NodeKind, NodeName, wire};
 
 use crate::model::*;
+use crate::sandbox::{SandboxProfile, SandboxSpec, default_profile};
 
 /// Built-in drivers and the executable each runs by default.
 pub const BUILTIN_DRIVERS: &[(&str, &str)] = &[
@@ -138,6 +139,8 @@ pub struct NodePlan {
     pub settings: Vec<u8>,
     /// For worlds: what the chunk holds.
     pub world: Option<WorldSettings>,
+    /// What it may touch: its kind's defaults with the config's grants.
+    pub sandbox: SandboxProfile,
 }
 
 /// A group of nodes under one policy.
@@ -411,6 +414,8 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
     }
     hooks_problems(&mut problems, "hooks", &config.hooks);
 
+    sandbox_problems(&mut problems, config);
+
     let default_deadline = rt.watch_interval_ms.saturating_mul(rt.missed_beats as u64);
     let mut nodes: Vec<(NodeSpec, NodePlan, String)> = Vec::new();
 
@@ -457,17 +462,26 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
             }
         };
         let settings = spec.settings.clone().unwrap_or_default();
-        let plan = node_plan(
+        let mut plan = node_plan(
             &mut problems,
             &key,
             NodeName::driver(name),
             command,
             &spec,
-            rt,
+            config,
             default_deadline,
             wire::encode(&settings),
             None,
         );
+        if name == "audio" {
+            // The audio driver reads its sounds from `settings.assets` (relative to the
+            // runtime's working directory, as the driver resolves it).
+            let assets = settings
+                .get("assets")
+                .and_then(|v| v.as_str())
+                .unwrap_or(AUDIO_ASSETS);
+            plan.sandbox.read.push(PathBuf::from(assets));
+        }
         nodes.push((spec, plan, key));
     }
     let driver_count = nodes.len();
@@ -585,7 +599,7 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
             NodeName::world(&name),
             command,
             &spec,
-            rt,
+            config,
             default_deadline,
             chunk,
             Some(settings),
@@ -673,6 +687,34 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
     })
 }
 
+/// Where the audio driver finds its sounds unless its settings say otherwise.
+const AUDIO_ASSETS: &str = "assets/sounds";
+
+/// Every `sandbox` of the config checked, each under its own key.
+fn sandbox_problems(problems: &mut Vec<Problem>, config: &SyncraConfig) {
+    let mut specs: Vec<(String, &SandboxSpec)> = vec![("sandbox".to_owned(), &config.sandbox)];
+    for (name, entry) in &config.drivers.0 {
+        if let DriverEntry::Spec(spec) = entry
+            && let Some(s) = &spec.sandbox
+        {
+            specs.push((format!("drivers.{name}.sandbox"), s));
+        }
+    }
+    if let Some(s) = &config.worlds.defaults.sandbox {
+        specs.push(("worlds.sandbox".to_owned(), s));
+    }
+    for (name, spec) in &config.worlds.tables {
+        if let Some(s) = &spec.sandbox {
+            specs.push((format!("worlds.{name}.sandbox"), s));
+        }
+    }
+    for (key, spec) in specs {
+        for (k, message) in spec.problems() {
+            problems.push(problem(format!("{key}.{k}"), message));
+        }
+    }
+}
+
 /// `value` must lie in `min..=max`.
 fn in_range(problems: &mut Vec<Problem>, key: &str, value: u64, min: u64, max: u64, unit: &str) {
     if value < min {
@@ -726,11 +768,17 @@ fn node_plan(
     name: NodeName,
     command: String,
     spec: &NodeSpec,
-    rt: &RuntimeSection,
+    config: &SyncraConfig,
     default_deadline: u64,
     settings: Vec<u8>,
     world: Option<WorldSettings>,
 ) -> NodePlan {
+    let rt = &config.runtime;
+    let mut sandbox = default_profile(name.short(), world.is_some());
+    sandbox.grant(&config.sandbox);
+    if let Some(own) = &spec.sandbox {
+        sandbox.grant(own);
+    }
     if command.trim().is_empty() {
         problems.push(problem(
             format!("{key}.command"),
@@ -813,6 +861,7 @@ fn node_plan(
         hooks,
         settings,
         world,
+        sandbox,
     }
 }
 

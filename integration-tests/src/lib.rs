@@ -58,6 +58,50 @@ pub struct Options {
     pub nofile: Option<u64>,
     /// Extra environment for the runtime (and so for every node).
     pub env: Vec<(String, String)>,
+    /// Run the runtime as this user (the test must be root): from a copy of its binaries
+    /// ([`Staged`]), with the test's directory given to that user.
+    pub user: Option<(u32, Staged)>,
+}
+
+/// Copies of the workspace's binaries in a directory every user can read, so that a runtime
+/// can run as another user wherever the checkout lies.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    dir: std::sync::Arc<tempfile::TempDir>,
+}
+
+impl Staged {
+    /// Copy `names` (and `syncra`, `syncra-world`).
+    pub fn copy(names: &[&str]) -> Staged {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("syncra-staged-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        for name in ["syncra", "syncra-world"].iter().chain(names) {
+            std::fs::copy(workspace_bin(name), dir.path().join(name)).expect("copy a binary");
+        }
+        Staged {
+            dir: std::sync::Arc::new(dir),
+        }
+    }
+
+    /// The copy of `name`.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Give `path` and everything under it to `uid`.
+fn chown_all(path: &Path, uid: u32) {
+    let _ = std::os::unix::fs::chown(path, Some(uid), Some(uid));
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            chown_all(&entry.path(), uid);
+        }
+    }
 }
 
 /// A runtime under test.
@@ -70,6 +114,8 @@ pub struct Harness {
     /// Tag in the environment of every process of this runtime.
     pub tag: String,
     tokio: tokio::runtime::Runtime,
+    /// The copies of the binaries it runs from, when it runs as another user.
+    _staged: Option<Staged>,
 }
 
 /// A runtime's stderr file.
@@ -91,6 +137,19 @@ impl Harness {
             .tempdir()
             .expect("tempdir");
         let config_path = dir.path().join("SyncraConfig.toml");
+        // Helper nodes write their reports into temporary directories: the sandbox must let
+        // them (a test about the sandbox writes its own `[sandbox]`)…
+        let config = if config.contains("[sandbox]") || config.contains("\nsandbox =") {
+            config.to_owned()
+        } else {
+            // …and shell commands exec the helper binaries.
+            let bin_dir = workspace_bin("syncra");
+            format!(
+                "{config}\n[sandbox]\nwrite = [{:?}]\nread = [{:?}]\n",
+                std::env::temp_dir().display().to_string(),
+                bin_dir.parent().unwrap().display().to_string()
+            )
+        };
         std::fs::write(&config_path, config).expect("write config");
         let tag = format!(
             "{}-{}",
@@ -98,7 +157,20 @@ impl Harness {
             dir.path().file_name().unwrap().to_string_lossy()
         );
         let out = std::fs::File::create(output_path(dir.path())).expect("output file");
-        let mut cmd = Command::new(workspace_bin("syncra"));
+        let mut cmd = match &options.user {
+            None => Command::new(workspace_bin("syncra")),
+            Some((uid, staged)) => {
+                use std::os::unix::process::CommandExt;
+                assert!(is_root(), "only root can run the runtime as another user");
+                chown_all(dir.path(), *uid);
+                let mut cmd = Command::new(staged.bin("syncra"));
+                cmd.uid(*uid)
+                    .gid(*uid)
+                    .env("HOME", dir.path())
+                    .env_remove("XDG_RUNTIME_DIR");
+                cmd
+            }
+        };
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
@@ -141,6 +213,7 @@ impl Harness {
             child: Some(child),
             tag,
             tokio,
+            _staged: options.user.map(|(_, staged)| staged),
         }
     }
 

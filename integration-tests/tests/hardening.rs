@@ -21,7 +21,15 @@ fn start(config: &str, nofile: Option<u64>) -> Harness {
         "SYNCRA_LOG".to_owned(),
         "info,syncra_protocol=debug".to_owned(),
     )];
-    Harness::start_with(config, &[], Options { nofile, env })
+    Harness::start_with(
+        config,
+        &[],
+        Options {
+            nofile,
+            env,
+            ..Options::default()
+        },
+    )
 }
 
 /// The ports the cluster listeners of the runtime and of every node in `names` were bound to

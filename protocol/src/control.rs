@@ -211,4 +211,6 @@ pub enum ControlErrorKind {
     Undelivered,
     /// The callee answered a call from the command line with an error.
     Remote,
+    /// The client is not allowed to control the runtime (a process of one of its nodes).
+    Forbidden,
 }

@@ -260,6 +260,21 @@ pub struct NodeView {
     /// null (no audio device)". `null` when it says nothing or is not running.
     #[serde(default)]
     pub note: Option<String>,
+    /// What the sandbox of the current (or last) incarnation enforces, and what it could not.
+    #[serde(default)]
+    pub sandbox: Option<SandboxStatus>,
+}
+
+/// What a node's sandbox enforces on this machine, and what it could not and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxStatus {
+    /// `strict`, `permissive` or `off`.
+    pub mode: String,
+    /// The rules in force: "filesystem: read 14 paths, write 2 (Landlock ABI 7)".
+    pub enforced: Vec<String>,
+    /// The rules that are not, each with its reason: "processes: root is exempt from
+    /// RLIMIT_NPROC (…)".
+    pub not_enforced: Vec<String>,
 }
 
 /// Facts about the runtime process itself.

@@ -187,6 +187,21 @@ impl Drop for Admitted {
     }
 }
 
+/// The node whose process group `pid` belongs to: every node leads its own group, and its
+/// sandbox keeps it and its children from leaving it (`setsid` and `setpgid` are refused).
+fn node_of(runtime: &Runtime, pid: rustix::process::Pid) -> Option<syncra_protocol::NodeName> {
+    let group = rustix::process::getpgid(Some(pid))
+        .ok()?
+        .as_raw_nonzero()
+        .get() as u32;
+    runtime
+        .status()
+        .nodes
+        .into_iter()
+        .find(|n| n.pid == Some(group) || n.spare_pid == Some(group))
+        .map(|n| n.name)
+}
+
 /// Serve the control socket until the task is aborted.
 pub(crate) async fn serve(listener: UnixListener, runtime: Runtime) {
     let us = rustix::process::getuid();
@@ -206,8 +221,26 @@ pub(crate) async fn serve(listener: UnixListener, runtime: Runtime) {
             }
         };
         match rustix::net::sockopt::socket_peercred(&stream) {
-            // The runtime's own user, or root.
-            Ok(cred) if cred.uid == us || cred.uid.is_root() => {}
+            // The runtime's own user, or root, but not one of the runtime's own nodes (or what
+            // a node started): a sandboxed node shares the runtime's user, and Landlock does
+            // not keep it from connecting to a socket by its path.
+            Ok(cred) if cred.uid == us || cred.uid.is_root() => {
+                if let Some(node) = node_of(&runtime, cred.pid) {
+                    tracing::warn!(%node, pid = cred.pid.as_raw_nonzero().get(), "refused a control connection from a process of a node");
+                    let reply = error(
+                        ControlErrorKind::Forbidden,
+                        format!("the processes of node `{node}` may not control the runtime"),
+                    );
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(
+                            WRITE_TIMEOUT,
+                            write_frame(&mut stream, &wire::encode(&reply)),
+                        )
+                        .await;
+                    });
+                    continue;
+                }
+            }
             _ => {
                 tracing::warn!("refused a control connection from another user");
                 continue;

@@ -176,6 +176,7 @@ impl HookRunner {
             env,
             fds: Vec::new(),
             capture_output: true,
+            sandbox: None,
         };
         let started = std::time::Instant::now();
         let spawned = match self.spawner.spawn(spec).await {

@@ -26,7 +26,8 @@
 //!
 //! Modules, from the outside in: [`runtime`] (the API), `control` (the socket), `supervisor`
 //! (the actors and the restart policy), `cluster` (the hub node and gateway), `spawn` (the one
-//! spawn path), `registry` (node state), [`hooks`] and [`logs`].
+//! spawn path), [`sandbox`] (what the spawn path confines each node to), `registry` (node
+//! state), [`hooks`] and [`logs`].
 
 #![warn(missing_docs)]
 
@@ -41,6 +42,7 @@ mod root;
 mod router;
 mod rundir;
 pub mod runtime;
+pub mod sandbox;
 mod spawn;
 mod supervisor;
 mod watchdog;
@@ -51,7 +53,7 @@ pub use control::{
 pub use hooks::{HookContext, HookFn};
 pub use rundir::RunDirError;
 pub use runtime::{Runtime, RuntimeBuilder, ShutdownReport, StartError};
-pub use spawn::{SpawnError, command_problems};
+pub use spawn::{SpawnError, command_problems, resolve_program};
 pub use supervisor::ShutdownCause;
 pub use syncra_config as config;
 pub use syncra_protocol as protocol;

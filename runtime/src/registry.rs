@@ -97,6 +97,7 @@ impl Registry {
                     spare_pid: None,
                     figures: Vec::new(),
                     note: None,
+                    sandbox: None,
                 },
                 ready_since: None,
                 page: None,

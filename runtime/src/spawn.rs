@@ -48,6 +48,19 @@ pub(crate) struct SpawnSpec {
     pub(crate) fds: Vec<(OwnedFd, RawFd)>,
     /// Capture stdout and stderr through pipes (otherwise they go to /dev/null).
     pub(crate) capture_output: bool,
+    /// The node's sandbox, applied before exec (none for hooks).
+    pub(crate) sandbox: Option<SandboxRequest>,
+}
+
+/// The sandbox a node is spawned in.
+#[derive(Debug, Clone)]
+pub(crate) struct SandboxRequest {
+    /// The node, for messages.
+    pub(crate) node: String,
+    /// Its profile, as planned.
+    pub(crate) profile: syncra_config::sandbox::SandboxProfile,
+    /// Its private directory (created at spawn; its `TMPDIR`).
+    pub(crate) node_dir: Option<PathBuf>,
 }
 
 /// How a process ended.
@@ -165,6 +178,8 @@ pub(crate) struct Spawned {
     pub(crate) stdout: Option<pipe::Receiver>,
     /// Its stderr, when captured.
     pub(crate) stderr: Option<pipe::Receiver>,
+    /// What its sandbox enforces, when it has one.
+    pub(crate) sandbox: Option<syncra_protocol::status::SandboxStatus>,
 }
 
 /// Why a process could not be spawned.
@@ -200,6 +215,9 @@ pub enum SpawnError {
     /// The spawner thread is gone (the runtime is exiting).
     #[error("the spawner thread is gone")]
     SpawnerGone,
+    /// `sandbox = "strict"` and a rule cannot be enforced on this machine.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::Unenforceable),
 }
 
 impl SpawnError {
@@ -207,7 +225,7 @@ impl SpawnError {
     pub(crate) fn is_permanent(&self) -> bool {
         matches!(
             self,
-            SpawnError::NotFound { .. } | SpawnError::NotExecutable { .. }
+            SpawnError::NotFound { .. } | SpawnError::NotExecutable { .. } | SpawnError::Sandbox(_)
         )
     }
 
@@ -308,6 +326,22 @@ struct ChildArgs {
     parent: libc::pid_t,
     /// Highest fd the child keeps; everything above is closed before exec.
     keep_up_to: c_int,
+    /// Sandbox: `PR_SET_NO_NEW_PRIVS`.
+    no_new_privs: bool,
+    /// Sandbox: the Landlock ruleset fd, or -1.
+    landlock_fd: c_int,
+    /// Sandbox: seccomp programs, installed in order.
+    seccomp: *const libc::sock_fprog,
+    seccomp_len: usize,
+    /// Sandbox: resource limits.
+    rlimits: *const (libc::__rlimit_resource_t, libc::rlimit),
+    rlimits_len: usize,
+    /// Sandbox, in a new user namespace: what to write to `/proc/self/{uid_map,setgroups,
+    /// gid_map}` (NUL-terminated, with their lengths), or null.
+    uid_map: *const u8,
+    uid_map_len: usize,
+    gid_map: *const u8,
+    gid_map_len: usize,
     /// Set by the child when a step fails: which step ([`Step`]) and its errno.
     step: c_int,
     errno: c_int,
@@ -321,6 +355,11 @@ enum Step {
     ProcessGroup = 2,
     PlaceFds = 3,
     Exec = 4,
+    UserNamespace = 5,
+    NoNewPrivs = 6,
+    Landlock = 7,
+    Limits = 8,
+    Seccomp = 9,
 }
 
 impl Step {
@@ -330,6 +369,11 @@ impl Step {
             Step::ProcessGroup,
             Step::PlaceFds,
             Step::Exec,
+            Step::UserNamespace,
+            Step::NoNewPrivs,
+            Step::Landlock,
+            Step::Limits,
+            Step::Seccomp,
         ]
         .into_iter()
         .find(|s| *s as c_int == v)
@@ -341,6 +385,11 @@ impl Step {
             Step::ProcessGroup => "creating its process group",
             Step::PlaceFds => "placing its inherited fds",
             Step::Exec => "exec",
+            Step::UserNamespace => "mapping its user namespace",
+            Step::NoNewPrivs => "setting no_new_privs",
+            Step::Landlock => "entering its Landlock domain",
+            Step::Limits => "setting its resource limits",
+            Step::Seccomp => "installing its seccomp filter",
         }
     }
 }
@@ -366,6 +415,47 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         }
         if libc::setpgid(0, 0) != 0 {
             fail(a, Step::ProcessGroup);
+        }
+        if !a.uid_map.is_null() {
+            // A new user namespace: map the user (and group) to itself.
+            let write = |path: &[u8], data: *const u8, len: usize| -> bool {
+                let fd = libc::open(path.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return false;
+                }
+                let ok = libc::write(fd, data.cast(), len) == len as isize;
+                libc::close(fd);
+                ok
+            };
+            if !write(b"/proc/self/uid_map\0", a.uid_map, a.uid_map_len)
+                || !write(b"/proc/self/setgroups\0", b"deny".as_ptr(), 4)
+                || !write(b"/proc/self/gid_map\0", a.gid_map, a.gid_map_len)
+            {
+                fail(a, Step::UserNamespace);
+            }
+        }
+        if a.no_new_privs {
+            // No capabilities, even for a node of a root runtime: an empty bounding set
+            // leaves exec nothing to grant. (An ordinary user has none to drop and may not
+            // change the set; that is not an error.)
+            for cap in 0..=63 {
+                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+            }
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+        }
+        if a.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(a, Step::NoNewPrivs);
+        }
+        if a.landlock_fd >= 0
+            && libc::syscall(libc::SYS_landlock_restrict_self, a.landlock_fd, 0u32) != 0
+        {
+            fail(a, Step::Landlock);
         }
         for i in 0..a.moves_len {
             let (src, dst) = *a.moves.add(i);
@@ -401,9 +491,27 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 libc::sigaction(sig, &dfl, std::ptr::null_mut());
             }
         }
+        for i in 0..a.rlimits_len {
+            let (resource, limit) = *a.rlimits.add(i);
+            if libc::setrlimit(resource, &limit) != 0 {
+                fail(a, Step::Limits);
+            }
+        }
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // Last: from here on the filter refuses what it refuses (setpgid, among others).
+        for i in 0..a.seccomp_len {
+            if libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0u32,
+                a.seccomp.add(i),
+            ) != 0
+            {
+                fail(a, Step::Seccomp);
+            }
+        }
         libc::execve(a.path, a.argv, a.envp);
         fail(a, Step::Exec)
     }
@@ -414,6 +522,60 @@ fn cstring(what: &str, bytes: &[u8]) -> std::io::Result<CString> {
 }
 
 fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
+    let Some(req) = &spec.sandbox else {
+        return spawn_with(&spec, &crate::sandbox::Prepared::default(), stack).map_err(|e| e.error);
+    };
+    let prepare = || {
+        crate::sandbox::prepare(
+            &req.node,
+            &req.profile,
+            &spec.program,
+            req.node_dir.as_deref(),
+        )
+    };
+    let prepared = prepare()?;
+    match spawn_with(&spec, &prepared, stack) {
+        Err(Failed {
+            userns: Some(errno),
+            ..
+        }) => {
+            // This kernel (or its policy) refuses unprivileged user namespaces: never again
+            // in this runtime; the node gets what can be had without one.
+            tracing::debug!(errno, "no user namespace for a sandboxed node");
+            crate::sandbox::userns_refused(errno);
+            let prepared = prepare()?;
+            spawn_with(&spec, &prepared, stack).map_err(|e| e.error)
+        }
+        Err(e) => Err(e.error),
+        Ok(spawned) => {
+            if prepared.clone_flags & libc::CLONE_NEWUSER != 0 {
+                crate::sandbox::userns_worked();
+            }
+            Ok(spawned)
+        }
+    }
+}
+
+/// A failed spawn, and whether it failed because a user namespace was refused (its errno).
+struct Failed {
+    error: SpawnError,
+    userns: Option<i32>,
+}
+
+impl From<SpawnError> for Failed {
+    fn from(error: SpawnError) -> Failed {
+        Failed {
+            error,
+            userns: None,
+        }
+    }
+}
+
+fn spawn_with(
+    spec: &SpawnSpec,
+    prepared: &crate::sandbox::Prepared,
+    stack: &mut [u8],
+) -> Result<Spawned, Failed> {
     let program_name = spec.program.display().to_string();
     let io_err = |step: &'static str| {
         let program = program_name.clone();
@@ -434,7 +596,11 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
         .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
-    for (k, v) in &spec.env {
+    let tmp = prepared
+        .tmp_dir
+        .as_ref()
+        .map(|d| ("TMPDIR".to_owned(), d.display().to_string()));
+    for (k, v) in spec.env.iter().chain(tmp.as_ref()) {
         env.retain(|(ek, _)| ek != k.as_bytes());
         env.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
     }
@@ -508,6 +674,21 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
         .map(|(fd, target)| (fd.as_raw_fd(), *target))
         .collect();
 
+    let fprogs: Vec<libc::sock_fprog> = prepared
+        .seccomp
+        .iter()
+        .map(|prog| libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr() as *mut libc::sock_filter,
+        })
+        .collect();
+    let (uid_map, gid_map) = match prepared.map_ids {
+        Some((uid, gid)) => (
+            format!("{uid} {uid} 1\n").into_bytes(),
+            format!("{gid} {gid} 1\n").into_bytes(),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
     let mut args = ChildArgs {
         path: path.as_ptr(),
         argv: argv.as_ptr(),
@@ -516,6 +697,20 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
         moves_len: moves.len(),
         parent: rustix::process::getpid().as_raw_nonzero().get(),
         keep_up_to: moves.iter().map(|(_, dst)| *dst).max().unwrap_or(2),
+        no_new_privs: prepared.no_new_privs,
+        landlock_fd: prepared.landlock.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        seccomp: fprogs.as_ptr(),
+        seccomp_len: fprogs.len(),
+        rlimits: prepared.rlimits.as_ptr(),
+        rlimits_len: prepared.rlimits.len(),
+        uid_map: if prepared.map_ids.is_some() {
+            uid_map.as_ptr()
+        } else {
+            std::ptr::null()
+        },
+        uid_map_len: uid_map.len(),
+        gid_map: gid_map.as_ptr(),
+        gid_map_len: gid_map.len(),
         step: 0,
         errno: 0,
     };
@@ -532,13 +727,30 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
         libc::clone(
             child_main,
             stack_top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            libc::CLONE_VM
+                | libc::CLONE_VFORK
+                | libc::CLONE_PIDFD
+                | libc::SIGCHLD
+                | prepared.clone_flags,
             (&mut args as *mut ChildArgs).cast::<c_void>(),
             &mut pidfd as *mut c_int,
         )
     };
     if pid < 0 {
-        return Err(io_err("clone")(std::io::Error::last_os_error()));
+        let e = std::io::Error::last_os_error();
+        let userns = (prepared.clone_flags & libc::CLONE_NEWUSER != 0)
+            .then(|| e.raw_os_error())
+            .flatten()
+            .filter(|errno| {
+                matches!(
+                    *errno,
+                    libc::EPERM | libc::EINVAL | libc::ENOSPC | libc::EUSERS | libc::EACCES
+                )
+            });
+        return Err(Failed {
+            error: io_err("clone")(e),
+            userns,
+        });
     }
     // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd, owned by nobody else, in `pidfd`.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
@@ -549,7 +761,13 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
         // The child reported a failed step and exited: reap it and say why.
         let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
         let e = std::io::Error::from_raw_os_error(args.errno);
-        return Err(match Step::from_raw(args.step) {
+        if matches!(Step::from_raw(args.step), Some(Step::UserNamespace)) {
+            return Err(Failed {
+                error: SpawnError::io(program_name, Step::UserNamespace.describe(), e),
+                userns: Some(args.errno),
+            });
+        }
+        return Err(Failed::from(match Step::from_raw(args.step) {
             Some(Step::Exec) => match args.errno {
                 libc::ENOENT => SpawnError::NotFound { program: program_name, searched: String::new() },
                 libc::EACCES | libc::EPERM => {
@@ -563,7 +781,7 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
             },
             Some(step) => SpawnError::io(program_name, step.describe(), e),
             None => io_err("starting the child")(e),
-        });
+        }));
     }
     let signal_fd = pidfd.try_clone();
     let process = Process {
@@ -586,12 +804,13 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
         signal_fd,
         stdout,
         stderr,
+        sandbox: spec.sandbox.as_ref().map(|_| prepared.status.clone()),
     })
 }
 
 /// Resolve a configured command to an executable path: a command containing `/` is a path;
 /// a bare name is looked for in each of `bin_dirs` (next to `syncra` first), then on `PATH`.
-pub(crate) fn resolve_program(command: &str, bin_dirs: &[PathBuf]) -> Result<PathBuf, SpawnError> {
+pub fn resolve_program(command: &str, bin_dirs: &[PathBuf]) -> Result<PathBuf, SpawnError> {
     if command.contains('/') {
         let path = PathBuf::from(command);
         return check_executable(command, &path).map(|()| path);
@@ -742,6 +961,7 @@ mod tests {
                 .collect(),
             fds,
             capture_output: true,
+            sandbox: None,
         }
     }
 

@@ -8,6 +8,7 @@
 //! syncra-bench --kit-only      only the driver kit's rows
 //! syncra-bench --render-only [--renderer-kills 20] [--seconds 5]   only the window and renderer's
 //! syncra-bench --sound-only [--audio-seconds 60] [--keys 200] [--sound-requests 100] [--audio-kills 20]
+//! syncra-bench --sandbox-only [--sandbox-kills 40] [--tick-seconds 5]   the sandbox's cost
 //!                                                                  only the audio and input drivers'
 //! ```
 
@@ -32,6 +33,8 @@ mod kit;
 mod render;
 #[path = "bench/routing.rs"]
 mod routing;
+#[path = "bench/sandbox.rs"]
+mod sandbox;
 #[path = "bench/sound.rs"]
 mod sound;
 #[path = "bench/streams.rs"]
@@ -453,6 +456,15 @@ fn main() {
         );
         return print(rows);
     }
+    if argv.iter().any(|a| a == "--sandbox-only") {
+        let mut rows = Vec::new();
+        sandbox::all(
+            arg("--sandbox-kills", 40),
+            arg("--tick-seconds", 5) as u64,
+            &mut rows,
+        );
+        return print(rows);
+    }
     if argv.iter().any(|a| a == "--sound-only") {
         let mut rows = Vec::new();
         sound::all(
@@ -512,6 +524,11 @@ fn main() {
             arg("--keys", 200),
             arg("--sound-requests", 100),
             arg("--audio-kills", 20),
+            &mut rows,
+        );
+        sandbox::all(
+            arg("--sandbox-kills", 40),
+            arg("--tick-seconds", 5) as u64,
             &mut rows,
         );
     }

@@ -848,6 +848,178 @@ fn main() {
                 beat(&node);
             }
         }
+        // A node that misbehaves on purpose (the sandbox tests): every attempt and what came
+        // of it goes to `out` as {"attack", "outcome"} and to its log.
+        "attack" => {
+            node.ready();
+            let report = |out: &mut Out, attack: &str, outcome: Result<String, String>| {
+                let outcome = match outcome {
+                    Ok(what) => format!("ALLOWED: {what}"),
+                    Err(e) => format!("denied: {e}"),
+                };
+                eprintln!("attack: {attack}: {outcome}");
+                out.line(serde_json::json!({ "attack": attack, "outcome": outcome }));
+            };
+            let errno = || std::io::Error::last_os_error().to_string();
+            report(
+                &mut out,
+                "read a secret",
+                std::fs::read_to_string(opt("secret"))
+                    .map(|s| format!("read {} bytes", s.len()))
+                    .map_err(|e| e.to_string()),
+            );
+            report(
+                &mut out,
+                "write outside",
+                std::fs::write(opt("outside"), "pwned")
+                    .map(|()| "wrote".to_owned())
+                    .map_err(|e| e.to_string()),
+            );
+            let port: u16 = opt("port").parse().unwrap_or(1);
+            report(
+                &mut out,
+                "tcp connect",
+                std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    Duration::from_secs(2),
+                )
+                .map(|_| format!("connected to 127.0.0.1:{port}"))
+                .map_err(|e| e.to_string()),
+            );
+            report(
+                &mut out,
+                "udp send",
+                std::net::UdpSocket::bind("127.0.0.1:0")
+                    .and_then(|u| u.send_to(b"x", ("127.0.0.1", port)))
+                    .map(|n| format!("sent {n} bytes"))
+                    .map_err(|e| e.to_string()),
+            );
+            report(
+                &mut out,
+                "raw socket",
+                // SAFETY: socket(2) has no memory preconditions; the fd is closed at once.
+                match unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) } {
+                    fd if fd >= 0 => {
+                        // SAFETY: closing the fd just opened.
+                        unsafe { libc::close(fd) };
+                        Ok("opened a packet socket".into())
+                    }
+                    _ => Err(errno()),
+                },
+            );
+            // The runtime's control socket, found where the test keeps its run directory.
+            if let Some(dir) = std::env::var_os("SYNCRA_TEST_DIR") {
+                let run_dir = std::path::Path::new(&dir).join("run");
+                let answer = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio")
+                    .block_on(async {
+                        let client = syncra_runtime::ControlClient::connect(&run_dir).await?;
+                        client
+                            .request(syncra_protocol::control::ControlRequest::Status)
+                            .await
+                    });
+                report(
+                    &mut out,
+                    "control socket",
+                    match answer {
+                        Ok(syncra_protocol::control::ControlReply::Status(s)) => {
+                            Ok(format!("status of {} nodes", s.nodes.len()))
+                        }
+                        Ok(other) => Err(format!("{other:?}")),
+                        Err(e) => Err(e.to_string()),
+                    },
+                );
+            }
+            // The targets (other nodes, the runtime) arrive in a file once the test knows them.
+            let targets_file = opt("targets");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let targets = loop {
+                if let Ok(t) = std::fs::read_to_string(&targets_file)
+                    && t.ends_with('\n')
+                {
+                    break t;
+                }
+                if Instant::now() > deadline
+                    || node.sleep_until(Instant::now() + Duration::from_millis(20))
+                {
+                    break String::new();
+                }
+                beat(&node);
+            };
+            for pid in targets
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                report(
+                    &mut out,
+                    &format!("signal {pid}"),
+                    // Signal 0: the permission check of a signal, without the harm.
+                    // SAFETY: kill(2) has no memory preconditions.
+                    match unsafe { libc::kill(pid, 0) } {
+                        0 => Ok("may signal it".into()),
+                        _ => Err(errno()),
+                    },
+                );
+                report(
+                    &mut out,
+                    &format!("ptrace {pid}"),
+                    // SAFETY: ptrace(2) attach has no memory preconditions.
+                    match unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0) } {
+                        0 => Ok("attached".into()),
+                        _ => Err(errno()),
+                    },
+                );
+                report(
+                    &mut out,
+                    &format!("memory {pid}"),
+                    std::fs::read(format!("/proc/{pid}/mem"))
+                        .map(|b| format!("read {} bytes", b.len()))
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            out.line(serde_json::json!({ "done": true }));
+            while !node.sleep_until(Instant::now() + Duration::from_millis(20)) {
+                beat(&node);
+            }
+        }
+        // Allocates until it cannot (its memory limit): Rust aborts on a failed allocation.
+        "hog" => {
+            node.ready();
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            loop {
+                let mut chunk = vec![0u8; 16 << 20];
+                chunk.iter_mut().step_by(4096).for_each(|b| *b = 1);
+                held.push(chunk);
+                out.line(serde_json::json!({ "held_mb": held.len() * 16 }));
+                beat(&node);
+            }
+        }
+        // Forks until it cannot; the children wait to be killed with the node's group.
+        "forkbomb" => {
+            node.ready();
+            let mut children = 0u64;
+            let refused = loop {
+                // SAFETY: the child only calls pause and _exit, both async-signal-safe.
+                match unsafe { libc::fork() } {
+                    // SAFETY: pause and _exit are async-signal-safe.
+                    0 => unsafe {
+                        libc::pause();
+                        libc::_exit(0)
+                    },
+                    -1 => break std::io::Error::last_os_error().to_string(),
+                    _ => children += 1,
+                }
+                if children >= num("max", 100_000) {
+                    break "stopped at max".into();
+                }
+            };
+            out.line(serde_json::json!({ "children": children, "refused": refused }));
+            while !node.sleep_until(Instant::now() + Duration::from_millis(20)) {
+                beat(&node);
+            }
+        }
         "consumer" => {
             let stream = opt("stream");
             // `wait=0`: only a stream that exists now; otherwise attach whenever it appears.

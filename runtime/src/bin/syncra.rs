@@ -331,6 +331,7 @@ fn check_config(args: ConfigArgs) -> ExitCode {
                     n.heartbeat.deadline_ms
                 );
             }
+            print_sandboxes(&loaded);
             println!(
                 "# run dir {}, logs {}, crash records {}",
                 loaded.plan.runtime.run_dir.display(),
@@ -343,6 +344,43 @@ fn check_config(args: ConfigArgs) -> ExitCode {
             eprintln!("syncra: {e}");
             ExitCode::from(EXIT_USAGE)
         }
+    }
+}
+
+/// Each node's effective sandbox profile, and what this machine can enforce of it.
+fn print_sandboxes(loaded: &syncra_runtime::config::Loaded) {
+    let support = syncra_runtime::sandbox::support();
+    println!(
+        "\n# Sandboxes (this machine: Landlock ABI {}{}, seccomp {}, {}):",
+        support.landlock_abi,
+        if support.landlock_abi == 0 {
+            " (none)"
+        } else {
+            ""
+        },
+        if support.seccomp { "yes" } else { "no" },
+        if support.root {
+            "root: network namespaces without user namespaces; RLIMIT_NPROC does not apply"
+        } else {
+            "an ordinary user: network namespaces through user namespaces"
+        }
+    );
+    let bin_dirs: Vec<PathBuf> = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned))
+        .into_iter()
+        .collect();
+    for n in loaded.plan.nodes() {
+        let program = syncra_runtime::resolve_program(&n.command, &bin_dirs)
+            .unwrap_or_else(|_| PathBuf::from(&n.command));
+        let node_dir = loaded
+            .plan
+            .runtime
+            .run_dir
+            .join("nodes")
+            .join(n.name.file_stem());
+        let p = syncra_runtime::sandbox::effective(&n.sandbox, &program, Some(&node_dir));
+        println!("# - {:<20} {}", n.name.to_string(), p.describe());
     }
 }
 

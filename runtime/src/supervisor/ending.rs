@@ -41,6 +41,8 @@ pub(crate) struct Facts<'a> {
     pub(crate) note: Option<&'a str>,
     pub(crate) deadline_ms: u64,
     pub(crate) start_timeout: Duration,
+    /// The sandbox limit that ended it ("memory limit 256 MiB"), when one did.
+    pub(crate) limit: Option<&'a str>,
 }
 
 /// The verdict on an end.
@@ -111,6 +113,10 @@ pub(crate) fn assess(f: &Facts<'_>) -> Assessment {
             _ => "ended".into(),
         },
     };
+    let detail = match f.limit {
+        Some(limit) => format!("killed: {limit} reached ({detail})"),
+        None => detail,
+    };
     // What the node said about its own exit (a refused setting, a failed start).
     let detail = match f.note {
         Some(note) if reason != Reason::Requested => format!("{detail}: {note}"),
@@ -137,6 +143,7 @@ mod tests {
             note: None,
             deadline_ms: 300,
             start_timeout: Duration::from_secs(10),
+            limit: None,
         }
     }
 

@@ -25,7 +25,7 @@ use syncra_protocol::broker::BROKER_FD;
 use syncra_protocol::crash::{CrashRecord, Decision, ExitSummary, PanicReport, Reason};
 use syncra_protocol::node::{NodeInbox, NodeToRuntime, RuntimeToNode, agent_group};
 use syncra_protocol::page::NodePage;
-use syncra_protocol::status::{EventKind, LifecycleEvent};
+use syncra_protocol::status::{EventKind, LifecycleEvent, SandboxStatus};
 use syncra_protocol::{NodeKind, NodeName, NodeState, PROTOCOL_VERSION, wire};
 use tokio::io::AsyncWriteExt;
 
@@ -37,7 +37,7 @@ use crate::cluster::HUB_NAME;
 use crate::hooks::HookContext;
 use crate::logs;
 use crate::registry::Route;
-use crate::spawn::{Exit, SpawnError, SpawnSpec, resolve_program, signal};
+use crate::spawn::{Exit, SandboxRequest, SpawnError, SpawnSpec, resolve_program, signal};
 
 /// How long the exit handler waits for a dead child's pipes to drain.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(300);
@@ -181,6 +181,8 @@ struct Launched {
     broker_ours: OwnedFd,
     page: Arc<NodePage>,
     log_path: std::path::PathBuf,
+    /// What its sandbox enforces.
+    sandbox: Option<SandboxStatus>,
 }
 
 impl Launched {
@@ -191,6 +193,35 @@ impl Launched {
             .is_ok()
             .then_some(self)
     }
+}
+
+/// The resource limit of its sandbox that ended an incarnation, in words ("memory limit 256
+/// MiB"), when its end shows one: an allocation that failed (Rust, C++ and glibc say so on
+/// stderr before aborting) under a memory limit, or SIGXCPU under a CPU limit.
+fn limit_reached(
+    profile: &syncra_config::sandbox::SandboxProfile,
+    termination: Termination,
+    stderr: &[String],
+) -> Option<String> {
+    if profile.mode == syncra_config::sandbox::SandboxMode::Off {
+        return None;
+    }
+    let crashed = matches!(termination, Termination::Signal(_) | Termination::Code(_));
+    if profile.memory_mb > 0 && crashed {
+        let allocation_failed = stderr.iter().rev().take(20).any(|l| {
+            l.contains("memory allocation of")
+                || l.contains("std::bad_alloc")
+                || l.contains("Cannot allocate memory")
+                || l.contains("out of memory")
+        });
+        if allocation_failed && termination != Termination::Code(0) {
+            return Some(format!("memory limit {} MiB", profile.memory_mb));
+        }
+    }
+    if profile.cpu_seconds > 0 && termination == Termination::Signal(libc::SIGXCPU) {
+        return Some(format!("CPU time limit {} s", profile.cpu_seconds));
+    }
+    None
 }
 
 /// Write as much of `frame` as the socket takes now.
@@ -246,6 +277,8 @@ pub(crate) struct SupState {
     spare: Option<Launched>,
     /// Spawn attempts in a row that found the machine out of a resource.
     resource_waits: u32,
+    /// Whether what its sandbox cannot enforce here has been said (once per node).
+    sandbox_warned: bool,
 }
 
 impl Actor for NodeSupervisor {
@@ -273,6 +306,7 @@ impl Actor for NodeSupervisor {
             after: After::Decide,
             stop_waiters: Vec::new(),
             spare: None,
+            sandbox_warned: false,
             resource_waits: 0,
         })
     }
@@ -711,8 +745,20 @@ impl SupState {
                 (broker_theirs, BROKER_FD),
             ],
             capture_output: true,
+            sandbox: Some(SandboxRequest {
+                node: self.plan.name.to_string(),
+                profile: self.plan.sandbox.clone(),
+                node_dir: Some(
+                    self.ctx
+                        .runtime
+                        .run_dir
+                        .join("nodes")
+                        .join(self.plan.name.file_stem()),
+                ),
+            }),
         };
         let spawned = self.ctx.spawner.spawn(spec).await?;
+        let sandbox = spawned.sandbox.clone();
         let pid = spawned.pid;
         let log_path = self
             .ctx
@@ -762,6 +808,7 @@ impl SupState {
             broker_ours,
             page,
             log_path,
+            sandbox,
         })
     }
 
@@ -784,7 +831,22 @@ impl SupState {
             broker_ours,
             page,
             log_path,
+            sandbox,
         } = launched;
+        if let Some(status) = &sandbox
+            && !status.not_enforced.is_empty()
+            && !self.sandbox_warned
+        {
+            self.sandbox_warned = true;
+            tracing::warn!(
+                node = %self.plan.name,
+                not_enforced = %status.not_enforced.join("; "),
+                "its sandbox is not complete on this machine (sandbox = \"strict\" would refuse to start it)"
+            );
+        }
+        self.ctx
+            .registry
+            .update(&self.plan.name, |r| r.view.sandbox = sandbox);
         let token = new_token().map_err(|e| io("generating the node token", e))?;
         let cluster_name = format!("{}#{incarnation}", self.plan.name);
         let group = agent_group(&cluster_name);
@@ -1196,6 +1258,8 @@ impl SupState {
             note: report.note.as_deref(),
             deadline_ms: self.plan.heartbeat.deadline_ms,
             start_timeout: self.plan.start_timeout,
+            limit: limit_reached(&self.plan.sandbox, report.termination, &report.stderr_tail)
+                .as_deref(),
         });
         let mut summary = ExitSummary {
             unix_ms: logs::unix_ms(report.at),

@@ -1,0 +1,452 @@
+//! Sandbox profiles: what each node may touch. `[sandbox]` sets the mode and grants for every
+//! node; `[drivers.<name>.sandbox]` / `[worlds.<name>.sandbox]` (or `[worlds] sandbox`) grant
+//! one node more. The runtime enforces a resolved [`SandboxProfile`] on Linux when it spawns
+//! the node (Landlock, seccomp, a network namespace, resource limits, no_new_privs).
+//!
+//! Defaults by kind: every node may read the system (`/usr`, `/lib*`, `/bin`, `/sbin`, `/etc`,
+//! `/proc`, `/sys`) and its own program's directory, write nothing but `/dev/null`, reach no
+//! network, and use no device. The built-in drivers add what they need: the renderer the GPU
+//! and the display, the window the display, audio the sound device and its assets, input the
+//! input devices. A custom driver gets exactly the base unless config grants more.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// How hard the sandbox is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxMode {
+    /// Every rule that cannot be enforced here is a start failure.
+    Strict,
+    /// What cannot be enforced here is skipped and said once (status and the log).
+    #[default]
+    Permissive,
+    /// No sandbox (only the death signal and the process group).
+    Off,
+}
+
+impl SandboxMode {
+    /// As config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxMode::Strict => "strict",
+            SandboxMode::Permissive => "permissive",
+            SandboxMode::Off => "off",
+        }
+    }
+}
+
+/// Where a node may connect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Nowhere: its own network namespace (its cluster listener on a loopback nobody else
+    /// reaches), or, where there is none, no TCP connect and no bind but the listener's.
+    #[default]
+    None,
+    /// The host's network, as any program has it.
+    Any,
+}
+
+/// A class of device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// `/dev/dri`, `/dev/nvidia*`, and Mesa's shader cache.
+    Gpu,
+    /// The X11 and Wayland sockets (`/tmp/.X11-unix`, `$XDG_RUNTIME_DIR`).
+    Display,
+    /// `/dev/snd` and the sound servers' sockets.
+    Sound,
+    /// `/dev/input`, `/dev/hidraw*`, `/run/udev`.
+    Input,
+}
+
+/// Grants in config: added to the node's defaults (lists), or replacing them (values).
+/// Written as a table, or as a mode alone: `sandbox = "strict"`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SandboxSpec {
+    /// The mode (`strict`, `permissive`, `off`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<SandboxMode>,
+    /// More paths it may read (and execute), recursively.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<PathBuf>,
+    /// More paths it may read and write, recursively.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write: Vec<PathBuf>,
+    /// Where it may connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// More devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
+    /// Most memory it may allocate (RLIMIT_DATA), MiB; 0: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// Most open files (RLIMIT_NOFILE); 0: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+    /// Most CPU time, seconds (RLIMIT_CPU); 0: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<u64>,
+    /// Most processes and threads it may add (RLIMIT_NPROC over what its user runs at
+    /// spawn); 0: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+}
+
+/// The table form of [`SandboxSpec`] (the string form is its mode alone).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecTable {
+    #[serde(default)]
+    mode: Option<SandboxMode>,
+    #[serde(default)]
+    read: Vec<PathBuf>,
+    #[serde(default)]
+    write: Vec<PathBuf>,
+    #[serde(default)]
+    network: Option<Network>,
+    #[serde(default)]
+    devices: Vec<Device>,
+    #[serde(default)]
+    memory_mb: Option<u64>,
+    #[serde(default)]
+    open_files: Option<u64>,
+    #[serde(default)]
+    cpu_seconds: Option<u64>,
+    #[serde(default)]
+    processes: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for SandboxSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SandboxSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mode (\"strict\", \"permissive\" or \"off\") or a table of grants")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SandboxSpec, E> {
+                let mode =
+                    SandboxMode::deserialize(serde::de::value::StrDeserializer::<E>::new(v))?;
+                Ok(SandboxSpec {
+                    mode: Some(mode),
+                    ..SandboxSpec::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<SandboxSpec, A::Error> {
+                let t = SpecTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(SandboxSpec {
+                    mode: t.mode,
+                    read: t.read,
+                    write: t.write,
+                    network: t.network,
+                    devices: t.devices,
+                    memory_mb: t.memory_mb,
+                    open_files: t.open_files,
+                    cpu_seconds: t.cpu_seconds,
+                    processes: t.processes,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Largest `memory_mb` (1 TiB).
+pub const MAX_MEMORY_MB: u64 = 1 << 20;
+/// Largest `open_files`.
+pub const MAX_OPEN_FILES: u64 = 1 << 20;
+/// Largest `cpu_seconds` (a year).
+pub const MAX_CPU_SECONDS: u64 = 365 * 24 * 3600;
+/// Largest `processes`.
+pub const MAX_PROCESSES: u64 = 1 << 16;
+
+impl SandboxSpec {
+    /// Whether it grants nothing and sets no mode.
+    pub fn is_empty(&self) -> bool {
+        *self == SandboxSpec::default()
+    }
+
+    /// What is wrong with these grants, as (key suffix, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (list, paths) in [("read", &self.read), ("write", &self.write)] {
+            for (i, p) in paths.iter().enumerate() {
+                if p.as_os_str().is_empty() {
+                    out.push((
+                        format!("{list}[{i}]"),
+                        "is empty: expected a path".to_owned(),
+                    ));
+                } else if p.as_os_str().as_encoded_bytes().contains(&0) {
+                    out.push((format!("{list}[{i}]"), "contains a NUL byte".to_owned()));
+                } else if p == Path::new("/") && list == "write" {
+                    out.push((
+                        format!("{list}[{i}]"),
+                        "`/` would let the node write anywhere: name the directories it needs"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
+        for (key, value, max, unit) in [
+            ("memory_mb", self.memory_mb, MAX_MEMORY_MB, "MiB"),
+            ("open_files", self.open_files, MAX_OPEN_FILES, "files"),
+            ("cpu_seconds", self.cpu_seconds, MAX_CPU_SECONDS, "seconds"),
+            ("processes", self.processes, MAX_PROCESSES, "processes"),
+        ] {
+            if let Some(v) = value
+                && v > max
+            {
+                out.push((
+                    key.to_owned(),
+                    format!("{v} is too large: must be at most {max} ({unit}; 0 means no limit)"),
+                ));
+            }
+        }
+        if self.open_files.is_some_and(|f| f != 0 && f < 16) {
+            out.push((
+                "open_files".to_owned(),
+                "is below 16: a node needs a few fds for its link, page and streams".to_owned(),
+            ));
+        }
+        if self.memory_mb.is_some_and(|m| m != 0 && m < 16) {
+            out.push((
+                "memory_mb".to_owned(),
+                "is below 16 MiB: no node can start in that".to_owned(),
+            ));
+        }
+        out
+    }
+
+    /// Relative paths made absolute against `base`.
+    pub fn anchor(&mut self, base: &Path) {
+        for p in self.read.iter_mut().chain(self.write.iter_mut()) {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+}
+
+/// A node's effective sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SandboxProfile {
+    /// How hard.
+    pub mode: SandboxMode,
+    /// Paths it may read and execute.
+    pub read: Vec<PathBuf>,
+    /// Paths it may read and write.
+    pub write: Vec<PathBuf>,
+    /// Where it may connect.
+    pub network: Network,
+    /// Whether `network = "none"` is a network namespace (false: Landlock's TCP rules only;
+    /// the input driver keeps the host's namespace, whose netlink carries device hotplug).
+    pub namespace: bool,
+    /// Devices.
+    pub devices: Vec<Device>,
+    /// RLIMIT_DATA, MiB (0: none).
+    pub memory_mb: u64,
+    /// RLIMIT_NOFILE (0: none).
+    pub open_files: u64,
+    /// RLIMIT_CPU, seconds (0: none).
+    pub cpu_seconds: u64,
+    /// Processes and threads it may add (0: none).
+    pub processes: u64,
+}
+
+/// What every node may read.
+pub const BASE_READ: &[&str] = &[
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/bin",
+    "/sbin",
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev/urandom",
+    "/dev/random",
+    "/dev/zero",
+];
+/// What every node may write.
+pub const BASE_WRITE: &[&str] = &["/dev/null"];
+
+/// Default memory limit of a world, MiB.
+pub const WORLD_MEMORY_MB: u64 = 2048;
+/// Default memory limit of a driver, MiB.
+pub const DRIVER_MEMORY_MB: u64 = 8192;
+/// Default open-file limit.
+pub const OPEN_FILES: u64 = 4096;
+/// Default process (and thread) allowance.
+pub const PROCESSES: u64 = 512;
+
+/// The paths a device class needs: (read-write paths).
+pub fn device_paths(d: Device) -> Vec<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
+    let home = env("HOME");
+    let runtime_dir = env("XDG_RUNTIME_DIR");
+    let mut v: Vec<PathBuf> = Vec::new();
+    match d {
+        Device::Gpu => {
+            v.push("/dev/dri".into());
+            for n in [
+                "nvidiactl",
+                "nvidia0",
+                "nvidia-uvm",
+                "nvidia-modeset",
+                "nvidia-uvm-tools",
+            ] {
+                v.push(Path::new("/dev").join(n));
+            }
+            let cache = env("XDG_CACHE_HOME").or_else(|| home.as_ref().map(|h| h.join(".cache")));
+            if let Some(c) = cache {
+                v.push(c.join("mesa_shader_cache"));
+                v.push(c.join("mesa_shader_cache_db"));
+                v.push(c.join("nvidia"));
+            }
+        }
+        Device::Display => {
+            v.push("/tmp/.X11-unix".into());
+            v.extend(runtime_dir.clone());
+            v.extend(env("XAUTHORITY"));
+        }
+        Device::Sound => {
+            v.push("/dev/snd".into());
+            v.push("/dev/shm".into());
+            v.extend(runtime_dir);
+            v.extend(home.map(|h| h.join(".config/pulse")));
+        }
+        Device::Input => {
+            v.push("/dev/input".into());
+            v.push("/run/udev".into());
+            for i in 0..16 {
+                v.push(format!("/dev/hidraw{i}").into());
+            }
+        }
+    }
+    v
+}
+
+/// The defaults of node `name` (a built-in driver's name, `world/…`, or anything else).
+pub fn default_profile(name: &str, is_world: bool) -> SandboxProfile {
+    let mut p = SandboxProfile {
+        mode: SandboxMode::Permissive,
+        read: BASE_READ.iter().map(PathBuf::from).collect(),
+        write: BASE_WRITE.iter().map(PathBuf::from).collect(),
+        network: Network::None,
+        namespace: true,
+        devices: Vec::new(),
+        memory_mb: if is_world {
+            WORLD_MEMORY_MB
+        } else {
+            DRIVER_MEMORY_MB
+        },
+        open_files: OPEN_FILES,
+        cpu_seconds: 0,
+        processes: PROCESSES,
+    };
+    if is_world {
+        return p;
+    }
+    match name {
+        "renderer" => p.devices = vec![Device::Gpu, Device::Display],
+        "window" => p.devices = vec![Device::Display],
+        "audio" => p.devices = vec![Device::Sound],
+        "input" => {
+            p.devices = vec![Device::Input];
+            p.namespace = false;
+        }
+        "openxr" => p.devices = vec![Device::Gpu, Device::Display, Device::Input],
+        _ => {}
+    }
+    p
+}
+
+impl SandboxProfile {
+    /// Apply the grants of `spec` (lists add, values replace).
+    pub fn grant(&mut self, spec: &SandboxSpec) {
+        if let Some(m) = spec.mode {
+            self.mode = m;
+        }
+        self.read.extend(spec.read.iter().cloned());
+        self.write.extend(spec.write.iter().cloned());
+        if let Some(n) = spec.network {
+            self.network = n;
+        }
+        for d in &spec.devices {
+            if !self.devices.contains(d) {
+                self.devices.push(*d);
+            }
+        }
+        if let Some(m) = spec.memory_mb {
+            self.memory_mb = m;
+        }
+        if let Some(f) = spec.open_files {
+            self.open_files = f;
+        }
+        if let Some(c) = spec.cpu_seconds {
+            self.cpu_seconds = c;
+        }
+        if let Some(n) = spec.processes {
+            self.processes = n;
+        }
+    }
+
+    /// Paths made absolute against `base` (the working directory).
+    pub fn anchor(&mut self, base: &Path) {
+        for p in self.read.iter_mut().chain(self.write.iter_mut()) {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// One line per rule, as `syncra check-config` prints it.
+    pub fn describe(&self) -> String {
+        let paths = |v: &[PathBuf]| {
+            v.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let limit = |v: u64, unit: &str| {
+            if v == 0 {
+                "none".to_owned()
+            } else {
+                format!("{v}{unit}")
+            }
+        };
+        format!(
+            "mode {mode}; read {read}; write {write}; network {net}; devices {dev}; memory {mem}; open files {files}; processes {procs}; cpu {cpu}; no_new_privs; seccomp: no ptrace, mount, modules, bpf, keyring, namespaces, new sessions",
+            mode = self.mode.as_str(),
+            read = paths(&self.read),
+            write = paths(&self.write),
+            net = match (self.network, self.namespace) {
+                (Network::Any, _) => "any".to_owned(),
+                (Network::None, true) => "none (own namespace)".to_owned(),
+                (Network::None, false) => "none (no TCP connect)".to_owned(),
+            },
+            dev = if self.devices.is_empty() {
+                "none".to_owned()
+            } else {
+                self.devices
+                    .iter()
+                    .map(|d| format!("{d:?}").to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+            mem = limit(self.memory_mb, " MiB"),
+            files = limit(self.open_files, ""),
+            cpu = limit(self.cpu_seconds, " s"),
+            procs = limit(self.processes, ""),
+        )
+    }
+}

@@ -1,0 +1,620 @@
+//! Least privilege for every node: a node's [`SandboxProfile`] turned into what the spawn path
+//! applies in the child before `exec`, so it holds for any executable (a shell script as much as
+//! a program that links `syncra-node`) and for every thread the program will ever start.
+//!
+//! Everything is prepared here, in the spawner thread, because the child between `clone` and
+//! `exec` shares the runtime's memory and may only make system calls:
+//!
+//! - **Landlock** (filesystem; TCP bind/connect where the kernel has it, ABI 4; signals and
+//!   abstract Unix sockets scoped to the node's own processes, ABI 6): a ruleset fd built
+//!   with the `landlock` crate, which the child passes to `landlock_restrict_self`.
+//! - **seccomp**: BPF programs compiled with `seccompiler` (ptrace, mount, modules, bpf,
+//!   keyrings, namespaces, new sessions and process groups, io_uring, raw and packet sockets, …
+//!   are refused with EPERM; `clone3` answers ENOSYS so the C library falls back to `clone`,
+//!   whose namespace flags the filter can see). The child installs them last.
+//! - **a network namespace** for `network = "none"`: created by `clone` itself (as root
+//!   `CLONE_NEWNET`; as an ordinary user with `CLONE_NEWUSER`, mapping the user to itself).
+//!   The node's cluster listener then binds a loopback that is down and that nobody else can
+//!   reach; its link to the runtime is the socketpair it inherits.
+//! - **resource limits** (`RLIMIT_DATA`, `RLIMIT_NOFILE`, `RLIMIT_NPROC`, `RLIMIT_CPU`), never
+//!   above the runtime's own hard limits, and always `no_new_privs`.
+//!
+//! What this kernel or this user cannot enforce is said per node ([`SandboxStatus`]); in
+//! `strict` mode it is a start failure instead.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+
+use syncra_config::sandbox::{Device, Network, SandboxMode, SandboxProfile, device_paths};
+use syncra_protocol::status::SandboxStatus;
+
+/// What this machine can enforce, probed once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Support {
+    /// The kernel's Landlock ABI (0: none).
+    pub landlock_abi: i32,
+    /// Whether seccomp filters can be installed.
+    pub seccomp: bool,
+    /// Whether the runtime runs as root (then `CLONE_NEWNET` needs no user namespace, and
+    /// `RLIMIT_NPROC` does not apply).
+    pub root: bool,
+}
+
+/// Probe the kernel once.
+pub fn support() -> Support {
+    static SUPPORT: OnceLock<Support> = OnceLock::new();
+    *SUPPORT.get_or_init(|| {
+        // SAFETY: landlock_create_ruleset(NULL, 0, VERSION) only returns the ABI version.
+        let abi = unsafe {
+            libc::syscall(
+                libc::SYS_landlock_create_ruleset,
+                std::ptr::null::<libc::c_void>(),
+                0usize,
+                1u32, // LANDLOCK_CREATE_RULESET_VERSION
+            )
+        };
+        // SAFETY: prctl(PR_GET_SECCOMP) only reads this thread's seccomp mode.
+        let seccomp = unsafe { libc::prctl(libc::PR_GET_SECCOMP) } >= 0;
+        Support {
+            landlock_abi: abi.max(0) as i32,
+            seccomp,
+            root: rustix::process::geteuid().is_root(),
+        }
+    })
+}
+
+/// Whether an ordinary user may create user namespaces here: unknown until the first spawn
+/// that needs one tries.
+static USERNS: AtomicU8 = AtomicU8::new(USERNS_UNKNOWN);
+const USERNS_UNKNOWN: u8 = 0;
+const USERNS_YES: u8 = 1;
+const USERNS_NO: u8 = 2;
+
+/// The errno of the refused user namespace.
+static USERNS_ERRNO: AtomicI32 = AtomicI32::new(0);
+
+/// Record that creating a user namespace failed with `errno` (it is not tried again).
+pub(crate) fn userns_refused(errno: i32) {
+    USERNS_ERRNO.store(errno, Ordering::Relaxed);
+    USERNS.store(USERNS_NO, Ordering::Relaxed);
+}
+
+/// Record that creating a user namespace worked.
+pub(crate) fn userns_worked() {
+    USERNS.store(USERNS_YES, Ordering::Relaxed);
+}
+
+/// Why a user namespace cannot be made here, in words.
+pub(crate) fn why_no_userns(errno: i32) -> String {
+    let knob = [
+        ("/proc/sys/kernel/unprivileged_userns_clone", "0"),
+        (
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+            "1",
+        ),
+        ("/proc/sys/user/max_user_namespaces", "0"),
+    ]
+    .into_iter()
+    .find(|(path, bad)| {
+        std::fs::read_to_string(path)
+            .map(|v| v.trim() == *bad)
+            .unwrap_or(false)
+    });
+    match knob {
+        Some((path, value)) => {
+            format!("this kernel allows no unprivileged user namespaces ({path} is {value})")
+        }
+        None => format!(
+            "this kernel refused an unprivileged user namespace ({})",
+            std::io::Error::from_raw_os_error(errno)
+        ),
+    }
+}
+
+/// A sandbox rule that cannot be enforced, in `strict` mode.
+#[derive(Debug, thiserror::Error)]
+#[error("sandbox = \"strict\": {rule} cannot be enforced here: {why}")]
+pub struct Unenforceable {
+    /// The rule.
+    pub rule: String,
+    /// Why.
+    pub why: String,
+}
+
+/// What the child applies, prepared by the parent.
+#[derive(Debug, Default)]
+pub(crate) struct Prepared {
+    /// `PR_SET_NO_NEW_PRIVS`.
+    pub(crate) no_new_privs: bool,
+    /// The Landlock ruleset to restrict the child to.
+    pub(crate) landlock: Option<OwnedFd>,
+    /// seccomp programs, installed in order.
+    pub(crate) seccomp: Vec<Vec<libc::sock_filter>>,
+    /// `setrlimit` calls.
+    pub(crate) rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    /// Extra clone flags (`CLONE_NEWNET`, `CLONE_NEWUSER`).
+    pub(crate) clone_flags: libc::c_int,
+    /// For `CLONE_NEWUSER`: the uid and gid to map to themselves.
+    pub(crate) map_ids: Option<(u32, u32)>,
+    /// The node's private directory (its `TMPDIR`), if it has one.
+    pub(crate) tmp_dir: Option<PathBuf>,
+    /// What is and is not enforced.
+    pub(crate) status: SandboxStatus,
+}
+
+/// Syscalls no node needs, refused with EPERM.
+const DENIED_SYSCALLS: &[(i64, &str)] = &[
+    (libc::SYS_ptrace, "ptrace"),
+    (libc::SYS_process_vm_readv, "process_vm_readv"),
+    (libc::SYS_process_vm_writev, "process_vm_writev"),
+    (libc::SYS_kcmp, "kcmp"),
+    (libc::SYS_pidfd_getfd, "pidfd_getfd"),
+    (libc::SYS_mount, "mount"),
+    (libc::SYS_umount2, "umount2"),
+    (libc::SYS_pivot_root, "pivot_root"),
+    (libc::SYS_chroot, "chroot"),
+    (libc::SYS_move_mount, "move_mount"),
+    (libc::SYS_open_tree, "open_tree"),
+    (libc::SYS_fsopen, "fsopen"),
+    (libc::SYS_fsconfig, "fsconfig"),
+    (libc::SYS_fsmount, "fsmount"),
+    (libc::SYS_fspick, "fspick"),
+    (libc::SYS_mount_setattr, "mount_setattr"),
+    (libc::SYS_init_module, "init_module"),
+    (libc::SYS_finit_module, "finit_module"),
+    (libc::SYS_delete_module, "delete_module"),
+    (libc::SYS_kexec_load, "kexec_load"),
+    (libc::SYS_kexec_file_load, "kexec_file_load"),
+    (libc::SYS_reboot, "reboot"),
+    (libc::SYS_swapon, "swapon"),
+    (libc::SYS_swapoff, "swapoff"),
+    (libc::SYS_acct, "acct"),
+    (libc::SYS_quotactl, "quotactl"),
+    (libc::SYS_bpf, "bpf"),
+    (libc::SYS_perf_event_open, "perf_event_open"),
+    (libc::SYS_userfaultfd, "userfaultfd"),
+    (libc::SYS_add_key, "add_key"),
+    (libc::SYS_request_key, "request_key"),
+    (libc::SYS_keyctl, "keyctl"),
+    (libc::SYS_unshare, "unshare"),
+    (libc::SYS_setns, "setns"),
+    (libc::SYS_open_by_handle_at, "open_by_handle_at"),
+    (libc::SYS_syslog, "syslog"),
+    (libc::SYS_settimeofday, "settimeofday"),
+    (libc::SYS_clock_settime, "clock_settime"),
+    (libc::SYS_clock_adjtime, "clock_adjtime"),
+    (libc::SYS_adjtimex, "adjtimex"),
+    (libc::SYS_iopl, "iopl"),
+    (libc::SYS_ioperm, "ioperm"),
+    (libc::SYS_vhangup, "vhangup"),
+    (libc::SYS_io_uring_setup, "io_uring_setup"),
+    (libc::SYS_io_uring_enter, "io_uring_enter"),
+    (libc::SYS_io_uring_register, "io_uring_register"),
+    // A node and everything it starts stay in the node's process group, so the runtime's
+    // group kill reaches all of them and a node's child cannot pose as someone else.
+    (libc::SYS_setsid, "setsid"),
+    (libc::SYS_setpgid, "setpgid"),
+];
+
+/// Namespace flags `clone` may not be given.
+const NAMESPACE_FLAGS: &[u64] = &[
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWNET as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+];
+
+/// The socket families a profile allows.
+fn allowed_families(p: &SandboxProfile) -> Vec<i32> {
+    // Unix sockets (the node's link, the display, the sound server) and IP (the cluster
+    // listener every node has; confined by the namespace or Landlock when network = none).
+    let mut v = vec![libc::AF_UNIX, libc::AF_INET, libc::AF_INET6];
+    if p.devices.contains(&Device::Input) || p.network == Network::Any {
+        // Device hotplug (udev) arrives over netlink.
+        v.push(libc::AF_NETLINK);
+    }
+    v.sort_unstable();
+    v
+}
+
+fn seccomp_programs(
+    p: &SandboxProfile,
+    namespace: bool,
+) -> Result<Vec<Vec<libc::sock_filter>>, seccompiler::BackendError> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
+        SeccompFilter, SeccompRule,
+    };
+    use std::collections::BTreeMap;
+    let arch: seccompiler::TargetArch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|_| seccompiler::BackendError::InvalidTargetArch(std::env::consts::ARCH.into()))?;
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for (nr, _) in DENIED_SYSCALLS {
+        rules.insert(*nr, Vec::new());
+    }
+    let clone_rules = NAMESPACE_FLAGS
+        .iter()
+        .map(|f| SeccompRule::new(vec![Cond::new(0, Len::Qword, Op::MaskedEq(*f), *f)?]))
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_clone, clone_rules);
+    // socket(domain, …): every family outside the allowed ones.
+    let mut socket_rules = Vec::new();
+    let mut lo = 0i64;
+    for fam in allowed_families(p) {
+        let fam = i64::from(fam);
+        if fam > lo {
+            socket_rules.push(SeccompRule::new(vec![
+                Cond::new(0, Len::Dword, Op::Ge, lo as u64)?,
+                Cond::new(0, Len::Dword, Op::Lt, fam as u64)?,
+            ])?);
+        }
+        lo = fam + 1;
+    }
+    socket_rules.push(SeccompRule::new(vec![Cond::new(
+        0,
+        Len::Dword,
+        Op::Ge,
+        lo as u64,
+    )?])?);
+    // Raw IP sockets for anyone without network; with network = none and no namespace of
+    // its own, UDP too (Landlock's network rules cover TCP only).
+    let mut denied_types = vec![libc::SOCK_RAW, 10 /* SOCK_PACKET */];
+    if p.network == Network::None && !namespace {
+        denied_types.push(libc::SOCK_DGRAM);
+    }
+    if p.network == Network::None {
+        for fam in [libc::AF_INET, libc::AF_INET6] {
+            for ty in &denied_types {
+                socket_rules.push(SeccompRule::new(vec![
+                    Cond::new(0, Len::Dword, Op::Eq, fam as u64)?,
+                    Cond::new(1, Len::Dword, Op::MaskedEq(0xf), *ty as u64)?,
+                ])?);
+            }
+        }
+    }
+    rules.insert(libc::SYS_socket, socket_rules);
+    let deny = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )?;
+    // clone3 passes its flags in memory the filter cannot read: answer "not implemented",
+    // and the C library falls back to clone, whose flags the rules above see.
+    let clone3 = SeccompFilter::new(
+        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )?;
+    let to_libc = |prog: seccompiler::BpfProgram| -> Vec<libc::sock_filter> {
+        prog.into_iter()
+            .map(|i| libc::sock_filter {
+                code: i.code,
+                jt: i.jt,
+                jf: i.jf,
+                k: i.k,
+            })
+            .collect()
+    };
+    Ok(vec![to_libc(deny.try_into()?), to_libc(clone3.try_into()?)])
+}
+
+/// The paths a profile reads and writes, with its devices' paths.
+fn all_paths(p: &SandboxProfile) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut read, mut write) = (p.read.clone(), p.write.clone());
+    for d in &p.devices {
+        let paths = device_paths(*d);
+        match d {
+            // Connecting to the display's socket needs no filesystem right; its auth file
+            // and directories are read.
+            Device::Display => read.extend(paths),
+            Device::Gpu | Device::Sound | Device::Input => write.extend(paths),
+        }
+    }
+    (read, write)
+}
+
+fn landlock_ruleset(
+    p: &SandboxProfile,
+    read: &[PathBuf],
+    write: &[PathBuf],
+    tcp_rules: bool,
+) -> Result<Option<OwnedFd>, landlock::RulesetError> {
+    use landlock::{
+        ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, PathBeneath, PathFd,
+        Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
+    };
+    // The newest ABI this code knows the meaning of; older kernels get what they support.
+    let abi = ABI::V6;
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(abi))?;
+    if tcp_rules {
+        ruleset = ruleset.handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)?;
+    }
+    ruleset = ruleset.scope(Scope::Signal)?;
+    if !p.devices.contains(&Device::Display) {
+        // X11 tries its abstract socket first; everyone else has no business with them.
+        ruleset = ruleset.scope(Scope::AbstractUnixSocket)?;
+    }
+    let mut created = ruleset.create()?;
+    for (paths, rights) in [
+        (read, AccessFs::from_read(abi)),
+        (write, AccessFs::from_all(abi)),
+    ] {
+        for path in paths {
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue; // an absent path grants nothing
+            };
+            let Ok(fd) = PathFd::new(path) else { continue };
+            let rights = if meta.is_dir() {
+                rights
+            } else {
+                rights & AccessFs::from_file(abi)
+            };
+            created = created.add_rule(PathBeneath::new(fd, rights))?;
+        }
+    }
+    if tcp_rules {
+        // Its cluster listener binds an ephemeral loopback port; nothing may be connected to.
+        created = created.add_rule(NetPort::new(0, AccessNet::BindTcp))?;
+    }
+    Ok(created.into())
+}
+
+/// Count of tasks on the machine now, from `/proc/loadavg` ("0.00 0.01 0.00 2/345 9876").
+fn tasks_now() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    s.split_whitespace().nth(3)?.split('/').nth(1)?.parse().ok()
+}
+
+/// The profile with what the runtime adds at spawn: the program's own directory (read and
+/// execute) and the node's private directory (read and write, its `TMPDIR`).
+pub fn effective(
+    profile: &SandboxProfile,
+    program: &Path,
+    node_dir: Option<&Path>,
+) -> SandboxProfile {
+    let mut p = profile.clone();
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    p.anchor(&cwd);
+    if let Some(dir) = program.parent() {
+        p.read.push(dir.to_owned());
+    }
+    if let Some(dir) = node_dir {
+        p.write.push(dir.to_owned());
+    }
+    p
+}
+
+/// Prepare `profile` for the node `name` started from `program`; `node_dir` is its private
+/// directory (created here).
+pub(crate) fn prepare(
+    name: &str,
+    profile: &SandboxProfile,
+    program: &Path,
+    node_dir: Option<&Path>,
+) -> Result<Prepared, Unenforceable> {
+    let mut out = Prepared::default();
+    let mode = profile.mode;
+    out.status.mode = mode.as_str().to_owned();
+    if mode == SandboxMode::Off {
+        out.status
+            .not_enforced
+            .push("everything: sandbox = \"off\"".to_owned());
+        return Ok(out);
+    }
+    let strict = mode == SandboxMode::Strict;
+    let missing = |out: &mut Prepared, rule: &str, why: String| -> Result<(), Unenforceable> {
+        if strict {
+            return Err(Unenforceable {
+                rule: rule.to_owned(),
+                why,
+            });
+        }
+        out.status.not_enforced.push(format!("{rule}: {why}"));
+        Ok(())
+    };
+    let support = support();
+    out.no_new_privs = true;
+    out.status
+        .enforced
+        .push("no_new_privs, no capabilities".to_owned());
+
+    if let Some(dir) = node_dir {
+        match std::fs::create_dir_all(dir) {
+            Ok(()) => {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+                out.tmp_dir = Some(dir.to_owned());
+            }
+            Err(e) => {
+                tracing::warn!(node = name, dir = %dir.display(), error = %e, "no private directory for the node")
+            }
+        }
+    }
+    let p = effective(profile, program, out.tmp_dir.as_deref());
+
+    // ---- network
+    let mut namespace = false;
+    if p.network == Network::None && p.namespace {
+        if support.root {
+            out.clone_flags |= libc::CLONE_NEWNET;
+            namespace = true;
+        } else if USERNS.load(Ordering::Relaxed) != USERNS_NO {
+            out.clone_flags |= libc::CLONE_NEWNET | libc::CLONE_NEWUSER;
+            out.map_ids = Some((
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ));
+            namespace = true;
+        }
+    }
+    let tcp_rules = p.network == Network::None && !namespace;
+    if namespace {
+        out.status
+            .enforced
+            .push("network: none (its own network namespace)".to_owned());
+    } else if p.network == Network::None {
+        if support.landlock_abi >= 4 {
+            out.status.enforced.push(
+                "network: no TCP connect or bind (Landlock), no UDP or raw sockets (seccomp)"
+                    .to_owned(),
+            );
+        }
+        if p.namespace && !support.root {
+            let why = why_no_userns(USERNS_ERRNO.load(Ordering::Relaxed));
+            missing(
+                &mut out,
+                "network namespace",
+                format!("{why}; the node shares the host's network"),
+            )?;
+        }
+        if support.landlock_abi < 4 {
+            missing(
+                &mut out,
+                "network: none",
+                format!(
+                    "the kernel's Landlock (ABI {}) has no network rules and there is no network namespace",
+                    support.landlock_abi
+                ),
+            )?;
+        }
+    } else {
+        out.status.enforced.push("network: any".to_owned());
+    }
+
+    // ---- filesystem
+    let (read, write) = all_paths(&p);
+    if support.landlock_abi >= 1 {
+        match landlock_ruleset(&p, &read, &write, tcp_rules && support.landlock_abi >= 4) {
+            Ok(Some(fd)) => {
+                out.landlock = Some(fd);
+                out.status.enforced.push(format!(
+                    "filesystem: read {} paths, write {} (Landlock ABI {})",
+                    read.len(),
+                    write.len(),
+                    support.landlock_abi
+                ));
+                if support.landlock_abi >= 6 {
+                    out.status
+                        .enforced
+                        .push("signals and ptrace: only its own processes (Landlock)".to_owned());
+                } else {
+                    missing(
+                        &mut out,
+                        "signal scope",
+                        format!(
+                            "Landlock ABI {} cannot scope signals (6 can)",
+                            support.landlock_abi
+                        ),
+                    )?;
+                }
+            }
+            Ok(None) => missing(
+                &mut out,
+                "filesystem",
+                "Landlock made no ruleset".to_owned(),
+            )?,
+            Err(e) => missing(&mut out, "filesystem", format!("Landlock: {e}"))?,
+        }
+    } else {
+        missing(
+            &mut out,
+            "filesystem",
+            "this kernel has no Landlock (Linux 5.13+, with landlock in the `lsm=` boot list)"
+                .to_owned(),
+        )?;
+    }
+
+    // ---- seccomp
+    if support.seccomp {
+        match seccomp_programs(&p, namespace) {
+            Ok(progs) => {
+                out.seccomp = progs;
+                out.status.enforced.push(format!(
+                    "seccomp: {} calls refused, socket families {}",
+                    DENIED_SYSCALLS.len() + 2,
+                    allowed_families(&p)
+                        .iter()
+                        .map(|f| match *f {
+                            libc::AF_UNIX => "unix",
+                            libc::AF_INET => "inet",
+                            libc::AF_INET6 => "inet6",
+                            libc::AF_NETLINK => "netlink",
+                            _ => "?",
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+            }
+            Err(e) => missing(&mut out, "seccomp", format!("compiling the filter: {e}"))?,
+        }
+    } else {
+        missing(
+            &mut out,
+            "seccomp",
+            "this kernel has no seccomp filters".to_owned(),
+        )?;
+    }
+
+    // ---- resource limits, never above the runtime's own hard limits
+    let limit = |resource: rustix::process::Resource, want: u64| -> u64 {
+        let hard = rustix::process::getrlimit(resource).maximum;
+        hard.map_or(want, |h| want.min(h))
+    };
+    use rustix::process::Resource;
+    let mut limits = Vec::new();
+    if p.memory_mb > 0 {
+        let bytes = limit(Resource::Data, p.memory_mb << 20);
+        out.rlimits.push((libc::RLIMIT_DATA, rlim(bytes)));
+        limits.push(format!("memory {} MiB", bytes >> 20));
+    }
+    if p.open_files > 0 {
+        let n = limit(Resource::Nofile, p.open_files);
+        out.rlimits.push((libc::RLIMIT_NOFILE, rlim(n)));
+        limits.push(format!("open files {n}"));
+    }
+    if p.cpu_seconds > 0 {
+        let n = limit(Resource::Cpu, p.cpu_seconds);
+        out.rlimits.push((libc::RLIMIT_CPU, rlim(n)));
+        limits.push(format!("cpu {n} s"));
+    }
+    if p.processes > 0 {
+        if support.root {
+            missing(
+                &mut out,
+                "processes",
+                "root is exempt from RLIMIT_NPROC (run the runtime as an ordinary user, or grant processes = 0)".to_owned(),
+            )?;
+        } else if let Some(now) = tasks_now() {
+            let n = limit(Resource::Nproc, now + p.processes);
+            out.rlimits.push((libc::RLIMIT_NPROC, rlim(n)));
+            limits.push(format!("processes {} more", p.processes));
+        } else {
+            missing(
+                &mut out,
+                "processes",
+                "/proc/loadavg is unreadable".to_owned(),
+            )?;
+        }
+    }
+    if !limits.is_empty() {
+        out.status.enforced.push(limits.join(", "));
+    }
+    Ok(out)
+}
+
+fn rlim(v: u64) -> libc::rlimit {
+    libc::rlimit {
+        rlim_cur: v,
+        rlim_max: v,
+    }
+}
