@@ -81,7 +81,7 @@ impl Staged {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
         for name in ["syncra", "syncra-world"].iter().chain(names) {
-            std::fs::copy(workspace_bin(name), dir.path().join(name)).expect("copy a binary");
+            copy_executable(&workspace_bin(name), &dir.path().join(name));
         }
         Staged {
             dir: std::sync::Arc::new(dir),
@@ -92,6 +92,18 @@ impl Staged {
     pub fn bin(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+}
+
+/// Copy an executable by `cp`, not by this process: a file this multi-threaded test process
+/// had open for writing would be inherited by any child another test forks meanwhile, and
+/// exec'ing the copy would fail with ETXTBSY.
+pub fn copy_executable(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "cp {} {}", from.display(), to.display());
 }
 
 /// Give `path` and everything under it to `uid`.
@@ -563,7 +575,7 @@ impl Intruder {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
                 .expect("chmod");
             let exe = dir.path().join("syncra-test-intruder");
-            std::fs::copy(workspace_bin("syncra-test-intruder"), &exe).expect("copy intruder");
+            copy_executable(&workspace_bin("syncra-test-intruder"), &exe);
             let mut cmd = Command::new(&exe);
             cmd.uid(STRANGER_UID).gid(STRANGER_UID);
             copy = Some(dir);

@@ -285,8 +285,11 @@ impl Spawner {
                 let _enter = handle.enter();
                 block_all_signals();
                 let mut stack = vec![0u8; CHILD_STACK];
+                let mut sandboxes = SandboxCache::default();
                 while let Ok(job) = rx.recv() {
-                    let _ = job.reply.send(spawn_now(job.spec, &mut stack));
+                    let _ = job
+                        .reply
+                        .send(spawn_now(job.spec, &mut stack, &mut sandboxes));
                 }
             })?;
         Ok(Spawner { tx })
@@ -521,7 +524,25 @@ fn cstring(what: &str, bytes: &[u8]) -> std::io::Result<CString> {
     CString::new(bytes).map_err(|_| std::io::Error::other(format!("{what} contains a NUL byte")))
 }
 
-fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
+/// Each node's prepared sandbox, kept for its next spawn while its profile and program stay
+/// the same (a restart then builds no ruleset and compiles no filter).
+#[derive(Default)]
+struct SandboxCache(
+    std::collections::HashMap<
+        String,
+        (
+            syncra_config::sandbox::SandboxProfile,
+            PathBuf,
+            crate::sandbox::Prepared,
+        ),
+    >,
+);
+
+fn spawn_now(
+    spec: SpawnSpec,
+    stack: &mut [u8],
+    cache: &mut SandboxCache,
+) -> Result<Spawned, SpawnError> {
     let Some(req) = &spec.sandbox else {
         return spawn_with(&spec, &crate::sandbox::Prepared::default(), stack).map_err(|e| e.error);
     };
@@ -533,8 +554,26 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
             req.node_dir.as_deref(),
         )
     };
-    let prepared = prepare()?;
-    match spawn_with(&spec, &prepared, stack) {
+    let fresh = match cache.0.get(&req.node) {
+        Some((profile, program, _)) => *profile != req.profile || *program != spec.program,
+        None => true,
+    };
+    if fresh {
+        let t0 = std::time::Instant::now();
+        let prepared = prepare()?;
+        tracing::debug!(node = %req.node, us = t0.elapsed().as_micros() as u64, "sandbox prepared");
+        cache.0.insert(
+            req.node.clone(),
+            (req.profile.clone(), spec.program.clone(), prepared),
+        );
+    } else if let Some(dir) = &req.node_dir {
+        // Its directory may have been removed meanwhile.
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let Some((_, _, prepared)) = cache.0.get(&req.node) else {
+        unreachable!("inserted above")
+    };
+    match spawn_with(&spec, prepared, stack) {
         Err(Failed {
             userns: Some(errno),
             ..
@@ -543,8 +582,14 @@ fn spawn_now(spec: SpawnSpec, stack: &mut [u8]) -> Result<Spawned, SpawnError> {
             // in this runtime; the node gets what can be had without one.
             tracing::debug!(errno, "no user namespace for a sandboxed node");
             crate::sandbox::userns_refused(errno);
+            cache.0.clear();
             let prepared = prepare()?;
-            spawn_with(&spec, &prepared, stack).map_err(|e| e.error)
+            let spawned = spawn_with(&spec, &prepared, stack).map_err(|e| e.error);
+            cache.0.insert(
+                req.node.clone(),
+                (req.profile.clone(), spec.program.clone(), prepared),
+            );
+            spawned
         }
         Err(e) => Err(e.error),
         Ok(spawned) => {

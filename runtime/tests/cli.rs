@@ -333,7 +333,15 @@ fn check_config_only_warns_about_a_built_in_driver_that_is_not_installed() {
     // build's own directory has them all) and none on PATH.
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_syncra"), bin.join("syncra")).unwrap();
+    // Copied by `cp`, not by this process: a file this multi-threaded test process had open
+    // for writing would be inherited by any child another test forks meanwhile, and exec'ing
+    // it would fail with ETXTBSY.
+    let copied = Command::new("cp")
+        .arg(env!("CARGO_BIN_EXE_syncra"))
+        .arg(bin.join("syncra"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
     let out = Command::new(bin.join("syncra"))
         .arg("check-config")
         .current_dir(dir.path())

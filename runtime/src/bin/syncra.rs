@@ -994,6 +994,23 @@ fn print_status(r: &StatusReport) {
             println!("{:<22} {}", n.name.to_string(), figures.join(", "));
         }
     }
+    let partial: Vec<&NodeView> = r
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.sandbox
+                .as_ref()
+                .is_some_and(|s| !s.not_enforced.is_empty())
+        })
+        .collect();
+    if !partial.is_empty() {
+        println!("\nSANDBOX NOT ENFORCED HERE (`syncra status --json` for what is)");
+        for n in partial {
+            if let Some(s) = &n.sandbox {
+                println!("{:<22} {}", n.name.to_string(), s.not_enforced.join("; "));
+            }
+        }
+    }
     let with_streams: Vec<&NodeView> = r
         .nodes
         .iter()

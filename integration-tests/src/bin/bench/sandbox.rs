@@ -13,14 +13,14 @@ use super::{Row, config, events, ms, until, verdict};
 /// in `mode`.
 fn run(
     rt: &tokio::runtime::Runtime,
-    mode: &str,
+    sandbox: &str,
     kills: usize,
     tick_seconds: u64,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let h = Harness::start(
         &config(
             1000,
-            &format!("[sandbox]\nmode = \"{mode}\"\n[worlds]\nentities = 256\n"),
+            &format!("[sandbox]\n{sandbox}\n[worlds]\nentities = 256\n"),
         ),
         &[],
     );
@@ -61,8 +61,12 @@ pub(crate) fn all(kills: usize, tick_seconds: u64, rows: &mut Vec<Row>) {
         .enable_all()
         .build()
         .unwrap();
-    let (mut off_up, mut off_total, mut off_ticks) = run(&rt, "off", kills, tick_seconds);
-    let (mut on_up, mut on_total, mut on_ticks) = run(&rt, "permissive", kills, tick_seconds);
+    let (mut off_up, mut off_total, mut off_ticks) =
+        run(&rt, "mode = \"off\"", kills, tick_seconds);
+    let (mut on_up, mut on_total, mut on_ticks) =
+        run(&rt, "mode = \"permissive\"", kills, tick_seconds);
+    // Where the cost lies: the same sandbox with the host's network (no namespace to make).
+    let (mut any_up, _, _) = run(&rt, "network = \"any\"", kills, 0);
     let p = |v: &mut Vec<f64>, q: f64| percentile(v, q);
     let (b50, b99) = (p(&mut off_up, 50.0), p(&mut off_up, 99.0));
     let (s50, s99) = (p(&mut on_up, 50.0), p(&mut on_up, 99.0));
@@ -75,6 +79,16 @@ pub(crate) fn all(kills: usize, tick_seconds: u64, rows: &mut Vec<Row>) {
         baseline: format!("`sandbox = \"off\"`: p50 {} p99 {}", ms(b50), ms(b99)),
         target: "+ < 1 ms at p50".into(),
         verdict: verdict(s50 - b50 < 1.0, format!("{:+.2} ms", s50 - b50)),
+    });
+    let (a50, a99) = (p(&mut any_up, 50.0), p(&mut any_up, 99.0));
+    rows.push(Row {
+        measure: "(sandbox a) … the same without its network namespace (`network = \"any\"`)"
+            .into(),
+        p50: ms(a50),
+        p99: ms(a99),
+        baseline: format!("`sandbox = \"off\"`: p50 {}", ms(b50)),
+        target: "-".into(),
+        verdict: format!("{:+.2} ms; the namespace: {:+.2} ms", a50 - b50, s50 - a50),
     });
     let (b50, b99) = (p(&mut off_total, 50.0), p(&mut off_total, 99.0));
     let (s50, s99) = (p(&mut on_total, 50.0), p(&mut on_total, 99.0));
