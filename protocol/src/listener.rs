@@ -29,6 +29,9 @@ use crate::link::LINK_LABEL_PREFIX;
 
 /// Why a session ended or began, for the process's own subscriber; strangers never appear.
 pub trait SessionEvents: Send + Sync + 'static {
+    /// A session over one of our own links (inherited or opened by us) opened: its node id is
+    /// known from here on (`peer_addr` is the label we gave the link, never the peer's claim).
+    fn link_up(&self, _ses: &NodeServerSessionInformation) {}
     /// A session over one of our own links (inherited or opened by us) ended.
     fn link_down(&self, ses: &NodeServerSessionInformation);
 }
@@ -76,6 +79,8 @@ impl<E: SessionEvents> NodeEventSubscription for Gatekeeper<E> {
             tracing::debug!(peer = %ses.peer_addr, "closed an inbound TCP connection to the cluster listener");
             ses.actor
                 .stop(Some("syncra accepts no cluster sessions over TCP".into()));
+        } else {
+            self.0.link_up(&ses);
         }
     }
     fn node_session_authenticated(&self, _: NodeServerSessionInformation) {}

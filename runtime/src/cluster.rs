@@ -26,6 +26,32 @@ pub(crate) struct Hub {
     server: ActorRef<NodeServerMessage>,
     gateway: ActorRef<RuntimeInbox>,
     cookie: String,
+    sessions: Sessions,
+}
+
+/// The cluster node id of the session over each of our links, by the link's label (which the
+/// hub gives it: a child cannot choose it). An actor's id names the session it came over, so
+/// a node can only ever be the node of its own link: whatever another child claims (its
+/// handshake name, a process group it joins) is checked against this.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sessions(Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>);
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl syncra_protocol::listener::SessionEvents for Sessions {
+    fn link_up(&self, ses: &ractor_cluster::node::NodeServerSessionInformation) {
+        self.lock().insert(ses.peer_addr.clone(), ses.node_id);
+    }
+    fn link_down(&self, ses: &ractor_cluster::node::NodeServerSessionInformation) {
+        let mut map = self.lock();
+        if map.get(&ses.peer_addr) == Some(&ses.node_id) {
+            map.remove(&ses.peer_addr);
+        }
+    }
 }
 
 /// A fresh random session cookie (hex of 32 random bytes).
@@ -43,10 +69,12 @@ impl Hub {
         supervisor: ractor::ActorCell,
     ) -> Result<Hub, StepError> {
         let cookie = random_cookie().map_err(StepError::at("generating the session cookie"))?;
-        let server = syncra_protocol::listener::start_node_server(HUB_NAME, &cookie, (), true)
-            .await
-            .map_err(StepError::at("starting the hub node"))?
-            .server;
+        let sessions = Sessions::default();
+        let server =
+            syncra_protocol::listener::start_node_server(HUB_NAME, &cookie, sessions.clone(), true)
+                .await
+                .map_err(StepError::at("starting the hub node"))?
+                .server;
         let (gateway, _) = Actor::spawn_linked(None, Gateway { registry, router }, (), supervisor)
             .await
             .map_err(StepError::at("starting the gateway"))?;
@@ -55,12 +83,24 @@ impl Hub {
             server,
             gateway,
             cookie,
+            sessions,
         })
     }
 
     /// The gateway actor's id.
     pub(crate) fn gateway_id(&self) -> ractor::ActorId {
         self.gateway.get_id()
+    }
+
+    /// The cluster node id of the session over the link labelled `label`, once it is open.
+    pub(crate) fn session_of(&self, label: &str) -> Option<u64> {
+        self.sessions
+            .lock()
+            .get(&format!(
+                "{}{label}",
+                syncra_protocol::link::LINK_LABEL_PREFIX
+            ))
+            .copied()
     }
 
     /// The session cookie.

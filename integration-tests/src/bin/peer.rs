@@ -89,6 +89,56 @@ syncra_node::message!(Frame = "syncra.test.frame/1");
 
 struct Out(std::fs::File);
 
+/// An actor posing as the runtime's gateway (the `impostor` role): it counts what reaches it.
+struct FakeGateway(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl ractor::Actor for FakeGateway {
+    type Msg = syncra_protocol::node::RuntimeInbox;
+    type State = ();
+    type Arguments = ();
+    async fn pre_start(
+        &self,
+        _: ractor::ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        Ok(())
+    }
+    async fn handle(
+        &self,
+        _: ractor::ActorRef<Self::Msg>,
+        _: Self::Msg,
+        _: &mut (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// An actor posing as another node's agent (the `impostor` role): it counts what reaches it.
+struct Impostor(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl ractor::Actor for Impostor {
+    type Msg = syncra_protocol::node::NodeInbox;
+    type State = ();
+    type Arguments = ();
+    async fn pre_start(
+        &self,
+        _: ractor::ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        Ok(())
+    }
+    async fn handle(
+        &self,
+        _: ractor::ActorRef<Self::Msg>,
+        _: Self::Msg,
+        _: &mut (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 impl Out {
     fn line(&mut self, v: serde_json::Value) {
         let _ = writeln!(self.0, "{v}");
@@ -1017,6 +1067,66 @@ fn main() {
             };
             out.line(serde_json::json!({ "children": children, "refused": refused }));
             while !node.sleep_until(Instant::now() + Duration::from_millis(20)) {
+                beat(&node);
+            }
+        }
+        // Joins the agent groups of `victim`'s next incarnations before it starts, as if it
+        // were that node, and reports every message that reaches it.
+        "impostor" => {
+            let stolen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let victim = opt("victim");
+            let count = stolen.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio");
+                rt.block_on(async move {
+                    let (actor, _) = ractor::Actor::spawn(None, Impostor(count.clone()), ())
+                        .await
+                        .expect("the impostor actor");
+                    for inc in 1..=3 {
+                        ractor::pg::join(
+                            syncra_protocol::node::agent_group(&format!("{victim}#{inc}")),
+                            vec![actor.get_cell()],
+                        );
+                    }
+                    // …and as the runtime's gateway, for whatever other nodes send it.
+                    let (gateway, _) = ractor::Actor::spawn(None, FakeGateway(count), ())
+                        .await
+                        .expect("the fake gateway");
+                    let group = syncra_protocol::node::RUNTIME_GROUP.to_owned();
+                    ractor::pg::join(group.clone(), vec![gateway.get_cell()]);
+                    // Messages with made-up tokens, asking the runtime to stop the victim's
+                    // sibling (this node) and everyone: dropped.
+                    let real: Vec<ractor::ActorRef<syncra_protocol::node::RuntimeInbox>> =
+                        ractor::pg::get_members(&group)
+                            .into_iter()
+                            .filter(|c| !c.get_id().is_local())
+                            .map(Into::into)
+                            .collect();
+                    for i in 0..100u8 {
+                        let envelope = syncra_protocol::node::Envelope {
+                            token: syncra_protocol::boot::Token([i; 16]),
+                            body: syncra_protocol::node::NodeToRuntime::Quit {
+                                reason: "forged".into(),
+                            },
+                        };
+                        for g in &real {
+                            let _ = g.cast(syncra_protocol::node::RuntimeInbox::Packet(
+                                syncra_protocol::wire::encode(&envelope),
+                            ));
+                        }
+                    }
+                    std::future::pending::<()>().await;
+                });
+            });
+            node.ready();
+            while !node.shutdown_requested() {
+                out.line(serde_json::json!({
+                    "stolen": stolen.load(std::sync::atomic::Ordering::Relaxed)
+                }));
+                node.sleep_until(Instant::now() + Duration::from_millis(50));
                 beat(&node);
             }
         }

@@ -249,6 +249,8 @@ struct Live {
     pidfd: OwnedFd,
     token: Token,
     group: String,
+    /// Its cluster node name, which is also its link's label.
+    cluster_name: String,
     spawned_at: Instant,
     ready_at: Option<Instant>,
     ready_announced: bool,
@@ -945,6 +947,7 @@ impl SupState {
             pidfd,
             token,
             group,
+            cluster_name: format!("{}#{incarnation}", self.plan.name),
             spawned_at: started,
             ready_at: None,
             ready_announced: false,
@@ -1041,9 +1044,22 @@ impl SupState {
             return;
         };
         if live.agent.is_none() {
-            live.agent = ractor::pg::get_members(&live.group)
+            // Only an actor that came over this incarnation's own link is its agent: another
+            // child joining the group (a name it guessed) is not, and is said.
+            let own = self.ctx.hub.session_of(&live.cluster_name);
+            let members = ractor::pg::get_members(&live.group);
+            for c in members.iter().filter(|c| !c.get_id().is_local()) {
+                if Some(c.get_id().node()) != own && own.is_some() {
+                    tracing::warn!(
+                        node = %self.plan.name,
+                        impostor = %c.get_id(),
+                        "an actor of another node joined this node's agent group; ignored"
+                    );
+                }
+            }
+            live.agent = members
                 .into_iter()
-                .find(|c| !c.get_id().is_local())
+                .find(|c| !c.get_id().is_local() && own == Some(c.get_id().node()))
                 .map(Into::into);
             // Reachable by name from now on (messages wait for `ready`; answers do not).
             if let Some(agent) = &live.agent {
