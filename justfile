@@ -20,6 +20,10 @@ bench *ARGS:
 chaos *ARGS:
     cargo chaos {{ARGS}}
 
+# every fuzz target for a bounded time (default 60 s each; `just fuzz --seconds 300`)
+fuzz *ARGS:
+    cargo fuzz-all {{ARGS}}
+
 # the embedding example: a host application driving the supervisor
 embed:
     cargo build -p syncra-world

@@ -520,7 +520,8 @@ impl RingWriter {
         let h = self.map.header();
         h.claimed.store(seq, Ordering::Release);
         let (slot, data) = self.map.slot(seq);
-        slot.stamp.store(2 * seq + 1, Ordering::Relaxed);
+        slot.stamp
+            .store(seq.wrapping_mul(2).wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
         // SAFETY: `data` points at this slot's payload area of slot_size bytes inside the live
         // mapping. Consumers may read it concurrently; they detect that through the stamp and
@@ -538,7 +539,7 @@ impl RingWriter {
         slot.kind.store(kind, Ordering::Relaxed);
         slot.publish_ns.store(monotonic_ns(), Ordering::Relaxed);
         slot.incarnation.store(self.incarnation, Ordering::Relaxed);
-        slot.stamp.store(2 * seq, Ordering::Release);
+        slot.stamp.store(seq.wrapping_mul(2), Ordering::Release);
         h.published.store(seq, Ordering::SeqCst);
         self.next = seq + 1;
         self.wake_consumers();
@@ -687,7 +688,10 @@ impl RingReader {
         let published = map.header().published.load(Ordering::Acquire);
         let c = map.consumer(cell);
         let mut next = c.next.load(Ordering::Acquire);
-        if !resume || next == 0 || next > published + 1 || map.geometry.policy == Policy::LatestOnly
+        if !resume
+            || next == 0
+            || next > published.saturating_add(1)
+            || map.geometry.policy == Policy::LatestOnly
         {
             next = published.max(1);
         }
@@ -732,7 +736,9 @@ impl RingReader {
         let count = u64::from(g.slot_count);
         let h = self.map.header();
         let cell = self.map.consumer(self.cell);
-        loop {
+        // Each turn skips one slot; a ring has `count` of them. More turns than that mean the
+        // shared cursors are being rewritten under us (a hostile producer): give up for now.
+        for _ in 0..=count.saturating_add(1) {
             let published = h.published.load(Ordering::Acquire);
             let mut next = cell.next.load(Ordering::Relaxed);
             if published < next {
@@ -746,11 +752,13 @@ impl RingReader {
             }
             let (slot, data) = self.map.slot(next);
             let stamp = slot.stamp.load(Ordering::Acquire);
-            if stamp != 2 * next {
-                if stamp > 2 * next + 1 || h.published.load(Ordering::Acquire) > next {
+            if stamp != next.wrapping_mul(2) {
+                if stamp > next.wrapping_mul(2).wrapping_add(1)
+                    || h.published.load(Ordering::Acquire) > next
+                {
                     // Overwritten by a later lap, or abandoned half-written by a producer that
                     // died: skip it.
-                    cell.next.store(next + 1, Ordering::Release);
+                    cell.next.store(next.saturating_add(1), Ordering::Release);
                     self.wake_producer();
                     continue;
                 }
@@ -767,7 +775,7 @@ impl RingReader {
             let result = read(bytes, kind);
             fence(Ordering::Acquire);
             let after = slot.stamp.load(Ordering::Relaxed);
-            cell.next.store(next + 1, Ordering::Release);
+            cell.next.store(next.saturating_add(1), Ordering::Release);
             self.wake_producer();
             if after != stamp {
                 // Counted as torn, not again as a gap.
@@ -775,7 +783,7 @@ impl RingReader {
                 cell.torn.fetch_add(1, Ordering::Relaxed);
                 return ReadOutcome::Torn { seq: next };
             }
-            let gap = next.saturating_sub(self.last + 1);
+            let gap = next.saturating_sub(self.last.saturating_add(1));
             self.last = next;
             if gap > 0 {
                 cell.dropped.fetch_add(gap, Ordering::Relaxed);
@@ -795,6 +803,7 @@ impl RingReader {
                 result,
             );
         }
+        ReadOutcome::Empty
     }
 
     /// Read the next message, waiting up to `timeout` for one (`None`: without limit).
@@ -942,9 +951,9 @@ impl Drop for RingReader {
 pub fn was_published(map: &RingMap, seq: u64) -> Option<bool> {
     let (slot, _) = map.slot(seq);
     let stamp = slot.stamp.load(Ordering::Acquire);
-    if stamp == 2 * seq {
+    if stamp == seq.wrapping_mul(2) {
         Some(true)
-    } else if stamp > 2 * seq + 1 {
+    } else if stamp > seq.wrapping_mul(2).wrapping_add(1) {
         None
     } else {
         Some(false)
@@ -961,7 +970,7 @@ pub fn peek_latest<R>(map: &RingMap, read: impl FnOnce(&[u8], u32) -> R) -> Opti
     }
     let (slot, data) = map.slot(seq);
     let stamp = slot.stamp.load(Ordering::Acquire);
-    if stamp != 2 * seq {
+    if stamp != seq.wrapping_mul(2) {
         return None;
     }
     let len = (slot.len.load(Ordering::Relaxed) as usize).min(map.geometry.slot_size as usize);

@@ -214,7 +214,73 @@ fn test_all(args: Vec<String>) -> Result<(), String> {
     run(bins)?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"]).args(&args);
-    run(cmd)
+    run(cmd)?;
+    // Then every fuzz target for a short time: no panic, hang or runaway allocation from
+    // anything another process can hand us.
+    fuzz(&["--seconds".into(), FUZZ_SECONDS_IN_TESTS.into()])
+}
+
+/// The cargo-fuzz targets in `fuzz/fuzz_targets`: every decoder of bytes from another process.
+const FUZZ_TARGETS: &[&str] = &["boot", "messages", "control", "ring", "config"];
+
+/// How long `cargo test-all` fuzzes each target, seconds (`cargo xtask fuzz`: 60 unless told).
+const FUZZ_SECONDS_IN_TESTS: &str = "10";
+
+/// Run each fuzz target for `--seconds N` (default 60) with libFuzzer's memory limits; installs
+/// the nightly toolchain and cargo-fuzz when they are missing. A crash leaves its input in
+/// `fuzz/artifacts/<target>/` and fails the run.
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let seconds = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "60".into());
+    if seconds.parse::<u32>().is_err() {
+        return Err(format!(
+            "--seconds {seconds}: expected a whole number of seconds"
+        ));
+    }
+    // The rustup proxy, which understands `+nightly` (not `$CARGO`, a toolchain's own cargo).
+    let proxy = || {
+        let mut c = Command::new("cargo");
+        c.current_dir(root()).env_remove("RUSTUP_TOOLCHAIN");
+        c
+    };
+    let has_nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_nightly {
+        let mut install = Command::new("rustup");
+        install.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+        run(install)?;
+    }
+    let has_fuzz = proxy()
+        .args(["+nightly", "fuzz", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_fuzz {
+        let mut install = proxy();
+        install.args(["install", "cargo-fuzz", "--locked"]);
+        run(install)?;
+    }
+    for target in FUZZ_TARGETS {
+        let mut cmd = proxy();
+        cmd.args(["+nightly", "fuzz", "run", target, "--"]).args([
+            format!("-max_total_time={seconds}"),
+            "-rss_limit_mb=2048".into(),
+            "-malloc_limit_mb=512".into(),
+            "-timeout=10".into(),
+            "-print_final_stats=0".into(),
+        ]);
+        run(cmd)?;
+    }
+    Ok(())
 }
 
 /// Build the release binaries of the runtime, the world and the integration tests, then run
@@ -329,8 +395,9 @@ fn main() -> ExitCode {
         "bench" => run_release_tool("syncra-bench", rest),
         "chaos" => run_release_tool("syncra-chaos", rest),
         "deps" => install_test_packages(),
+        "fuzz" => fuzz(&rest),
         _ => Err(format!(
-            "unknown task `{task}`; tasks: run-server, run-desktop, test, bench, chaos, deps (see .cargo/config.toml for the aliases)"
+            "unknown task `{task}`; tasks: run-server, run-desktop, test, bench, chaos, fuzz, deps (see .cargo/config.toml for the aliases)"
         )),
     };
     match result {
