@@ -61,3 +61,63 @@ fn a_node_posing_as_another_in_its_agent_group_gets_none_of_its_calls() {
     // The forged quit requests (100 of them, sent at its start) stopped nothing.
     assert!(h.try_status().is_some_and(|s| !s.runtime.shutting_down));
 }
+
+#[test]
+fn a_flood_of_malformed_and_forged_messages_and_a_corrupt_link_touch_no_other_node() {
+    let out = tempfile::tempdir().unwrap();
+    let flood_out = out.path().join("flood.jsonl");
+    let config = format!(
+        "[runtime]\nwatch_interval_ms = 500\n\
+         [drivers.victim]\ncommand = \"{peer}\"\nargs = [\"echo\", \"out={vo}\"]\n\
+         [drivers.flooder]\ncommand = \"{peer}\"\nargs = [\"flooder\", \"out={fo}\"]\n\
+         restart = \"temporary\"\n\
+         [worlds]\ncount = 1\n",
+        peer = workspace_bin("syncra-test-peer").display(),
+        vo = out.path().join("victim.jsonl").display(),
+        fo = flood_out.display(),
+    );
+    let h = Harness::start(&config, &[]);
+    h.wait_ready(&["victim", "world/main"]);
+    let report = h.wait_until("the flood is sent", PATIENCE, |_| {
+        jsonl(&flood_out)
+            .into_iter()
+            .find(|v| v["flooded"].is_u64())
+    });
+    assert_eq!(report["gateways"], 1, "{report}");
+    // Its corrupt link is closed: the flooder alone loses its session and leaves.
+    let record = h.wait_until("the flooder's crash record", PATIENCE, |_| {
+        h.crashes(Some("flooder")).into_iter().next()
+    });
+    assert!(
+        record
+            .record
+            .detail
+            .contains("lost its link to the runtime"),
+        "{}",
+        record.record.detail
+    );
+    // Everyone else is untouched: the victim answers as its first incarnation, the world ticks.
+    for n in 0..5 {
+        let out = h.cli(&["call", "victim", "syncra.test.ping/1", &n.to_string()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pong: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(pong["incarnation"], 1, "{pong}");
+    }
+    let world = h.node("world/main");
+    assert_eq!(world.incarnation, 1);
+    let before = world.tick.unwrap_or(0);
+    h.wait_until("the world ticks on", PATIENCE, |s| {
+        s.node("world/main")?.tick.filter(|t| *t > before)
+    });
+    // 4000 dropped messages are a line or two in the log, not 4000.
+    let log = h.output();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("dropped messages from children"))
+        .count();
+    assert!((1..=5).contains(&lines), "{lines} lines:\n{log}");
+}

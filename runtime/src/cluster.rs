@@ -75,7 +75,12 @@ impl Hub {
                 .await
                 .map_err(StepError::at("starting the hub node"))?
                 .server;
-        let (gateway, _) = Actor::spawn_linked(None, Gateway { registry, router }, (), supervisor)
+        let gateway_actor = Gateway {
+            registry,
+            router,
+            dropped: std::sync::Mutex::new(Dropped::default()),
+        };
+        let (gateway, _) = Actor::spawn_linked(None, gateway_actor, (), supervisor)
             .await
             .map_err(StepError::at("starting the gateway"))?;
         ractor::pg::join(RUNTIME_GROUP.to_owned(), vec![gateway.get_cell()]);
@@ -145,6 +150,51 @@ impl Hub {
 struct Gateway {
     registry: Arc<Registry>,
     router: ActorRef<RouterMsg>,
+    /// Messages dropped since the last warning: a flood is one line a second, with counts.
+    dropped: std::sync::Mutex<Dropped>,
+}
+
+#[derive(Default)]
+struct Dropped {
+    malformed: u64,
+    unknown_token: u64,
+    last_warned: Option<std::time::Instant>,
+    last_error: String,
+}
+
+impl Gateway {
+    /// Count a dropped message; say so at most once a second.
+    fn dropped(&self, malformed: bool, error: impl FnOnce() -> String) {
+        let mut d = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        if malformed {
+            d.malformed += 1;
+            d.last_error = error();
+        } else {
+            d.unknown_token += 1;
+        }
+        if d.last_warned
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            // A message or two from an incarnation that just ended is normal at a restart.
+            if d.malformed > 0 || d.unknown_token >= 10 {
+                tracing::warn!(
+                    malformed = d.malformed,
+                    unknown_token = d.unknown_token,
+                    last_error = %d.last_error,
+                    "dropped messages from children: malformed, or with a token the runtime did not issue (or whose incarnation ended)"
+                );
+            } else {
+                tracing::debug!(
+                    unknown_token = d.unknown_token,
+                    "dropped a late message from an incarnation that ended"
+                );
+            }
+            *d = Dropped {
+                last_warned: Some(std::time::Instant::now()),
+                ..Dropped::default()
+            };
+        }
+    }
 }
 
 impl Actor for Gateway {
@@ -166,7 +216,7 @@ impl Actor for Gateway {
         let env = match wire::decode::<Envelope>("node message", &bytes) {
             Ok(env) => env,
             Err(e) => {
-                tracing::warn!(error = %e, bytes = bytes.len(), "dropped a malformed message from a child");
+                self.dropped(true, || format!("{e} ({} bytes)", bytes.len()));
                 return Ok(());
             }
         };
@@ -189,9 +239,8 @@ impl Actor for Gateway {
                     }
                 }
             }
-            None => tracing::debug!(
-                "dropped a message with an unknown or expired token (a late message from a dead incarnation)"
-            ),
+            // A late message from a dead incarnation, or a forgery.
+            None => self.dropped(false, String::new),
         }
         Ok(())
     }

@@ -1130,6 +1130,51 @@ fn main() {
                 beat(&node);
             }
         }
+        // Floods the runtime's gateway with malformed and forged messages, then corrupts its
+        // own link with a frame length past any limit.
+        "flooder" => {
+            node.ready();
+            let count = num("count", 2000);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio");
+            rt.block_on(async {
+                let gateways: Vec<ractor::ActorRef<syncra_protocol::node::RuntimeInbox>> =
+                    ractor::pg::get_members(&syncra_protocol::node::RUNTIME_GROUP.to_owned())
+                        .into_iter()
+                        .filter(|c| !c.get_id().is_local())
+                        .map(Into::into)
+                        .collect();
+                for i in 0..count {
+                    let garbage: Vec<u8> =
+                        (0..64).map(|j| (i as u8).wrapping_mul(31) ^ j).collect();
+                    let forged = syncra_protocol::wire::encode(&syncra_protocol::node::Envelope {
+                        token: syncra_protocol::boot::Token([(i % 251) as u8; 16]),
+                        body: syncra_protocol::node::NodeToRuntime::Ready,
+                    });
+                    for g in &gateways {
+                        let _ =
+                            g.cast(syncra_protocol::node::RuntimeInbox::Packet(garbage.clone()));
+                        let _ = g.cast(syncra_protocol::node::RuntimeInbox::Packet(forged.clone()));
+                    }
+                }
+                out.line(serde_json::json!({ "flooded": count, "gateways": gateways.len() }));
+            });
+            // A frame header announcing 2^64 - 1 bytes, straight onto the link.
+            // SAFETY: writing 8 bytes from a live buffer to fd 3, which this process holds.
+            let wrote = unsafe {
+                libc::write(
+                    syncra_protocol::boot::CLUSTER_FD,
+                    [0xffu8; 8].as_ptr().cast(),
+                    8,
+                )
+            };
+            out.line(serde_json::json!({ "corrupted_link": wrote == 8 }));
+            while !node.sleep_until(Instant::now() + Duration::from_millis(20)) {
+                beat(&node);
+            }
+        }
         "consumer" => {
             let stream = opt("stream");
             // `wait=0`: only a stream that exists now; otherwise attach whenever it appears.
