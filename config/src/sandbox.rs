@@ -45,6 +45,9 @@ pub enum Network {
     /// reaches), or, where there is none, no TCP connect and no bind but the listener's.
     #[default]
     None,
+    /// A loopback of its own: its own network namespace with `lo` up, so it may talk to
+    /// itself over TCP and UDP (a server and its clients inside the node) and reach nothing else.
+    Loopback,
     /// The host's network, as any program has it.
     Any,
 }
@@ -431,6 +434,7 @@ impl SandboxProfile {
             write = paths(&self.write),
             net = match (self.network, self.namespace) {
                 (Network::Any, _) => "any".to_owned(),
+                (Network::Loopback, _) => "loopback (its own namespace and loopback)".to_owned(),
                 (Network::None, true) => "none (own namespace)".to_owned(),
                 (Network::None, false) => "none (no TCP connect)".to_owned(),
             },

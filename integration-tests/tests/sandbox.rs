@@ -413,3 +413,51 @@ fn check_config_prints_each_nodes_effective_profile() {
         "{text}"
     );
 }
+
+#[test]
+fn a_loopback_node_talks_to_itself_and_reaches_nothing_else() {
+    loopback(false);
+}
+
+#[test]
+fn an_ordinary_users_loopback_node_too() {
+    loopback(true);
+}
+
+fn loopback(as_stranger: bool) {
+    let s = setup(as_stranger);
+    let out = open_dir("syncra-loopback-");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let file = out.path().join("lo.jsonl");
+    let config = format!(
+        "[sandbox]\nwrite = [\"{out}\"]\n\
+         [drivers.lo]\ncommand = \"{peer}\"\nargs = [\"loopback\", \"port={port}\", \"out={file}\"]\n\
+         sandbox = {{ network = \"loopback\" }}\n",
+        out = out.path().display(),
+        peer = s.peer.display(),
+        file = file.display(),
+    );
+    let h = Harness::start_with(&config, &[], s.options);
+    let v = h.wait_ready(&["lo"]).remove(0);
+    let lines = h.wait_until("both tries", PATIENCE, |_| {
+        let l = jsonl(&file);
+        (l.len() >= 2).then_some(l)
+    });
+    assert_eq!(lines[0]["own"]["Ok"], "hi", "{lines:?}");
+    assert!(lines[1]["host"]["Err"].is_string(), "{lines:?}");
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the loopback node reached the host's listener"
+    );
+    let status = v.sandbox.unwrap();
+    assert!(
+        status
+            .enforced
+            .iter()
+            .any(|r| r.starts_with("network: loopback")),
+        "as {}: {status:?}",
+        s.who
+    );
+}

@@ -138,6 +138,8 @@ pub(crate) struct Prepared {
     pub(crate) clone_flags: libc::c_int,
     /// For `CLONE_NEWUSER`: the uid and gid to map to themselves.
     pub(crate) map_ids: Option<(u32, u32)>,
+    /// Bring up `lo` in its new network namespace (`network = "loopback"`).
+    pub(crate) loopback_up: bool,
     /// The node's private directory (its `TMPDIR`), if it has one.
     pub(crate) tmp_dir: Option<PathBuf>,
     /// What is and is not enforced.
@@ -265,10 +267,10 @@ fn seccomp_programs(
     // Raw IP sockets for anyone without network; with network = none and no namespace of
     // its own, UDP too (Landlock's network rules cover TCP only).
     let mut denied_types = vec![libc::SOCK_RAW, 10 /* SOCK_PACKET */];
-    if p.network == Network::None && !namespace {
+    if p.network != Network::Any && !namespace {
         denied_types.push(libc::SOCK_DGRAM);
     }
-    if p.network == Network::None {
+    if p.network != Network::Any {
         for fam in [libc::AF_INET, libc::AF_INET6] {
             for ty in &denied_types {
                 socket_rules.push(SeccompRule::new(vec![
@@ -444,7 +446,9 @@ pub(crate) fn prepare(
 
     // ---- network
     let mut namespace = false;
-    if p.network == Network::None && p.namespace {
+    let wants_namespace =
+        (p.network == Network::None && p.namespace) || p.network == Network::Loopback;
+    if wants_namespace {
         if support.root {
             out.clone_flags |= libc::CLONE_NEWNET;
             namespace = true;
@@ -457,19 +461,34 @@ pub(crate) fn prepare(
             namespace = true;
         }
     }
-    let tcp_rules = p.network == Network::None && !namespace;
-    if namespace {
+    // Without a namespace of its own, a loopback node is confined like one with none.
+    let confined = p.network != Network::Any;
+    let tcp_rules = confined && !namespace;
+    if namespace && p.network == Network::Loopback {
+        out.loopback_up = true;
+        out.status
+            .enforced
+            .push("network: loopback (its own network namespace and loopback)".to_owned());
+    } else if namespace {
         out.status
             .enforced
             .push("network: none (its own network namespace)".to_owned());
-    } else if p.network == Network::None {
+    } else if confined {
+        if p.network == Network::Loopback {
+            missing(
+                &mut out,
+                "network: loopback",
+                "there is no network namespace to give it a loopback of its own; it gets none"
+                    .to_owned(),
+            )?;
+        }
         if support.landlock_abi >= 4 {
             out.status.enforced.push(
                 "network: no TCP connect or bind (Landlock), no UDP or raw sockets (seccomp)"
                     .to_owned(),
             );
         }
-        if p.namespace && !support.root {
+        if wants_namespace && !support.root {
             let why = why_no_userns(USERNS_ERRNO.load(Ordering::Relaxed));
             missing(
                 &mut out,

@@ -345,6 +345,8 @@ struct ChildArgs {
     uid_map_len: usize,
     gid_map: *const u8,
     gid_map_len: usize,
+    /// Sandbox, in a new network namespace: bring up its loopback.
+    loopback_up: bool,
     /// Set by the child when a step fails: which step ([`Step`]) and its errno.
     step: c_int,
     errno: c_int,
@@ -363,6 +365,7 @@ enum Step {
     Landlock = 7,
     Limits = 8,
     Seccomp = 9,
+    Loopback = 10,
 }
 
 impl Step {
@@ -377,6 +380,7 @@ impl Step {
             Step::Landlock,
             Step::Limits,
             Step::Seccomp,
+            Step::Loopback,
         ]
         .into_iter()
         .find(|s| *s as c_int == v)
@@ -393,6 +397,7 @@ impl Step {
             Step::Landlock => "entering its Landlock domain",
             Step::Limits => "setting its resource limits",
             Step::Seccomp => "installing its seccomp filter",
+            Step::Loopback => "bringing up its loopback",
         }
     }
 }
@@ -435,6 +440,23 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 || !write(b"/proc/self/gid_map\0", a.gid_map, a.gid_map_len)
             {
                 fail(a, Step::UserNamespace);
+            }
+        }
+        if a.loopback_up {
+            // Its own namespace's `lo`, still with the capabilities of its namespace's owner.
+            let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            let mut req: libc::ifreq = std::mem::zeroed();
+            req.ifr_name[0] = b'l' as libc::c_char;
+            req.ifr_name[1] = b'o' as libc::c_char;
+            req.ifr_ifru.ifru_flags =
+                (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
+            const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
+            let ok = s >= 0 && libc::ioctl(s, SIOCSIFFLAGS as _, &req) == 0;
+            if s >= 0 {
+                libc::close(s);
+            }
+            if !ok {
+                fail(a, Step::Loopback);
             }
         }
         if a.no_new_privs {
@@ -756,6 +778,7 @@ fn spawn_with(
         uid_map_len: uid_map.len(),
         gid_map: gid_map.as_ptr(),
         gid_map_len: gid_map.len(),
+        loopback_up: prepared.loopback_up,
         step: 0,
         errno: 0,
     };

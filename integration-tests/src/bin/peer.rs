@@ -1175,6 +1175,33 @@ fn main() {
                 beat(&node);
             }
         }
+        // Talks to itself over its loopback, then tries the host's (`port`).
+        "loopback" => {
+            node.ready();
+            let own = (|| -> std::io::Result<String> {
+                use std::io::{Read, Write as _};
+                let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+                let addr = listener.local_addr()?;
+                let mut client =
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                let (mut server, _) = listener.accept()?;
+                client.write_all(b"hi")?;
+                let mut buf = [0u8; 2];
+                server.read_exact(&mut buf)?;
+                Ok(String::from_utf8_lossy(&buf).into_owned())
+            })();
+            out.line(serde_json::json!({ "own": own.map_err(|e| e.to_string()) }));
+            let host = std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], num("port", 1) as u16)),
+                Duration::from_secs(2),
+            );
+            out.line(
+                serde_json::json!({ "host": host.map(|_| "connected").map_err(|e| e.to_string()) }),
+            );
+            while !node.sleep_until(Instant::now() + Duration::from_millis(20)) {
+                beat(&node);
+            }
+        }
         "consumer" => {
             let stream = opt("stream");
             // `wait=0`: only a stream that exists now; otherwise attach whenever it appears.
