@@ -166,6 +166,7 @@ fn attacks(as_stranger: bool) {
     let found = outcomes(&attack_out);
     let mut expected = vec![
         "read a secret".to_owned(),
+        "read /etc/shadow".into(),
         "write outside".into(),
         "tcp connect".into(),
         "udp send".into(),

@@ -308,9 +308,61 @@ fn seccomp_programs(
     Ok(vec![to_libc(deny.try_into()?), to_libc(clone3.try_into()?)])
 }
 
+/// What in `/etc` holds secrets: left out when a profile reads `/etc`, which is granted entry
+/// by entry (Landlock only allows). A node of a root runtime is root without capabilities,
+/// and root owns these files.
+pub const ETC_SECRETS: &[&str] = &[
+    "shadow",
+    "shadow-",
+    "gshadow",
+    "gshadow-",
+    "sudoers",
+    "sudoers.d",
+    "ssh",
+    "ssl/private",
+    "krb5.keytab",
+    "security",
+    "NetworkManager",
+    "wpa_supplicant",
+    "libvirt",
+    "cups",
+    "ppp",
+    "openvpn",
+    "wireguard",
+    "docker",
+    "containerd",
+];
+
+/// `/etc` as the paths of its entries, less [`ETC_SECRETS`] (a directory holding a secret is
+/// itself granted entry by entry).
+fn etc_entries(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let rel = rel.join(e.file_name());
+        let secret = ETC_SECRETS.iter().any(|s| Path::new(s) == rel);
+        let holds_secret = ETC_SECRETS
+            .iter()
+            .any(|s| Path::new(s).starts_with(&rel) && Path::new(s) != rel);
+        if secret {
+            continue;
+        }
+        if holds_secret {
+            etc_entries(&e.path(), &rel, out);
+        } else {
+            out.push(e.path());
+        }
+    }
+}
+
 /// The paths a profile reads and writes, with its devices' paths.
 fn all_paths(p: &SandboxProfile) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let (mut read, mut write) = (p.read.clone(), p.write.clone());
+    if let Some(i) = read.iter().position(|r| r == Path::new("/etc")) {
+        read.remove(i);
+        etc_entries(Path::new("/etc"), Path::new(""), &mut read);
+    }
     for d in &p.devices {
         let paths = device_paths(*d);
         match d {

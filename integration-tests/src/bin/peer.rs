@@ -920,6 +920,13 @@ fn main() {
             );
             report(
                 &mut out,
+                "read /etc/shadow",
+                std::fs::read("/etc/shadow")
+                    .map(|s| format!("read {} bytes", s.len()))
+                    .map_err(|e| e.to_string()),
+            );
+            report(
+                &mut out,
                 "write outside",
                 std::fs::write(opt("outside"), "pwned")
                     .map(|()| "wrote".to_owned())
