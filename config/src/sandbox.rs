@@ -68,7 +68,8 @@ pub enum Device {
 
 /// Grants in config: added to the node's defaults (lists), or replacing them (values).
 /// Written as a table, or as a mode alone: `sandbox = "strict"`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SandboxSpec {
     /// The mode (`strict`, `permissive`, `off`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,30 +101,6 @@ pub struct SandboxSpec {
     pub processes: Option<u64>,
 }
 
-/// The table form of [`SandboxSpec`] (the string form is its mode alone).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SpecTable {
-    #[serde(default)]
-    mode: Option<SandboxMode>,
-    #[serde(default)]
-    read: Vec<PathBuf>,
-    #[serde(default)]
-    write: Vec<PathBuf>,
-    #[serde(default)]
-    network: Option<Network>,
-    #[serde(default)]
-    devices: Vec<Device>,
-    #[serde(default)]
-    memory_mb: Option<u64>,
-    #[serde(default)]
-    open_files: Option<u64>,
-    #[serde(default)]
-    cpu_seconds: Option<u64>,
-    #[serde(default)]
-    processes: Option<u64>,
-}
-
 impl<'de> Deserialize<'de> for SandboxSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -144,21 +121,16 @@ impl<'de> Deserialize<'de> for SandboxSpec {
                 self,
                 map: A,
             ) -> Result<SandboxSpec, A::Error> {
-                let t = SpecTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(SandboxSpec {
-                    mode: t.mode,
-                    read: t.read,
-                    write: t.write,
-                    network: t.network,
-                    devices: t.devices,
-                    memory_mb: t.memory_mb,
-                    open_files: t.open_files,
-                    cpu_seconds: t.cpu_seconds,
-                    processes: t.processes,
-                })
+                SandboxSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+impl Serialize for SandboxSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SandboxSpec::serialize(self, s)
     }
 }
 

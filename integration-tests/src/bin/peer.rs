@@ -89,36 +89,15 @@ syncra_node::message!(Frame = "syncra.test.frame/1");
 
 struct Out(std::fs::File);
 
-/// An actor posing as the runtime's gateway (the `impostor` role): it counts what reaches it.
-struct FakeGateway(std::sync::Arc<std::sync::atomic::AtomicU64>);
+/// An actor posing as someone else (the `impostor` role: another node's agent, the
+/// runtime's gateway): it counts what reaches it.
+struct Counter<M>(
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    std::marker::PhantomData<fn(M)>,
+);
 
-impl ractor::Actor for FakeGateway {
-    type Msg = syncra_protocol::node::RuntimeInbox;
-    type State = ();
-    type Arguments = ();
-    async fn pre_start(
-        &self,
-        _: ractor::ActorRef<Self::Msg>,
-        _: (),
-    ) -> Result<(), ractor::ActorProcessingErr> {
-        Ok(())
-    }
-    async fn handle(
-        &self,
-        _: ractor::ActorRef<Self::Msg>,
-        _: Self::Msg,
-        _: &mut (),
-    ) -> Result<(), ractor::ActorProcessingErr> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-/// An actor posing as another node's agent (the `impostor` role): it counts what reaches it.
-struct Impostor(std::sync::Arc<std::sync::atomic::AtomicU64>);
-
-impl ractor::Actor for Impostor {
-    type Msg = syncra_protocol::node::NodeInbox;
+impl<M: ractor::Message> ractor::Actor for Counter<M> {
+    type Msg = M;
     type State = ();
     type Arguments = ();
     async fn pre_start(
@@ -1089,9 +1068,16 @@ fn main() {
                     .build()
                     .expect("tokio");
                 rt.block_on(async move {
-                    let (actor, _) = ractor::Actor::spawn(None, Impostor(count.clone()), ())
-                        .await
-                        .expect("the impostor actor");
+                    let (actor, _) = ractor::Actor::spawn(
+                        None,
+                        Counter::<syncra_protocol::node::NodeInbox>(
+                            count.clone(),
+                            std::marker::PhantomData,
+                        ),
+                        (),
+                    )
+                    .await
+                    .expect("the impostor actor");
                     for inc in 1..=3 {
                         ractor::pg::join(
                             syncra_protocol::node::agent_group(&format!("{victim}#{inc}")),
@@ -1099,9 +1085,16 @@ fn main() {
                         );
                     }
                     // …and as the runtime's gateway, for whatever other nodes send it.
-                    let (gateway, _) = ractor::Actor::spawn(None, FakeGateway(count), ())
-                        .await
-                        .expect("the fake gateway");
+                    let (gateway, _) = ractor::Actor::spawn(
+                        None,
+                        Counter::<syncra_protocol::node::RuntimeInbox>(
+                            count,
+                            std::marker::PhantomData,
+                        ),
+                        (),
+                    )
+                    .await
+                    .expect("the fake gateway");
                     let group = syncra_protocol::node::RUNTIME_GROUP.to_owned();
                     ractor::pg::join(group.clone(), vec![gateway.get_cell()]);
                     // Messages with made-up tokens, asking the runtime to stop the victim's
