@@ -433,6 +433,13 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
             ));
             continue;
         }
+        if name.starts_with("world-") {
+            problems.push(problem(
+                &key,
+                "`world-…` is reserved: world `world/X` keeps its log and its directory as `world-X`; name the driver differently",
+            ));
+            continue;
+        }
         if !entry.is_enabled() {
             continue;
         }

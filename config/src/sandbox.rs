@@ -263,7 +263,7 @@ pub const OPEN_FILES: u64 = 4096;
 /// Default process (and thread) allowance.
 pub const PROCESSES: u64 = 512;
 
-/// The paths a device class needs: (read-write paths).
+/// The paths a device class needs (which of them it may write: [`device_writes`]).
 pub fn device_paths(d: Device) -> Vec<PathBuf> {
     let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
     let home = env("HOME");
@@ -288,15 +288,16 @@ pub fn device_paths(d: Device) -> Vec<PathBuf> {
                 v.push(c.join("nvidia"));
             }
         }
+        // Connecting to a socket needs no filesystem right: the display and the sound server
+        // are reached without one; what they read is their auth files.
         Device::Display => {
             v.push("/tmp/.X11-unix".into());
-            v.extend(runtime_dir.clone());
             v.extend(env("XAUTHORITY"));
         }
         Device::Sound => {
             v.push("/dev/snd".into());
             v.push("/dev/shm".into());
-            v.extend(runtime_dir);
+            v.extend(runtime_dir.map(|d| d.join("pulse")));
             v.extend(home.map(|h| h.join(".config/pulse")));
         }
         Device::Input => {
@@ -308,6 +309,17 @@ pub fn device_paths(d: Device) -> Vec<PathBuf> {
         }
     }
     v
+}
+
+/// Whether device class `d` may write `path` (one of its [`device_paths`]): device nodes,
+/// shared memory and shader caches; never the sound server's, the display's or udev's files.
+pub fn device_writes(d: Device, path: &Path) -> bool {
+    match d {
+        Device::Display => false,
+        Device::Gpu => true,
+        Device::Sound => path.starts_with("/dev"),
+        Device::Input => path.starts_with("/dev"),
+    }
 }
 
 /// The defaults of node `name` (a built-in driver's name, `world/…`, or anything else).

@@ -121,6 +121,11 @@ pub struct Boot {
     pub broker_fd: Option<i32>,
     /// Every node name of the runtime, so messages to a name nobody has come back at once.
     pub directory: Vec<NodeName>,
+    /// Fd of the dead end that seals the node's cluster listener
+    /// ([`crate::listener::SEAL_FD`]), if the runtime passed one: a sandboxed node may not
+    /// make Unix sockets of its own.
+    #[serde(default)]
+    pub seal_fd: Option<i32>,
 }
 
 /// Why a boot frame could not be read.
@@ -206,6 +211,7 @@ mod tests {
             page_fd: Some(PAGE_FD),
             settings: vec![1, 2, 3],
             broker_fd: Some(5),
+            seal_fd: None,
             directory: vec![NodeName::world("arena")],
         }
     }

@@ -45,7 +45,7 @@ pub mod world;
 
 /// Version of every message format in this crate. Bump it whenever a serialized type changes
 /// shape; a node built against another version is refused when it joins.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 pub use status::{NodeKind, NodeName, NodeState};
 pub use step::{BoxError, StepError};

@@ -91,14 +91,36 @@ impl<E: SessionEvents> NodeEventSubscription for Gatekeeper<E> {
     }
 }
 
+/// Where a node finds the dead end the runtime made for it ([`dead_end`]), to seal its
+/// cluster listener with: a sandboxed node may not create Unix sockets itself.
+pub const SEAL_FD: RawFd = 6;
+
+/// A listening Unix socket nobody can reach (bound to an abstract name the kernel picks):
+/// what a sealed listener's fd number holds, so that the accept loop waiting on it waits
+/// forever, and one that tries once more hears "would block".
+pub fn dead_end() -> std::io::Result<std::os::fd::OwnedFd> {
+    let dead_end = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // An unnamed address: the kernel binds the socket to a random abstract name (autobind).
+    rustix::net::bind(&dead_end, &rustix::net::SocketAddrUnix::new_unnamed())?;
+    rustix::net::listen(&dead_end, 0)?;
+    Ok(dead_end)
+}
+
 /// Start a `NodeServer` named `node_name` (listener on loopback, ephemeral port, Isolated
 /// mode), seal its listener and guard its sessions; `events` hears about our own links only.
 /// `seal: false` leaves the listener open (the gatekeeper alone guards it): for tests.
+/// `sealer` is the dead end to seal with (a node's [`SEAL_FD`]); `None` makes one.
 pub async fn start_node_server(
     node_name: &str,
     cookie: &str,
     events: impl SessionEvents,
     seal: bool,
+    sealer: Option<std::os::fd::OwnedFd>,
 ) -> Result<GuardedServer, String> {
     let t0 = std::time::Instant::now();
     // The kernel gives a new fd the lowest free number: the listener will be among these.
@@ -127,7 +149,7 @@ pub async fn start_node_server(
             addr: Some(one.addr),
             why: "not sealed (asked not to)".into(),
         },
-        [one] => match replace_with_dead_end(one.fd) {
+        [one] => match replace_with_dead_end(one.fd, sealer) {
             Ok(()) => Seal::Sealed(one.addr),
             Err(e) => Seal::Open {
                 addr: Some(one.addr),
@@ -229,17 +251,12 @@ fn listening_v4(fd: std::os::fd::BorrowedFd<'_>) -> Option<SocketAddrV4> {
 /// waits forever; should it try `accept` once more on readiness it saw before, the call says
 /// "would block". (A classic-BPF filter that drops every packet would keep the port bound and
 /// is simpler, but attaching one takes privileges on some kernels: EPERM here for non-root.)
-fn replace_with_dead_end(fd: RawFd) -> std::io::Result<()> {
+fn replace_with_dead_end(fd: RawFd, sealer: Option<std::os::fd::OwnedFd>) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let dead_end = rustix::net::socket_with(
-        rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::STREAM,
-        rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
-        None,
-    )?;
-    // An unnamed address: the kernel binds the socket to a random abstract name (autobind).
-    rustix::net::bind(&dead_end, &rustix::net::SocketAddrUnix::new_unnamed())?;
-    rustix::net::listen(&dead_end, 0)?;
+    let dead_end = match sealer {
+        Some(d) => d,
+        None => dead_end()?,
+    };
     // SAFETY: dup3 atomically closes whatever `fd` refers to and makes it a duplicate of
     // `dead_end`; no memory is involved. `fd` is the listener ractor_cluster owns, and it keeps
     // owning a valid fd number (which it closes when it drops the listener).
@@ -276,7 +293,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let _fds = FDS.lock().unwrap_or_else(|p| p.into_inner());
         let downs = Downs::default();
-        let guarded = start_node_server("gatekeeper-test", "cookie", downs.clone(), false)
+        let guarded = start_node_server("gatekeeper-test", "cookie", downs.clone(), false, None)
             .await
             .unwrap();
         let Seal::Open {
@@ -313,7 +330,7 @@ mod tests {
             .iter()
             .find(|l| std::net::SocketAddr::V4(l.addr) == addr)
             .expect("our listener is found");
-        replace_with_dead_end(ours.fd).unwrap();
+        replace_with_dead_end(ours.fd, None).unwrap();
         let attempt = std::net::TcpStream::connect(addr);
         assert_eq!(
             attempt.map(|_| ()).unwrap_err().kind(),

@@ -70,11 +70,16 @@ impl Hub {
     ) -> Result<Hub, StepError> {
         let cookie = random_cookie().map_err(StepError::at("generating the session cookie"))?;
         let sessions = Sessions::default();
-        let server =
-            syncra_protocol::listener::start_node_server(HUB_NAME, &cookie, sessions.clone(), true)
-                .await
-                .map_err(StepError::at("starting the hub node"))?
-                .server;
+        let server = syncra_protocol::listener::start_node_server(
+            HUB_NAME,
+            &cookie,
+            sessions.clone(),
+            true,
+            None,
+        )
+        .await
+        .map_err(StepError::at("starting the hub node"))?
+        .server;
         let gateway_actor = Gateway {
             registry,
             router,

@@ -189,17 +189,19 @@ impl Drop for Admitted {
 
 /// The node whose process group `pid` belongs to: every node leads its own group, and its
 /// sandbox keeps it and its children from leaving it (`setsid` and `setpgid` are refused).
-fn node_of(runtime: &Runtime, pid: rustix::process::Pid) -> Option<syncra_protocol::NodeName> {
-    let group = rustix::process::getpgid(Some(pid))
-        .ok()?
-        .as_raw_nonzero()
-        .get() as u32;
+fn node_of(runtime: &Runtime, pid: rustix::process::Pid) -> Option<String> {
+    // A peer that is already gone (it connected and exited, for its parent to use the
+    // socket) cannot be placed: refused like a node's.
+    let Ok(group) = rustix::process::getpgid(Some(pid)) else {
+        return Some("a process that exited before it could be identified".to_owned());
+    };
+    let group = group.as_raw_nonzero().get() as u32;
     runtime
         .status()
         .nodes
         .into_iter()
         .find(|n| n.pid == Some(group) || n.spare_pid == Some(group))
-        .map(|n| n.name)
+        .map(|n| format!("node `{}`", n.name))
 }
 
 /// Serve the control socket until the task is aborted.
@@ -225,11 +227,11 @@ pub(crate) async fn serve(listener: UnixListener, runtime: Runtime) {
             // a node started): a sandboxed node shares the runtime's user, and Landlock does
             // not keep it from connecting to a socket by its path.
             Ok(cred) if cred.uid == us || cred.uid.is_root() => {
-                if let Some(node) = node_of(&runtime, cred.pid) {
-                    tracing::warn!(%node, pid = cred.pid.as_raw_nonzero().get(), "refused a control connection from a process of a node");
+                if let Some(who) = node_of(&runtime, cred.pid) {
+                    tracing::warn!(%who, pid = cred.pid.as_raw_nonzero().get(), "refused a control connection from a process of a node");
                     let reply = error(
                         ControlErrorKind::Forbidden,
-                        format!("the processes of node `{node}` may not control the runtime"),
+                        format!("the processes of {who} may not control the runtime"),
                     );
                     tokio::spawn(async move {
                         let _ = tokio::time::timeout(

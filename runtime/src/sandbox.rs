@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
-use syncra_config::sandbox::{Device, Network, SandboxMode, SandboxProfile, device_paths};
+use syncra_config::sandbox::{
+    Device, Network, SandboxMode, SandboxProfile, device_paths, device_writes,
+};
 use syncra_protocol::status::SandboxStatus;
 
 /// What this machine can enforce, probed once.
@@ -200,8 +202,10 @@ const DENIED_SYSCALLS: &[(i64, &str)] = &[
     (libc::SYS_setpgid, "setpgid"),
 ];
 
-/// Namespace flags `clone` may not be given.
+/// Flags `clone` may not be given: new namespaces, and `CLONE_PARENT` (a child of the runtime
+/// the runtime never waits for).
 const NAMESPACE_FLAGS: &[u64] = &[
+    libc::CLONE_PARENT as u64,
     libc::CLONE_NEWNS as u64,
     libc::CLONE_NEWUSER as u64,
     libc::CLONE_NEWNET as u64,
@@ -213,9 +217,18 @@ const NAMESPACE_FLAGS: &[u64] = &[
 
 /// The socket families a profile allows.
 fn allowed_families(p: &SandboxProfile) -> Vec<i32> {
-    // Unix sockets (the node's link, the display, the sound server) and IP (the cluster
-    // listener every node has; confined by the namespace or Landlock when network = none).
-    let mut v = vec![libc::AF_UNIX, libc::AF_INET, libc::AF_INET6];
+    // IP (the cluster listener every node has; confined by the namespace or Landlock when
+    // network = none). New Unix sockets only for the display, the sound server and a node
+    // with the host's network: Landlock (before ABI 9) cannot keep a socket from connecting to
+    // any socket on the filesystem (a session bus, docker.sock, an ssh agent). Every node
+    // keeps the socketpairs it inherited, and may make socketpairs.
+    let mut v = vec![libc::AF_INET, libc::AF_INET6];
+    if p.devices.contains(&Device::Display)
+        || p.devices.contains(&Device::Sound)
+        || p.network == Network::Any
+    {
+        v.push(libc::AF_UNIX);
+    }
     if p.devices.contains(&Device::Input) || p.network == Network::Any {
         // Device hotplug (udev) arrives over netlink.
         v.push(libc::AF_NETLINK);
@@ -280,7 +293,67 @@ fn seccomp_programs(
             }
         }
     }
+    if p.network != Network::Any && !namespace {
+        // Only plain TCP on IP: no MPTCP, SCTP or other protocols Landlock's TCP rules do not
+        // see; no TCP Fast Open, which connects without `connect`.
+        for fam in [libc::AF_INET, libc::AF_INET6] {
+            socket_rules.push(SeccompRule::new(vec![
+                Cond::new(0, Len::Dword, Op::Eq, fam as u64)?,
+                Cond::new(2, Len::Dword, Op::Gt, libc::IPPROTO_TCP as u64)?,
+            ])?);
+            socket_rules.push(SeccompRule::new(vec![
+                Cond::new(0, Len::Dword, Op::Eq, fam as u64)?,
+                Cond::new(2, Len::Dword, Op::Gt, 0)?,
+                Cond::new(2, Len::Dword, Op::Lt, libc::IPPROTO_TCP as u64)?,
+            ])?);
+            socket_rules.push(SeccompRule::new(vec![
+                Cond::new(0, Len::Dword, Op::Eq, fam as u64)?,
+                Cond::new(
+                    1,
+                    Len::Dword,
+                    Op::MaskedEq(0xf),
+                    libc::SOCK_SEQPACKET as u64,
+                )?,
+            ])?);
+        }
+        let fastopen = libc::MSG_FASTOPEN as u64;
+        rules.insert(
+            libc::SYS_sendto,
+            vec![SeccompRule::new(vec![Cond::new(
+                3,
+                Len::Dword,
+                Op::MaskedEq(fastopen),
+                fastopen,
+            )?])?],
+        );
+        rules.insert(
+            libc::SYS_sendmsg,
+            vec![SeccompRule::new(vec![Cond::new(
+                2,
+                Len::Dword,
+                Op::MaskedEq(fastopen),
+                fastopen,
+            )?])?],
+        );
+        rules.insert(
+            libc::SYS_setsockopt,
+            vec![SeccompRule::new(vec![
+                Cond::new(1, Len::Dword, Op::Eq, libc::IPPROTO_TCP as u64)?,
+                Cond::new(2, Len::Dword, Op::Eq, 30 /* TCP_FASTOPEN_CONNECT */)?,
+            ])?],
+        );
+    }
     rules.insert(libc::SYS_socket, socket_rules);
+    // The death signal the runtime set stays: a node may not clear it.
+    rules.insert(
+        libc::SYS_prctl,
+        vec![SeccompRule::new(vec![Cond::new(
+            0,
+            Len::Dword,
+            Op::Eq,
+            libc::PR_SET_PDEATHSIG as u64,
+        )?])?],
+    );
     let deny = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -305,7 +378,41 @@ fn seccomp_programs(
             })
             .collect()
     };
-    Ok(vec![to_libc(deny.try_into()?), to_libc(clone3.try_into()?)])
+    let mut programs = vec![to_libc(deny.try_into()?), to_libc(clone3.try_into()?)];
+    if cfg!(target_arch = "x86_64") {
+        // x32 system calls carry the x86-64 architecture value and the number | 0x40000000,
+        // which the rules above never match: refuse them all.
+        const X32: u32 = 0x4000_0000;
+        programs.push(vec![
+            // A = seccomp_data.nr
+            libc::sock_filter {
+                code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            // if A >= X32 goto deny
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
+                jt: 1,
+                jf: 0,
+                k: X32,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ALLOW,
+            },
+            libc::sock_filter {
+                code: (libc::BPF_RET | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 0,
+                k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            },
+        ]);
+    }
+    Ok(programs)
 }
 
 /// What in `/etc` holds secrets: left out when a profile reads `/etc`, which is granted entry
@@ -331,6 +438,15 @@ pub const ETC_SECRETS: &[&str] = &[
     "wireguard",
     "docker",
     "containerd",
+    "pki",
+    "letsencrypt",
+    "mysql",
+    "postgresql",
+    "kubernetes",
+    "ipsec.secrets",
+    "ipsec.d",
+    "strongswan",
+    "shadow.d",
 ];
 
 /// `/etc` as the paths of its entries, less [`ETC_SECRETS`] (a directory holding a secret is
@@ -364,12 +480,12 @@ fn all_paths(p: &SandboxProfile) -> (Vec<PathBuf>, Vec<PathBuf>) {
         etc_entries(Path::new("/etc"), Path::new(""), &mut read);
     }
     for d in &p.devices {
-        let paths = device_paths(*d);
-        match d {
-            // Connecting to the display's socket needs no filesystem right; its auth file
-            // and directories are read.
-            Device::Display => read.extend(paths),
-            Device::Gpu | Device::Sound | Device::Input => write.extend(paths),
+        for path in device_paths(*d) {
+            if device_writes(*d, &path) {
+                write.push(path);
+            } else {
+                read.push(path);
+            }
         }
     }
     (read, write)
@@ -611,8 +727,8 @@ pub(crate) fn prepare(
             Ok(progs) => {
                 out.seccomp = progs;
                 out.status.enforced.push(format!(
-                    "seccomp: {} calls refused, socket families {}",
-                    DENIED_SYSCALLS.len() + 2,
+                    "seccomp: {} calls refused (and x32), socket families {}",
+                    DENIED_SYSCALLS.len() + 3,
                     allowed_families(&p)
                         .iter()
                         .map(|f| match *f {

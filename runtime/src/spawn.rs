@@ -473,6 +473,40 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 0,
                 0,
             );
+            // …and none inheritable (which the bounding set does not mask at exec).
+            #[repr(C)]
+            struct CapHeader {
+                version: u32,
+                pid: c_int,
+            }
+            #[repr(C)]
+            struct CapData {
+                effective: u32,
+                permitted: u32,
+                inheritable: u32,
+            }
+            let mut header = CapHeader {
+                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+                pid: 0,
+            };
+            let mut data = [
+                CapData {
+                    effective: 0,
+                    permitted: 0,
+                    inheritable: 0,
+                },
+                CapData {
+                    effective: 0,
+                    permitted: 0,
+                    inheritable: 0,
+                },
+            ];
+            if libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) == 0 {
+                for d in &mut data {
+                    d.inheritable = 0;
+                }
+                libc::syscall(libc::SYS_capset, &mut header, data.as_ptr());
+            }
         }
         if a.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(a, Step::NoNewPrivs);

@@ -129,11 +129,15 @@ async fn connect(
 ) -> Result<(ActorRef<RuntimeInbox>, UnboundedReceiver<LinkEvent>), StepError> {
     let join = &boot.cluster;
     let (tx, mut rx) = unbounded_channel();
+    // The dead end the runtime made for sealing the listener (a sandboxed node may not make
+    // Unix sockets), taken once.
+    let sealer = boot.seal_fd.and_then(take_inherited);
     let server = start_node_server(
         &join.node_name,
         &join.cookie,
         Subscription(tx.clone()),
         true,
+        sealer,
     )
     .await
     .map_err(StepError::at("starting the node server"))?
@@ -183,6 +187,20 @@ async fn connect(
         "session ready, gateway visible"
     );
     Ok((gateway, rx))
+}
+
+/// Own inherited fd `fd`, once per process, if it is open.
+fn take_inherited(fd: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // SAFETY: F_GETFD only reads the fd's flags.
+    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+    if !open || TAKEN.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: the runtime passed this fd for this purpose; it is taken here once, by nobody
+    // else.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// The runtime's gateway actor, once the hub's process groups are visible.

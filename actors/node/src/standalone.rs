@@ -169,6 +169,7 @@ impl Node {
             settings: wire::encode(settings),
             broker_fd: None,
             directory: vec![node.clone()],
+            seal_fd: None,
         };
         let shared = crate::new_shared(boot.cluster.token)?;
         let (page, _page_fd) = NodePage::create(&format!("syncra-page:{node}"))

@@ -724,6 +724,8 @@ impl SupState {
         let (page, page_child) = NodePage::create("syncra-node-page")
             .map_err(|e| io("creating the node page", e.into()))?;
         let page = Arc::new(page);
+        let sealer = syncra_protocol::listener::dead_end()
+            .map_err(|e| io("creating the listener's dead end", e))?;
         let mut env: Vec<(String, String)> = self
             .plan
             .env
@@ -745,6 +747,7 @@ impl SupState {
                 (theirs, syncra_protocol::boot::CLUSTER_FD),
                 (page_child, PAGE_FD),
                 (broker_theirs, BROKER_FD),
+                (sealer, syncra_protocol::listener::SEAL_FD),
             ],
             capture_output: true,
             sandbox: Some(SandboxRequest {
@@ -866,6 +869,7 @@ impl SupState {
             settings: self.plan.settings.clone(),
             broker_fd: Some(BROKER_FD),
             directory: self.ctx.registry.names(),
+            seal_fd: Some(syncra_protocol::listener::SEAL_FD),
         };
         let mut frame = Vec::new();
         let _ = boot.write_to(&mut frame);

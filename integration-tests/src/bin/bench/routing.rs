@@ -41,10 +41,14 @@ pub(crate) fn measure(rounds: usize, cpus: Option<&[usize]>, kit: bool) -> Times
     let peer = workspace_bin("syncra-test-peer");
     let out = dir.path().join("caller.jsonl");
     let sock = dir.path().join("direct.sock");
+    // The direct baseline is a Unix socket between the two: they need the host's network
+    // (a sandboxed node makes no Unix sockets).
     let config = format!(
         "[runtime]\nwatch_interval_ms = 1000\n[worlds]\nentities = 16\n\
          [drivers.echo]\ncommand = \"{peer}\"\nargs = [\"echo\", \"out={echo_out}\", \"direct={sock}\"]\n\
-         [drivers.caller]\ncommand = \"{peer}\"\nargs = [\"bench-caller\", \"out={out}\", \"to=echo\", \"direct={sock}\", \"rounds={rounds}\"{kit_to}]\n{looper}",
+         sandbox = {{ network = \"any\" }}\n\
+         [drivers.caller]\ncommand = \"{peer}\"\nargs = [\"bench-caller\", \"out={out}\", \"to=echo\", \"direct={sock}\", \"rounds={rounds}\"{kit_to}]\n\
+         sandbox = {{ network = \"any\" }}\n{looper}",
         kit_to = if kit { ", \"kit_to=looper\"" } else { "" },
         looper = if kit {
             format!(

@@ -62,7 +62,7 @@ fn current_thread() -> tokio::runtime::Runtime {
 pub(crate) fn serve(path: PathBuf) {
     std::thread::spawn(move || {
         current_thread().block_on(async move {
-            let server = start_node_server("bench-direct-echo", COOKIE, (), true)
+            let server = start_node_server("bench-direct-echo", COOKIE, (), true, None)
                 .await
                 .expect("the direct node server")
                 .server;
@@ -97,7 +97,7 @@ impl DirectCaller {
         let rt = current_thread();
         let echo = rt.block_on(async {
             let deadline = Instant::now() + patience;
-            let server = start_node_server("bench-direct-caller", COOKIE, (), true)
+            let server = start_node_server("bench-direct-caller", COOKIE, (), true, None)
                 .await?
                 .server;
             let stream = loop {
