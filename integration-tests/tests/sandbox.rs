@@ -124,6 +124,11 @@ fn attacks(as_stranger: bool) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
+    // A socket by path outside the node's profile, as a session bus or docker.sock would be.
+    let bus_path = secrets.path().join("bus");
+    let bus = std::os::unix::net::UnixListener::bind(&bus_path).unwrap();
+    bus.set_nonblocking(true).unwrap();
+    std::fs::set_permissions(&bus_path, std::fs::Permissions::from_mode(0o777)).unwrap();
     let attack_out = out.path().join("attack.jsonl");
     let targets = out.path().join("targets");
     let config = format!(
@@ -131,7 +136,7 @@ fn attacks(as_stranger: bool) {
          [sandbox]\nwrite = [\"{out}\"]\n\
          [drivers.victim]\ncommand = \"{peer}\"\nargs = [\"echo\", \"out={out}/victim.jsonl\"]\n\
          [drivers.attack]\ncommand = \"{peer}\"\n\
-         args = [\"attack\", \"secret={secret}\", \"outside={outside}\", \"port={port}\", \"targets={targets}\", \"out={attack_out}\"]\n\
+         args = [\"attack\", \"secret={secret}\", \"outside={outside}\", \"port={port}\", \"unix={bus}\", \"targets={targets}\", \"out={attack_out}\"]\n\
          [worlds]\nnames = [\"evil\"]\n\
          [worlds.evil]\ncommand = \"{script}\"\nstart_timeout_ms = 600000\n",
         out = out.path().display(),
@@ -140,6 +145,7 @@ fn attacks(as_stranger: bool) {
         outside = outside.display(),
         targets = targets.display(),
         attack_out = attack_out.display(),
+        bus = bus_path.display(),
         script = script.display(),
     );
     let h = Harness::start_with(&config, &[], s.options);
@@ -170,6 +176,7 @@ fn attacks(as_stranger: bool) {
         "write outside".into(),
         "tcp connect".into(),
         "udp send".into(),
+        "unix socket by path".into(),
         "raw socket".into(),
         "control socket".into(),
     ];
@@ -192,6 +199,10 @@ fn attacks(as_stranger: bool) {
         );
     }
     assert!(!outside.exists(), "the attacker wrote outside its profile");
+    assert!(
+        matches!(bus.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the attacker reached a Unix socket outside its profile"
+    );
     assert!(
         matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the attacker reached the test's TCP listener"

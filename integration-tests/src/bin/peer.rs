@@ -930,6 +930,15 @@ fn main() {
                     .map(|n| format!("sent {n} bytes"))
                     .map_err(|e| e.to_string()),
             );
+            if !opt("unix").is_empty() {
+                report(
+                    &mut out,
+                    "unix socket by path",
+                    std::os::unix::net::UnixStream::connect(opt("unix"))
+                        .map(|_| format!("connected to {}", opt("unix")))
+                        .map_err(|e| e.to_string()),
+                );
+            }
             report(
                 &mut out,
                 "raw socket",
