@@ -347,6 +347,8 @@ struct ChildArgs {
     gid_map_len: usize,
     /// Sandbox, in a new network namespace: bring up its loopback.
     loopback_up: bool,
+    /// Sandbox: a network namespace made ahead to enter (`setns`), or -1.
+    netns_fd: c_int,
     /// Set by the child when a step fails: which step ([`Step`]) and its errno.
     step: c_int,
     errno: c_int,
@@ -397,7 +399,7 @@ impl Step {
             Step::Landlock => "entering its Landlock domain",
             Step::Limits => "setting its resource limits",
             Step::Seccomp => "installing its seccomp filter",
-            Step::Loopback => "bringing up its loopback",
+            Step::Loopback => "entering its network namespace or bringing up its loopback",
         }
     }
 }
@@ -441,6 +443,9 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             {
                 fail(a, Step::UserNamespace);
             }
+        }
+        if a.netns_fd >= 0 && libc::setns(a.netns_fd, libc::CLONE_NEWNET) != 0 {
+            fail(a, Step::Loopback);
         }
         if a.loopback_up {
             // Its own namespace's `lo`, still with the capabilities of its namespace's owner.
@@ -775,6 +780,14 @@ fn spawn_with(
         .map(|(fd, target)| (fd.as_raw_fd(), *target))
         .collect();
 
+    // A root runtime's nodes enter a network namespace made ahead, off the spawn path.
+    let mut clone_flags = prepared.clone_flags;
+    let netns = (clone_flags & libc::CLONE_NEWNET != 0 && clone_flags & libc::CLONE_NEWUSER == 0)
+        .then(crate::sandbox::netns_ahead)
+        .flatten();
+    if netns.is_some() {
+        clone_flags &= !libc::CLONE_NEWNET;
+    }
     let fprogs: Vec<libc::sock_fprog> = prepared
         .seccomp
         .iter()
@@ -813,6 +826,7 @@ fn spawn_with(
         gid_map: gid_map.as_ptr(),
         gid_map_len: gid_map.len(),
         loopback_up: prepared.loopback_up,
+        netns_fd: netns.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         step: 0,
         errno: 0,
     };
@@ -829,11 +843,7 @@ fn spawn_with(
         libc::clone(
             child_main,
             stack_top,
-            libc::CLONE_VM
-                | libc::CLONE_VFORK
-                | libc::CLONE_PIDFD
-                | libc::SIGCHLD
-                | prepared.clone_flags,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD | clone_flags,
             (&mut args as *mut ChildArgs).cast::<c_void>(),
             &mut pidfd as *mut c_int,
         )
