@@ -134,6 +134,16 @@ impl Serialize for SandboxSpec {
     }
 }
 
+/// Relative paths of `read` and `write` made absolute against `base` (empty ones stay empty,
+/// for validation to name).
+fn anchor_all(read: &mut [PathBuf], write: &mut [PathBuf], base: &Path) {
+    for p in read.iter_mut().chain(write.iter_mut()) {
+        if p.is_relative() && !p.as_os_str().is_empty() {
+            *p = base.join(&*p);
+        }
+    }
+}
+
 /// Largest `memory_mb` (1 TiB).
 pub const MAX_MEMORY_MB: u64 = 1 << 20;
 /// Largest `open_files`.
@@ -202,11 +212,7 @@ impl SandboxSpec {
 
     /// Relative paths made absolute against `base`.
     pub fn anchor(&mut self, base: &Path) {
-        for p in self.read.iter_mut().chain(self.write.iter_mut()) {
-            if p.is_relative() && !p.as_os_str().is_empty() {
-                *p = base.join(&*p);
-            }
-        }
+        anchor_all(&mut self.read, &mut self.write, base);
     }
 }
 
@@ -389,11 +395,7 @@ impl SandboxProfile {
 
     /// Paths made absolute against `base` (the working directory).
     pub fn anchor(&mut self, base: &Path) {
-        for p in self.read.iter_mut().chain(self.write.iter_mut()) {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
+        anchor_all(&mut self.read, &mut self.write, base);
     }
 
     /// One line per rule, as `syncra check-config` prints it.

@@ -195,13 +195,9 @@ fn node_of(runtime: &Runtime, pid: rustix::process::Pid) -> Option<String> {
     let Ok(group) = rustix::process::getpgid(Some(pid)) else {
         return Some("a process that exited before it could be identified".to_owned());
     };
-    let group = group.as_raw_nonzero().get() as u32;
     runtime
-        .status()
-        .nodes
-        .into_iter()
-        .find(|n| n.pid == Some(group) || n.spare_pid == Some(group))
-        .map(|n| format!("node `{}`", n.name))
+        .node_of_group(group.as_raw_nonzero().get() as u32)
+        .map(|name| format!("node `{name}`"))
 }
 
 /// Serve the control socket until the task is aborted.

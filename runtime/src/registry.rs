@@ -124,6 +124,14 @@ impl Registry {
         self.version.send_modify(|v| *v += 1);
     }
 
+    /// The node whose current process (or warm spare) is `pid`.
+    pub(crate) fn node_with_pid(&self, pid: u32) -> Option<NodeName> {
+        read(&self.records)
+            .iter()
+            .find(|r| r.view.pid == Some(pid) || r.view.spare_pid == Some(pid))
+            .map(|r| r.view.name.clone())
+    }
+
     /// Every node's view, uptime computed now.
     pub(crate) fn snapshot(&self) -> Vec<NodeView> {
         let now = Instant::now();

@@ -424,6 +424,11 @@ impl Runtime {
         RuntimeBuilder::new(config).start().await
     }
 
+    /// The node leading process group `group` (every node leads its own), if any.
+    pub(crate) fn node_of_group(&self, group: u32) -> Option<syncra_protocol::NodeName> {
+        self.inner.ctx.registry.node_with_pid(group)
+    }
+
     /// Every node's state.
     pub fn status(&self) -> StatusReport {
         let rt = &self.inner.plan.runtime;

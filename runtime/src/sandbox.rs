@@ -383,33 +383,22 @@ fn seccomp_programs(
         // x32 system calls carry the x86-64 architecture value and the number | 0x40000000,
         // which the rules above never match: refuse them all.
         const X32: u32 = 0x4000_0000;
+        let op = |code: u32, jt: u8, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt,
+            jf: 0,
+            k,
+        };
         programs.push(vec![
-            // A = seccomp_data.nr
-            libc::sock_filter {
-                code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
-                jt: 0,
-                jf: 0,
-                k: 0,
-            },
-            // if A >= X32 goto deny
-            libc::sock_filter {
-                code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
-                jt: 1,
-                jf: 0,
-                k: X32,
-            },
-            libc::sock_filter {
-                code: (libc::BPF_RET | libc::BPF_K) as u16,
-                jt: 0,
-                jf: 0,
-                k: libc::SECCOMP_RET_ALLOW,
-            },
-            libc::sock_filter {
-                code: (libc::BPF_RET | libc::BPF_K) as u16,
-                jt: 0,
-                jf: 0,
-                k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
-            },
+            // A = seccomp_data.nr; if A >= X32 skip to the refusal
+            op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0),
+            op(libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K, 1, X32),
+            op(libc::BPF_RET | libc::BPF_K, 0, libc::SECCOMP_RET_ALLOW),
+            op(
+                libc::BPF_RET | libc::BPF_K,
+                0,
+                libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            ),
         ]);
     }
     Ok(programs)
