@@ -181,7 +181,8 @@ fn attacks(as_stranger: bool) {
         "control socket".into(),
     ];
     for pid in [victim, world, h.pid()] {
-        for what in ["signal", "ptrace", "memory"] {
+        // Its memory holds its join token: nothing of another node may read it.
+        for what in ["signal", "ptrace", "memory", "process_vm_readv"] {
             expected.push(format!("{what} {pid}"));
         }
     }
@@ -253,10 +254,19 @@ fn an_ordinary_users_runtime_confines_its_nodes_as_well() {
 
 #[test]
 fn a_fork_bomb_is_contained_and_the_runtime_still_starts_nodes() {
-    let s = setup(true);
-    if is_root() && s.options.user.is_none() {
-        unreachable!("as root the bomb runs as nobody");
-    }
+    fork_bomb(true);
+}
+
+/// A root runtime's node is root without capabilities, exempt from `RLIMIT_NPROC`: its pids
+/// cgroup contains it instead.
+#[test]
+fn a_root_runtimes_fork_bomb_is_contained_by_its_pids_cgroup() {
+    fork_bomb(false);
+}
+
+fn fork_bomb(as_stranger: bool) {
+    let s = setup(as_stranger);
+    let cgroup = is_root() && s.options.user.is_none();
     let out = open_dir("syncra-bomb-");
     let bomb_out = out.path().join("bomb.jsonl");
     let config = format!(
@@ -285,13 +295,19 @@ fn a_fork_bomb_is_contained_and_the_runtime_still_starts_nodes() {
         "{report}"
     );
     let status = h.node("bomb").sandbox.unwrap();
+    let limit = if cgroup {
+        "processes 64 with their threads (pids cgroup)"
+    } else {
+        "processes 64 more"
+    };
     assert!(
-        status
-            .enforced
-            .iter()
-            .any(|r| r.contains("processes 64 more")),
+        status.enforced.iter().any(|r| r.contains(limit)),
         "{status:?}"
     );
+    if cgroup {
+        // The node's own threads count too: fewer than 64 children.
+        assert!(children < 64, "{children} children");
+    }
     // Its user's other processes (the runtime, the world) are not starved: the world ticks,
     // and a restart of it — a new process — starts at once.
     keeps_ticking(&h, "world/main");

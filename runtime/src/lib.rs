@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 mod broker;
+mod cgroup;
 mod cluster;
 mod control;
 mod fdreserve;

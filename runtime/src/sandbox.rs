@@ -17,7 +17,8 @@
 //!   The node's cluster listener then binds a loopback that is down and that nobody else can
 //!   reach; its link to the runtime is the socketpair it inherits.
 //! - **resource limits** (`RLIMIT_DATA`, `RLIMIT_NOFILE`, `RLIMIT_NPROC`, `RLIMIT_CPU`), never
-//!   above the runtime's own hard limits, and always `no_new_privs`.
+//!   above the runtime's own hard limits, and always `no_new_privs`. Root is exempt from
+//!   `RLIMIT_NPROC`, so a root runtime's nodes each get a pids cgroup ([`crate::cgroup`]).
 //!
 //! What this kernel or this user cannot enforce is said per node ([`SandboxStatus`]); in
 //! `strict` mode it is a start failure instead.
@@ -144,6 +145,8 @@ pub(crate) struct Prepared {
     pub(crate) loopback_up: bool,
     /// The node's private directory (its `TMPDIR`), if it has one.
     pub(crate) tmp_dir: Option<PathBuf>,
+    /// A root runtime's node: the pids cgroup the child enters before exec.
+    pub(crate) cgroup: Option<crate::cgroup::NodeCgroup>,
     /// What is and is not enforced.
     pub(crate) status: SandboxStatus,
 }
@@ -765,11 +768,25 @@ pub(crate) fn prepare(
     }
     if p.processes > 0 {
         if support.root {
-            missing(
-                &mut out,
-                "processes",
-                "root is exempt from RLIMIT_NPROC (run the runtime as an ordinary user, or grant processes = 0)".to_owned(),
-            )?;
+            // Root is exempt from RLIMIT_NPROC; the pids controller is not.
+            let stem = node_dir
+                .and_then(|d| d.file_name())
+                .and_then(|n| n.to_str())
+                .map_or_else(|| name.replace('/', "-"), str::to_owned);
+            match crate::cgroup::for_node(&stem, p.processes) {
+                Ok(cgroup) => {
+                    out.cgroup = Some(cgroup);
+                    limits.push(format!(
+                        "processes {} with their threads (pids cgroup)",
+                        p.processes
+                    ));
+                }
+                Err(why) => missing(
+                    &mut out,
+                    "processes",
+                    format!("root is exempt from RLIMIT_NPROC, and no pids cgroup: {why}"),
+                )?,
+            }
         } else if let Some(now) = tasks_now() {
             let n = limit(Resource::Nproc, now + p.processes);
             out.rlimits.push((libc::RLIMIT_NPROC, rlim(n)));

@@ -339,6 +339,8 @@ struct ChildArgs {
     /// Sandbox: resource limits.
     rlimits: *const (libc::__rlimit_resource_t, libc::rlimit),
     rlimits_len: usize,
+    /// Sandbox: the node's `cgroup.procs` to write `0` to (enter its pids cgroup), or -1.
+    cgroup_procs_fd: c_int,
     /// Sandbox, in a new user namespace: what to write to `/proc/self/{uid_map,setgroups,
     /// gid_map}` (NUL-terminated, with their lengths), or null.
     uid_map: *const u8,
@@ -368,6 +370,7 @@ enum Step {
     Limits = 8,
     Seccomp = 9,
     Loopback = 10,
+    Cgroup = 11,
 }
 
 impl Step {
@@ -383,6 +386,7 @@ impl Step {
             Step::Limits,
             Step::Seccomp,
             Step::Loopback,
+            Step::Cgroup,
         ]
         .into_iter()
         .find(|s| *s as c_int == v)
@@ -400,6 +404,7 @@ impl Step {
             Step::Limits => "setting its resource limits",
             Step::Seccomp => "installing its seccomp filter",
             Step::Loopback => "entering its network namespace or bringing up its loopback",
+            Step::Cgroup => "entering its pids cgroup",
         }
     }
 }
@@ -425,6 +430,10 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         }
         if libc::setpgid(0, 0) != 0 {
             fail(a, Step::ProcessGroup);
+        }
+        // Counted in its pids cgroup before it can start anything.
+        if a.cgroup_procs_fd >= 0 && libc::write(a.cgroup_procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+            fail(a, Step::Cgroup);
         }
         if !a.uid_map.is_null() {
             // A new user namespace: map the user (and group) to itself.
@@ -817,6 +826,10 @@ fn spawn_with(
         seccomp_len: fprogs.len(),
         rlimits: prepared.rlimits.as_ptr(),
         rlimits_len: prepared.rlimits.len(),
+        cgroup_procs_fd: prepared
+            .cgroup
+            .as_ref()
+            .map_or(-1, |cg| cg.procs.as_raw_fd()),
         uid_map: if prepared.map_ids.is_some() {
             uid_map.as_ptr()
         } else {

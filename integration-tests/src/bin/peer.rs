@@ -1016,12 +1016,39 @@ fn main() {
                         _ => Err(errno()),
                     },
                 );
+                // Opening it is the kernel's permission check (a read at offset 0 would fail
+                // anyway: nothing is mapped there).
                 report(
                     &mut out,
                     &format!("memory {pid}"),
-                    std::fs::read(format!("/proc/{pid}/mem"))
-                        .map(|b| format!("read {} bytes", b.len()))
+                    std::fs::File::open(format!("/proc/{pid}/mem"))
+                        .map(|_| "opened its memory".to_owned())
                         .map_err(|e| e.to_string()),
+                );
+                let mut byte = 0u8;
+                let local = libc::iovec {
+                    iov_base: (&raw mut byte).cast(),
+                    iov_len: 1,
+                };
+                let remote = libc::iovec {
+                    iov_base: 0x1000 as *mut libc::c_void,
+                    iov_len: 1,
+                };
+                report(
+                    &mut out,
+                    &format!("process_vm_readv {pid}"),
+                    // SAFETY: the local iovec is one byte on this stack; the kernel checks
+                    // the remote one.
+                    match unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } {
+                        n if n >= 0 => Ok(format!("read {n} bytes")),
+                        // EFAULT, ESRCH: past the permission check, so not denied.
+                        _ => match std::io::Error::last_os_error() {
+                            e if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+                                Err(e.to_string())
+                            }
+                            e => Ok(format!("past the permission check ({e})")),
+                        },
+                    },
                 );
             }
             out.line(serde_json::json!({ "done": true }));
