@@ -61,6 +61,9 @@ pub struct Options {
     /// Run the runtime as this user (the test must be root): from a copy of its binaries
     /// ([`Staged`]), with the test's directory given to that user.
     pub user: Option<(u32, Staged)>,
+    /// Run the runtime (root only) in a mount namespace of its own where the cgroup file
+    /// systems are read-only, as in a container (Docker mounts them so by default).
+    pub cgroups_read_only: bool,
 }
 
 /// Copies of the workspace's binaries in a directory every user can read, so that a runtime
@@ -194,6 +197,45 @@ impl Harness {
                     };
                     rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
                     Ok(())
+                });
+            }
+        }
+        if options.cgroups_read_only {
+            use std::os::unix::process::CommandExt;
+            assert!(is_root(), "only root can make a mount namespace here");
+            // SAFETY: unshare and mount are system calls; nothing else runs between fork and
+            // exec, and the strings are NUL-terminated literals.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let ok = |r: libc::c_int| {
+                        if r == 0 {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::last_os_error())
+                        }
+                    };
+                    ok(libc::unshare(libc::CLONE_NEWNS))?;
+                    ok(libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ))?;
+                    ok(libc::mount(
+                        c"/sys/fs/cgroup".as_ptr(),
+                        c"/sys/fs/cgroup".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ))?;
+                    ok(libc::mount(
+                        std::ptr::null(),
+                        c"/sys/fs/cgroup/pids".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                        std::ptr::null(),
+                    ))
                 });
             }
         }

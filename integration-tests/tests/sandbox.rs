@@ -328,6 +328,25 @@ fn fork_bomb(as_stranger: bool) {
     );
 }
 
+/// A directory named `name` at most `depth` levels below `root`.
+fn find_dir(root: &Path, name: &str, depth: usize) -> Option<std::path::PathBuf> {
+    let entries = std::fs::read_dir(root).ok()?;
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if entry.file_name() == name {
+            return Some(entry.path());
+        }
+        if depth > 1
+            && let Some(found) = find_dir(&entry.path(), name, depth - 1)
+        {
+            return Some(found);
+        }
+    }
+    None
+}
+
 #[test]
 fn past_its_memory_limit_a_node_dies_and_its_record_says_so() {
     let out = open_dir("syncra-hog-");
@@ -362,6 +381,10 @@ fn past_its_memory_limit_a_node_dies_and_its_record_says_so() {
     keeps_ticking(&h, "world/main");
 }
 
+/// As root in a container whose cgroup file systems are read-only, `processes` cannot be
+/// enforced (root is exempt from RLIMIT_NPROC, and there is no pids cgroup to make): strict
+/// mode refuses to start the node and says why; the rest runs. As an ordinary user the same
+/// limit is RLIMIT_NPROC, and the node starts with everything enforced.
 #[test]
 fn strict_mode_refuses_to_start_a_node_whose_rules_cannot_all_be_enforced() {
     let out = open_dir("syncra-strict-");
@@ -374,15 +397,18 @@ fn strict_mode_refuses_to_start_a_node_whose_rules_cannot_all_be_enforced() {
         out = out.path().display(),
         peer = workspace_bin("syncra-test-peer").display(),
     );
-    let h = Harness::start(&config, &[]);
+    let options = Options {
+        cgroups_read_only: is_root(),
+        ..Options::default()
+    };
+    let h = Harness::start_with(&config, &[], options);
     if is_root() {
-        // Root is exempt from RLIMIT_NPROC: the limit cannot hold, so the node does not start.
         let v = h.wait_state("limited", NodeState::Failed);
         let detail = v.detail.unwrap_or_default();
         assert!(
             detail.contains(
-                "sandbox = \"strict\": processes cannot be enforced here: root is exempt"
-            ),
+                "sandbox = \"strict\": processes cannot be enforced here: root is exempt from RLIMIT_NPROC, and no pids cgroup"
+            ) && detail.contains("Read-only file system"),
             "{detail}"
         );
         // And the rest runs.
@@ -391,6 +417,42 @@ fn strict_mode_refuses_to_start_a_node_whose_rules_cannot_all_be_enforced() {
         let v = h.wait_ready(&["limited"]).remove(0);
         let status = v.sandbox.unwrap();
         assert!(status.not_enforced.is_empty(), "{status:?}");
+    }
+}
+
+/// As root, strict mode holds everything here, `processes` by the node's pids cgroup.
+#[test]
+fn strict_mode_as_root_enforces_processes_by_a_pids_cgroup() {
+    let out = open_dir("syncra-strict-");
+    let config = format!(
+        "[runtime]\nwatch_interval_ms = 500\n\
+         [sandbox]\nmode = \"strict\"\nwrite = [\"{out}\"]\n\
+         [drivers.limited]\ncommand = \"{peer}\"\nargs = [\"echo\", \"out={out}/x.jsonl\"]\n\
+         sandbox = {{ processes = 64 }}\n",
+        out = out.path().display(),
+        peer = workspace_bin("syncra-test-peer").display(),
+    );
+    let mut h = Harness::start(&config, &[]);
+    let v = h.wait_ready(&["limited"]).remove(0);
+    let status = v.sandbox.unwrap();
+    assert!(status.not_enforced.is_empty(), "{status:?}");
+    if is_root() {
+        assert!(
+            status.enforced.iter().any(|r| r.contains("(pids cgroup)")),
+            "{status:?}"
+        );
+        // The node is in it; a runtime that stops removes it.
+        let name = format!("syncra-{}", h.pid());
+        let dir = find_dir(Path::new("/sys/fs/cgroup"), &name, 4)
+            .unwrap_or_else(|| panic!("no {name} cgroup while the runtime runs"));
+        let procs = std::fs::read_to_string(dir.join("limited/cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|p| p == v.pid.unwrap().to_string()),
+            "{procs}"
+        );
+        h.signal(libc::SIGTERM);
+        assert!(h.wait_exit(PATIENCE).success());
+        assert!(!dir.exists(), "{} left behind", dir.display());
     }
 }
 

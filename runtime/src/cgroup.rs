@@ -4,34 +4,105 @@
 //!
 //! Each runtime makes `syncra-<pid>` in its own cgroup of the pids hierarchy (v1, or v2 where
 //! its cgroup may delegate the controller), and one cgroup per node inside it with its
-//! `pids.max`. The parent opens the node's `cgroup.procs`; the child writes `0` to it between
-//! clone and exec, so it is counted before it can fork. A node's cgroup is kept for its next
-//! incarnation and removed when the runtime lets go of it; cgroups of runtimes that died
-//! without removing theirs are swept at the next start.
+//! `pids.max`. The child is counted before it can fork:
+//!
+//! - **v1**: a thread of the runtime lives in the node's cgroup (cgroups are per thread in v1)
+//!   and clones the node's every incarnation, which is born in it. Moving a process into a
+//!   cgroup waits for an RCU grace period (5–20 ms measured here), so it is paid once per
+//!   node, by that thread, not at every spawn.
+//! - **v2**: the child writes `0` to the cgroup's `cgroup.procs` between clone and exec (a
+//!   migration per spawn; not on this machine, whose pids controller is v1).
+//!
+//! A node's cgroup is kept for its next incarnation and removed when the runtime lets go of
+//! it; cgroups of runtimes that died without removing theirs are swept at the next start.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
 
-/// A node's pids cgroup, with its `cgroup.procs` open for the child to enter.
+/// A node's pids cgroup, and how its child enters it.
 #[derive(Debug)]
 pub(crate) struct NodeCgroup {
     dir: PathBuf,
-    /// `cgroup.procs`, write-only, close-on-exec.
-    pub(crate) procs: OwnedFd,
+    entry: Entry,
     _base: Arc<Base>,
+}
+
+#[derive(Debug)]
+enum Entry {
+    /// v1: a thread in the cgroup that clones the node.
+    Thread(Helper),
+    /// v2: `cgroup.procs`, write-only and close-on-exec, for the child to write `0` to.
+    Procs(OwnedFd),
+}
+
+type HelperJob = Box<dyn FnOnce() + Send + 'static>;
+
+#[derive(Debug)]
+struct Helper {
+    tx: Option<mpsc::Sender<HelperJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NodeCgroup {
+    /// The `cgroup.procs` fd the child writes `0` to, when it enters by itself (v2).
+    pub(crate) fn procs_fd(&self) -> Option<RawFd> {
+        match &self.entry {
+            Entry::Procs(fd) => Some(fd.as_raw_fd()),
+            Entry::Thread(_) => None,
+        }
+    }
+
+    /// Run `f` where a process it clones is born in the node's cgroup: on the node's thread
+    /// (v1), waiting for it, or here (v2). `None` if that thread is gone.
+    pub(crate) fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Option<R> {
+        let Entry::Thread(helper) = &self.entry else {
+            return Some(f());
+        };
+        let (done, result) = mpsc::sync_channel(1);
+        let job: Box<dyn FnOnce() + Send + '_> = Box::new(move || {
+            let _ = done.send(f());
+        });
+        // SAFETY: only the lifetime is erased. The job borrows from this call's caller, and
+        // this call does not return until the job has run or been dropped: `result` yields
+        // only once the job's `done` has sent (after `f` returned) or was dropped (the job
+        // dropped unrun: the thread gone, or `f` panicked and unwound).
+        let job: HelperJob = unsafe {
+            std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, HelperJob>(job)
+        };
+        helper.tx.as_ref()?.send(job).ok()?;
+        result.recv().ok()
+    }
 }
 
 impl Drop for NodeCgroup {
     fn drop(&mut self) {
-        // Fails (EBUSY) while a process is still in it; a later start sweeps it then.
-        let _ = std::fs::remove_dir(&self.dir);
+        if let Entry::Thread(helper) = &mut self.entry {
+            helper.tx = None;
+            if let Some(thread) = helper.thread.take() {
+                let _ = thread.join();
+            }
+        }
+        // A thread that just ended may still be counted for a moment.
+        let t0 = std::time::Instant::now();
+        while let Err(e) = std::fs::remove_dir(&self.dir) {
+            if e.raw_os_error() != Some(libc::EBUSY)
+                || t0.elapsed() > std::time::Duration::from_millis(200)
+            {
+                // Zombies count until they are reaped: the orphans of a node that forked are
+                // init's to reap, and some inits are slow at it.
+                tracing::debug!(dir = %self.dir.display(), error = %e, "a node's cgroup is left for the next start to sweep");
+                break;
+            }
+            std::thread::yield_now();
+        }
     }
 }
 
 /// This runtime's `syncra-<pid>` cgroup, removed when its last node's goes.
 #[derive(Debug)]
-struct Base(PathBuf);
+struct Base(PathBuf, bool);
 
 impl Drop for Base {
     fn drop(&mut self) {
@@ -40,8 +111,9 @@ impl Drop for Base {
 }
 
 /// A pids cgroup for the node whose private name is `stem`, with at most `max` tasks.
+/// Call it on a thread that has entered the tokio runtime (the node's thread enters it too).
 pub(crate) fn for_node(stem: &str, max: u64) -> Result<NodeCgroup, String> {
-    let base = base()?;
+    let (base, v1) = base()?;
     let dir = base.0.join(stem);
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
@@ -49,30 +121,72 @@ pub(crate) fn for_node(stem: &str, max: u64) -> Result<NodeCgroup, String> {
         Err(e) => return Err(format!("creating {}: {e}", dir.display())),
     }
     let max_path = dir.join("pids.max");
+    // The node's thread (v1) is one of its tasks.
+    let max = if v1 { max + 1 } else { max };
     std::fs::write(&max_path, max.to_string())
         .map_err(|e| format!("writing {}: {e}", max_path.display()))?;
-    let procs_path = dir.join("cgroup.procs");
-    let procs = rustix::fs::open(
-        &procs_path,
-        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| format!("opening {}: {e}", procs_path.display()))?;
+    let entry = if v1 {
+        Entry::Thread(helper(stem, &dir)?)
+    } else {
+        let procs_path = dir.join("cgroup.procs");
+        Entry::Procs(
+            rustix::fs::open(
+                &procs_path,
+                rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| format!("opening {}: {e}", procs_path.display()))?,
+        )
+    };
     Ok(NodeCgroup {
         dir,
-        procs,
+        entry,
         _base: base,
     })
 }
 
+/// Start the thread that lives in the v1 cgroup `dir` and runs what it is given.
+fn helper(stem: &str, dir: &Path) -> Result<Helper, String> {
+    let tasks = dir.join("tasks");
+    let handle = tokio::runtime::Handle::try_current().ok();
+    let (tx, rx) = mpsc::channel::<HelperJob>();
+    let (entered, entering) = mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name(format!("syncra-cg-{stem}"))
+        .spawn(move || {
+            let _enter = handle.as_ref().map(|h| h.enter());
+            crate::spawn::block_all_signals();
+            // `0` in v1's `tasks`: this thread alone.
+            let r = std::fs::write(&tasks, "0")
+                .map_err(|e| format!("moving a thread into {}: {e}", tasks.display()));
+            let ok = r.is_ok();
+            let _ = entered.send(r);
+            if ok {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            }
+        })
+        .map_err(|e| format!("starting the node's cgroup thread: {e}"))?;
+    entering
+        .recv()
+        .map_err(|_| "the node's cgroup thread died".to_owned())??;
+    Ok(Helper {
+        tx: Some(tx),
+        thread: Some(thread),
+    })
+}
+
 /// This runtime's base cgroup, made on first use (and again after the last node let go).
-fn base() -> Result<Arc<Base>, String> {
+/// And whether it is cgroup v1.
+fn base() -> Result<(Arc<Base>, bool), String> {
     static BASE: Mutex<Weak<Base>> = Mutex::new(Weak::new());
     let mut held = BASE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(base) = held.upgrade() {
-        return Ok(base);
+        let v1 = base.1;
+        return Ok((base, v1));
     }
-    let own = own_pids_cgroup()?;
+    let (own, v1) = own_pids_cgroup()?;
     sweep(&own);
     let dir = own.join(format!("syncra-{}", std::process::id()));
     match std::fs::create_dir(&dir) {
@@ -80,13 +194,14 @@ fn base() -> Result<Arc<Base>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(format!("creating {}: {e}", dir.display())),
     }
-    let base = Arc::new(Base(dir));
+    let base = Arc::new(Base(dir, v1));
     *held = Arc::downgrade(&base);
-    Ok(base)
+    Ok((base, v1))
 }
 
-/// The directory of this process's own cgroup in the hierarchy that has the pids controller.
-fn own_pids_cgroup() -> Result<PathBuf, String> {
+/// The directory of this process's own cgroup in the hierarchy that has the pids controller,
+/// and whether that is cgroup v1.
+fn own_pids_cgroup() -> Result<(PathBuf, bool), String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
     let cgroups = std::fs::read_to_string("/proc/self/cgroup")
@@ -113,7 +228,7 @@ fn own_pids_cgroup() -> Result<PathBuf, String> {
                 })
                 .map(|[_, _, path]| path)
                 .ok_or("/proc/self/cgroup names no pids cgroup")?;
-            return Ok(under_mount(mount_point, root, own));
+            return Ok((under_mount(mount_point, root, own), true));
         }
     }
     // v2: the unified hierarchy, if our cgroup may hand the controller to its children.
@@ -148,7 +263,7 @@ fn own_pids_cgroup() -> Result<PathBuf, String> {
                 dir.display()
             )
         })?;
-        return Ok(dir);
+        return Ok((dir, false));
     }
     Err("this machine has no pids cgroup controller mounted".to_owned())
 }
@@ -197,7 +312,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_nodes_cgroup_bounds_its_tasks_and_goes_with_the_runtimes_hold() {
+    fn a_nodes_cgroup_counts_what_its_thread_clones_and_goes_when_dropped() {
         if !rustix::process::geteuid().is_root() {
             // Only root may make cgroups here; an ordinary user's nodes get RLIMIT_NPROC.
             assert!(for_node("unit-test", 8).is_err());
@@ -205,12 +320,23 @@ mod tests {
         }
         let cg = for_node("unit-test", 8).expect("a pids cgroup as root");
         let dir = cg.dir.clone();
-        assert_eq!(
-            std::fs::read_to_string(dir.join("pids.max")).unwrap().trim(),
-            "8"
-        );
         let base = dir.parent().unwrap().file_name().unwrap().to_owned();
         assert_eq!(base, *format!("syncra-{}", std::process::id()));
+        let procs = || std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        // What runs there forks into the cgroup; what runs here does not.
+        let me = std::process::id().to_string();
+        let child = cg
+            .run(|| std::process::Command::new("sleep").arg("5").spawn().unwrap())
+            .expect("the cgroup's thread");
+        let mut child = child;
+        let listed = procs();
+        assert!(listed.lines().any(|l| l == child.id().to_string()), "{listed}");
+        let outside = std::process::Command::new("true").spawn().unwrap();
+        assert!(!procs().lines().any(|l| l == outside.id().to_string()));
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = { outside }.wait();
+        assert!(procs().lines().all(|l| l == me), "{}", procs());
         drop(cg);
         assert!(!dir.exists(), "{} left behind", dir.display());
     }

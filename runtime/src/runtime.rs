@@ -720,6 +720,7 @@ impl Runtime {
             }
         }
         self.inner.ctx.drain_tracked().await;
+        self.inner.ctx.spawner.release().await;
         if let Some(task) = self
             .inner
             .control

@@ -817,6 +817,13 @@ fn rlim(v: u64) -> libc::rlimit {
 /// is ready (the spawn then makes its own with `clone`), or when the runtime is not root
 /// (an ordinary user's namespace comes with its user namespace, made by `clone`).
 pub(crate) fn netns_ahead() -> Option<OwnedFd> {
+    netns_pool()?.lock().ok()?.try_recv().ok()
+}
+
+/// The namespaces made ahead, and the thread that makes them, started on first use. Start
+/// it from the spawner thread ([`start_netns_pool`]): a thread is born in its creator's
+/// cgroup, and a node's cgroup thread must not be its creator.
+fn netns_pool() -> Option<&'static std::sync::Mutex<std::sync::mpsc::Receiver<OwnedFd>>> {
     use std::sync::Mutex;
     use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
     static POOL: OnceLock<Option<Mutex<Receiver<OwnedFd>>>> = OnceLock::new();
@@ -850,5 +857,10 @@ pub(crate) fn netns_ahead() -> Option<OwnedFd> {
             .ok()
             .map(|_| Mutex::new(rx))
     });
-    pool.as_ref()?.lock().ok()?.try_recv().ok()
+    pool.as_ref()
+}
+
+/// Start the thread that makes network namespaces ahead, if this runtime uses it.
+pub(crate) fn start_netns_pool() {
+    let _ = netns_pool();
 }

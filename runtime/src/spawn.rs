@@ -261,9 +261,14 @@ impl SpawnError {
     }
 }
 
-struct Job {
-    spec: SpawnSpec,
-    reply: oneshot::Sender<Result<Spawned, SpawnError>>,
+enum Job {
+    Spawn {
+        spec: SpawnSpec,
+        reply: oneshot::Sender<Result<Spawned, SpawnError>>,
+    },
+    /// Let go of every node's prepared sandbox (their pids cgroups go with them): the
+    /// runtime is stopping and its nodes have stopped.
+    Release { reply: oneshot::Sender<()> },
 }
 
 /// Handle to the spawner thread.
@@ -287,9 +292,15 @@ impl Spawner {
                 let mut stack = vec![0u8; CHILD_STACK];
                 let mut sandboxes = SandboxCache::default();
                 while let Ok(job) = rx.recv() {
-                    let _ = job
-                        .reply
-                        .send(spawn_now(job.spec, &mut stack, &mut sandboxes));
+                    match job {
+                        Job::Spawn { spec, reply } => {
+                            let _ = reply.send(spawn_now(spec, &mut stack, &mut sandboxes));
+                        }
+                        Job::Release { reply } => {
+                            sandboxes.0.clear();
+                            let _ = reply.send(());
+                        }
+                    }
                 }
             })?;
         Ok(Spawner { tx })
@@ -299,13 +310,22 @@ impl Spawner {
     pub(crate) async fn spawn(&self, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { spec, reply })
+            .send(Job::Spawn { spec, reply })
             .map_err(|_| SpawnError::SpawnerGone)?;
         rx.await.map_err(|_| SpawnError::SpawnerGone)?
     }
+
+    /// Let go of what was prepared for every node (call it once they have all stopped: a
+    /// node whose cgroup thread ends gets its death signal).
+    pub(crate) async fn release(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Job::Release { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
 }
 
-fn block_all_signals() {
+pub(crate) fn block_all_signals() {
     // SAFETY: sigfillset initialises the set; pthread_sigmask only changes this thread's mask.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
@@ -643,7 +663,7 @@ fn spawn_now(
     let Some((_, _, prepared)) = cache.0.get(&req.node) else {
         unreachable!("inserted above")
     };
-    match spawn_with(&spec, prepared, stack) {
+    match spawn_placed(&spec, prepared, stack) {
         Err(Failed {
             userns: Some(errno),
             ..
@@ -654,7 +674,7 @@ fn spawn_now(
             crate::sandbox::userns_refused(errno);
             cache.0.clear();
             let prepared = prepare()?;
-            let spawned = spawn_with(&spec, &prepared, stack).map_err(|e| e.error);
+            let spawned = spawn_placed(&spec, &prepared, stack).map_err(|e| e.error);
             cache.0.insert(
                 req.node.clone(),
                 (req.profile.clone(), spec.program.clone(), prepared),
@@ -669,6 +689,31 @@ fn spawn_now(
             Ok(spawned)
         }
     }
+}
+
+/// [`spawn_with`], from the node's cgroup thread when it has one (then the child is born in
+/// its pids cgroup).
+fn spawn_placed(
+    spec: &SpawnSpec,
+    prepared: &crate::sandbox::Prepared,
+    stack: &mut [u8],
+) -> Result<Spawned, Failed> {
+    let Some(cgroup) = &prepared.cgroup else {
+        return spawn_with(spec, prepared, stack);
+    };
+    if prepared.clone_flags & libc::CLONE_NEWNET != 0 {
+        // Its thread is started here, not in the node's cgroup.
+        crate::sandbox::start_netns_pool();
+    }
+    cgroup
+        .run(|| spawn_with(spec, prepared, stack))
+        .unwrap_or_else(|| {
+            Err(Failed::from(SpawnError::io(
+                spec.program.display().to_string(),
+                Step::Cgroup.describe(),
+                std::io::Error::other("the node's cgroup thread is gone"),
+            )))
+        })
 }
 
 /// A failed spawn, and whether it failed because a user namespace was refused (its errno).
@@ -829,7 +874,8 @@ fn spawn_with(
         cgroup_procs_fd: prepared
             .cgroup
             .as_ref()
-            .map_or(-1, |cg| cg.procs.as_raw_fd()),
+            .and_then(|cg| cg.procs_fd())
+            .unwrap_or(-1),
         uid_map: if prepared.map_ids.is_some() {
             uid_map.as_ptr()
         } else {
