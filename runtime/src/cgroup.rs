@@ -68,9 +68,8 @@ impl NodeCgroup {
         // this call does not return until the job has run or been dropped: `result` yields
         // only once the job's `done` has sent (after `f` returned) or was dropped (the job
         // dropped unrun: the thread gone, or `f` panicked and unwound).
-        let job: HelperJob = unsafe {
-            std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, HelperJob>(job)
-        };
+        let job: HelperJob =
+            unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, HelperJob>(job) };
         helper.tx.as_ref()?.send(job).ok()?;
         result.recv().ok()
     }
@@ -223,9 +222,7 @@ fn own_pids_cgroup() -> Result<(PathBuf, bool), String> {
             let own = cgroups
                 .lines()
                 .filter_map(|l| l.splitn(3, ':').collect::<Vec<_>>().try_into().ok())
-                .find(|[_, controllers, _]: &[&str; 3]| {
-                    controllers.split(',').any(|c| c == "pids")
-                })
+                .find(|[_, controllers, _]: &[&str; 3]| controllers.split(',').any(|c| c == "pids"))
                 .map(|[_, _, path]| path)
                 .ok_or("/proc/self/cgroup names no pids cgroup")?;
             return Ok((under_mount(mount_point, root, own), true));
@@ -312,6 +309,10 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a plain child to see which cgroup a process is born in"
+    )]
     fn a_nodes_cgroup_counts_what_its_thread_clones_and_goes_when_dropped() {
         if !rustix::process::geteuid().is_root() {
             // Only root may make cgroups here; an ordinary user's nodes get RLIMIT_NPROC.
@@ -326,11 +327,19 @@ mod tests {
         // What runs there forks into the cgroup; what runs here does not.
         let me = std::process::id().to_string();
         let child = cg
-            .run(|| std::process::Command::new("sleep").arg("5").spawn().unwrap())
+            .run(|| {
+                std::process::Command::new("sleep")
+                    .arg("5")
+                    .spawn()
+                    .unwrap()
+            })
             .expect("the cgroup's thread");
         let mut child = child;
         let listed = procs();
-        assert!(listed.lines().any(|l| l == child.id().to_string()), "{listed}");
+        assert!(
+            listed.lines().any(|l| l == child.id().to_string()),
+            "{listed}"
+        );
         let outside = std::process::Command::new("true").spawn().unwrap();
         assert!(!procs().lines().any(|l| l == outside.id().to_string()));
         let _ = child.kill();

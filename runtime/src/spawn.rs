@@ -263,7 +263,7 @@ impl SpawnError {
 
 enum Job {
     Spawn {
-        spec: SpawnSpec,
+        spec: Box<SpawnSpec>,
         reply: oneshot::Sender<Result<Spawned, SpawnError>>,
     },
     /// Let go of every node's prepared sandbox (their pids cgroups go with them): the
@@ -294,7 +294,7 @@ impl Spawner {
                 while let Ok(job) = rx.recv() {
                     match job {
                         Job::Spawn { spec, reply } => {
-                            let _ = reply.send(spawn_now(spec, &mut stack, &mut sandboxes));
+                            let _ = reply.send(spawn_now(*spec, &mut stack, &mut sandboxes));
                         }
                         Job::Release { reply } => {
                             sandboxes.0.clear();
@@ -310,7 +310,10 @@ impl Spawner {
     pub(crate) async fn spawn(&self, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job::Spawn { spec, reply })
+            .send(Job::Spawn {
+                spec: Box::new(spec),
+                reply,
+            })
             .map_err(|_| SpawnError::SpawnerGone)?;
         rx.await.map_err(|_| SpawnError::SpawnerGone)?
     }
