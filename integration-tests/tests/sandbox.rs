@@ -178,6 +178,10 @@ fn attacks(as_stranger: bool) {
         "udp send".into(),
         "unix socket by path".into(),
         "raw socket".into(),
+        "set-user-ID file".into(),
+        "set-group-ID file by open".into(),
+        "personality".into(),
+        "sethostname".into(),
         "control socket".into(),
     ];
     for pid in [victim, world, h.pid()] {
@@ -192,6 +196,7 @@ fn attacks(as_stranger: bool) {
             .find(|(a, _)| a == attack)
             .map(|(_, o)| o.as_str())
             .unwrap_or_else(|| panic!("the attacker did not try `{attack}`: {found:?}"));
+        eprintln!("as {}: {attack}: {outcome}", s.who);
         assert!(
             outcome.starts_with("denied"),
             "as {}: `{attack}` was {outcome} (targets: victim {victim}, world {world}, runtime {}); all: {found:#?}",

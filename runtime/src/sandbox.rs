@@ -203,6 +203,25 @@ const DENIED_SYSCALLS: &[(i64, &str)] = &[
     // group kill reaches all of them and a node's child cannot pose as someone else.
     (libc::SYS_setsid, "setsid"),
     (libc::SYS_setpgid, "setpgid"),
+    // Its host name is the machine's (systemd's ProtectHostname).
+    (libc::SYS_sethostname, "sethostname"),
+    (libc::SYS_setdomainname, "setdomainname"),
+];
+
+/// Calls that could make a set-user-ID or set-group-ID file, and where their mode argument
+/// is (systemd's RestrictSUIDSGID): a root runtime's node is root, and a set-user-ID file it
+/// left in a directory it may write could make anyone who runs it root. `open`-like calls
+/// only when they create (`O_CREAT`, `O_TMPFILE`): (number, mode argument, flags argument).
+const MODE_CALLS: &[(i64, u8, Option<u8>)] = &[
+    (libc::SYS_chmod, 1, None),
+    (libc::SYS_fchmod, 1, None),
+    (libc::SYS_fchmodat, 2, None),
+    (libc::SYS_fchmodat2, 2, None),
+    (libc::SYS_mknod, 1, None),
+    (libc::SYS_mknodat, 2, None),
+    (libc::SYS_creat, 1, None),
+    (libc::SYS_open, 2, Some(1)),
+    (libc::SYS_openat, 3, Some(2)),
 ];
 
 /// Flags `clone` may not be given: new namespaces, and `CLONE_PARENT` (a child of the runtime
@@ -347,6 +366,35 @@ fn seccomp_programs(
         );
     }
     rules.insert(libc::SYS_socket, socket_rules);
+    // No set-user-ID or set-group-ID file.
+    for (nr, mode, flags) in MODE_CALLS {
+        let mut call_rules = Vec::new();
+        for bit in [libc::S_ISUID, libc::S_ISGID] {
+            let bit = u64::from(bit);
+            let mode = Cond::new(*mode, Len::Dword, Op::MaskedEq(bit), bit)?;
+            match flags {
+                None => call_rules.push(SeccompRule::new(vec![mode])?),
+                Some(flags) => {
+                    for create in [libc::O_CREAT as u64, libc::O_TMPFILE as u64] {
+                        call_rules.push(SeccompRule::new(vec![
+                            Cond::new(*flags, Len::Dword, Op::MaskedEq(create), create)?,
+                            mode.clone(),
+                        ])?);
+                    }
+                }
+            }
+        }
+        rules.insert(*nr, call_rules);
+    }
+    // Its execution domain stays Linux's (systemd's LockPersonality): only `personality(0)`
+    // and the query `personality(0xffffffff)`.
+    rules.insert(
+        libc::SYS_personality,
+        vec![SeccompRule::new(vec![
+            Cond::new(0, Len::Dword, Op::Ne, 0)?,
+            Cond::new(0, Len::Dword, Op::Ne, 0xffff_ffff)?,
+        ])?],
+    );
     // The death signal the runtime set stays: a node may not clear it.
     rules.insert(
         libc::SYS_prctl,
@@ -363,10 +411,16 @@ fn seccomp_programs(
         SeccompAction::Errno(libc::EPERM as u32),
         arch,
     )?;
-    // clone3 passes its flags in memory the filter cannot read: answer "not implemented",
-    // and the C library falls back to clone, whose flags the rules above see.
+    // clone3 and openat2 pass their flags in memory the filter cannot read: answer "not
+    // implemented", and the C library falls back to clone and openat, whose flags the rules
+    // above see.
     let clone3 = SeccompFilter::new(
-        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
+        [
+            (libc::SYS_clone3, Vec::new()),
+            (libc::SYS_openat2, Vec::new()),
+        ]
+        .into_iter()
+        .collect(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         arch,
@@ -719,8 +773,8 @@ pub(crate) fn prepare(
             Ok(progs) => {
                 out.seccomp = progs;
                 out.status.enforced.push(format!(
-                    "seccomp: {} calls refused (and x32), socket families {}",
-                    DENIED_SYSCALLS.len() + 3,
+                    "seccomp: {} calls refused (and x32), no set-user-ID files, personality locked, socket families {}",
+                    DENIED_SYSCALLS.len() + 4,
                     allowed_families(&p)
                         .iter()
                         .map(|f| match *f {
@@ -760,6 +814,10 @@ pub(crate) fn prepare(
         let n = limit(Resource::Nofile, p.open_files);
         out.rlimits.push((libc::RLIMIT_NOFILE, rlim(n)));
         limits.push(format!("open files {n}"));
+    }
+    if !p.devices.contains(&Device::Sound) {
+        // No real-time scheduling (systemd's RestrictRealtime); the sound driver may ask.
+        out.rlimits.push((libc::RLIMIT_RTPRIO, rlim(0)));
     }
     if p.cpu_seconds > 0 {
         let n = limit(Resource::Cpu, p.cpu_seconds);

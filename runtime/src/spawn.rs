@@ -548,6 +548,10 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         if a.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(a, Step::NoNewPrivs);
         }
+        if a.no_new_privs {
+            // What a sandboxed node creates is its own (systemd's UMask=0077).
+            libc::umask(0o077);
+        }
         if a.landlock_fd >= 0
             && libc::syscall(libc::SYS_landlock_restrict_self, a.landlock_fd, 0u32) != 0
         {

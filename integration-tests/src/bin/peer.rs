@@ -952,6 +952,48 @@ fn main() {
                     _ => Err(errno()),
                 },
             );
+            // A set-user-ID file in a directory it may write (its TMPDIR): as a root
+            // runtime's node it is root, and anyone who ran that file would be.
+            let suid = std::env::temp_dir().join("suid");
+            report(
+                &mut out,
+                "set-user-ID file",
+                std::fs::write(&suid, "#!/bin/sh\n")
+                    .and_then(|()| {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755))
+                    })
+                    .map(|()| "made one".to_owned())
+                    .map_err(|e| e.to_string()),
+            );
+            report(&mut out, "set-group-ID file by open", {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o2755)
+                    .open(std::env::temp_dir().join("sgid"))
+                    .map(|_| "made one".to_owned())
+                    .map_err(|e| e.to_string())
+            });
+            report(
+                &mut out,
+                "personality",
+                // SAFETY: personality(2) has no memory preconditions.
+                match unsafe { libc::personality(libc::READ_IMPLIES_EXEC as libc::c_ulong) } {
+                    -1 => Err(errno()),
+                    _ => Ok("changed its execution domain".into()),
+                },
+            );
+            report(
+                &mut out,
+                "sethostname",
+                // SAFETY: a live buffer and its length.
+                match unsafe { libc::sethostname(b"pwned".as_ptr().cast(), 5) } {
+                    0 => Ok("renamed the host".into()),
+                    _ => Err(errno()),
+                },
+            );
             // The runtime's control socket, found where the test keeps its run directory.
             if let Some(dir) = std::env::var_os("SYNCRA_TEST_DIR") {
                 let run_dir = std::path::Path::new(&dir).join("run");
