@@ -113,6 +113,12 @@ impl Default for StreamsSection {
     }
 }
 
+/// Default `runtime.max_links`.
+pub const DEFAULT_MAX_LINKS: u32 = 64;
+
+/// Largest accepted `runtime.max_links`.
+pub const MAX_LINKS: u32 = 4096;
+
 /// `[runtime]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -136,6 +142,12 @@ pub struct RuntimeSection {
     /// Directory of the control socket; default `$XDG_RUNTIME_DIR/syncra`, else
     /// `/tmp/syncra-<uid>`.
     pub run_dir: Option<PathBuf>,
+    /// Let nodes talk over direct links the runtime brokers, not through the hub, once they
+    /// have talked; `false` keeps every message on the hub (to compare, or to debug).
+    pub direct_links: bool,
+    /// Most direct links one node has open at once, both ways; past it its messages go
+    /// through the hub.
+    pub max_links: u32,
 }
 
 impl Default for RuntimeSection {
@@ -150,6 +162,8 @@ impl Default for RuntimeSection {
             log_dir: PathBuf::from(DEFAULT_LOG_DIR),
             crash_dir: None,
             run_dir: None,
+            direct_links: true,
+            max_links: DEFAULT_MAX_LINKS,
         }
     }
 }

@@ -171,6 +171,10 @@ pub struct RuntimePlan {
     pub on_give_up: GiveUpAction,
     /// Limits on dataflow streams.
     pub streams: StreamLimits,
+    /// Whether nodes get direct links.
+    pub direct_links: bool,
+    /// Most direct links per node.
+    pub max_links: usize,
 }
 
 /// Limits on dataflow streams, from `[streams]`.
@@ -644,6 +648,17 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
         ));
     }
 
+    if rt.max_links == 0 || rt.max_links > crate::model::MAX_LINKS {
+        problems.push(problem(
+            "runtime.max_links",
+            format!(
+                "{} is out of range: expected 1 to {}",
+                rt.max_links,
+                crate::model::MAX_LINKS
+            ),
+        ));
+    }
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -664,6 +679,8 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
             max_ring_bytes: st.max_ring_mb.saturating_mul(1 << 20),
             max_consumers: st.max_consumers as usize,
         },
+        direct_links: rt.direct_links,
+        max_links: rt.max_links as usize,
     };
     let policy = |o: &GroupOverrides| GroupPolicy {
         strategy: o.strategy.unwrap_or(sup.strategy),

@@ -126,6 +126,11 @@ pub struct Boot {
     /// make Unix sockets of its own.
     #[serde(default)]
     pub seal_fd: Option<i32>,
+    /// Whether to ask the Broker for direct links to the nodes this one talks to
+    /// ([`crate::direct`]); `false` keeps every message on the hub (config
+    /// `[runtime] direct_links = false`).
+    #[serde(default)]
+    pub direct_links: bool,
 }
 
 /// Why a boot frame could not be read.
@@ -212,6 +217,7 @@ mod tests {
             settings: vec![1, 2, 3],
             broker_fd: Some(5),
             seal_fd: None,
+            direct_links: false,
             directory: vec![NodeName::world("arena")],
         }
     }

@@ -98,6 +98,12 @@ pub enum NodeToBroker {
         /// The subscription's request id.
         id: u64,
     },
+    /// Open a direct link to the current incarnation of `to` ([`crate::direct`]). Answered
+    /// by [`BrokerToNode::Linked`] (with the link's fd) or [`BrokerToNode::LinkRefused`].
+    Link {
+        /// The node to talk to.
+        to: NodeName,
+    },
 }
 
 /// Why the Broker refused a request.
@@ -161,6 +167,33 @@ pub enum BrokerToNode {
         stream: String,
         /// The consumer's cell.
         cell: u32,
+    },
+    /// A direct link to `to` (one fd: this node's end, a `SOCK_SEQPACKET` socket).
+    Linked {
+        /// The node at the other end.
+        to: NodeName,
+        /// Its incarnation.
+        incarnation: u64,
+        /// The link's id, which the fence names ([`crate::direct::FENCE_TAG`]).
+        link: u64,
+    },
+    /// No direct link to `to` now (a limit, or it is not ready): its messages keep going
+    /// through the runtime.
+    LinkRefused {
+        /// The node asked for.
+        to: NodeName,
+        /// Why, in words.
+        message: String,
+    },
+    /// Sent unasked: `from` opened a direct link to this node (one fd: this node's end).
+    /// Read nothing from it until its fence arrives through the runtime.
+    LinkFrom {
+        /// The node at the other end.
+        from: NodeName,
+        /// Its incarnation.
+        incarnation: u64,
+        /// The link's id.
+        link: u64,
     },
     /// The request failed — or, for a lazy subscription, the stream it waits for was
     /// declared with another type.

@@ -8,6 +8,9 @@
 //!   ractor_cluster, and the ractor message enums that carry them.
 //! - [`control`]: requests and replies on the runtime's control socket (the CLI, embedders).
 //!
+//! Between two nodes, a [`direct`] link the runtime brokers carries one's messages and calls
+//! to the other without the hub.
+//!
 //! A fourth link is memory: the [`page`] a child shares with the runtime for its heartbeat,
 //! metrics and panic report.
 //!
@@ -29,6 +32,7 @@ pub mod boot;
 pub mod broker;
 pub mod control;
 pub mod crash;
+pub mod direct;
 pub mod input;
 pub mod link;
 pub mod listener;
@@ -45,7 +49,7 @@ pub mod world;
 
 /// Version of every message format in this crate. Bump it whenever a serialized type changes
 /// shape; a node built against another version is refused when it joins.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 pub use status::{NodeKind, NodeName, NodeState};
 pub use step::{BoxError, StepError};

@@ -39,6 +39,14 @@ pub enum DecodeError {
         /// Bytes received.
         len: usize,
     },
+    /// The bytes break a rule of the format (not of the encoding).
+    #[error("invalid {what}: {message}")]
+    Invalid {
+        /// The message kind.
+        what: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// The peer speaks another protocol version.
     #[error(
         "protocol version mismatch: peer speaks v{peer}, this build speaks v{ours}; rebuild both from the same Syncra version"

@@ -19,13 +19,13 @@
 
 mod state;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use syncra_config::StreamLimits;
-use syncra_protocol::NodeName;
+use syncra_protocol::{NodeName, NodeState};
 use syncra_protocol::broker::{self, BrokerToNode, NodeToBroker, RecvError};
 use syncra_protocol::control::StreamView;
 use tokio::io::Interest;
@@ -52,9 +52,115 @@ struct Link {
 struct Shell {
     core: Core,
     links: HashMap<NodeName, Link>,
+    rules: LinkRules,
+    /// Direct links brokered between two live incarnations (caller, callee), until either
+    /// ends. The Broker keeps no end of them: only the count.
+    pairs: HashSet<((NodeName, u64), (NodeName, u64))>,
+    next_link: u64,
+}
+
+/// What decides whether two nodes get a direct link ([`syncra_protocol::direct`]).
+pub(crate) struct LinkRules {
+    /// `[runtime] direct_links`.
+    pub(crate) enabled: bool,
+    /// `[runtime] max_links`: most links per incarnation, both ways.
+    pub(crate) max_per_node: usize,
+    /// Who is ready, as which incarnation.
+    pub(crate) registry: Arc<crate::registry::Registry>,
+}
+
+impl std::fmt::Debug for LinkRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkRules")
+            .field("enabled", &self.enabled)
+            .field("max_per_node", &self.max_per_node)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shell {
+    /// How many direct links the incarnation has open, both ways.
+    fn links_of(&self, node: &NodeName, incarnation: u64) -> usize {
+        let me = (node.clone(), incarnation);
+        self.pairs
+            .iter()
+            .filter(|(a, b)| *a == me || *b == me)
+            .count()
+    }
+
+    /// `from` asks for a direct link to `to`: both ends, or why not (to `from`).
+    fn link(&mut self, from: &NodeName, from_inc: u64, to: &NodeName) -> Vec<Out> {
+        let refuse = |message: String| {
+            vec![Out {
+                to: from.clone(),
+                incarnation: from_inc,
+                msg: BrokerToNode::LinkRefused {
+                    to: to.clone(),
+                    message,
+                },
+                fds: Vec::new(),
+            }]
+        };
+        if !self.rules.enabled {
+            return refuse("direct links are off ([runtime] direct_links = false)".into());
+        }
+        if to == from {
+            return refuse("a node does not link to itself".into());
+        }
+        let to_inc = match self.rules.registry.target(to) {
+            None => return refuse(format!("no node is named `{to}`")),
+            Some((NodeState::Ready, Some((inc, _))))
+                if self.links.get(to).is_some_and(|l| l.incarnation == inc) =>
+            {
+                inc
+            }
+            Some((state, _)) => return refuse(format!("`{to}` is {state}, not ready")),
+        };
+        let pair = ((from.clone(), from_inc), (to.clone(), to_inc));
+        if !self.pairs.contains(&pair) {
+            let max = self.rules.max_per_node;
+            for (who, inc) in [(from, from_inc), (to, to_inc)] {
+                let n = self.links_of(who, inc);
+                if n >= max {
+                    return refuse(format!(
+                        "`{who}` has {n} direct links, its limit ([runtime] max_links = {max})"
+                    ));
+                }
+            }
+        }
+        let (caller_end, callee_end) = match syncra_protocol::direct::pair() {
+            Ok(p) => p,
+            Err(e) => return refuse(format!("the runtime could not make a socketpair: {e}")),
+        };
+        self.next_link += 1;
+        let link = self.next_link;
+        self.pairs.insert(pair);
+        tracing::debug!(from = %from, to = %to, link, "direct link brokered");
+        // The callee hears of it first: its end is queued before the caller can write.
+        vec![
+            Out {
+                to: to.clone(),
+                incarnation: to_inc,
+                msg: BrokerToNode::LinkFrom {
+                    from: from.clone(),
+                    incarnation: from_inc,
+                    link,
+                },
+                fds: vec![callee_end],
+            },
+            Out {
+                to: from.clone(),
+                incarnation: from_inc,
+                msg: BrokerToNode::Linked {
+                    to: to.clone(),
+                    incarnation: to_inc,
+                    link,
+                },
+                fds: vec![caller_end],
+            },
+        ]
+    }
+
     /// Queue each message on its link (no I/O: the link's task sends).
     fn deliver(&self, outs: Vec<Out>) {
         for out in outs {
@@ -77,11 +183,14 @@ pub(crate) struct Broker {
 }
 
 impl Broker {
-    pub(crate) fn new(limits: StreamLimits) -> Arc<Broker> {
+    pub(crate) fn new(limits: StreamLimits, rules: LinkRules) -> Arc<Broker> {
         Arc::new(Broker {
             shell: Mutex::new(Shell {
                 core: Core::new(limits),
                 links: HashMap::new(),
+                rules,
+                pairs: HashSet::new(),
+                next_link: 0,
             }),
         })
     }
@@ -130,6 +239,8 @@ impl Broker {
                 shell.links.remove(&node);
             }
             shell.core.disconnect(&node, incarnation);
+            let me_inc = (node.clone(), incarnation);
+            shell.pairs.retain(|(a, b)| *a != me_inc && *b != me_inc);
             tracing::debug!(node = %node, incarnation, "broker link closed");
         });
     }
@@ -153,7 +264,10 @@ impl Broker {
                                 tracing::warn!(node = %node, fds = fds.len(), "a node sent fds to the broker; closed them");
                             }
                             let shell = &mut *self.lock();
-                            let outs = shell.core.handle(node, incarnation, req);
+                            let outs = match req {
+                                NodeToBroker::Link { to } => shell.link(node, incarnation, &to),
+                                req => shell.core.handle(node, incarnation, req),
+                            };
                             shell.deliver(outs);
                         }
                         Err(RecvError::WouldBlock) => guard.clear_ready(),

@@ -163,7 +163,14 @@ impl RuntimeBuilder {
         name(router.get_id(), "router");
         let hub = Hub::start(registry.clone(), router.clone(), root.get_cell()).await?;
         name(hub.gateway_id(), "gateway");
-        let broker = crate::broker::Broker::new(rt.streams);
+        let broker = crate::broker::Broker::new(
+            rt.streams,
+            crate::broker::LinkRules {
+                enabled: rt.direct_links,
+                max_per_node: rt.max_links,
+                registry: registry.clone(),
+            },
+        );
         let broker_task = {
             let broker = broker.clone();
             tokio::spawn(async move {

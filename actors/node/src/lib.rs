@@ -34,6 +34,7 @@
 
 mod agent;
 mod cluster;
+mod direct;
 pub mod driver;
 pub mod events;
 mod mailbox;
@@ -359,6 +360,8 @@ pub(crate) struct Shared {
     pub(crate) loop_bell: Arc<OwnedFd>,
     /// Run when a shutdown is requested ([`Node::on_shutdown`]).
     pub(crate) on_shutdown: ShutdownCallbacks,
+    /// Direct links to and from other nodes.
+    pub(crate) links: direct::Links,
 }
 
 impl Shared {
@@ -429,9 +432,18 @@ impl Node {
                 fd,
                 boot.incarnation,
                 shared.loop_bell.clone(),
+                Arc::downgrade(&shared),
             )?),
             None => None,
         };
+        if boot.direct_links
+            && let Some(b) = &broker
+        {
+            match b.duplicate_socket() {
+                Ok(socket) => shared.links.enable(socket),
+                Err(e) => tracing::warn!(error = %e, "no direct links: the broker socket"),
+            }
+        }
         let page = match boot.page_fd {
             Some(fd) => {
                 // SAFETY: the page fd is inherited for this purpose; it is only borrowed here
@@ -734,6 +746,7 @@ pub(crate) fn new_shared(token: syncra_protocol::boot::Token) -> Result<Arc<Shar
             JoinError::Thread(StepError::new("creating the event loop's eventfd", e))
         })?),
         on_shutdown: ShutdownCallbacks::default(),
+        links: direct::Links::default(),
     }))
 }
 
@@ -765,12 +778,13 @@ fn take_broker_socket(
     fd: i32,
     incarnation: u64,
     loop_bell: Arc<OwnedFd>,
+    shared: std::sync::Weak<Shared>,
 ) -> Result<Arc<streams::BrokerClient>, JoinError> {
     let socket = take_socket(fd).ok_or_else(|| JoinError::Broker {
         fd,
         source: StepError::new("taking it", "not an inherited socket"),
     })?;
-    streams::BrokerClient::start(socket, incarnation, loop_bell).map_err(|e| JoinError::Broker {
+    streams::BrokerClient::start(socket, incarnation, loop_bell, shared).map_err(|e| JoinError::Broker {
         fd,
         source: StepError::new("starting the broker client", e),
     })

@@ -156,6 +156,8 @@ pub struct Incoming {
     payload: Payload,
     shared: Arc<Shared>,
     answered: bool,
+    /// The direct link it came over (its answer goes back on it), or none: the hub.
+    via: Option<Arc<crate::direct::InLink>>,
 }
 
 /// The payload is not the message the receiver expects.
@@ -179,6 +181,11 @@ impl Incoming {
     /// Whether the sender waits for an answer.
     pub fn is_call(&self) -> bool {
         self.call
+    }
+
+    /// Whether it came over a direct link from its sender, not through the runtime's hub.
+    pub fn is_direct(&self) -> bool {
+        self.via.is_some()
     }
 
     /// The payload's tag.
@@ -243,12 +250,15 @@ impl Incoming {
             return;
         }
         self.answered = true;
-        self.shared.send(NodeToRuntime::Reply {
-            to: self.from.clone(),
-            incarnation: self.from_incarnation,
-            call: self.id,
-            outcome,
-        });
+        match &self.via {
+            Some(link) => link.reply(self.id, outcome),
+            None => self.shared.send(NodeToRuntime::Reply {
+                to: self.from.clone(),
+                incarnation: self.from_incarnation,
+                call: self.id,
+                outcome,
+            }),
+        }
     }
 }
 
@@ -308,7 +318,12 @@ pub(crate) fn deliver(
     id: u64,
     call: bool,
     payload: Payload,
+    via: Option<Arc<crate::direct::InLink>>,
 ) {
+    if via.is_none() && !call && payload.type_tag == syncra_protocol::direct::FENCE_TAG {
+        shared.links.fence(shared, &from, from_incarnation, &payload);
+        return;
+    }
     if call {
         let handler = shared
             .handlers
@@ -318,12 +333,15 @@ pub(crate) fn deliver(
             .cloned();
         if let Some(handler) = handler {
             let outcome = (handler.0)(&from, &payload);
-            shared.send(NodeToRuntime::Reply {
-                to: from,
-                incarnation: from_incarnation,
-                call: id,
-                outcome,
-            });
+            match &via {
+                Some(link) => link.reply(id, outcome),
+                None => shared.send(NodeToRuntime::Reply {
+                    to: from,
+                    incarnation: from_incarnation,
+                    call: id,
+                    outcome,
+                }),
+            }
             return;
         }
     }
@@ -335,6 +353,7 @@ pub(crate) fn deliver(
         payload,
         shared: shared.clone(),
         answered: false,
+        via,
     };
     let pushed = shared.inbox.push(incoming);
     if pushed.is_ok() {
@@ -343,19 +362,23 @@ pub(crate) fn deliver(
     if let Err(mut back) = pushed {
         back.answered = true;
         tracing::warn!(from = %back.from, "inbox full: message returned to its sender");
-        shared.send(NodeToRuntime::Refused {
-            to: back.from.clone(),
-            incarnation: back.from_incarnation,
-            id: back.id,
-            reason: Undeliverable::QueueFull,
-            payload: std::mem::replace(
-                &mut back.payload,
-                Payload {
-                    type_tag: String::new(),
-                    bytes: Vec::new(),
-                },
-            ),
-        });
+        let payload = std::mem::replace(
+            &mut back.payload,
+            Payload {
+                type_tag: String::new(),
+                bytes: Vec::new(),
+            },
+        );
+        match &back.via {
+            Some(link) => link.refuse(back.id, Undeliverable::QueueFull, payload),
+            None => shared.send(NodeToRuntime::Refused {
+                to: back.from.clone(),
+                incarnation: back.from_incarnation,
+                id: back.id,
+                reason: Undeliverable::QueueFull,
+                payload,
+            }),
+        }
     }
 }
 
@@ -424,7 +447,7 @@ impl Node {
                 .insert(id, waiter.clone());
             waiter
         });
-        self.shared.send(NodeToRuntime::Route(routed));
+        self.shared.links.route(&self.shared, routed);
         (id, waiter)
     }
 

@@ -170,6 +170,7 @@ impl Node {
             broker_fd: None,
             directory: vec![node.clone()],
             seal_fd: None,
+            direct_links: false,
         };
         let shared = crate::new_shared(boot.cluster.token)?;
         let (page, _page_fd) = NodePage::create(&format!("syncra-page:{node}"))
@@ -187,7 +188,12 @@ impl Node {
             move || local_broker(&node, theirs)
         })
         .map_err(fail("starting the local broker"))?;
-        let broker = crate::streams::BrokerClient::start(ours, 1, shared.loop_bell.clone())
+        let broker = crate::streams::BrokerClient::start(
+            ours,
+            1,
+            shared.loop_bell.clone(),
+            Arc::downgrade(&shared),
+        )
             .map_err(|e| JoinError::Standalone(StepError::new("starting the broker client", e)))?;
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         spawn("syncra-standalone", {
@@ -347,6 +353,10 @@ fn local_broker(node: &NodeName, socket: OwnedFd) {
                 send(&socket, &reply, &[]);
             }
             NodeToBroker::Unsubscribe { .. } => {}
+            NodeToBroker::Link { to } => {
+                let message = "running standalone: there is no other node".to_owned();
+                send(&socket, &BrokerToNode::LinkRefused { to, message }, &[]);
+            }
         }
     }
 }

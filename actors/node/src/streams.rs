@@ -215,6 +215,8 @@ pub(crate) struct BrokerClient {
     pub(crate) incarnation: u64,
     /// Rung when a stream is pushed to a subscription, for the node's event loop.
     loop_bell: Arc<OwnedFd>,
+    /// Where direct links the Broker pushes go.
+    shared: std::sync::Weak<crate::Shared>,
 }
 
 impl BrokerClient {
@@ -223,6 +225,7 @@ impl BrokerClient {
         socket: OwnedFd,
         incarnation: u64,
         loop_bell: Arc<OwnedFd>,
+        shared: std::sync::Weak<crate::Shared>,
     ) -> std::io::Result<Arc<BrokerClient>> {
         let reader = socket.try_clone()?;
         let client = Arc::new(BrokerClient {
@@ -235,6 +238,7 @@ impl BrokerClient {
             grants: Mutex::new(HashMap::new()),
             incarnation,
             loop_bell,
+            shared,
         });
         let me = Arc::downgrade(&client);
         std::thread::Builder::new()
@@ -256,8 +260,36 @@ impl BrokerClient {
         Ok(client)
     }
 
+    /// A duplicate of the broker socket (for direct link requests).
+    pub(crate) fn duplicate_socket(&self) -> std::io::Result<OwnedFd> {
+        self.socket.try_clone()
+    }
+
     fn dispatch(&self, msg: BrokerToNode, mut fds: Vec<OwnedFd>) {
         match msg {
+            BrokerToNode::Linked {
+                to,
+                incarnation,
+                link,
+            } => {
+                if let (Some(shared), Some(fd)) = (self.shared.upgrade(), fds.pop()) {
+                    shared.links.linked(&shared, to, incarnation, link, fd);
+                }
+            }
+            BrokerToNode::LinkFrom {
+                from,
+                incarnation,
+                link,
+            } => {
+                if let (Some(shared), Some(fd)) = (self.shared.upgrade(), fds.pop()) {
+                    shared.links.link_from(&shared, from, incarnation, link, fd);
+                }
+            }
+            BrokerToNode::LinkRefused { to, message } => {
+                if let Some(shared) = self.shared.upgrade() {
+                    shared.links.refused(to, &message);
+                }
+            }
             BrokerToNode::Declared { id, .. }
             | BrokerToNode::Subscribed { id, .. }
             | BrokerToNode::Refused { id, .. } => {

@@ -212,6 +212,8 @@ impl Core {
                     .retain(|l| !(l.node == *node && l.incarnation == incarnation && l.id == id));
                 None
             }
+            // Links are the shell's (they need the live incarnations), never the core's.
+            NodeToBroker::Link { .. } => None,
         };
         if let Some((msg, fds)) = reply {
             // The answer goes first: what it caused for others never overtakes it.

@@ -870,6 +870,7 @@ impl SupState {
             broker_fd: Some(BROKER_FD),
             directory: self.ctx.registry.names(),
             seal_fd: Some(syncra_protocol::listener::SEAL_FD),
+            direct_links: self.ctx.runtime.direct_links,
         };
         let mut frame = Vec::new();
         let _ = boot.write_to(&mut frame);

@@ -161,7 +161,7 @@ pub(crate) fn all(samples: usize, rounds: usize, calls: usize, rows: &mut Vec<Ro
         verdict: verdict(d99 < 10.0, String::new()),
     });
 
-    let times = super::routing::measure(calls, None, true);
+    let times = super::routing::measure(calls, None, true, false);
     let mut kit = times.kit.clone();
     let mut before = times.main().to_vec();
     let (k50, k99) = (percentile(&mut kit, 50.0), percentile(&mut kit, 99.0));

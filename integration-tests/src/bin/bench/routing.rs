@@ -35,8 +35,9 @@ impl Times {
     }
 }
 
-/// Measure; `kit`: also call a driver on the kit (the `looper` peer) in the same blocks.
-pub(crate) fn measure(rounds: usize, cpus: Option<&[usize]>, kit: bool) -> Times {
+/// Measure; `kit`: also call a driver on the kit (the `looper` peer) in the same blocks;
+/// `hub_only`: with `[runtime] direct_links = false` (every call through the hub).
+pub(crate) fn measure(rounds: usize, cpus: Option<&[usize]>, kit: bool, hub_only: bool) -> Times {
     let dir = tempfile::tempdir().expect("a scratch directory");
     let peer = workspace_bin("syncra-test-peer");
     let out = dir.path().join("caller.jsonl");
@@ -44,17 +45,21 @@ pub(crate) fn measure(rounds: usize, cpus: Option<&[usize]>, kit: bool) -> Times
     // The direct baseline is a Unix socket between the two: they need the host's network
     // (a sandboxed node makes no Unix sockets).
     let config = format!(
-        "[runtime]\nwatch_interval_ms = 1000\n[worlds]\nentities = 16\n\
+        "[runtime]\nwatch_interval_ms = 1000\ndirect_links = {links}\n[worlds]\nentities = 16\n\
          [drivers.echo]\ncommand = \"{peer}\"\nargs = [\"echo\", \"out={echo_out}\", \"direct={sock}\"]\n\
-         sandbox = {{ network = \"any\" }}\n\
+         sandbox = {{ network = \"any\", write = [\"{dir}\"] }}\n\
          [drivers.caller]\ncommand = \"{peer}\"\nargs = [\"bench-caller\", \"out={out}\", \"to=echo\", \"direct={sock}\", \"rounds={rounds}\"{kit_to}]\n\
-         sandbox = {{ network = \"any\" }}\n{looper}",
+         sandbox = {{ network = \"any\", write = [\"{dir}\"] }}\n{looper}",
+        dir = dir.path().display(),
+        links = !hub_only,
         kit_to = if kit { ", \"kit_to=looper\"" } else { "" },
         looper = if kit {
             format!(
-                "[drivers.looper]\ncommand = \"{}\"\nargs = [\"looper\", \"out={}\", \"stream=nobody/ticks\"]\n",
+                "[drivers.looper]\ncommand = \"{}\"\nargs = [\"looper\", \"out={}\", \"stream=nobody/ticks\"]\n\
+                 sandbox = {{ write = [\"{}\"] }}\n",
                 peer.display(),
-                dir.path().join("looper.jsonl").display()
+                dir.path().join("looper.jsonl").display(),
+                dir.path().display()
             )
         } else {
             String::new()
@@ -107,48 +112,66 @@ pub(crate) fn measure(rounds: usize, cpus: Option<&[usize]>, kit: bool) -> Times
     }
 }
 
-fn row(label: &str, mut routed: Vec<f64>, direct: &[f64]) -> Row {
+fn row(label: &str, hub: bool, mut routed: Vec<f64>, direct: &[f64]) -> Row {
     let mut direct = direct.to_vec();
     let (r50, r99) = (percentile(&mut routed, 50.0), percentile(&mut routed, 99.0));
     let (d50, d99) = (percentile(&mut direct, 50.0), percentile(&mut direct, 99.0));
-    // One hop: the runtime is one more node on the path out and on the path back, so a hop
-    // is taken as one direct call.
-    let target = 1.2 * d50 + d50;
+    // Through the hub, the runtime is one more node on the path out and on the path back, so
+    // a hop is taken as one direct call. Over a direct link there is no hop.
+    let (what, target, target_text) = if hub {
+        (
+            "call by name through the hub (`direct_links = false`)",
+            2.2 * d50,
+            format!("≤ 1.2 × direct + one hop (one direct call) = {:.1} µs", 2.2 * d50),
+        )
+    } else {
+        (
+            "call by name over a direct link",
+            1.2 * d50,
+            format!("≤ 1.2 × direct = {:.1} µs", 1.2 * d50),
+        )
+    };
     Row {
-        measure: format!(
-            "(streams c) call by name routed through the runtime, {} calls{label}",
-            routed.len()
-        ),
+        measure: format!("(links a) {what}, {} calls{label}", routed.len()),
         p50: format!("{r50:.1} µs"),
         p99: format!("{r99:.1} µs"),
         baseline: format!(
             "direct ractor_cluster call between the same two processes: p50 {d50:.1} µs p99 {d99:.1} µs"
         ),
-        target: format!("≤ 1.2 × direct + one hop (one direct call) = {target:.1} µs"),
+        target: target_text,
         verdict: verdict(r50 <= target, format!("{:.2}× direct", r50 / d50)),
     }
 }
 
 pub(crate) fn routed_call(rounds: usize, rows: &mut Vec<Row>) {
-    let mut both = |t: Times, label: &str| {
+    let mut both = |t: Times, hub: bool, label: &str| {
         rows.push(row(
             &format!(", link thread to link thread{label}"),
+            hub,
             t.link,
             &t.direct,
         ));
         rows.push(row(
             &format!(", main loop to main loop{label}"),
+            hub,
             t.main,
             &t.direct,
         ));
     };
-    both(measure(rounds, None, false), "");
+    both(measure(rounds, None, false, false), false, "");
+    both(measure(rounds, None, false, true), true, "");
     // The same with every process on one CPU: no wakeup of an idle CPU on the path, which is
     // what most of the time above is on a virtual machine.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus > 1 {
         both(
-            measure(rounds, Some(&[0]), false),
+            measure(rounds, Some(&[0]), false, false),
+            false,
+            ", every process on one CPU",
+        );
+        both(
+            measure(rounds, Some(&[0]), false, true),
+            true,
             ", every process on one CPU",
         );
     }
