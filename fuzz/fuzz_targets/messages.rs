@@ -1,5 +1,6 @@
-//! What nodes send the runtime (its gateway, its broker) and what the runtime sends nodes:
-//! every message type decoded from the same bytes.
+//! What nodes send the runtime (its gateway, its broker), what the runtime sends nodes, and
+//! what nodes send each other on a direct link: every message type decoded from the same
+//! bytes, and the bytes cut into link packets.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use syncra_protocol::{broker, node, wire};
@@ -11,4 +12,13 @@ fuzz_target!(|data: &[u8]| {
     let _ = wire::decode::<broker::BrokerToNode>("broker answer", data);
     let _ = wire::decode::<syncra_protocol::crash::PanicReport>("panic report", data);
     let _ = wire::decode::<syncra_protocol::status::NodeMetrics>("metrics", data);
+    let _ = wire::decode::<syncra_protocol::direct::LinkFrame>("link frame", data);
+    // As a run of link packets: the first byte of each piece is its length.
+    let mut asm = syncra_protocol::direct::Assembler::default();
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let n = (len as usize).min(tail.len());
+        let _ = asm.push(&tail[..n]);
+        rest = &tail[n..];
+    }
 });

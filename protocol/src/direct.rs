@@ -159,9 +159,7 @@ fn wait_writable(socket: BorrowedFd<'_>, timeout: Duration) -> bool {
         tv_nsec: i64::from(timeout.subsec_nanos()),
     };
     matches!(rustix::event::poll(&mut fds, Some(&ts)), Ok(n) if n > 0)
-        && fds[0]
-            .revents()
-            .contains(rustix::event::PollFlags::OUT)
+        && fds[0].revents().contains(rustix::event::PollFlags::OUT)
 }
 
 /// What reading a link gave.

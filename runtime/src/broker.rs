@@ -25,9 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use syncra_config::StreamLimits;
-use syncra_protocol::{NodeName, NodeState};
 use syncra_protocol::broker::{self, BrokerToNode, NodeToBroker, RecvError};
 use syncra_protocol::control::StreamView;
+use syncra_protocol::{NodeName, NodeState};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;

@@ -47,7 +47,15 @@ impl Actor for Agent {
                 id,
                 call,
                 payload,
-            }) => messaging::deliver(&self.shared, from, from_incarnation, id, call, payload, None),
+            }) => messaging::deliver(
+                &self.shared,
+                from,
+                from_incarnation,
+                id,
+                call,
+                payload,
+                None,
+            ),
             Ok(RuntimeToNode::Answer { call, outcome }) => {
                 messaging::answered(&self.shared, call, messaging::Answer::Reply(outcome))
             }

@@ -116,11 +116,18 @@ impl Links {
                     Err(e) => {
                         if matches!(e, wire_link::SendError::Broken(_)) {
                             out.remove(&routed.to);
-                            let _ = rustix::net::shutdown(&link.socket, rustix::net::Shutdown::Both);
+                            let _ =
+                                rustix::net::shutdown(&link.socket, rustix::net::Shutdown::Both);
                         }
                         drop(out);
                         tracing::warn!(to = %routed.to, error = %e, "a message could not go on its direct link; given back");
-                        given_back(shared, &routed.to, routed.id, Undeliverable::QueueFull, routed.payload);
+                        given_back(
+                            shared,
+                            &routed.to,
+                            routed.id,
+                            Undeliverable::QueueFull,
+                            routed.payload,
+                        );
                         return;
                     }
                 }
@@ -220,7 +227,10 @@ impl Links {
                 drop(incoming);
                 start_reading(shared, link);
             }
-            Some(_) => tracing::warn!(link = id, "a fence from another node than the link's; link dropped"),
+            Some(_) => tracing::warn!(
+                link = id,
+                "a fence from another node than the link's; link dropped"
+            ),
             None => {
                 incoming.waiting.insert(id, link);
             }
@@ -228,7 +238,13 @@ impl Links {
     }
 
     /// A fence arrived through the hub from `from` (incarnation `incarnation`).
-    pub(crate) fn fence(&self, shared: &Arc<Shared>, from: &NodeName, incarnation: u64, payload: &Payload) {
+    pub(crate) fn fence(
+        &self,
+        shared: &Arc<Shared>,
+        from: &NodeName,
+        incarnation: u64,
+        payload: &Payload,
+    ) {
         let Ok(id) = syncra_protocol::wire::decode::<u64>("link fence", &payload.bytes) else {
             tracing::warn!(from = %from, "a malformed link fence; ignored");
             return;
@@ -279,7 +295,11 @@ impl InLink {
 
     /// Give the message `id` back to its sender.
     pub(crate) fn refuse(&self, id: u64, reason: Undeliverable, payload: Payload) {
-        self.write(&LinkFrame::Refused { id, reason, payload });
+        self.write(&LinkFrame::Refused {
+            id,
+            reason,
+            payload,
+        });
     }
 
     fn write(&self, frame: &LinkFrame) {
@@ -316,7 +336,11 @@ fn start_reading(shared: &Arc<Shared>, link: InLink) {
         }
     };
     tracing::debug!(from = %link.from, link = link.id, "direct link from another node open");
-    handle.spawn(read_messages(Arc::downgrade(shared), Arc::new(link), reader));
+    handle.spawn(read_messages(
+        Arc::downgrade(shared),
+        Arc::new(link),
+        reader,
+    ));
 }
 
 /// Read one frame at a time from `socket` into `each`, until the link ends or breaks.
@@ -377,7 +401,11 @@ async fn read_answers(shared: Weak<Shared>, link: Arc<OutLink>, socket: OwnedFd)
                 crate::messaging::answered(&shared, call, Answer::Reply(outcome));
                 true
             }
-            LinkFrame::Refused { id, reason, payload } => {
+            LinkFrame::Refused {
+                id,
+                reason,
+                payload,
+            } => {
                 lock(&link.in_flight).remove(&id);
                 given_back(&shared, &link.to, id, reason, payload);
                 true

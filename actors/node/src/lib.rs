@@ -784,9 +784,11 @@ fn take_broker_socket(
         fd,
         source: StepError::new("taking it", "not an inherited socket"),
     })?;
-    streams::BrokerClient::start(socket, incarnation, loop_bell, shared).map_err(|e| JoinError::Broker {
-        fd,
-        source: StepError::new("starting the broker client", e),
+    streams::BrokerClient::start(socket, incarnation, loop_bell, shared).map_err(|e| {
+        JoinError::Broker {
+            fd,
+            source: StepError::new("starting the broker client", e),
+        }
     })
 }
 

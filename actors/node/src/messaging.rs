@@ -321,7 +321,9 @@ pub(crate) fn deliver(
     via: Option<Arc<crate::direct::InLink>>,
 ) {
     if via.is_none() && !call && payload.type_tag == syncra_protocol::direct::FENCE_TAG {
-        shared.links.fence(shared, &from, from_incarnation, &payload);
+        shared
+            .links
+            .fence(shared, &from, from_incarnation, &payload);
         return;
     }
     if call {

@@ -194,7 +194,7 @@ impl Node {
             shared.loop_bell.clone(),
             Arc::downgrade(&shared),
         )
-            .map_err(|e| JoinError::Standalone(StepError::new("starting the broker client", e)))?;
+        .map_err(|e| JoinError::Standalone(StepError::new("starting the broker client", e)))?;
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         spawn("syncra-standalone", {
             let shared = shared.clone();

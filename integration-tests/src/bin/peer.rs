@@ -1,10 +1,15 @@
 //! A test node for routing and streams. The first argument is its role, the rest `key=value`
 //! options; it reports what it sees as JSON lines in the file `out=PATH`.
 //!
-//! - `echo [hold=1]`: answers `Ping(n)` calls from its main loop and `LinkPing(n)` calls on its
-//!   link thread, with `Pong { n, incarnation }`; with `hold`, takes every `Ping` and never
+//! - `echo [hold=1] [hold_after=N]`: answers `Ping(n)` calls from its main loop and
+//!   `LinkPing(n)` calls on its link thread, with `Pong { n, incarnation, direct }`; with
+//!   `hold`, takes every `Ping` (with `hold_after`, every one after the first N) and never
 //!   answers it, reporting how many it holds. Its figures: `answered` (a counter) and
 //!   `holding` (a gauge).
+//! - `sequencer to=A[,B…] [count=N] [burst=K] [pause_ms=MS]`: sends `Seq(1..=N)` to each, from
+//!   one thread, in bursts; reports `sent`, and later any message given back.
+//! - `sink [count=N]`: takes `Seq` messages and reports any out of its sender's order, then,
+//!   once N have come, how many came over a direct link (`direct`) and through the hub.
 //! - `caller to=NAME [timeout_ms=MS]`: first sends to a name nobody has (and reports what came
 //!   back), then calls `to` every 10 ms (each call waiting up to `timeout_ms`, default 3000, in
 //!   all), reporting each outcome. Before that, one `LinkPing(42)` call from a task on its
@@ -62,7 +67,14 @@ struct LinkPing(u64);
 struct Pong {
     n: u64,
     incarnation: u64,
+    /// Whether the call came over a direct link (known to a main-loop answer only).
+    #[serde(default)]
+    direct: bool,
 }
+
+/// One of a numbered sequence of messages (`sequencer` → `sink`).
+#[derive(Debug, Serialize, Deserialize)]
+struct Seq(u64);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Tick {
@@ -86,6 +98,7 @@ syncra_node::message!(LinkPing = "syncra.test.link-ping/1" => Pong);
 syncra_node::message!(Tick = "syncra.test.tick/1");
 syncra_node::message!(NotATick = "syncra.test.not-a-tick/1");
 syncra_node::message!(Frame = "syncra.test.frame/1");
+syncra_node::message!(Seq = "syncra.test.seq/1");
 
 struct Out(std::fs::File);
 
@@ -166,17 +179,22 @@ fn main() {
                 Ok(Pong {
                     n,
                     incarnation: inc,
+                    direct: false,
                 })
             });
             // Figures for `syncra status`: a counter and a gauge.
             let answered = node.figure("answered", syncra_node::FigureKind::Counter);
             let holding = node.figure("holding", syncra_node::FigureKind::Gauge);
             node.ready();
-            // `hold`: take every call and never answer it (a callee about to die mid-call).
+            // `hold`: take every call and never answer it (a callee about to die mid-call);
+            // `hold_after=N`: the same once it has answered N.
             let mut held = Vec::new();
+            let mut answered_n = 0u64;
             while !node.shutdown_requested() {
                 if let Some(call) = node.recv_timeout(Duration::from_millis(20)) {
-                    if opts.contains_key("hold") {
+                    let hold = opts.contains_key("hold")
+                        || (opts.contains_key("hold_after") && answered_n >= num("hold_after", 0));
+                    if hold {
                         held.push(call);
                         holding.set(held.len() as f64);
                         out.line(serde_json::json!({ "holding": held.len() }));
@@ -185,12 +203,73 @@ fn main() {
                     match call.decode::<Ping>() {
                         Ok(Ping(n)) => {
                             answered.add(1.0);
+                            answered_n += 1;
+                            let direct = call.is_direct();
                             call.reply(&Pong {
                                 n,
                                 incarnation: inc,
+                                direct,
                             })
                         }
                         Err(e) => call.reply_error(e.to_string()),
+                    }
+                }
+                beat(&node);
+            }
+        }
+        // Sends `count` numbered messages to each node of `to` (comma-separated), in bursts
+        // of `burst` with `pause_ms` between them, from one thread; then says so.
+        "sequencer" => {
+            node.ready();
+            let to: Vec<String> = opt("to").split(',').map(str::to_owned).collect();
+            let (count, burst) = (num("count", 2000), num("burst", 20).max(1));
+            let pause = Duration::from_millis(num("pause_ms", 2));
+            let mut refused = 0u64;
+            for k in 1..=count {
+                for t in &to {
+                    if node.send(t, Seq(k)).is_err() {
+                        refused += 1;
+                    }
+                }
+                if k % burst == 0 {
+                    node.sleep_until(Instant::now() + pause);
+                    beat(&node);
+                }
+            }
+            out.line(serde_json::json!({ "sent": count, "refused": refused }));
+            while !node.sleep_until(Instant::now() + Duration::from_millis(20)) {
+                beat(&node);
+                if let Some(r) = node.returned() {
+                    out.line(serde_json::json!({ "returned": r.to.to_string(), "reason": format!("{:?}", r.reason) }));
+                }
+            }
+        }
+        // Takes `Seq` messages; reports, once `count` have come, whether each sender's were in
+        // order and how many came over a direct link.
+        "sink" => {
+            node.ready();
+            let count = num("count", 2000);
+            let (mut got, mut direct, mut out_of_order) = (0u64, 0u64, 0u64);
+            let mut last: std::collections::HashMap<String, u64> = Default::default();
+            let mut first_direct = None;
+            while !node.shutdown_requested() {
+                if let Some(m) = node.recv_timeout(Duration::from_millis(20))
+                    && let Ok(Seq(k)) = m.decode::<Seq>()
+                {
+                    got += 1;
+                    if m.is_direct() {
+                        direct += 1;
+                        first_direct.get_or_insert(k);
+                    }
+                    let prev = last.insert(m.from().to_string(), k).unwrap_or(0);
+                    if k != prev + 1 {
+                        out_of_order += 1;
+                        out.line(serde_json::json!({ "after": prev, "came": k, "direct": m.is_direct() }));
+                    }
+                    if got == count {
+                        out.line(serde_json::json!({
+                                "received": got, "direct": direct, "hub": got - direct,
+                                "out_of_order": out_of_order, "first_direct": first_direct }));
                     }
                 }
                 beat(&node);
@@ -223,9 +302,8 @@ fn main() {
             while !node.shutdown_requested() {
                 n += 1;
                 match node.call::<Ping>(&to, Ping(n), timeout) {
-                    Ok(p) => {
-                        out.line(serde_json::json!({ "n": p.n, "incarnation": p.incarnation }))
-                    }
+                    Ok(p) => out.line(serde_json::json!({
+                        "n": p.n, "incarnation": p.incarnation, "direct": p.direct })),
                     Err(e) => {
                         let returned = match &e {
                             CallError::CalleeExited { request, .. } => Some(request.0),
@@ -430,6 +508,7 @@ fn main() {
                             Ok(Pong {
                                 n,
                                 incarnation: inc,
+                                direct: false,
                             })
                         });
                     }

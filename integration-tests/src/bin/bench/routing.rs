@@ -122,7 +122,10 @@ fn row(label: &str, hub: bool, mut routed: Vec<f64>, direct: &[f64]) -> Row {
         (
             "call by name through the hub (`direct_links = false`)",
             2.2 * d50,
-            format!("≤ 1.2 × direct + one hop (one direct call) = {:.1} µs", 2.2 * d50),
+            format!(
+                "≤ 1.2 × direct + one hop (one direct call) = {:.1} µs",
+                2.2 * d50
+            ),
         )
     } else {
         (
