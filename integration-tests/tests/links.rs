@@ -225,3 +225,46 @@ fn bad_link_settings_are_refused_with_their_key() {
         assert!(stderr.contains(says), "{bad}: {stderr}");
     }
 }
+
+/// A node that writes garbage on its direct link (as a program that does not use syncra-node
+/// could) loses that link, nothing more: the receiver stays up and keeps answering it (through
+/// the hub, then a new link), and its log says what happened.
+#[test]
+fn garbage_on_a_direct_link_closes_that_link_only() {
+    let (_t, dir) = scratch();
+    let h = Harness::start(
+        &config(
+            "",
+            &[
+                ("victim", args(&dir, "victim", "sink", &[])),
+                ("vandal", args(&dir, "vandal", "vandal", &["to=victim"])),
+            ],
+        ),
+        &[],
+    );
+    h.wait_ready(&["victim", "vandal", "world/main"]);
+    wait_line(&dir, "vandal", "the vandal wrote on its link", |v| {
+        v.get("vandalised").is_some()
+    });
+    let after = wait_line(&dir, "vandal", "the victim answers again", |v| {
+        v.get("answered_after").is_some()
+    });
+    assert_eq!(after["answered_after"]["Ok"], 1, "{after}");
+    let v = h.node("victim");
+    assert_eq!(
+        (v.state, v.incarnation),
+        (syncra_protocol::NodeState::Ready, 1)
+    );
+    let log: String = std::fs::read_dir(h.log_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("victim_"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        log.contains("malformed; link closed"),
+        "{log}\nvandal: {:?}",
+        lines(&dir, "vandal")
+    );
+    assert!(h.crashes(None).is_empty(), "{:?}", h.crashes(None));
+}

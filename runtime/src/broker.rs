@@ -19,7 +19,7 @@
 
 mod state;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -53,11 +53,15 @@ struct Shell {
     core: Core,
     links: HashMap<NodeName, Link>,
     rules: LinkRules,
-    /// Direct links brokered between two live incarnations (caller, callee), until either
-    /// ends. The Broker keeps no end of them: only the count.
-    pairs: HashSet<((NodeName, u64), (NodeName, u64))>,
+    /// Direct links brokered between two live incarnations (caller, callee), counted until
+    /// either ends (a second link for the same pair counts again: a node cannot make another
+    /// hold more links than the limit by asking twice). The Broker keeps no end of them.
+    pairs: HashMap<(Incarnation, Incarnation), usize>,
     next_link: u64,
 }
+
+/// A node's incarnation.
+type Incarnation = (NodeName, u64);
 
 /// What decides whether two nodes get a direct link ([`syncra_protocol::direct`]).
 pub(crate) struct LinkRules {
@@ -84,8 +88,9 @@ impl Shell {
         let me = (node.clone(), incarnation);
         self.pairs
             .iter()
-            .filter(|(a, b)| *a == me || *b == me)
-            .count()
+            .filter(|((a, b), _)| *a == me || *b == me)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// `from` asks for a direct link to `to`: both ends, or why not (to `from`).
@@ -117,15 +122,13 @@ impl Shell {
             Some((state, _)) => return refuse(format!("`{to}` is {state}, not ready")),
         };
         let pair = ((from.clone(), from_inc), (to.clone(), to_inc));
-        if !self.pairs.contains(&pair) {
-            let max = self.rules.max_per_node;
-            for (who, inc) in [(from, from_inc), (to, to_inc)] {
-                let n = self.links_of(who, inc);
-                if n >= max {
-                    return refuse(format!(
-                        "`{who}` has {n} direct links, its limit ([runtime] max_links = {max})"
-                    ));
-                }
+        let max = self.rules.max_per_node;
+        for (who, inc) in [(from, from_inc), (to, to_inc)] {
+            let n = self.links_of(who, inc);
+            if n >= max {
+                return refuse(format!(
+                    "`{who}` has {n} direct links, its limit ([runtime] max_links = {max})"
+                ));
             }
         }
         let (caller_end, callee_end) = match syncra_protocol::direct::pair() {
@@ -134,7 +137,7 @@ impl Shell {
         };
         self.next_link += 1;
         let link = self.next_link;
-        self.pairs.insert(pair);
+        *self.pairs.entry(pair).or_default() += 1;
         tracing::debug!(from = %from, to = %to, link, "direct link brokered");
         // The callee hears of it first: its end is queued before the caller can write.
         vec![
@@ -189,7 +192,7 @@ impl Broker {
                 core: Core::new(limits),
                 links: HashMap::new(),
                 rules,
-                pairs: HashSet::new(),
+                pairs: HashMap::new(),
                 next_link: 0,
             }),
         })
@@ -240,7 +243,7 @@ impl Broker {
             }
             shell.core.disconnect(&node, incarnation);
             let me_inc = (node.clone(), incarnation);
-            shell.pairs.retain(|(a, b)| *a != me_inc && *b != me_inc);
+            shell.pairs.retain(|(a, b), _| *a != me_inc && *b != me_inc);
             tracing::debug!(node = %node, incarnation, "broker link closed");
         });
     }

@@ -38,6 +38,10 @@ const ASK_AGAIN_AFTER: Duration = Duration::from_secs(5);
 /// Fences that came before their link (kept for the link's arrival), at most.
 const MAX_EARLY_FENCES: usize = 256;
 
+/// Incoming links waiting for their fence, at most (the Broker bounds them by
+/// `[runtime] max_links` already; this holds whatever it is set to).
+const MAX_WAITING: usize = 4096;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -231,6 +235,9 @@ impl Links {
                 link = id,
                 "a fence from another node than the link's; link dropped"
             ),
+            None if incoming.waiting.len() >= MAX_WAITING => {
+                tracing::warn!(from = %link.from, "too many direct links without their fence; dropped this one");
+            }
             None => {
                 incoming.waiting.insert(id, link);
             }

@@ -9,7 +9,10 @@
 //! - `sequencer to=A[,B…] [count=N] [burst=K] [pause_ms=MS]`: sends `Seq(1..=N)` to each, from
 //!   one thread, in bursts; reports `sent`, and later any message given back.
 //! - `sink [count=N]`: takes `Seq` messages and reports any out of its sender's order, then,
-//!   once N have come, how many came over a direct link (`direct`) and through the hub.
+//!   once N have come, how many came over a direct link (`direct`) and through the hub;
+//!   answers `Ping` calls.
+//! - `vandal to=NAME`: calls `to` until it has a direct link to it, writes garbage straight on
+//!   the link's socket (`vandalised`), then calls until `to` answers again (`answered_after`).
 //! - `caller to=NAME [timeout_ms=MS]`: first sends to a name nobody has (and reports what came
 //!   back), then calls `to` every 10 ms (each call waiting up to `timeout_ms`, default 3000, in
 //!   all), reporting each outcome. Before that, one `LinkPing(42)` call from a task on its
@@ -253,9 +256,18 @@ fn main() {
             let mut last: std::collections::HashMap<String, u64> = Default::default();
             let mut first_direct = None;
             while !node.shutdown_requested() {
-                if let Some(m) = node.recv_timeout(Duration::from_millis(20))
-                    && let Ok(Seq(k)) = m.decode::<Seq>()
-                {
+                let Some(m) = node.recv_timeout(Duration::from_millis(20)) else {
+                    beat(&node);
+                    continue;
+                };
+                if let Ok(Ping(n)) = m.decode::<Ping>() {
+                    let direct = m.is_direct();
+                    m.reply(&Pong {
+                        n,
+                        incarnation: inc,
+                        direct,
+                    });
+                } else if let Ok(Seq(k)) = m.decode::<Seq>() {
                     got += 1;
                     if m.is_direct() {
                         direct += 1;
@@ -272,6 +284,75 @@ fn main() {
                                 "out_of_order": out_of_order, "first_direct": first_direct }));
                     }
                 }
+                beat(&node);
+            }
+        }
+        // Talks to `to` until it has a direct link, then writes garbage straight onto the
+        // link's socket (as a node that does not use syncra-node could); then calls `to`
+        // until it answers again.
+        "vandal" => {
+            node.ready();
+            let to = opt("to");
+            // A link is a SEQPACKET socket that is neither the broker socket (nor a duplicate
+            // of it: the same inode) nor the seal.
+            let inode = |fd: i32| {
+                // SAFETY: a borrowed fd number of this process, only inspected.
+                let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                rustix::fs::fstat(b).map(|st| st.st_ino).ok()
+            };
+            let not_links = [
+                inode(syncra_protocol::broker::BROKER_FD),
+                inode(syncra_protocol::listener::SEAL_FD),
+            ];
+            let is_link = |fd: i32| {
+                // SAFETY: a borrowed fd number of this process, only inspected.
+                let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                !not_links.contains(&inode(fd))
+                    && rustix::net::sockopt::socket_type(b)
+                        .is_ok_and(|t| t == rustix::net::SocketType::SEQPACKET)
+            };
+            let links = || -> Vec<i32> {
+                std::fs::read_dir("/proc/self/fd")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .filter(|fd| is_link(*fd))
+                    .collect()
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut n = 0;
+            let link = loop {
+                n += 1;
+                let _ = node.call::<Ping>(&to, Ping(n), Duration::from_secs(5));
+                if let Some(fd) = links().first() {
+                    break Some(*fd);
+                }
+                if Instant::now() > deadline {
+                    break None;
+                }
+                beat(&node);
+            };
+            let Some(fd) = link else {
+                return idle(&node, &mut out, "no direct link appeared".into());
+            };
+            let garbage: [&[u8]; 3] = [&[0, 0xc1, 0xc1], &[9, 9, 9], &[1; 100]];
+            for g in garbage {
+                // SAFETY: sending from a live buffer on a socket this process holds.
+                unsafe { libc::send(fd, g.as_ptr().cast(), g.len(), libc::MSG_DONTWAIT) };
+            }
+            out.line(serde_json::json!({ "vandalised": fd }));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let answered = loop {
+                n += 1;
+                match node.call::<Ping>(&to, Ping(n), Duration::from_secs(2)) {
+                    Ok(p) => break Ok(p.incarnation),
+                    Err(e) if Instant::now() > deadline => break Err(e.to_string()),
+                    Err(_) => beat(&node),
+                }
+            };
+            out.line(serde_json::json!({ "answered_after": answered }));
+            while !node.sleep_until(Instant::now() + Duration::from_millis(20)) {
                 beat(&node);
             }
         }
