@@ -21,7 +21,7 @@ pub mod sandbox;
 pub use load::{ConfigError, Loaded, Loader, Overrides};
 pub use model::*;
 pub use plan::{
-    Backoff, GroupPlan, GroupPolicy, NodePlan, Plan, Problem, RuntimePlan, StreamLimits,
+    Backoff, GroupPlan, GroupPolicy, HostPlan, NodePlan, Plan, Problem, RuntimePlan, StreamLimits,
     default_run_dir,
 };
 

@@ -82,6 +82,19 @@ pub struct SyncraConfig {
     /// `[sandbox]` (or `sandbox = "strict"`): the mode, and grants for every node.
     #[serde(skip_serializing_if = "crate::sandbox::SandboxSpec::is_empty")]
     pub sandbox: crate::sandbox::SandboxSpec,
+    /// `[hosts.<name>]`: other machines, each running `syncra agent`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub hosts: std::collections::BTreeMap<String, HostSpec>,
+}
+
+/// `[hosts.<name>]`: a machine running `syncra agent`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostSpec {
+    /// Where its agent listens: `host:port` (a name or an address).
+    pub address: String,
+    /// Its agent's identity, as `syncra agent` prints it (`sha256:` and 64 hex digits).
+    pub fingerprint: String,
 }
 
 /// Default `streams.max_streams`.

@@ -177,6 +177,22 @@ pub struct RuntimePlan {
     pub max_links: usize,
 }
 
+/// A host, checked: its agent's address and pinned identity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostPlan {
+    /// Its name in the config.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// Its agent's fingerprint.
+    #[serde(serialize_with = "crate::plan::display")]
+    pub fingerprint: syncra_protocol::agent::Fingerprint,
+}
+
+fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
 /// Limits on dataflow streams, from `[streams]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct StreamLimits {
@@ -193,6 +209,8 @@ pub struct StreamLimits {
 pub struct Plan {
     /// Runtime-wide settings.
     pub runtime: RuntimePlan,
+    /// Other hosts, by name (`[hosts]`).
+    pub hosts: Vec<HostPlan>,
     /// Hooks for every node.
     pub hooks: Hooks,
     /// The drivers group.
@@ -659,6 +677,37 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
         ));
     }
 
+    let mut hosts = Vec::new();
+    for (name, h) in &config.hosts {
+        let key = |k: &str| format!("hosts.{name}.{k}");
+        if NodeName::parse(name).is_err() || name.contains('/') {
+            problems.push(problem(
+                format!("hosts.{name}"),
+                "a host's name is letters, digits, `-` and `_`",
+            ));
+        }
+        let port_ok = h.address.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok {
+            problems.push(problem(
+                key("address"),
+                format!(
+                    "`{}` is not `host:port` (for example `10.0.0.2:7800` or `gpu-box.lan:7800`)",
+                    h.address
+                ),
+            ));
+        }
+        match h.fingerprint.parse::<syncra_protocol::agent::Fingerprint>() {
+            Ok(fingerprint) => hosts.push(HostPlan {
+                name: name.clone(),
+                address: h.address.clone(),
+                fingerprint,
+            }),
+            Err(e) => problems.push(problem(key("fingerprint"), e.to_string())),
+        }
+    }
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -699,6 +748,7 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
     let worlds = plans.split_off(driver_count);
     Ok(Plan {
         runtime,
+        hosts,
         hooks: config.hooks.clone(),
         drivers: GroupPlan {
             policy: policy(&sup.drivers),

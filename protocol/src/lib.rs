@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod audio;
 pub mod boot;
 pub mod broker;

@@ -39,6 +39,7 @@ mod fdreserve;
 pub mod hooks;
 pub mod logs;
 mod registry;
+pub mod remote;
 mod root;
 mod router;
 mod rundir;

@@ -52,6 +52,20 @@ pub(crate) fn ensure_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
+/// Log to stderr only (for `syncra agent`), filtered by `SYNCRA_LOG`.
+pub fn init_console_logging() {
+    let filter = EnvFilter::try_from_env("SYNCRA_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(filter),
+        )
+        .try_init();
+}
+
 /// Install the runtime's tracing subscriber: the console (stderr) and
 /// `<log_dir>/runtime_<timestamp>.txt`, both filtered by `SYNCRA_LOG`. Returns the log file's
 /// path. Call it once, before starting the runtime; embedders with their own subscriber skip it.

@@ -32,6 +32,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("xvfb", "Xvfb"),
     ("imagemagick", "import"),
     ("xdotool", "xdotool"),
+    // Other hosts' tests: two network namespaces joined by a veth pair (util-linux's
+    // `unshare` and `nsenter` are always there).
+    ("iproute2", "ip"),
     // …and what the audio and input drivers build against (DESKTOP_BUILD), and every
     // library the window and renderer load (DESKTOP_LIBRARIES).
 ];

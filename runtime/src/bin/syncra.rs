@@ -180,6 +180,38 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Run this host's agent, for runtimes on other hosts (each pinned by its fingerprint).
+    Agent {
+        /// `host:port` to listen on (e.g. `0.0.0.0:7800`).
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+        /// Its identity (made on first start) and its `trusted` file.
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// A runtime it trusts, as `syncra identity` prints it (repeat for more).
+        #[arg(long = "trust", value_name = "FINGERPRINT")]
+        trust: Vec<String>,
+        /// Its name for this host (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// TCP accept → TLS handshake done, at most.
+        #[arg(long, value_name = "MS", default_value_t = 5000)]
+        handshake_timeout_ms: u64,
+    },
+    /// Print this runtime's identity (its fingerprint, for agents' `--trust`), made on first use.
+    Identity {
+        /// Where the identity is kept (default: $XDG_STATE_HOME/syncra, else ~/.local/state/syncra).
+        #[arg(long, value_name = "DIR", env = "SYNCRA_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Check every `[hosts]` entry: its agent answers, and each side trusts the other.
+    Hosts {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Where the runtime's identity is kept (as for `syncra identity`).
+        #[arg(long, value_name = "DIR", env = "SYNCRA_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -199,6 +231,15 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         match cli.command {
             Command::Run(args) => run(args).await,
+            Command::Agent {
+                listen,
+                state_dir,
+                trust,
+                name,
+                handshake_timeout_ms,
+            } => agent(listen, state_dir, trust, name, handshake_timeout_ms).await,
+            Command::Identity { state_dir } => identity(state_dir),
+            Command::Hosts { config, state_dir } => hosts(config, state_dir).await,
             Command::CheckConfig(args) => check_config(args),
             Command::Status { target, json } => status(&target.dir(), json).await,
             Command::Restart { name, target } => {
@@ -381,6 +422,121 @@ fn print_sandboxes(loaded: &syncra_runtime::config::Loaded) {
             .join(n.name.file_stem());
         let p = syncra_runtime::sandbox::effective(&n.sandbox, &program, Some(&node_dir));
         println!("# - {:<20} {}", n.name.to_string(), p.describe());
+    }
+}
+
+async fn agent(
+    listen: String,
+    state_dir: PathBuf,
+    trust: Vec<String>,
+    name: Option<String>,
+    handshake_timeout_ms: u64,
+) -> ExitCode {
+    use syncra_runtime::remote;
+    let mut trusted = Vec::new();
+    for t in &trust {
+        match t.parse() {
+            Ok(fp) => trusted.push(fp),
+            Err(e) => {
+                eprintln!("syncra agent: --trust: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    syncra_runtime::logs::init_console_logging();
+    let options = remote::AgentOptions {
+        listen,
+        state_dir,
+        trust: trusted,
+        name: name.unwrap_or_else(remote::host_name),
+        handshake_timeout: Duration::from_millis(handshake_timeout_ms.max(1)),
+    };
+    let name = options.name.clone();
+    let dir = options.state_dir.clone();
+    let agent = match remote::Agent::start(options).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("syncra agent: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let addr = agent
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    if agent.new_identity {
+        println!(
+            "syncra agent {name}: made a new identity in {}",
+            dir.display()
+        );
+    }
+    println!(
+        "syncra agent {name}: listening on {addr}, trusting {} runtime(s)\nfingerprint {}",
+        agent.trusted, agent.fingerprint
+    );
+    agent.serve().await;
+    ExitCode::SUCCESS
+}
+
+fn identity(state_dir: Option<PathBuf>) -> ExitCode {
+    let dir = state_dir.unwrap_or_else(syncra_runtime::remote::default_state_dir);
+    match syncra_runtime::remote::runtime_identity(&dir) {
+        Ok((identity, made)) => {
+            if made {
+                eprintln!("syncra: made a new identity in {}", dir.display());
+            }
+            println!("{}", identity.fingerprint);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("syncra: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn hosts(args: ConfigArgs, state_dir: Option<PathBuf>) -> ExitCode {
+    use syncra_runtime::remote::{self, HostCheck};
+    let loaded = match loader(&args).load() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("syncra: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if loaded.plan.hosts.is_empty() {
+        println!("no hosts: the config has no [hosts.<name>] section");
+        return ExitCode::SUCCESS;
+    }
+    let dir = state_dir.unwrap_or_else(remote::default_state_dir);
+    let identity = match remote::runtime_identity(&dir) {
+        Ok((i, _)) => i,
+        Err(e) => {
+            eprintln!("syncra: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("this runtime: {}", identity.fingerprint);
+    let session = remote::new_session();
+    let mut failed = false;
+    for host in &loaded.plan.hosts {
+        match remote::check_host(&identity, host, session).await {
+            HostCheck::Reachable { name, version, rtt } => println!(
+                "{:<16} {:<24} ok: agent {name} {version}, round trip {:.2} ms",
+                host.name,
+                host.address,
+                rtt.as_secs_f64() * 1e3
+            ),
+            HostCheck::Unreachable(why) => {
+                failed = true;
+                println!("{:<16} {:<24} UNREACHABLE: {why}", host.name, host.address);
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
