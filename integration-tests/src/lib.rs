@@ -20,6 +20,7 @@ use syncra_protocol::status::{NodeView, StatusReport};
 use syncra_runtime::ControlClient;
 
 pub mod chaos;
+pub mod hosts;
 pub mod picture;
 
 /// The JSON lines of the file at `path` (a helper node's log): those that parse.

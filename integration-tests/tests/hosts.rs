@@ -15,119 +15,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use syncra_integration_tests::{PATIENCE, is_root, workspace_bin};
-
-/// Two "hosts": network namespaces (as root) held by sleeping processes, or this one twice.
-struct Hosts {
-    holders: Vec<Child>,
-    /// The runtime's host's and the agent's host's pid (to `nsenter`), if namespaces.
-    pids: Option<(u32, u32)>,
-}
-
-impl Hosts {
-    fn new() -> Hosts {
-        if !is_root() {
-            eprintln!("note: not root, so both \"hosts\" are this machine's loopback");
-            return Hosts {
-                holders: Vec::new(),
-                pids: None,
-            };
-        }
-        let hold = || {
-            Command::new("unshare")
-                .args(["--net", "sleep", "600"])
-                .spawn()
-                .expect("unshare (util-linux)")
-        };
-        let (a, b) = (hold(), hold());
-        let (pa, pb) = (a.id(), b.id());
-        let hosts = Hosts {
-            holders: vec![a, b],
-            pids: Some((pa, pb)),
-        };
-        // The holders must be in their namespaces before a veth can be put there.
-        let deadline = Instant::now() + PATIENCE;
-        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
-        for pid in [pa, pb] {
-            while std::fs::read_link(format!("/proc/{pid}/ns/net"))
-                .ok()
-                .as_ref()
-                == Some(&own)
-                || std::fs::read_link(format!("/proc/{pid}/ns/net")).is_err()
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "unshare never entered its namespace"
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        let tag = std::process::id() % 100_000;
-        let (va, vb) = (format!("sya{tag}"), format!("syb{tag}"));
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &va,
-            "netns",
-            &pa.to_string(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &vb,
-            "netns",
-            &pb.to_string(),
-        ]);
-        for (pid, dev, addr) in [(pa, &va, "10.200.0.1/24"), (pb, &vb, "10.200.0.2/24")] {
-            let p = pid.to_string();
-            sh(&[
-                "nsenter", "-t", &p, "-n", "ip", "addr", "add", addr, "dev", dev,
-            ]);
-            sh(&["nsenter", "-t", &p, "-n", "ip", "link", "set", dev, "up"]);
-            sh(&["nsenter", "-t", &p, "-n", "ip", "link", "set", "lo", "up"]);
-        }
-        hosts
-    }
-
-    /// Where the agent listens, and what the runtime dials.
-    fn agent_addr(&self) -> &'static str {
-        if self.pids.is_some() {
-            "10.200.0.2:7800"
-        } else {
-            "127.0.0.1:0"
-        }
-    }
-
-    fn on(&self, host: usize, program: &Path) -> Command {
-        match self.pids {
-            Some((a, b)) => {
-                let mut c = Command::new("nsenter");
-                c.args(["-t", &[a, b][host].to_string(), "-n"]).arg(program);
-                c
-            }
-            None => Command::new(program),
-        }
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        for h in &mut self.holders {
-            let _ = h.kill();
-            let _ = h.wait();
-        }
-    }
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use syncra_integration_tests::hosts::Hosts;
+use syncra_integration_tests::{PATIENCE, workspace_bin};
 
 /// A running agent: its process, and what it printed.
 struct Agent {
@@ -269,7 +158,7 @@ fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 #[test]
 fn an_agent_on_another_host_is_reached_over_pinned_mutual_tls_and_keeps_its_identity() {
-    let hosts = Hosts::new();
+    let hosts = Hosts::make();
     let (t, rt_state, agent_state) = dirs();
     let runtime = identity(&rt_state);
     assert_eq!(
@@ -311,7 +200,7 @@ fn an_agent_on_another_host_is_reached_over_pinned_mutual_tls_and_keeps_its_iden
 
 #[test]
 fn a_wrong_or_unpinned_certificate_either_side_is_refused_and_says_which() {
-    let hosts = Hosts::new();
+    let hosts = Hosts::make();
     let (t, rt_state, agent_state) = dirs();
     let runtime = identity(&rt_state);
     let stranger = identity(&t.path().join("stranger"));
@@ -356,10 +245,7 @@ fn a_wrong_or_unpinned_certificate_either_side_is_refused_and_says_which() {
 
 #[test]
 fn a_silent_peer_and_garbage_on_the_agents_port_hold_no_runtime_up() {
-    let hosts = Hosts {
-        holders: Vec::new(),
-        pids: None,
-    };
+    let hosts = Hosts::loopback();
     let (t, rt_state, agent_state) = dirs();
     let runtime = identity(&rt_state);
     let agent = Agent::start(&hosts, &agent_state, &[&runtime], "127.0.0.1:0");

@@ -227,22 +227,33 @@ pub enum HostCheck {
         name: String,
         /// Its version.
         version: String,
-        /// One ping's round trip.
-        rtt: Duration,
+        /// Each ping's round trip.
+        rtts: Vec<Duration>,
     },
     /// It did not: why, in words (a refused certificate names the fingerprints).
     Unreachable(String),
 }
 
-/// Connect to `host`'s agent as `identity`, say hello and ping it once.
-pub async fn check_host(identity: &Identity, host: &HostPlan, session: u64) -> HostCheck {
-    match talk(identity, host, session).await {
+/// Connect to `host`'s agent as `identity`, say hello and ping it `pings` times (at least
+/// once), one after another.
+pub async fn check_host(
+    identity: &Identity,
+    host: &HostPlan,
+    session: u64,
+    pings: usize,
+) -> HostCheck {
+    match talk(identity, host, session, pings.max(1)).await {
         Ok(c) => c,
         Err(why) => HostCheck::Unreachable(why),
     }
 }
 
-async fn talk(identity: &Identity, host: &HostPlan, session: u64) -> Result<HostCheck, String> {
+async fn talk(
+    identity: &Identity,
+    host: &HostPlan,
+    session: u64,
+    pings: usize,
+) -> Result<HostCheck, String> {
     let config = tls::client_config(identity, host.fingerprint).map_err(|e| format!("TLS: {e}"))?;
     let connector = tokio_rustls::TlsConnector::from(config);
     let tcp = tokio::time::timeout(
@@ -297,21 +308,25 @@ async fn talk(identity: &Identity, host: &HostPlan, session: u64) -> Result<Host
             ));
         }
     };
-    let t = Instant::now();
-    frame::write(&mut tls, &RuntimeToAgent::Ping { n: 1 })
-        .await
-        .map_err(explain)?;
-    match frame::read::<AgentToRuntime>(&mut tls, "agent answer", MAX_FRAME)
-        .await
-        .map_err(read)?
-    {
-        AgentToRuntime::Pong { n: 1 } => Ok(HostCheck::Reachable {
-            name,
-            version,
-            rtt: t.elapsed(),
-        }),
-        other => Err(format!("the agent answered a ping with {other:?}")),
+    let mut rtts = Vec::with_capacity(pings);
+    for n in 1..=pings as u64 {
+        let t = Instant::now();
+        frame::write(&mut tls, &RuntimeToAgent::Ping { n })
+            .await
+            .map_err(explain)?;
+        match frame::read::<AgentToRuntime>(&mut tls, "agent answer", MAX_FRAME)
+            .await
+            .map_err(read)?
+        {
+            AgentToRuntime::Pong { n: m } if m == n => rtts.push(t.elapsed()),
+            other => return Err(format!("the agent answered ping {n} with {other:?}")),
+        }
     }
+    Ok(HostCheck::Reachable {
+        name,
+        version,
+        rtts,
+    })
 }
 
 /// This runtime's identity (made on first use) in `state_dir`.

@@ -9,6 +9,7 @@
 //! syncra-bench --render-only [--renderer-kills 20] [--seconds 5]   only the window and renderer's
 //! syncra-bench --sound-only [--audio-seconds 60] [--keys 200] [--sound-requests 100] [--audio-kills 20]
 //! syncra-bench --sandbox-only [--sandbox-kills 40] [--tick-seconds 5]   the sandbox's cost
+//! syncra-bench --hosts-only [--pings 2000]   the agent link's round trip beside raw TCP
 //!                                                                  only the audio and input drivers'
 //! ```
 
@@ -27,6 +28,8 @@ use syncra_protocol::NodeState;
 use syncra_protocol::status::EventKind;
 use syncra_runtime::{ControlClient, EventStream};
 
+#[path = "bench/hosts.rs"]
+mod hosts;
 #[path = "bench/kit.rs"]
 mod kit;
 #[path = "bench/render.rs"]
@@ -437,6 +440,18 @@ fn main() {
     let only_streams = argv.iter().any(|a| a == "--streams-only");
     let only_calls = argv.iter().any(|a| a == "--calls-only");
     let only_restarts = argv.iter().any(|a| a == "--restarts-only");
+    // The baseline's two ends (`hosts::agent_link` runs this binary on each host).
+    if let Some(i) = argv.iter().position(|a| a == "--tcp-echo") {
+        return hosts::tcp_echo(&argv[i + 1]);
+    }
+    if let Some(i) = argv.iter().position(|a| a == "--tcp-ping") {
+        return hosts::tcp_ping(&argv[i + 1], argv[i + 2].parse().unwrap_or(1000));
+    }
+    if argv.iter().any(|a| a == "--hosts-only") {
+        let mut rows = Vec::new();
+        hosts::agent_link(arg("--pings", 2000), &mut rows);
+        return print(rows);
+    }
     if argv.iter().any(|a| a == "--kit-only") {
         let mut rows = Vec::new();
         kit::all(
@@ -507,6 +522,7 @@ fn main() {
         streams::all(&mut rows, arg("--rounds", 20_000), arg("--frames", 200));
     }
     routing::routed_call(arg("--calls", 5_000), &mut rows);
+    hosts::agent_link(arg("--pings", 2000), &mut rows);
     if !only_calls {
         kit::all(
             arg("--samples", 2000),

@@ -211,6 +211,9 @@ enum Command {
         /// Where the runtime's identity is kept (as for `syncra identity`).
         #[arg(long, value_name = "DIR", env = "SYNCRA_STATE_DIR")]
         state_dir: Option<PathBuf>,
+        /// Ping each agent N times, one after another, and print the round trip's p50 and p99.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        pings: usize,
     },
 }
 
@@ -239,7 +242,11 @@ fn main() -> ExitCode {
                 handshake_timeout_ms,
             } => agent(listen, state_dir, trust, name, handshake_timeout_ms).await,
             Command::Identity { state_dir } => identity(state_dir),
-            Command::Hosts { config, state_dir } => hosts(config, state_dir).await,
+            Command::Hosts {
+                config,
+                state_dir,
+                pings,
+            } => hosts(config, state_dir, pings).await,
             Command::CheckConfig(args) => check_config(args),
             Command::Status { target, json } => status(&target.dir(), json).await,
             Command::Restart { name, target } => {
@@ -495,7 +502,7 @@ fn identity(state_dir: Option<PathBuf>) -> ExitCode {
     }
 }
 
-async fn hosts(args: ConfigArgs, state_dir: Option<PathBuf>) -> ExitCode {
+async fn hosts(args: ConfigArgs, state_dir: Option<PathBuf>, pings: usize) -> ExitCode {
     use syncra_runtime::remote::{self, HostCheck};
     let loaded = match loader(&args).load() {
         Ok(l) => l,
@@ -520,13 +527,30 @@ async fn hosts(args: ConfigArgs, state_dir: Option<PathBuf>) -> ExitCode {
     let session = remote::new_session();
     let mut failed = false;
     for host in &loaded.plan.hosts {
-        match remote::check_host(&identity, host, session).await {
-            HostCheck::Reachable { name, version, rtt } => println!(
-                "{:<16} {:<24} ok: agent {name} {version}, round trip {:.2} ms",
-                host.name,
-                host.address,
-                rtt.as_secs_f64() * 1e3
-            ),
+        match remote::check_host(&identity, host, session, pings).await {
+            HostCheck::Reachable {
+                name,
+                version,
+                mut rtts,
+            } => {
+                rtts.sort();
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                let at = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
+                let trip = if rtts.len() > 1 {
+                    format!(
+                        "round trip p50 {:.3} ms p99 {:.3} ms ({} pings)",
+                        ms(at(0.5)),
+                        ms(at(0.99)),
+                        rtts.len()
+                    )
+                } else {
+                    format!("round trip {:.2} ms", ms(rtts[0]))
+                };
+                println!(
+                    "{:<16} {:<24} ok: agent {name} {version}, {trip}",
+                    host.name, host.address
+                );
+            }
             HostCheck::Unreachable(why) => {
                 failed = true;
                 println!("{:<16} {:<24} UNREACHABLE: {why}", host.name, host.address);
