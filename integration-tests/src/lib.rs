@@ -21,6 +21,31 @@ use syncra_runtime::ControlClient;
 
 pub mod chaos;
 pub mod hosts;
+
+/// Helpers for configs of `syncra-test-peer` nodes, which report as JSON lines.
+pub mod peers {
+    use std::path::Path;
+
+    /// The `args` array (inside its brackets) of a peer in role `role`, reporting to
+    /// `<dir>/<name>.jsonl`, with `key=value` options.
+    pub fn args(dir: &Path, name: &str, role: &str, opts: &[&str]) -> String {
+        let mut a = vec![
+            format!("\"{role}\""),
+            format!("\"out={}\"", dir.join(format!("{name}.jsonl")).display()),
+        ];
+        a.extend(opts.iter().map(|o| format!("\"{o}\"")));
+        a.join(", ")
+    }
+
+    /// What the peer `name` reported so far.
+    pub fn lines(dir: &Path, name: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join(format!("{name}.jsonl")))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
 pub mod picture;
 
 /// The JSON lines of the file at `path` (a helper node's log): those that parse.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use syncra_integration_tests::peers::{args, lines};
 use syncra_integration_tests::{Harness, PATIENCE, send};
 use syncra_protocol::control::{ControlReply, ControlRequest, StreamView};
 
@@ -21,23 +22,6 @@ fn config(drivers: &[(&str, String)]) -> String {
         ));
     }
     c
-}
-
-fn args(dir: &Path, name: &str, role: &str, opts: &[&str]) -> String {
-    let mut a = vec![
-        format!("\"{role}\""),
-        format!("\"out={}\"", dir.join(format!("{name}.jsonl")).display()),
-    ];
-    a.extend(opts.iter().map(|o| format!("\"{o}\"")));
-    a.join(", ")
-}
-
-fn lines(dir: &Path, name: &str) -> Vec<Value> {
-    std::fs::read_to_string(dir.join(format!("{name}.jsonl")))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// Wait until `f` holds for the lines `name` reported.

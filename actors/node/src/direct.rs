@@ -29,8 +29,16 @@ use crate::messaging::{Answer, Returned};
 /// How long a frame may wait for room once its first packet went.
 const STALL: Duration = Duration::from_secs(2);
 
-/// How long the hub carries a receiver's messages after the Broker refused a link to it.
-const HUB_ONLY_FOR: Duration = Duration::from_secs(2);
+/// How long the hub carries a receiver's messages after the Broker refused a link to it: 50 ms
+/// after the first refusal (a receiver that was not ready yet), doubling to 2 s.
+const HUB_ONLY_FIRST: Duration = Duration::from_millis(50);
+const HUB_ONLY_MAX: Duration = Duration::from_secs(2);
+
+fn hub_only_for(refusals: u32) -> Duration {
+    HUB_ONLY_FIRST
+        .saturating_mul(1 << refusals.saturating_sub(1).min(16))
+        .min(HUB_ONLY_MAX)
+}
 
 /// How long an unanswered link request holds before it is asked again.
 const ASK_AGAIN_AFTER: Duration = Duration::from_secs(5);
@@ -57,9 +65,11 @@ pub(crate) struct Links {
 
 #[derive(Debug)]
 enum Out {
-    Asked(Instant),
+    /// Asked at; refusals so far.
+    Asked(Instant, u32),
     Open(Arc<OutLink>),
-    HubOnly(Instant),
+    /// Through the hub until; refusals so far.
+    HubOnly(Instant, u32),
 }
 
 /// A link this node writes messages on (it is the caller).
@@ -136,20 +146,24 @@ impl Links {
                     }
                 }
             }
-            Some(Out::Asked(at)) => now.duration_since(*at) > ASK_AGAIN_AFTER,
-            Some(Out::HubOnly(until)) => now >= *until,
+            Some(Out::Asked(at, _)) => now.duration_since(*at) > ASK_AGAIN_AFTER,
+            Some(Out::HubOnly(until, _)) => now >= *until,
             None => true,
+        };
+        let refusals = match out.get(&routed.to) {
+            Some(Out::Asked(_, n) | Out::HubOnly(_, n)) => *n,
+            _ => 0,
         };
         let to = routed.to.clone();
         shared.send(NodeToRuntime::Route(routed));
         if ask {
             match broker::send(broker, &NodeToBroker::Link { to: to.clone() }, &[]) {
                 Ok(()) => {
-                    out.insert(to, Out::Asked(now));
+                    out.insert(to, Out::Asked(now, refusals));
                 }
                 Err(e) => {
                     tracing::debug!(to = %to, error = %e, "could not ask for a direct link");
-                    out.insert(to, Out::HubOnly(now + HUB_ONLY_FOR));
+                    out.insert(to, Out::HubOnly(now + HUB_ONLY_MAX, refusals));
                 }
             }
         }
@@ -206,7 +220,15 @@ impl Links {
     /// The Broker refused a link to `to`: the hub carries its messages for a while.
     pub(crate) fn refused(&self, to: NodeName, message: &str) {
         tracing::debug!(to = %to, why = message, "no direct link; through the runtime");
-        lock(&self.out).insert(to, Out::HubOnly(Instant::now() + HUB_ONLY_FOR));
+        let mut out = lock(&self.out);
+        let refusals = match out.get(&to) {
+            Some(Out::Asked(_, n) | Out::HubOnly(_, n)) => n + 1,
+            _ => 1,
+        };
+        out.insert(
+            to,
+            Out::HubOnly(Instant::now() + hub_only_for(refusals), refusals),
+        );
     }
 
     /// `from` opened a link to this node: start reading it once its fence is here.

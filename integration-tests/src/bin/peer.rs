@@ -1,10 +1,11 @@
 //! A test node for routing and streams. The first argument is its role, the rest `key=value`
 //! options; it reports what it sees as JSON lines in the file `out=PATH`.
 //!
-//! - `echo [hold=1] [hold_after=N]`: answers `Ping(n)` calls from its main loop and
-//!   `LinkPing(n)` calls on its link thread, with `Pong { n, incarnation, direct }`; with
-//!   `hold`, takes every `Ping` (with `hold_after`, every one after the first N) and never
-//!   answers it, reporting how many it holds. Its figures: `answered` (a counter) and
+//! - `echo [hold=1] [hold_after=N] [hold_direct=1]`: answers `Ping(n)` calls from its main
+//!   loop and `LinkPing(n)` calls on its link thread, with `Pong { n, incarnation, direct }`;
+//!   with `hold`, takes every `Ping` (with `hold_after`, every one after the first N; with
+//!   `hold_direct`, every one that came over a direct link) and never answers it, reporting
+//!   how many it holds. Its figures: `answered` (a counter) and
 //!   `holding` (a gauge).
 //! - `sequencer to=A[,B…] [count=N] [burst=K] [pause_ms=MS]`: sends `Seq(1..=N)` to each, from
 //!   one thread, in bursts; reports `sent`, and later any message given back.
@@ -196,7 +197,8 @@ fn main() {
             while !node.shutdown_requested() {
                 if let Some(call) = node.recv_timeout(Duration::from_millis(20)) {
                     let hold = opts.contains_key("hold")
-                        || (opts.contains_key("hold_after") && answered_n >= num("hold_after", 0));
+                        || (opts.contains_key("hold_after") && answered_n >= num("hold_after", 0))
+                        || (opts.contains_key("hold_direct") && call.is_direct());
                     if hold {
                         held.push(call);
                         holding.set(held.len() as f64);
