@@ -241,6 +241,11 @@ pub enum NodeInbox {
 /// mandatory TCP listener bound to loopback on an ephemeral port, in Isolated mode (a hub does
 /// not introduce its children to each other).
 ///
+/// The host name it advertises is `pid<its pid>`, not an address: ractor_cluster takes a peer
+/// whose `host:port` equals its own for itself and drops the session, and a node in a network
+/// namespace of its own can bind the very port number the hub's sealed listener had (measured:
+/// about one restart in a few hundred). Nobody dials these names (Isolated mode).
+///
 /// **Invariant:** no Syncra process listens on anything but loopback. Start it through
 /// [`crate::listener::start_node_server`], which also seals that listener.
 pub(crate) fn node_server(node_name: &str, cookie: &str) -> ractor_cluster::NodeServer {
@@ -249,7 +254,7 @@ pub(crate) fn node_server(node_name: &str, cookie: &str) -> ractor_cluster::Node
         0,
         cookie.to_owned(),
         node_name.to_owned(),
-        "127.0.0.1".into(),
+        format!("pid{}", std::process::id()),
         None,
         Some(ractor_cluster::node::NodeConnectionMode::Isolated),
     )

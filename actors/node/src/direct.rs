@@ -26,8 +26,12 @@ use tokio::io::unix::AsyncFd;
 use crate::Shared;
 use crate::messaging::{Answer, Returned};
 
-/// How long a frame may wait for room once its first packet went.
+/// How long a message may wait for room once its first packet went.
 const STALL: Duration = Duration::from_secs(2);
+
+/// The same for an answer: it is written on the link thread, which a caller that stops
+/// reading must not hold up for long (the answer is dropped; the caller's call times out).
+const ANSWER_STALL: Duration = Duration::from_millis(100);
 
 /// How long the hub carries a receiver's messages after the Broker refused a link to it: 50 ms
 /// after the first refusal (a receiver that was not ready yet), doubling to 2 s.
@@ -333,8 +337,17 @@ impl InLink {
 
     fn write(&self, frame: &LinkFrame) {
         let _w = lock(&self.write);
-        if let Err(e) = wire_link::send(self.socket.as_fd(), frame, STALL) {
-            tracing::debug!(to = %self.from, link = self.id, error = %e, "an answer could not go back on its link");
+        match wire_link::send(self.socket.as_fd(), frame, ANSWER_STALL) {
+            Ok(()) => {}
+            // Half a frame went: the link's framing is lost; end it (its caller falls back
+            // to the hub and asks again).
+            Err(e @ wire_link::SendError::Broken(_)) => {
+                tracing::warn!(to = %self.from, link = self.id, error = %e, "an answer stalled on its link; link closed");
+                let _ = rustix::net::shutdown(&self.socket, rustix::net::Shutdown::Both);
+            }
+            Err(e) => {
+                tracing::debug!(to = %self.from, link = self.id, error = %e, "an answer could not go back on its link");
+            }
         }
     }
 }
