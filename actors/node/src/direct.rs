@@ -7,7 +7,9 @@
 //! receiver was not ready). Every decision and the hub send it implies happen under one lock,
 //! so a thread's messages to one receiver keep their order across the switch.
 //!
-//! **Invariants:** a call on a link whose other end closes fails at once with
+//! **Invariants:** at most one open link per receiver (a second one brokered for it is
+//! closed); a fence that comes back undelivered is nobody's returned message; a call on a
+//! link whose other end closes fails at once with
 //! `CalleeExited`; nothing is read from an incoming link before its fence arrived through the
 //! hub; a link's frames never interleave (one writer at a time); a malformed frame closes
 //! that link only.
@@ -201,6 +203,12 @@ impl Links {
             in_flight: Mutex::new(HashSet::new()),
         });
         let mut out = lock(&self.out);
+        if matches!(out.get(&to), Some(Out::Open(_))) {
+            // An answer to a request asked again: the link in use stays (a second one would
+            // let its messages overtake those still unread on the first). This one closes.
+            tracing::debug!(to = %to, link = id, "a second direct link to the same node; closed");
+            return;
+        }
         // Everything this node sent through the hub so far goes before the fence.
         shared.send(NodeToRuntime::Route(Routed {
             id: shared

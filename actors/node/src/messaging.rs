@@ -396,6 +396,13 @@ pub(crate) fn answered(shared: &Shared, id: u64, answer: Answer) {
         (Some(w), answer) => {
             let _ = w.push(answer);
         }
+        // A link's fence that could not be delivered (its receiver restarted meanwhile): the
+        // link ends with that incarnation anyway; nothing the node's code sent.
+        (None, Answer::Returned(ret))
+            if ret.payload.type_tag == syncra_protocol::direct::FENCE_TAG =>
+        {
+            tracing::debug!(to = %ret.to, "a direct link's fence came back");
+        }
         (None, Answer::Returned(ret)) => {
             tracing::warn!(to = %ret.to, reason = %ret.reason, "a message was returned undelivered");
             if shared.returned.push(ret).is_ok() {
