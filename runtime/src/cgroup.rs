@@ -94,7 +94,7 @@ impl Drop for NodeCgroup {
                 tracing::debug!(dir = %self.dir.display(), error = %e, "a node's cgroup is left for the next start to sweep");
                 break;
             }
-            std::thread::yield_now();
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }
@@ -109,21 +109,45 @@ impl Drop for Base {
     }
 }
 
-/// A pids cgroup for the node whose private name is `stem`, with at most `max` tasks.
-/// Call it on a thread that has entered the tokio runtime (the node's thread enters it too).
-pub(crate) fn for_node(stem: &str, max: u64) -> Result<NodeCgroup, String> {
+/// A pids cgroup for the node whose private name is `stem`, with at most `max` tasks: the one
+/// already held for it (its limit set to `max`: a profile that changed), or a new one. Call it
+/// on a thread that has entered the tokio runtime (the node's thread enters it too).
+pub(crate) fn for_node(stem: &str, max: u64) -> Result<Arc<NodeCgroup>, String> {
+    static HELD: Mutex<Vec<Weak<NodeCgroup>>> = Mutex::new(Vec::new());
     let (base, v1) = base()?;
     let dir = base.0.join(stem);
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    held.retain(|w| w.strong_count() > 0);
+    if let Some(cg) = held.iter().filter_map(Weak::upgrade).find(|c| c.dir == dir) {
+        set_max(&dir, max, v1)?;
+        return Ok(cg);
+    }
+    let cg = Arc::new(make(dir, base, v1, stem, max)?);
+    held.push(Arc::downgrade(&cg));
+    Ok(cg)
+}
+
+/// `pids.max` of `dir`: `max`, and one more for the node's thread (v1).
+fn set_max(dir: &Path, max: u64, v1: bool) -> Result<(), String> {
+    let max_path = dir.join("pids.max");
+    let max = if v1 { max + 1 } else { max };
+    std::fs::write(&max_path, max.to_string())
+        .map_err(|e| format!("writing {}: {e}", max_path.display()))
+}
+
+fn make(
+    dir: PathBuf,
+    base: Arc<Base>,
+    v1: bool,
+    stem: &str,
+    max: u64,
+) -> Result<NodeCgroup, String> {
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(format!("creating {}: {e}", dir.display())),
     }
-    let max_path = dir.join("pids.max");
-    // The node's thread (v1) is one of its tasks.
-    let max = if v1 { max + 1 } else { max };
-    std::fs::write(&max_path, max.to_string())
-        .map_err(|e| format!("writing {}: {e}", max_path.display()))?;
+    set_max(&dir, max, v1)?;
     let entry = if v1 {
         Entry::Thread(helper(stem, &dir)?)
     } else {
@@ -314,15 +338,25 @@ mod tests {
         reason = "a plain child to see which cgroup a process is born in"
     )]
     fn a_nodes_cgroup_counts_what_its_thread_clones_and_goes_when_dropped() {
-        if !rustix::process::geteuid().is_root() {
-            // Only root may make cgroups here; an ordinary user's nodes get RLIMIT_NPROC.
-            assert!(for_node("unit-test", 8).is_err());
-            return;
-        }
-        let cg = for_node("unit-test", 8).expect("a pids cgroup as root");
+        let cg = match for_node("unit-test", 8) {
+            Ok(cg) => cg,
+            // An ordinary user may make cgroups only where one is delegated to them.
+            Err(_) if !rustix::process::geteuid().is_root() => return,
+            Err(e) => panic!("no pids cgroup as root: {e}"),
+        };
         let dir = cg.dir.clone();
         let base = dir.parent().unwrap().file_name().unwrap().to_owned();
         assert_eq!(base, *format!("syncra-{}", std::process::id()));
+        // Asked again (a profile that changed): the same cgroup and thread, the new limit.
+        let again = for_node("unit-test", 16).unwrap();
+        assert!(Arc::ptr_eq(&cg, &again));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("pids.max"))
+                .unwrap()
+                .trim(),
+            "17"
+        );
+        drop(again);
         let procs = || std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
         // What runs there forks into the cgroup; what runs here does not.
         let me = std::process::id().to_string();

@@ -146,7 +146,7 @@ pub(crate) struct Prepared {
     /// The node's private directory (its `TMPDIR`), if it has one.
     pub(crate) tmp_dir: Option<PathBuf>,
     /// A root runtime's node: the pids cgroup the child enters before exec.
-    pub(crate) cgroup: Option<crate::cgroup::NodeCgroup>,
+    pub(crate) cgroup: Option<std::sync::Arc<crate::cgroup::NodeCgroup>>,
     /// What is and is not enforced.
     pub(crate) status: SandboxStatus,
 }

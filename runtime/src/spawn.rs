@@ -643,6 +643,9 @@ fn spawn_now(
     let Some(req) = &spec.sandbox else {
         return spawn_with(&spec, &crate::sandbox::Prepared::default(), stack).map_err(|e| e.error);
     };
+    // Threads the spawn path starts lazily are started here, on the spawner thread: one born
+    // on a node's cgroup thread would be counted in that node's cgroup.
+    crate::sandbox::start_netns_pool();
     let prepare = || {
         crate::sandbox::prepare(
             &req.node,
@@ -708,10 +711,6 @@ fn spawn_placed(
     let Some(cgroup) = &prepared.cgroup else {
         return spawn_with(spec, prepared, stack);
     };
-    if prepared.clone_flags & libc::CLONE_NEWNET != 0 {
-        // Its thread is started here, not in the node's cgroup.
-        crate::sandbox::start_netns_pool();
-    }
     cgroup
         .run(|| spawn_with(spec, prepared, stack))
         .unwrap_or_else(|| {
