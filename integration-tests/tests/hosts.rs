@@ -291,6 +291,23 @@ fn an_agent_that_trusts_nobody_or_a_bad_line_does_not_start_and_says_why() {
         err.contains("trusted:3: `not-a-fingerprint` is not a fingerprint"),
         "{err}"
     );
+    // A trust list other users may write is refused, whatever it says.
+    let good = format!("sha256:{}", "0f".repeat(32));
+    std::fs::write(agent_state.join("trusted"), format!("{good}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(
+        agent_state.join("trusted"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("may be written by other users (mode 0666)"),
+        "{err}"
+    );
+    std::fs::remove_file(agent_state.join("trusted")).unwrap();
     let out = run(&["--trust", "sha256:12"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

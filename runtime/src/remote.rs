@@ -48,6 +48,20 @@ pub fn host_name() -> String {
 pub fn load_trust(state_dir: &Path, flags: &[Fingerprint]) -> Result<Vec<Fingerprint>, String> {
     let mut trusted = flags.to_vec();
     let path = state_dir.join(TRUST_FILE);
+    // Whoever may write it decides whom the agent trusts (as ssh's StrictModes).
+    for p in [state_dir, path.as_path()] {
+        if let Ok(meta) = std::fs::metadata(p) {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o022 != 0 {
+                return Err(format!(
+                    "{} may be written by other users (mode {mode:04o}): whoever can write it chooses whom this agent trusts; `chmod go-w {}`",
+                    p.display(),
+                    p.display()
+                ));
+            }
+        }
+    }
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             for (i, line) in text.lines().enumerate() {
