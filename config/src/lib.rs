@@ -22,7 +22,7 @@ pub use load::{ConfigError, Loaded, Loader, Overrides};
 pub use model::*;
 pub use plan::{
     Backoff, GroupPlan, GroupPolicy, HostPlan, NodePlan, Plan, Problem, RuntimePlan, StreamLimits,
-    default_run_dir,
+    default_run_dir, default_state_dir,
 };
 
 /// The shipped presets, as text.

@@ -3,7 +3,8 @@
 //!
 //! Environment variables name keys with `__` between levels
 //! (`SYNCRA_RUNTIME__WATCH_INTERVAL_MS=500`, `SYNCRA_WORLDS__COUNT=4`); `SYNCRA_RUN_DIR` and
-//! `SYNCRA_LOG_DIR` are short forms of `runtime.run_dir` and `runtime.log_dir`. Other
+//! `SYNCRA_LOG_DIR` (and `SYNCRA_STATE_DIR`) are short forms of `runtime.run_dir` and
+//! `runtime.log_dir` (`runtime.state_dir`). Other
 //! `SYNCRA_*` variables without `__` (such as `SYNCRA_LOG`, the log filter) are not config.
 
 use std::path::{Path, PathBuf};
@@ -71,6 +72,10 @@ pub struct Overrides {
     pub log_dir: Option<PathBuf>,
     /// `--run-dir DIR`: `runtime.run_dir`.
     pub run_dir: Option<PathBuf>,
+    /// `--hosts a,b`: `worlds.spread`.
+    pub hosts: Option<Vec<String>>,
+    /// `--state-dir DIR`: `runtime.state_dir`.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A loaded config: the effective values and the plan they resolve to.
@@ -218,6 +223,12 @@ impl Loader {
         if let Some(d) = &self.overrides.run_dir {
             flags.push(("runtime.run_dir", d.display().to_string().into()));
         }
+        if let Some(hosts) = &self.overrides.hosts {
+            flags.push(("worlds.spread", hosts.clone().into()));
+        }
+        if let Some(d) = &self.overrides.state_dir {
+            flags.push(("runtime.state_dir", d.display().to_string().into()));
+        }
         for (key, value) in flags {
             fig = fig.merge(prune(Named {
                 name: FLAGS,
@@ -300,6 +311,9 @@ impl Loader {
         }
         if let Some(d) = &rt.run_dir {
             rt.run_dir = Some(anchor(d, &base_of("runtime.run_dir")));
+        }
+        if let Some(d) = &rt.state_dir {
+            rt.state_dir = Some(anchor(d, &base_of("runtime.state_dir")));
         }
         config.sandbox.anchor(&base_of("sandbox"));
         if let Some(s) = &mut config.worlds.defaults.sandbox {
@@ -415,6 +429,8 @@ fn env_provider() -> Env {
         let k = key.as_str();
         if k.eq_ignore_ascii_case("RUN_DIR") {
             Some("runtime.run_dir".into())
+        } else if k.eq_ignore_ascii_case("STATE_DIR") {
+            Some("runtime.state_dir".into())
         } else if k.eq_ignore_ascii_case("LOG_DIR") {
             Some("runtime.log_dir".into())
         } else if k.contains("__") {
@@ -434,6 +450,7 @@ fn env_var_for(path: &[String]) -> String {
         .as_slice()
     {
         ["runtime", "run_dir"] => "SYNCRA_RUN_DIR".into(),
+        ["runtime", "state_dir"] => "SYNCRA_STATE_DIR".into(),
         ["runtime", "log_dir"] => "SYNCRA_LOG_DIR".into(),
         _ => format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase()),
     }
@@ -453,6 +470,8 @@ fn describe_source(meta: &Metadata, path: &[String], loader: &Loader) -> String 
             "worlds.count" => "command-line flag --worlds".into(),
             "runtime.log_dir" => "command-line flag --log-dir".into(),
             "runtime.run_dir" => "command-line flag --run-dir".into(),
+            "runtime.state_dir" => "command-line flag --state-dir".into(),
+            p if p.starts_with("worlds.spread") => "command-line flag --hosts".into(),
             _ => FLAGS.into(),
         },
         _ => meta.name.to_string(),
@@ -574,6 +593,7 @@ impl FileOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
         let path = dir.path().join(name);
@@ -905,6 +925,8 @@ default_world = "my_base_world"
             worlds: Some(5),
             log_dir: Some("/var/b".into()),
             run_dir: Some("/run/c".into()),
+            state_dir: Some("/var/s".into()),
+            ..Default::default()
         };
         let loaded = Loader::new()
             .without_env()
@@ -915,6 +937,7 @@ default_world = "my_base_world"
         assert_eq!(loaded.plan.worlds.nodes.len(), 5);
         assert_eq!(loaded.plan.runtime.log_dir, PathBuf::from("/var/b"));
         assert_eq!(loaded.plan.runtime.run_dir, PathBuf::from("/run/c"));
+        assert_eq!(loaded.plan.runtime.state_dir, PathBuf::from("/var/s"));
         let err = Loader::new()
             .without_env()
             .overrides(Overrides {
@@ -928,6 +951,86 @@ default_world = "my_base_world"
                 .contains("command-line flag --worlds: `worlds.count`: 0 is out of range"),
             "{err}"
         );
+    }
+
+    const PIN: &str = "sha256:0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f";
+
+    #[test]
+    fn nodes_are_placed_on_hosts_and_hosts_spreads_the_worlds_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[hosts.a]\naddress = \"10.0.0.2:7800\"\nfingerprint = \"{PIN}\"\n[hosts.b]\naddress = \"10.0.0.3:7800\"\nfingerprint = \"{PIN}\"\ndeadline_ms = 1500\nfence_grace_ms = 0\n\n[drivers.gpu]\ncommand = \"x\"\nhost = \"b\"\nfallback_host = \"local\"\n\n[worlds]\nnames = [\"pinned\"]\n[worlds.pinned]\nhost = \"local\"\n"
+        );
+        let path = write(&dir, "c.toml", &text);
+        let loaded = Loader::new()
+            .without_env()
+            .file(&path)
+            .overrides(Overrides {
+                worlds: Some(5),
+                hosts: Some(vec!["a".into(), "local".into(), "b".into()]),
+                ..Default::default()
+            })
+            .load()
+            .unwrap();
+        let gpu = &loaded.plan.drivers.nodes[0];
+        assert_eq!(gpu.host.as_deref(), Some("b"));
+        assert_eq!(
+            gpu.fallback_host,
+            Some(None),
+            "`local` is the runtime's own host"
+        );
+        let placed: Vec<(String, Option<&str>)> = loaded
+            .plan
+            .worlds
+            .nodes
+            .iter()
+            .map(|n| (n.name.to_string(), n.host.as_deref()))
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                ("world/main".to_owned(), Some("a")),
+                ("world/pinned".to_owned(), None),
+                ("world/main-2".to_owned(), Some("b")),
+                ("world/main-3".to_owned(), Some("a")),
+                ("world/main-4".to_owned(), None),
+            ],
+            "in turn, but a world that names its host keeps it"
+        );
+        let b = &loaded.plan.hosts[1];
+        assert_eq!(
+            (b.deadline, b.fence_grace),
+            (Duration::from_millis(1500), Duration::ZERO)
+        );
+        assert_eq!(loaded.plan.hosts[0].deadline, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn an_unknown_host_a_bad_deadline_and_a_host_called_local_are_refused_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[hosts.a]\naddress = \"10.0.0.2:7800\"\nfingerprint = \"{PIN}\"\ndeadline_ms = 10\n[hosts.local]\naddress = \"10.0.0.2:7800\"\nfingerprint = \"{PIN}\"\n\n[worlds]\nfallback_host = \"nowhere\"\n[worlds.x]\nhost = \"gpu-box\"\n"
+        );
+        let path = write(&dir, "c.toml", &text);
+        let err = Loader::new()
+            .without_env()
+            .file(&path)
+            .overrides(Overrides {
+                hosts: Some(vec!["a".into(), "elsewhere".into()]),
+                ..Default::default()
+            })
+            .load()
+            .unwrap_err()
+            .to_string();
+        for says in [
+            "`worlds.x.host`: no host `gpu-box`: expected `local` or a `[hosts.<name>]` of this config (a, local)",
+            "`worlds.fallback_host`: no host `nowhere`",
+            "`hosts.a.deadline_ms`: 10 is too small: must be at least 500",
+            "`hosts.local`: `local` names the runtime's own host",
+            "command-line flag --hosts: `worlds.spread[1]`: no host `elsewhere`",
+        ] {
+            assert!(err.contains(says), "missing {says:?} in:\n{err}");
+        }
     }
 
     #[test]

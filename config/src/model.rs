@@ -17,7 +17,7 @@
 //! ```
 //!
 //! The long forms: a driver may be a table (`[drivers.renderer] command = ..`), `[worlds]`
-//! holds defaults for every world besides `default_world`, `count` and `names`, and a table
+//! holds defaults for every world besides `default_world`, `count`, `names` and `spread`, and a table
 //! `[worlds.<name>]` configures one world.
 
 use std::collections::BTreeMap;
@@ -87,14 +87,37 @@ pub struct SyncraConfig {
     pub hosts: std::collections::BTreeMap<String, HostSpec>,
 }
 
+/// Default `hosts.<name>.deadline_ms`.
+pub const DEFAULT_HOST_DEADLINE_MS: u64 = 5_000;
+/// Default `hosts.<name>.fence_grace_ms`.
+pub const DEFAULT_FENCE_GRACE_MS: u64 = 2_000;
+
 /// `[hosts.<name>]`: a machine running `syncra agent`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HostSpec {
     /// Where its agent listens: `host:port` (a name or an address).
     pub address: String,
     /// Its agent's identity, as `syncra agent` prints it (`sha256:` and 64 hex digits).
     pub fingerprint: String,
+    /// The link's deadline, milliseconds: silent this long, the host is unreachable — the
+    /// runtime counts its nodes lost, and the agent kills them (fencing). A partition shorter
+    /// than this restarts nothing.
+    pub deadline_ms: u64,
+    /// After the deadline, how much longer the runtime waits before it starts a replacement
+    /// of a lost node, milliseconds (time for the agent's fence to have happened).
+    pub fence_grace_ms: u64,
+}
+
+impl Default for HostSpec {
+    fn default() -> Self {
+        Self {
+            address: String::new(),
+            fingerprint: String::new(),
+            deadline_ms: DEFAULT_HOST_DEADLINE_MS,
+            fence_grace_ms: DEFAULT_FENCE_GRACE_MS,
+        }
+    }
 }
 
 /// Default `streams.max_streams`.
@@ -161,6 +184,10 @@ pub struct RuntimeSection {
     /// Most direct links one node has open at once, both ways; past it its messages go
     /// through the hub.
     pub max_links: u32,
+    /// Where the runtime keeps its identity for other hosts (made on first use); default
+    /// `$XDG_STATE_HOME/syncra`, else `~/.local/state/syncra`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeSection {
@@ -177,6 +204,7 @@ impl Default for RuntimeSection {
             run_dir: None,
             direct_links: true,
             max_links: DEFAULT_MAX_LINKS,
+            state_dir: None,
         }
     }
 }
@@ -438,6 +466,13 @@ pub struct NodeSpec {
     /// More than the node's default sandbox profile (or `"off"`, `"strict"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<crate::sandbox::SandboxSpec>,
+    /// The host it runs on: a `[hosts.<name>]`, or `local` (the runtime's own, the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Where a replacement starts while its host is unreachable: another `[hosts.<name>]`, or
+    /// `local`. Unset: it waits for its host to come back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_host: Option<String>,
 }
 
 /// The keys of [`NodeSpec`], for messages and for the `[worlds]` defaults.
@@ -457,6 +492,8 @@ pub const NODE_SPEC_KEYS: &[&str] = &[
     "entities",
     "seed",
     "sandbox",
+    "host",
+    "fallback_host",
 ];
 
 /// The keys of [`NodeSpec`] that only worlds may use.
@@ -494,6 +531,8 @@ impl NodeSpec {
             entities: pick(&self.entities, &defaults.entities),
             seed: pick(&self.seed, &defaults.seed),
             sandbox: pick(&self.sandbox, &defaults.sandbox),
+            host: pick(&self.host, &defaults.host),
+            fallback_host: pick(&self.fallback_host, &defaults.fallback_host),
         }
     }
 
@@ -518,6 +557,8 @@ impl NodeSpec {
             ("entities", self.entities.is_some()),
             ("seed", self.seed.is_some()),
             ("sandbox", self.sandbox.is_some()),
+            ("host", self.host.is_some()),
+            ("fallback_host", self.fallback_host.is_some()),
         ];
         set.iter()
             .filter(|(k, on)| *on && keys.contains(k))
@@ -646,6 +687,9 @@ pub struct WorldsSection {
     pub count: Option<u32>,
     /// Extra worlds by name, in order (a short form of empty `[worlds.<name>]` tables).
     pub names: Vec<String>,
+    /// Hosts the worlds are spread over, in turn (`--hosts a,b`; `local` is the runtime's
+    /// own); a world whose table names its `host` keeps it. Empty: every world on `host`.
+    pub spread: Vec<String>,
     /// Settings for every world (the [`NodeSpec`] keys written directly in `[worlds]`).
     pub defaults: NodeSpec,
     /// `[worlds.<name>]` tables, in file order.
@@ -658,6 +702,7 @@ impl Default for WorldsSection {
             default_world: DEFAULT_WORLD.to_owned(),
             count: None,
             names: Vec::new(),
+            spread: Vec::new(),
             defaults: NodeSpec::default(),
             tables: Vec::new(),
         }
@@ -665,7 +710,7 @@ impl Default for WorldsSection {
 }
 
 /// The keys `[worlds]` itself has, besides the [`NodeSpec`] defaults and world tables.
-pub const WORLDS_SECTION_KEYS: &[&str] = &["default_world", "count", "names"];
+pub const WORLDS_SECTION_KEYS: &[&str] = &["default_world", "count", "names", "spread"];
 
 impl Serialize for WorldsSection {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -678,6 +723,9 @@ impl Serialize for WorldsSection {
         }
         if !self.names.is_empty() {
             map.serialize_entry("names", &self.names)?;
+        }
+        if !self.spread.is_empty() {
+            map.serialize_entry("spread", &self.spread)?;
         }
         for (k, v) in &defaults {
             map.serialize_entry(k, v)?;
@@ -705,6 +753,7 @@ impl<'de> Deserialize<'de> for WorldsSection {
                         "default_world" => out.default_world = map.next_value()?,
                         "count" => out.count = Some(map.next_value()?),
                         "names" => out.names = map.next_value()?,
+                        "spread" => out.spread = map.next_value()?,
                         "enabled" => {
                             return Err(de::Error::custom(
                                 "`enabled` is a driver key; to run fewer worlds set `count` or remove a world",
@@ -726,6 +775,8 @@ impl<'de> Deserialize<'de> for WorldsSection {
                         "entities" => d.entities = Some(map.next_value()?),
                         "seed" => d.seed = Some(map.next_value()?),
                         "sandbox" => d.sandbox = Some(map.next_value()?),
+                        "host" => d.host = Some(map.next_value()?),
+                        "fallback_host" => d.fallback_host = Some(map.next_value()?),
                         _ => {
                             let spec = map.next_value::<WorldTable>()?.0;
                             out.tables.push((key, spec));

@@ -141,6 +141,13 @@ pub struct NodePlan {
     pub world: Option<WorldSettings>,
     /// What it may touch: its kind's defaults with the config's grants.
     pub sandbox: SandboxProfile,
+    /// The `[hosts]` entry it runs on; `None`: the runtime's own host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Where a replacement starts while its host is unreachable: `Some(None)` the runtime's
+    /// own host, `Some(Some(name))` another; `None`: it waits for its host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_host: Option<Option<String>>,
 }
 
 /// A group of nodes under one policy.
@@ -175,6 +182,8 @@ pub struct RuntimePlan {
     pub direct_links: bool,
     /// Most direct links per node.
     pub max_links: usize,
+    /// Where the runtime keeps its identity for other hosts.
+    pub state_dir: PathBuf,
 }
 
 /// A host, checked: its agent's address and pinned identity.
@@ -187,6 +196,10 @@ pub struct HostPlan {
     /// Its agent's fingerprint.
     #[serde(serialize_with = "crate::plan::display")]
     pub fingerprint: syncra_protocol::agent::Fingerprint,
+    /// Silent this long, the host is unreachable and its nodes are fenced.
+    pub deadline: Duration,
+    /// After the deadline, the wait before a lost node's replacement starts.
+    pub fence_grace: Duration,
 }
 
 fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -240,6 +253,18 @@ pub fn default_run_dir() -> PathBuf {
             "/tmp/syncra-{}",
             rustix::process::getuid().as_raw()
         )),
+    }
+}
+
+/// Where a runtime keeps its identity for other hosts when neither config nor command line
+/// says: `$XDG_STATE_HOME/syncra`, else `~/.local/state/syncra`, else `/var/lib/syncra`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("syncra");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/syncra"),
+        None => PathBuf::from("/var/lib/syncra"),
     }
 }
 
@@ -541,6 +566,22 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
     if w.defaults.enabled.is_some() {
         problems.push(problem("worlds.enabled", "`enabled` is a driver key"));
     }
+    // `--hosts a,b`: each entry checked once, here; the worlds take the valid ones in turn.
+    let spread: Vec<String> = w
+        .spread
+        .iter()
+        .enumerate()
+        .filter(|(i, h)| {
+            host_of(
+                &mut problems,
+                config,
+                &format!("worlds.spread[{i}]"),
+                Some(h),
+            )
+            .is_some()
+        })
+        .map(|(_, h)| h.clone())
+        .collect();
     for (index, name) in world_names(w, &mut problems).into_iter().enumerate() {
         let key = if w.tables.iter().any(|(n, _)| *n == name) {
             format!("worlds.{name}")
@@ -559,7 +600,10 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
                 "`enabled` is a driver key; remove the world instead",
             ));
         }
-        let spec = own.or(&w.defaults);
+        let mut spec = own.or(&w.defaults);
+        if own.host.is_none() && !spread.is_empty() {
+            spec.host = Some(spread[index % spread.len()].clone());
+        }
         let settings = WorldSettings {
             name: name.clone(),
             tick_hz: spec.tick_hz.unwrap_or(DEFAULT_TICK_HZ),
@@ -686,6 +730,30 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
                 "a host's name is letters, digits, `-` and `_`",
             ));
         }
+        if name == syncra_protocol::agent::LOCAL_HOST {
+            problems.push(problem(
+                format!("hosts.{name}"),
+                "`local` names the runtime's own host: give this one another name",
+            ));
+        }
+        // The deadline is a lease the agent keeps by pings a fifth of it apart: under 500 ms
+        // it would fence on an ordinary hiccup.
+        in_range(
+            &mut problems,
+            &key("deadline_ms"),
+            h.deadline_ms,
+            500,
+            MAX_DURATION_MS,
+            "ms",
+        );
+        in_range(
+            &mut problems,
+            &key("fence_grace_ms"),
+            h.fence_grace_ms,
+            0,
+            MAX_DURATION_MS,
+            "ms",
+        );
         let port_ok = h.address.rsplit_once(':').is_some_and(|(host, port)| {
             !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
         });
@@ -703,6 +771,8 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
                 name: name.clone(),
                 address: h.address.clone(),
                 fingerprint,
+                deadline: ms(h.deadline_ms),
+                fence_grace: ms(h.fence_grace_ms),
             }),
             Err(e) => problems.push(problem(key("fingerprint"), e.to_string())),
         }
@@ -730,6 +800,7 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
         },
         direct_links: rt.direct_links,
         max_links: rt.max_links as usize,
+        state_dir: rt.state_dir.clone().unwrap_or_else(default_state_dir),
     };
     let policy = |o: &GroupOverrides| GroupPolicy {
         strategy: o.strategy.unwrap_or(sup.strategy),
@@ -849,9 +920,9 @@ fn node_plan(
 ) -> NodePlan {
     let rt = &config.runtime;
     let mut sandbox = default_profile(name.short(), world.is_some());
-    sandbox.grant(&config.sandbox);
+    config.sandbox.grant_to(&mut sandbox);
     if let Some(own) = &spec.sandbox {
-        sandbox.grant(own);
+        own.grant_to(&mut sandbox);
     }
     if command.trim().is_empty() {
         problems.push(problem(
@@ -936,7 +1007,50 @@ fn node_plan(
         settings,
         world,
         sandbox,
+        host: host_of(
+            problems,
+            config,
+            &format!("{key}.host"),
+            spec.host.as_deref(),
+        )
+        .flatten(),
+        fallback_host: host_of(
+            problems,
+            config,
+            &format!("{key}.fallback_host"),
+            spec.fallback_host.as_deref(),
+        ),
     }
+}
+
+/// A node's `host` (or `fallback_host`) checked against `[hosts]`: `None` when not set,
+/// `Some(None)` for `local`, `Some(Some(name))` for a configured host.
+fn host_of(
+    problems: &mut Vec<Problem>,
+    config: &SyncraConfig,
+    key: &str,
+    host: Option<&str>,
+) -> Option<Option<String>> {
+    let host = host?;
+    if host == syncra_protocol::agent::LOCAL_HOST {
+        return Some(None);
+    }
+    if !config.hosts.contains_key(host) {
+        let known: Vec<&str> = config.hosts.keys().map(String::as_str).collect();
+        problems.push(problem(
+            key,
+            format!(
+                "no host `{host}`: expected `local` or a `[hosts.<name>]` of this config ({})",
+                if known.is_empty() {
+                    "it has none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+        return None;
+    }
+    Some(Some(host.to_owned()))
 }
 
 /// Unknown or disabled dependencies, drivers depending on worlds, and cycles.

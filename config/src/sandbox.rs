@@ -13,58 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// How hard the sandbox is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SandboxMode {
-    /// Every rule that cannot be enforced here is a start failure.
-    Strict,
-    /// What cannot be enforced here is skipped and said once (status and the log).
-    #[default]
-    Permissive,
-    /// No sandbox (only the death signal and the process group).
-    Off,
-}
-
-impl SandboxMode {
-    /// As config writes it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SandboxMode::Strict => "strict",
-            SandboxMode::Permissive => "permissive",
-            SandboxMode::Off => "off",
-        }
-    }
-}
-
-/// Where a node may connect.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Network {
-    /// Nowhere: its own network namespace (its cluster listener on a loopback nobody else
-    /// reaches), or, where there is none, no TCP connect and no bind but the listener's.
-    #[default]
-    None,
-    /// A loopback of its own: its own network namespace with `lo` up, so it may talk to
-    /// itself over TCP and UDP (a server and its clients inside the node) and reach nothing else.
-    Loopback,
-    /// The host's network, as any program has it.
-    Any,
-}
-
-/// A class of device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// `/dev/dri`, `/dev/nvidia*`, and Mesa's shader cache.
-    Gpu,
-    /// The X11 and Wayland sockets (`/tmp/.X11-unix`, `$XDG_RUNTIME_DIR`).
-    Display,
-    /// `/dev/snd` and the sound servers' sockets.
-    Sound,
-    /// `/dev/input`, `/dev/hidraw*`, `/run/udev`.
-    Input,
-}
+pub use syncra_protocol::sandbox::{Device, Network, SandboxMode, SandboxProfile};
 
 /// Grants in config: added to the node's defaults (lists), or replacing them (values).
 /// Written as a table, or as a mode alone: `sandbox = "strict"`.
@@ -216,32 +165,6 @@ impl SandboxSpec {
     }
 }
 
-/// A node's effective sandbox.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SandboxProfile {
-    /// How hard.
-    pub mode: SandboxMode,
-    /// Paths it may read and execute.
-    pub read: Vec<PathBuf>,
-    /// Paths it may read and write.
-    pub write: Vec<PathBuf>,
-    /// Where it may connect.
-    pub network: Network,
-    /// Whether `network = "none"` is a network namespace (false: Landlock's TCP rules only;
-    /// the input driver keeps the host's namespace, whose netlink carries device hotplug).
-    pub namespace: bool,
-    /// Devices.
-    pub devices: Vec<Device>,
-    /// RLIMIT_DATA, MiB (0: none).
-    pub memory_mb: u64,
-    /// RLIMIT_NOFILE (0: none).
-    pub open_files: u64,
-    /// RLIMIT_CPU, seconds (0: none).
-    pub cpu_seconds: u64,
-    /// Processes and threads it may add (0: none).
-    pub processes: u64,
-}
-
 /// What every node may read.
 pub const BASE_READ: &[&str] = &[
     "/usr",
@@ -363,80 +286,33 @@ pub fn default_profile(name: &str, is_world: bool) -> SandboxProfile {
     p
 }
 
-impl SandboxProfile {
-    /// Apply the grants of `spec` (lists add, values replace).
-    pub fn grant(&mut self, spec: &SandboxSpec) {
-        if let Some(m) = spec.mode {
-            self.mode = m;
+impl SandboxSpec {
+    /// Apply these grants to `profile` (lists add, values replace).
+    pub fn grant_to(&self, profile: &mut SandboxProfile) {
+        if let Some(m) = self.mode {
+            profile.mode = m;
         }
-        self.read.extend(spec.read.iter().cloned());
-        self.write.extend(spec.write.iter().cloned());
-        if let Some(n) = spec.network {
-            self.network = n;
+        profile.read.extend(self.read.iter().cloned());
+        profile.write.extend(self.write.iter().cloned());
+        if let Some(n) = self.network {
+            profile.network = n;
         }
-        for d in &spec.devices {
-            if !self.devices.contains(d) {
-                self.devices.push(*d);
+        for d in &self.devices {
+            if !profile.devices.contains(d) {
+                profile.devices.push(*d);
             }
         }
-        if let Some(m) = spec.memory_mb {
-            self.memory_mb = m;
+        if let Some(m) = self.memory_mb {
+            profile.memory_mb = m;
         }
-        if let Some(f) = spec.open_files {
-            self.open_files = f;
+        if let Some(f) = self.open_files {
+            profile.open_files = f;
         }
-        if let Some(c) = spec.cpu_seconds {
-            self.cpu_seconds = c;
+        if let Some(c) = self.cpu_seconds {
+            profile.cpu_seconds = c;
         }
-        if let Some(n) = spec.processes {
-            self.processes = n;
+        if let Some(n) = self.processes {
+            profile.processes = n;
         }
-    }
-
-    /// Paths made absolute against `base` (the working directory).
-    pub fn anchor(&mut self, base: &Path) {
-        anchor_all(&mut self.read, &mut self.write, base);
-    }
-
-    /// One line per rule, as `syncra check-config` prints it.
-    pub fn describe(&self) -> String {
-        let paths = |v: &[PathBuf]| {
-            v.iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let limit = |v: u64, unit: &str| {
-            if v == 0 {
-                "none".to_owned()
-            } else {
-                format!("{v}{unit}")
-            }
-        };
-        format!(
-            "mode {mode}; read {read}; write {write}; network {net}; devices {dev}; memory {mem}; open files {files}; processes {procs}; cpu {cpu}; no_new_privs; seccomp: no ptrace, mount, modules, bpf, keyring, namespaces, new sessions",
-            mode = self.mode.as_str(),
-            read = paths(&self.read),
-            write = paths(&self.write),
-            net = match (self.network, self.namespace) {
-                (Network::Any, _) => "any".to_owned(),
-                (Network::Loopback, _) => "loopback (its own namespace and loopback)".to_owned(),
-                (Network::None, true) => "none (own namespace)".to_owned(),
-                (Network::None, false) => "none (no TCP connect)".to_owned(),
-            },
-            dev = if self.devices.is_empty() {
-                "none".to_owned()
-            } else {
-                self.devices
-                    .iter()
-                    .map(|d| format!("{d:?}").to_lowercase())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            },
-            mem = limit(self.memory_mb, " MiB"),
-            files = limit(self.open_files, ""),
-            cpu = limit(self.cpu_seconds, " s"),
-            procs = limit(self.processes, ""),
-        )
     }
 }

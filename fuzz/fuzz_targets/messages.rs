@@ -1,6 +1,7 @@
-//! What nodes send the runtime (its gateway, its broker), what the runtime sends nodes, and
-//! what nodes send each other on a direct link: every message type decoded from the same
-//! bytes, and the bytes cut into link packets.
+//! What nodes send the runtime (its gateway, its broker), what the runtime sends nodes, what
+//! nodes send each other on a direct link, and what a runtime and an agent on another host
+//! send each other: every message type decoded from the same bytes, and the bytes cut into
+//! link packets.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use syncra_protocol::{broker, node, wire};
@@ -13,6 +14,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = wire::decode::<syncra_protocol::crash::PanicReport>("panic report", data);
     let _ = wire::decode::<syncra_protocol::status::NodeMetrics>("metrics", data);
     let _ = wire::decode::<syncra_protocol::direct::LinkFrame>("link frame", data);
+    let _ = wire::decode::<syncra_protocol::agent::AgentToRuntime>("agent message", data);
+    let _ = wire::decode::<syncra_protocol::agent::RuntimeToAgent>("runtime message", data);
     // As a run of link packets: the first byte of each piece is its length.
     let mut asm = syncra_protocol::direct::Assembler::default();
     let mut rest = data;

@@ -90,6 +90,9 @@ pub struct Options {
     /// Run the runtime (root only) in a mount namespace of its own where the cgroup file
     /// systems are read-only, as in a container (Docker mounts them so by default).
     pub cgroups_read_only: bool,
+    /// Run the runtime in the network namespace of this process: a host of
+    /// [`hosts::Hosts`] ([`hosts::Hosts::netns`]).
+    pub netns: Option<u32>,
 }
 
 /// Copies of the workspace's binaries in a directory every user can read, so that a runtime
@@ -199,6 +202,12 @@ impl Harness {
         );
         let out = std::fs::File::create(output_path(dir.path())).expect("output file");
         let mut cmd = match &options.user {
+            None if options.netns.is_some() => {
+                let mut cmd = Command::new("nsenter");
+                cmd.args(["-t", &options.netns.unwrap_or(0).to_string(), "-n"])
+                    .arg(workspace_bin("syncra"));
+                cmd
+            }
             None => Command::new(workspace_bin("syncra")),
             Some((uid, staged)) => {
                 use std::os::unix::process::CommandExt;

@@ -9,124 +9,12 @@
     reason = "the tests run the real binaries and the namespace tools"
 )]
 
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
-use syncra_integration_tests::hosts::Hosts;
+use syncra_integration_tests::hosts::{Agent, Hosts, identity};
 use syncra_integration_tests::{PATIENCE, workspace_bin};
-
-/// A running agent: its process, and what it printed.
-struct Agent {
-    child: Child,
-    fingerprint: String,
-    addr: String,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Agent {
-    fn start(hosts: &Hosts, state: &Path, trust: &[&str], addr: &str) -> Agent {
-        let mut cmd = hosts.on(1, &workspace_bin("syncra"));
-        cmd.args(["agent", "--listen", addr, "--state-dir"])
-            .arg(state)
-            .args(["--name", "gpu-box", "--handshake-timeout-ms", "500"]);
-        for t in trust {
-            cmd.args(["--trust", t]);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let (mut fingerprint, mut listening) = (None, None);
-        let deadline = Instant::now() + PATIENCE;
-        while fingerprint.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "the agent printed no fingerprint; stderr:\n{}",
-                    stderr.lock().unwrap()
-                )
-            });
-            if let Some(fp) = line.strip_prefix("fingerprint ") {
-                fingerprint = Some(fp.to_owned());
-            }
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                listening = rest.split(',').next().map(str::to_owned);
-            }
-        }
-        Agent {
-            child,
-            fingerprint: fingerprint.unwrap(),
-            addr: listening.expect("the agent said where it listens"),
-            stderr,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Wait until its log says `what`.
-    fn wait_log(&self, what: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let log = self.log();
-            if log.contains(what) {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent never logged `{what}`:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn identity(state: &Path) -> String {
-    let out = Command::new(workspace_bin("syncra"))
-        .args(["identity", "--state-dir"])
-        .arg(state)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// `syncra hosts` on the runtime's host with a config naming `hosts` (name, address, pin).
 fn check(hosts: &Hosts, dir: &Path, state: &Path, entries: &[(&str, &str, &str)]) -> Output {

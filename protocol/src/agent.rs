@@ -1,11 +1,28 @@
 //! The link between the runtime and `syncra agent` on another host: mutual TLS (identities
 //! pinned by fingerprint both ways, `syncra-remote`), then length-prefixed MessagePack frames
 //! ([`MAX_FRAME`] at most), each side's first frame its `Hello`.
+//!
+//! Two kinds of connection reach an agent, told apart by the client certificate:
+//!
+//! - the **session link**, one per runtime session, under the runtime's own identity: the
+//!   runtime asks for spawns, signals and watches ([`RuntimeToAgent`]); the agent reports what
+//!   becomes of its nodes ([`AgentToRuntime`]: spawned, exited, hung, vitals, log lines). Both
+//!   sides ping: the agent's pings, answered, renew its **lease** on the session's nodes
+//!   (no answer for `lease_ms` and it kills them — fencing); the runtime hears the agent's pings
+//!   and calls the host unreachable after the same deadline.
+//! - a **node link** per incarnation, under a certificate the runtime made for that incarnation
+//!   alone and announced in its [`SpawnRequest::link`]: after the handshake its bytes are the
+//!   node's cluster socket (boot frame, then the ractor_cluster session), relayed by the agent.
 
 use serde::{Deserialize, Serialize};
 
+use crate::NodeName;
+use crate::crash::PanicReport;
+use crate::sandbox::SandboxProfile;
+use crate::status::{Figure, NodeMetrics, SandboxStatus};
+
 /// The SHA-256 of a certificate (DER), written `sha256:` and 64 hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Fingerprint(pub [u8; 32]);
 
 impl std::fmt::Display for Fingerprint {
@@ -50,10 +67,15 @@ impl std::str::FromStr for Fingerprint {
 /// Largest frame on the agent link.
 pub const MAX_FRAME: usize = 16 << 20;
 
+/// The name a runtime's config may give a node's host to mean the runtime's own
+/// (`fallback_host = "local"`, `--hosts local,gpu-box`).
+pub const LOCAL_HOST: &str = "local";
+
 /// What the runtime says to an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RuntimeToAgent {
-    /// First frame: who the runtime is.
+    /// First frame: who the runtime is. A runtime that reconnects says the same `session`,
+    /// and the agent answers with the nodes of that session still running.
     Hello {
         /// This build's [`crate::PROTOCOL_VERSION`].
         protocol: u32,
@@ -61,12 +83,133 @@ pub enum RuntimeToAgent {
         session: u64,
         /// The host name the runtime's config gives the agent.
         host: String,
+        /// The lease on this session's nodes, ms: the agent kills them (and they kill
+        /// themselves) when none of its pings has been answered for this long. 0: no nodes
+        /// will be asked for (`syncra hosts`).
+        lease_ms: u64,
     },
     /// Answered by [`AgentToRuntime::Pong`] with the same `n`.
     Ping {
         /// Echoed.
         n: u64,
     },
+    /// The answer to the agent's [`AgentToRuntime::Ping`] `n`.
+    Pong {
+        /// The ping's `n`.
+        n: u64,
+    },
+    /// Start a node.
+    Spawn(Box<SpawnRequest>),
+    /// Send incarnation `incarnation` of `node` a signal (its number on Linux).
+    Signal {
+        /// The node.
+        node: NodeName,
+        /// Which incarnation: a signal for another is not delivered.
+        incarnation: u64,
+        /// `SIGTERM`, `SIGKILL`, …
+        signal: i32,
+    },
+    /// The incarnation is ready: watch its heartbeat from now on, and report a silence of
+    /// `deadline_ms` ([`AgentToRuntime::Hung`]).
+    Watch {
+        /// The node.
+        node: NodeName,
+        /// Its incarnation.
+        incarnation: u64,
+        /// Its heartbeat deadline.
+        deadline_ms: u64,
+    },
+    /// Stop watching its heartbeat (it is being stopped).
+    Unwatch {
+        /// The node.
+        node: NodeName,
+        /// Its incarnation.
+        incarnation: u64,
+    },
+    /// The runtime ends its session: kill whatever of it still runs, now.
+    Goodbye,
+}
+
+/// A node the runtime asks an agent to start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    /// Its logical name.
+    pub node: NodeName,
+    /// The incarnation it will be.
+    pub incarnation: u64,
+    /// The executable, resolved on the agent's host as the runtime resolves one: a path, or a
+    /// name found next to the agent's `syncra`, then on its `PATH`.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Environment added to the agent's own.
+    pub env: Vec<(String, String)>,
+    /// What it may touch.
+    pub sandbox: SandboxProfile,
+    /// The fingerprint of the certificate the runtime made for this incarnation's node link:
+    /// the one connection whose bytes the agent relays to the node's cluster socket.
+    pub link: Fingerprint,
+}
+
+/// An incarnation an agent runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Running {
+    /// The node.
+    pub node: NodeName,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Its pid on the agent's host.
+    pub pid: u32,
+}
+
+/// Why an agent could not start a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpawnFailure {
+    /// Trying again cannot help (the executable is missing or not runnable, a strict sandbox
+    /// that cannot be enforced there).
+    Permanent,
+    /// The host is out of a resource (fds, memory, processes): try again later.
+    Shortage,
+    /// Anything else.
+    Other,
+}
+
+/// How an incarnation on an agent's host ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exit {
+    /// The node.
+    pub node: NodeName,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Its pid there.
+    pub pid: u32,
+    /// Its exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// When, ms since the Unix epoch (the agent's clock).
+    pub unix_ms: u64,
+    /// The last lines it wrote to stderr.
+    pub stderr_tail: Vec<String>,
+    /// Its panic report, when its panic hook left one.
+    pub panic: Option<PanicReport>,
+    /// Why it said it was leaving (its page's exit note).
+    pub note: Option<String>,
+}
+
+/// What an incarnation's page says now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vitals {
+    /// The node.
+    pub node: NodeName,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Its main loop's metrics.
+    pub metrics: Option<NodeMetrics>,
+    /// Its figures.
+    pub figures: Vec<Figure>,
+    /// Its status note.
+    pub note: Option<String>,
 }
 
 /// What an agent says to the runtime.
@@ -80,6 +223,18 @@ pub enum AgentToRuntime {
         name: String,
         /// The agent's version.
         version: String,
+        /// Random per start of the agent: another value than last time means the agent
+        /// restarted, and every node it ran before died with it.
+        instance: u64,
+        /// The nodes of this session it still runs (a runtime that reconnects).
+        running: Vec<Running>,
+        /// How the session's nodes that ended while the runtime was away ended.
+        ended: Vec<Exit>,
+    },
+    /// Answered by [`RuntimeToAgent::Pong`] with the same `n`; the answer renews the lease.
+    Ping {
+        /// Echoed.
+        n: u64,
     },
     /// The answer to [`RuntimeToAgent::Ping`].
     Pong {
@@ -90,5 +245,53 @@ pub enum AgentToRuntime {
     Refused {
         /// What is wrong.
         message: String,
+    },
+    /// A node was started: it waits for its boot frame on its node link.
+    Spawned {
+        /// The node.
+        node: NodeName,
+        /// Its incarnation.
+        incarnation: u64,
+        /// Its pid on the agent's host.
+        pid: u32,
+        /// What its sandbox enforces there.
+        sandbox: Option<SandboxStatus>,
+        /// Its log file on the agent's host.
+        log: String,
+    },
+    /// A node could not be started.
+    SpawnFailed {
+        /// The node.
+        node: NodeName,
+        /// The incarnation it was to be.
+        incarnation: u64,
+        /// Why, in words.
+        message: String,
+        /// Whether trying again can help.
+        failure: SpawnFailure,
+    },
+    /// An incarnation ended.
+    Exited(Box<Exit>),
+    /// A watched incarnation's heartbeat stopped for its deadline.
+    Hung {
+        /// The node.
+        node: NodeName,
+        /// Its incarnation.
+        incarnation: u64,
+        /// How long it was silent, ms.
+        silent_ms: u64,
+    },
+    /// The pages of the session's nodes, every quarter second.
+    Vitals(Vec<Vitals>),
+    /// Lines a node wrote to stdout or stderr (the runtime keeps a copy of its log).
+    Log {
+        /// The node.
+        node: NodeName,
+        /// Its incarnation.
+        incarnation: u64,
+        /// The lines, without their ends.
+        lines: Vec<String>,
+        /// Lines left out before these because the link was busy.
+        dropped: u64,
     },
 }

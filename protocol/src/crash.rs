@@ -28,6 +28,9 @@ pub enum Reason {
     Exited,
     /// Stopped because the runtime asked it to (shutdown, `syncra stop`, a sibling restart).
     Requested,
+    /// Its host became unreachable past the host's deadline: its agent kills it there
+    /// (fencing), and the runtime counts it as ended.
+    Lost,
 }
 
 impl Reason {
@@ -47,6 +50,7 @@ impl fmt::Display for Reason {
             Reason::Killed => "killed",
             Reason::Exited => "exited",
             Reason::Requested => "requested",
+            Reason::Lost => "lost",
         })
     }
 }
@@ -162,7 +166,10 @@ pub struct CrashRecord {
     pub node: NodeName,
     /// Driver or world.
     pub kind: NodeKind,
-    /// Pid of the failed incarnation, if it was running.
+    /// The host it ran on, when not the runtime's (`[hosts.<name>]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Pid of the failed incarnation, if it was running (on its host).
     pub pid: Option<u32>,
     /// The failed incarnation.
     pub incarnation: u64,

@@ -42,6 +42,7 @@ pub mod node;
 pub mod page;
 pub mod render;
 pub mod ring;
+pub mod sandbox;
 pub mod status;
 pub mod step;
 pub mod window;
@@ -50,7 +51,7 @@ pub mod world;
 
 /// Version of every message format in this crate. Bump it whenever a serialized type changes
 /// shape; a node built against another version is refused when it joins.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 pub use status::{NodeKind, NodeName, NodeState};
 pub use step::{BoxError, StepError};

@@ -60,6 +60,11 @@ pub struct Vitals {
     pub tick_us_max: AtomicU32,
     /// Iterations that overran their period.
     pub overruns: AtomicU64,
+    /// The node's lease, `CLOCK_MONOTONIC` ns ([`crate::audio::monotonic_ns`]): a node of an
+    /// agent on another host, whose agent keeps it in the future while the runtime answers,
+    /// ends itself once it has passed ([`Vitals::lease_expired`]), so a node cut off from
+    /// the runtime never runs beside its replacement. 0: no lease (a local node).
+    pub lease_until_ns: AtomicU64,
 }
 
 impl Vitals {
@@ -75,6 +80,21 @@ impl Vitals {
             self.overruns.store(m.overruns, Ordering::Relaxed);
         }
         self.beats.fetch_add(1, Ordering::Release);
+    }
+
+    /// Set the lease (for the agent).
+    pub fn renew_lease(&self, until_ns: u64) {
+        self.lease_until_ns.fetch_max(until_ns, Ordering::Release);
+    }
+
+    /// The lease, if the node has one.
+    pub fn lease(&self) -> Option<u64> {
+        Some(self.lease_until_ns.load(Ordering::Acquire)).filter(|l| *l != 0)
+    }
+
+    /// Whether the node has a lease and it has passed at `now_ns`.
+    pub fn lease_expired(&self, now_ns: u64) -> bool {
+        self.lease().is_some_and(|until| now_ns >= until)
     }
 
     /// The heartbeat counter.

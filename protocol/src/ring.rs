@@ -512,8 +512,77 @@ impl RingWriter {
         kind: u32,
         fill: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) -> Result<Result<u64, E>, WriteError> {
-        let g = self.map.geometry;
         let seq = self.next;
+        self.publish(seq, kind, fill, None)
+    }
+
+    /// Take the producer's side of a ring that mirrors another ring, on another host, message
+    /// for message ([`RingWriter::write_at`]): the sequences are the other ring's. The ring's
+    /// counters must have been set to the other's first (`claimed`, `published`,
+    /// `attachments`), so that a consumer sees the same sequence numbers on both.
+    pub fn mirror(map: Arc<RingMap>, space_bell: OwnedFd, bells: Bells) -> Self {
+        let h = map.header();
+        let next = h
+            .claimed
+            .load(Ordering::Acquire)
+            .max(h.published.load(Ordering::Acquire))
+            + 1;
+        h.producer_live.store(1, Ordering::Release);
+        RingWriter {
+            map,
+            space_bell,
+            bells,
+            next,
+            incarnation: 0,
+        }
+    }
+
+    /// Publish `payload` as message `seq` of the ring this one mirrors, as its producer
+    /// (`incarnation`) published it at `publish_ns` (this host's clock). Sequences skipped
+    /// since the last one are gaps here as they were there; a sequence at or below one
+    /// already written is not written again (`Ok(None)`).
+    pub fn write_at(
+        &mut self,
+        seq: u64,
+        kind: u32,
+        payload: &[u8],
+        publish_ns: u64,
+        incarnation: u64,
+    ) -> Result<Option<u64>, WriteError> {
+        let slot_size = self.map.geometry.slot_size as usize;
+        if payload.len() > slot_size {
+            return Err(WriteError::TooLarge {
+                len: payload.len(),
+                slot_size,
+            });
+        }
+        if seq < self.next {
+            return Ok(None);
+        }
+        self.publish(
+            seq,
+            kind,
+            |buf| {
+                buf[..payload.len()].copy_from_slice(payload);
+                Ok::<_, std::convert::Infallible>(payload.len())
+            },
+            Some((publish_ns, incarnation)),
+        )
+        .map(|r| match r {
+            Ok(seq) => Some(seq),
+            Err(never) => match never {},
+        })
+    }
+
+    /// Write message `seq` (the next one, or a later one after a gap).
+    fn publish<E>(
+        &mut self,
+        seq: u64,
+        kind: u32,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+        origin: Option<(u64, u64)>,
+    ) -> Result<Result<u64, E>, WriteError> {
+        let g = self.map.geometry;
         if g.policy == Policy::Block {
             self.wait_space(seq)?;
         }
@@ -535,10 +604,14 @@ impl RingWriter {
                 return Ok(Err(e));
             }
         };
+        let (publish_ns, incarnation) = origin.unwrap_or((monotonic_ns(), self.incarnation));
         slot.len.store(len as u32, Ordering::Relaxed);
         slot.kind.store(kind, Ordering::Relaxed);
-        slot.publish_ns.store(monotonic_ns(), Ordering::Relaxed);
-        slot.incarnation.store(self.incarnation, Ordering::Relaxed);
+        slot.publish_ns.store(publish_ns, Ordering::Relaxed);
+        slot.incarnation.store(incarnation, Ordering::Relaxed);
+        if origin.is_some() {
+            h.producer_incarnation.store(incarnation, Ordering::Relaxed);
+        }
         slot.stamp.store(seq.wrapping_mul(2), Ordering::Release);
         h.published.store(seq, Ordering::SeqCst);
         self.next = seq + 1;
@@ -1052,6 +1125,55 @@ mod tests {
             ReadOutcome::Empty => None,
             ReadOutcome::Torn { seq } => panic!("torn read of {seq}"),
         }
+    }
+
+    #[test]
+    fn a_mirror_keeps_the_sequences_it_is_given_so_gaps_and_restarts_stay_visible() {
+        // The original: a producer that restarted once (a gap), then a mirror of it started
+        // with the original's counters, fed what a bridge read (one message lost on the way).
+        let (orig, orig_fd) = ring_of(Policy::DropOldest, 8);
+        let bells: Bells = Default::default();
+        let mut w = writer(&orig, &bells);
+        for v in [10u64, 11] {
+            w.write_bytes(0, &v.to_le_bytes()).unwrap();
+        }
+        drop(w);
+        let mut w = writer(&orig, &bells);
+        w.write_bytes(0, &12u64.to_le_bytes()).unwrap();
+        let mut from = reader(&orig_fd, 0, &bells, false);
+        from.cell().next.store(1, Ordering::Release);
+        let mut seen = Vec::new();
+        while let ReadOutcome::Message(m, v) = from.try_read(|b, _| b.to_vec()) {
+            seen.push((m.seq, m.producer_incarnation, v));
+        }
+        assert_eq!(
+            seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [1, 2, 4],
+            "a producer restart skips a sequence"
+        );
+        let (copy, copy_fd) = ring_of(Policy::DropOldest, 8);
+        let mirror_bells: Bells = Default::default();
+        let mut m = RingWriter::mirror(copy.clone(), doorbell().unwrap(), mirror_bells.clone());
+        let mut to = reader(&copy_fd, 3, &mirror_bells, false);
+        for (seq, inc, v) in &seen {
+            if *seq == 2 {
+                continue; // lost on the way
+            }
+            assert_eq!(m.write_at(*seq, 0, v, 5, *inc).unwrap(), Some(*seq));
+        }
+        assert_eq!(
+            m.write_at(1, 0, &0u64.to_le_bytes(), 5, 1).unwrap(),
+            None,
+            "an old sequence is not written again"
+        );
+        assert_eq!(read_u64(&mut to), Some((1, 0, 10)));
+        assert_eq!(
+            read_u64(&mut to),
+            Some((4, 2, 12)),
+            "both gaps are one gap here"
+        );
+        assert_eq!(read_u64(&mut to), None);
+        assert_eq!(to.cell().dropped.load(Ordering::Relaxed), 2);
     }
 
     #[test]

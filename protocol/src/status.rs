@@ -223,7 +223,10 @@ pub struct NodeView {
     pub name: NodeName,
     /// Driver or world.
     pub kind: NodeKind,
-    /// OS process id of the current incarnation, `null` when not running.
+    /// The host it runs on (`[hosts.<name>]`), `null` for the runtime's own.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// OS process id of the current incarnation (on its host), `null` when not running.
     pub pid: Option<u32>,
     /// Current state.
     pub state: NodeState,
@@ -263,6 +266,10 @@ pub struct NodeView {
     /// What the sandbox of the current (or last) incarnation enforces, and what it could not.
     #[serde(default)]
     pub sandbox: Option<SandboxStatus>,
+    /// The current (or last) incarnation's log file on the runtime's host (for a node on
+    /// another host, the copy kept here).
+    #[serde(default)]
+    pub log_file: Option<String>,
 }
 
 /// What a node's sandbox enforces on this machine, and what it could not and why.

@@ -109,6 +109,19 @@ impl Identity {
         Identity::load(&key_path, &cert_path).map(|i| (i, true))
     }
 
+    /// A new identity kept in memory only (a node link's certificate: one incarnation's, for
+    /// one connection), named `name` in its certificate.
+    pub fn ephemeral(name: &str) -> Result<Identity, IdentityError> {
+        let made = rcgen::generate_simple_self_signed(vec![name.to_owned()])?;
+        let cert = made.cert.der().clone();
+        let key = PrivatePkcs8KeyDer::from(made.signing_key.serialize_der());
+        Ok(Identity {
+            fingerprint: fingerprint_of(&cert),
+            cert,
+            key,
+        })
+    }
+
     fn load(key_path: &Path, cert_path: &Path) -> Result<Identity, IdentityError> {
         let meta = std::fs::metadata(key_path).map_err(|source| IdentityError::Io {
             path: key_path.to_owned(),

@@ -53,9 +53,52 @@ pub fn describe(e: &rustls::Error) -> String {
     }
 }
 
+/// The fingerprints a side accepts: a fixed list (the hosts or runtimes it was told to trust),
+/// and, for an agent, the node-link certificates the runtime announced, each added for one
+/// incarnation and taken away when it ends.
+#[derive(Debug, Default)]
+pub struct TrustList {
+    fixed: Vec<Fingerprint>,
+    passing: std::sync::Mutex<std::collections::HashSet<Fingerprint>>,
+}
+
+impl TrustList {
+    /// Trust exactly `fixed`.
+    pub fn new(fixed: Vec<Fingerprint>) -> TrustList {
+        TrustList {
+            fixed,
+            passing: Default::default(),
+        }
+    }
+
+    fn passing(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Fingerprint>> {
+        self.passing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Trust `fp` too, until [`TrustList::revoke`].
+    pub fn admit(&self, fp: Fingerprint) {
+        self.passing().insert(fp);
+    }
+
+    /// Stop trusting a fingerprint [`TrustList::admit`] added.
+    pub fn revoke(&self, fp: &Fingerprint) {
+        self.passing().remove(fp);
+    }
+
+    /// Whether `fp` is one of the fixed list.
+    pub fn is_fixed(&self, fp: &Fingerprint) -> bool {
+        self.fixed.contains(fp)
+    }
+
+    /// Whether `fp` is trusted now.
+    pub fn contains(&self, fp: &Fingerprint) -> bool {
+        self.is_fixed(fp) || self.passing().contains(fp)
+    }
+}
+
 #[derive(Debug)]
 struct Pinned {
-    trusted: Vec<Fingerprint>,
+    trusted: Arc<TrustList>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -65,10 +108,11 @@ impl Pinned {
         if self.trusted.contains(&seen) {
             Ok(())
         } else {
-            // An invalid certificate: the other side is told "certificate unknown".
+            // An invalid certificate: the other side is told "certificate unknown". Only the
+            // fixed list is named (the passing ones are one-time certificates).
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotTrusted(
-                    not_trusted(&seen, &self.trusted),
+                    not_trusted(&seen, &self.trusted.fixed),
                 )))),
             ))
         }
@@ -136,6 +180,14 @@ pub fn server_config(
     identity: &Identity,
     trusted: Vec<Fingerprint>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    server_config_with(identity, Arc::new(TrustList::new(trusted)))
+}
+
+/// [`server_config`] with a trust list that may change while it serves.
+pub fn server_config_with(
+    identity: &Identity,
+    trusted: Arc<TrustList>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = provider();
     let verifier = Arc::new(Pinned {
         trusted,
@@ -155,7 +207,7 @@ pub fn client_config(
 ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
     let provider = provider();
     let verifier = Arc::new(Pinned {
-        trusted: vec![agent],
+        trusted: Arc::new(TrustList::new(vec![agent])),
         algorithms: provider.signature_verification_algorithms,
     });
     let config = rustls::ClientConfig::builder_with_provider(provider)

@@ -37,6 +37,7 @@ mod cluster;
 mod control;
 mod fdreserve;
 pub mod hooks;
+mod launch;
 pub mod logs;
 mod registry;
 pub mod remote;
@@ -55,7 +56,7 @@ pub use control::{
 pub use hooks::{HookContext, HookFn};
 pub use rundir::RunDirError;
 pub use runtime::{Runtime, RuntimeBuilder, ShutdownReport, StartError};
-pub use spawn::{SpawnError, command_problems, resolve_program};
+pub use spawn::{RemoteFailure, SpawnError, command_problems, resolve_program};
 pub use supervisor::ShutdownCause;
 pub use syncra_config as config;
 pub use syncra_protocol as protocol;

@@ -132,11 +132,15 @@ impl Capture {
     }
 }
 
-/// Copy a child's stdout and stderr, line by line, into `path`.
+/// Told each line a child writes (without its end): an agent forwards them to the runtime.
+pub(crate) type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Copy a child's stdout and stderr, line by line, into `path` (and to `lines`, if given).
 pub(crate) fn capture(
     stdout: Option<impl AsyncRead + Unpin + Send + 'static>,
     stderr: Option<impl AsyncRead + Unpin + Send + 'static>,
     path: PathBuf,
+    lines: Option<LineSink>,
 ) -> Capture {
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)));
     let task_tail = tail.clone();
@@ -179,6 +183,9 @@ pub(crate) fn capture(
             }
             if let Some(f) = file.as_mut() {
                 let _ = f.write_all(buf);
+            }
+            if let Some(sink) = &lines {
+                sink(String::from_utf8_lossy(buf).trim_end_matches(['\n', '\r']));
             }
             if is_err {
                 let text = String::from_utf8_lossy(buf).trim_end().to_owned();
@@ -273,6 +280,7 @@ mod tests {
             Some(out),
             Some(std::io::Cursor::new(err_text.into_bytes())),
             path.clone(),
+            None,
         );
         let tail = cap.finish(Duration::from_secs(5)).await;
         assert_eq!(tail.len(), STDERR_TAIL_LINES);
@@ -297,6 +305,7 @@ mod tests {
             None::<&[u8]>,
             Some(std::io::Cursor::new(text)),
             path.clone(),
+            None,
         );
         let tail = cap.finish(Duration::from_secs(5)).await;
         assert_eq!(tail.len(), 3);

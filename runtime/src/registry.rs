@@ -82,6 +82,7 @@ impl Registry {
                 view: NodeView {
                     kind: name.kind(),
                     name,
+                    host: None,
                     pid: None,
                     state: NodeState::Stopped,
                     incarnation: 0,
@@ -98,6 +99,7 @@ impl Registry {
                     figures: Vec::new(),
                     note: None,
                     sandbox: None,
+                    log_file: None,
                 },
                 ready_since: None,
                 page: None,

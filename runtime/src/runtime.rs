@@ -55,6 +55,10 @@ pub enum StartError {
     /// not start: the step names it, its source says why.
     #[error("starting the runtime: {0}")]
     Internal(#[from] StepError),
+    /// Nodes are placed on other hosts, and the runtime's identity for them cannot be loaded
+    /// or made.
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// Builds a [`Runtime`]: the config, plus what only code can give (hook callbacks).
@@ -140,6 +144,25 @@ impl RuntimeBuilder {
             })?;
         }
         let run_dir = RunDir::acquire(&rt.run_dir)?;
+        // Nodes on other hosts: the runtime's identity (made on first use), one link per host.
+        let hosts = if plan
+            .nodes()
+            .any(|n| n.host.is_some() || n.fallback_host.as_ref().is_some_and(Option::is_some))
+        {
+            let (identity, made) =
+                crate::remote::runtime_identity(&rt.state_dir).map_err(StartError::Identity)?;
+            if made {
+                tracing::info!(state_dir = %rt.state_dir.display(), fingerprint = %identity.fingerprint, "made this runtime's identity: its agents trust it with `--trust {}`", identity.fingerprint);
+            }
+            crate::remote::hosts::Hosts::new(
+                &plan.hosts,
+                Arc::new(identity),
+                crate::remote::new_session(),
+                rt.log_dir.clone(),
+            )
+        } else {
+            crate::remote::hosts::Hosts::default()
+        };
 
         let registry = Arc::new(Registry::new(plan.nodes().map(|n| n.name.clone())));
         let spawner = Spawner::start(tokio::runtime::Handle::current())
@@ -220,6 +243,7 @@ impl RuntimeBuilder {
             hook_tasks: Mutex::new(tokio::task::JoinSet::new()),
             watchdog,
             fds,
+            hosts: Arc::new(hosts),
         });
         let _ = ctx_slot.set(Arc::downgrade(&ctx));
 
@@ -727,6 +751,7 @@ impl Runtime {
             }
         }
         self.inner.ctx.drain_tracked().await;
+        self.inner.ctx.hosts.goodbye().await;
         self.inner.ctx.spawner.release().await;
         if let Some(task) = self
             .inner

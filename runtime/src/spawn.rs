@@ -103,6 +103,11 @@ fn bury(pid: u32, pidfd: &OwnedFd) -> std::io::Result<Exit> {
 }
 
 impl Process {
+    /// Its pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Wait until the process ends, kill the rest of its group, and reap it.
     pub(crate) async fn wait(mut self) -> std::io::Result<Exit> {
         let pidfd = self
@@ -218,6 +223,32 @@ pub enum SpawnError {
     /// `sandbox = "strict"` and a rule cannot be enforced on this machine.
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::Unenforceable),
+    /// The node's host (`[hosts.<name>]`) could not start it.
+    #[error("on host {host}: {message}")]
+    Remote {
+        /// The host's name in config.
+        host: String,
+        /// What went wrong, in words.
+        message: String,
+        /// What kind of failure it is.
+        failure: RemoteFailure,
+    },
+}
+
+/// What kind of failure a remote spawn met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteFailure {
+    /// The host's agent cannot be reached now: wait for it.
+    Unreachable,
+    /// One side does not trust the other (a certificate not pinned), or they speak other
+    /// protocols: retrying cannot help.
+    Refused,
+    /// The agent says retrying cannot help (the executable is missing there).
+    Permanent,
+    /// The host is out of a resource.
+    Shortage,
+    /// Anything else.
+    Other,
 }
 
 impl SpawnError {
@@ -225,8 +256,27 @@ impl SpawnError {
     pub(crate) fn is_permanent(&self) -> bool {
         matches!(
             self,
-            SpawnError::NotFound { .. } | SpawnError::NotExecutable { .. } | SpawnError::Sandbox(_)
+            SpawnError::NotFound { .. }
+                | SpawnError::NotExecutable { .. }
+                | SpawnError::Sandbox(_)
+                | SpawnError::Remote {
+                    failure: RemoteFailure::Refused | RemoteFailure::Permanent,
+                    ..
+                }
         )
+    }
+
+    /// The host whose agent cannot be reached now, and why, when that is why the spawn
+    /// failed: it waits for the host.
+    pub fn unreachable_host(&self) -> Option<(&str, &str)> {
+        match self {
+            SpawnError::Remote {
+                host,
+                message,
+                failure: RemoteFailure::Unreachable,
+            } => Some((host, message)),
+            _ => None,
+        }
     }
 
     /// Whether the machine (or this process) is out of a resource — file descriptors,
@@ -234,6 +284,12 @@ impl SpawnError {
     /// can cure.
     pub fn is_resource_shortage(&self) -> bool {
         matches!(
+            self,
+            SpawnError::Remote {
+                failure: RemoteFailure::Shortage,
+                ..
+            }
+        ) || matches!(
             self.errno(),
             Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
         )

@@ -403,6 +403,33 @@ impl Shared {
     }
 }
 
+/// A node on another host has a lease in its page, which its agent keeps in the future while
+/// the runtime answers. Once it has passed, the runtime may already be starting this node's
+/// replacement elsewhere: this thread ends the process then, whatever the rest of it is doing
+/// (the agent kills it too; this covers an agent that is stopped or gone).
+fn keep_lease(page: Arc<NodePage>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("syncra-lease".into())
+        .spawn(move || {
+            loop {
+                let Some(until) = page.vitals().lease() else {
+                    return;
+                };
+                let now = syncra_protocol::audio::monotonic_ns();
+                if now >= until {
+                    let why = "its lease ran out: the runtime did not answer its host's agent for the host's deadline, so it ended itself (its replacement may be starting)";
+                    page.write_exit_note(why);
+                    eprintln!("syncra-node: {why}");
+                    // SAFETY: `_exit` ends the process at once, without unwinding or atexit
+                    // handlers; nothing else must run in a node past its lease.
+                    unsafe { libc::_exit(syncra_protocol::boot::exit_code::LINK_LOST) }
+                }
+                std::thread::sleep(Duration::from_nanos(until - now) + Duration::from_millis(1));
+            }
+        })
+        .map(|_| ())
+}
+
 /// This process, as a node of the runtime that spawned it.
 #[derive(Debug)]
 pub struct Node {
@@ -463,7 +490,13 @@ impl Node {
                         ),
                     });
                 }
-                Some(Arc::new(page))
+                let page = Arc::new(page);
+                if page.vitals().lease().is_some() {
+                    keep_lease(page.clone()).map_err(|e| {
+                        JoinError::Thread(StepError::new("starting the lease thread", e))
+                    })?;
+                }
+                Some(page)
             }
             None => None,
         };

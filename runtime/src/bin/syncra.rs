@@ -41,6 +41,12 @@ struct ConfigArgs {
     /// Directory of the control socket (selects a runtime instance).
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
+    /// Spread the worlds over these hosts in turn (`[hosts.<name>]` entries; `local` is this one).
+    #[arg(long, value_name = "HOST,HOST", value_delimiter = ',')]
+    hosts: Option<Vec<String>>,
+    /// Where the runtime keeps its identity for other hosts (default: $XDG_STATE_HOME/syncra, else ~/.local/state/syncra).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -208,12 +214,23 @@ enum Command {
     Hosts {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Where the runtime's identity is kept (as for `syncra identity`).
-        #[arg(long, value_name = "DIR", env = "SYNCRA_STATE_DIR")]
-        state_dir: Option<PathBuf>,
         /// Ping each agent N times, one after another, and print the round trip's p50 and p99.
         #[arg(long, value_name = "N", default_value_t = 1)]
         pings: usize,
+    },
+    /// Print a node's log: its current (or last) incarnation's, wherever it runs (a node on
+    /// another host has a copy here, `<node>@<host>_<pid>.log`).
+    Logs {
+        /// Node name.
+        name: String,
+        /// The last N lines.
+        #[arg(long, short = 'n', default_value_t = 40)]
+        lines: usize,
+        /// Keep printing what it writes, until Ctrl-C.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -242,11 +259,13 @@ fn main() -> ExitCode {
                 handshake_timeout_ms,
             } => agent(listen, state_dir, trust, name, handshake_timeout_ms).await,
             Command::Identity { state_dir } => identity(state_dir),
-            Command::Hosts {
-                config,
-                state_dir,
-                pings,
-            } => hosts(config, state_dir, pings).await,
+            Command::Hosts { config, pings } => hosts(config, pings).await,
+            Command::Logs {
+                name,
+                lines,
+                follow,
+                target,
+            } => logs(&target.dir(), &name, lines, follow).await,
             Command::CheckConfig(args) => check_config(args),
             Command::Status { target, json } => status(&target.dir(), json).await,
             Command::Restart { name, target } => {
@@ -318,6 +337,8 @@ fn loader(args: &ConfigArgs) -> Loader {
         worlds: args.worlds,
         log_dir: args.log_dir.clone(),
         run_dir: args.run_dir.clone(),
+        hosts: args.hosts.clone(),
+        state_dir: args.state_dir.clone(),
     });
     match &args.config {
         Some(path) => loader = loader.file(path),
@@ -481,8 +502,13 @@ async fn agent(
         "syncra agent {name}: listening on {addr}, trusting {} runtime(s)\nfingerprint {}",
         agent.trusted, agent.fingerprint
     );
-    agent.serve().await;
-    ExitCode::SUCCESS
+    match agent.serve().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("syncra agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn identity(state_dir: Option<PathBuf>) -> ExitCode {
@@ -502,7 +528,7 @@ fn identity(state_dir: Option<PathBuf>) -> ExitCode {
     }
 }
 
-async fn hosts(args: ConfigArgs, state_dir: Option<PathBuf>, pings: usize) -> ExitCode {
+async fn hosts(args: ConfigArgs, pings: usize) -> ExitCode {
     use syncra_runtime::remote::{self, HostCheck};
     let loaded = match loader(&args).load() {
         Ok(l) => l,
@@ -515,7 +541,7 @@ async fn hosts(args: ConfigArgs, state_dir: Option<PathBuf>, pings: usize) -> Ex
         println!("no hosts: the config has no [hosts.<name>] section");
         return ExitCode::SUCCESS;
     }
-    let dir = state_dir.unwrap_or_else(remote::default_state_dir);
+    let dir = loaded.plan.runtime.state_dir.clone();
     let identity = match remote::runtime_identity(&dir) {
         Ok((i, _)) => i,
         Err(e) => {
@@ -1117,6 +1143,7 @@ fn print_status(r: &StatusReport) {
         let NodeView {
             name,
             kind,
+            host,
             pid,
             state,
             incarnation,
@@ -1148,9 +1175,13 @@ fn print_status(r: &StatusReport) {
             .flatten()
             .collect::<Vec<_>>()
             .join("; ");
+        let shown = match host {
+            Some(host) => format!("{name}@{host}"),
+            None => name.to_string(),
+        };
         println!(
             "{:<22} {:<7} {:<9} {:>8} {:>4} {:>8} {:>8} {:>9} {:>8}  {}",
-            name.to_string(),
+            shown,
             kind.to_string(),
             state.to_string(),
             pid.map(|p| p.to_string()).unwrap_or_else(dash),
@@ -1242,10 +1273,14 @@ async fn crashes(run_dir: &Path, node: Option<String>, limit: usize, json: bool)
                         .clone()
                         .or_else(|| r.exit_code.map(|x| format!("code {x}")))
                         .unwrap_or_default();
+                    let node = match &r.host {
+                        Some(host) => format!("{}@{host}", r.node),
+                        None => r.node.to_string(),
+                    };
                     println!(
                         "{}  {:<20} {:<15} {how:<10} {}",
                         r.timestamp,
-                        r.node.to_string(),
+                        node,
                         r.reason.to_string(),
                         r.detail
                     );
@@ -1271,6 +1306,74 @@ async fn crashes(run_dir: &Path, node: Option<String>, limit: usize, json: bool)
         }
         Ok(other) => fail(ClientError::Unexpected(format!("{other:?}"))),
         Err(e) => fail(e),
+    }
+}
+
+/// `syncra logs NODE`: the last `lines` lines of its current (or last) incarnation's log, and
+/// with `follow` what it writes next (a restart moves on to the next incarnation's log).
+async fn logs(run_dir: &Path, name: &str, lines: usize, follow: bool) -> ExitCode {
+    let log_file = |report: &StatusReport| -> Result<Option<PathBuf>, String> {
+        let node = report.node(name).ok_or_else(|| {
+            let names: Vec<String> = report.nodes.iter().map(|n| n.name.to_string()).collect();
+            format!("no node `{name}`; the nodes are {}", names.join(", "))
+        })?;
+        Ok(node.log_file.as_ref().map(PathBuf::from))
+    };
+    let status = || async {
+        match request(run_dir, ControlRequest::Status).await {
+            Ok(ControlReply::Status(report)) => Ok(report),
+            Ok(other) => Err(ClientError::Unexpected(format!("{other:?}"))),
+            Err(e) => Err(e),
+        }
+    };
+    let report = match status().await {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let mut path = match log_file(&report) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            eprintln!("syncra: {name} has not run yet: no log");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("syncra: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("syncra: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    println!("==> {} <==", path.display());
+    for l in &all[all.len().saturating_sub(lines)..] {
+        println!("{l}");
+    }
+    if !follow {
+        return ExitCode::SUCCESS;
+    }
+    let mut offset = text.len() as u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(Ok(Some(now))) = status().await.map(|r| log_file(&r))
+            && now != path
+        {
+            path = now;
+            offset = 0;
+            println!("==> {} <==", path.display());
+        }
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        if (bytes.len() as u64) > offset {
+            print!("{}", String::from_utf8_lossy(&bytes[offset as usize..]));
+            offset = bytes.len() as u64;
+        }
     }
 }
 

@@ -14,10 +14,14 @@ use crate::spawn::SpawnError;
 /// Why the runtime itself ended an incarnation.
 #[derive(Debug, Clone)]
 pub(crate) enum Forced {
-    Hung { silent: Duration },
+    Hung {
+        silent: Duration,
+    },
     StartTimeout,
     Refused(String),
     Requested,
+    /// Its host was unreachable past its deadline: why, in words.
+    Lost(String),
 }
 
 /// Why an incarnation never had a process.
@@ -60,13 +64,14 @@ pub(crate) fn assess(f: &Facts<'_>) -> Assessment {
     let (code, sig) = match f.termination {
         Termination::Code(c) => (Some(c), None),
         Termination::Signal(s) => (None, Some(s)),
-        Termination::NotStarted => (None, None),
+        Termination::NotStarted | Termination::Lost => (None, None),
     };
     // A node that panicked or crashed while being asked to stop crashed all the same.
     let crashed_anyway =
         f.panicked || matches!(f.termination, Termination::Signal(s) if policy::is_crash_signal(s));
     let reason = match f.forced {
         Some(Forced::Hung { .. }) => Reason::Hung,
+        Some(Forced::Lost(_)) => Reason::Lost,
         Some(Forced::StartTimeout) | Some(Forced::Refused(_)) => Reason::FailedToStart,
         Some(Forced::Requested) if !crashed_anyway => Reason::Requested,
         _ => policy::classify(f.termination, f.was_ready),
@@ -93,6 +98,7 @@ pub(crate) fn assess(f: &Facts<'_>) -> Assessment {
             f.start_timeout.as_millis()
         ),
         (Some(Forced::Refused(why)), _) => why.clone(),
+        (Some(Forced::Lost(why)), _) => format!("lost: {why}"),
         (Some(Forced::Requested), _) if reason == Reason::Requested => "stopped on request".into(),
         _ => match (code, sig, f.was_ready) {
             (Some(c), _, false) => match exit_code::describe(c) {

@@ -71,6 +71,8 @@ pub(crate) struct Ctx {
     pub(crate) hook_tasks: Mutex<tokio::task::JoinSet<()>>,
     /// Fds kept for status and crash records when the process runs out.
     pub(crate) fds: crate::fdreserve::FdReserve,
+    /// The links to other hosts' agents.
+    pub(crate) hosts: Arc<crate::remote::hosts::Hosts>,
 }
 
 impl Ctx {

@@ -10,16 +10,23 @@
 //! `match` in [`NodeSupervisor::handle`]. Death is seen at once (the child's exit, through
 //! tokio's pidfd-based wait); a hang is seen when heartbeats stop for the node's deadline,
 //! and answered with SIGABRT (for a dump), then SIGKILL.
+//!
+//! A node placed on another host (`host = "gpu-box"`) is the same state machine: its process
+//! ([`Proc::Remote`]) is spawned, signalled and watched by that host's agent, and its exit,
+//! hang or loss (the host unreachable past its deadline) arrive as [`SupMsg::Remote`].
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::remote::hosts::{HostLink, RemoteEvent};
+
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 use rustix::process::Signal;
 use syncra_config::{GiveUpAction, GroupPolicy, HookPoint, NodePlan, RestartType};
+use syncra_protocol::agent::SpawnRequest;
 use syncra_protocol::boot::{Boot, ClusterJoin, PAGE_FD, Token};
 use syncra_protocol::broker::BROKER_FD;
 use syncra_protocol::crash::{CrashRecord, Decision, ExitSummary, PanicReport, Reason};
@@ -35,12 +42,10 @@ use super::policy::{self, Ending, History, Termination, Verdict};
 use super::{Ctx, ShutdownCause};
 use crate::cluster::HUB_NAME;
 use crate::hooks::HookContext;
+use crate::launch::{self, LaunchSpec};
 use crate::logs;
 use crate::registry::Route;
-use crate::spawn::{Exit, SandboxRequest, SpawnError, SpawnSpec, resolve_program, signal};
-
-/// How long the exit handler waits for a dead child's pipes to drain.
-const OUTPUT_DRAIN: Duration = Duration::from_millis(300);
+use crate::spawn::{SpawnError, signal};
 
 /// A launched process's claim before it is given an incarnation (a warm spare).
 const UNCLAIMED: u64 = 0;
@@ -89,6 +94,11 @@ pub(crate) enum SupMsg {
     StartRequest(RpcReplyPort<Result<String, String>>),
     /// A user asks to restart the node.
     RestartRequest(RpcReplyPort<Result<String, String>>),
+    /// What the agent of a remote incarnation's host reports (or the host's loss).
+    Remote {
+        incarnation: u64,
+        event: RemoteEvent,
+    },
 }
 
 /// How an incarnation's process ended, as the waiter saw it.
@@ -103,6 +113,8 @@ pub(crate) struct ExitReport {
     note: Option<String>,
     /// Why no process ran, when none did.
     not_started: Option<NotStarted>,
+    /// No replacement before this (its host was lost: the agent's fence first).
+    not_before: Option<Instant>,
 }
 
 /// What follows the end of an incarnation.
@@ -173,16 +185,54 @@ enum After {
 /// incarnation, or a warm spare waiting for the next restart.
 struct Launched {
     pid: u32,
-    pidfd: OwnedFd,
+    proc: Proc,
     /// The incarnation it is, [`UNCLAIMED`] while a spare, [`EXITED`] once its exit is seen:
     /// whoever changes it first decides what the exit is reported as.
     claim: Arc<AtomicU64>,
     ours: std::os::unix::net::UnixStream,
-    broker_ours: OwnedFd,
+    /// Our end of its broker link (none on another host: no Broker there yet).
+    broker_ours: Option<OwnedFd>,
     page: Arc<NodePage>,
     log_path: std::path::PathBuf,
     /// What its sandbox enforces.
     sandbox: Option<SandboxStatus>,
+}
+
+/// How the supervisor reaches its node's process: its pidfd here, or its host's agent.
+enum Proc {
+    Local(OwnedFd),
+    Remote {
+        host: Arc<HostLink>,
+        node: NodeName,
+        incarnation: u64,
+    },
+}
+
+impl Proc {
+    fn signal(&self, sig: Signal) {
+        match self {
+            Proc::Local(pidfd) => signal(pidfd, sig),
+            Proc::Remote {
+                host,
+                node,
+                incarnation,
+            } => host.signal(node, *incarnation, sig.as_raw()),
+        }
+    }
+
+    /// The host it runs on, when not this one.
+    fn host(&self) -> Option<&Arc<HostLink>> {
+        match self {
+            Proc::Local(_) => None,
+            Proc::Remote { host, .. } => Some(host),
+        }
+    }
+}
+
+/// Where the next incarnation runs.
+enum Placement {
+    Local,
+    Remote(Arc<HostLink>),
 }
 
 impl Launched {
@@ -246,7 +296,7 @@ fn write_nonblocking(
 struct Live {
     incarnation: u64,
     pid: u32,
-    pidfd: OwnedFd,
+    proc: Proc,
     token: Token,
     group: String,
     /// Its cluster node name, which is also its link's label.
@@ -359,7 +409,7 @@ impl Actor for NodeSupervisor {
                 {
                     tracing::warn!(node = %name, pid = live.pid, incarnation, timeout_ms, "not ready within its start timeout; killing it");
                     live.forced.get_or_insert(Forced::StartTimeout);
-                    signal(&live.pidfd, Signal::KILL);
+                    live.proc.signal(Signal::KILL);
                 }
             }
             SupMsg::Hung {
@@ -370,7 +420,7 @@ impl Actor for NodeSupervisor {
                 let name = st.plan.name.clone();
                 if let Some(live) = st.live_mut(incarnation) {
                     tracing::warn!(node = %name, pid = live.pid, incarnation, "grace period over; SIGKILL");
-                    signal(&live.pidfd, Signal::KILL);
+                    live.proc.signal(Signal::KILL);
                 }
             }
             SupMsg::Restart { delay, cause, user } => st.restart(delay, cause, user).await,
@@ -417,6 +467,7 @@ impl Actor for NodeSupervisor {
                     .await;
                 let _ = reply.send(Ok(format!("restarting {}", st.plan.name)));
             }
+            SupMsg::Remote { incarnation, event } => st.remote(incarnation, event).await,
         }
         Ok(())
     }
@@ -444,7 +495,7 @@ impl Actor for NodeSupervisor {
         st: &mut SupState,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(live) = &st.live {
-            signal(&live.pidfd, Signal::KILL);
+            live.proc.signal(Signal::KILL);
         }
         st.drop_spare();
         Ok(())
@@ -643,7 +694,9 @@ impl SupState {
                         incarnation,
                     });
             }
-            Err(error) if error.is_resource_shortage() => self.short_of_resources(error),
+            Err(error) if error.is_resource_shortage() || error.unreachable_host().is_some() => {
+                self.short_of_resources(error)
+            }
             Err(error) => {
                 self.resource_waits = 0;
                 let report = ExitReport {
@@ -654,6 +707,7 @@ impl SupState {
                     panic: None,
                     note: None,
                     not_started: Some(NotStarted::Spawn(error)),
+                    not_before: None,
                 };
                 self.ended(report, None).await;
             }
@@ -670,8 +724,16 @@ impl SupState {
         let attempt = self.resource_waits;
         let delay = policy::resource_retry_delay(attempt);
         let delay_ms = delay.as_millis() as u64;
-        tracing::warn!(node = %self.plan.name, attempt, delay_ms, error = %error, "the machine is out of a resource; spawning again later (not a failure of the node)");
-        let why = format!("waiting for resources: {error}");
+        let why = match error.unreachable_host() {
+            Some((host, why)) => {
+                tracing::warn!(node = %self.plan.name, host, attempt, delay_ms, error = %why, "its host cannot be reached; spawning again later (not a failure of the node)");
+                format!("waiting for host {host}: {why}")
+            }
+            None => {
+                tracing::warn!(node = %self.plan.name, attempt, delay_ms, error = %error, "the machine is out of a resource; spawning again later (not a failure of the node)");
+                format!("waiting for resources: {error}")
+            }
+        };
         self.emit(
             None,
             EventKind::Restarting {
@@ -694,12 +756,18 @@ impl SupState {
     async fn try_spawn(&mut self, incarnation: u64) -> Result<Live, SpawnError> {
         // Spawn → ready is timed from here, fork and exec included (as a bare spawn would be).
         let started = Instant::now();
-        let launched = match self.spare.take().and_then(|s| s.claim(incarnation)) {
-            Some(spare) => {
-                tracing::debug!(node = %self.plan.name, pid = spare.pid, incarnation, "using the warm spare");
-                spare
+        let launched = match self.placement() {
+            Placement::Remote(host) => {
+                self.drop_spare();
+                self.launch_remote(host, incarnation).await?
             }
-            None => self.launch(incarnation).await?,
+            Placement::Local => match self.spare.take().and_then(|s| s.claim(incarnation)) {
+                Some(spare) => {
+                    tracing::debug!(node = %self.plan.name, pid = spare.pid, incarnation, "using the warm spare");
+                    spare
+                }
+                None => self.launch(incarnation).await?,
+            },
         };
         self.activate(launched, incarnation, started)
     }
@@ -708,113 +776,140 @@ impl SupState {
     /// [`SupState::activate`] writes one. `claim` is the incarnation it will be (0: a spare,
     /// claimed later): its exit is reported as that incarnation's.
     async fn launch(&self, claim: u64) -> Result<Launched, SpawnError> {
-        let io = |what: &'static str, e: std::io::Error| {
-            SpawnError::io(self.plan.command.clone(), what, e)
-        };
-        let program = resolve_program(&self.plan.command, &self.ctx.bin_dirs)?;
-        let (ours, theirs) = rustix::net::socketpair(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::STREAM,
-            rustix::net::SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| io("creating the cluster socketpair", e.into()))?;
-        let (broker_ours, broker_theirs) = syncra_protocol::broker::socketpair()
-            .map_err(|e| io("creating the broker socketpair", e))?;
-        let (page, page_child) = NodePage::create("syncra-node-page")
-            .map_err(|e| io("creating the node page", e.into()))?;
-        let page = Arc::new(page);
-        let sealer = syncra_protocol::listener::dead_end()
-            .map_err(|e| io("creating the listener's dead end", e))?;
-        let mut env: Vec<(String, String)> = self
+        let env = self
             .plan
             .env
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        env.push(("SYNCRA_NODE".into(), self.plan.name.to_string()));
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none()
-            && !self.plan.env.contains_key("MALLOC_ARENA_MAX")
-        {
-            // glibc reserves an arena per thread; two keep a node's footprint small.
-            env.push(("MALLOC_ARENA_MAX".into(), "2".into()));
-        }
-        let spec = SpawnSpec {
-            program,
-            args: self.plan.args.clone(),
-            env,
-            fds: vec![
-                (theirs, syncra_protocol::boot::CLUSTER_FD),
-                (page_child, PAGE_FD),
-                (broker_theirs, BROKER_FD),
-                (sealer, syncra_protocol::listener::SEAL_FD),
-            ],
-            capture_output: true,
-            sandbox: Some(SandboxRequest {
-                node: self.plan.name.to_string(),
-                profile: self.plan.sandbox.clone(),
-                node_dir: Some(
-                    self.ctx
-                        .runtime
-                        .run_dir
-                        .join("nodes")
-                        .join(self.plan.name.file_stem()),
-                ),
-            }),
-        };
-        let spawned = self.ctx.spawner.spawn(spec).await?;
-        let sandbox = spawned.sandbox.clone();
-        let pid = spawned.pid;
-        let log_path = self
-            .ctx
-            .runtime
-            .log_dir
-            .join(format!("{}_{pid}.log", self.plan.name.file_stem()));
-        let capture = logs::capture(spawned.stdout, spawned.stderr, log_path.clone());
-        let process = spawned.process;
+        let p = launch::launch(
+            &self.ctx.spawner,
+            LaunchSpec {
+                name: &self.plan.name,
+                command: &self.plan.command,
+                args: &self.plan.args,
+                env,
+                sandbox: &self.plan.sandbox,
+                bin_dirs: &self.ctx.bin_dirs,
+                node_dir: self
+                    .ctx
+                    .runtime
+                    .run_dir
+                    .join("nodes")
+                    .join(self.plan.name.file_stem()),
+                log_dir: &self.ctx.runtime.log_dir,
+                broker: true,
+                lines: None,
+            },
+        )
+        .await?;
+        let pid = p.pid;
         let me = self.myself.clone();
-        let waiter_page = page.clone();
+        let waiter_page = p.page.clone();
         let claim = Arc::new(AtomicU64::new(claim));
         let waiter_claim = claim.clone();
+        let (process, capture) = (p.process, p.capture);
         tokio::spawn(async move {
-            let status = process.wait().await;
-            let at = SystemTime::now();
-            let termination = match status {
-                Ok(Exit::Code(c)) => Termination::Code(c),
-                Ok(Exit::Signal(sig)) => Termination::Signal(sig),
-                Err(e) => {
-                    tracing::error!(pid, error = %e, "waiting for a child failed");
-                    Termination::Code(-1)
-                }
-            };
-            let stderr_tail = capture.finish(OUTPUT_DRAIN).await;
+            let end = launch::wait_end(process, capture, &waiter_page).await;
             let incarnation = waiter_claim.swap(EXITED, Ordering::AcqRel);
             if incarnation == UNCLAIMED {
-                let _ = me.cast(SupMsg::SpareExited { pid, termination });
+                let _ = me.cast(SupMsg::SpareExited {
+                    pid,
+                    termination: end.termination,
+                });
                 return;
             }
-            let panic = read_panic(&waiter_page);
-            let note = waiter_page.exit_note();
             let _ = me.cast(SupMsg::Exited(Box::new(ExitReport {
                 incarnation,
-                termination,
-                at,
-                stderr_tail,
-                panic,
-                note,
+                termination: end.termination,
+                at: end.at,
+                stderr_tail: end.stderr_tail,
+                panic: end.panic,
+                note: end.note,
                 not_started: None,
+                not_before: None,
             })));
         });
         Ok(Launched {
             pid,
-            pidfd: spawned.signal_fd,
+            proc: Proc::Local(p.pidfd),
             claim,
-            ours: std::os::unix::net::UnixStream::from(ours),
-            broker_ours,
-            page,
-            log_path,
-            sandbox,
+            ours: p.ours,
+            broker_ours: p.broker_ours,
+            page: p.page,
+            log_path: p.log_path,
+            sandbox: p.sandbox,
         })
+    }
+
+    /// Start incarnation `incarnation` on `host`, through its agent. The process blocks reading
+    /// its boot frame, relayed over its node link, until [`SupState::activate`] writes one.
+    async fn launch_remote(
+        &self,
+        host: Arc<HostLink>,
+        incarnation: u64,
+    ) -> Result<Launched, SpawnError> {
+        let request = SpawnRequest {
+            node: self.plan.name.clone(),
+            incarnation,
+            command: self.plan.command.clone(),
+            args: self.plan.args.clone(),
+            env: self
+                .plan
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            sandbox: self.plan.sandbox.clone(),
+            link: syncra_protocol::agent::Fingerprint([0; 32]),
+        };
+        let me = self.myself.clone();
+        let sink: crate::remote::hosts::Sink = Arc::new(move |event| {
+            let _ = me.cast(SupMsg::Remote { incarnation, event });
+        });
+        let r = host.spawn(request, sink).await?;
+        Ok(Launched {
+            pid: r.pid,
+            proc: Proc::Remote {
+                host,
+                node: self.plan.name.clone(),
+                incarnation,
+            },
+            claim: Arc::new(AtomicU64::new(incarnation)),
+            ours: r.ours,
+            broker_ours: None,
+            page: r.page,
+            log_path: r.log_path,
+            sandbox: r.sandbox,
+        })
+    }
+
+    /// Where the next incarnation runs: its host, or its fallback while its host is down.
+    fn placement(&self) -> Placement {
+        let Some(name) = &self.plan.host else {
+            return Placement::Local;
+        };
+        let Some(host) = self.ctx.hosts.get(name) else {
+            // Config validation names every host a node is placed on; nothing else reaches here.
+            tracing::error!(node = %self.plan.name, host = %name, "placed on a host the runtime has no link to; running it here");
+            return Placement::Local;
+        };
+        let down = host.is_down();
+        match &self.plan.fallback_host {
+            Some(fallback) if down => {
+                match fallback.as_deref().and_then(|f| self.ctx.hosts.get(f)) {
+                    Some(other) => {
+                        tracing::warn!(node = %self.plan.name, host = %name, fallback = other.name(), "its host is down: starting on its fallback host");
+                        Placement::Remote(other)
+                    }
+                    None => {
+                        tracing::warn!(node = %self.plan.name, host = %name, "its host is down: starting it here (fallback_host = \"local\")");
+                        Placement::Local
+                    }
+                }
+            }
+            _ => Placement::Remote(host),
+        }
     }
 
     /// Make a launched process incarnation `incarnation`: its token and route, its session
@@ -830,7 +925,7 @@ impl SupState {
         };
         let Launched {
             pid,
-            pidfd,
+            proc,
             claim: _,
             ours,
             broker_ours,
@@ -849,9 +944,13 @@ impl SupState {
                 "its sandbox is not complete on this machine (sandbox = \"strict\" would refuse to start it)"
             );
         }
-        self.ctx
-            .registry
-            .update(&self.plan.name, |r| r.view.sandbox = sandbox);
+        let host = proc.host().map(|h| h.name().to_owned());
+        let log_file = log_path.display().to_string();
+        self.ctx.registry.update(&self.plan.name, |r| {
+            r.view.sandbox = sandbox;
+            r.view.host = host.clone();
+            r.view.log_file = Some(log_file);
+        });
         let token = new_token().map_err(|e| io("generating the node token", e))?;
         let cluster_name = format!("{}#{incarnation}", self.plan.name);
         let group = agent_group(&cluster_name);
@@ -867,7 +966,7 @@ impl SupState {
             heartbeat: self.plan.heartbeat,
             page_fd: Some(PAGE_FD),
             settings: self.plan.settings.clone(),
-            broker_fd: Some(BROKER_FD),
+            broker_fd: broker_ours.as_ref().map(|_| BROKER_FD),
             directory: self.ctx.registry.names(),
             seal_fd: Some(syncra_protocol::listener::SEAL_FD),
             direct_links: self.ctx.runtime.direct_links,
@@ -889,13 +988,15 @@ impl SupState {
                 },
             },
         );
-        self.ctx
-            .broker
-            .attach(self.plan.name.clone(), incarnation, broker_ours);
+        if let Some(broker_ours) = broker_ours {
+            self.ctx
+                .broker
+                .attach(self.plan.name.clone(), incarnation, broker_ours);
+        }
         let undo = |me: &Self, e: SpawnError| {
             me.ctx.registry.remove_route(&token);
             ractor::pg::demonitor(group.clone(), me.myself.get_id());
-            signal(&pidfd, Signal::KILL);
+            proc.signal(Signal::KILL);
             e
         };
         // The boot frame, then the hub's side of the session, on our end of the socketpair. A
@@ -949,7 +1050,7 @@ impl SupState {
         Ok(Live {
             incarnation,
             pid,
-            pidfd,
+            proc,
             token,
             group,
             cluster_name: format!("{}#{incarnation}", self.plan.name),
@@ -967,6 +1068,7 @@ impl SupState {
     async fn prepare_spare(&mut self) {
         let wanted = self.policy.warm_spare
             && self.plan.restart != RestartType::Temporary
+            && self.live.as_ref().is_some_and(|l| l.proc.host().is_none())
             && self.phase == Phase::Ready
             && self.spare.is_none()
             && !self.ctx.registry.shutting_down();
@@ -988,7 +1090,7 @@ impl SupState {
     /// Kill the warm spare, if there is one (the node stops, fails or the runtime ends).
     fn drop_spare(&mut self) {
         if let Some(spare) = self.spare.take() {
-            signal(&spare.pidfd, Signal::KILL);
+            spare.proc.signal(Signal::KILL);
             self.show_spare();
         }
     }
@@ -1014,7 +1116,7 @@ impl SupState {
                     );
                     tracing::error!(node = %name, pid = live.pid, incarnation, "{why}");
                     live.forced.get_or_insert(Forced::Refused(why));
-                    signal(&live.pidfd, Signal::KILL);
+                    live.proc.signal(Signal::KILL);
                 } else {
                     tracing::debug!(node = %name, pid, incarnation, "joined");
                 }
@@ -1088,19 +1190,25 @@ impl SupState {
             now.duration_since(live.spawned_at),
         );
         let deadline = Duration::from_millis(self.plan.heartbeat.deadline_ms);
-        let me = self.myself.clone();
-        self.ctx.watchdog.watch(
-            self.plan.name.clone(),
-            incarnation,
-            live.page.clone(),
-            deadline,
-            Box::new(move |incarnation, silent| {
-                let _ = me.cast(SupMsg::Hung {
+        match live.proc.host() {
+            // Its agent watches it there, and says when it is silent.
+            Some(host) => host.watch(&self.plan.name, incarnation, deadline),
+            None => {
+                let me = self.myself.clone();
+                self.ctx.watchdog.watch(
+                    self.plan.name.clone(),
                     incarnation,
-                    silent,
-                });
-            }),
-        );
+                    live.page.clone(),
+                    deadline,
+                    Box::new(move |incarnation, silent| {
+                        let _ = me.cast(SupMsg::Hung {
+                            incarnation,
+                            silent,
+                        });
+                    }),
+                );
+            }
+        }
         // The state first, then the event: whoever receives the event sees the new state.
         self.set_phase(Phase::Ready, None);
         let startup_ms = startup.as_secs_f64() * 1e3;
@@ -1129,9 +1237,9 @@ impl SupState {
         let pid = live.pid;
         tracing::warn!(node = %name, pid, incarnation, silent_ms = silent.as_millis() as u64, deadline_ms, "no heartbeat within the deadline: hung; SIGABRT, then SIGKILL");
         live.forced = Some(Forced::Hung { silent });
-        signal(&live.pidfd, Signal::ABORT);
+        live.proc.signal(Signal::ABORT);
         // A stopped process acts on the SIGABRT (and dumps) only once continued.
-        signal(&live.pidfd, Signal::CONT);
+        live.proc.signal(Signal::CONT);
         self.myself
             .send_after(abort_grace, move || SupMsg::KillNow { incarnation });
         self.emit(
@@ -1151,6 +1259,9 @@ impl SupState {
         let Some(live) = self.live.as_mut() else {
             return;
         };
+        if let Some(host) = live.proc.host() {
+            host.unwatch(&name, live.incarnation);
+        }
         // A hang or a refusal already being handled keeps its reason.
         live.forced.get_or_insert(Forced::Requested);
         let (pid, incarnation) = (live.pid, live.incarnation);
@@ -1161,11 +1272,11 @@ impl SupState {
                     reason: why.to_owned(),
                 });
                 if agent.cast(NodeInbox::Packet(packet)).is_err() {
-                    signal(&live.pidfd, Signal::TERM);
+                    live.proc.signal(Signal::TERM);
                 }
             }
             // Not joined yet: SIGTERM is the graceful request a node understands without a link.
-            None => signal(&live.pidfd, Signal::TERM),
+            None => live.proc.signal(Signal::TERM),
         }
         tracing::info!(node = %name, pid, incarnation, grace_ms = grace.as_millis() as u64, why, "stopping");
         self.myself
@@ -1234,8 +1345,51 @@ impl SupState {
             panic: None,
             note: None,
             not_started: Some(NotStarted::Dependency(why)),
+            not_before: None,
         };
         self.ended(report, None).await;
+    }
+
+    /// What the agent of a remote incarnation's host reports.
+    async fn remote(&mut self, incarnation: u64, event: RemoteEvent) {
+        match event {
+            RemoteEvent::Exited(exit) => {
+                let termination = match (exit.code, exit.signal) {
+                    (_, Some(s)) => Termination::Signal(s),
+                    (Some(c), None) => Termination::Code(c),
+                    (None, None) => Termination::Code(-1),
+                };
+                self.exited(ExitReport {
+                    incarnation,
+                    termination,
+                    at: SystemTime::UNIX_EPOCH + Duration::from_millis(exit.unix_ms),
+                    stderr_tail: exit.stderr_tail,
+                    panic: exit.panic,
+                    note: exit.note,
+                    not_started: None,
+                    not_before: None,
+                })
+                .await
+            }
+            RemoteEvent::Hung { silent } => self.hung(incarnation, silent),
+            RemoteEvent::Lost { why, replace_after } => {
+                let Some(live) = self.live_mut(incarnation) else {
+                    return;
+                };
+                live.forced = Some(Forced::Lost(why));
+                self.exited(ExitReport {
+                    incarnation,
+                    termination: Termination::Lost,
+                    at: SystemTime::now(),
+                    stderr_tail: Vec::new(),
+                    panic: None,
+                    note: None,
+                    not_started: None,
+                    not_before: Some(replace_after),
+                })
+                .await
+            }
+        }
     }
 
     async fn exited(&mut self, report: ExitReport) {
@@ -1253,7 +1407,14 @@ impl SupState {
         if let Some(l) = &live {
             self.ctx.registry.remove_route(&l.token);
             ractor::pg::demonitor(l.group.clone(), self.myself.get_id());
+            if let Some(host) = l.proc.host() {
+                host.forget(&name, l.incarnation);
+            }
         }
+        let host = live
+            .as_ref()
+            .and_then(|l| l.proc.host())
+            .map(|h| h.name().to_owned());
         let pid = live.as_ref().map(|l| l.pid);
         let was_ready = live.as_ref().and_then(|l| l.ready_at);
         let ran = live
@@ -1264,7 +1425,7 @@ impl SupState {
         let (code, sig) = match report.termination {
             Termination::Code(c) => (Some(c), None),
             Termination::Signal(s) => (None, Some(s)),
-            Termination::NotStarted => (None, None),
+            Termination::NotStarted | Termination::Lost => (None, None),
         };
         let super::ending::Assessment {
             reason,
@@ -1331,6 +1492,34 @@ impl SupState {
             },
             After::Decide => self.decide(reason, permanent, was_ready, &detail).await,
         };
+        // A node of a lost host is replaced only once its agent has fenced it.
+        let next = match (next, report.not_before) {
+            (
+                Next::Restart {
+                    delay,
+                    attempt,
+                    cause,
+                    siblings,
+                },
+                Some(not_before),
+            ) => {
+                let wait = not_before.saturating_duration_since(Instant::now());
+                Next::Restart {
+                    delay: delay.max(wait),
+                    attempt,
+                    cause: if wait > delay {
+                        format!(
+                            "{cause}; after its host's fence grace ({} ms from now)",
+                            wait.as_millis()
+                        )
+                    } else {
+                        cause
+                    },
+                    siblings,
+                }
+            }
+            (next, _) => next,
+        };
         let decision = match &next {
             Next::Restart {
                 delay,
@@ -1370,6 +1559,7 @@ impl SupState {
                 timestamp: humantime::format_rfc3339_millis(report.at).to_string(),
                 node: name.clone(),
                 kind: self.plan.kind,
+                host: host.clone(),
                 pid,
                 incarnation: report.incarnation,
                 exit_code: code,
@@ -1546,16 +1736,5 @@ impl SupState {
             r.page = None;
             r.agent = None;
         });
-    }
-}
-
-/// Read a panic report the child may have left in its page.
-fn read_panic(page: &NodePage) -> Option<PanicReport> {
-    match wire::decode::<PanicReport>("panic report", &page.panic_bytes()?) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::debug!(error = %e, "ignored an unreadable panic report");
-            None
-        }
     }
 }

@@ -18,6 +18,8 @@ pub(crate) enum Termination {
     Signal(i32),
     /// Never ran (exec failed).
     NotStarted,
+    /// Its host stopped answering: how it ended there is not known (its agent fences it).
+    Lost,
 }
 
 /// Signals that mean the program itself crashed, as opposed to being killed from outside.
@@ -41,6 +43,7 @@ pub(crate) fn is_crash_signal(s: i32) -> bool {
 pub(crate) fn classify(t: Termination, was_ready: bool) -> Reason {
     match (t, was_ready) {
         (Termination::NotStarted, _) => Reason::FailedToStart,
+        (Termination::Lost, _) => Reason::Lost,
         (_, false) => Reason::FailedToStart,
         (Termination::Code(0), true) => Reason::Exited,
         (Termination::Code(_), true) => Reason::Crashed,

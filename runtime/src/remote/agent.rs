@@ -1,0 +1,903 @@
+//! `syncra agent`: the daemon on a host where runtimes place nodes. It is a runtime's hands
+//! there: it spawns the nodes a runtime asks for through the same spawn path as the runtime
+//! (inherited fds, death signal, sandbox, logs — [`crate::launch`]), watches each with its own
+//! pidfd and heartbeat watchdog, relays each node's cluster session to the runtime over that
+//! incarnation's node link, and reports exits (with their stderr tail, panic report and exit
+//! note), hangs, vitals and log lines. The runtime's node supervisor decides every restart.
+//!
+//! Each runtime session holds a **lease** on its nodes here ([`super::lease`]): renewed by the
+//! runtime's answers to the agent's pings, it runs out when the runtime has not answered for
+//! the session's deadline, and then the agent kills the session's nodes (**fencing**); each node
+//! also has the lease in its page and ends itself when it passes (so a stopped agent fences
+//! too). A runtime that closes its link (it died, or said goodbye) has its nodes killed at
+//! once. A runtime that reconnects within the lease resumes its session: the agent says which
+//! of its nodes still run and how the others ended.
+//!
+//! **Invariant:** nodes die with the agent (their death signal is its spawner thread's), and
+//! never outlive their session's lease by more than a sweep: no orphan on this host.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use syncra_protocol::agent::{
+    AgentToRuntime, Exit, Fingerprint, MAX_FRAME, Running, RuntimeToAgent, SpawnFailure,
+    SpawnRequest, Vitals,
+};
+use syncra_protocol::page::NodePage;
+use syncra_protocol::{NodeName, PROTOCOL_VERSION};
+use syncra_remote::tls::TrustList;
+use syncra_remote::{Identity, accept, frame, tls};
+use tokio::sync::mpsc;
+
+use super::lease::{Lease, ping_interval};
+use super::{HELLO_TIMEOUT, TRUST_FILE, load_trust, tune};
+use crate::launch::{self, LaunchSpec};
+use crate::spawn::Spawner;
+use crate::supervisor::policy::Termination;
+use crate::watchdog::Watchdog;
+
+/// How often the pages of a session's nodes are sent to its runtime.
+const VITALS_EVERY: Duration = Duration::from_millis(250);
+/// How often buffered log lines are sent.
+const LOGS_EVERY: Duration = Duration::from_millis(100);
+/// Log lines buffered per session while its link is busy or down; past it lines are counted,
+/// not kept (the agent's own log file has them all).
+const LOG_BUFFER_LINES: usize = 8192;
+/// Exits kept for a runtime that will reconnect.
+const ENDED_KEPT: usize = 1024;
+/// Frames queued for a runtime at most; past it the link is broken.
+const OUT_QUEUE: usize = 4096;
+/// Node links and session links at once.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// What `syncra agent` is told.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// Its identity, its `trusted` file, and its nodes' logs (`logs/`) and directories (`nodes/`).
+    pub state_dir: PathBuf,
+    /// Runtimes trusted from the command line.
+    pub trust: Vec<Fingerprint>,
+    /// Its name for its host.
+    pub name: String,
+    /// Accept → TLS handshake done.
+    pub handshake_timeout: Duration,
+}
+
+/// A started agent: where it listens and who it is. Serve it with [`Agent::serve`].
+#[derive(Debug)]
+pub struct Agent {
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    trust: Arc<TrustList>,
+    options: AgentOptions,
+    /// Its identity's fingerprint (what runtimes pin).
+    pub fingerprint: Fingerprint,
+    /// Whether its identity was made now.
+    pub new_identity: bool,
+    /// How many runtimes it trusts.
+    pub trusted: usize,
+}
+
+/// Why an agent cannot start, in words naming what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AgentError(String);
+
+impl Agent {
+    /// Load (or make) its identity, read whom it trusts, bind its port.
+    pub async fn start(options: AgentOptions) -> Result<Agent, AgentError> {
+        let (identity, new_identity) = Identity::load_or_create(&options.state_dir, &options.name)
+            .map_err(|e| AgentError(format!("its identity: {e}")))?;
+        let trusted = load_trust(&options.state_dir, &options.trust).map_err(AgentError)?;
+        if trusted.is_empty() {
+            return Err(AgentError(format!(
+                "it trusts no runtime: pass `--trust <fingerprint>` (`syncra identity` on the runtime's host prints it), or write it to {}",
+                options.state_dir.join(TRUST_FILE).display()
+            )));
+        }
+        let count = trusted.len();
+        let trust = Arc::new(TrustList::new(trusted));
+        let config = tls::server_config_with(&identity, trust.clone())
+            .map_err(|e| AgentError(format!("its TLS config: {e}")))?;
+        let listener = tokio::net::TcpListener::bind(&options.listen)
+            .await
+            .map_err(|e| AgentError(format!("listening on {}: {e}", options.listen)))?;
+        Ok(Agent {
+            listener,
+            config,
+            trust,
+            fingerprint: identity.fingerprint,
+            new_identity,
+            trusted: count,
+            options,
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serve runtimes for ever (call it inside the tokio runtime the nodes' pipes use).
+    pub async fn serve(self) -> Result<(), AgentError> {
+        let spawner = Spawner::start(tokio::runtime::Handle::current())
+            .map_err(|e| AgentError(format!("starting its spawner thread: {e}")))?;
+        let bin_dirs = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.to_owned()))
+            .into_iter()
+            .collect();
+        let host = Arc::new(Host {
+            name: self.options.name.clone(),
+            instance: super::new_session(),
+            spawner,
+            bin_dirs,
+            log_dir: self.options.state_dir.join("logs"),
+            node_dir: self.options.state_dir.join("nodes"),
+            trust: self.trust,
+            sessions: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
+        });
+        crate::logs::ensure_dir(&host.log_dir).map_err(|e| {
+            AgentError(format!("its log directory {}: {e}", host.log_dir.display()))
+        })?;
+        let limits = accept::Limits {
+            handshake_timeout: self.options.handshake_timeout,
+            max_sessions: MAX_CONNECTIONS,
+            ..accept::Limits::default()
+        };
+        accept::serve(self.listener, self.config, limits, move |a| {
+            let host = host.clone();
+            async move { host.accepted(a).await }
+        })
+        .await;
+        Ok(())
+    }
+}
+
+/// Everything the agent shares between its connections.
+struct Host {
+    name: String,
+    /// Random per start: a runtime that sees another knows its nodes here died.
+    instance: u64,
+    spawner: Spawner,
+    bin_dirs: Vec<PathBuf>,
+    log_dir: PathBuf,
+    node_dir: PathBuf,
+    trust: Arc<TrustList>,
+    sessions: Mutex<HashMap<u64, Arc<Session>>>,
+    /// Node-link certificates announced and not yet used: which incarnation each is for.
+    links: Mutex<HashMap<Fingerprint, (u64, NodeName, u64)>>,
+}
+
+/// One runtime session.
+struct Session {
+    id: u64,
+    /// The runtime's fingerprint: only it may resume the session.
+    owner: Fingerprint,
+    lease_len: Duration,
+    watchdog: Arc<Watchdog>,
+    inner: Mutex<Inner>,
+    logs: Mutex<LogBuffer>,
+}
+
+struct Inner {
+    nodes: HashMap<NodeName, Hosted>,
+    /// The link serving it now: its number and its outbox.
+    link: Option<(u64, mpsc::Sender<AgentToRuntime>)>,
+    lease: Lease,
+    /// Exits not yet told (no link).
+    ended: VecDeque<Exit>,
+    /// Whether the session is over (goodbye, or its runtime closed its link).
+    closed: bool,
+}
+
+/// A node this agent runs for a session.
+struct Hosted {
+    incarnation: u64,
+    pid: u32,
+    pidfd: OwnedFd,
+    page: Arc<NodePage>,
+    /// Our end of its cluster socket, until its node link takes it.
+    ours: Option<std::os::unix::net::UnixStream>,
+    link: Fingerprint,
+    relay: Option<tokio::task::AbortHandle>,
+}
+
+#[derive(Default)]
+struct LogBuffer {
+    lines: VecDeque<(NodeName, u64, String)>,
+    dropped: HashMap<(NodeName, u64), u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `CLOCK_MONOTONIC` ns of `at`, for a node's page.
+fn monotonic_ns(at: Instant) -> u64 {
+    let now = Instant::now();
+    let base = syncra_protocol::audio::monotonic_ns();
+    if at >= now {
+        base.saturating_add(at.duration_since(now).as_nanos() as u64)
+    } else {
+        base.saturating_sub(now.duration_since(at).as_nanos() as u64)
+    }
+}
+
+impl Session {
+    fn send(&self, msg: AgentToRuntime) {
+        let inner = lock(&self.inner);
+        if let Some((_, out)) = &inner.link {
+            let _ = out.try_send(msg);
+        }
+    }
+
+    /// Kill every node of the session (their exits are reported as usual).
+    fn fence(&self, why: &str) {
+        let inner = lock(&self.inner);
+        if inner.nodes.is_empty() {
+            return;
+        }
+        let names: Vec<String> = inner
+            .nodes
+            .iter()
+            .map(|(n, h)| format!("{n}#{} (pid {})", h.incarnation, h.pid))
+            .collect();
+        tracing::warn!(session = %format!("{:016x}", self.id), nodes = %names.join(", "), "fencing: {why}; killing the session's nodes");
+        for h in inner.nodes.values() {
+            crate::spawn::signal(&h.pidfd, Signal::KILL);
+        }
+    }
+
+    /// Renew every node's lease in its page.
+    fn renew_pages(&self) {
+        let inner = lock(&self.inner);
+        let until = monotonic_ns(inner.lease.until());
+        for h in inner.nodes.values() {
+            h.page.vitals().renew_lease(until);
+        }
+    }
+}
+
+impl Host {
+    /// A connection whose certificate is trusted: a runtime's session link, or a node link.
+    async fn accepted(self: Arc<Self>, a: accept::Accepted) {
+        if self.trust.is_fixed(&a.fingerprint) {
+            self.session_link(a).await
+        } else {
+            self.node_link(a).await
+        }
+    }
+
+    /// A node link: relay its bytes to the incarnation its certificate was made for.
+    async fn node_link(self: Arc<Self>, a: accept::Accepted) {
+        let Some((session, node, incarnation)) = lock(&self.links).remove(&a.fingerprint) else {
+            tracing::warn!(peer = %a.peer, fingerprint = %a.fingerprint, "a node link for no node; closed");
+            return;
+        };
+        self.trust.revoke(&a.fingerprint);
+        let Some(session) = lock(&self.sessions).get(&session).cloned() else {
+            return;
+        };
+        let ours = {
+            let mut inner = lock(&session.inner);
+            match inner.nodes.get_mut(&node) {
+                Some(h) if h.incarnation == incarnation => h.ours.take(),
+                _ => None,
+            }
+        };
+        let Some(ours) = ours else {
+            tracing::warn!(%node, incarnation, "a node link for an incarnation that has ended; closed");
+            return;
+        };
+        let _ = a.stream.get_ref().0.set_nodelay(true);
+        tune(a.stream.get_ref().0, session.lease_len);
+        let local = ours
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(ours));
+        let mut local = match local {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%node, incarnation, error = %e, "could not relay a node link");
+                return;
+            }
+        };
+        let mut stream = a.stream;
+        let relay = tokio::spawn(async move {
+            let _ = tokio::io::copy_bidirectional(&mut local, &mut stream).await;
+        });
+        {
+            let mut inner = lock(&session.inner);
+            match inner.nodes.get_mut(&node) {
+                Some(h) if h.incarnation == incarnation => h.relay = Some(relay.abort_handle()),
+                _ => relay.abort(),
+            }
+        }
+        let _ = relay.await;
+    }
+
+    /// A runtime's session link.
+    async fn session_link(self: Arc<Self>, mut a: accept::Accepted) {
+        let (peer, fp) = (a.peer, a.fingerprint);
+        let hello = tokio::time::timeout(
+            HELLO_TIMEOUT,
+            frame::read::<RuntimeToAgent>(&mut a.stream, "runtime hello", MAX_FRAME),
+        )
+        .await;
+        let (id, host, lease_ms) = match hello {
+            Ok(Ok(RuntimeToAgent::Hello {
+                protocol,
+                session,
+                host,
+                lease_ms,
+            })) if protocol == PROTOCOL_VERSION => (session, host, lease_ms),
+            Ok(Ok(RuntimeToAgent::Hello { protocol, .. })) => {
+                let message = format!(
+                    "this agent speaks protocol v{PROTOCOL_VERSION}, the runtime v{protocol}: run the same Syncra version on both hosts"
+                );
+                tracing::warn!(%peer, fingerprint = %fp, "{message}");
+                let _ = frame::write(&mut a.stream, &AgentToRuntime::Refused { message }).await;
+                return;
+            }
+            Ok(Ok(other)) => {
+                tracing::warn!(%peer, fingerprint = %fp, first = ?other, "a runtime that did not say hello first; closed");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, fingerprint = %fp, error = %e, "a runtime's hello did not arrive whole; closed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, fingerprint = %fp, "no hello within {} s; closed", HELLO_TIMEOUT.as_secs());
+                return;
+            }
+        };
+        let lease_len = Duration::from_millis(lease_ms);
+        if lease_ms > 0 {
+            tune(a.stream.get_ref().0, lease_len);
+        }
+        // A runtime coming back resumes its session; any other starts one.
+        let owner = lock(&self.sessions).get(&id).map(|s| s.owner);
+        if let Some(owner) = owner.filter(|o| *o != fp) {
+            let message = format!(
+                "session {id:016x} belongs to another runtime ({owner}); a runtime resumes only its own"
+            );
+            tracing::warn!(%peer, fingerprint = %fp, "refused: {message}");
+            let _ = frame::write(&mut a.stream, &AgentToRuntime::Refused { message }).await;
+            return;
+        }
+        let (session, resumed) = {
+            let mut sessions = lock(&self.sessions);
+            match sessions.get(&id) {
+                Some(s) if s.owner == fp && !lock(&s.inner).closed => (s.clone(), true),
+                _ => {
+                    let s = Arc::new(Session {
+                        id,
+                        owner: fp,
+                        lease_len,
+                        watchdog: Watchdog::new(Duration::from_millis(25)),
+                        inner: Mutex::new(Inner {
+                            nodes: HashMap::new(),
+                            link: None,
+                            lease: Lease::new(lease_len, Instant::now()),
+                            ended: VecDeque::new(),
+                            closed: false,
+                        }),
+                        logs: Mutex::new(LogBuffer::default()),
+                    });
+                    sessions.insert(id, s.clone());
+                    if lease_ms > 0 {
+                        tokio::spawn(self.clone().guard(s.clone()));
+                    }
+                    (s, false)
+                }
+            }
+        };
+        let session_hex = format!("{id:016x}");
+        tracing::info!(%peer, fingerprint = %fp, session = %session_hex, as_host = %host, resumed, "a runtime's session");
+        let (out, mut queue) = mpsc::channel::<AgentToRuntime>(OUT_QUEUE);
+        let number = super::new_session();
+        let (running, ended) = {
+            let mut inner = lock(&session.inner);
+            // The runtime hears this answer after now: the lease may run from now.
+            inner.lease.hello(Instant::now());
+            inner.link = Some((number, out.clone()));
+            let ended: Vec<Exit> = inner.ended.drain(..).collect();
+            (
+                inner
+                    .nodes
+                    .iter()
+                    .map(|(n, h)| Running {
+                        node: n.clone(),
+                        incarnation: h.incarnation,
+                        pid: h.pid,
+                    })
+                    .collect::<Vec<_>>(),
+                ended,
+            )
+        };
+        session.renew_pages();
+        let hello = AgentToRuntime::Hello {
+            protocol: PROTOCOL_VERSION,
+            name: self.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            instance: self.instance,
+            running,
+            ended,
+        };
+        let (mut rd, mut wr) = tokio::io::split(a.stream);
+        if frame::write(&mut wr, &hello).await.is_err() {
+            return;
+        }
+        // The writer: frames in order; log lines only when nothing else waits.
+        let writer = tokio::spawn(async move {
+            while let Some(msg) = queue.recv().await {
+                if frame::write(&mut wr, &msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tasks = vec![writer.abort_handle()];
+        if lease_ms > 0 {
+            tasks.push(tokio::spawn(pinger(session.clone(), number)).abort_handle());
+            tasks.push(tokio::spawn(vitals(session.clone(), number)).abort_handle());
+            tasks.push(tokio::spawn(pump_logs(session.clone(), number)).abort_handle());
+        }
+        let how = loop {
+            match frame::read::<RuntimeToAgent>(&mut rd, "runtime message", MAX_FRAME).await {
+                Ok(RuntimeToAgent::Goodbye) => break Closed::Goodbye,
+                Ok(msg) => self.clone().handle(&session, msg).await,
+                Err(frame::FrameError::Io(e)) => {
+                    break if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        Closed::Eof
+                    } else {
+                        Closed::Broken(e.to_string())
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "a malformed frame from the runtime; closed");
+                    break Closed::Broken(e.to_string());
+                }
+            }
+        };
+        for t in tasks {
+            t.abort();
+        }
+        let current = {
+            let mut inner = lock(&session.inner);
+            let current = inner.link.as_ref().is_some_and(|(n, _)| *n == number);
+            if current {
+                inner.link = None;
+            }
+            current
+        };
+        if !current {
+            return; // a newer link serves the session
+        }
+        match how {
+            Closed::Goodbye | Closed::Eof => {
+                lock(&session.inner).closed = true;
+                let why = match how {
+                    Closed::Goodbye => "its runtime ended the session",
+                    _ => "its runtime closed the link (it stopped, or died)",
+                };
+                tracing::info!(session = %session_hex, "{why}");
+                session.fence(why);
+                self.forget_if_done(&session);
+            }
+            Closed::Broken(e) => {
+                tracing::warn!(session = %session_hex, error = %e, lease_ms, "the runtime's link broke; its nodes live until the lease runs out, waiting for it to come back");
+            }
+        }
+    }
+
+    /// A session's lease keeper: fences when the lease runs out, and forgets the session
+    /// once it has no link and no nodes.
+    async fn guard(self: Arc<Self>, session: Arc<Session>) {
+        let watchdog = tokio::spawn(session.watchdog.clone().run());
+        self.keep(&session).await;
+        watchdog.abort();
+    }
+
+    async fn keep(&self, session: &Arc<Session>) {
+        loop {
+            let (until, closed) = {
+                let inner = lock(&session.inner);
+                (inner.lease.until(), inner.closed)
+            };
+            if closed {
+                self.forget_if_done(session);
+                if lock(&session.inner).nodes.is_empty() {
+                    return;
+                }
+            }
+            tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+            let expired = lock(&session.inner).lease.expired(Instant::now());
+            if expired {
+                session.fence(&format!(
+                    "no answer from its runtime for {} ms (the session's lease)",
+                    session.lease_len.as_millis()
+                ));
+                let idle = {
+                    let inner = lock(&session.inner);
+                    inner.link.is_none()
+                };
+                if idle {
+                    lock(&session.inner).closed = true;
+                }
+                // Look again soon: the lease may be renewed, or the nodes gone.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Drop a session that has no link and no nodes.
+    fn forget_if_done(&self, session: &Session) {
+        let done = {
+            let inner = lock(&session.inner);
+            inner.link.is_none() && inner.nodes.is_empty()
+        };
+        if done {
+            let mut sessions = lock(&self.sessions);
+            if sessions
+                .get(&session.id)
+                .is_some_and(|s| std::ptr::eq(s.as_ref(), session))
+            {
+                sessions.remove(&session.id);
+            }
+        }
+    }
+
+    async fn handle(self: Arc<Self>, session: &Arc<Session>, msg: RuntimeToAgent) {
+        match msg {
+            RuntimeToAgent::Ping { n } => session.send(AgentToRuntime::Pong { n }),
+            RuntimeToAgent::Pong { n } => {
+                lock(&session.inner).lease.answered(n);
+                session.renew_pages();
+            }
+            RuntimeToAgent::Spawn(request) => {
+                let (node, incarnation) = (request.node.clone(), request.incarnation);
+                let answer = match self.clone().spawn(session, *request).await {
+                    Ok(answer) => answer,
+                    Err((message, failure)) => {
+                        tracing::warn!(%node, incarnation, "could not start it: {message}");
+                        AgentToRuntime::SpawnFailed {
+                            node,
+                            incarnation,
+                            message,
+                            failure,
+                        }
+                    }
+                };
+                session.send(answer);
+            }
+            RuntimeToAgent::Signal {
+                node,
+                incarnation,
+                signal,
+            } => {
+                let inner = lock(&session.inner);
+                match (
+                    inner
+                        .nodes
+                        .get(&node)
+                        .filter(|h| h.incarnation == incarnation),
+                    Signal::from_named_raw(signal),
+                ) {
+                    (Some(h), Some(sig)) => crate::spawn::signal(&h.pidfd, sig),
+                    (None, _) => {
+                        tracing::debug!(%node, incarnation, signal, "a signal for an incarnation not here")
+                    }
+                    (_, None) => {
+                        tracing::warn!(%node, signal, "a signal number this host does not know")
+                    }
+                }
+            }
+            RuntimeToAgent::Watch {
+                node,
+                incarnation,
+                deadline_ms,
+            } => {
+                let page = lock(&session.inner)
+                    .nodes
+                    .get(&node)
+                    .filter(|h| h.incarnation == incarnation)
+                    .map(|h| h.page.clone());
+                if let Some(page) = page {
+                    let (s, n) = (Arc::downgrade(session), node.clone());
+                    session.watchdog.watch(
+                        node,
+                        incarnation,
+                        page,
+                        Duration::from_millis(deadline_ms),
+                        Box::new(move |incarnation, silent| {
+                            if let Some(s) = s.upgrade() {
+                                tracing::warn!(node = %n, incarnation, silent_ms = silent.as_millis() as u64, "no heartbeat within its deadline: hung");
+                                s.send(AgentToRuntime::Hung {
+                                    node: n.clone(),
+                                    incarnation,
+                                    silent_ms: silent.as_millis() as u64,
+                                });
+                            }
+                        }),
+                    );
+                }
+            }
+            RuntimeToAgent::Unwatch { node, .. } => session.watchdog.unwatch(&node),
+            RuntimeToAgent::Hello { .. } => {
+                tracing::warn!(session = %format!("{:016x}", session.id), "a second hello; ignored");
+            }
+            RuntimeToAgent::Goodbye => {}
+        }
+    }
+
+    /// Start a node for `session`.
+    async fn spawn(
+        self: Arc<Self>,
+        session: &Arc<Session>,
+        request: SpawnRequest,
+    ) -> Result<AgentToRuntime, (String, SpawnFailure)> {
+        if session.lease_len.is_zero() {
+            return Err((
+                "this session asked for no nodes (a check)".into(),
+                SpawnFailure::Permanent,
+            ));
+        }
+        let (node, incarnation) = (request.node.clone(), request.incarnation);
+        {
+            let inner = lock(&session.inner);
+            if let Some(old) = inner.nodes.get(&node) {
+                // Never two incarnations of one name: the old one goes first.
+                crate::spawn::signal(&old.pidfd, Signal::KILL);
+                return Err((
+                    format!(
+                        "{node}#{} (pid {}) still runs here: killed it first; start {node}#{incarnation} again once its exit is reported",
+                        old.incarnation, old.pid
+                    ),
+                    SpawnFailure::Other,
+                ));
+            }
+            if inner.lease.expired(Instant::now()) {
+                return Err((
+                    "the session's lease ran out (its runtime did not answer the agent's pings); its nodes were fenced".into(),
+                    SpawnFailure::Other,
+                ));
+            }
+        }
+        let lines: crate::logs::LineSink = {
+            let (s, n) = (Arc::downgrade(session), node.clone());
+            Arc::new(move |line: &str| {
+                if let Some(s) = s.upgrade() {
+                    let mut logs = lock(&s.logs);
+                    if logs.lines.len() >= LOG_BUFFER_LINES {
+                        *logs.dropped.entry((n.clone(), incarnation)).or_default() += 1;
+                    } else {
+                        logs.lines
+                            .push_back((n.clone(), incarnation, line.to_owned()));
+                    }
+                }
+            })
+        };
+        let env = request.env.clone();
+        let launched = launch::launch(
+            &self.spawner,
+            LaunchSpec {
+                name: &node,
+                command: &request.command,
+                args: &request.args,
+                env,
+                sandbox: &request.sandbox,
+                bin_dirs: &self.bin_dirs,
+                node_dir: self.node_dir.join(node.file_stem()),
+                log_dir: &self.log_dir,
+                broker: false,
+                lines: Some(lines),
+            },
+        )
+        .await;
+        let p = match launched {
+            Ok(p) => p,
+            Err(e) => {
+                let failure = if e.is_permanent() {
+                    SpawnFailure::Permanent
+                } else if e.is_resource_shortage() {
+                    SpawnFailure::Shortage
+                } else {
+                    SpawnFailure::Other
+                };
+                return Err((e.to_string(), failure));
+            }
+        };
+        let (pid, sandbox, log) = (p.pid, p.sandbox.clone(), p.log_path.display().to_string());
+        tracing::info!(%node, incarnation, pid, session = %format!("{:016x}", session.id), "spawned");
+        {
+            let mut inner = lock(&session.inner);
+            p.page
+                .vitals()
+                .renew_lease(monotonic_ns(inner.lease.until()));
+            lock(&self.links).insert(request.link, (session.id, node.clone(), incarnation));
+            self.trust.admit(request.link);
+            inner.nodes.insert(
+                node.clone(),
+                Hosted {
+                    incarnation,
+                    pid,
+                    pidfd: p.pidfd,
+                    page: p.page.clone(),
+                    ours: Some(p.ours),
+                    link: request.link,
+                    relay: None,
+                },
+            );
+        }
+        let (host, session2, page) = (self.clone(), session.clone(), p.page);
+        let (process, capture) = (p.process, p.capture);
+        tokio::spawn(async move {
+            let end = launch::wait_end(process, capture, &page).await;
+            host.ended(&session2, &node, incarnation, pid, end);
+        });
+        Ok(AgentToRuntime::Spawned {
+            node: request.node,
+            incarnation,
+            pid,
+            sandbox,
+            log,
+        })
+    }
+
+    /// A node of `session` ended: report it (or keep it for the runtime's return).
+    fn ended(
+        &self,
+        session: &Arc<Session>,
+        node: &NodeName,
+        incarnation: u64,
+        pid: u32,
+        end: launch::Ended,
+    ) {
+        session.watchdog.unwatch(node);
+        let (code, signal) = match end.termination {
+            Termination::Code(c) => (Some(c), None),
+            Termination::Signal(s) => (None, Some(s)),
+            _ => (None, None),
+        };
+        tracing::info!(%node, incarnation, pid, ?code, ?signal, "exited");
+        let exit = Exit {
+            node: node.clone(),
+            incarnation,
+            pid,
+            code,
+            signal,
+            unix_ms: crate::logs::unix_ms(end.at),
+            stderr_tail: end.stderr_tail,
+            panic: end.panic,
+            note: end.note,
+        };
+        {
+            let mut inner = lock(&session.inner);
+            if inner
+                .nodes
+                .get(node)
+                .is_some_and(|h| h.incarnation == incarnation)
+                && let Some(h) = inner.nodes.remove(node)
+            {
+                if let Some(relay) = &h.relay {
+                    relay.abort();
+                }
+                lock(&self.links).remove(&h.link);
+                self.trust.revoke(&h.link);
+            }
+            match &inner.link {
+                Some((_, out)) => {
+                    let _ = out.try_send(AgentToRuntime::Exited(Box::new(exit)));
+                }
+                None => {
+                    if inner.ended.len() >= ENDED_KEPT {
+                        inner.ended.pop_front();
+                    }
+                    inner.ended.push_back(exit);
+                }
+            }
+        }
+        self.forget_if_done(session);
+    }
+}
+
+/// How a session link ended.
+enum Closed {
+    /// The runtime said goodbye.
+    Goodbye,
+    /// The runtime's end closed (it exited, or was killed).
+    Eof,
+    /// The connection broke (reset, timed out): the runtime may come back.
+    Broken(String),
+}
+
+/// Whether link `number` still serves `session`.
+fn serving(session: &Session, number: u64) -> bool {
+    lock(&session.inner)
+        .link
+        .as_ref()
+        .is_some_and(|(n, _)| *n == number)
+}
+
+/// Ping the runtime a fifth of a lease apart; its answers renew the lease.
+async fn pinger(session: Arc<Session>, number: u64) {
+    let mut ticker = tokio::time::interval(ping_interval(session.lease_len));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while serving(&session, number) {
+        ticker.tick().await;
+        let n = lock(&session.inner).lease.ping(Instant::now());
+        session.send(AgentToRuntime::Ping { n });
+    }
+}
+
+/// Send the pages of the session's nodes.
+async fn vitals(session: Arc<Session>, number: u64) {
+    let mut ticker = tokio::time::interval(VITALS_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while serving(&session, number) {
+        ticker.tick().await;
+        let all: Vec<Vitals> = lock(&session.inner)
+            .nodes
+            .iter()
+            .map(|(n, h)| Vitals {
+                node: n.clone(),
+                incarnation: h.incarnation,
+                metrics: h.page.vitals().metrics(),
+                figures: h.page.figures(),
+                note: h.page.status_note().read(),
+            })
+            .collect();
+        if !all.is_empty() {
+            session.send(AgentToRuntime::Vitals(all));
+        }
+    }
+}
+
+/// Send buffered log lines, a frame per node.
+async fn pump_logs(session: Arc<Session>, number: u64) {
+    let mut ticker = tokio::time::interval(LOGS_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while serving(&session, number) {
+        ticker.tick().await;
+        let (lines, dropped) = {
+            let mut logs = lock(&session.logs);
+            (
+                std::mem::take(&mut logs.lines),
+                std::mem::take(&mut logs.dropped),
+            )
+        };
+        let mut by_node: Vec<((NodeName, u64), Vec<String>)> = Vec::new();
+        for (node, incarnation, line) in lines {
+            match by_node.last_mut() {
+                Some((k, v)) if k.0 == node && k.1 == incarnation => v.push(line),
+                _ => by_node.push(((node, incarnation), vec![line])),
+            }
+        }
+        let mut dropped = dropped;
+        for ((node, incarnation), lines) in by_node {
+            let d = dropped.remove(&(node.clone(), incarnation)).unwrap_or(0);
+            session.send(AgentToRuntime::Log {
+                node,
+                incarnation,
+                lines,
+                dropped: d,
+            });
+        }
+        for ((node, incarnation), d) in dropped {
+            session.send(AgentToRuntime::Log {
+                node,
+                incarnation,
+                lines: Vec::new(),
+                dropped: d,
+            });
+        }
+    }
+}
