@@ -16,6 +16,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = wire::decode::<syncra_protocol::direct::LinkFrame>("link frame", data);
     let _ = wire::decode::<syncra_protocol::agent::AgentToRuntime>("agent message", data);
     let _ = wire::decode::<syncra_protocol::agent::RuntimeToAgent>("runtime message", data);
+    let _ = wire::decode::<syncra_protocol::agent::BridgeFrame>("bridge frame", data);
+    let _ = wire::decode::<syncra_protocol::agent::Opening>("link opening", data);
     // As a run of link packets: the first byte of each piece is its length.
     let mut asm = syncra_protocol::direct::Assembler::default();
     let mut rest = data;

@@ -161,6 +161,37 @@ impl Hosts {
         self.pids.map(|(a, b)| [a, b][host])
     }
 
+    /// Cap what the agent's host sends to `kbit` kbit/s (`tc` `tbf` on its veth, as root; on
+    /// loopback, the relays pace what they pass back).
+    pub fn cap(&self, kbit: u32) {
+        match self.pids {
+            Some((_, b)) => sh(&[
+                "nsenter",
+                "-t",
+                &b.to_string(),
+                "-n",
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                &self.veth,
+                "root",
+                "tbf",
+                "rate",
+                &format!("{kbit}kbit"),
+                "burst",
+                "16kb",
+                "latency",
+                "50ms",
+            ]),
+            None => {
+                for r in self.relays.lock().unwrap().iter() {
+                    *r.pace.lock().unwrap() = Some(u64::from(kbit) * 1000 / 8);
+                }
+            }
+        }
+    }
+
     /// `program` to run on host 0 (the runtime's) or 1 (the agent's).
     pub fn on(&self, host: usize, program: &Path) -> Command {
         match self.pids {
@@ -189,6 +220,8 @@ impl Drop for Hosts {
 struct Relay {
     addr: String,
     cut: Arc<(Mutex<bool>, Condvar)>,
+    /// Bytes a second passed back towards the runtime, if capped.
+    pace: Arc<Mutex<Option<u64>>>,
 }
 
 impl Relay {
@@ -196,22 +229,27 @@ impl Relay {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let cut = Arc::new((Mutex::new(false), Condvar::new()));
-        let (target, state) = (target.to_owned(), cut.clone());
+        let pace = Arc::new(Mutex::new(None));
+        let (target, state, rate) = (target.to_owned(), cut.clone(), pace.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
                 let Ok(server) = std::net::TcpStream::connect(&target) else {
                     continue;
                 };
-                for (from, to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
+                for (from, to, paced) in [
+                    (
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        None,
+                    ),
+                    (server, client, Some(rate.clone())),
                 ] {
                     let state = state.clone();
-                    std::thread::spawn(move || pass(from, to, &state));
+                    std::thread::spawn(move || pass(from, to, &state, paced));
                 }
             }
         });
-        Relay { addr, cut }
+        Relay { addr, cut, pace }
     }
 
     fn cut(&self, cut: bool) {
@@ -220,9 +258,31 @@ impl Relay {
     }
 }
 
-fn pass(mut from: std::net::TcpStream, mut to: std::net::TcpStream, cut: &(Mutex<bool>, Condvar)) {
+fn pass(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    cut: &(Mutex<bool>, Condvar),
+    pace: Option<Arc<Mutex<Option<u64>>>>,
+) {
     let mut buf = [0u8; 16 * 1024];
     loop {
+        // A capped direction passes its bytes no faster than the cap (a slow link: the
+        // sender's socket fills and waits).
+        if let Some(rate) = pace.as_ref().and_then(|p| *p.lock().unwrap()) {
+            let n = from.read(&mut buf[..4096]);
+            let n = match n {
+                Ok(0) | Err(_) => {
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                    return;
+                }
+                Ok(n) => n,
+            };
+            std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
+            if to.write_all(&buf[..n]).is_err() {
+                return;
+            }
+            continue;
+        }
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => {
                 let _ = to.shutdown(std::net::Shutdown::Write);

@@ -10,14 +10,23 @@
 //!   sides ping: the agent's pings, answered, renew its **lease** on the session's nodes
 //!   (no answer for `lease_ms` and it kills them — fencing); the runtime hears the agent's pings
 //!   and calls the host unreachable after the same deadline.
-//! - a **node link** per incarnation, under a certificate the runtime made for that incarnation
-//!   alone and announced in its [`SpawnRequest::link`]: after the handshake its bytes are the
-//!   node's cluster socket (boot frame, then the ractor_cluster session), relayed by the agent.
+//! - **incarnation links**, under a certificate the runtime made for that incarnation alone and
+//!   announced in its [`SpawnRequest::link`], each opened with an [`Opening`] frame: the
+//!   node's cluster socket (boot frame, then the ractor_cluster session, relayed byte for
+//!   byte), a **stream bridge** ([`BridgeFrame`]s: one of its streams' messages one way,
+//!   credits the other), or a **direct link** bridge (its packets, length-prefixed).
+//!
+//! A remote node's broker link is relayed on the session link ([`RuntimeToAgent::Broker`],
+//! [`AgentToRuntime::Broker`]): the Broker in the runtime stays the one authority on streams
+//! and links; where its answer carries fds (rings, doorbells, link ends), the runtime keeps
+//! them and says in [`Carried`] what the agent makes in their place on its host.
 
 use serde::{Deserialize, Serialize};
 
 use crate::NodeName;
+use crate::broker::{BrokerToNode, NodeToBroker};
 use crate::crash::PanicReport;
+use crate::ring::Geometry;
 use crate::sandbox::SandboxProfile;
 use crate::status::{Figure, NodeMetrics, SandboxStatus};
 
@@ -128,6 +137,99 @@ pub enum RuntimeToAgent {
     },
     /// The runtime ends its session: kill whatever of it still runs, now.
     Goodbye,
+    /// What the Broker says to a node here, with what to make on this host in place of the
+    /// fds it carries, in the order the message names them.
+    Broker {
+        /// The node.
+        node: NodeName,
+        /// Its incarnation.
+        incarnation: u64,
+        /// The Broker's message.
+        message: BrokerToNode,
+        /// One per fd-carrying item of the message.
+        carried: Vec<Carried>,
+    },
+}
+
+/// What an agent makes on its host for one fd-carrying item of a Broker message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Carried {
+    /// `Declared` / `Granted`: the node produces the stream. A ring here, its counters
+    /// starting where the runtime's ring stands, is the node's to write; the agent reads it
+    /// (consumer cell 0 here) and sends its messages over bridge `bridge`.
+    Produce {
+        /// The bridge's id (its [`Opening::Bridge`]).
+        bridge: u64,
+        /// The ring's shape.
+        geometry: Geometry,
+        /// The runtime's ring's `claimed`.
+        claimed: u64,
+        /// Its `published`.
+        published: u64,
+        /// Its `attachments` (1 + producer restarts).
+        attachments: u64,
+    },
+    /// `Subscribed` / `Added` (one per attachment): the node consumes the stream. A ring here,
+    /// written by the agent with what bridge `bridge` brings; the node's first message is
+    /// `first`.
+    Consume {
+        /// The bridge's id.
+        bridge: u64,
+        /// The ring's shape.
+        geometry: Geometry,
+        /// The first sequence the bridge brings.
+        first: u64,
+    },
+    /// `Linked` / `LinkFrom`: an end of a direct link.
+    Link {
+        /// The link's id (as in the message).
+        link: u64,
+        /// The other end is a node of this same host: join the two here, nothing crosses the
+        /// network (the agent gets both ends' messages).
+        local: bool,
+        /// Otherwise, the bridge that carries its packets.
+        bridge: u64,
+    },
+}
+
+/// The first frame on an incarnation link: what it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Opening {
+    /// The node's cluster socket.
+    Node,
+    /// A stream bridge or a direct link's bridge announced in [`Carried`].
+    Bridge {
+        /// Its id.
+        id: u64,
+    },
+}
+
+/// What a stream bridge carries: messages one way, credits the other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BridgeFrame {
+    /// One message of the stream, as its producer published it.
+    Message {
+        /// Its sequence (the same on both hosts: gaps stay gaps).
+        seq: u64,
+        /// The producer's tag.
+        kind: u32,
+        /// The producer's incarnation.
+        incarnation: u64,
+        /// How old it was when sent, ns.
+        age_ns: u64,
+        /// The sender's estimate of the time on the wire, ns (half the shortest round trip of
+        /// a message and its credit): its publish time on the receiving host is now less
+        /// `age_ns` and this, with no clock shared between the hosts.
+        transit_ns: u64,
+        /// The payload.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// The receiver wrote `n` more messages into its ring: the sender may send `n` more.
+    Credit {
+        /// How many.
+        n: u32,
+    },
 }
 
 /// A node the runtime asks an agent to start.
@@ -283,6 +385,15 @@ pub enum AgentToRuntime {
     },
     /// The pages of the session's nodes, every quarter second.
     Vitals(Vec<Vitals>),
+    /// What a node here asks the Broker.
+    Broker {
+        /// The node.
+        node: NodeName,
+        /// Its incarnation.
+        incarnation: u64,
+        /// Its request.
+        message: NodeToBroker,
+    },
     /// Lines a node wrote to stdout or stderr (the runtime keeps a copy of its log).
     Log {
         /// The node.

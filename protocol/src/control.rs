@@ -138,6 +138,10 @@ pub struct StreamView {
     pub type_tag: String,
     /// Producer node.
     pub producer: NodeName,
+    /// The producer's host when not the runtime's: its messages cross to this one on a
+    /// bridge ([`NodeView::host`](crate::status::NodeView::host)).
+    #[serde(default)]
+    pub producer_host: Option<String>,
     /// Whether a live producer holds the ring.
     pub producer_live: bool,
     /// Incarnation of the producer that holds (or last held) the ring.
@@ -165,6 +169,10 @@ pub struct StreamView {
 pub struct ConsumerView {
     /// The consuming node.
     pub node: NodeName,
+    /// Its host when not the runtime's: a bridge reads this cell for it, so its lag and drops
+    /// are the bridge's.
+    #[serde(default)]
+    pub host: Option<String>,
     /// Its cell in the ring.
     pub cell: u32,
     /// Whether a live incarnation holds it.

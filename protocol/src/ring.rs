@@ -527,6 +527,9 @@ impl RingWriter {
             .load(Ordering::Acquire)
             .max(h.published.load(Ordering::Acquire))
             + 1;
+        // Counted as an attachment, so that the producer's next incarnation (whose ring on its
+        // host starts from these counters) skips a sequence: a restart shows as a gap here too.
+        h.attachments.fetch_add(1, Ordering::Relaxed);
         h.producer_live.store(1, Ordering::Release);
         RingWriter {
             map,
@@ -745,7 +748,9 @@ impl RingReader {
     /// otherwise start at the newest published message (a late joiner sees the latest slot).
     /// A latest-only ring always starts at its newest message: it carries state, and a new
     /// incarnation has none until it reads it (a renderer restarted after reading the
-    /// window's identity must see that identity again).
+    /// window's identity must see that identity again). A ring whose counters start past
+    /// messages it never held (a mirror of another host's ring, [`RingWriter::mirror`]) is
+    /// read from its next message, with no gap counted for what it never had.
     pub fn attach(
         map: Arc<RingMap>,
         cell: usize,
@@ -767,6 +772,9 @@ impl RingReader {
             || map.geometry.policy == Policy::LatestOnly
         {
             next = published.max(1);
+            if published > 0 && map.slot(published).0.stamp.load(Ordering::Acquire) == 0 {
+                next = published + 1;
+            }
         }
         c.next.store(next, Ordering::Release);
         c.waiting.store(0, Ordering::Relaxed);
@@ -1152,6 +1160,8 @@ mod tests {
             "a producer restart skips a sequence"
         );
         let (copy, copy_fd) = ring_of(Policy::DropOldest, 8);
+        // Counters as the original's were when the bridge started: nothing held yet.
+        copy.header().claimed.store(0, Ordering::Release);
         let mirror_bells: Bells = Default::default();
         let mut m = RingWriter::mirror(copy.clone(), doorbell().unwrap(), mirror_bells.clone());
         let mut to = reader(&copy_fd, 3, &mirror_bells, false);
@@ -1174,6 +1184,17 @@ mod tests {
         );
         assert_eq!(read_u64(&mut to), None);
         assert_eq!(to.cell().dropped.load(Ordering::Relaxed), 2);
+        // A consumer that joins a mirror whose counters start past messages it never held
+        // reads from the next one, with no gap for what the mirror never had.
+        let (late, late_fd) = ring_of(Policy::DropOldest, 8);
+        late.header().claimed.store(41, Ordering::Release);
+        late.header().published.store(41, Ordering::Release);
+        let late_bells: Bells = Default::default();
+        let mut m = RingWriter::mirror(late.clone(), doorbell().unwrap(), late_bells.clone());
+        let mut joiner = reader(&late_fd, 0, &late_bells, false);
+        assert_eq!(read_u64(&mut joiner), None);
+        m.write_at(42, 0, &7u64.to_le_bytes(), 5, 1).unwrap();
+        assert_eq!(read_u64(&mut joiner), Some((42, 0, 7)));
     }
 
     #[test]

@@ -932,7 +932,22 @@ impl Runtime {
 
     /// Every declared stream: producer, consumers, rate and drops.
     pub fn streams(&self) -> Vec<StreamView> {
-        self.inner.ctx.broker.views()
+        let mut views = self.inner.ctx.broker.views();
+        let hosts: HashMap<NodeName, String> = self
+            .inner
+            .ctx
+            .registry
+            .snapshot()
+            .into_iter()
+            .filter_map(|n| Some((n.name, n.host?)))
+            .collect();
+        for v in &mut views {
+            v.producer_host = hosts.get(&v.producer).cloned();
+            for c in &mut v.consumers {
+                c.host = hosts.get(&c.node).cloned();
+            }
+        }
+        views
     }
 
     /// One stream's view and a duplicate of its ring's fd (for observers such as `syncra tap`).

@@ -9,7 +9,8 @@
 //! syncra-bench --render-only [--renderer-kills 20] [--seconds 5]   only the window and renderer's
 //! syncra-bench --sound-only [--audio-seconds 60] [--keys 200] [--sound-requests 100] [--audio-kills 20]
 //! syncra-bench --sandbox-only [--sandbox-kills 40] [--tick-seconds 5]   the sandbox's cost
-//! syncra-bench --hosts-only [--pings 2000]   the agent link's round trip beside raw TCP
+//! syncra-bench --hosts-only [--pings 2000] [--remote-calls 5000] [--remote-kills 20] [--stream-samples 1000]
+//!                                             other hosts: the agent link, calls, restarts, streams
 //!                                                                  only the audio and input drivers'
 //! ```
 
@@ -445,11 +446,15 @@ fn main() {
         return hosts::tcp_echo(&argv[i + 1]);
     }
     if let Some(i) = argv.iter().position(|a| a == "--tcp-ping") {
-        return hosts::tcp_ping(&argv[i + 1], argv[i + 2].parse().unwrap_or(1000));
+        return hosts::tcp_ping(
+            &argv[i + 1],
+            argv[i + 2].parse().unwrap_or(1000),
+            argv.get(i + 3).and_then(|s| s.parse().ok()).unwrap_or(1),
+        );
     }
     if argv.iter().any(|a| a == "--hosts-only") {
         let mut rows = Vec::new();
-        hosts::agent_link(arg("--pings", 2000), &mut rows);
+        all_hosts(&mut rows);
         return print(rows);
     }
     if argv.iter().any(|a| a == "--kit-only") {
@@ -522,7 +527,7 @@ fn main() {
         streams::all(&mut rows, arg("--rounds", 20_000), arg("--frames", 200));
     }
     routing::routed_call(arg("--calls", 5_000), &mut rows);
-    hosts::agent_link(arg("--pings", 2000), &mut rows);
+    all_hosts(&mut rows);
     if !only_calls {
         kit::all(
             arg("--samples", 2000),
@@ -549,6 +554,14 @@ fn main() {
         );
     }
     print(rows);
+}
+
+/// Every row about other hosts.
+fn all_hosts(rows: &mut Vec<Row>) {
+    let tls = hosts::agent_link(arg("--pings", 2000), rows);
+    hosts::remote_calls(arg("--remote-calls", 5000), tls, rows);
+    hosts::remote_restarts(arg("--remote-kills", 20), rows);
+    hosts::remote_streams(arg("--stream-samples", 1000), rows);
 }
 
 fn print(rows: Vec<Row>) {

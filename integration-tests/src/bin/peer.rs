@@ -18,10 +18,11 @@
 //!   back), then calls `to` every 10 ms (each call waiting up to `timeout_ms`, default 3000, in
 //!   all), reporting each outcome. Before that, one `LinkPing(42)` call from a task on its
 //!   link thread (`link_answer`).
-//! - `producer stream=NAME policy=latest|drop|block slots=N rate=HZ [block_ms=MS] [grow=1]`:
-//!   publishes `Tick { n }` as fast as `rate` allows, reporting write errors (and a refused
-//!   declaration as `declare_error`); with `grow=1`, incarnations after the first declare one
-//!   slot more.
+//! - `producer stream=NAME policy=latest|drop|block slots=N rate=HZ [size=B] [fill=1]
+//!   [block_ms=MS] [grow=1]`: publishes `Tick { n, t }` (`t` its publish time) as fast as
+//!   `rate` allows, reporting write errors (and a refused declaration as `declare_error`);
+//!   `fill=1` pads each message to about `size` bytes; with `grow=1`, incarnations after the
+//!   first declare one slot more.
 //! - `bulk-producer stream=NAME abort_at=K`: publishes frames whose bytes all equal the
 //!   header's `n`; the incarnation-1 process aborts in the middle of writing message `abort_at`.
 //! - `looper stream=NAME [async=1]`: one event loop ([`syncra_node::events`]; `async=1`: its
@@ -38,7 +39,7 @@
 //!   `attached_at_ready`), then reports each scene's world, tick and entity count.
 //! - `consumer stream=NAME [type=wrong] [wait=0] [delay_ms=D] [bulk=1]`: subscribes (lazily:
 //!   the stream may come later; `wait=0`: only one that exists now) and reports every message
-//!   (seq, gap, producer incarnation, payload).
+//!   (seq, gap, producer incarnation, payload, and `age_us`: publish to receive).
 //! - `bench-caller to=NAME direct=PATH rounds=N`: times `rounds` routed calls to `to` from
 //!   the main loop, as many from a task on the link thread (answered on the callee's link
 //!   thread) and as many direct ractor_cluster calls to the echo served at `direct` (an
@@ -83,6 +84,12 @@ struct Seq(u64);
 #[derive(Debug, Serialize, Deserialize)]
 struct Tick {
     n: u64,
+    /// When it was published, CLOCK_MONOTONIC ns (one clock for every host of a test).
+    #[serde(default)]
+    t: u64,
+    /// Filler, to make the message `size` bytes.
+    #[serde(default, with = "serde_bytes")]
+    pad: Vec<u8>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -405,12 +412,17 @@ fn main() {
             let blocks = 10;
             let per_block = (num("rounds", 5000) as usize).div_ceil(blocks);
             let to = opt("to");
-            let direct = match direct::DirectCaller::connect(
-                std::path::Path::new(&opt("direct")),
-                Duration::from_secs(10),
-            ) {
-                Ok(d) => d,
-                Err(e) => return idle(&node, &mut out, format!("direct link: {e}")),
+            // Without `direct=PATH` (a callee on another host), no direct ractor_cluster calls.
+            let direct = if opt("direct").is_empty() {
+                None
+            } else {
+                match direct::DirectCaller::connect(
+                    std::path::Path::new(&opt("direct")),
+                    Duration::from_secs(10),
+                ) {
+                    Ok(d) => Some(d),
+                    Err(e) => return idle(&node, &mut out, format!("direct link: {e}")),
+                }
             };
             let payload = [7u8; 16];
             // `kit_to=NODE`: also call NODE, a driver answering from its event loop with the
@@ -456,7 +468,9 @@ fn main() {
                 // Warm up every path (the first routed call also waits for `to` to be ready).
                 for n in 0..200 {
                     routed_call(n)?;
-                    direct.call(&payload)?;
+                    if let Some(direct) = &direct {
+                        direct.call(&payload)?;
+                    }
                     if !kit_to.is_empty() {
                         call_to(&kit_to, n)?;
                     }
@@ -477,8 +491,10 @@ fn main() {
                     }
                     link.extend(link_calls((b * per_block) as u64, per_block)?);
                     beat(&node);
-                    for _ in 0..per_block {
-                        direct_us.push(direct.call(&payload)?);
+                    if let Some(direct) = &direct {
+                        for _ in 0..per_block {
+                            direct_us.push(direct.call(&payload)?);
+                        }
                     }
                     beat(&node);
                 }
@@ -520,11 +536,19 @@ fn main() {
             };
             node.ready();
             let period = Duration::from_secs_f64(1.0 / num("rate", 200) as f64);
+            // `fill=1`: messages as large as the slot allows (a scene-sized payload).
+            let pad =
+                vec![7u8; (size as usize).saturating_sub(64) * usize::from(num("fill", 0) == 1)];
             let mut n = 0;
             let mut next = Instant::now();
             while !node.shutdown_requested() {
                 n += 1;
-                match tx.publish(&Tick { n }) {
+                let t = published_ns(Duration::ZERO);
+                match tx.publish(&Tick {
+                    n,
+                    t,
+                    pad: pad.clone(),
+                }) {
                     Ok(_) => {}
                     Err(e) => out.line(serde_json::json!({ "n": n, "write_error": e.to_string() })),
                 }
@@ -1492,7 +1516,8 @@ fn main() {
                             match rx.recv_timeout(Duration::from_millis(20)) {
                                 Ok(Some(s)) => out.line(serde_json::json!({
                                     "seq": s.seq, "gap": s.gap, "inc": s.producer_incarnation,
-                                    "n": s.value.n })),
+                                    "n": s.value.n,
+                                    "age_us": published_ns(Duration::ZERO).saturating_sub(s.value.t) / 1000 })),
                                 Ok(None) => {}
                                 Err(e) => out.line(serde_json::json!({ "error": e.to_string() })),
                             }

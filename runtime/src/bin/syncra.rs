@@ -928,8 +928,12 @@ async fn streams(run_dir: &Path, json: bool) -> ExitCode {
                         .iter()
                         .map(|c| {
                             format!(
-                                "{}{} ({}/{}/{})",
+                                "{}{}{} ({}/{}/{})",
                                 c.node,
+                                c.host
+                                    .as_ref()
+                                    .map(|h| format!("@{h} [bridged]"))
+                                    .unwrap_or_default(),
                                 if c.active { "" } else { " [down]" },
                                 c.lag,
                                 c.dropped,
@@ -942,8 +946,12 @@ async fn streams(run_dir: &Path, json: bool) -> ExitCode {
                         "{:<28} {:<18} {:<12} {:>10} {:>9.1} {:>8}K  {}",
                         s.name,
                         format!(
-                            "{}#{}{}",
+                            "{}{}#{}{}",
                             s.producer,
+                            s.producer_host
+                                .as_ref()
+                                .map(|h| format!("@{h}"))
+                                .unwrap_or_default(),
                             s.producer_incarnation,
                             if s.producer_live { "" } else { " down" }
                         ),

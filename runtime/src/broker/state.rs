@@ -674,6 +674,7 @@ fn view(s: &Stream) -> StreamView {
         name: s.info.spec.name.clone(),
         type_tag: s.info.spec.type_tag.clone(),
         producer: s.info.producer.clone(),
+        producer_host: None,
         producer_live: h.producer_live.load(Ordering::Relaxed) != 0 && s.held_by.is_some(),
         producer_incarnation: h.producer_incarnation.load(Ordering::Relaxed),
         geometry: s.info.spec.geometry,
@@ -692,6 +693,7 @@ fn view(s: &Stream) -> StreamView {
                 let next = cell.next.load(Ordering::Relaxed);
                 ConsumerView {
                     node: c.node.clone(),
+                    host: None,
                     cell: i as u32,
                     active: cell.active.load(Ordering::Relaxed) != 0,
                     lag: (published + 1).saturating_sub(next.max(1)),

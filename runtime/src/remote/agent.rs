@@ -23,10 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
+use std::os::fd::AsFd as _;
+
 use syncra_protocol::agent::{
-    AgentToRuntime, Exit, Fingerprint, MAX_FRAME, Running, RuntimeToAgent, SpawnFailure,
-    SpawnRequest, Vitals,
+    AgentToRuntime, Carried, Exit, Fingerprint, MAX_FRAME, Opening, Running, RuntimeToAgent,
+    SpawnFailure, SpawnRequest, Vitals,
 };
+use syncra_protocol::broker::BrokerToNode;
 use syncra_protocol::page::NodePage;
 use syncra_protocol::{NodeName, PROTOCOL_VERSION};
 use syncra_remote::tls::TrustList;
@@ -143,6 +146,9 @@ impl Agent {
             trust: self.trust,
             sessions: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
+            bridges: Mutex::new(HashMap::new()),
+            bridged: tokio::sync::Notify::new(),
+            local_links: Mutex::new(HashMap::new()),
         });
         crate::logs::ensure_dir(&host.log_dir).map_err(|e| {
             AgentError(format!("its log directory {}: {e}", host.log_dir.display()))
@@ -172,8 +178,31 @@ struct Host {
     node_dir: PathBuf,
     trust: Arc<TrustList>,
     sessions: Mutex<HashMap<u64, Arc<Session>>>,
-    /// Node-link certificates announced and not yet used: which incarnation each is for.
+    /// Incarnation-link certificates: which incarnation each is for (while it runs).
     links: Mutex<HashMap<Fingerprint, (u64, NodeName, u64)>>,
+    /// Bridges announced in a Broker message, waiting for their connection.
+    bridges: Mutex<HashMap<u64, Pending>>,
+    /// Rung when a bridge is announced.
+    bridged: tokio::sync::Notify,
+    /// Direct links between two nodes of this host: the end kept for the second node.
+    local_links: Mutex<HashMap<u64, (OwnedFd, Instant)>>,
+}
+
+/// A bridge waiting for its connection from the runtime.
+struct Pending {
+    /// The incarnation it belongs to.
+    owner: (u64, NodeName, u64),
+    what: Bridge,
+}
+
+/// What a bridge does on this host.
+enum Bridge {
+    /// Read the node's ring (cell 0 here) and send it.
+    Send(syncra_protocol::ring::RingReader),
+    /// Write what comes into the ring the node reads in this cell.
+    Receive(syncra_protocol::ring::RingWriter, usize),
+    /// Carry a direct link's packets to and from the node's end.
+    Link(OwnedFd),
 }
 
 /// One runtime session.
@@ -208,6 +237,10 @@ struct Hosted {
     ours: Option<std::os::unix::net::UnixStream>,
     link: Fingerprint,
     relay: Option<tokio::task::AbortHandle>,
+    /// Our end of its broker link: what the runtime's Broker says is written here.
+    broker: Option<Arc<tokio::io::unix::AsyncFd<OwnedFd>>>,
+    /// Its broker reader.
+    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 #[derive(Default)]
@@ -276,16 +309,37 @@ impl Host {
         }
     }
 
-    /// A node link: relay its bytes to the incarnation its certificate was made for.
-    async fn node_link(self: Arc<Self>, a: accept::Accepted) {
-        let Some((session, node, incarnation)) = lock(&self.links).remove(&a.fingerprint) else {
-            tracing::warn!(peer = %a.peer, fingerprint = %a.fingerprint, "a node link for no node; closed");
+    /// An incarnation link: the node's cluster socket, or one of its bridges, as its opening
+    /// frame says.
+    async fn node_link(self: Arc<Self>, mut a: accept::Accepted) {
+        let Some(owner) = lock(&self.links).get(&a.fingerprint).cloned() else {
+            tracing::warn!(peer = %a.peer, fingerprint = %a.fingerprint, "a link for no node; closed");
             return;
         };
-        self.trust.revoke(&a.fingerprint);
-        let Some(session) = lock(&self.sessions).get(&session).cloned() else {
+        let opening = tokio::time::timeout(
+            HELLO_TIMEOUT,
+            frame::read::<Opening>(&mut a.stream, "link opening", 64),
+        )
+        .await;
+        let Some(session) = lock(&self.sessions).get(&owner.0).cloned() else {
             return;
         };
+        let _ = a.stream.get_ref().0.set_nodelay(true);
+        tune(a.stream.get_ref().0, session.lease_len);
+        match opening {
+            Ok(Ok(Opening::Node)) => self.cluster_link(session, owner, a).await,
+            Ok(Ok(Opening::Bridge { id })) => self.bridge_link(owner, id, a).await,
+            _ => tracing::warn!(peer = %a.peer, "a link that did not say what it carries; closed"),
+        }
+    }
+
+    /// A node's cluster socket, relayed byte for byte.
+    async fn cluster_link(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        (_, node, incarnation): (u64, NodeName, u64),
+        a: accept::Accepted,
+    ) {
         let ours = {
             let mut inner = lock(&session.inner);
             match inner.nodes.get_mut(&node) {
@@ -294,11 +348,9 @@ impl Host {
             }
         };
         let Some(ours) = ours else {
-            tracing::warn!(%node, incarnation, "a node link for an incarnation that has ended; closed");
+            tracing::warn!(%node, incarnation, "a second node link, or one for an incarnation that has ended; closed");
             return;
         };
-        let _ = a.stream.get_ref().0.set_nodelay(true);
-        tune(a.stream.get_ref().0, session.lease_len);
         let local = ours
             .set_nonblocking(true)
             .and_then(|()| tokio::net::UnixStream::from_std(ours));
@@ -321,6 +373,39 @@ impl Host {
             }
         }
         let _ = relay.await;
+    }
+
+    /// A bridge announced in a Broker message: wait (briefly) for its announcement, then run
+    /// it until either end closes.
+    async fn bridge_link(
+        self: Arc<Self>,
+        owner: (u64, NodeName, u64),
+        id: u64,
+        a: accept::Accepted,
+    ) {
+        let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+        let pending = loop {
+            let announced = self.bridged.notified();
+            if let Some(p) = lock(&self.bridges).remove(&id) {
+                break p;
+            }
+            if tokio::time::timeout_at(deadline, announced).await.is_err() {
+                tracing::warn!(node = %owner.1, bridge = id, "a bridge that was never announced; closed");
+                return;
+            }
+        };
+        if pending.owner != owner {
+            tracing::warn!(node = %owner.1, bridge = id, "a bridge of another incarnation; closed");
+            return;
+        }
+        let why = match pending.what {
+            Bridge::Send(reader) => super::bridge::send(reader, a.stream).await,
+            Bridge::Receive(writer, cell) => {
+                super::bridge::receive(writer, a.stream, Some(cell)).await
+            }
+            Bridge::Link(end) => super::bridge::relay_packets(end, a.stream).await,
+        };
+        tracing::debug!(node = %owner.1, bridge = id, "a bridge ended: {why}");
     }
 
     /// A runtime's session link.
@@ -635,7 +720,189 @@ impl Host {
                 tracing::warn!(session = %format!("{:016x}", session.id), "a second hello; ignored");
             }
             RuntimeToAgent::Goodbye => {}
+            RuntimeToAgent::Broker {
+                node,
+                incarnation,
+                message,
+                carried,
+            } => {
+                let socket = lock(&session.inner)
+                    .nodes
+                    .get(&node)
+                    .filter(|h| h.incarnation == incarnation)
+                    .and_then(|h| h.broker.clone());
+                let Some(socket) = socket else {
+                    return;
+                };
+                let owner = (session.id, node.clone(), incarnation);
+                match self.materialize(owner, message, carried) {
+                    Ok((message, fds)) => {
+                        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+                        if let Err(e) =
+                            syncra_protocol::broker::send(socket.get_ref(), &message, &borrowed)
+                        {
+                            tracing::warn!(%node, error = %e, "a broker message not delivered to the node");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%node, error = %e, "a broker message not delivered to the node")
+                    }
+                }
+            }
         }
+    }
+
+    /// A stream a node here declared: a ring for it to write, read by a bridge to the runtime.
+    fn produce(
+        &self,
+        owner: &(u64, NodeName, u64),
+        carried: Option<Carried>,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<(), String> {
+        use syncra_protocol::ring::{RingReader, doorbell};
+        let Some(Carried::Produce {
+            bridge,
+            geometry,
+            claimed,
+            published,
+            attachments,
+        }) = carried
+        else {
+            return Err("a declared stream without its bridge".into());
+        };
+        let (map, ring) = ring_of(geometry, claimed, published, attachments)?;
+        let io = |e: std::io::Error| format!("a doorbell: {e}");
+        let (space, bell) = (doorbell().map_err(io)?, doorbell().map_err(io)?);
+        let reader = RingReader::attach(
+            map,
+            0,
+            bell.try_clone().map_err(io)?,
+            space.try_clone().map_err(io)?,
+            false,
+        )
+        .map_err(|e| e.to_string())?;
+        lock(&self.bridges).insert(
+            bridge,
+            Pending {
+                owner: owner.clone(),
+                what: Bridge::Send(reader),
+            },
+        );
+        fds.extend([ring, space, bell]);
+        Ok(())
+    }
+
+    /// Make on this host what a Broker message's fds stand for ([`Carried`]): rings, doorbells
+    /// and link ends, and the bridges that feed them. The message as the node gets it, with
+    /// its fds.
+    fn materialize(
+        &self,
+        owner: (u64, NodeName, u64),
+        message: BrokerToNode,
+        carried: Vec<Carried>,
+    ) -> Result<(BrokerToNode, Vec<OwnedFd>), String> {
+        use syncra_protocol::ring::{Bells, MAX_CONSUMERS, RingWriter, doorbell};
+        let mut fds = Vec::new();
+        let mut carried = carried.into_iter();
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |e: std::io::Error| format!("{what}: {e}")
+        };
+        let consume = |c: Option<Carried>, cell: u32, fds: &mut Vec<OwnedFd>| {
+            let Some(Carried::Consume {
+                bridge,
+                geometry,
+                first,
+            }) = c
+            else {
+                return Err("a stream without its bridge".to_owned());
+            };
+            let start = first.saturating_sub(1);
+            let (map, ring) = ring_of(geometry, start, start, 0)?;
+            let (bell, space) = (
+                doorbell().map_err(io("a doorbell"))?,
+                doorbell().map_err(io("a doorbell"))?,
+            );
+            let bells: Bells = Default::default();
+            {
+                let mut b = bells.lock().unwrap_or_else(|p| p.into_inner());
+                b.resize_with(MAX_CONSUMERS, || None);
+                if let Some(slot) = b.get_mut(cell as usize) {
+                    *slot = Some(bell.try_clone().map_err(io("a doorbell"))?);
+                }
+            }
+            let writer =
+                RingWriter::mirror(map, space.try_clone().map_err(io("a doorbell"))?, bells);
+            lock(&self.bridges).insert(
+                bridge,
+                Pending {
+                    owner: owner.clone(),
+                    what: Bridge::Receive(writer, cell as usize),
+                },
+            );
+            fds.extend([ring, bell, space]);
+            Ok(())
+        };
+        let message = match message {
+            BrokerToNode::Declared { id, stream, .. } => {
+                self.produce(&owner, carried.next(), &mut fds)?;
+                stream_message(Some(id), stream)
+            }
+            BrokerToNode::Granted { stream, .. } => {
+                self.produce(&owner, carried.next(), &mut fds)?;
+                stream_message(None, stream)
+            }
+            BrokerToNode::Subscribed { id, streams } => {
+                for a in &streams {
+                    consume(carried.next(), a.cell, &mut fds)?;
+                }
+                BrokerToNode::Subscribed { id, streams }
+            }
+            BrokerToNode::Added { id, stream } => {
+                consume(carried.next(), stream.cell, &mut fds)?;
+                BrokerToNode::Added { id, stream }
+            }
+            m @ (BrokerToNode::Linked { .. } | BrokerToNode::LinkFrom { .. }) => {
+                let Some(Carried::Link {
+                    link,
+                    local,
+                    bridge,
+                }) = carried.next()
+                else {
+                    return Err("a direct link without its bridge".into());
+                };
+                if local {
+                    // Both ends are nodes of this host: the first gets one end of a pair, the
+                    // second the other.
+                    let mut waiting = lock(&self.local_links);
+                    waiting.retain(|_, (_, t)| t.elapsed() < Duration::from_secs(30));
+                    match waiting.remove(&link) {
+                        Some((end, _)) => fds.push(end),
+                        None => {
+                            let (a, b) = syncra_protocol::direct::pair()
+                                .map_err(io("a direct link's socketpair"))?;
+                            waiting.insert(link, (b, Instant::now()));
+                            fds.push(a);
+                        }
+                    }
+                } else {
+                    let (a, b) = syncra_protocol::direct::pair()
+                        .map_err(io("a direct link's socketpair"))?;
+                    lock(&self.bridges).insert(
+                        bridge,
+                        Pending {
+                            owner: owner.clone(),
+                            what: Bridge::Link(b),
+                        },
+                    );
+                    fds.push(a);
+                }
+                m
+            }
+            other => other,
+        };
+        self.bridged.notify_waiters();
+        Ok((message, fds))
     }
 
     /// Start a node for `session`.
@@ -697,7 +964,7 @@ impl Host {
                 bin_dirs: &self.bin_dirs,
                 node_dir: self.node_dir.join(node.file_stem()),
                 log_dir: &self.log_dir,
-                broker: false,
+                broker: true,
                 lines: Some(lines),
             },
         )
@@ -716,6 +983,38 @@ impl Host {
             }
         };
         let (pid, sandbox, log) = (p.pid, p.sandbox.clone(), p.log_path.display().to_string());
+        // Its broker link: what it asks goes to the runtime's Broker over the session link.
+        let broker = p
+            .broker_ours
+            .map(|fd| {
+                rustix::io::ioctl_fionbio(&fd, true)?;
+                // SAFETY: the socket is moved into the AsyncFd, which keeps it open and
+                // unchanged until it drops it.
+                unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        fd,
+                        tokio::io::Interest::READABLE,
+                    )
+                }
+                .map_err(|e| e.into_parts().1)
+            })
+            .transpose()
+            .map_err(|e| {
+                (
+                    format!("preparing its broker link: {e}"),
+                    SpawnFailure::Other,
+                )
+            })?
+            .map(Arc::new);
+        let asks = broker.clone().map(|b| {
+            tokio::spawn(ask_broker(
+                Arc::downgrade(session),
+                node.clone(),
+                incarnation,
+                b,
+            ))
+            .abort_handle()
+        });
         tracing::info!(%node, incarnation, pid, session = %format!("{:016x}", session.id), "spawned");
         {
             let mut inner = lock(&session.inner);
@@ -734,6 +1033,8 @@ impl Host {
                     ours: Some(p.ours),
                     link: request.link,
                     relay: None,
+                    broker,
+                    tasks: asks.into_iter().collect(),
                 },
             );
         }
@@ -790,8 +1091,14 @@ impl Host {
                 if let Some(relay) = &h.relay {
                     relay.abort();
                 }
+                for t in &h.tasks {
+                    t.abort();
+                }
                 lock(&self.links).remove(&h.link);
                 self.trust.revoke(&h.link);
+                // Bridges announced for it and never connected go with it.
+                let owner = (session.id, node.clone(), incarnation);
+                lock(&self.bridges).retain(|_, p| p.owner != owner);
             }
             match &inner.link {
                 Some((_, out)) => {
@@ -807,6 +1114,71 @@ impl Host {
         }
         self.forget_if_done(session);
     }
+}
+
+/// Relay what a node asks the Broker to its runtime, until the node closes its end.
+async fn ask_broker(
+    session: std::sync::Weak<Session>,
+    node: NodeName,
+    incarnation: u64,
+    socket: Arc<tokio::io::unix::AsyncFd<OwnedFd>>,
+) {
+    use syncra_protocol::broker::{NodeToBroker, RecvError, recv};
+    loop {
+        let Ok(mut guard) = socket.readable().await else {
+            return;
+        };
+        match recv::<NodeToBroker>(guard.get_inner()) {
+            Ok((message, _fds)) => {
+                let Some(s) = session.upgrade() else {
+                    return;
+                };
+                s.send(AgentToRuntime::Broker {
+                    node: node.clone(),
+                    incarnation,
+                    message,
+                });
+            }
+            Err(RecvError::WouldBlock) => guard.clear_ready(),
+            Err(RecvError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "a malformed broker request from a node; dropped")
+            }
+        }
+    }
+}
+
+/// The Broker's answer to a declaration (`id`), or its grant, as the node gets it here: its
+/// ring's only consumer is the agent's bridge, in cell 0.
+fn stream_message(id: Option<u64>, stream: syncra_protocol::broker::StreamInfo) -> BrokerToNode {
+    match id {
+        Some(id) => BrokerToNode::Declared {
+            id,
+            stream,
+            bells: vec![0],
+        },
+        None => BrokerToNode::Granted {
+            stream,
+            bells: vec![0],
+        },
+    }
+}
+
+/// A ring for a bridge on this host, its counters where the runtime's stand.
+fn ring_of(
+    geometry: syncra_protocol::ring::Geometry,
+    claimed: u64,
+    published: u64,
+    attachments: u64,
+) -> Result<(Arc<syncra_protocol::ring::RingMap>, OwnedFd), String> {
+    use std::sync::atomic::Ordering;
+    let (map, fd) = syncra_protocol::ring::RingMap::create("syncra-bridged-ring", geometry)
+        .map_err(|e| e.to_string())?;
+    let h = map.header();
+    h.claimed.store(claimed, Ordering::Release);
+    h.published.store(published, Ordering::Release);
+    h.attachments.store(attachments, Ordering::Release);
+    Ok((Arc::new(map), fd))
 }
 
 /// How a session link ended.

@@ -25,9 +25,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsFd as _;
 use syncra_config::HostPlan;
 use syncra_protocol::NodeName;
-use syncra_protocol::agent::{AgentToRuntime, Exit, RuntimeToAgent, SpawnFailure, SpawnRequest};
+
+use syncra_protocol::agent::{
+    AgentToRuntime, Carried, Exit, Opening, RuntimeToAgent, SpawnFailure, SpawnRequest,
+};
+use syncra_protocol::broker::BrokerToNode;
 use syncra_protocol::page::NodePage;
 use syncra_protocol::status::SandboxStatus;
 use syncra_remote::{Identity, frame};
@@ -72,6 +77,8 @@ pub(crate) struct RemoteLaunched {
     pub(crate) pid: u32,
     /// Our end of its cluster socket (relayed to it over its node link).
     pub(crate) ours: std::os::unix::net::UnixStream,
+    /// The Broker's end of its broker link (relayed to it over the session link).
+    pub(crate) broker: std::os::fd::OwnedFd,
     /// A page kept here with what its agent reports of it (metrics, figures, note).
     pub(crate) page: Arc<NodePage>,
     /// The copy of its log on this host.
@@ -102,6 +109,26 @@ struct Placed {
     sink: Sink,
     page: Arc<NodePage>,
     relay: Option<tokio::task::AbortHandle>,
+    /// The certificate of its incarnation links (node link, bridges).
+    identity: Arc<Identity>,
+    /// Our end of its broker link (the Broker holds the other): what the agent relays of the
+    /// node's requests is written here.
+    broker: Option<Arc<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>>,
+    /// Its streams it produces, bridged here: each mirror's consumer doorbells, by stream.
+    produced: HashMap<String, syncra_protocol::ring::Bells>,
+    /// Its broker relay and bridges.
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Placed {
+    fn stop(self) {
+        if let Some(relay) = self.relay {
+            relay.abort();
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// How the agent answered a spawn.
@@ -293,6 +320,7 @@ impl HostLink {
             .map_err(|e| SpawnError::io(&request.command, "creating the node's page", e.into()))?;
         let page = Arc::new(page);
         let (reply, answer) = oneshot::channel();
+        let link_identity = Arc::new(link_identity);
         let sent = {
             let mut st = self.lock();
             if let Some(old) = st.placed.insert(
@@ -302,10 +330,13 @@ impl HostLink {
                     sink,
                     page: page.clone(),
                     relay: None,
+                    identity: link_identity.clone(),
+                    broker: None,
+                    produced: HashMap::new(),
+                    tasks: Vec::new(),
                 },
-            ) && let Some(relay) = old.relay
-            {
-                relay.abort();
+            ) {
+                old.stop();
             }
             st.liveness.get_or_insert(Liveness {
                 deadline: self.plan.deadline,
@@ -325,8 +356,9 @@ impl HostLink {
                 .placed
                 .get(&node)
                 .is_some_and(|p| p.incarnation == incarnation)
+                && let Some(p) = st.placed.remove(&node)
             {
-                st.placed.remove(&node);
+                p.stop();
             }
         };
         if !sent {
@@ -380,7 +412,7 @@ impl HostLink {
                 .insert((node.clone(), incarnation), log_path.clone());
         }
         // Its node link: TLS under its own certificate, relayed to a local socketpair.
-        let tls = match super::dial(&self.plan, &link_identity, self.plan.deadline).await {
+        let tls = match self.open(&link_identity, Opening::Node).await {
             Ok(tls) => tls,
             Err(why) => {
                 self.signal(&node, incarnation, libc::SIGKILL);
@@ -398,17 +430,49 @@ impl HostLink {
         let theirs = tokio::net::UnixStream::from_std(theirs)
             .map_err(|e| SpawnError::io(label.clone(), "preparing the node link", e))?;
         let relay = tokio::spawn(relay(theirs, tls, label.clone()));
+        // Its broker link: the Broker gets one end; what it says is relayed to the agent, with
+        // what to make on that host in place of the fds it carries.
+        let (broker, broker_relay) = syncra_protocol::broker::socketpair()
+            .map_err(|e| SpawnError::io(label.clone(), "creating the broker socketpair", e))?;
+        let broker_relay = rustix::io::ioctl_fionbio(&broker_relay, true)
+            .map_err(std::io::Error::from)
+            .and_then(|()| {
+                // SAFETY: the socket is moved into the AsyncFd, which keeps it open and
+                // unchanged until it drops it.
+                unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        broker_relay,
+                        tokio::io::Interest::READABLE,
+                    )
+                }
+                .map_err(|e| e.into_parts().1)
+            })
+            .map_err(|e| SpawnError::io(label.clone(), "preparing the broker relay", e))?;
+        let broker_relay = Arc::new(broker_relay);
+        let relaying = tokio::spawn(self.clone().relay_broker(
+            node.clone(),
+            incarnation,
+            broker_relay.clone(),
+        ));
         {
             let mut st = self.lock();
             match st.placed.get_mut(&node) {
-                Some(p) if p.incarnation == incarnation => p.relay = Some(relay.abort_handle()),
+                Some(p) if p.incarnation == incarnation => {
+                    p.relay = Some(relay.abort_handle());
+                    p.broker = Some(broker_relay);
+                    p.tasks.push(relaying.abort_handle());
+                }
                 // It ended (or the host was lost) meanwhile: its end is being reported.
-                _ => relay.abort(),
+                _ => {
+                    relay.abort();
+                    relaying.abort();
+                }
             }
         }
         Ok(RemoteLaunched {
             pid,
             ours,
+            broker,
             page,
             log_path,
             sandbox,
@@ -457,9 +521,294 @@ impl HostLink {
             .get(node)
             .is_some_and(|p| p.incarnation == incarnation)
             && let Some(p) = st.placed.remove(node)
-            && let Some(relay) = p.relay
         {
-            relay.abort();
+            p.stop();
+        }
+    }
+
+    /// An incarnation link to the agent: TLS under `identity`, then its opening.
+    async fn open(
+        &self,
+        identity: &Identity,
+        opening: Opening,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let mut tls = super::dial(&self.plan, identity, self.plan.deadline)
+            .await
+            .map_err(|e| e.to_string())?;
+        frame::write(&mut tls, &opening)
+            .await
+            .map_err(|e| format!("opening it: {e}"))?;
+        Ok(tls)
+    }
+
+    /// Relay what the Broker says to a remote incarnation, until either ends.
+    async fn relay_broker(
+        self: Arc<Self>,
+        node: NodeName,
+        incarnation: u64,
+        socket: Arc<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    ) {
+        loop {
+            let mut guard = match socket.readable().await {
+                Ok(g) => g,
+                Err(_) => return,
+            };
+            let got = syncra_protocol::broker::recv::<BrokerToNode>(guard.get_inner());
+            let (message, fds) = match got {
+                Ok(m) => m,
+                Err(syncra_protocol::broker::RecvError::WouldBlock) => {
+                    guard.clear_ready();
+                    continue;
+                }
+                Err(syncra_protocol::broker::RecvError::Closed) => return,
+                Err(e) => {
+                    tracing::warn!(host = %self.plan.name, %node, error = %e, "a broker message not relayed");
+                    continue;
+                }
+            };
+            drop(guard);
+            if let Some((message, carried)) = self.carry(&node, incarnation, message, fds) {
+                self.send(RuntimeToAgent::Broker {
+                    node: node.clone(),
+                    incarnation,
+                    message,
+                    carried,
+                });
+            }
+        }
+    }
+
+    /// A Broker message for a remote incarnation: keep the fds it carries (each becomes a
+    /// bridge, or nothing when both ends of a link are on that host), and say what the agent
+    /// makes in their place. `None`: nothing to forward.
+    fn carry(
+        self: &Arc<Self>,
+        node: &NodeName,
+        incarnation: u64,
+        message: BrokerToNode,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Option<(BrokerToNode, Vec<Carried>)> {
+        let mut fds = fds.into_iter();
+        let identity = {
+            let st = self.lock();
+            st.placed
+                .get(node)
+                .filter(|p| p.incarnation == incarnation)
+                .map(|p| p.identity.clone())?
+        };
+        match message {
+            BrokerToNode::ConsumerJoined { stream, cell } => {
+                let bell = fds.next()?;
+                let st = self.lock();
+                if let Some(bells) = st
+                    .placed
+                    .get(node)
+                    .filter(|p| p.incarnation == incarnation)
+                    .and_then(|p| p.produced.get(&stream))
+                {
+                    let mut b = bells.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(slot) = b.get_mut(cell as usize) {
+                        *slot = Some(bell);
+                    }
+                }
+                None
+            }
+            BrokerToNode::Declared {
+                ref stream,
+                ref bells,
+                ..
+            }
+            | BrokerToNode::Granted {
+                ref stream,
+                ref bells,
+            } => {
+                let g = stream.spec.geometry;
+                let (ring, space) = (fds.next()?, fds.next()?);
+                let map = match syncra_protocol::ring::RingMap::map(ring.as_fd(), g) {
+                    Ok(m) => Arc::new(m),
+                    Err(e) => {
+                        tracing::warn!(host = %self.plan.name, %node, stream = %stream.spec.name, error = %e, "a stream not bridged");
+                        return None;
+                    }
+                };
+                let consumer_bells: syncra_protocol::ring::Bells = Default::default();
+                {
+                    let mut b = consumer_bells.lock().unwrap_or_else(|p| p.into_inner());
+                    b.resize_with(syncra_protocol::ring::MAX_CONSUMERS, || None);
+                    for (cell, fd) in bells.iter().zip(fds.by_ref()) {
+                        if let Some(slot) = b.get_mut(*cell as usize) {
+                            *slot = Some(fd);
+                        }
+                    }
+                }
+                let h = map.header();
+                let carried = Carried::Produce {
+                    bridge: super::new_session(),
+                    geometry: g,
+                    claimed: h.claimed.load(std::sync::atomic::Ordering::Acquire),
+                    published: h.published.load(std::sync::atomic::Ordering::Acquire),
+                    attachments: h.attachments.load(std::sync::atomic::Ordering::Acquire),
+                };
+                let Carried::Produce { bridge, .. } = carried else {
+                    unreachable!("made above");
+                };
+                let writer =
+                    syncra_protocol::ring::RingWriter::mirror(map, space, consumer_bells.clone());
+                let name = stream.spec.name.clone();
+                self.lock()
+                    .placed
+                    .get_mut(node)
+                    .filter(|p| p.incarnation == incarnation)?
+                    .produced
+                    .insert(name.clone(), consumer_bells);
+                let me = self.clone();
+                let task = tokio::spawn(async move {
+                    match me.open(&identity, Opening::Bridge { id: bridge }).await {
+                        Ok(tls) => {
+                            let why = super::bridge::receive(writer, tls, None).await;
+                            tracing::debug!(stream = name, "a bridge ended: {why}");
+                        }
+                        Err(e) => {
+                            tracing::warn!(host = %me.plan.name, stream = name, "could not open its bridge: {e}")
+                        }
+                    }
+                });
+                self.keep(node, incarnation, task.abort_handle());
+                Some((message, vec![carried]))
+            }
+            BrokerToNode::Subscribed { ref streams, .. } => {
+                let mut carried = Vec::new();
+                for a in streams {
+                    let fd3 = (fds.next()?, fds.next()?, fds.next()?);
+                    carried.push(self.consume(node, incarnation, &identity, a, fd3)?);
+                }
+                Some((message, carried))
+            }
+            BrokerToNode::Added { ref stream, .. } => {
+                let fd3 = (fds.next()?, fds.next()?, fds.next()?);
+                let c = self.consume(node, incarnation, &identity, stream, fd3)?;
+                Some((message, vec![c]))
+            }
+            BrokerToNode::Linked {
+                to: ref other,
+                link,
+                ..
+            }
+            | BrokerToNode::LinkFrom {
+                from: ref other,
+                link,
+                ..
+            } => {
+                let end = fds.next()?;
+                // Both ends on that host: the agent joins them there, nothing crosses the network.
+                if self.lock().placed.contains_key(other) {
+                    return Some((
+                        message,
+                        vec![Carried::Link {
+                            link,
+                            local: true,
+                            bridge: 0,
+                        }],
+                    ));
+                }
+                let bridge = super::new_session();
+                let me = self.clone();
+                let task = tokio::spawn(async move {
+                    match me.open(&identity, Opening::Bridge { id: bridge }).await {
+                        Ok(tls) => {
+                            let why = super::bridge::relay_packets(end, tls).await;
+                            tracing::debug!(link, "a direct link's bridge ended: {why}");
+                        }
+                        Err(e) => {
+                            tracing::warn!(host = %me.plan.name, link, "could not open a direct link's bridge: {e}")
+                        }
+                    }
+                });
+                self.keep(node, incarnation, task.abort_handle());
+                Some((
+                    message,
+                    vec![Carried::Link {
+                        link,
+                        local: false,
+                        bridge,
+                    }],
+                ))
+            }
+            BrokerToNode::Refused { .. } | BrokerToNode::LinkRefused { .. } => {
+                Some((message, Vec::new()))
+            }
+        }
+    }
+
+    /// A stream a remote incarnation consumes: read it here in its cell, send it over a
+    /// bridge.
+    fn consume(
+        self: &Arc<Self>,
+        node: &NodeName,
+        incarnation: u64,
+        identity: &Arc<Identity>,
+        a: &syncra_protocol::broker::Attachment,
+        (ring, bell, space): (
+            std::os::fd::OwnedFd,
+            std::os::fd::OwnedFd,
+            std::os::fd::OwnedFd,
+        ),
+    ) -> Option<Carried> {
+        let g = a.stream.spec.geometry;
+        let reader = syncra_protocol::ring::RingMap::map(ring.as_fd(), g)
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                syncra_protocol::ring::RingReader::attach(
+                    Arc::new(m),
+                    a.cell as usize,
+                    bell,
+                    space,
+                    a.resume,
+                )
+                .map_err(|e| e.to_string())
+            });
+        let reader = match reader {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(host = %self.plan.name, %node, stream = %a.stream.spec.name, error = %e, "a stream not bridged");
+                return None;
+            }
+        };
+        let first = reader
+            .cell()
+            .next
+            .load(std::sync::atomic::Ordering::Acquire);
+        let bridge = super::new_session();
+        let (me, identity, name) = (self.clone(), identity.clone(), a.stream.spec.name.clone());
+        let task = tokio::spawn(async move {
+            match me.open(&identity, Opening::Bridge { id: bridge }).await {
+                Ok(tls) => {
+                    let why = super::bridge::send(reader, tls).await;
+                    tracing::debug!(stream = name, "a bridge ended: {why}");
+                }
+                Err(e) => {
+                    tracing::warn!(host = %me.plan.name, stream = name, "could not open its bridge: {e}")
+                }
+            }
+        });
+        self.keep(node, incarnation, task.abort_handle());
+        Some(Carried::Consume {
+            bridge,
+            geometry: g,
+            first,
+        })
+    }
+
+    /// Tie `task` to the incarnation: it ends with it.
+    fn keep(&self, node: &NodeName, incarnation: u64, task: tokio::task::AbortHandle) {
+        let mut st = self.lock();
+        match st
+            .placed
+            .get_mut(node)
+            .filter(|p| p.incarnation == incarnation)
+        {
+            Some(p) => p.tasks.push(task),
+            None => task.abort(),
         }
     }
 
@@ -591,10 +940,9 @@ impl HostLink {
         let why = format!("its host {} is unreachable: {why}", self.plan.name);
         tracing::error!(host = %self.plan.name, nodes = placed.len(), "{why}; its agent fences its nodes, replacements wait for the fence grace");
         for (_, p) in placed {
-            if let Some(relay) = p.relay {
-                relay.abort();
-            }
-            (p.sink)(RemoteEvent::Lost {
+            let sink = p.sink.clone();
+            p.stop();
+            sink(RemoteEvent::Lost {
                 why: why.clone(),
                 replace_after,
             });
@@ -843,6 +1191,23 @@ impl HostLink {
                 let path = self.lock().logs.get(&(node, incarnation)).cloned();
                 if let Some(path) = path {
                     append_log(&path, &lines, dropped);
+                }
+            }
+            AgentToRuntime::Broker {
+                node,
+                incarnation,
+                message,
+            } => {
+                let socket = self
+                    .lock()
+                    .placed
+                    .get(&node)
+                    .filter(|p| p.incarnation == incarnation)
+                    .and_then(|p| p.broker.clone());
+                if let Some(socket) = socket
+                    && let Err(e) = syncra_protocol::broker::send(socket.get_ref(), &message, &[])
+                {
+                    tracing::warn!(host = %self.plan.name, %node, error = %e, "a broker request not relayed");
                 }
             }
             AgentToRuntime::Hello { .. } | AgentToRuntime::Refused { .. } => {

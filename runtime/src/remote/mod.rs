@@ -12,6 +12,7 @@
 //! session's nodes and the runtime starts replacements only after a fence grace more.
 
 pub mod agent;
+pub(crate) mod bridge;
 pub(crate) mod hosts;
 pub(crate) mod lease;
 

@@ -190,7 +190,7 @@ struct Launched {
     /// whoever changes it first decides what the exit is reported as.
     claim: Arc<AtomicU64>,
     ours: std::os::unix::net::UnixStream,
-    /// Our end of its broker link (none on another host: no Broker there yet).
+    /// Our end of its broker link (on another host, the end of the relay to it).
     broker_ours: Option<OwnedFd>,
     page: Arc<NodePage>,
     log_path: std::path::PathBuf,
@@ -877,7 +877,7 @@ impl SupState {
             },
             claim: Arc::new(AtomicU64::new(incarnation)),
             ours: r.ours,
-            broker_ours: None,
+            broker_ours: Some(r.broker),
             page: r.page,
             log_path: r.log_path,
             sandbox: r.sandbox,
