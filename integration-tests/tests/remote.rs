@@ -403,7 +403,25 @@ fn a_lost_node_is_fenced_before_its_replacement_starts_on_its_fallback_and_never
     let first = h.wait_ready(&["world/far"]).remove(0);
     let sampler = Sampler::start("world/far", [&remote.tag, &h.tag]);
     remote.hosts.partition(true);
+    // Lost: a user who restarts it at once does not get it back before the fence grace.
+    h.wait_until("world/far is lost", PATIENCE, |s| {
+        s.node("world/far")
+            .and_then(|n| n.last_exit.clone())
+            .filter(|e| e.reason == Reason::Lost)
+    });
+    let lost = Instant::now();
+    let out = h.cli(&["restart", "world/far"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let again = h.wait_ready_incarnation("world/far", 2);
+    assert!(
+        lost.elapsed() >= Duration::from_millis(800),
+        "a user's restart started the replacement {:?} after the loss, within the fence grace of 1 s",
+        lost.elapsed()
+    );
     assert_eq!(again.host, None, "its fallback is this host");
     let crash = h.crashes(Some("world/far")).pop().expect("a crash record");
     assert_eq!(crash.record.reason, Reason::Lost);

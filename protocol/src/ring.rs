@@ -559,7 +559,14 @@ impl RingWriter {
                 slot_size,
             });
         }
-        if seq < self.next {
+        // Below what this writer, or any writer of the ring, has already written: not again
+        // (a bridge's late write after its successor took over must not move it back).
+        let h = self.map.header();
+        let written = h
+            .claimed
+            .load(Ordering::Acquire)
+            .max(h.published.load(Ordering::Acquire));
+        if seq < self.next || seq <= written || seq == u64::MAX {
             return Ok(None);
         }
         self.publish(

@@ -17,12 +17,25 @@ pub enum FrameError {
     Decode(#[from] wire::DecodeError),
 }
 
-/// Write one frame.
+/// Largest frame [`write`] sends: what the other side of a Syncra link accepts. A larger one
+/// is refused here, so that a peer is never made to drop the link over it.
+pub const MAX_FRAME: usize = syncra_protocol::agent::MAX_FRAME;
+
+/// Write one frame (at most [`MAX_FRAME`] bytes; a larger one is an error, nothing written).
 pub async fn write<T: Serialize>(
     w: &mut (impl AsyncWrite + Unpin),
     msg: &T,
 ) -> std::io::Result<()> {
     let body = wire::encode(msg);
+    if body.len() > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a {}-byte frame, over the link's limit of {MAX_FRAME}: not sent",
+                body.len()
+            ),
+        ));
+    }
     let len = u32::try_from(body.len())
         .map_err(|_| std::io::Error::other("a frame longer than 4 GiB"))?;
     let mut frame = Vec::with_capacity(4 + body.len());

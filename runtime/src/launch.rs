@@ -45,8 +45,11 @@ pub(crate) struct LaunchSpec<'a> {
     pub(crate) sandbox: &'a SandboxProfile,
     /// Where bare command names are looked for first.
     pub(crate) bin_dirs: &'a [PathBuf],
-    /// Its private directory (its `TMPDIR`).
+    /// Its private directory (its `TMPDIR`); its name also names its pids cgroup.
     pub(crate) node_dir: PathBuf,
+    /// What its prepared sandbox is kept under between spawns (its name, here; its name and
+    /// session on an agent, which serves several runtimes).
+    pub(crate) sandbox_key: String,
     /// Where its log goes (`<node>_<pid>.log`).
     pub(crate) log_dir: &'a Path,
     /// Whether it gets a broker link (fd 5).
@@ -125,7 +128,7 @@ pub(crate) async fn launch(
             fds,
             capture_output: true,
             sandbox: Some(SandboxRequest {
-                node: spec.name.to_string(),
+                node: spec.sandbox_key,
                 profile: spec.sandbox.clone(),
                 node_dir: Some(spec.node_dir),
             }),

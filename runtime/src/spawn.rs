@@ -247,6 +247,13 @@ pub enum RemoteFailure {
     Permanent,
     /// The host is out of a resource.
     Shortage,
+    /// The spawn request went out and then the link failed: the node may have started
+    /// there. It is treated as lost: the next incarnation starts no earlier than
+    /// `replace_after`, when the agent has fenced whatever did start.
+    InDoubt {
+        /// The earliest a replacement may start.
+        replace_after: std::time::Instant,
+    },
     /// Anything else.
     Other,
 }
@@ -264,6 +271,18 @@ impl SpawnError {
                     ..
                 }
         )
+    }
+
+    /// When the node may have started on its host although the spawn failed: the earliest
+    /// its replacement may start.
+    pub fn in_doubt(&self) -> Option<std::time::Instant> {
+        match self {
+            SpawnError::Remote {
+                failure: RemoteFailure::InDoubt { replace_after },
+                ..
+            } => Some(*replace_after),
+            _ => None,
+        }
     }
 
     /// The host whose agent cannot be reached now, and why, when that is why the spawn

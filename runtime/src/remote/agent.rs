@@ -50,10 +50,22 @@ const LOGS_EVERY: Duration = Duration::from_millis(100);
 /// Log lines buffered per session while its link is busy or down; past it lines are counted,
 /// not kept (the agent's own log file has them all).
 const LOG_BUFFER_LINES: usize = 8192;
-/// Exits kept for a runtime that will reconnect.
-const ENDED_KEPT: usize = 1024;
-/// Frames queued for a runtime at most; past it the link is broken.
-const OUT_QUEUE: usize = 4096;
+/// Exits kept for a runtime that will reconnect (each with a short stderr tail, so that a
+/// hello carrying them all stays far below a frame's limit).
+const ENDED_KEPT: usize = 128;
+/// Longest stderr line kept in an exit waiting for its runtime.
+const ENDED_LINE: usize = 1024;
+/// Frames that must arrive (exits, broker messages, hangs) queued for a runtime at most; past
+/// it the link is closed, and the runtime resumes the session on a new one.
+const CONTROL_QUEUE: usize = 16_384;
+/// Vitals and log frames queued at most; past it they are dropped (counted, for logs).
+const BULK_QUEUE: usize = 256;
+/// Messages that must arrive kept while the session has no link.
+const BACKLOG: usize = 4096;
+/// Log lines in one frame at most.
+const LOG_LINES_PER_FRAME: usize = 256;
+/// How long a bridge announced in a Broker message waits for its connection.
+const PENDING_BRIDGE: Duration = Duration::from_secs(30);
 /// Node links and session links at once.
 const MAX_CONNECTIONS: usize = 4096;
 
@@ -184,8 +196,9 @@ struct Host {
     bridges: Mutex<HashMap<u64, Pending>>,
     /// Rung when a bridge is announced.
     bridged: tokio::sync::Notify,
-    /// Direct links between two nodes of this host: the end kept for the second node.
-    local_links: Mutex<HashMap<u64, (OwnedFd, Instant)>>,
+    /// Direct links between two nodes of this host, by session and link id: the end kept for
+    /// the second node.
+    local_links: Mutex<HashMap<(u64, u64), (OwnedFd, Instant)>>,
 }
 
 /// A bridge waiting for its connection from the runtime.
@@ -193,6 +206,8 @@ struct Pending {
     /// The incarnation it belongs to.
     owner: (u64, NodeName, u64),
     what: Bridge,
+    /// When it was announced (one never connected is dropped after [`PENDING_BRIDGE`]).
+    since: Instant,
 }
 
 /// What a bridge does on this host.
@@ -218,13 +233,32 @@ struct Session {
 
 struct Inner {
     nodes: HashMap<NodeName, Hosted>,
-    /// The link serving it now: its number and its outbox.
-    link: Option<(u64, mpsc::Sender<AgentToRuntime>)>,
+    /// The link serving it now.
+    link: Option<Link>,
     lease: Lease,
-    /// Exits not yet told (no link).
+    /// Exits its runtime has not heard of: kept until a link's first answered ping proves the
+    /// runtime got the hello that carried them.
     ended: VecDeque<Exit>,
+    /// Other messages that must arrive, kept while there is no link.
+    backlog: VecDeque<AgentToRuntime>,
     /// Whether the session is over (goodbye, or its runtime closed its link).
     closed: bool,
+}
+
+/// The link serving a session.
+struct Link {
+    number: u64,
+    /// Frames that must arrive, in order.
+    control: mpsc::Sender<AgentToRuntime>,
+    /// Vitals and log lines: dropped when the link is busy.
+    bulk: mpsc::Sender<AgentToRuntime>,
+    /// Rung to close it (its control queue overflowed: the runtime resumes on a new one).
+    close: Arc<tokio::sync::Notify>,
+    /// Whether the runtime has answered a ping on it: a live session, not an attempt the
+    /// runtime gave up on (its close then says nothing about the runtime).
+    answered: bool,
+    /// How many of `Inner::ended` its hello carried.
+    ended_sent: usize,
 }
 
 /// A node this agent runs for a session.
@@ -249,6 +283,20 @@ struct LogBuffer {
     dropped: HashMap<(NodeName, u64), u64>,
 }
 
+/// An exit as kept for a runtime that will come back: its stderr lines cut short.
+fn shortened(mut exit: Exit) -> Exit {
+    for line in &mut exit.stderr_tail {
+        if line.len() > ENDED_LINE {
+            let mut end = ENDED_LINE;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+        }
+    }
+    exit
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -265,11 +313,47 @@ fn monotonic_ns(at: Instant) -> u64 {
 }
 
 impl Session {
+    /// Send a frame that must arrive: on the link, else kept for the next one (exits in
+    /// `ended`, the rest in the backlog). A full queue closes the link.
     fn send(&self, msg: AgentToRuntime) {
-        let inner = lock(&self.inner);
-        if let Some((_, out)) = &inner.link {
-            let _ = out.try_send(msg);
+        let mut inner = lock(&self.inner);
+        let refused = match &inner.link {
+            Some(link) => match link.control.try_send(msg) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(m)) => {
+                    tracing::warn!(session = %format!("{:016x}", self.id), "the runtime's link is {CONTROL_QUEUE} frames behind; closing it for the runtime to resume on a new one");
+                    link.close.notify_one();
+                    m
+                }
+                Err(mpsc::error::TrySendError::Closed(m)) => m,
+            },
+            None => msg,
+        };
+        match refused {
+            AgentToRuntime::Exited(exit) => {
+                if inner.ended.len() >= ENDED_KEPT {
+                    inner.ended.pop_front();
+                }
+                inner.ended.push_back(shortened(*exit));
+            }
+            // A ping or an answer to one means nothing later.
+            AgentToRuntime::Ping { .. } | AgentToRuntime::Pong { .. } => {}
+            other => {
+                if inner.backlog.len() >= BACKLOG {
+                    inner.backlog.pop_front();
+                }
+                inner.backlog.push_back(other);
+            }
         }
+    }
+
+    /// Send vitals or log lines if the link has room; `false` if not.
+    fn send_bulk(&self, msg: AgentToRuntime) -> bool {
+        let inner = lock(&self.inner);
+        inner
+            .link
+            .as_ref()
+            .is_some_and(|l| l.bulk.try_send(msg).is_ok())
     }
 
     /// Kill every node of the session (their exits are reported as usual).
@@ -386,26 +470,56 @@ impl Host {
         let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
         let pending = loop {
             let announced = self.bridged.notified();
-            if let Some(p) = lock(&self.bridges).remove(&id) {
-                break p;
+            {
+                let mut bridges = lock(&self.bridges);
+                match bridges.get(&id) {
+                    Some(p) if p.owner == owner => break bridges.remove(&id),
+                    Some(_) => {
+                        tracing::warn!(node = %owner.1, bridge = id, "a bridge of another incarnation; closed");
+                        return;
+                    }
+                    None => {}
+                }
             }
             if tokio::time::timeout_at(deadline, announced).await.is_err() {
                 tracing::warn!(node = %owner.1, bridge = id, "a bridge that was never announced; closed");
                 return;
             }
         };
-        if pending.owner != owner {
-            tracing::warn!(node = %owner.1, bridge = id, "a bridge of another incarnation; closed");
-            return;
-        }
-        let why = match pending.what {
-            Bridge::Send(reader) => super::bridge::send(reader, a.stream).await,
-            Bridge::Receive(writer, cell) => {
-                super::bridge::receive(writer, a.stream, Some(cell)).await
+        let Some(pending) = pending else { return };
+        let stream = a.stream;
+        let (node, bridge) = (owner.1.clone(), id);
+        let task = tokio::spawn(async move {
+            let why = match pending.what {
+                Bridge::Send(reader) => super::bridge::send(reader, stream).await,
+                Bridge::Receive(writer, cell) => {
+                    super::bridge::receive(writer, stream, Some(cell)).await
+                }
+                Bridge::Link(end) => super::bridge::relay_packets(end, stream).await,
+            };
+            tracing::debug!(%node, bridge, "a bridge ended: {why}");
+        });
+        // It ends with its incarnation.
+        let session = lock(&self.sessions).get(&owner.0).cloned();
+        let kept = session.is_some_and(|s| {
+            let mut inner = lock(&s.inner);
+            match inner
+                .nodes
+                .get_mut(&owner.1)
+                .filter(|h| h.incarnation == owner.2)
+            {
+                Some(h) => {
+                    h.tasks.retain(|t| !t.is_finished());
+                    h.tasks.push(task.abort_handle());
+                    true
+                }
+                None => false,
             }
-            Bridge::Link(end) => super::bridge::relay_packets(end, a.stream).await,
-        };
-        tracing::debug!(node = %owner.1, bridge = id, "a bridge ended: {why}");
+        });
+        if !kept {
+            task.abort();
+        }
+        let _ = task.await;
     }
 
     /// A runtime's session link.
@@ -473,6 +587,7 @@ impl Host {
                             link: None,
                             lease: Lease::new(lease_len, Instant::now()),
                             ended: VecDeque::new(),
+                            backlog: VecDeque::new(),
                             closed: false,
                         }),
                         logs: Mutex::new(LogBuffer::default()),
@@ -487,95 +602,159 @@ impl Host {
         };
         let session_hex = format!("{id:016x}");
         tracing::info!(%peer, fingerprint = %fp, session = %session_hex, as_host = %host, resumed, "a runtime's session");
-        let (out, mut queue) = mpsc::channel::<AgentToRuntime>(OUT_QUEUE);
+        let (control, mut control_rx) = mpsc::channel::<AgentToRuntime>(CONTROL_QUEUE);
+        let (bulk, mut bulk_rx) = mpsc::channel::<AgentToRuntime>(BULK_QUEUE);
+        let close = Arc::new(tokio::sync::Notify::new());
         let number = super::new_session();
-        let (running, ended) = {
+        // The hello, then what was kept for this runtime while it had no link — in order,
+        // before anything new. The lease is not renewed by the hello: only once the runtime
+        // answers a ping on this link is it known to hear us.
+        let (hello, backlog) = {
             let mut inner = lock(&session.inner);
-            // The runtime hears this answer after now: the lease may run from now.
-            inner.lease.hello(Instant::now());
-            inner.link = Some((number, out.clone()));
-            let ended: Vec<Exit> = inner.ended.drain(..).collect();
-            (
-                inner
-                    .nodes
-                    .iter()
-                    .map(|(n, h)| Running {
-                        node: n.clone(),
-                        incarnation: h.incarnation,
-                        pid: h.pid,
-                    })
-                    .collect::<Vec<_>>(),
+            let ended: Vec<Exit> = inner.ended.iter().cloned().collect();
+            inner.link = Some(Link {
+                number,
+                control: control.clone(),
+                bulk,
+                close: close.clone(),
+                answered: false,
+                ended_sent: ended.len(),
+            });
+            let running = inner
+                .nodes
+                .iter()
+                .map(|(n, h)| Running {
+                    node: n.clone(),
+                    incarnation: h.incarnation,
+                    pid: h.pid,
+                })
+                .collect::<Vec<_>>();
+            let hello = AgentToRuntime::Hello {
+                protocol: PROTOCOL_VERSION,
+                name: self.name.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                instance: self.instance,
+                running,
                 ended,
-            )
+            };
+            (hello, std::mem::take(&mut inner.backlog))
         };
-        session.renew_pages();
-        let hello = AgentToRuntime::Hello {
-            protocol: PROTOCOL_VERSION,
-            name: self.name.clone(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            instance: self.instance,
-            running,
-            ended,
-        };
+        for m in backlog {
+            let _ = control.try_send(m);
+        }
         let (mut rd, mut wr) = tokio::io::split(a.stream);
-        if frame::write(&mut wr, &hello).await.is_err() {
-            return;
-        }
-        // The writer: frames in order; log lines only when nothing else waits.
-        let writer = tokio::spawn(async move {
-            while let Some(msg) = queue.recv().await {
-                if frame::write(&mut wr, &msg).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let mut tasks = vec![writer.abort_handle()];
-        if lease_ms > 0 {
-            tasks.push(tokio::spawn(pinger(session.clone(), number)).abort_handle());
-            tasks.push(tokio::spawn(vitals(session.clone(), number)).abort_handle());
-            tasks.push(tokio::spawn(pump_logs(session.clone(), number)).abort_handle());
-        }
-        let how = loop {
-            match frame::read::<RuntimeToAgent>(&mut rd, "runtime message", MAX_FRAME).await {
-                Ok(RuntimeToAgent::Goodbye) => break Closed::Goodbye,
-                Ok(msg) => self.clone().handle(&session, msg).await,
-                Err(frame::FrameError::Io(e)) => {
-                    break if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                        Closed::Eof
-                    } else {
-                        Closed::Broken(e.to_string())
+        let how = if let Err(e) = frame::write(&mut wr, &hello).await {
+            Closed::Broken(format!("sending the hello: {e}"))
+        } else {
+            // The writer: frames that must arrive first, then vitals and log lines.
+            let writer = tokio::spawn(async move {
+                loop {
+                    let msg = tokio::select! {
+                        biased;
+                        m = control_rx.recv() => m,
+                        m = bulk_rx.recv() => m,
                     };
+                    let Some(msg) = msg else { break };
+                    match frame::write(&mut wr, &msg).await {
+                        Ok(()) => {}
+                        // Too large to send (nothing was written): dropped, the link goes on.
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                            tracing::warn!(error = %e, "a frame for the runtime was dropped");
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "writing to the runtime failed");
+                            break;
+                        }
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(%peer, error = %e, "a malformed frame from the runtime; closed");
-                    break Closed::Broken(e.to_string());
+            });
+            let (frames_tx, mut frames) = mpsc::channel::<Result<RuntimeToAgent, Closed>>(64);
+            let reader = tokio::spawn(async move {
+                loop {
+                    let got = match frame::read::<RuntimeToAgent>(
+                        &mut rd,
+                        "runtime message",
+                        MAX_FRAME,
+                    )
+                    .await
+                    {
+                        Ok(RuntimeToAgent::Goodbye) => Err(Closed::Goodbye),
+                        Ok(m) => Ok(m),
+                        Err(frame::FrameError::Io(e)) => {
+                            Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                                Closed::Eof
+                            } else {
+                                Closed::Broken(e.to_string())
+                            })
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a malformed frame from the runtime; closed");
+                            Err(Closed::Broken(e.to_string()))
+                        }
+                    };
+                    let end = got.is_err();
+                    if frames_tx.send(got).await.is_err() || end {
+                        return;
+                    }
                 }
+            });
+            let mut tasks = vec![writer.abort_handle(), reader.abort_handle()];
+            if lease_ms > 0 {
+                tasks.push(tokio::spawn(pinger(session.clone(), number)).abort_handle());
+                tasks.push(tokio::spawn(vitals(session.clone(), number)).abort_handle());
+                tasks.push(tokio::spawn(pump_logs(session.clone(), number)).abort_handle());
             }
+            let how = loop {
+                tokio::select! {
+                    f = frames.recv() => match f {
+                        Some(Ok(msg)) => self.clone().handle(&session, number, msg),
+                        Some(Err(how)) => break how,
+                        None => break Closed::Broken("the reader ended".into()),
+                    },
+                    () = close.notified() => break Closed::Broken("its queue overflowed".into()),
+                }
+            };
+            for t in tasks {
+                t.abort();
+            }
+            how
         };
-        for t in tasks {
-            t.abort();
-        }
-        let current = {
+        let (current, answered) = {
             let mut inner = lock(&session.inner);
-            let current = inner.link.as_ref().is_some_and(|(n, _)| *n == number);
+            let current = inner.link.as_ref().is_some_and(|l| l.number == number);
+            let answered = current && inner.link.as_ref().is_some_and(|l| l.answered);
             if current {
                 inner.link = None;
             }
-            current
+            (current, answered)
         };
         if !current {
             return; // a newer link serves the session
         }
+        if lease_ms == 0 {
+            // A check: nothing to keep.
+            lock(&session.inner).closed = true;
+            self.forget_if_done(&session);
+            return;
+        }
         match how {
-            Closed::Goodbye | Closed::Eof => {
+            Closed::Goodbye => {
                 lock(&session.inner).closed = true;
-                let why = match how {
-                    Closed::Goodbye => "its runtime ended the session",
-                    _ => "its runtime closed the link (it stopped, or died)",
-                };
+                tracing::info!(session = %session_hex, "its runtime ended the session");
+                session.fence("its runtime ended the session");
+                self.forget_if_done(&session);
+            }
+            // A runtime whose live session closes (not an attempt it gave up on) has died or
+            // stopped: its nodes go now.
+            Closed::Eof if answered => {
+                lock(&session.inner).closed = true;
+                let why = "its runtime closed the link (it stopped, or died)";
                 tracing::info!(session = %session_hex, "{why}");
                 session.fence(why);
                 self.forget_if_done(&session);
+            }
+            Closed::Eof => {
+                tracing::warn!(session = %session_hex, lease_ms, "a runtime's link closed before it answered a ping; its nodes live until the lease runs out, waiting for it to come back");
             }
             Closed::Broken(e) => {
                 tracing::warn!(session = %session_hex, error = %e, lease_ms, "the runtime's link broke; its nodes live until the lease runs out, waiting for it to come back");
@@ -640,28 +819,45 @@ impl Host {
         }
     }
 
-    async fn handle(self: Arc<Self>, session: &Arc<Session>, msg: RuntimeToAgent) {
+    fn handle(self: Arc<Self>, session: &Arc<Session>, link: u64, msg: RuntimeToAgent) {
         match msg {
             RuntimeToAgent::Ping { n } => session.send(AgentToRuntime::Pong { n }),
             RuntimeToAgent::Pong { n } => {
-                lock(&session.inner).lease.answered(n);
+                {
+                    let mut inner = lock(&session.inner);
+                    inner.lease.answered(n);
+                    // The runtime got this link's hello: the exits it carried are told.
+                    let told = match inner.link.as_mut().filter(|l| l.number == link) {
+                        Some(l) if !l.answered => {
+                            l.answered = true;
+                            std::mem::take(&mut l.ended_sent)
+                        }
+                        _ => 0,
+                    };
+                    let told = told.min(inner.ended.len());
+                    inner.ended.drain(..told);
+                }
                 session.renew_pages();
             }
             RuntimeToAgent::Spawn(request) => {
-                let (node, incarnation) = (request.node.clone(), request.incarnation);
-                let answer = match self.clone().spawn(session, *request).await {
-                    Ok(answer) => answer,
-                    Err((message, failure)) => {
-                        tracing::warn!(%node, incarnation, "could not start it: {message}");
-                        AgentToRuntime::SpawnFailed {
-                            node,
-                            incarnation,
-                            message,
-                            failure,
+                // Off the link's loop: a slow spawn must not hold up the pings' answers.
+                let session = session.clone();
+                tokio::spawn(async move {
+                    let (node, incarnation) = (request.node.clone(), request.incarnation);
+                    let answer = match self.spawn(&session, *request).await {
+                        Ok(answer) => answer,
+                        Err((message, failure)) => {
+                            tracing::warn!(%node, incarnation, "could not start it: {message}");
+                            AgentToRuntime::SpawnFailed {
+                                node,
+                                incarnation,
+                                message,
+                                failure,
+                            }
                         }
-                    }
-                };
-                session.send(answer);
+                    };
+                    session.send(answer);
+                });
             }
             RuntimeToAgent::Signal {
                 node,
@@ -786,6 +982,7 @@ impl Host {
             Pending {
                 owner: owner.clone(),
                 what: Bridge::Send(reader),
+                since: Instant::now(),
             },
         );
         fds.extend([ring, space, bell]);
@@ -802,6 +999,8 @@ impl Host {
         carried: Vec<Carried>,
     ) -> Result<(BrokerToNode, Vec<OwnedFd>), String> {
         use syncra_protocol::ring::{Bells, MAX_CONSUMERS, RingWriter, doorbell};
+        lock(&self.bridges).retain(|_, p| p.since.elapsed() < PENDING_BRIDGE);
+        lock(&self.local_links).retain(|_, (_, t)| t.elapsed() < PENDING_BRIDGE);
         let mut fds = Vec::new();
         let mut carried = carried.into_iter();
         let io = |what: &str| {
@@ -838,6 +1037,7 @@ impl Host {
                 Pending {
                     owner: owner.clone(),
                     what: Bridge::Receive(writer, cell as usize),
+                    since: Instant::now(),
                 },
             );
             fds.extend([ring, bell, space]);
@@ -876,12 +1076,12 @@ impl Host {
                     // second the other.
                     let mut waiting = lock(&self.local_links);
                     waiting.retain(|_, (_, t)| t.elapsed() < Duration::from_secs(30));
-                    match waiting.remove(&link) {
+                    match waiting.remove(&(owner.0, link)) {
                         Some((end, _)) => fds.push(end),
                         None => {
                             let (a, b) = syncra_protocol::direct::pair()
                                 .map_err(io("a direct link's socketpair"))?;
-                            waiting.insert(link, (b, Instant::now()));
+                            waiting.insert((owner.0, link), (b, Instant::now()));
                             fds.push(a);
                         }
                     }
@@ -893,6 +1093,7 @@ impl Host {
                         Pending {
                             owner: owner.clone(),
                             what: Bridge::Link(b),
+                            since: Instant::now(),
                         },
                     );
                     fds.push(a);
@@ -918,6 +1119,26 @@ impl Host {
             ));
         }
         let (node, incarnation) = (request.node.clone(), request.incarnation);
+        // An incarnation of this name its runtime left in an earlier session (fenced, but not
+        // yet gone) goes first, as one of this session would.
+        let earlier: Vec<Arc<Session>> = lock(&self.sessions)
+            .values()
+            .filter(|s| s.owner == session.owner && s.id != session.id)
+            .cloned()
+            .collect();
+        for s in earlier {
+            let inner = lock(&s.inner);
+            if let Some(old) = inner.nodes.get(&node) {
+                crate::spawn::signal(&old.pidfd, Signal::KILL);
+                return Err((
+                    format!(
+                        "{node}#{} (pid {}) of an earlier session still runs here: killed it first; start {node}#{incarnation} again once it is gone",
+                        old.incarnation, old.pid
+                    ),
+                    SpawnFailure::Other,
+                ));
+            }
+        }
         {
             let inner = lock(&session.inner);
             if let Some(old) = inner.nodes.get(&node) {
@@ -962,7 +1183,10 @@ impl Host {
                 env,
                 sandbox: &request.sandbox,
                 bin_dirs: &self.bin_dirs,
-                node_dir: self.node_dir.join(node.file_stem()),
+                node_dir: self
+                    .node_dir
+                    .join(format!("{}@{:016x}", node.file_stem(), session.id)),
+                sandbox_key: format!("{node}@{:016x}", session.id),
                 log_dir: &self.log_dir,
                 broker: true,
                 lines: Some(lines),
@@ -1100,18 +1324,8 @@ impl Host {
                 let owner = (session.id, node.clone(), incarnation);
                 lock(&self.bridges).retain(|_, p| p.owner != owner);
             }
-            match &inner.link {
-                Some((_, out)) => {
-                    let _ = out.try_send(AgentToRuntime::Exited(Box::new(exit)));
-                }
-                None => {
-                    if inner.ended.len() >= ENDED_KEPT {
-                        inner.ended.pop_front();
-                    }
-                    inner.ended.push_back(exit);
-                }
-            }
         }
+        session.send(AgentToRuntime::Exited(Box::new(exit)));
         self.forget_if_done(session);
     }
 }
@@ -1196,7 +1410,7 @@ fn serving(session: &Session, number: u64) -> bool {
     lock(&session.inner)
         .link
         .as_ref()
-        .is_some_and(|(n, _)| *n == number)
+        .is_some_and(|l| l.number == number)
 }
 
 /// Ping the runtime a fifth of a lease apart; its answers renew the lease.
@@ -1228,7 +1442,7 @@ async fn vitals(session: Arc<Session>, number: u64) {
             })
             .collect();
         if !all.is_empty() {
-            session.send(AgentToRuntime::Vitals(all));
+            session.send_bulk(AgentToRuntime::Vitals(all));
         }
     }
 }
@@ -1246,30 +1460,46 @@ async fn pump_logs(session: Arc<Session>, number: u64) {
                 std::mem::take(&mut logs.dropped),
             )
         };
-        let mut by_node: Vec<((NodeName, u64), Vec<String>)> = Vec::new();
+        // A frame per node, at most LOG_LINES_PER_FRAME lines each (16 KiB a line at most:
+        // far below a frame's limit). What the link has no room for is counted as dropped
+        // and said in the copy; the agent's own log file has every line.
+        let mut frames: Vec<((NodeName, u64), Vec<String>)> = Vec::new();
         for (node, incarnation, line) in lines {
-            match by_node.last_mut() {
-                Some((k, v)) if k.0 == node && k.1 == incarnation => v.push(line),
-                _ => by_node.push(((node, incarnation), vec![line])),
+            match frames.last_mut() {
+                Some((k, v))
+                    if k.0 == node && k.1 == incarnation && v.len() < LOG_LINES_PER_FRAME =>
+                {
+                    v.push(line)
+                }
+                _ => frames.push(((node, incarnation), vec![line])),
             }
         }
         let mut dropped = dropped;
-        for ((node, incarnation), lines) in by_node {
-            let d = dropped.remove(&(node.clone(), incarnation)).unwrap_or(0);
-            session.send(AgentToRuntime::Log {
+        for ((node, incarnation), lines) in frames {
+            let key = (node.clone(), incarnation);
+            let d = dropped.remove(&key).unwrap_or(0);
+            let n = lines.len() as u64;
+            let sent = session.send_bulk(AgentToRuntime::Log {
                 node,
                 incarnation,
                 lines,
                 dropped: d,
             });
+            if !sent {
+                *lock(&session.logs).dropped.entry(key).or_default() += n + d;
+            }
         }
         for ((node, incarnation), d) in dropped {
-            session.send(AgentToRuntime::Log {
+            let key = (node.clone(), incarnation);
+            let sent = session.send_bulk(AgentToRuntime::Log {
                 node,
                 incarnation,
                 lines: Vec::new(),
                 dropped: d,
             });
+            if !sent {
+                *lock(&session.logs).dropped.entry(key).or_default() += d;
+            }
         }
     }
 }

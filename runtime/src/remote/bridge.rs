@@ -63,15 +63,19 @@ impl Flight {
         self.sent.push_back(Instant::now());
     }
 
-    /// `n` credits came back: `n`.
+    /// `n` credits came back: how many count (one per message in flight; a credit for a
+    /// message never sent counts for nothing, whatever the other side says).
     fn credited(&mut self, n: u32) -> u32 {
+        let mut counted = 0;
         for _ in 0..n {
-            if let Some(sent) = self.sent.pop_front() {
-                let rtt = sent.elapsed();
-                self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
-            }
+            let Some(sent) = self.sent.pop_front() else {
+                break;
+            };
+            let rtt = sent.elapsed();
+            self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+            counted += 1;
         }
-        n
+        counted
     }
 
     fn transit_ns(&self) -> u64 {
@@ -106,7 +110,7 @@ where
         loop {
             match frame::read::<BridgeFrame>(&mut rd, "bridge credit", 64).await {
                 Ok(BridgeFrame::Credit { n }) => {
-                    if credit_tx.send(n.min(WINDOW)).is_err() {
+                    if credit_tx.send(n).is_err() {
                         return;
                     }
                 }

@@ -118,6 +118,8 @@ struct Placed {
     produced: HashMap<String, syncra_protocol::ring::Bells>,
     /// Its broker relay and bridges.
     tasks: Vec<tokio::task::AbortHandle>,
+    /// What the Broker said to it while the link was down, sent once it is back.
+    held: Vec<RuntimeToAgent>,
 }
 
 impl Placed {
@@ -175,7 +177,13 @@ pub(crate) struct HostLink {
     changed: watch::Sender<u64>,
     wake: tokio::sync::Notify,
     started: std::sync::Once,
+    /// The thread writing the copies of its nodes' logs (a slow disk never holds up the
+    /// runtime's own thread), started on first use.
+    log_writer: Mutex<Option<std::sync::mpsc::SyncSender<LogLines>>>,
 }
+
+/// Lines for a log copy: its path, the lines, and how many were left out before them.
+type LogLines = (PathBuf, Vec<String>, u64);
 
 impl std::fmt::Debug for HostLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,6 +221,7 @@ impl HostLink {
             changed: watch::channel(0).0,
             wake: tokio::sync::Notify::new(),
             started: std::sync::Once::new(),
+            log_writer: Mutex::new(None),
         })
     }
 
@@ -334,6 +343,7 @@ impl HostLink {
                     broker: None,
                     produced: HashMap::new(),
                     tasks: Vec::new(),
+                    held: Vec::new(),
                 },
             ) {
                 old.stop();
@@ -368,6 +378,19 @@ impl HostLink {
                 "its link went down before the spawn request was sent".into(),
             ));
         }
+        // From here on the node may run there whatever happens: a failure is in doubt, and
+        // its replacement waits until the agent has fenced it (it is not one of ours any
+        // more: unplaced, it is killed if the agent still runs it when the link comes back).
+        let in_doubt = |me: &Self, why: String| {
+            unplace(me);
+            me.signal(&node, incarnation, libc::SIGKILL);
+            let replace_after = me
+                .lock()
+                .liveness
+                .map(|l| l.replace_after())
+                .unwrap_or_else(|| Instant::now() + me.plan.deadline + me.plan.fence_grace);
+            me.error(RemoteFailure::InDoubt { replace_after }, why)
+        };
         let (pid, sandbox) = match tokio::time::timeout(SPAWN_TIMEOUT, answer).await {
             Ok(Ok(SpawnReply::Spawned { pid, sandbox })) => (pid, sandbox),
             Ok(Ok(SpawnReply::Failed { message, failure })) => {
@@ -380,17 +403,14 @@ impl HostLink {
                 return Err(self.error(failure, message));
             }
             Ok(Err(_)) => {
-                unplace(self);
-                return Err(self.error(
-                    RemoteFailure::Unreachable,
+                return Err(in_doubt(
+                    self,
                     "its link went down before the agent answered the spawn".into(),
                 ));
             }
             Err(_) => {
-                unplace(self);
-                self.signal(&node, incarnation, libc::SIGKILL);
-                return Err(self.error(
-                    RemoteFailure::Unreachable,
+                return Err(in_doubt(
+                    self,
                     format!(
                         "the agent did not answer the spawn within {} s",
                         SPAWN_TIMEOUT.as_secs()
@@ -403,10 +423,14 @@ impl HostLink {
                 .join(format!("{}@{}_{pid}.log", node.file_stem(), self.plan.name));
         {
             let mut st = self.lock();
-            if st.logs.len() >= LOG_COPIES
-                && let Some(k) = st.logs.keys().next().cloned()
-            {
-                st.logs.remove(&k);
+            if st.logs.len() >= LOG_COPIES {
+                // Forget the copies of incarnations that are not placed any more.
+                let placed: Vec<(NodeName, u64)> = st
+                    .placed
+                    .iter()
+                    .map(|(n, p)| (n.clone(), p.incarnation))
+                    .collect();
+                st.logs.retain(|k, _| placed.contains(k));
             }
             st.logs
                 .insert((node.clone(), incarnation), log_path.clone());
@@ -415,39 +439,55 @@ impl HostLink {
         let tls = match self.open(&link_identity, Opening::Node).await {
             Ok(tls) => tls,
             Err(why) => {
-                self.signal(&node, incarnation, libc::SIGKILL);
-                return Err(self.error(
-                    RemoteFailure::Unreachable,
+                return Err(in_doubt(
+                    self,
                     format!("opening the node link of {label}: {why}"),
                 ));
             }
         };
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| SpawnError::io(label.clone(), "creating the node link's socketpair", e))?;
-        theirs
-            .set_nonblocking(true)
-            .map_err(|e| SpawnError::io(label.clone(), "preparing the node link", e))?;
-        let theirs = tokio::net::UnixStream::from_std(theirs)
-            .map_err(|e| SpawnError::io(label.clone(), "preparing the node link", e))?;
+        let pair = std::os::unix::net::UnixStream::pair().and_then(|(ours, theirs)| {
+            theirs.set_nonblocking(true)?;
+            Ok((ours, tokio::net::UnixStream::from_std(theirs)?))
+        });
+        let (ours, theirs) = match pair {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(in_doubt(
+                    self,
+                    format!("making the node link's socketpair: {e}"),
+                ));
+            }
+        };
         let relay = tokio::spawn(relay(theirs, tls, label.clone()));
         // Its broker link: the Broker gets one end; what it says is relayed to the agent, with
         // what to make on that host in place of the fds it carries.
-        let (broker, broker_relay) = syncra_protocol::broker::socketpair()
-            .map_err(|e| SpawnError::io(label.clone(), "creating the broker socketpair", e))?;
-        let broker_relay = rustix::io::ioctl_fionbio(&broker_relay, true)
-            .map_err(std::io::Error::from)
-            .and_then(|()| {
-                // SAFETY: the socket is moved into the AsyncFd, which keeps it open and
-                // unchanged until it drops it.
-                unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        broker_relay,
-                        tokio::io::Interest::READABLE,
-                    )
-                }
-                .map_err(|e| e.into_parts().1)
-            })
-            .map_err(|e| SpawnError::io(label.clone(), "preparing the broker relay", e))?;
+        let made = syncra_protocol::broker::socketpair().and_then(|(broker, broker_relay)| {
+            rustix::io::ioctl_fionbio(&broker_relay, true)?;
+            Ok((broker, broker_relay))
+        });
+        let (broker, broker_relay) = match made {
+            Ok(p) => p,
+            Err(e) => {
+                relay.abort();
+                return Err(in_doubt(self, format!("making the broker link: {e}")));
+            }
+        };
+        // SAFETY: the socket is moved into the AsyncFd, which keeps it open and unchanged
+        // until it drops it.
+        let broker_relay = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                broker_relay,
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .map_err(|e| e.into_parts().1);
+        let broker_relay = match broker_relay {
+            Ok(b) => b,
+            Err(e) => {
+                relay.abort();
+                return Err(in_doubt(self, format!("preparing the broker relay: {e}")));
+            }
+        };
         let broker_relay = Arc::new(broker_relay);
         let relaying = tokio::spawn(self.clone().relay_broker(
             node.clone(),
@@ -477,6 +517,29 @@ impl HostLink {
             log_path,
             sandbox,
         })
+    }
+
+    /// Append `lines` to the log copy at `path`, on the log thread. When the thread is
+    /// behind, the lines are dropped (the agent's own log file has them).
+    fn write_log(&self, path: PathBuf, lines: Vec<String>, dropped: u64) {
+        let mut writer = self.log_writer.lock().unwrap_or_else(|p| p.into_inner());
+        if writer.is_none() {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<LogLines>(1024);
+            let spawned = std::thread::Builder::new()
+                .name("syncra-log-copy".into())
+                .spawn(move || {
+                    while let Ok((path, lines, dropped)) = rx.recv() {
+                        append_log(&path, &lines, dropped);
+                    }
+                });
+            if spawned.is_err() {
+                return;
+            }
+            *writer = Some(tx);
+        }
+        if let Some(tx) = writer.as_ref() {
+            let _ = tx.try_send((path, lines, dropped));
+        }
     }
 
     fn send(&self, msg: RuntimeToAgent) -> bool {
@@ -568,12 +631,27 @@ impl HostLink {
             };
             drop(guard);
             if let Some((message, carried)) = self.carry(&node, incarnation, message, fds) {
-                self.send(RuntimeToAgent::Broker {
+                let msg = RuntimeToAgent::Broker {
                     node: node.clone(),
                     incarnation,
                     message,
                     carried,
-                });
+                };
+                // Not lost to a short partition: kept until the link is back.
+                let mut st = self.lock();
+                let held = match st.out.as_ref() {
+                    Some(out) => out.try_send(msg).err().map(|e| e.into_inner()),
+                    None => Some(msg),
+                };
+                if let Some(msg) = held
+                    && let Some(p) = st
+                        .placed
+                        .get_mut(&node)
+                        .filter(|p| p.incarnation == incarnation)
+                    && p.held.len() < 1024
+                {
+                    p.held.push(msg);
+                }
             }
         }
     }
@@ -663,7 +741,7 @@ impl HostLink {
                     .insert(name.clone(), consumer_bells);
                 let me = self.clone();
                 let task = tokio::spawn(async move {
-                    match me.open(&identity, Opening::Bridge { id: bridge }).await {
+                    match me.open_bridge(&identity, bridge).await {
                         Ok(tls) => {
                             let why = super::bridge::receive(writer, tls, None).await;
                             tracing::debug!(stream = name, "a bridge ended: {why}");
@@ -714,7 +792,7 @@ impl HostLink {
                 let bridge = super::new_session();
                 let me = self.clone();
                 let task = tokio::spawn(async move {
-                    match me.open(&identity, Opening::Bridge { id: bridge }).await {
+                    match me.open_bridge(&identity, bridge).await {
                         Ok(tls) => {
                             let why = super::bridge::relay_packets(end, tls).await;
                             tracing::debug!(link, "a direct link's bridge ended: {why}");
@@ -781,7 +859,7 @@ impl HostLink {
         let bridge = super::new_session();
         let (me, identity, name) = (self.clone(), identity.clone(), a.stream.spec.name.clone());
         let task = tokio::spawn(async move {
-            match me.open(&identity, Opening::Bridge { id: bridge }).await {
+            match me.open_bridge(&identity, bridge).await {
                 Ok(tls) => {
                     let why = super::bridge::send(reader, tls).await;
                     tracing::debug!(stream = name, "a bridge ended: {why}");
@@ -807,8 +885,32 @@ impl HostLink {
             .get_mut(node)
             .filter(|p| p.incarnation == incarnation)
         {
-            Some(p) => p.tasks.push(task),
+            Some(p) => {
+                p.tasks.retain(|t| !t.is_finished());
+                p.tasks.push(task);
+            }
             None => task.abort(),
+        }
+    }
+
+    /// A bridge's connection, tried again (for up to the host's deadline) while the link is
+    /// down or the agent has not yet heard of the bridge.
+    async fn open_bridge(
+        &self,
+        identity: &Identity,
+        bridge: u64,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let give_up = Instant::now() + self.plan.deadline;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match self.open(identity, Opening::Bridge { id: bridge }).await {
+                Ok(tls) => return Ok(tls),
+                Err(e) if Instant::now() + wait > give_up => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+            }
         }
     }
 
@@ -1010,6 +1112,18 @@ impl HostLink {
         };
         tracing::info!(host = %self.plan.name, address = %self.plan.address, "its agent answers");
         self.resume(restarted, running, ended);
+        // What the Broker said to its nodes while the link was down.
+        {
+            let mut st = self.lock();
+            let held: Vec<RuntimeToAgent> = st
+                .placed
+                .values_mut()
+                .flat_map(|p| std::mem::take(&mut p.held))
+                .collect();
+            for msg in held {
+                let _ = out.try_send(msg);
+            }
+        }
         self.attempt_ended(HostState::Up);
         let check = (self.plan.deadline / 10).max(Duration::from_millis(10));
         let mut writer = writer;
@@ -1089,6 +1203,9 @@ impl HostLink {
                 .map(|(n, p)| (n.clone(), p.incarnation))
                 .collect()
         };
+        // How they ended is not known (the agent restarted, or dropped the session after its
+        // fence): lost, and replaced only after the fence grace, in case one is still dying.
+        let replace_after = Instant::now() + self.plan.fence_grace;
         for (node, incarnation) in gone {
             let why = if restarted {
                 format!(
@@ -1098,17 +1215,23 @@ impl HostLink {
             } else {
                 format!("gone from its agent on {}", self.plan.name)
             };
-            self.exited(Exit {
-                node,
-                incarnation,
-                pid: 0,
-                code: None,
-                signal: Some(libc::SIGKILL),
-                unix_ms: crate::logs::unix_ms(std::time::SystemTime::now()),
-                stderr_tail: Vec::new(),
-                panic: None,
-                note: Some(why),
-            });
+            let placed = {
+                let mut st = self.lock();
+                if st
+                    .placed
+                    .get(&node)
+                    .is_some_and(|p| p.incarnation == incarnation)
+                {
+                    st.placed.remove(&node)
+                } else {
+                    None
+                }
+            };
+            if let Some(p) = placed {
+                let sink = p.sink.clone();
+                p.stop();
+                sink(RemoteEvent::Lost { why, replace_after });
+            }
         }
     }
 
@@ -1190,7 +1313,7 @@ impl HostLink {
             } => {
                 let path = self.lock().logs.get(&(node, incarnation)).cloned();
                 if let Some(path) = path {
-                    append_log(&path, &lines, dropped);
+                    self.write_log(path, lines, dropped);
                 }
             }
             AgentToRuntime::Broker {

@@ -43,12 +43,6 @@ impl Lease {
         }
     }
 
-    /// A hello from the runtime arrived at `now`: it hears the answer after now, so the lease
-    /// may run from now (a runtime that reconnects renews it).
-    pub(crate) fn hello(&mut self, now: Instant) {
-        self.until = self.until.max(now + self.length);
-    }
-
     /// A ping is sent at `now`: its number.
     pub(crate) fn ping(&mut self, now: Instant) -> u64 {
         let n = self.next;

@@ -240,12 +240,19 @@ pub(crate) async fn dial(
     }
 }
 
-/// No Nagle, and a socket that gives up after `deadline` without an acknowledgement.
+/// No Nagle, and a socket that gives up after `deadline` without an acknowledgement — also
+/// an idle one (keepalive probes from half the deadline on), so that a half-open connection
+/// ends rather than holding its bridge for ever.
 pub(crate) fn tune(tcp: &tokio::net::TcpStream, deadline: Duration) {
+    use rustix::net::sockopt;
     let _ = tcp.set_nodelay(true);
     if !deadline.is_zero() {
         let ms = u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX);
-        let _ = rustix::net::sockopt::set_tcp_user_timeout(tcp, ms);
+        let _ = sockopt::set_tcp_user_timeout(tcp, ms);
+        let _ = sockopt::set_socket_keepalive(tcp, true);
+        let _ = sockopt::set_tcp_keepidle(tcp, (deadline / 2).max(Duration::from_secs(1)));
+        let _ = sockopt::set_tcp_keepintvl(tcp, (deadline / 4).max(Duration::from_secs(1)));
+        let _ = sockopt::set_tcp_keepcnt(tcp, 2);
     }
 }
 

@@ -31,6 +31,9 @@ pub(crate) enum NotStarted {
     Spawn(SpawnError),
     /// A dependency cannot become ready.
     Dependency(String),
+    /// Its host's link failed after the spawn request went out: it may have started there,
+    /// and is treated as lost (why, in words).
+    Lost(String),
 }
 
 /// What is known about the end of an incarnation.
@@ -88,6 +91,7 @@ pub(crate) fn assess(f: &Facts<'_>) -> Assessment {
     let detail = match (f.forced, f.not_started) {
         (_, Some(NotStarted::Spawn(e))) => format!("could not be started: {e}"),
         (_, Some(NotStarted::Dependency(why))) => format!("not started: {why}"),
+        (_, Some(NotStarted::Lost(why))) => format!("lost while it was starting: {why}"),
         (Some(Forced::Hung { silent }), _) => format!(
             "no heartbeat for {} ms (deadline {} ms)",
             silent.as_millis(),

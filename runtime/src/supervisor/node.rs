@@ -331,6 +331,9 @@ pub(crate) struct SupState {
     resource_waits: u32,
     /// Whether what its sandbox cannot enforce here has been said (once per node).
     sandbox_warned: bool,
+    /// No incarnation starts before this: the last one was lost with its host, and its agent
+    /// must have fenced it first — whoever asks for the start (policy, user, sibling).
+    not_before: Option<Instant>,
 }
 
 impl Actor for NodeSupervisor {
@@ -360,6 +363,7 @@ impl Actor for NodeSupervisor {
             spare: None,
             sandbox_warned: false,
             resource_waits: 0,
+            not_before: None,
         })
     }
 
@@ -673,6 +677,24 @@ impl SupState {
             }
             return;
         }
+        if let Some(not_before) = self.not_before {
+            let wait = not_before.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                self.epoch += 1;
+                let epoch = self.epoch;
+                self.set_phase(
+                    Phase::Backoff,
+                    Some(format!(
+                        "starting in {} ms: its last incarnation was lost with its host, which must have fenced it first",
+                        wait.as_millis()
+                    )),
+                );
+                self.myself
+                    .send_after(wait, move || SupMsg::Spawn { epoch });
+                return;
+            }
+            self.not_before = None;
+        }
         self.incarnation += 1;
         self.spawns += 1;
         self.set_phase(Phase::Starting, None);
@@ -696,6 +718,21 @@ impl SupState {
             }
             Err(error) if error.is_resource_shortage() || error.unreachable_host().is_some() => {
                 self.short_of_resources(error)
+            }
+            Err(error) if error.in_doubt().is_some() => {
+                // It may run there: this incarnation is spent, and lost.
+                self.resource_waits = 0;
+                let report = ExitReport {
+                    incarnation,
+                    termination: Termination::Lost,
+                    at: SystemTime::now(),
+                    stderr_tail: Vec::new(),
+                    panic: None,
+                    note: None,
+                    not_before: error.in_doubt(),
+                    not_started: Some(NotStarted::Lost(error.to_string())),
+                };
+                self.ended(report, None).await;
             }
             Err(error) => {
                 self.resource_waits = 0;
@@ -797,6 +834,7 @@ impl SupState {
                     .run_dir
                     .join("nodes")
                     .join(self.plan.name.file_stem()),
+                sandbox_key: self.plan.name.to_string(),
                 log_dir: &self.ctx.runtime.log_dir,
                 broker: true,
                 lines: None,
@@ -1362,7 +1400,10 @@ impl SupState {
                 self.exited(ExitReport {
                     incarnation,
                     termination,
-                    at: SystemTime::UNIX_EPOCH + Duration::from_millis(exit.unix_ms),
+                    // The agent's clock; a time beyond tomorrow is not believed.
+                    at: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(exit.unix_ms))
+                        .filter(|t| *t < SystemTime::now() + Duration::from_secs(86_400))
+                        .unwrap_or_else(SystemTime::now),
                     stderr_tail: exit.stderr_tail,
                     panic: exit.panic,
                     note: exit.note,
@@ -1403,6 +1444,9 @@ impl SupState {
     /// An incarnation ended (or never started): classify, decide, record, act.
     async fn ended(&mut self, report: ExitReport, live: Option<Live>) {
         let name = self.plan.name.clone();
+        if let Some(not_before) = report.not_before {
+            self.not_before = Some(self.not_before.map_or(not_before, |n| n.max(not_before)));
+        }
         self.ctx.watchdog.unwatch(&name);
         if let Some(l) = &live {
             self.ctx.registry.remove_route(&l.token);
