@@ -991,11 +991,11 @@ default_world = "my_base_world"
             [
                 ("world/main".to_owned(), Some("a")),
                 ("world/pinned".to_owned(), None),
-                ("world/main-2".to_owned(), Some("b")),
-                ("world/main-3".to_owned(), Some("a")),
-                ("world/main-4".to_owned(), None),
+                ("world/main-2".to_owned(), None),
+                ("world/main-3".to_owned(), Some("b")),
+                ("world/main-4".to_owned(), Some("a")),
             ],
-            "in turn, but a world that names its host keeps it"
+            "in turn (`local` is none), but a world that names its host keeps it, and takes no turn"
         );
         let b = &loaded.plan.hosts[1];
         assert_eq!(

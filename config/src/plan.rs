@@ -582,6 +582,8 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
         })
         .map(|(_, h)| h.clone())
         .collect();
+    // The worlds that name no host of their own take the spread's hosts in turn.
+    let mut spread_turn = 0;
     for (index, name) in world_names(w, &mut problems).into_iter().enumerate() {
         let key = if w.tables.iter().any(|(n, _)| *n == name) {
             format!("worlds.{name}")
@@ -602,7 +604,8 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
         }
         let mut spec = own.or(&w.defaults);
         if own.host.is_none() && !spread.is_empty() {
-            spec.host = Some(spread[index % spread.len()].clone());
+            spec.host = Some(spread[spread_turn % spread.len()].clone());
+            spread_turn += 1;
         }
         let settings = WorldSettings {
             name: name.clone(),

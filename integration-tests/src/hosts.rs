@@ -136,17 +136,16 @@ impl Hosts {
     /// or dropped, never refused: neither side hears anything until it is mended.
     pub fn partition(&self, cut: bool) {
         match self.pids {
-            Some((_, b)) => sh(&[
-                "nsenter",
-                "-t",
-                &b.to_string(),
-                "-n",
-                "ip",
-                "link",
-                "set",
-                &self.veth,
-                if cut { "down" } else { "up" },
-            ]),
+            Some((_, b)) => on_host(
+                b,
+                &[
+                    "ip",
+                    "link",
+                    "set",
+                    &self.veth,
+                    if cut { "down" } else { "up" },
+                ],
+            ),
             None => {
                 for r in self.relays.lock().unwrap().iter() {
                     r.cut(cut);
@@ -165,25 +164,24 @@ impl Hosts {
     /// loopback, the relays pace what they pass back).
     pub fn cap(&self, kbit: u32) {
         match self.pids {
-            Some((_, b)) => sh(&[
-                "nsenter",
-                "-t",
-                &b.to_string(),
-                "-n",
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                &self.veth,
-                "root",
-                "tbf",
-                "rate",
-                &format!("{kbit}kbit"),
-                "burst",
-                "16kb",
-                "latency",
-                "50ms",
-            ]),
+            Some((_, b)) => on_host(
+                b,
+                &[
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    &self.veth,
+                    "root",
+                    "tbf",
+                    "rate",
+                    &format!("{kbit}kbit"),
+                    "burst",
+                    "16kb",
+                    "latency",
+                    "50ms",
+                ],
+            ),
             None => {
                 for r in self.relays.lock().unwrap().iter() {
                     *r.pace.lock().unwrap() = Some(u64::from(kbit) * 1000 / 8);
@@ -314,6 +312,14 @@ pub fn identity(state: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Run `args` in the network namespace of process `pid`.
+fn on_host(pid: u32, args: &[&str]) {
+    let pid = pid.to_string();
+    let mut all = vec!["nsenter", "-t", &pid, "-n"];
+    all.extend_from_slice(args);
+    sh(&all);
 }
 
 fn sh(args: &[&str]) {

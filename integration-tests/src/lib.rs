@@ -37,6 +37,19 @@ pub mod peers {
         a.join(", ")
     }
 
+    /// A `[drivers.<name>]` running `syncra-test-peer` in `role` (reporting to
+    /// `<dir>/<name>.jsonl`), on `host` (a `[hosts.<name>]`) when given.
+    pub fn driver(dir: &Path, name: &str, role: &str, opts: &[&str], host: Option<&str>) -> String {
+        let host = host
+            .map(|h| format!("host = \"{h}\"\n"))
+            .unwrap_or_default();
+        format!(
+            "[drivers.{name}]\ncommand = \"{}\"\nargs = [{}]\n{host}",
+            crate::workspace_bin("syncra-test-peer").display(),
+            args(dir, name, role, opts)
+        )
+    }
+
     /// What the peer `name` reported so far.
     pub fn lines(dir: &Path, name: &str) -> Vec<serde_json::Value> {
         std::fs::read_to_string(dir.join(format!("{name}.jsonl")))

@@ -734,17 +734,7 @@ fn impostor(state: &Path, agent_fp: &str, addr: &str, session: u64) -> (String, 
 
 // ---- streams and direct links across hosts
 
-const PEER: &str = env!("CARGO_BIN_EXE_syncra-test-peer");
-
-/// `[drivers.<name>]` running the test peer in `role` (reporting to `<dir>/<name>.jsonl`),
-/// on `host` when given.
-fn peer(dir: &Path, name: &str, role: &str, opts: &[&str], host: Option<&str>) -> String {
-    let args = syncra_integration_tests::peers::args(dir, name, role, opts);
-    let host = host
-        .map(|h| format!("host = \"{h}\"\n"))
-        .unwrap_or_default();
-    format!("[drivers.{name}]\ncommand = \"{PEER}\"\nargs = [{args}]\n{host}")
-}
+use syncra_integration_tests::peers::driver as peer;
 
 /// What peer `name` reported so far.
 fn reported(dir: &Path, name: &str) -> Vec<serde_json::Value> {
@@ -924,30 +914,27 @@ fn streams_cross_hosts_both_ways_with_their_sequence_numbers_and_gaps() {
     );
 }
 
-#[test]
-fn a_latest_only_stream_under_a_bandwidth_cap_brings_the_newest_not_a_backlog() {
+/// A stream of 16 KiB messages (`policy`, four slots, `opts`) from a producer on the other host
+/// to a consumer here, flowing, then the other host's sending capped to 800 kbit/s.
+fn capped_stream(policy: &str, opts: &[&str]) -> (Remote, Harness, PathBuf) {
     let remote = Remote::new(Hosts::make());
     let dir = remote.dir.path().to_owned();
+    let mut producer = vec![
+        "stream=far-producer/ticks".to_owned(),
+        format!("policy={policy}"),
+        "size=16384".into(),
+        "fill=1".into(),
+        "slots=4".into(),
+    ];
+    producer.extend(opts.iter().map(|o| o.to_string()));
+    let producer: Vec<&str> = producer.iter().map(String::as_str).collect();
     let nodes = [
-        peer(
-            &dir,
-            "far-producer",
-            "producer",
-            &[
-                "stream=far-producer/state",
-                "policy=latest",
-                "size=16384",
-                "fill=1",
-                "slots=4",
-                "rate=100",
-            ],
-            Some("gpu-box"),
-        ),
+        peer(&dir, "far-producer", "producer", &producer, Some("gpu-box")),
         peer(
             &dir,
             "near-consumer",
             "consumer",
-            &["stream=far-producer/state"],
+            &["stream=far-producer/ticks"],
             None,
         ),
     ]
@@ -955,8 +942,14 @@ fn a_latest_only_stream_under_a_bandwidth_cap_brings_the_newest_not_a_backlog() 
     let h = remote.runtime(&remote.config(5000, 1000, &nodes));
     h.wait_ready(&["far-producer", "near-consumer"]);
     wait_messages(&dir, "near-consumer", 5);
-    // 800 kbit/s carries about six 16 KiB messages a second; the producer writes 100.
     remote.hosts.cap(800);
+    (remote, h, dir)
+}
+
+#[test]
+fn a_latest_only_stream_under_a_bandwidth_cap_brings_the_newest_not_a_backlog() {
+    let (_remote, _h, dir) = capped_stream("latest", &["rate=100"]);
+    // 800 kbit/s carries about six 16 KiB messages a second; the producer writes 100.
     let capped = reported(&dir, "near-consumer").len();
     std::thread::sleep(Duration::from_secs(4));
     let got: Vec<_> = reported(&dir, "near-consumer")
@@ -991,37 +984,7 @@ fn a_latest_only_stream_under_a_bandwidth_cap_brings_the_newest_not_a_backlog() 
 
 #[test]
 fn a_block_stream_across_hosts_holds_its_producer_back_end_to_end() {
-    let remote = Remote::new(Hosts::make());
-    let dir = remote.dir.path().to_owned();
-    let nodes = [
-        peer(
-            &dir,
-            "far-producer",
-            "producer",
-            &[
-                "stream=far-producer/events",
-                "policy=block",
-                "size=16384",
-                "fill=1",
-                "slots=4",
-                "rate=200",
-                "block_ms=5000",
-            ],
-            Some("gpu-box"),
-        ),
-        peer(
-            &dir,
-            "near-consumer",
-            "consumer",
-            &["stream=far-producer/events"],
-            None,
-        ),
-    ]
-    .concat();
-    let h = remote.runtime(&remote.config(5000, 1000, &nodes));
-    h.wait_ready(&["far-producer", "near-consumer"]);
-    wait_messages(&dir, "near-consumer", 5);
-    remote.hosts.cap(800);
+    let (_remote, h, dir) = capped_stream("block", &["rate=200", "block_ms=5000"]);
     std::thread::sleep(Duration::from_secs(4));
     let got: Vec<_> = reported(&dir, "near-consumer")
         .into_iter()

@@ -552,13 +552,7 @@ impl RingWriter {
         publish_ns: u64,
         incarnation: u64,
     ) -> Result<Option<u64>, WriteError> {
-        let slot_size = self.map.geometry.slot_size as usize;
-        if payload.len() > slot_size {
-            return Err(WriteError::TooLarge {
-                len: payload.len(),
-                slot_size,
-            });
-        }
+        self.fits(payload.len())?;
         // Below what this writer, or any writer of the ring, has already written: not again
         // (a bridge's late write after its successor took over must not move it back).
         let h = self.map.header();
@@ -629,15 +623,18 @@ impl RingWriter {
         Ok(Ok(seq))
     }
 
+    /// `len` bytes fit a slot, or the error saying they do not.
+    fn fits(&self, len: usize) -> Result<(), WriteError> {
+        let slot_size = self.map.geometry.slot_size as usize;
+        if len > slot_size {
+            return Err(WriteError::TooLarge { len, slot_size });
+        }
+        Ok(())
+    }
+
     /// Copy `payload` into the next slot and publish it.
     pub fn write_bytes(&mut self, kind: u32, payload: &[u8]) -> Result<u64, WriteError> {
-        let slot_size = self.map.geometry.slot_size as usize;
-        if payload.len() > slot_size {
-            return Err(WriteError::TooLarge {
-                len: payload.len(),
-                slot_size,
-            });
-        }
+        self.fits(payload.len())?;
         self.write(kind, |buf| {
             buf[..payload.len()].copy_from_slice(payload);
             Ok::<_, std::convert::Infallible>(payload.len())

@@ -391,8 +391,14 @@ fn check_config(args: ConfigArgs) -> ExitCode {
                             .join(", ")
                     )
                 };
+                let host = match (&n.host, &n.fallback_host) {
+                    (Some(h), Some(Some(f))) => format!(", on host {h}, else {f}"),
+                    (Some(h), Some(None)) => format!(", on host {h}, else here"),
+                    (Some(h), None) => format!(", on host {h}"),
+                    (None, _) => String::new(),
+                };
                 println!(
-                    "#   {:<20} {:<7} {} (restart {}, heartbeat deadline {} ms{deps})",
+                    "#   {:<20} {:<7} {} (restart {}, heartbeat deadline {} ms{deps}{host})",
                     n.name.to_string(),
                     n.kind.to_string(),
                     n.command,

@@ -117,6 +117,22 @@ pub(crate) struct ExitReport {
     not_before: Option<Instant>,
 }
 
+impl ExitReport {
+    /// The end of incarnation `incarnation`, which never had a process, because of `why`.
+    fn never_ran(incarnation: u64, why: NotStarted) -> ExitReport {
+        ExitReport {
+            incarnation,
+            termination: Termination::NotStarted,
+            at: SystemTime::now(),
+            stderr_tail: Vec::new(),
+            panic: None,
+            note: None,
+            not_started: Some(why),
+            not_before: None,
+        }
+    }
+}
+
 /// What follows the end of an incarnation.
 #[derive(Debug)]
 enum Next {
@@ -719,32 +735,16 @@ impl SupState {
             Err(error) if error.is_resource_shortage() || error.unreachable_host().is_some() => {
                 self.short_of_resources(error)
             }
-            Err(error) if error.in_doubt().is_some() => {
-                // It may run there: this incarnation is spent, and lost.
-                self.resource_waits = 0;
-                let report = ExitReport {
-                    incarnation,
-                    termination: Termination::Lost,
-                    at: SystemTime::now(),
-                    stderr_tail: Vec::new(),
-                    panic: None,
-                    note: None,
-                    not_before: error.in_doubt(),
-                    not_started: Some(NotStarted::Lost(error.to_string())),
-                };
-                self.ended(report, None).await;
-            }
             Err(error) => {
                 self.resource_waits = 0;
-                let report = ExitReport {
-                    incarnation,
-                    termination: Termination::NotStarted,
-                    at: SystemTime::now(),
-                    stderr_tail: Vec::new(),
-                    panic: None,
-                    note: None,
-                    not_started: Some(NotStarted::Spawn(error)),
-                    not_before: None,
+                let report = match error.in_doubt() {
+                    // It may run there: this incarnation is spent, and lost.
+                    Some(not_before) => ExitReport {
+                        termination: Termination::Lost,
+                        not_before: Some(not_before),
+                        ..ExitReport::never_ran(incarnation, NotStarted::Lost(error.to_string()))
+                    },
+                    None => ExitReport::never_ran(incarnation, NotStarted::Spawn(error)),
                 };
                 self.ended(report, None).await;
             }
@@ -1374,17 +1374,8 @@ impl SupState {
 
     /// A dependency cannot become ready: this node fails to start, with a record.
     async fn dependency_failed(&mut self, why: String) {
-        let report = ExitReport {
-            // The incarnation that would have started (none did: the count stays as it is).
-            incarnation: self.incarnation + 1,
-            termination: Termination::NotStarted,
-            at: SystemTime::now(),
-            stderr_tail: Vec::new(),
-            panic: None,
-            note: None,
-            not_started: Some(NotStarted::Dependency(why)),
-            not_before: None,
-        };
+        // The incarnation that would have started (none did: the count stays as it is).
+        let report = ExitReport::never_ran(self.incarnation + 1, NotStarted::Dependency(why));
         self.ended(report, None).await;
     }
 

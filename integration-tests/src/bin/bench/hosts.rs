@@ -255,13 +255,7 @@ impl Pair {
 
 /// A peer node's `[drivers.<name>]`, reporting to `<dir>/<name>.jsonl`, on `far` when `far`.
 fn peer(dir: &std::path::Path, name: &str, role: &str, opts: &[&str], far: bool) -> String {
-    let args = syncra_integration_tests::peers::args(dir, name, role, opts);
-    format!(
-        "[drivers.{name}]\ncommand = \"{}\"\nargs = [{args}]\nsandbox = {{ write = [\"{}\"] }}\n{}",
-        workspace_bin("syncra-test-peer").display(),
-        dir.display(),
-        if far { "host = \"far\"\n" } else { "" }
-    )
+    syncra_integration_tests::peers::driver(dir, name, role, opts, far.then_some("far"))
 }
 
 /// (links b) Calls by name from a node here to a node on the other host: over the direct
