@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod diff;
 pub mod load;
 pub mod model;
 pub mod plan;

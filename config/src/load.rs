@@ -261,7 +261,13 @@ impl Loader {
                     progress = true;
                 }
             }
-            problems.extend(figment_problems(err, self));
+            // The same problem can come back from another pass (a world table's key is seen
+            // through `[worlds]` too): each is said once.
+            for p in figment_problems(err, self) {
+                if !problems.contains(&p) {
+                    problems.push(p);
+                }
+            }
             if !progress || problems.len() >= MAX_VALUE_PROBLEMS {
                 // Nothing left to take out (a syntax error, a whole-document problem).
                 return (fig, SyncraConfig::default(), problems);

@@ -473,6 +473,10 @@ pub struct NodeSpec {
     /// `local`. Unset: it waits for its host to come back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_host: Option<String>,
+    /// When a reload or `syncra upgrade` gives it a new command and the new one fails to
+    /// start, go back to the previous one by itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<bool>,
 }
 
 /// The keys of [`NodeSpec`], for messages and for the `[worlds]` defaults.
@@ -494,6 +498,7 @@ pub const NODE_SPEC_KEYS: &[&str] = &[
     "sandbox",
     "host",
     "fallback_host",
+    "rollback",
 ];
 
 /// The keys of [`NodeSpec`] that only worlds may use.
@@ -533,6 +538,7 @@ impl NodeSpec {
             sandbox: pick(&self.sandbox, &defaults.sandbox),
             host: pick(&self.host, &defaults.host),
             fallback_host: pick(&self.fallback_host, &defaults.fallback_host),
+            rollback: pick(&self.rollback, &defaults.rollback),
         }
     }
 
@@ -559,6 +565,7 @@ impl NodeSpec {
             ("sandbox", self.sandbox.is_some()),
             ("host", self.host.is_some()),
             ("fallback_host", self.fallback_host.is_some()),
+            ("rollback", self.rollback.is_some()),
         ];
         set.iter()
             .filter(|(k, on)| *on && keys.contains(k))
@@ -777,6 +784,7 @@ impl<'de> Deserialize<'de> for WorldsSection {
                         "sandbox" => d.sandbox = Some(map.next_value()?),
                         "host" => d.host = Some(map.next_value()?),
                         "fallback_host" => d.fallback_host = Some(map.next_value()?),
+                        "rollback" => d.rollback = Some(map.next_value()?),
                         _ => {
                             let spec = map.next_value::<WorldTable>()?.0;
                             out.tables.push((key, spec));

@@ -148,6 +148,8 @@ pub struct NodePlan {
     /// own host, `Some(Some(name))` another; `None`: it waits for its host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_host: Option<Option<String>>,
+    /// A new command that fails to start is replaced by the previous one by itself.
+    pub rollback: bool,
 }
 
 /// A group of nodes under one policy.
@@ -1023,6 +1025,7 @@ fn node_plan(
             &format!("{key}.fallback_host"),
             spec.fallback_host.as_deref(),
         ),
+        rollback: spec.rollback.unwrap_or(false),
     }
 }
 

@@ -175,6 +175,21 @@ pub struct Harness {
     _staged: Option<Staged>,
 }
 
+/// `config` with what the tests' helper nodes need from their sandbox: they write their
+/// reports into temporary directories, and shell commands exec the helper binaries (a test
+/// about the sandbox writes its own `[sandbox]`).
+fn with_test_grants(config: &str) -> String {
+    if config.contains("[sandbox]") || config.contains("\nsandbox =") {
+        return config.to_owned();
+    }
+    let bin_dir = workspace_bin("syncra");
+    format!(
+        "{config}\n[sandbox]\nwrite = [{:?}]\nread = [{:?}]\n",
+        std::env::temp_dir().display().to_string(),
+        bin_dir.parent().unwrap().display().to_string()
+    )
+}
+
 /// A runtime's stderr file.
 fn output_path(dir: &Path) -> PathBuf {
     dir.join("runtime.out")
@@ -194,20 +209,7 @@ impl Harness {
             .tempdir()
             .expect("tempdir");
         let config_path = dir.path().join("SyncraConfig.toml");
-        // Helper nodes write their reports into temporary directories: the sandbox must let
-        // them (a test about the sandbox writes its own `[sandbox]`)…
-        let config = if config.contains("[sandbox]") || config.contains("\nsandbox =") {
-            config.to_owned()
-        } else {
-            // …and shell commands exec the helper binaries.
-            let bin_dir = workspace_bin("syncra");
-            format!(
-                "{config}\n[sandbox]\nwrite = [{:?}]\nread = [{:?}]\n",
-                std::env::temp_dir().display().to_string(),
-                bin_dir.parent().unwrap().display().to_string()
-            )
-        };
-        std::fs::write(&config_path, config).expect("write config");
+        std::fs::write(&config_path, with_test_grants(config)).expect("write config");
         let tag = format!(
             "{}-{}",
             std::process::id(),
@@ -317,6 +319,16 @@ impl Harness {
             tokio,
             _staged: options.user.map(|(_, staged)| staged),
         }
+    }
+
+    /// Replace the config file the runtime was started with (for a reload), with the same
+    /// grants for the helper nodes as at start.
+    pub fn write_config(&self, config: &str) {
+        std::fs::write(
+            self.dir.path().join("SyncraConfig.toml"),
+            with_test_grants(config),
+        )
+        .expect("write config");
     }
 
     /// The run directory.

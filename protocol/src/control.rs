@@ -86,6 +86,23 @@ pub enum ControlRequest {
         /// The stream's name.
         stream: String,
     },
+    /// Read the config again (the file it was started with, or `config`), validate it whole,
+    /// and apply what changed; with `dry_run`, only say what would change. Answered by
+    /// [`ControlReply::Reloaded`].
+    Reload {
+        /// Another config file (an absolute path), instead of the one it runs.
+        config: Option<String>,
+        /// Say what would change; change nothing.
+        dry_run: bool,
+    },
+    /// Give node `node` a new executable, and restart it alone with it. Answered by
+    /// [`ControlReply::Reloaded`].
+    Upgrade {
+        /// The node.
+        node: String,
+        /// The new command: a path, or a name as a config's `command`.
+        command: String,
+    },
 }
 
 /// One crash record and the file it was written to.
@@ -124,6 +141,16 @@ pub enum ControlReply {
         tag: String,
         /// The answer, as JSON.
         json: String,
+    },
+    /// Answer to [`ControlRequest::Reload`] and [`ControlRequest::Upgrade`]: what changed
+    /// (or would), and what became of each node it touched.
+    Reloaded {
+        /// One line per change (`+ world/b: new (started)`).
+        changes: Vec<String>,
+        /// Whether it was applied (not a dry run).
+        applied: bool,
+        /// What became of each node touched (`world/b: ready, incarnation 1`).
+        outcomes: Vec<String>,
     },
     /// The request was refused.
     Error(ControlError),
@@ -221,4 +248,6 @@ pub enum ControlErrorKind {
     Remote,
     /// The client is not allowed to control the runtime (a process of one of its nodes).
     Forbidden,
+    /// A reload's config (or an upgrade's command) is refused: nothing changed.
+    Invalid,
 }

@@ -55,7 +55,7 @@ pub use control::{
 };
 pub use hooks::{HookContext, HookFn};
 pub use rundir::RunDirError;
-pub use runtime::{Runtime, RuntimeBuilder, ShutdownReport, StartError};
+pub use runtime::{ReloadError, ReloadReport, Runtime, RuntimeBuilder, ShutdownReport, StartError};
 pub use spawn::{RemoteFailure, SpawnError, command_problems, resolve_program};
 pub use supervisor::ShutdownCause;
 pub use syncra_config as config;

@@ -76,37 +76,7 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 impl Registry {
     /// A registry with one stopped record per node, in start order.
     pub(crate) fn new(nodes: impl IntoIterator<Item = NodeName>) -> Registry {
-        let records = nodes
-            .into_iter()
-            .map(|name| Record {
-                view: NodeView {
-                    kind: name.kind(),
-                    name,
-                    host: None,
-                    pid: None,
-                    state: NodeState::Stopped,
-                    incarnation: 0,
-                    restarts: 0,
-                    uptime_ms: None,
-                    last_exit: None,
-                    tick: None,
-                    entities: None,
-                    tick_us: None,
-                    detail: Some("not started yet".into()),
-                    produces: Vec::new(),
-                    consumes: Vec::new(),
-                    spare_pid: None,
-                    figures: Vec::new(),
-                    note: None,
-                    sandbox: None,
-                    log_file: None,
-                },
-                ready_since: None,
-                page: None,
-                begun: false,
-                agent: None,
-            })
-            .collect();
+        let records = nodes.into_iter().map(Record::new).collect();
         Registry {
             records: RwLock::new(records),
             routes: RwLock::new(HashMap::new()),
@@ -115,6 +85,58 @@ impl Registry {
         }
     }
 
+    /// The nodes are now `nodes`, in this order (a reload): records of nodes that stay are
+    /// kept, new ones start stopped, those of removed nodes go.
+    pub(crate) fn set_nodes(&self, nodes: &[NodeName]) {
+        {
+            let mut records = write(&self.records);
+            let mut old: Vec<Record> = std::mem::take(&mut *records);
+            for name in nodes {
+                match old.iter().position(|r| r.view.name == *name) {
+                    Some(i) => records.push(old.swap_remove(i)),
+                    None => records.push(Record::new(name.clone())),
+                }
+            }
+        }
+        self.version.send_modify(|v| *v += 1);
+    }
+}
+
+impl Record {
+    /// A node not started yet.
+    fn new(name: NodeName) -> Record {
+        Record {
+            view: NodeView {
+                kind: name.kind(),
+                name,
+                host: None,
+                pid: None,
+                state: NodeState::Stopped,
+                incarnation: 0,
+                restarts: 0,
+                uptime_ms: None,
+                last_exit: None,
+                tick: None,
+                entities: None,
+                tick_us: None,
+                detail: Some("not started yet".into()),
+                produces: Vec::new(),
+                consumes: Vec::new(),
+                spare_pid: None,
+                figures: Vec::new(),
+                note: None,
+                sandbox: None,
+                log_file: None,
+            },
+            ready_since: None,
+            page: None,
+            begun: false,
+            agent: None,
+        }
+    }
+}
+
+impl Registry {
     /// Change `name`'s record and wake everyone waiting on a change.
     pub(crate) fn update(&self, name: &NodeName, f: impl FnOnce(&mut Record)) {
         {

@@ -61,6 +61,37 @@ pub enum StartError {
     Identity(String),
 }
 
+/// Why a reload (or an upgrade) changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new config is not valid: every problem, as at start.
+    #[error(transparent)]
+    Config(#[from] syncra_config::ConfigError),
+    /// This runtime was started from a plan made in code: it has no config to read again.
+    #[error(
+        "this runtime was started from a plan made in code: it has no config file to read again (give it a new plan with Runtime::apply)"
+    )]
+    NoConfig,
+    /// The request names a node there is not, or a command that cannot run.
+    #[error("{0}")]
+    Refused(String),
+    /// The runtime is shutting down.
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
+}
+
+/// What a reload changed (or, not applied, would change), and what became of each node it
+/// touched.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    /// The difference between the plan that ran and the new one.
+    pub diff: syncra_config::diff::PlanDiff,
+    /// Whether it was applied.
+    pub applied: bool,
+    /// One sentence per node touched, in the order it was touched.
+    pub outcomes: Vec<String>,
+}
+
 /// Builds a [`Runtime`]: the config, plus what only code can give (hook callbacks).
 pub struct RuntimeBuilder {
     plan: Result<Plan, syncra_config::ConfigError>,
@@ -68,6 +99,7 @@ pub struct RuntimeBuilder {
     bin_dirs: Vec<PathBuf>,
     exe_dir: Option<PathBuf>,
     control_socket: bool,
+    loader: Option<syncra_config::Loader>,
 }
 
 impl std::fmt::Debug for RuntimeBuilder {
@@ -100,7 +132,16 @@ impl RuntimeBuilder {
             bin_dirs: Vec::new(),
             exe_dir,
             control_socket: true,
+            loader: None,
         }
+    }
+
+    /// Where [`Runtime::reload`] reads the config again: the file, environment and flags it
+    /// was loaded from (`syncra run` passes its own). Without one, a running runtime takes a
+    /// new plan only from code ([`Runtime::apply`]).
+    pub fn loader(mut self, loader: syncra_config::Loader) -> Self {
+        self.loader = Some(loader);
+        self
     }
 
     /// Run `f` at `point` for every node, after the config's hook commands. It runs on a
@@ -144,11 +185,9 @@ impl RuntimeBuilder {
             })?;
         }
         let run_dir = RunDir::acquire(&rt.run_dir)?;
-        // Nodes on other hosts: the runtime's identity (made on first use), one link per host.
-        let hosts = if plan
-            .nodes()
-            .any(|n| n.host.is_some() || n.fallback_host.as_ref().is_some_and(Option::is_some))
-        {
+        // Other hosts: the runtime's identity (made on first use), one link per host.
+        // (With hosts configured, even if no node is placed there yet: a reload may.)
+        let hosts = if !plan.hosts.is_empty() {
             let (identity, made) =
                 crate::remote::runtime_identity(&rt.state_dir).map_err(StartError::Identity)?;
             if made {
@@ -288,10 +327,12 @@ impl RuntimeBuilder {
         let runtime = Runtime {
             inner: Arc::new(Inner {
                 ctx,
-                plan,
+                plan: std::sync::RwLock::new(plan),
+                loader: self.loader,
+                reloading: tokio::sync::Mutex::new(()),
                 drivers,
                 worlds,
-                supervisors,
+                supervisors: std::sync::RwLock::new(supervisors),
                 started: Instant::now(),
                 hub,
                 run_dir: Mutex::new(Some(run_dir)),
@@ -321,8 +362,7 @@ async fn start_sequence(rt: Runtime) {
     let t0 = Instant::now();
     let _ = rt.inner.drivers.cast(GroupMsg::Start);
     let drivers: Vec<NodeName> = rt
-        .inner
-        .plan
+        .plan()
         .drivers
         .nodes
         .iter()
@@ -338,7 +378,7 @@ async fn start_sequence(rt: Runtime) {
         return;
     }
     let _ = rt.inner.worlds.cast(GroupMsg::Start);
-    let all: Vec<NodeName> = rt.inner.plan.nodes().map(|n| n.name.clone()).collect();
+    let all: Vec<NodeName> = rt.plan().nodes().map(|n| n.name.clone()).collect();
     rt.wait_for(|nodes| {
         all.iter()
             .all(|n| settled(&rt.inner.ctx.registry, nodes, n))
@@ -381,10 +421,15 @@ fn settled(
 
 struct Inner {
     ctx: Arc<Ctx>,
-    plan: Plan,
+    /// The plan it runs now (a reload replaces it).
+    plan: std::sync::RwLock<Plan>,
+    /// What a reload reads again (the config file, environment and flags it started from).
+    loader: Option<syncra_config::Loader>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
     drivers: ActorRef<GroupMsg>,
     worlds: ActorRef<GroupMsg>,
-    supervisors: HashMap<NodeName, ActorRef<SupMsg>>,
+    supervisors: std::sync::RwLock<HashMap<NodeName, ActorRef<SupMsg>>>,
     started: Instant,
     hub: Hub,
     run_dir: Mutex<Option<RunDir>>,
@@ -405,7 +450,7 @@ pub struct Runtime {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("run_dir", &self.inner.plan.runtime.run_dir)
+            .field("run_dir", &self.plan().runtime.run_dir)
             .finish_non_exhaustive()
     }
 }
@@ -442,7 +487,7 @@ impl Runtime {
     /// The supervisor of node `name` (for tests that take a part of the runtime away).
     #[cfg(test)]
     pub(crate) fn supervisor_of(&self, name: &str) -> Option<ActorRef<SupMsg>> {
-        self.supervisor(name).ok().cloned()
+        self.supervisor(name).ok()
     }
 
     /// The fd reserve.
@@ -462,7 +507,7 @@ impl Runtime {
 
     /// Every node's state.
     pub fn status(&self) -> StatusReport {
-        let rt = &self.inner.plan.runtime;
+        let rt = self.plan().runtime;
         StatusReport {
             runtime: RuntimeInfo {
                 pid: std::process::id(),
@@ -488,9 +533,13 @@ impl Runtime {
         }
     }
 
-    /// The plan this runtime runs.
-    pub fn plan(&self) -> &Plan {
-        &self.inner.plan
+    /// The plan this runtime runs now.
+    pub fn plan(&self) -> Plan {
+        self.inner
+            .plan
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Lifecycle events from now on (spawned, up, hung, down, restarting, failed, stopped).
@@ -500,7 +549,7 @@ impl Runtime {
 
     /// Wait until every node is ready or failed, or `timeout` passes; the status at that moment.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<StatusReport, StatusReport> {
-        let all: Vec<NodeName> = self.inner.plan.nodes().map(|n| n.name.clone()).collect();
+        let all: Vec<NodeName> = self.plan().nodes().map(|n| n.name.clone()).collect();
         let done = tokio::time::timeout(
             timeout,
             self.wait_for(|nodes| {
@@ -529,11 +578,18 @@ impl Runtime {
         }
     }
 
-    fn supervisor(&self, name: &str) -> Result<&ActorRef<SupMsg>, ControlError> {
+    fn supervisor(&self, name: &str) -> Result<ActorRef<SupMsg>, ControlError> {
         let parsed = NodeName::parse(name).ok();
         parsed
             .as_ref()
-            .and_then(|n| self.inner.supervisors.get(n))
+            .and_then(|n| {
+                self.inner
+                    .supervisors
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(n)
+                    .cloned()
+            })
             .ok_or_else(|| ControlError {
                 kind: ControlErrorKind::UnknownNode,
                 message: format!(
@@ -605,7 +661,7 @@ impl Runtime {
     /// once it has stopped.
     pub async fn stop_node(&self, name: &str) -> Result<String, ControlError> {
         self.refuse_if_shutting_down()?;
-        let sup = self.supervisor(name)?.clone();
+        let sup = self.supervisor(name)?;
         if self.stop_one(&sup).await {
             Ok(format!("stopped {name}"))
         } else {
@@ -630,9 +686,8 @@ impl Runtime {
 
     /// The longest a node can take to stop: its stop timeout, the abort grace, and margin.
     fn stop_limit(&self) -> Duration {
-        let longest = self
-            .inner
-            .plan
+        let plan = self.plan();
+        let longest = plan
             .nodes()
             .map(|n| n.stop_timeout)
             .max()
@@ -645,14 +700,12 @@ impl Runtime {
                     .unwrap_or(syncra_config::DEFAULT_HOOK_TIMEOUT_MS),
             )
         };
-        let longest_hooks = self
-            .inner
-            .plan
+        let longest_hooks = plan
             .nodes()
-            .map(|n| hook(&self.inner.plan.hooks) + hook(&n.hooks))
+            .map(|n| hook(&plan.hooks) + hook(&n.hooks))
             .max()
             .unwrap_or_default();
-        longest + longest_hooks + self.inner.plan.runtime.abort_grace + Duration::from_secs(5)
+        longest + longest_hooks + plan.runtime.abort_grace + Duration::from_secs(5)
     }
 
     /// This session's crash records (newest last), optionally of one node, at most `limit`.
@@ -707,10 +760,15 @@ impl Runtime {
         self.inner.ctx.request_shutdown(cause.clone());
         tracing::info!(cause = ?cause, "shutting down: worlds first, then drivers in reverse order");
         let mut killed_events = self.subscribe();
-        let sup = |n: &NodeName| self.inner.supervisors.get(n).cloned();
-        let worlds: Vec<ActorRef<SupMsg>> = self
+        let supervisors = self
             .inner
-            .plan
+            .supervisors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let sup = |n: &NodeName| supervisors.get(n).cloned();
+        let plan = self.plan();
+        let worlds: Vec<ActorRef<SupMsg>> = plan
             .worlds
             .nodes
             .iter()
@@ -724,7 +782,7 @@ impl Runtime {
             });
         }
         while stops.join_next().await.is_some() {}
-        for driver in self.inner.plan.drivers.nodes.iter().rev() {
+        for driver in plan.drivers.nodes.iter().rev() {
             if let Some(s) = sup(&driver.name) {
                 self.stop_one(&s).await;
             }
@@ -797,6 +855,18 @@ impl Runtime {
         };
         match request {
             ControlRequest::Status => ControlReply::Status(self.status()),
+            ControlRequest::Reload { config, dry_run } => {
+                let config = config.map(PathBuf::from);
+                let result = if dry_run {
+                    self.preview(config)
+                } else {
+                    self.reload(config).await
+                };
+                reloaded(result)
+            }
+            ControlRequest::Upgrade { node, command } => {
+                reloaded(self.upgrade(&node, &command).await)
+            }
             ControlRequest::Restart { node } => done(self.restart(&node).await),
             ControlRequest::Stop { node } => done(self.stop_node(&node).await),
             ControlRequest::Start { node } => done(self.start_node(&node).await),
@@ -964,13 +1034,286 @@ impl Runtime {
         }
     }
 
+    /// Read the config again (the file it started from, or `config`), with the environment
+    /// and flags it started with; validate it whole (a bad one changes nothing, and the
+    /// error says why); then apply what changed ([`Runtime::apply`]).
+    pub async fn reload(&self, config: Option<PathBuf>) -> Result<ReloadReport, ReloadError> {
+        let plan = self.load(config)?;
+        self.apply(plan).await
+    }
+
+    /// What [`Runtime::reload`] would change, changing nothing.
+    pub fn preview(&self, config: Option<PathBuf>) -> Result<ReloadReport, ReloadError> {
+        let plan = self.load(config)?;
+        Ok(ReloadReport {
+            diff: syncra_config::diff::diff(&self.plan(), &plan),
+            applied: false,
+            outcomes: Vec::new(),
+        })
+    }
+
+    fn load(&self, config: Option<PathBuf>) -> Result<Plan, ReloadError> {
+        let loader = self.inner.loader.clone().ok_or(ReloadError::NoConfig)?;
+        let loader = match config {
+            Some(path) => loader.file(path),
+            None => loader,
+        };
+        let loaded = loader.load()?;
+        let (problems, _) = crate::spawn::command_problems(&loaded, &self.inner.ctx.bin_dirs);
+        if !problems.is_empty() {
+            return Err(syncra_config::ConfigError::Invalid(problems).into());
+        }
+        Ok(loaded.plan)
+    }
+
+    /// Give node `node` a new executable and restart it alone with it (`syncra upgrade`).
+    /// The running plan changes; the config file does not (a later reload from the file
+    /// goes back to what it says). With `rollback = true` on the node, a command that fails
+    /// to start gives way to the previous one by itself.
+    pub async fn upgrade(&self, node: &str, command: &str) -> Result<ReloadReport, ReloadError> {
+        let name = self
+            .node_name(node)
+            .map_err(|e| ReloadError::Refused(e.message))?;
+        let mut plan = self.plan();
+        let Some(n) = plan
+            .drivers
+            .nodes
+            .iter_mut()
+            .chain(plan.worlds.nodes.iter_mut())
+            .find(|n| n.name == name)
+        else {
+            return Err(ReloadError::Refused(format!("no node is called `{node}`")));
+        };
+        if n.host.is_none() {
+            crate::spawn::resolve_program(command, &self.inner.ctx.bin_dirs)
+                .map_err(|e| ReloadError::Refused(format!("{node}: {e}")))?;
+        }
+        n.command = command.to_owned();
+        self.apply(plan).await
+    }
+
+    /// Run `new` from now on, changing only what differs from the running plan: removed nodes
+    /// stop (in reverse start order) and go; nodes whose own config changed restart alone, one
+    /// at a time, each waited for (ready or failed) before the next; new nodes start in
+    /// dependency order; group policies change in place. Nothing else restarts. What only a
+    /// new runtime takes is reported in the diff, not applied.
+    pub async fn apply(&self, new: Plan) -> Result<ReloadReport, ReloadError> {
+        if self.inner.ctx.registry.shutting_down() {
+            return Err(ReloadError::ShuttingDown);
+        }
+        // A host this runtime has no link to cannot take a node: it would have to run here.
+        for n in new.nodes() {
+            let hosts = n.host.iter().chain(n.fallback_host.iter().flatten());
+            for h in hosts {
+                if self.inner.ctx.hosts.get(h).is_none() {
+                    return Err(ReloadError::Refused(format!(
+                        "{} is placed on host {h}, which this runtime has no link to: a new [hosts] entry is taken by a new runtime only",
+                        n.name
+                    )));
+                }
+            }
+        }
+        let _one_at_a_time = self.inner.reloading.lock().await;
+        let old = self.plan();
+        let diff = syncra_config::diff::diff(&old, &new);
+        let mut outcomes = Vec::new();
+        let group_of = |name: &NodeName| match name.kind() {
+            NodeKind::Driver => &self.inner.drivers,
+            NodeKind::World => &self.inner.worlds,
+        };
+        let sup = |name: &NodeName| {
+            self.inner
+                .supervisors
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .cloned()
+        };
+        let limit = self.stop_limit();
+        // Removed: stopped, then their supervisors go.
+        for name in &diff.removed {
+            if let Some(s) = sup(name) {
+                let stopped = self.stop_one(&s).await;
+                let _ = group_of(name)
+                    .call(
+                        |reply| GroupMsg::Remove {
+                            node: name.clone(),
+                            reply,
+                        },
+                        Some(limit),
+                    )
+                    .await;
+                self.inner
+                    .supervisors
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(name);
+                outcomes.push(if stopped {
+                    format!("{name}: stopped and removed")
+                } else {
+                    format!("{name}: removed (it did not confirm its stop in time)")
+                });
+            }
+        }
+        let order: Vec<NodeName> = new.nodes().map(|n| n.name.clone()).collect();
+        self.inner.ctx.registry.set_nodes(&order);
+        for (group, a, b) in [
+            (
+                &self.inner.drivers,
+                &old.drivers.policy,
+                &new.drivers.policy,
+            ),
+            (&self.inner.worlds, &old.worlds.policy, &new.worlds.policy),
+        ] {
+            if a != b {
+                let _ = group.cast(GroupMsg::Policy(*b));
+            }
+        }
+        // The plan is the new one from here: a restart below takes it.
+        *self.inner.plan.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        let find = |name: &NodeName| new.nodes().find(|n| n.name == *name).cloned();
+        // Changed: one at a time, each waited for.
+        for change in &diff.changed {
+            let (Some(s), Some(plan)) = (sup(&change.node), find(&change.node)) else {
+                continue;
+            };
+            let before = self.view(&change.node);
+            let wait = plan.start_timeout + limit;
+            let _ = s.cast(SupMsg::Replan(Box::new(plan)));
+            let what = change.what.join(", ");
+            if before
+                .as_ref()
+                .is_some_and(|v| v.state == NodeState::Stopped)
+            {
+                outcomes.push(format!(
+                    "{}: new {what}, taken at its next start (it is stopped)",
+                    change.node
+                ));
+                continue;
+            }
+            let since = before.map(|v| v.incarnation).unwrap_or(0);
+            outcomes.push(self.settle(&change.node, since, wait, &what).await);
+        }
+        // Added: supervised, then started in order (each start waits for what it depends on).
+        for name in &diff.added {
+            let Some(plan) = find(name) else { continue };
+            let (policy, group_order) = match name.kind() {
+                NodeKind::Driver => (
+                    new.drivers.policy,
+                    new.drivers.nodes.iter().map(|n| n.name.clone()).collect(),
+                ),
+                NodeKind::World => (
+                    new.worlds.policy,
+                    new.worlds.nodes.iter().map(|n| n.name.clone()).collect(),
+                ),
+            };
+            let added = group_of(name)
+                .call(
+                    |reply| GroupMsg::Add {
+                        plan: Box::new(plan),
+                        policy,
+                        order: group_order,
+                        reply,
+                    },
+                    Some(Duration::from_secs(10)),
+                )
+                .await;
+            match added {
+                Ok(ractor::rpc::CallResult::Success(Ok(s))) => {
+                    self.inner
+                        .supervisors
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(name.clone(), s);
+                }
+                other => outcomes.push(format!("{name}: not added: {other:?}")),
+            }
+        }
+        for name in &diff.added {
+            if let Some(s) = sup(name) {
+                let _ = s.call(SupMsg::Start, Some(Duration::from_secs(60))).await;
+            }
+        }
+        for name in &diff.added {
+            let wait = find(name).map(|p| p.start_timeout).unwrap_or_default() + limit;
+            outcomes.push(self.settle(name, 0, wait, "config").await);
+        }
+        for key in &diff.not_live {
+            tracing::warn!(
+                key,
+                "changed in the config, but only a new runtime takes it"
+            );
+        }
+        for line in diff.lines() {
+            tracing::info!("reload: {line}");
+        }
+        Ok(ReloadReport {
+            diff,
+            applied: true,
+            outcomes,
+        })
+    }
+
+    /// The view of node `name` now.
+    fn view(&self, name: &NodeName) -> Option<syncra_protocol::status::NodeView> {
+        self.inner
+            .ctx
+            .registry
+            .snapshot()
+            .into_iter()
+            .find(|n| n.name == *name)
+    }
+
+    /// Wait (up to `wait`) until node `name` has an incarnation after `since` that is ready
+    /// or failed; a sentence saying which.
+    async fn settle(&self, name: &NodeName, since: u64, wait: Duration, what: &str) -> String {
+        let settled = |v: &syncra_protocol::status::NodeView| {
+            v.incarnation > since && matches!(v.state, NodeState::Ready | NodeState::Failed)
+        };
+        let _ = tokio::time::timeout(
+            wait,
+            self.wait_for(|nodes| nodes.iter().any(|v| v.name == *name && settled(v))),
+        )
+        .await;
+        match self.view(name) {
+            Some(v) if v.state == NodeState::Ready => format!(
+                "{name}: ready with its new {what} (incarnation {}, pid {})",
+                v.incarnation,
+                v.pid.map(|p| p.to_string()).unwrap_or_default()
+            ),
+            Some(v) => format!(
+                "{name}: {} with its new {what}{}",
+                v.state,
+                v.detail.map(|d| format!(": {d}")).unwrap_or_default()
+            ),
+            None => format!("{name}: gone"),
+        }
+    }
+
     /// Nodes of `kind`, in start order.
     pub fn nodes(&self, kind: NodeKind) -> Vec<NodeName> {
-        self.inner
-            .plan
+        self.plan()
             .nodes()
             .filter(|n| n.kind == kind)
             .map(|n| n.name.clone())
             .collect()
+    }
+}
+
+/// A reload's outcome as the control socket answers it.
+fn reloaded(result: Result<ReloadReport, ReloadError>) -> ControlReply {
+    match result {
+        Ok(r) => ControlReply::Reloaded {
+            changes: r.diff.lines(),
+            applied: r.applied,
+            outcomes: r.outcomes,
+        },
+        Err(e) => ControlReply::Error(ControlError {
+            kind: match e {
+                ReloadError::ShuttingDown => ControlErrorKind::ShuttingDown,
+                _ => ControlErrorKind::Invalid,
+            },
+            message: format!("nothing changed: {e}"),
+        }),
     }
 }

@@ -66,8 +66,40 @@ impl Target {
 enum Command {
     /// Run the runtime in the foreground until SIGTERM, SIGINT or `syncra shutdown`.
     Run(ConfigArgs),
-    /// Validate a config and print the effective config and what would start.
-    CheckConfig(ConfigArgs),
+    /// Validate a config and print the effective config and what would start; with `--diff`,
+    /// what `syncra reload` would change in the runtime running now.
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Compare with the running runtime (of `--run-dir`, else the config's) instead.
+        #[arg(long)]
+        diff: bool,
+    },
+    /// Read the config again and apply what changed: new nodes start, removed ones stop, a
+    /// node whose own config changed restarts alone; a bad config changes nothing. SIGHUP to
+    /// `syncra run` does the same.
+    Reload {
+        /// Another config file than the one the runtime runs.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only say what would change.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Give a node a new executable and restart it alone with it (worlds keep running); with
+    /// `rollback = true` on the node, a command that fails to start gives way to the previous
+    /// one by itself.
+    Upgrade {
+        /// Node name.
+        name: String,
+        /// The new executable: a path, or a name looked up as a config's `command`.
+        #[arg(long)]
+        command: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Show every node's state.
     Status {
         #[command(flatten)]
@@ -266,7 +298,31 @@ fn main() -> ExitCode {
                 follow,
                 target,
             } => logs(&target.dir(), &name, lines, follow).await,
-            Command::CheckConfig(args) => check_config(args),
+            Command::CheckConfig {
+                config,
+                diff: false,
+            } => check_config(config),
+            Command::CheckConfig { config, diff: true } => check_diff(config).await,
+            Command::Reload {
+                config,
+                dry_run,
+                target,
+            } => reload(&target.dir(), config, dry_run).await,
+            Command::Upgrade {
+                name,
+                command,
+                target,
+            } => {
+                let reply = request(
+                    &target.dir(),
+                    ControlRequest::Upgrade {
+                        node: name,
+                        command,
+                    },
+                )
+                .await;
+                print_reloaded(reply)
+            }
             Command::Status { target, json } => status(&target.dir(), json).await,
             Command::Restart { name, target } => {
                 simple(&target.dir(), ControlRequest::Restart { node: name }).await
@@ -628,7 +684,11 @@ async fn run(args: ConfigArgs) -> ExitCode {
         "syncra {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    let runtime = match RuntimeBuilder::from_plan(plan).start().await {
+    let runtime = match RuntimeBuilder::from_plan(plan)
+        .loader(loader(&args))
+        .start()
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");
@@ -644,10 +704,24 @@ async fn run(args: ConfigArgs) -> ExitCode {
         runtime.shutdown(ShutdownCause::Requested).await;
         return ExitCode::FAILURE;
     };
-    let cause = tokio::select! {
-        _ = term.recv() => ShutdownCause::Signal("SIGTERM"),
-        _ = int.recv() => ShutdownCause::Signal("SIGINT"),
-        cause = runtime.shutdown_requested() => cause,
+    // SIGHUP: read the config again and apply what changed.
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let cause = loop {
+        tokio::select! {
+            _ = term.recv() => break ShutdownCause::Signal("SIGTERM"),
+            _ = int.recv() => break ShutdownCause::Signal("SIGINT"),
+            cause = runtime.shutdown_requested() => break cause,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                match runtime.reload(None).await {
+                    Ok(r) => {
+                        for line in r.outcomes {
+                            tracing::info!("reload (SIGHUP): {line}");
+                        }
+                    }
+                    Err(e) => tracing::error!("reload (SIGHUP): nothing changed: {e}"),
+                }
+            }
+        }
     };
     // A second signal while stopping: kill everything now.
     let impatient = runtime.clone();
@@ -664,6 +738,86 @@ async fn run(args: ConfigArgs) -> ExitCode {
     ExitCode::from(report.exit_code() as u8)
 }
 
+/// `syncra reload`.
+async fn reload(run_dir: &Path, config: Option<PathBuf>, dry_run: bool) -> ExitCode {
+    let config = match config
+        .map(|c| std::path::absolute(&c).map_err(|e| (c, e)))
+        .transpose()
+    {
+        Ok(c) => c.map(|c| c.display().to_string()),
+        Err((c, e)) => {
+            eprintln!("syncra: {}: {e}", c.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    print_reloaded(request(run_dir, ControlRequest::Reload { config, dry_run }).await)
+}
+
+/// `syncra check-config --diff`: what a reload of this config would change in the runtime
+/// running now.
+async fn check_diff(args: ConfigArgs) -> ExitCode {
+    // Validate here first: a bad file is reported as `check-config` reports it.
+    let loaded = match loader(&args).load() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("syncra: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config = loaded
+        .file
+        .as_ref()
+        .and_then(|f| std::path::absolute(f).ok())
+        .map(|f| f.display().to_string());
+    let run_dir = args
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| loaded.plan.runtime.run_dir.clone());
+    print_reloaded(
+        request(
+            &run_dir,
+            ControlRequest::Reload {
+                config,
+                dry_run: true,
+            },
+        )
+        .await,
+    )
+}
+
+/// Print what a reload or upgrade changed.
+fn print_reloaded(reply: Result<ControlReply, ClientError>) -> ExitCode {
+    match reply {
+        Ok(ControlReply::Reloaded {
+            changes,
+            applied,
+            outcomes,
+        }) => {
+            println!(
+                "{}",
+                if applied {
+                    "changes applied:"
+                } else {
+                    "a reload would change:"
+                }
+            );
+            for c in changes {
+                println!("  {c}");
+            }
+            for o in &outcomes {
+                println!("  {o}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(ControlReply::Error(e)) => {
+            eprintln!("syncra: {}", e.message);
+            ExitCode::from(EXIT_USAGE)
+        }
+        Ok(other) => fail(ClientError::Unexpected(format!("{other:?}"))),
+        Err(e) => fail(e),
+    }
+}
+
 /// Print a client error and pick the exit code.
 fn fail(e: ClientError) -> ExitCode {
     eprintln!("syncra: {e}");
@@ -674,13 +828,18 @@ fn fail(e: ClientError) -> ExitCode {
 }
 
 async fn request(run_dir: &Path, req: ControlRequest) -> Result<ControlReply, ClientError> {
+    // A reload restarts changed nodes one after another, each waited for.
+    let limit = match req {
+        ControlRequest::Reload { dry_run: false, .. } | ControlRequest::Upgrade { .. } => 600,
+        _ => 60,
+    };
     let client = ControlClient::connect(run_dir).await?;
-    tokio::time::timeout(Duration::from_secs(60), client.request(req))
+    tokio::time::timeout(Duration::from_secs(limit), client.request(req))
         .await
         .map_err(|_| {
             ClientError::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                "no answer within 60 s",
+                format!("no answer within {limit} s"),
             ))
         })?
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
-use syncra_config::{GroupPlan, Strategy};
+use syncra_config::{GroupPlan, GroupPolicy, NodePlan, Strategy};
 use syncra_protocol::NodeName;
 
 use super::Ctx;
@@ -25,6 +25,21 @@ pub(crate) enum GroupMsg {
     },
     /// The children, in start order.
     Children(RpcReplyPort<Vec<(NodeName, ActorRef<SupMsg>)>>),
+    /// A reload adds a node: supervise it (not started yet); the children are then in
+    /// `order`.
+    Add {
+        plan: Box<NodePlan>,
+        policy: GroupPolicy,
+        order: Vec<NodeName>,
+        reply: RpcReplyPort<Result<ActorRef<SupMsg>, String>>,
+    },
+    /// A reload removed a node (stopped already): its supervisor goes.
+    Remove {
+        node: NodeName,
+        reply: RpcReplyPort<()>,
+    },
+    /// A reload changed the group's policy: the children take it, nothing restarts.
+    Policy(GroupPolicy),
 }
 
 pub(crate) struct Group;
@@ -69,7 +84,7 @@ impl Actor for Group {
 
     async fn handle(
         &self,
-        _: ActorRef<GroupMsg>,
+        myself: ActorRef<GroupMsg>,
         msg: GroupMsg,
         st: &mut GroupState,
     ) -> Result<(), ActorProcessingErr> {
@@ -108,6 +123,48 @@ impl Actor for Group {
             GroupMsg::Children(reply) => {
                 let _ = reply.send(st.children.clone());
             }
+            GroupMsg::Add {
+                plan,
+                policy,
+                order,
+                reply,
+            } => {
+                let name = plan.name.clone();
+                let args = SupArgs {
+                    ctx: st.ctx.clone(),
+                    plan: *plan,
+                    policy,
+                    group: myself.clone(),
+                };
+                match Actor::spawn_linked(None, NodeSupervisor, args, myself.get_cell()).await {
+                    Ok((child, _)) => {
+                        st.children.push((name, child.clone()));
+                        st.children.sort_by_key(|(n, _)| {
+                            order.iter().position(|o| o == n).unwrap_or(usize::MAX)
+                        });
+                        let _ = reply.send(Ok(child));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(format!("starting its supervisor: {e}")));
+                    }
+                }
+            }
+            GroupMsg::Remove { node, reply } => {
+                // Out of the list first: its supervisor's end is then not taken for a failure.
+                if let Some(i) = st.children.iter().position(|(n, _)| *n == node) {
+                    let (_, child) = st.children.remove(i);
+                    let _ = child
+                        .stop_and_wait(None, Some(Duration::from_secs(5)))
+                        .await;
+                }
+                let _ = reply.send(());
+            }
+            GroupMsg::Policy(policy) => {
+                st.strategy = policy.strategy;
+                for (_, child) in &st.children {
+                    let _ = child.cast(SupMsg::Policy(policy));
+                }
+            }
         }
         Ok(())
     }
@@ -130,12 +187,15 @@ impl Actor for Group {
         if st.ctx.registry.shutting_down() {
             return Ok(());
         }
-        let node = st
+        // One a reload removed is out of the list already.
+        let Some(node) = st
             .children
             .iter()
             .find(|(_, c)| c.get_id() == who.get_id())
             .map(|(n, _)| n.to_string())
-            .unwrap_or_else(|| format!("actor {}", who.get_id()));
+        else {
+            return Ok(());
+        };
         tracing::error!(group = st.label, %node, "the supervisor of {node} ended ({why}); stopping in order");
         st.ctx
             .request_shutdown(super::ShutdownCause::Internal(format!(

@@ -99,6 +99,11 @@ pub(crate) enum SupMsg {
         incarnation: u64,
         event: RemoteEvent,
     },
+    /// A reload (or `syncra upgrade`) changed this node's own config: take `plan`, and
+    /// restart with it if it runs.
+    Replan(Box<NodePlan>),
+    /// A reload changed the group's policy.
+    Policy(GroupPolicy),
 }
 
 /// How an incarnation's process ended, as the waiter saw it.
@@ -350,6 +355,9 @@ pub(crate) struct SupState {
     /// No incarnation starts before this: the last one was lost with its host, and its agent
     /// must have fenced it first — whoever asks for the start (policy, user, sibling).
     not_before: Option<Instant>,
+    /// The plan before a new command (with `rollback = true`), until an incarnation of the
+    /// new one is ready: if it fails to start, this comes back.
+    probation: Option<NodePlan>,
 }
 
 impl Actor for NodeSupervisor {
@@ -380,6 +388,7 @@ impl Actor for NodeSupervisor {
             sandbox_warned: false,
             resource_waits: 0,
             not_before: None,
+            probation: None,
         })
     }
 
@@ -488,6 +497,8 @@ impl Actor for NodeSupervisor {
                 let _ = reply.send(Ok(format!("restarting {}", st.plan.name)));
             }
             SupMsg::Remote { incarnation, event } => st.remote(incarnation, event).await,
+            SupMsg::Replan(plan) => st.replan(*plan).await,
+            SupMsg::Policy(policy) => st.policy = policy,
         }
         Ok(())
     }
@@ -1222,6 +1233,9 @@ impl SupState {
         }
         let now = Instant::now();
         live.ready_at = Some(now);
+        if self.probation.take().is_some() {
+            tracing::info!(node = %self.plan.name, command = %self.plan.command, "its new command started: no rollback");
+        }
         let (pid, incarnation, startup) = (
             live.pid,
             live.incarnation,
@@ -1379,6 +1393,40 @@ impl SupState {
         self.ended(report, None).await;
     }
 
+    /// Its own config changed (a reload, `syncra upgrade`): take the new plan, and restart
+    /// with it if it runs — alone. A stopped node stays stopped (the plan applies at its next
+    /// start); a failed one is started (its new config may be what it lacked).
+    async fn replan(&mut self, plan: NodePlan) {
+        let command_changed = plan.command != self.plan.command;
+        let previous = std::mem::replace(&mut self.plan, plan);
+        self.probation = (self.plan.rollback && command_changed).then_some(previous);
+        // A spare was launched with the old command and settings.
+        self.drop_spare();
+        let cause = "its config changed".to_owned();
+        tracing::info!(node = %self.plan.name, phase = ?self.phase, "{cause}");
+        match self.phase {
+            Phase::Starting | Phase::Ready => self.stop_live(
+                After::Restart {
+                    delay: Duration::ZERO,
+                    cause: cause.clone(),
+                },
+                &format!("restart: {cause}"),
+            ),
+            Phase::Stopping if matches!(self.after, After::StayStopped) => {}
+            Phase::Stopping => {
+                self.after = After::Restart {
+                    delay: Duration::ZERO,
+                    cause,
+                }
+            }
+            Phase::Waiting | Phase::Backoff | Phase::Failed => {
+                self.history.reset();
+                self.restart_after(Duration::ZERO, cause);
+            }
+            Phase::Stopped => {}
+        }
+    }
+
     /// What the agent of a remote incarnation's host reports.
     async fn remote(&mut self, incarnation: u64, event: RemoteEvent) {
         match event {
@@ -1506,6 +1554,26 @@ impl SupState {
             // It failed on its own while a sibling's restart was stopping it: that failure
             // counts, so the policy (intensity, backoff) decides, not the sibling.
             after = After::Decide;
+        }
+        // A new command that did not start, with `rollback = true`: the previous plan comes
+        // back, and starts now — unless the node is being stopped.
+        let mut detail = detail;
+        if reason == Reason::FailedToStart
+            && !matches!(after, After::StayStopped)
+            && let Some(previous) = self.probation.take()
+        {
+            let failed = std::mem::replace(&mut self.plan, previous);
+            let why = format!(
+                "rolled back to `{}`: the new command `{}` failed to start",
+                self.plan.command, failed.command
+            );
+            tracing::error!(node = %name, "{why}");
+            detail = format!("{detail}; {why}");
+            self.history.reset();
+            after = After::Restart {
+                delay: Duration::ZERO,
+                cause: why,
+            };
         }
         let next = match after {
             _ if matches!(report.not_started, Some(NotStarted::Dependency(_))) => Next::Stop {
