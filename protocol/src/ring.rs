@@ -481,7 +481,8 @@ impl RingWriter {
             .load(Ordering::Acquire)
             .max(h.published.load(Ordering::Acquire));
         let restart = h.attachments.fetch_add(1, Ordering::Relaxed) > 0;
-        let next = if restart { last + 2 } else { last + 1 };
+        // Saturating: a hostile earlier producer may have left any value in the shared cursors.
+        let next = last.saturating_add(if restart { 2 } else { 1 });
         h.claimed.store(next - 1, Ordering::Release);
         h.producer_incarnation.store(incarnation, Ordering::Relaxed);
         h.producer_live.store(1, Ordering::Release);
@@ -526,7 +527,7 @@ impl RingWriter {
             .claimed
             .load(Ordering::Acquire)
             .max(h.published.load(Ordering::Acquire))
-            + 1;
+            .saturating_add(1);
         // Counted as an attachment, so that the producer's next incarnation (whose ring on its
         // host starts from these counters) skips a sequence: a restart shows as a gap here too.
         h.attachments.fetch_add(1, Ordering::Relaxed);
@@ -777,7 +778,7 @@ impl RingReader {
         {
             next = published.max(1);
             if published > 0 && map.slot(published).0.stamp.load(Ordering::Acquire) == 0 {
-                next = published + 1;
+                next = published.saturating_add(1);
             }
         }
         c.next.store(next, Ordering::Release);
@@ -1199,6 +1200,23 @@ mod tests {
         assert_eq!(read_u64(&mut joiner), None);
         m.write_at(42, 0, &7u64.to_le_bytes(), 5, 1).unwrap();
         assert_eq!(read_u64(&mut joiner), Some((42, 0, 7)));
+    }
+
+    #[test]
+    fn cursors_at_the_end_of_the_sequence_space_are_no_panic() {
+        // A hostile producer may leave any value in the shared cursors (found by the fuzzer:
+        // `published = u64::MAX` with an unstamped slot overflowed a reader's attach).
+        for policy in [Policy::DropOldest, Policy::LatestOnly, Policy::Block] {
+            let (map, fd) = ring_of(policy, 4);
+            let bells: Bells = Default::default();
+            map.header().published.store(u64::MAX, Ordering::Release);
+            map.header().claimed.store(u64::MAX, Ordering::Release);
+            let mut r = reader(&fd, 0, &bells, false);
+            assert_eq!(read_u64(&mut r), None, "{policy:?}");
+            map.header().attachments.store(1, Ordering::Relaxed);
+            let w = writer(&map, &bells);
+            assert_eq!(w.next_seq(), u64::MAX, "{policy:?}");
+        }
     }
 
     #[test]
