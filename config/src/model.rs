@@ -155,6 +155,18 @@ pub const DEFAULT_MAX_LINKS: u32 = 64;
 /// Largest accepted `runtime.max_links`.
 pub const MAX_LINKS: u32 = 4096;
 
+/// Default `runtime.crash_dumps_kept`.
+pub const DEFAULT_CRASH_DUMPS_KEPT: u32 = 5;
+
+/// Largest accepted `runtime.crash_dumps_kept`.
+pub const MAX_CRASH_DUMPS_KEPT: u32 = 1000;
+
+/// Default `runtime.crash_dump_max_bytes` (64 MiB).
+pub const DEFAULT_CRASH_DUMP_MAX_BYTES: u64 = 64 << 20;
+
+/// Smallest and largest accepted `runtime.crash_dump_max_bytes` (4 KiB, 4 GiB).
+pub const CRASH_DUMP_BYTES_RANGE: (u64, u64) = (4 << 10, 4 << 30);
+
 /// `[runtime]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -188,6 +200,13 @@ pub struct RuntimeSection {
     /// `$XDG_STATE_HOME/syncra`, else `~/.local/state/syncra`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
+    /// Write a minidump of a node that crashes natively (a signal: SIGSEGV, SIGABRT, …), with
+    /// its crashing thread's stack in the crash record.
+    pub crash_dumps: bool,
+    /// Minidumps kept per node in `<crash_dir>/dumps`: the oldest go first.
+    pub crash_dumps_kept: u32,
+    /// Largest minidump kept, bytes: a larger one is removed and its crash record says so.
+    pub crash_dump_max_bytes: u64,
 }
 
 impl Default for RuntimeSection {
@@ -205,6 +224,9 @@ impl Default for RuntimeSection {
             direct_links: true,
             max_links: DEFAULT_MAX_LINKS,
             state_dir: None,
+            crash_dumps: true,
+            crash_dumps_kept: DEFAULT_CRASH_DUMPS_KEPT,
+            crash_dump_max_bytes: DEFAULT_CRASH_DUMP_MAX_BYTES,
         }
     }
 }

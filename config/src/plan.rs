@@ -186,6 +186,17 @@ pub struct RuntimePlan {
     pub max_links: usize,
     /// Where the runtime keeps its identity for other hosts.
     pub state_dir: PathBuf,
+    /// Minidumps of native crashes, when written (`runtime.crash_dumps`).
+    pub dumps: Option<DumpLimits>,
+}
+
+/// How many minidumps are kept per node, and how large one may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DumpLimits {
+    /// Kept per node (`runtime.crash_dumps_kept`).
+    pub keep: usize,
+    /// Largest kept, bytes (`runtime.crash_dump_max_bytes`).
+    pub max_bytes: u64,
 }
 
 /// A host, checked: its agent's address and pinned identity.
@@ -726,6 +737,24 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
         ));
     }
 
+    in_range(
+        &mut problems,
+        "runtime.crash_dumps_kept",
+        u64::from(rt.crash_dumps_kept),
+        1,
+        u64::from(crate::model::MAX_CRASH_DUMPS_KEPT),
+        "dumps",
+    );
+    let (least, most) = crate::model::CRASH_DUMP_BYTES_RANGE;
+    in_range(
+        &mut problems,
+        "runtime.crash_dump_max_bytes",
+        rt.crash_dump_max_bytes,
+        least,
+        most,
+        "bytes",
+    );
+
     let mut hosts = Vec::new();
     for (name, h) in &config.hosts {
         let key = |k: &str| format!("hosts.{name}.{k}");
@@ -806,6 +835,10 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
         direct_links: rt.direct_links,
         max_links: rt.max_links as usize,
         state_dir: rt.state_dir.clone().unwrap_or_else(default_state_dir),
+        dumps: rt.crash_dumps.then_some(DumpLimits {
+            keep: rt.crash_dumps_kept as usize,
+            max_bytes: rt.crash_dump_max_bytes,
+        }),
     };
     let policy = |o: &GroupOverrides| GroupPolicy {
         strategy: o.strategy.unwrap_or(sup.strategy),

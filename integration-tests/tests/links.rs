@@ -245,16 +245,24 @@ fn garbage_on_a_direct_link_closes_that_link_only() {
         (v.state, v.incarnation),
         (syncra_protocol::NodeState::Ready, 1)
     );
-    let log: String = std::fs::read_dir(h.log_dir())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("victim_"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect();
-    assert!(
-        log.contains("malformed; link closed"),
-        "{log}\nvandal: {:?}",
-        lines(&dir, "vandal")
-    );
+    // Its log says why (written through its output pipe: it may land a moment later).
+    let victim_log = || -> String {
+        std::fs::read_dir(h.log_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("victim_"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while !victim_log().contains("malformed; link closed") {
+        assert!(
+            Instant::now() < deadline,
+            "{}\nvandal: {:?}",
+            victim_log(),
+            lines(&dir, "vandal")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(h.crashes(None).is_empty(), "{:?}", h.crashes(None));
 }

@@ -207,9 +207,9 @@ fn remote_nodes_that_crash_are_recorded_with_their_host_and_restarted_there() {
     let h = remote.runtime(&remote.config(
         5000,
         1000,
-        "[drivers.crasher]\ncommand = \"syncra-test-crasher\"\nhost = \"gpu-box\"\n\n[worlds]\nnames = [\"far\"]\n[worlds.far]\nhost = \"gpu-box\"\n",
+        "[drivers.crasher]\ncommand = \"syncra-test-crasher\"\nhost = \"gpu-box\"\n\n[drivers.native]\ncommand = \"syncra-test-native\"\nargs = [\"null\"]\nhost = \"gpu-box\"\n\n[worlds]\nnames = [\"far\"]\n[worlds.far]\nhost = \"gpu-box\"\n",
     ));
-    let views = h.wait_ready(&["crasher", "world/far", "world/main"]);
+    let views = h.wait_ready(&["crasher", "world/far", "world/main", "native"]);
     assert_eq!(views[0].host.as_deref(), Some("gpu-box"));
     assert_eq!(views[1].host.as_deref(), Some("gpu-box"));
     assert_eq!(views[2].host, None, "a world without a host runs here");
@@ -276,6 +276,36 @@ fn remote_nodes_that_crash_are_recorded_with_their_host_and_restarted_there() {
     }
     let status = String::from_utf8_lossy(&h.cli(&["status"]).stdout).into_owned();
     assert!(status.contains("world/far@gpu-box"), "{status}");
+
+    // A native crash there: the agent writes the minidump on its host, reads its stack where
+    // the binaries are, and the record here carries both.
+    send(views[3].pid.unwrap(), libc::SIGUSR1);
+    h.wait_ready_incarnation("native", 2);
+    let dump = h.wait_until("the remote dump's stack arrives", PATIENCE, |_| {
+        let c = h.crashes(Some("native")).pop()?;
+        c.record
+            .dump
+            .filter(|d| !d.stack.is_empty() || d.error.is_some())
+    });
+    assert_eq!(dump.error, None, "{dump:#?}");
+    let path = PathBuf::from(dump.path.as_deref().expect("its path on its host"));
+    assert_eq!(
+        path.parent(),
+        Some(&*remote.dir.path().join("agent-state/dumps"))
+    );
+    assert!(path.is_file(), "{}", path.display());
+    assert!(
+        dump.stack[0]
+            .function
+            .as_deref()
+            .is_some_and(|f| f.contains("syncra_native_null_deref")),
+        "{dump:#?}"
+    );
+    let text = String::from_utf8_lossy(&h.cli(&["crashes", "native"]).stdout).into_owned();
+    assert!(
+        text.contains("native@gpu-box") && text.contains("syncra_native_null_deref"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -720,6 +750,7 @@ fn impostor(state: &Path, agent_fp: &str, addr: &str, session: u64) -> (String, 
             env: Vec::new(),
             sandbox: syncra_runtime::config::sandbox::default_profile("far", true),
             link: agent_fp,
+            dumps: None,
         };
         frame::write(&mut s, &RuntimeToAgent::Spawn(Box::new(request)))
             .await

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::NodeName;
 use crate::broker::{BrokerToNode, NodeToBroker};
-use crate::crash::PanicReport;
+use crate::crash::{DumpInfo, PanicReport};
 use crate::ring::Geometry;
 use crate::sandbox::SandboxProfile;
 use crate::status::{Figure, NodeMetrics, SandboxStatus};
@@ -251,6 +251,19 @@ pub struct SpawnRequest {
     /// The fingerprint of the certificate the runtime made for this incarnation's node link:
     /// the one connection whose bytes the agent relays to the node's cluster socket.
     pub link: Fingerprint,
+    /// Write a minidump when it crashes natively, within these bounds (`None`: no crash
+    /// socket).
+    #[serde(default)]
+    pub dumps: Option<DumpBounds>,
+}
+
+/// How many minidumps of a node a host keeps, and how large one may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpBounds {
+    /// Kept per node.
+    pub keep: u32,
+    /// Largest kept, bytes.
+    pub max_bytes: u64,
 }
 
 /// An incarnation an agent runs.
@@ -297,6 +310,10 @@ pub struct Exit {
     pub panic: Option<PanicReport>,
     /// Why it said it was leaving (its page's exit note).
     pub note: Option<String>,
+    /// The minidump written when it crashed natively (its stack follows in
+    /// [`AgentToRuntime::Dumped`]).
+    #[serde(default)]
+    pub dump: Option<DumpInfo>,
 }
 
 /// What an incarnation's page says now.
@@ -360,6 +377,9 @@ pub enum AgentToRuntime {
         sandbox: Option<SandboxStatus>,
         /// Its log file on the agent's host.
         log: String,
+        /// Whether it has a crash socket (fd 7): its boot frame says so.
+        #[serde(default)]
+        crash: bool,
     },
     /// A node could not be started.
     SpawnFailed {
@@ -374,6 +394,16 @@ pub enum AgentToRuntime {
     },
     /// An incarnation ended.
     Exited(Box<Exit>),
+    /// The minidump of an incarnation that ended (its [`Exit::dump`]), read back on the
+    /// agent's host, where its binaries are: the crash and its thread's stack.
+    Dumped {
+        /// The node.
+        node: NodeName,
+        /// Its incarnation.
+        incarnation: u64,
+        /// The dump, with its stack (or why it could not be read).
+        dump: DumpInfo,
+    },
     /// A watched incarnation's heartbeat stopped for its deadline.
     Hung {
         /// The node.

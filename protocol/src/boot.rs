@@ -27,6 +27,11 @@ pub const CLUSTER_FD: i32 = 3;
 /// [`crate::page`].
 pub const PAGE_FD: i32 = 4;
 
+/// The fd a child inherits its crash socket on (see [`crate::crash::DumpInfo`]): a
+/// `SOCK_SEQPACKET` socket its crash handler sends the crashing thread's context over, and
+/// waits on until the runtime has written its minidump.
+pub const CRASH_FD: i32 = 7;
+
 /// Magic bytes opening a boot frame.
 pub const BOOT_MAGIC: [u8; 4] = *b"SYNB";
 
@@ -131,6 +136,9 @@ pub struct Boot {
     /// `[runtime] direct_links = false`).
     #[serde(default)]
     pub direct_links: bool,
+    /// Fd of the crash socket ([`CRASH_FD`]), if the runtime writes minidumps for this node.
+    #[serde(default)]
+    pub crash_fd: Option<i32>,
 }
 
 /// Why a boot frame could not be read.
@@ -219,6 +227,7 @@ mod tests {
             seal_fd: None,
             direct_links: false,
             directory: vec![NodeName::world("arena")],
+            crash_fd: Some(CRASH_FD),
         }
     }
 

@@ -191,6 +191,79 @@ pub struct CrashRecord {
     pub log_file: Option<String>,
     /// What the supervisor decided.
     pub decision: Decision,
+    /// The minidump written when the process crashed natively (a signal its crash handler
+    /// caught: SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP), and its crashing thread's
+    /// stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump: Option<DumpInfo>,
+}
+
+/// A native crash's minidump: written out of process by the runtime (or the agent of the
+/// node's host) while the crashed process waited in its crash handler, then read back for the
+/// crashing thread's stack, symbolized from the binaries' debug info.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DumpInfo {
+    /// The minidump file, on the node's host; `None` when none was kept (see `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Its size in bytes.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Milliseconds from the crash handler's request to the dump written.
+    #[serde(default)]
+    pub write_ms: u64,
+    /// Why no dump was kept, or why its stack could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the processor says happened (`SIGSEGV / SEGV_MAPERR at 0x0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash: Option<String>,
+    /// The crashing thread's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
+    /// The crashing thread's stack, innermost frame first (empty until processed, or when it
+    /// could not be).
+    #[serde(default)]
+    pub stack: Vec<StackFrame>,
+}
+
+/// One frame of a crashed thread's stack.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StackFrame {
+    /// Instruction address.
+    pub address: u64,
+    /// Function, demangled, when symbols were found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// Source file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Source line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// The module (executable or library) the address lies in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+impl fmt::Display for StackFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.function {
+            Some(func) => write!(f, "{func}")?,
+            None => write!(f, "{:#x}", self.address)?,
+        }
+        if let Some(file) = &self.file {
+            write!(f, " at {file}")?;
+            if let Some(line) = self.line {
+                write!(f, ":{line}")?;
+            }
+        }
+        if let Some(m) = &self.module {
+            let short = m.rsplit('/').next().unwrap_or(m);
+            write!(f, " ({short})")?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

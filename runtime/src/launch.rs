@@ -2,8 +2,9 @@
 //! nodes a runtime places on its host: the socketpair of its cluster link (fd 3), its page
 //! (fd 4), its broker link (fd 5, where the host has a Broker), the dead end that seals its
 //! cluster listener (fd 6), its environment, its sandbox and its captured output — all through
-//! the one spawn path ([`crate::spawn::Spawner`]). The process then blocks reading its boot
-//! frame from fd 3 until its supervisor writes one.
+//! the one spawn path ([`crate::spawn::Spawner`]), and its crash socket (fd 7) when native
+//! crashes are dumped ([`syncra_dump`]: served from here, by whoever launched it). The process
+//! then blocks reading its boot frame from fd 3 until its supervisor writes one.
 //!
 //! [`wait_end`] is the other half: the process's end as its supervisor needs it (exit, stderr
 //! tail, panic report, exit note).
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use syncra_protocol::NodeName;
-use syncra_protocol::boot::PAGE_FD;
+use syncra_protocol::boot::{CRASH_FD, PAGE_FD};
 use syncra_protocol::broker::BROKER_FD;
 use syncra_protocol::crash::PanicReport;
 use syncra_protocol::page::NodePage;
@@ -56,6 +57,15 @@ pub(crate) struct LaunchSpec<'a> {
     pub(crate) broker: bool,
     /// Told each line it writes, besides its log file.
     pub(crate) lines: Option<LineSink>,
+    /// Where its minidumps go, if it gets a crash socket (fd 7).
+    pub(crate) dumps: Option<DumpTarget>,
+}
+
+/// Where a node's minidumps go, and their bounds.
+#[derive(Debug, Clone)]
+pub(crate) struct DumpTarget {
+    pub(crate) dir: PathBuf,
+    pub(crate) limits: syncra_dump::Limits,
 }
 
 /// A launched node process, blocked reading its boot frame.
@@ -79,6 +89,8 @@ pub(crate) struct NodeProcess {
     pub(crate) capture: Capture,
     /// What its sandbox enforces.
     pub(crate) sandbox: Option<SandboxStatus>,
+    /// Its crash socket, served (the boot frame names fd 7 when it is `Some`).
+    pub(crate) dumps: Option<syncra_dump::Watch>,
 }
 
 /// Start a process of `spec`'s program.
@@ -112,6 +124,15 @@ pub(crate) async fn launch(
     } else {
         None
     };
+    let crash = match &spec.dumps {
+        Some(_) => {
+            let (ours, theirs) =
+                syncra_dump::socketpair().map_err(|e| io("creating the crash socketpair", e))?;
+            fds.push((theirs, CRASH_FD));
+            Some(ours)
+        }
+        None => None,
+    };
     let mut env = spec.env;
     env.push(("SYNCRA_NODE".into(), spec.name.to_string()));
     if std::env::var_os("MALLOC_ARENA_MAX").is_none()
@@ -139,6 +160,19 @@ pub(crate) async fn launch(
         .log_dir
         .join(format!("{}_{pid}.log", spec.name.file_stem()));
     let capture = logs::capture(spawned.stdout, spawned.stderr, log_path.clone(), spec.lines);
+    let dumps = crash.zip(spec.dumps).and_then(|(ours, target)| {
+        syncra_dump::serve(
+            ours,
+            syncra_dump::Target {
+                pid,
+                dir: target.dir,
+                stem: spec.name.file_stem(),
+                limits: target.limits,
+            },
+        )
+        .inspect_err(|e| tracing::warn!(node = %spec.name, error = %e, "no crash dumps: serving its crash socket"))
+        .ok()
+    });
     Ok(NodeProcess {
         pid,
         process: spawned.process,
@@ -149,6 +183,7 @@ pub(crate) async fn launch(
         log_path,
         capture,
         sandbox: spawned.sandbox,
+        dumps,
     })
 }
 
@@ -162,10 +197,18 @@ pub(crate) struct Ended {
     pub(crate) panic: Option<PanicReport>,
     /// Why it said it was leaving (its page's exit note).
     pub(crate) note: Option<String>,
+    /// The minidump its crash handler asked for, if it asked.
+    pub(crate) dump: Option<syncra_dump::Dumped>,
 }
 
-/// Wait for `process` to end, drain its output, and read what it left in its page.
-pub(crate) async fn wait_end(process: Process, capture: Capture, page: &NodePage) -> Ended {
+/// Wait for `process` to end, drain its output, and read what it left in its page and whether
+/// it asked for a dump.
+pub(crate) async fn wait_end(
+    process: Process,
+    capture: Capture,
+    page: &NodePage,
+    dumps: Option<syncra_dump::Watch>,
+) -> Ended {
     let pid = process.pid();
     let status = process.wait().await;
     let at = SystemTime::now();
@@ -177,13 +220,19 @@ pub(crate) async fn wait_end(process: Process, capture: Capture, page: &NodePage
             Termination::Code(-1)
         }
     };
-    let stderr_tail = capture.finish(OUTPUT_DRAIN).await;
+    let (stderr_tail, dump) = tokio::join!(capture.finish(OUTPUT_DRAIN), async {
+        match dumps {
+            Some(w) => w.finish().await,
+            None => None,
+        }
+    });
     Ended {
         termination,
         at,
         stderr_tail,
         panic: read_panic(page),
         note: page.exit_note(),
+        dump,
     }
 }
 

@@ -35,6 +35,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // Other hosts' tests: two network namespaces joined by a veth pair (util-linux's
     // `unshare` and `nsenter` are always there).
     ("iproute2", "ip"),
+    // `syncra top` is tested as a person uses it: in a terminal.
+    ("tmux", "tmux"),
     // …and what the audio and input drivers build against (DESKTOP_BUILD), and every
     // library the window and renderer load (DESKTOP_LIBRARIES).
 ];

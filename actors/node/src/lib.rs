@@ -34,6 +34,7 @@
 
 mod agent;
 mod cluster;
+mod crash;
 mod direct;
 pub mod driver;
 pub mod events;
@@ -453,6 +454,7 @@ impl Node {
         let boot = Boot::read_from(&mut &socket, CLUSTER_FD)?;
         let t0 = Instant::now();
         panic::install(&boot);
+        crash::install(&boot);
         let shared = new_shared(boot.cluster.token)?;
         let broker = match boot.broker_fd {
             Some(fd) => Some(take_broker_socket(

@@ -171,6 +171,7 @@ impl Node {
             directory: vec![node.clone()],
             seal_fd: None,
             direct_links: false,
+            crash_fd: None,
         };
         let shared = crate::new_shared(boot.cluster.token)?;
         let (page, _page_fd) = NodePage::create(&format!("syncra-page:{node}"))

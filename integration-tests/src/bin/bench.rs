@@ -12,6 +12,7 @@
 //! syncra-bench --hosts-only [--pings 2000] [--remote-calls 5000] [--remote-kills 20] [--stream-samples 1000]
 //!                                             other hosts: the agent link, calls, restarts, streams
 //!                                                                  only the audio and input drivers'
+//! syncra-bench --ops-only [--reloads 50] [--swaps 10] [--dumps 20]   reload, live swap, crash dumps
 //! ```
 
 #![allow(
@@ -33,6 +34,8 @@ use syncra_runtime::{ControlClient, EventStream};
 mod hosts;
 #[path = "bench/kit.rs"]
 mod kit;
+#[path = "bench/ops.rs"]
+mod ops;
 #[path = "bench/render.rs"]
 mod render;
 #[path = "bench/routing.rs"]
@@ -457,6 +460,11 @@ fn main() {
         all_hosts(&mut rows);
         return print(rows);
     }
+    if argv.iter().any(|a| a == "--ops-only") {
+        let mut rows = Vec::new();
+        all_ops(&mut rows);
+        return print(rows);
+    }
     if argv.iter().any(|a| a == "--kit-only") {
         let mut rows = Vec::new();
         kit::all(
@@ -552,8 +560,19 @@ fn main() {
             arg("--tick-seconds", 5) as u64,
             &mut rows,
         );
+        all_ops(&mut rows);
     }
     print(rows);
+}
+
+/// Every row about operations: reload, live swap, crash dumps.
+fn all_ops(rows: &mut Vec<Row>) {
+    ops::all(
+        arg("--reloads", 50),
+        arg("--swaps", 10),
+        arg("--dumps", 20),
+        rows,
+    );
 }
 
 /// Every row about other hosts.

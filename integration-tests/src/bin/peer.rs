@@ -303,7 +303,7 @@ fn main() {
             node.ready();
             let to = opt("to");
             // A link is a SEQPACKET socket that is neither the broker socket (nor a duplicate
-            // of it: the same inode) nor the seal.
+            // of it: the same inode), the seal nor the crash socket.
             let inode = |fd: i32| {
                 // SAFETY: a borrowed fd number of this process, only inspected.
                 let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
@@ -312,6 +312,7 @@ fn main() {
             let not_links = [
                 inode(syncra_protocol::broker::BROKER_FD),
                 inode(syncra_protocol::listener::SEAL_FD),
+                inode(syncra_protocol::boot::CRASH_FD),
             ];
             let is_link = |fd: i32| {
                 // SAFETY: a borrowed fd number of this process, only inspected.
@@ -1425,16 +1426,32 @@ fn main() {
                 }
                 out.line(serde_json::json!({ "flooded": count, "gateways": gateways.len() }));
             });
-            // A frame header announcing 2^64 - 1 bytes, straight onto the link.
-            // SAFETY: writing 8 bytes from a live buffer to fd 3, which this process holds.
-            let wrote = unsafe {
-                libc::write(
-                    syncra_protocol::boot::CLUSTER_FD,
-                    [0xffu8; 8].as_ptr().cast(),
-                    8,
-                )
-            };
-            out.line(serde_json::json!({ "corrupted_link": wrote == 8 }));
+            // Frame headers announcing 2^64 - 1 bytes, straight onto the link. The cluster
+            // thread may be writing a frame of its own at that moment, so enough of them that
+            // whatever frame the runtime is in the middle of, the next header it reads is one.
+            let junk = [0xffu8; 64 << 10];
+            let mut left: &[u8] = &junk;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !left.is_empty() && Instant::now() < deadline {
+                // SAFETY: writing from a live buffer to fd 3, which this process holds.
+                let n = unsafe {
+                    libc::write(
+                        syncra_protocol::boot::CLUSTER_FD,
+                        left.as_ptr().cast(),
+                        left.len(),
+                    )
+                };
+                if n > 0 {
+                    left = &left[n as usize..];
+                } else if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
+                    // Full: the socket is non-blocking.
+                    std::thread::sleep(Duration::from_millis(1));
+                } else {
+                    // Closed already: the runtime has seen enough.
+                    break;
+                }
+            }
+            out.line(serde_json::json!({ "corrupted_link": left.len() < junk.len() }));
             while !node.sleep_until(Instant::now() + Duration::from_millis(20)) {
                 beat(&node);
             }

@@ -8,6 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+#[path = "syncra/top.rs"]
+mod top;
 use syncra_runtime::config::{Loader, Overrides, default_run_dir};
 use syncra_runtime::protocol::control::{ControlReply, ControlRequest, CrashEntry};
 use syncra_runtime::protocol::status::{EventKind, LifecycleEvent, NodeView, StatusReport};
@@ -210,6 +213,12 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = ".")]
         path: PathBuf,
     },
+    /// The whole process family live: nodes, streams and events, with keys to restart, stop
+    /// and start a node and to read its crash records (q quits).
+    Top {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Follow lifecycle events (spawned, up, hung, down, restarting, failed) until Ctrl-C.
     Events {
         /// Print each event as one JSON line.
@@ -341,6 +350,13 @@ fn main() -> ExitCode {
                 target,
             } => crashes(&target.dir(), name, limit, json).await,
             Command::Events { json, target } => events(&target.dir(), json).await,
+            Command::Top { target } => match top::run(target.dir()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("syncra top: {e}");
+                    ExitCode::FAILURE
+                }
+            },
             Command::NewDriver { name, path } => new_driver(&name, &path),
             Command::Call {
                 name,
@@ -1464,6 +1480,9 @@ async fn crashes(run_dir: &Path, node: Option<String>, limit: usize, json: bool)
                             p.location.as_deref().unwrap_or("?")
                         );
                     }
+                    if let Some(d) = &r.dump {
+                        print_dump(d);
+                    }
                     println!(
                         "    decision: {} (it ran {})",
                         r.decision,
@@ -1479,6 +1498,33 @@ async fn crashes(run_dir: &Path, node: Option<String>, limit: usize, json: bool)
         }
         Ok(other) => fail(ClientError::Unexpected(format!("{other:?}"))),
         Err(e) => fail(e),
+    }
+}
+
+/// A crash record's minidump and its crashing thread's stack.
+fn print_dump(d: &syncra_runtime::protocol::crash::DumpInfo) {
+    match &d.path {
+        Some(p) => println!(
+            "    minidump: {p} ({} KiB, written in {} ms)",
+            d.bytes.div_ceil(1024),
+            d.write_ms
+        ),
+        None => println!("    minidump: none"),
+    }
+    if let Some(e) = &d.error {
+        println!("    minidump: {e}");
+    }
+    if let Some(c) = &d.crash {
+        match &d.thread {
+            Some(t) => println!("    crash: {c} on thread `{t}`"),
+            None => println!("    crash: {c}"),
+        }
+    }
+    if !d.stack.is_empty() {
+        println!("    stack:");
+        for (i, f) in d.stack.iter().enumerate() {
+            println!("      #{i:<2} {f}");
+        }
     }
 }
 

@@ -155,6 +155,7 @@ impl Agent {
             bin_dirs,
             log_dir: self.options.state_dir.join("logs"),
             node_dir: self.options.state_dir.join("nodes"),
+            dump_dir: self.options.state_dir.join("dumps"),
             trust: self.trust,
             sessions: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
@@ -188,6 +189,8 @@ struct Host {
     bin_dirs: Vec<PathBuf>,
     log_dir: PathBuf,
     node_dir: PathBuf,
+    /// Minidumps of the nodes here that crashed natively.
+    dump_dir: PathBuf,
     trust: Arc<TrustList>,
     sessions: Mutex<HashMap<u64, Arc<Session>>>,
     /// Incarnation-link certificates: which incarnation each is for (while it runs).
@@ -1190,6 +1193,13 @@ impl Host {
                 log_dir: &self.log_dir,
                 broker: true,
                 lines: Some(lines),
+                dumps: request.dumps.map(|b| launch::DumpTarget {
+                    dir: self.dump_dir.clone(),
+                    limits: syncra_dump::Limits {
+                        keep: b.keep.clamp(1, 1000) as usize,
+                        max_bytes: b.max_bytes,
+                    },
+                }),
             },
         )
         .await;
@@ -1263,9 +1273,10 @@ impl Host {
             );
         }
         let (host, session2, page) = (self.clone(), session.clone(), p.page);
-        let (process, capture) = (p.process, p.capture);
+        let (process, capture, dumps) = (p.process, p.capture, p.dumps);
+        let crash = dumps.is_some();
         tokio::spawn(async move {
-            let end = launch::wait_end(process, capture, &page).await;
+            let end = launch::wait_end(process, capture, &page, dumps).await;
             host.ended(&session2, &node, incarnation, pid, end);
         });
         Ok(AgentToRuntime::Spawned {
@@ -1274,6 +1285,7 @@ impl Host {
             pid,
             sandbox,
             log,
+            crash,
         })
     }
 
@@ -1303,7 +1315,22 @@ impl Host {
             stderr_tail: end.stderr_tail,
             panic: end.panic,
             note: end.note,
+            dump: end.dump.as_ref().map(syncra_dump::Dumped::info),
         };
+        // Its stack is read here, where its binaries are, and follows the exit.
+        if let Some(mut dump) = exit.dump.clone()
+            && let Some(path) = dump.path.clone()
+        {
+            let (session, node) = (session.clone(), node.clone());
+            tokio::spawn(async move {
+                crate::supervisor::analyse_dump(std::path::Path::new(&path), &mut dump).await;
+                session.send(AgentToRuntime::Dumped {
+                    node,
+                    incarnation,
+                    dump,
+                });
+            });
+        }
         {
             let mut inner = lock(&session.inner);
             if inner

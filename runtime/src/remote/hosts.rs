@@ -33,6 +33,7 @@ use syncra_protocol::agent::{
     AgentToRuntime, Carried, Exit, Opening, RuntimeToAgent, SpawnFailure, SpawnRequest,
 };
 use syncra_protocol::broker::BrokerToNode;
+use syncra_protocol::crash::DumpInfo;
 use syncra_protocol::page::NodePage;
 use syncra_protocol::status::SandboxStatus;
 use syncra_remote::{Identity, frame};
@@ -67,6 +68,26 @@ pub(crate) enum RemoteEvent {
     Lost { why: String, replace_after: Instant },
 }
 
+/// A dump read on its host, or a supervisor waiting for it.
+#[derive(Debug)]
+enum DumpSlot {
+    Arrived(DumpInfo),
+    Waiting(oneshot::Sender<DumpInfo>),
+}
+
+/// Dumps kept for supervisors that have not asked yet (or waiters whose dump never came).
+const DUMPS_KEPT: usize = 64;
+
+fn bound_dumps(dumps: &mut HashMap<(NodeName, u64), DumpSlot>) {
+    if dumps.len() >= DUMPS_KEPT {
+        // Waiters that gave up, and dumps nobody asked for.
+        dumps.retain(|_, slot| matches!(slot, DumpSlot::Waiting(tx) if !tx.is_closed()));
+    }
+    if dumps.len() >= DUMPS_KEPT {
+        dumps.clear();
+    }
+}
+
 /// Where a remote incarnation's events go.
 pub(crate) type Sink = Arc<dyn Fn(RemoteEvent) + Send + Sync>;
 
@@ -85,6 +106,8 @@ pub(crate) struct RemoteLaunched {
     pub(crate) log_path: PathBuf,
     /// What its sandbox enforces there.
     pub(crate) sandbox: Option<SandboxStatus>,
+    /// Whether it has a crash socket there.
+    pub(crate) crash: bool,
 }
 
 /// How a host's link stands.
@@ -139,6 +162,7 @@ enum SpawnReply {
     Spawned {
         pid: u32,
         sandbox: Option<SandboxStatus>,
+        crash: bool,
     },
     Failed {
         message: String,
@@ -157,6 +181,8 @@ struct State {
     placed: HashMap<NodeName, Placed>,
     spawns: HashMap<(NodeName, u64), oneshot::Sender<SpawnReply>>,
     logs: HashMap<(NodeName, u64), PathBuf>,
+    /// Dumps read on the host, and supervisors waiting for them, by incarnation.
+    dumps: HashMap<(NodeName, u64), DumpSlot>,
     /// Connection attempts that ended (for waiters: "tried since I asked").
     attempts: u64,
     /// Whether someone wants the link up.
@@ -213,6 +239,7 @@ impl HostLink {
                 placed: HashMap::new(),
                 spawns: HashMap::new(),
                 logs: HashMap::new(),
+                dumps: HashMap::new(),
                 attempts: 0,
                 wanted: false,
                 lost_since: None,
@@ -391,8 +418,12 @@ impl HostLink {
                 .unwrap_or_else(|| Instant::now() + me.plan.deadline + me.plan.fence_grace);
             me.error(RemoteFailure::InDoubt { replace_after }, why)
         };
-        let (pid, sandbox) = match tokio::time::timeout(SPAWN_TIMEOUT, answer).await {
-            Ok(Ok(SpawnReply::Spawned { pid, sandbox })) => (pid, sandbox),
+        let (pid, sandbox, crash) = match tokio::time::timeout(SPAWN_TIMEOUT, answer).await {
+            Ok(Ok(SpawnReply::Spawned {
+                pid,
+                sandbox,
+                crash,
+            })) => (pid, sandbox, crash),
             Ok(Ok(SpawnReply::Failed { message, failure })) => {
                 unplace(self);
                 let failure = match failure {
@@ -516,7 +547,41 @@ impl HostLink {
             page,
             log_path,
             sandbox,
+            crash,
         })
+    }
+
+    /// The dump incarnation `incarnation` of `node` left here, once its agent has read its
+    /// stack ([`AgentToRuntime::Dumped`]).
+    pub(crate) fn dump_of(&self, node: &NodeName, incarnation: u64) -> oneshot::Receiver<DumpInfo> {
+        let (tx, rx) = oneshot::channel();
+        let key = (node.clone(), incarnation);
+        let mut st = self.lock();
+        match st.dumps.remove(&key) {
+            Some(DumpSlot::Arrived(d)) => {
+                let _ = tx.send(d);
+            }
+            _ => {
+                bound_dumps(&mut st.dumps);
+                st.dumps.insert(key, DumpSlot::Waiting(tx));
+            }
+        }
+        rx
+    }
+
+    /// The agent read a dump's stack.
+    fn dumped(&self, node: NodeName, incarnation: u64, dump: DumpInfo) {
+        let key = (node, incarnation);
+        let mut st = self.lock();
+        match st.dumps.remove(&key) {
+            Some(DumpSlot::Waiting(tx)) => {
+                let _ = tx.send(dump);
+            }
+            _ => {
+                bound_dumps(&mut st.dumps);
+                st.dumps.insert(key, DumpSlot::Arrived(dump));
+            }
+        }
     }
 
     /// Append `lines` to the log copy at `path`, on the log thread. When the thread is
@@ -1265,10 +1330,15 @@ impl HostLink {
                 pid,
                 sandbox,
                 log,
+                crash,
             } => {
                 tracing::debug!(host = %self.plan.name, %node, incarnation, pid, log, "spawned on its host");
                 if let Some(reply) = self.lock().spawns.remove(&(node, incarnation)) {
-                    let _ = reply.send(SpawnReply::Spawned { pid, sandbox });
+                    let _ = reply.send(SpawnReply::Spawned {
+                        pid,
+                        sandbox,
+                        crash,
+                    });
                 }
             }
             AgentToRuntime::SpawnFailed {
@@ -1282,6 +1352,11 @@ impl HostLink {
                 }
             }
             AgentToRuntime::Exited(exit) => self.exited(*exit),
+            AgentToRuntime::Dumped {
+                node,
+                incarnation,
+                dump,
+            } => self.dumped(node, incarnation, dump),
             AgentToRuntime::Hung {
                 node,
                 incarnation,

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use syncra_config::RuntimePlan;
 use syncra_protocol::control::CrashEntry;
+use syncra_protocol::crash::{CrashRecord, DumpInfo};
 use syncra_protocol::status::LifecycleEvent;
 use tokio::sync::{broadcast, watch};
 
@@ -89,6 +90,14 @@ impl Ctx {
         crashes.push(entry);
     }
 
+    /// Change the crash record kept for `path` (its dump's stack, once read).
+    pub(crate) fn update_crash(&self, path: &str, change: impl FnOnce(&mut CrashRecord)) {
+        let mut crashes = self.crashes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = crashes.iter_mut().rev().find(|c| c.path == path) {
+            change(&mut entry.record);
+        }
+    }
+
     /// The crash record meant for `path` could not be written, because of `why`.
     pub(crate) fn crash_not_written(&self, path: &str, why: String) {
         let mut crashes = self.crashes.lock().unwrap_or_else(|p| p.into_inner());
@@ -120,5 +129,30 @@ impl Ctx {
                 false
             }
         });
+    }
+}
+
+/// How long reading a minidump back for its stack may take.
+const ANALYSIS_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// How long the stack of a dump on another host is waited for (read there, then sent).
+pub(crate) const REMOTE_ANALYSIS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Read the minidump at `path` back into `info`: the crash, its thread and its stack (or why
+/// not). CPU-bound work on a blocking thread, bounded in time; the restart never waits for it.
+pub(crate) async fn analyse_dump(path: &std::path::Path, info: &mut DumpInfo) {
+    let handle = tokio::runtime::Handle::current();
+    let owned = path.to_owned();
+    let work = tokio::task::spawn_blocking(move || handle.block_on(syncra_dump::analyse(&owned)));
+    match tokio::time::timeout(ANALYSIS_LIMIT, work).await {
+        Ok(Ok(Ok(analysis))) => analysis.fill(info),
+        Ok(Ok(Err(e))) => info.error = Some(format!("its stack could not be read: {e}")),
+        Ok(Err(e)) => info.error = Some(format!("its stack could not be read: {e}")),
+        Err(_) => {
+            info.error = Some(format!(
+                "its stack was not read within {} s",
+                ANALYSIS_LIMIT.as_secs()
+            ))
+        }
     }
 }

@@ -29,7 +29,7 @@ use syncra_config::{GiveUpAction, GroupPolicy, HookPoint, NodePlan, RestartType}
 use syncra_protocol::agent::SpawnRequest;
 use syncra_protocol::boot::{Boot, ClusterJoin, PAGE_FD, Token};
 use syncra_protocol::broker::BROKER_FD;
-use syncra_protocol::crash::{CrashRecord, Decision, ExitSummary, PanicReport, Reason};
+use syncra_protocol::crash::{CrashRecord, Decision, DumpInfo, ExitSummary, PanicReport, Reason};
 use syncra_protocol::node::{NodeInbox, NodeToRuntime, RuntimeToNode, agent_group};
 use syncra_protocol::page::NodePage;
 use syncra_protocol::status::{EventKind, LifecycleEvent, SandboxStatus};
@@ -120,6 +120,8 @@ pub(crate) struct ExitReport {
     not_started: Option<NotStarted>,
     /// No replacement before this (its host was lost: the agent's fence first).
     not_before: Option<Instant>,
+    /// The minidump of its native crash, if its crash handler asked for one.
+    dump: Option<DumpInfo>,
 }
 
 impl ExitReport {
@@ -134,6 +136,7 @@ impl ExitReport {
             note: None,
             not_started: Some(why),
             not_before: None,
+            dump: None,
         }
     }
 }
@@ -217,6 +220,8 @@ struct Launched {
     log_path: std::path::PathBuf,
     /// What its sandbox enforces.
     sandbox: Option<SandboxStatus>,
+    /// Whether it has a crash socket (fd 7) its dumps are written through.
+    crash: bool,
 }
 
 /// How the supervisor reaches its node's process: its pidfd here, or its host's agent.
@@ -849,17 +854,25 @@ impl SupState {
                 log_dir: &self.ctx.runtime.log_dir,
                 broker: true,
                 lines: None,
+                dumps: self.ctx.runtime.dumps.map(|d| launch::DumpTarget {
+                    dir: self.ctx.runtime.crash_dir.join("dumps"),
+                    limits: syncra_dump::Limits {
+                        keep: d.keep,
+                        max_bytes: d.max_bytes,
+                    },
+                }),
             },
         )
         .await?;
         let pid = p.pid;
+        let crash = p.dumps.is_some();
         let me = self.myself.clone();
         let waiter_page = p.page.clone();
         let claim = Arc::new(AtomicU64::new(claim));
         let waiter_claim = claim.clone();
-        let (process, capture) = (p.process, p.capture);
+        let (process, capture, dumps) = (p.process, p.capture, p.dumps);
         tokio::spawn(async move {
-            let end = launch::wait_end(process, capture, &waiter_page).await;
+            let end = launch::wait_end(process, capture, &waiter_page, dumps).await;
             let incarnation = waiter_claim.swap(EXITED, Ordering::AcqRel);
             if incarnation == UNCLAIMED {
                 let _ = me.cast(SupMsg::SpareExited {
@@ -877,6 +890,7 @@ impl SupState {
                 note: end.note,
                 not_started: None,
                 not_before: None,
+                dump: end.dump.map(|d| d.info()),
             })));
         });
         Ok(Launched {
@@ -888,6 +902,7 @@ impl SupState {
             page: p.page,
             log_path: p.log_path,
             sandbox: p.sandbox,
+            crash,
         })
     }
 
@@ -911,6 +926,14 @@ impl SupState {
                 .collect(),
             sandbox: self.plan.sandbox.clone(),
             link: syncra_protocol::agent::Fingerprint([0; 32]),
+            dumps: self
+                .ctx
+                .runtime
+                .dumps
+                .map(|d| syncra_protocol::agent::DumpBounds {
+                    keep: d.keep as u32,
+                    max_bytes: d.max_bytes,
+                }),
         };
         let me = self.myself.clone();
         let sink: crate::remote::hosts::Sink = Arc::new(move |event| {
@@ -930,6 +953,7 @@ impl SupState {
             page: r.page,
             log_path: r.log_path,
             sandbox: r.sandbox,
+            crash: r.crash,
         })
     }
 
@@ -981,6 +1005,7 @@ impl SupState {
             page,
             log_path,
             sandbox,
+            crash,
         } = launched;
         if let Some(status) = &sandbox
             && !status.not_enforced.is_empty()
@@ -1019,6 +1044,7 @@ impl SupState {
             directory: self.ctx.registry.names(),
             seal_fd: Some(syncra_protocol::listener::SEAL_FD),
             direct_links: self.ctx.runtime.direct_links,
+            crash_fd: crash.then_some(syncra_protocol::boot::CRASH_FD),
         };
         let mut frame = Vec::new();
         let _ = boot.write_to(&mut frame);
@@ -1448,6 +1474,8 @@ impl SupState {
                     note: exit.note,
                     not_started: None,
                     not_before: None,
+                    // Its stack follows once the agent has read the dump (`Dumped`).
+                    dump: exit.dump,
                 })
                 .await
             }
@@ -1466,6 +1494,7 @@ impl SupState {
                     note: None,
                     not_started: None,
                     not_before: Some(replace_after),
+                    dump: None,
                 })
                 .await
             }
@@ -1674,6 +1703,7 @@ impl SupState {
                 stderr_tail: report.stderr_tail.clone(),
                 log_file: live.as_ref().map(|l| l.log_path.display().to_string()),
                 decision,
+                dump: report.dump.clone(),
             };
             let path = logs::crash_record_path(&self.ctx.runtime.crash_dir, &record, report.at);
             summary.record = Some(path.display().to_string());
@@ -1692,7 +1722,35 @@ impl SupState {
             );
             let run_hook = self.ctx.hooks.any(HookPoint::OnCrash, &own);
             let ctx = self.ctx.clone();
+            // A dump written here is read here; one on another host, by its agent, whose
+            // answer is waited for (bounded): the record is written with the stack.
+            let dumped = record.dump.as_ref().and_then(|d| d.path.clone());
+            let remote_dump = dumped
+                .as_ref()
+                .and(live.as_ref())
+                .and_then(|l| l.proc.host().map(|h| h.dump_of(&name, report.incarnation)));
+            let local_dump = dumped.filter(|_| remote_dump.is_none());
+            let mut record = record;
             self.ctx.track(async move {
+                if let Some(info) = record.dump.as_mut() {
+                    if let Some(dump) = local_dump {
+                        crate::supervisor::analyse_dump(std::path::Path::new(&dump), info).await;
+                    } else if let Some(answer) = remote_dump {
+                        match tokio::time::timeout(crate::supervisor::REMOTE_ANALYSIS_WAIT, answer)
+                            .await
+                        {
+                            Ok(Ok(read)) => *info = read,
+                            _ => {
+                                info.error = Some(
+                                    "its host did not send the stack read from its dump".into(),
+                                )
+                            }
+                        }
+                    }
+                    ctx.update_crash(&path.display().to_string(), |r| {
+                        r.dump = record.dump.clone()
+                    });
+                }
                 let write = tokio::task::spawn_blocking({
                     let (path, ctx) = (path.clone(), ctx.clone());
                     // Out of fds: the reserve gives one, so the record is still written.
