@@ -44,10 +44,40 @@ pub mod peers {
             .map(|h| format!("host = \"{h}\"\n"))
             .unwrap_or_default();
         format!(
-            "[drivers.{name}]\ncommand = \"{}\"\nargs = [{}]\n{host}",
-            crate::workspace_bin("syncra-test-peer").display(),
+            "{}{host}",
+            driver_running(
+                &crate::workspace_bin("syncra-test-peer")
+                    .display()
+                    .to_string(),
+                dir,
+                name,
+                role,
+                opts
+            )
+        )
+    }
+
+    /// [`driver`] (here) running the executable at `command`: a copy of the peer, another
+    /// "version" of it ([`copy`]).
+    pub fn driver_running(
+        command: &str,
+        dir: &Path,
+        name: &str,
+        role: &str,
+        opts: &[&str],
+    ) -> String {
+        format!(
+            "[drivers.{name}]\ncommand = \"{command}\"\nargs = [{}]\n",
             args(dir, name, role, opts)
         )
+    }
+
+    /// A copy of the peer's executable at `<dir>/<name>`: another "version" of a driver, for a
+    /// live swap; its path.
+    pub fn copy(dir: &Path, name: &str) -> String {
+        let path = dir.join(name);
+        crate::copy_executable(&crate::workspace_bin("syncra-test-peer"), &path);
+        path.display().to_string()
     }
 
     /// What the peer `name` reported so far.

@@ -7,8 +7,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use syncra_integration_tests::peers::{driver, lines};
-use syncra_integration_tests::{Harness, PATIENCE, copy_executable, workspace_bin};
+use syncra_integration_tests::peers::{self, driver, lines};
+use syncra_integration_tests::{Harness, PATIENCE, workspace_bin};
 use syncra_protocol::NodeState;
 
 /// Pid and incarnation of every node now, by name.
@@ -136,20 +136,14 @@ fn sighup_reloads() {
     assert_eq!(h.node("world/a").incarnation, 1);
 }
 
-/// A copy of the test peer at `path` (another "version" of the driver's executable).
-fn peer_copy(dir: &Path, name: &str) -> String {
-    let path = dir.join(name);
-    copy_executable(&workspace_bin("syncra-test-peer"), &path);
-    path.display().to_string()
-}
-
 #[test]
 fn a_driver_swapped_live_keeps_the_worlds_ticking_and_its_consumers_see_a_gap_not_a_reset() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path();
-    let v1 = peer_copy(dir, "producer-v1");
-    let v2 = peer_copy(dir, "producer-v2");
-    let producer = driver(
+    let v1 = peers::copy(dir, "producer-v1");
+    let v2 = peers::copy(dir, "producer-v2");
+    let producer = peers::driver_running(
+        &v1,
         dir,
         "producer",
         "producer",
@@ -159,15 +153,6 @@ fn a_driver_swapped_live_keeps_the_worlds_ticking_and_its_consumers_see_a_gap_no
             "slots=64",
             "rate=200",
         ],
-        None,
-    )
-    .replacen(
-        &format!(
-            "command = \"{}\"",
-            workspace_bin("syncra-test-peer").display()
-        ),
-        &format!("command = \"{v1}\""),
-        1,
     );
     let config = format!(
         "{producer}{}[worlds]\nentities = 16\n",
@@ -236,7 +221,7 @@ fn a_driver_swapped_live_keeps_the_worlds_ticking_and_its_consumers_see_a_gap_no
 fn a_new_executable_that_fails_to_start_is_rolled_back_by_itself() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path();
-    let v1 = peer_copy(dir, "echo-v1");
+    let v1 = peers::copy(dir, "echo-v1");
     let config = format!(
         "[drivers.echo]\ncommand = \"{v1}\"\nargs = [{}]\nrollback = true\n[worlds]\nentities = 16\n",
         syncra_integration_tests::peers::args(dir, "echo", "echo", &[])

@@ -6,8 +6,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use syncra_integration_tests::peers::driver;
-use syncra_integration_tests::{Harness, copy_executable, percentile, send, workspace_bin};
+use syncra_integration_tests::peers::{self, driver};
+use syncra_integration_tests::{Harness, percentile, send};
 use syncra_protocol::control::{ControlReply, ControlRequest};
 use syncra_protocol::status::EventKind;
 use syncra_runtime::ControlClient;
@@ -154,15 +154,12 @@ impl Tail {
 fn swap(rt: &tokio::runtime::Runtime, n: usize, rows: &mut Vec<Row>) {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path();
-    let versions: Vec<String> = ["producer-v1", "producer-v2"]
-        .iter()
-        .map(|name| {
-            let p = dir.join(name);
-            copy_executable(&workspace_bin("syncra-test-peer"), &p);
-            p.display().to_string()
-        })
-        .collect();
-    let producer = driver(
+    let versions = [
+        peers::copy(dir, "producer-v1"),
+        peers::copy(dir, "producer-v2"),
+    ];
+    let producer = peers::driver_running(
+        &versions[0],
         dir,
         "producer",
         "producer",
@@ -172,15 +169,6 @@ fn swap(rt: &tokio::runtime::Runtime, n: usize, rows: &mut Vec<Row>) {
             "slots=64",
             "rate=1000",
         ],
-        None,
-    )
-    .replacen(
-        &format!(
-            "command = \"{}\"",
-            workspace_bin("syncra-test-peer").display()
-        ),
-        &format!("command = \"{}\"", versions[0]),
-        1,
     );
     let config = super::config(
         1000,
