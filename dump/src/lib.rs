@@ -497,8 +497,10 @@ struct ModuleSymbols {
 impl ModuleSymbols {
     fn load(path: &str) -> Option<ModuleSymbols> {
         let loader = addr2line::Loader::new(path).ok()?;
-        let data = std::fs::read(path).ok()?;
-        let object = object::File::parse(&*data).ok()?;
+        // Only the headers are read for the segments (a binary with its debug info can be
+        // tens of megabytes; addr2line maps it itself).
+        let cache = object::ReadCache::new(File::open(path).ok()?);
+        let object = object::File::parse(&cache).ok()?;
         use object::{Object, ObjectSegment};
         let bias = object
             .segments()
