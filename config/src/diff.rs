@@ -127,6 +127,7 @@ pub fn diff(old: &Plan, new: &Plan) -> PlanDiff {
         ("runtime.direct_links", a.direct_links == b.direct_links),
         ("runtime.max_links", a.max_links == b.max_links),
         ("runtime.crash_dumps", a.dumps == b.dumps),
+        ("dashboard", a.dashboard == b.dashboard),
         ("hooks", old.hooks == new.hooks),
         ("hosts", old.hosts == new.hosts),
     ] {

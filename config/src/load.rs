@@ -76,6 +76,10 @@ pub struct Overrides {
     pub hosts: Option<Vec<String>>,
     /// `--state-dir DIR`: `runtime.state_dir`.
     pub state_dir: Option<PathBuf>,
+    /// `--dashboard`: `dashboard.enabled`.
+    pub dashboard: Option<bool>,
+    /// `--dashboard-port N`: `dashboard.port`.
+    pub dashboard_port: Option<u16>,
 }
 
 /// A loaded config: the effective values and the plan they resolve to.
@@ -228,6 +232,12 @@ impl Loader {
         }
         if let Some(d) = &self.overrides.state_dir {
             flags.push(("runtime.state_dir", d.display().to_string().into()));
+        }
+        if let Some(on) = self.overrides.dashboard {
+            flags.push(("dashboard.enabled", on.into()));
+        }
+        if let Some(port) = self.overrides.dashboard_port {
+            flags.push(("dashboard.port", port.into()));
         }
         for (key, value) in flags {
             fig = fig.merge(prune(Named {
@@ -662,6 +672,42 @@ default_world = "my_base_world"
         assert_eq!(window.command, "syncra-window");
         assert_eq!(window.heartbeat.deadline_ms, 3000);
         assert_eq!(window.heartbeat.interval_ms, 500);
+    }
+
+    #[test]
+    fn the_dashboard_is_off_by_default_and_its_flags_and_bounds_apply() {
+        assert_eq!(load("").unwrap().plan.runtime.dashboard, None);
+        let on = load("[dashboard]\nenabled = true\nport = 0\nmax_clients = 4\n").unwrap();
+        assert_eq!(
+            on.plan.runtime.dashboard,
+            Some(crate::plan::DashboardPlan {
+                port: 0,
+                max_clients: 4
+            })
+        );
+        let flags = Loader::new()
+            .without_env()
+            .overrides(Overrides {
+                dashboard: Some(true),
+                dashboard_port: Some(9100),
+                ..Default::default()
+            })
+            .load()
+            .unwrap();
+        assert_eq!(
+            flags.plan.runtime.dashboard.map(|d| d.port),
+            Some(9100),
+            "`syncra run --dashboard --dashboard-port 9100`"
+        );
+        for (bad, named) in [
+            ("max_clients = 1", "dashboard.max_clients"),
+            ("max_clients = 5000", "dashboard.max_clients"),
+            ("port = 70000", "dashboard.port"),
+            ("open = true", "dashboard.open"),
+        ] {
+            let err = load(&format!("[dashboard]\n{bad}\n")).unwrap_err().to_string();
+            assert!(err.contains(named), "{named} not named in: {err}");
+        }
     }
 
     #[test]

@@ -85,6 +85,38 @@ pub struct SyncraConfig {
     /// `[hosts.<name>]`: other machines, each running `syncra agent`.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub hosts: std::collections::BTreeMap<String, HostSpec>,
+    /// `[dashboard]`: the web dashboard on loopback (`syncra run --dashboard`).
+    pub dashboard: DashboardSection,
+}
+
+/// Default `dashboard.port`.
+pub const DEFAULT_DASHBOARD_PORT: u16 = 7878;
+/// Default `dashboard.max_clients`.
+pub const DEFAULT_DASHBOARD_CLIENTS: u32 = 32;
+/// Largest accepted `dashboard.max_clients`.
+pub const MAX_DASHBOARD_CLIENTS: u32 = 1024;
+
+/// `[dashboard]`: the web dashboard the runtime serves on loopback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardSection {
+    /// Serve it (`syncra run --dashboard` sets this).
+    pub enabled: bool,
+    /// TCP port on 127.0.0.1; 0 takes any free port (`syncra dashboard` prints the address).
+    pub port: u16,
+    /// Most connections at once (browsers, scrapers); past it the oldest idle one closes, and
+    /// when none is idle the newcomer is refused.
+    pub max_clients: u32,
+}
+
+impl Default for DashboardSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            port: DEFAULT_DASHBOARD_PORT,
+            max_clients: DEFAULT_DASHBOARD_CLIENTS,
+        }
+    }
 }
 
 /// Default `hosts.<name>.deadline_ms`.

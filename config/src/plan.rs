@@ -188,6 +188,17 @@ pub struct RuntimePlan {
     pub state_dir: PathBuf,
     /// Minidumps of native crashes, when written (`runtime.crash_dumps`).
     pub dumps: Option<DumpLimits>,
+    /// The web dashboard, when served (`[dashboard]`).
+    pub dashboard: Option<DashboardPlan>,
+}
+
+/// The web dashboard: where it listens and how many clients it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DashboardPlan {
+    /// Port on 127.0.0.1 (0: any free one).
+    pub port: u16,
+    /// Most connections at once.
+    pub max_clients: usize,
 }
 
 /// How many minidumps are kept per node, and how large one may be.
@@ -755,6 +766,15 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
         "bytes",
     );
 
+    in_range(
+        &mut problems,
+        "dashboard.max_clients",
+        u64::from(config.dashboard.max_clients),
+        2,
+        u64::from(crate::model::MAX_DASHBOARD_CLIENTS),
+        "connections",
+    );
+
     let mut hosts = Vec::new();
     for (name, h) in &config.hosts {
         let key = |k: &str| format!("hosts.{name}.{k}");
@@ -838,6 +858,10 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
         dumps: rt.crash_dumps.then_some(DumpLimits {
             keep: rt.crash_dumps_kept as usize,
             max_bytes: rt.crash_dump_max_bytes,
+        }),
+        dashboard: config.dashboard.enabled.then_some(DashboardPlan {
+            port: config.dashboard.port,
+            max_clients: config.dashboard.max_clients as usize,
         }),
     };
     let policy = |o: &GroupOverrides| GroupPolicy {

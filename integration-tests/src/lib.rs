@@ -21,6 +21,7 @@ use syncra_runtime::ControlClient;
 
 pub mod chaos;
 pub mod hosts;
+pub mod web;
 
 /// Helpers for configs of `syncra-test-peer` nodes, which report as JSON lines.
 pub mod peers {
@@ -390,6 +391,20 @@ impl Harness {
                 .ok()?
                 .ok()
         })
+    }
+
+    /// The web dashboard's address and token, once it serves (`[dashboard] enabled = true`).
+    pub fn dashboard(&self) -> (std::net::SocketAddr, String) {
+        let url = self.wait_until("the dashboard serves", PATIENCE, |s| {
+            s.runtime.dashboard.clone()
+        });
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .unwrap_or_else(|e| panic!("dashboard address {url}: {e}"));
+        let token = syncra_runtime::dashboard::read_token(&self.run_dir()).expect("token file");
+        (addr, token)
     }
 
     /// The current status, if the runtime answers.

@@ -303,6 +303,10 @@ pub struct RuntimeInfo {
     pub crash_dir: String,
     /// True once a shutdown has begun.
     pub shutting_down: bool,
+    /// The web dashboard's address (`http://127.0.0.1:PORT/`) when it is served; its token is
+    /// in the run directory.
+    #[serde(default)]
+    pub dashboard: Option<String>,
 }
 
 /// The answer to `syncra status`.

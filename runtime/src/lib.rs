@@ -35,6 +35,8 @@ mod broker;
 mod cgroup;
 mod cluster;
 mod control;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 mod fdreserve;
 pub mod hooks;
 mod launch;

@@ -74,6 +74,8 @@ pub enum RunDirError {
 pub(crate) struct RunDir {
     path: PathBuf,
     _lock: File,
+    /// Private files written into it (the dashboard's token), removed with the socket.
+    secrets: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl RunDir {
@@ -151,7 +153,34 @@ impl RunDir {
         Ok(RunDir {
             path: path.to_owned(),
             _lock: lock,
+            secrets: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Write `contents` into a new file `name` of the directory, readable by this user only
+    /// (mode 0600 from its creation on; whatever was there is replaced, never written
+    /// through), removed when the directory is released.
+    pub(crate) fn write_secret(&self, name: &str, contents: &str) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.path.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?;
+        // The umask cannot widen 0600, but say it outright.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(contents.as_bytes())?;
+        self.secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(path.clone());
+        Ok(path)
     }
 
     /// The control socket's path.
@@ -163,6 +192,14 @@ impl RunDir {
 impl Drop for RunDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.socket());
+        for secret in self
+            .secrets
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = std::fs::remove_file(secret);
+        }
     }
 }
 

@@ -59,6 +59,9 @@ pub enum StartError {
     /// or made.
     #[error("{0}")]
     Identity(String),
+    /// The web dashboard cannot be served (its port is taken, or this build has none).
+    #[error("{0}")]
+    Dashboard(String),
 }
 
 /// Why a reload (or an upgrade) changed nothing.
@@ -185,6 +188,22 @@ impl RuntimeBuilder {
             })?;
         }
         let run_dir = RunDir::acquire(&rt.run_dir)?;
+        // The dashboard's port, before anything starts: a port in use is a start error.
+        #[cfg(feature = "dashboard")]
+        let dashboard = match rt.dashboard {
+            Some(d) => Some(
+                crate::dashboard::Bound::bind(d, &run_dir)
+                    .await
+                    .map_err(StartError::Dashboard)?,
+            ),
+            None => None,
+        };
+        #[cfg(not(feature = "dashboard"))]
+        if rt.dashboard.is_some() {
+            return Err(StartError::Dashboard(
+                "this build of syncra-runtime has no web dashboard (its `dashboard` feature is off); leave `dashboard.enabled` false".into(),
+            ));
+        }
         // Other hosts: the runtime's identity (made on first use), one link per host.
         // (With hosts configured, even if no node is placed there yet: a reload may.)
         let hosts = if !plan.hosts.is_empty() {
@@ -337,6 +356,8 @@ impl RuntimeBuilder {
                 hub,
                 run_dir: Mutex::new(Some(run_dir)),
                 control: Mutex::new(None),
+                #[cfg(feature = "dashboard")]
+                dashboard: std::sync::OnceLock::new(),
                 watchdog: watchdog_abort,
                 broker_task: broker_abort,
                 router,
@@ -351,6 +372,10 @@ impl RuntimeBuilder {
                 .control
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(task);
+        }
+        #[cfg(feature = "dashboard")]
+        if let Some(bound) = dashboard {
+            let _ = runtime.inner.dashboard.set(bound.serve(runtime.clone()));
         }
         tokio::spawn(start_sequence(runtime.clone()));
         Ok(runtime)
@@ -434,6 +459,9 @@ struct Inner {
     hub: Hub,
     run_dir: Mutex<Option<RunDir>>,
     control: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The web dashboard, when served.
+    #[cfg(feature = "dashboard")]
+    dashboard: std::sync::OnceLock<crate::dashboard::Dashboard>,
     watchdog: tokio::task::AbortHandle,
     broker_task: tokio::task::AbortHandle,
     root: ActorRef<crate::root::RootMsg>,
@@ -518,6 +546,7 @@ impl Runtime {
                 log_dir: rt.log_dir.display().to_string(),
                 crash_dir: rt.crash_dir.display().to_string(),
                 shutting_down: self.inner.ctx.registry.shutting_down(),
+                dashboard: self.dashboard_url(),
             },
             nodes: {
                 let mut nodes = self.inner.ctx.registry.snapshot();
@@ -531,6 +560,15 @@ impl Runtime {
                 nodes
             },
         }
+    }
+
+    /// The web dashboard's address (`http://127.0.0.1:PORT/`), when it is served; its token
+    /// is in the run directory's `dashboard.token`.
+    pub fn dashboard_url(&self) -> Option<String> {
+        #[cfg(feature = "dashboard")]
+        return self.inner.dashboard.get().map(|d| d.url());
+        #[cfg(not(feature = "dashboard"))]
+        None
     }
 
     /// The plan this runtime runs now.
@@ -819,6 +857,10 @@ impl Runtime {
             .take()
         {
             task.abort();
+        }
+        #[cfg(feature = "dashboard")]
+        if let Some(d) = self.inner.dashboard.get() {
+            d.stop();
         }
         self.inner.watchdog.abort();
         self.inner.broker_task.abort();

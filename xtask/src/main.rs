@@ -37,6 +37,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     // `syncra top` is tested as a person uses it: in a terminal.
     ("tmux", "tmux"),
+    // …and the web dashboard in a browser: headless Chromium driven over WebDriver.
+    ("chromium", "/usr/bin/chromium"),
+    ("chromium-driver", "/usr/bin/chromedriver"),
     // …and what the audio and input drivers build against (DESKTOP_BUILD), and every
     // library the window and renderer load (DESKTOP_LIBRARIES).
 ];

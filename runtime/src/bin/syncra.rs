@@ -50,6 +50,12 @@ struct ConfigArgs {
     /// Where the runtime keeps its identity for other hosts (default: $XDG_STATE_HOME/syncra, else ~/.local/state/syncra).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Serve the web dashboard on 127.0.0.1 (`[dashboard]`; `syncra dashboard` prints its link).
+    #[arg(long)]
+    dashboard: bool,
+    /// The dashboard's port (`dashboard.port`; 0: any free port).
+    #[arg(long, value_name = "PORT")]
+    dashboard_port: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +225,12 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print the link to the running runtime's web dashboard, with its token (`syncra run
+    /// --dashboard`): open it in a browser on this machine.
+    Dashboard {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Follow lifecycle events (spawned, up, hung, down, restarting, failed) until Ctrl-C.
     Events {
         /// Print each event as one JSON line.
@@ -350,6 +362,7 @@ fn main() -> ExitCode {
                 target,
             } => crashes(&target.dir(), name, limit, json).await,
             Command::Events { json, target } => events(&target.dir(), json).await,
+            Command::Dashboard { target } => dashboard(&target.dir()).await,
             Command::Top { target } => match top::run(target.dir()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -411,6 +424,8 @@ fn loader(args: &ConfigArgs) -> Loader {
         run_dir: args.run_dir.clone(),
         hosts: args.hosts.clone(),
         state_dir: args.state_dir.clone(),
+        dashboard: args.dashboard.then_some(true),
+        dashboard_port: args.dashboard_port,
     });
     match &args.config {
         Some(path) => loader = loader.file(path),
@@ -1088,6 +1103,37 @@ async fn status(run_dir: &Path, json: bool) -> ExitCode {
     }
 }
 
+/// `syncra dashboard`.
+async fn dashboard(run_dir: &Path) -> ExitCode {
+    let report = match request(run_dir, ControlRequest::Status).await {
+        Ok(ControlReply::Status(report)) => report,
+        Ok(other) => return fail(ClientError::Unexpected(format!("{other:?}"))),
+        Err(e) => return fail(e),
+    };
+    let Some(url) = report.runtime.dashboard else {
+        eprintln!(
+            "syncra: the runtime (pid {}) serves no dashboard: start it with `syncra run --dashboard`, or `enabled = true` under `[dashboard]`",
+            report.runtime.pid
+        );
+        return ExitCode::FAILURE;
+    };
+    match syncra_runtime::dashboard::read_token(run_dir) {
+        Ok(token) => {
+            println!("{url}#token={token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "syncra: the dashboard is at {url}, but its token cannot be read from {}: {e}",
+                run_dir
+                    .join(syncra_runtime::dashboard::TOKEN_FILE)
+                    .display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn streams(run_dir: &Path, json: bool) -> ExitCode {
     match request(run_dir, ControlRequest::Streams).await {
         Ok(ControlReply::Streams(list)) => {
@@ -1323,6 +1369,9 @@ fn print_status(r: &StatusReport) {
             ""
         }
     );
+    if let Some(url) = &rt.dashboard {
+        println!("dashboard: {url} (`syncra dashboard` prints the link with its token)");
+    }
     println!(
         "{:<22} {:<7} {:<9} {:>8} {:>4} {:>8} {:>8} {:>9} {:>8}  LAST EXIT / DETAIL",
         "NODE", "KIND", "STATE", "PID", "INC", "RESTARTS", "UPTIME", "TICK", "ENTITIES"
