@@ -705,7 +705,9 @@ default_world = "my_base_world"
             ("port = 70000", "dashboard.port"),
             ("open = true", "dashboard.open"),
         ] {
-            let err = load(&format!("[dashboard]\n{bad}\n")).unwrap_err().to_string();
+            let err = load(&format!("[dashboard]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(named), "{named} not named in: {err}");
         }
     }

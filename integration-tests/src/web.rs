@@ -338,6 +338,14 @@ impl Browser {
             .unwrap_or_else(|e| panic!("running {script}: {e}"))
     }
 
+    /// Run `script` in the page as an asynchronous script: its last argument is the function
+    /// to call with the answer (WebDriver's "execute async").
+    pub fn eval_async(&self, script: &str, args: Vec<serde_json::Value>) -> serde_json::Value {
+        self.rt
+            .block_on(self.client().execute_async(script, args))
+            .unwrap_or_else(|e| panic!("running {script}: {e}"))
+    }
+
     /// Wait until `f` gives `Some` (asked every 20 ms); panic after [`PATIENCE`] with the
     /// page's text.
     pub fn until<T>(&self, what: &str, mut f: impl FnMut(&Browser) -> Option<T>) -> T {

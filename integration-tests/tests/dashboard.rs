@@ -416,7 +416,18 @@ fn a_flood_of_clients_is_refused_boundedly_and_the_dashboard_still_answers() {
             }
         }
     }
-    drop(idle);
+    // The newcomers past the bound that found no idle connection to replace were told why.
+    let refused = idle
+        .into_iter()
+        .filter(|s| {
+            use std::io::Read;
+            s.set_nonblocking(true).unwrap();
+            let mut answer = String::new();
+            let _ = (&*s).read_to_string(&mut answer);
+            answer.starts_with("HTTP/1.1 503") && answer.contains("dashboard.max_clients")
+        })
+        .count();
+    assert!(refused > 0, "no newcomer was refused with a 503");
 
     // Event streams are busy connections: half the bound at most; the next is refused with
     // the reason, and one more connection past the bound gets 503.

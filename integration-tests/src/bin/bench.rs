@@ -12,7 +12,8 @@
 //! syncra-bench --hosts-only [--pings 2000] [--remote-calls 5000] [--remote-kills 20] [--stream-samples 1000]
 //!                                             other hosts: the agent link, calls, restarts, streams
 //!                                                                  only the audio and input drivers'
-//! syncra-bench --ops-only [--reloads 50] [--swaps 10] [--dumps 20]   reload, live swap, crash dumps
+//! syncra-bench --ops-only [--reloads 50] [--swaps 10] [--dumps 20] [--page-events 30]
+//!                                                                    reload, live swap, crash dumps, dashboard
 //! ```
 
 #![allow(
@@ -571,6 +572,7 @@ fn all_ops(rows: &mut Vec<Row>) {
         arg("--reloads", 50),
         arg("--swaps", 10),
         arg("--dumps", 20),
+        arg("--page-events", 30),
         rows,
     );
 }

@@ -307,23 +307,18 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let admitted = shared.conns().admit(shared.max_clients);
         let Some((id, evicted)) = admitted else {
             shared.refused("every connection is in use");
-            let limit = shared.max_clients;
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let body = format!(
-                    "the dashboard serves {limit} connections (dashboard.max_clients), every one in use; try again when some have closed\n"
-                );
-                let reply = format!(
-                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let mut stream = stream;
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    stream.write_all(reply.as_bytes()),
-                )
-                .await;
-            });
+            // One non-blocking write into the fresh socket's empty buffer, then close: a flood
+            // of newcomers holds nothing open.
+            let body = format!(
+                "the dashboard serves {} connections (dashboard.max_clients), every one in use; try again when some have closed\n",
+                shared.max_clients
+            );
+            let reply = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.try_write(reply.as_bytes());
+            drop(stream);
             continue;
         };
         let place = Place {

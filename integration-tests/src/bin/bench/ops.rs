@@ -15,7 +15,13 @@ use syncra_runtime::ControlClient;
 use super::{Row, events, ms, until};
 
 /// Every operations row.
-pub(crate) fn all(reloads: usize, swaps: usize, crashes: usize, rows: &mut Vec<Row>) {
+pub(crate) fn all(
+    reloads: usize,
+    swaps: usize,
+    crashes: usize,
+    page_events: usize,
+    rows: &mut Vec<Row>,
+) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -23,6 +29,119 @@ pub(crate) fn all(reloads: usize, swaps: usize, crashes: usize, rows: &mut Vec<R
     reload_no_change(&rt, reloads, rows);
     swap(&rt, swaps, rows);
     crash_dumps(&rt, crashes, rows);
+    dashboard_page(&rt, page_events, rows);
+}
+
+/// Milliseconds since the Unix epoch, now (the clock the page's
+/// `performance.timeOrigin + performance.now()` counts on).
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1e3
+}
+
+/// (ops d) A lifecycle event until the dashboard's page in headless Chromium shows it (SSE,
+/// then the page's script): a restart asked over the control socket, until the page lists
+/// the node's `down` — beside a control-socket subscriber (`syncra events`) getting the same
+/// event in the same run.
+fn dashboard_page(rt: &tokio::runtime::Runtime, n: usize, rows: &mut Vec<Row>) {
+    use syncra_integration_tests::web::{Browser, CHROMEDRIVER, CHROMIUM};
+    let measure =
+        "(ops d) dashboard: restart asked → its `down` event shown in the page (Chromium, SSE)";
+    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
+        rows.push(Row {
+            measure: measure.into(),
+            p50: "-".into(),
+            p99: "-".into(),
+            baseline: "-".into(),
+            target: "-".into(),
+            verdict: format!(
+                "not measured: {CHROMIUM} or {CHROMEDRIVER} missing (`cargo test-all` installs them)"
+            ),
+        });
+        return;
+    }
+    let h = Harness::start(
+        &super::config(
+            1000,
+            "[worlds]\nentities = 64\n[dashboard]\nenabled = true\nport = 0\n",
+        ),
+        &[],
+    );
+    h.wait_ready(&["world/main"]);
+    let (addr, token) = h.dashboard();
+    let browser = Browser::start();
+    browser.goto(&format!("http://{addr}/#token={token}"));
+    browser.until("the page is live", |b| {
+        b.text("#link").filter(|t| t == "live")
+    });
+    // The page's clock against ours: a script's answer lies between the two readings around it.
+    let (before, page, after) = (
+        unix_ms(),
+        browser
+            .eval("return performance.timeOrigin + performance.now()", vec![])
+            .as_f64()
+            .unwrap(),
+        unix_ms(),
+    );
+    assert!(
+        page >= before - 1.0 && page <= after + 1.0,
+        "the page's clock is off ours by more than a millisecond: {before} {page} {after}"
+    );
+    let mut events = rt.block_on(events(&h));
+    let (mut shown, mut received) = (Vec::new(), Vec::new());
+    for i in 1..=n as u64 {
+        let t0 = unix_ms();
+        let _ = request(
+            rt,
+            &h,
+            ControlRequest::Restart {
+                node: "world/main".into(),
+            },
+        );
+        rt.block_on(until(&mut events, |ev| {
+            (ev.node.as_str() == "world/main"
+                && ev.incarnation == i
+                && matches!(ev.what, EventKind::Down { .. }))
+            .then_some(())
+        }));
+        received.push(unix_ms() - t0);
+        // Waited for inside the page (a MutationObserver), so that no polling script competes
+        // with the page's own for its main thread.
+        let at = browser
+            .eval_async(
+                "const [inc, done] = arguments;
+                 const sel = `#events li[data-node=\"world/main\"][data-event=\"down\"][data-incarnation=\"${inc}\"]`;
+                 const found = () => {
+                   const e = document.querySelector(sel);
+                   if (e) done(Number(e.dataset.shownAt));
+                   return !!e;
+                 };
+                 if (!found()) {
+                   const o = new MutationObserver(() => { if (found()) o.disconnect(); });
+                   o.observe(document.getElementById('events'), { childList: true });
+                 }",
+                vec![i.into()],
+            )
+            .as_f64()
+            .expect("the time the page showed the event");
+        shown.push(at - t0);
+        h.wait_ready_incarnation("world/main", i + 1);
+    }
+    rows.push(Row {
+        measure: format!("{measure} ({n} restarts)"),
+        p50: ms(percentile(&mut shown, 50.0)),
+        p99: ms(percentile(&mut shown, 99.0)),
+        baseline: format!(
+            "same event on a control-socket subscriber: p50 {} p99 {}",
+            ms(percentile(&mut received, 50.0)),
+            ms(percentile(&mut received, 99.0))
+        ),
+        target: "-".into(),
+        verdict: "measured".into(),
+    });
 }
 
 fn request(rt: &tokio::runtime::Runtime, h: &Harness, req: ControlRequest) -> ControlReply {
