@@ -531,6 +531,26 @@ pub struct NodeSpec {
     /// start, go back to the previous one by itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback: Option<bool>,
+    /// Worlds only: `"durable"` (the default) keeps the world's state outside its process so
+    /// that its next incarnation resumes where it died; `"off"` starts every one from the seed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateMode>,
+    /// Worlds only: ticks between durable states (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_interval: Option<u32>,
+    /// Worlds only: durable states kept (default 3, at least 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub states_kept: Option<u32>,
+}
+
+/// A world's `state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateMode {
+    /// Kept outside the world's process; a crash loses at most `state_interval` ticks.
+    Durable,
+    /// Not kept: every incarnation starts from the seed.
+    Off,
 }
 
 /// The keys of [`NodeSpec`], for messages and for the `[worlds]` defaults.
@@ -553,10 +573,20 @@ pub const NODE_SPEC_KEYS: &[&str] = &[
     "host",
     "fallback_host",
     "rollback",
+    "state",
+    "state_interval",
+    "states_kept",
 ];
 
 /// The keys of [`NodeSpec`] that only worlds may use.
-pub const WORLD_ONLY_KEYS: &[&str] = &["tick_hz", "entities", "seed"];
+pub const WORLD_ONLY_KEYS: &[&str] = &[
+    "tick_hz",
+    "entities",
+    "seed",
+    "state",
+    "state_interval",
+    "states_kept",
+];
 
 impl NodeSpec {
     /// `self` with every unset field taken from `defaults`.
@@ -589,6 +619,9 @@ impl NodeSpec {
             tick_hz: pick(&self.tick_hz, &defaults.tick_hz),
             entities: pick(&self.entities, &defaults.entities),
             seed: pick(&self.seed, &defaults.seed),
+            state: pick(&self.state, &defaults.state),
+            state_interval: pick(&self.state_interval, &defaults.state_interval),
+            states_kept: pick(&self.states_kept, &defaults.states_kept),
             sandbox: pick(&self.sandbox, &defaults.sandbox),
             host: pick(&self.host, &defaults.host),
             fallback_host: pick(&self.fallback_host, &defaults.fallback_host),
@@ -620,6 +653,9 @@ impl NodeSpec {
             ("host", self.host.is_some()),
             ("fallback_host", self.fallback_host.is_some()),
             ("rollback", self.rollback.is_some()),
+            ("state", self.state.is_some()),
+            ("state_interval", self.state_interval.is_some()),
+            ("states_kept", self.states_kept.is_some()),
         ];
         set.iter()
             .filter(|(k, on)| *on && keys.contains(k))

@@ -656,7 +656,35 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
                     }
                 },
             },
+            state: syncra_protocol::world::WorldState {
+                durable: spec.state != Some(crate::model::StateMode::Off),
+                interval: spec.state_interval.unwrap_or(1),
+                kept: spec.states_kept.unwrap_or(3),
+            },
         };
+        let own_or = |k: &str, set: bool| {
+            if set {
+                format!("{key}.{k}")
+            } else {
+                format!("worlds.{k}")
+            }
+        };
+        in_range(
+            &mut problems,
+            &own_or("state_interval", own.state_interval.is_some()),
+            u64::from(settings.state.interval),
+            1,
+            3600 * 1000,
+            "ticks",
+        );
+        in_range(
+            &mut problems,
+            &own_or("states_kept", own.states_kept.is_some()),
+            u64::from(settings.state.kept),
+            2,
+            64,
+            "states",
+        );
         if !(settings.tick_hz.is_finite()
             && settings.tick_hz > 0.0
             && settings.tick_hz <= MAX_TICK_HZ)

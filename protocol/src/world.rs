@@ -24,7 +24,45 @@ pub struct WorldSettings {
     /// The game: a player, sounds (the world's own `settings = { .. }` table in config).
     #[serde(default)]
     pub game: WorldGame,
+    /// Durable state: whether, how often and how many of its states the world keeps where
+    /// its own death cannot reach them.
+    #[serde(default)]
+    pub state: WorldState,
 }
+
+/// A world's durable state (`state`, `state_interval`, `states_kept` in config): every
+/// `interval` ticks the world writes its whole simulation state into a ring the runtime holds
+/// for it (`world/<name>/state`), and its next incarnation resumes from the newest complete
+/// one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorldState {
+    /// Write states (`state = "durable"`); `false` (`"off"`): every incarnation starts from
+    /// the seed.
+    pub durable: bool,
+    /// Ticks between states (1: every tick; a crash loses at most this many).
+    pub interval: u32,
+    /// States kept (the ring's slots, at least 2: one is always complete while the next is
+    /// written).
+    pub kept: u32,
+}
+
+impl Default for WorldState {
+    fn default() -> Self {
+        WorldState {
+            durable: true,
+            interval: 1,
+            kept: 3,
+        }
+    }
+}
+
+/// The stream a world keeps its durable state on: `world/<name>/state`. Only the world
+/// writes it and reads it back; the runtime holds it across the world's restarts.
+pub const STATE_STREAM: &str = "state";
+
+/// The state stream's type tag.
+pub const STATE_TAG: &str = "syncra.world.state/1";
 
 /// What a world does beyond its seeded scene: `[worlds] settings = { .. }` (or a world's own).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +106,7 @@ impl WorldSettings {
             entities: DEFAULT_ENTITIES,
             seed: DEFAULT_SEED,
             game: WorldGame::default(),
+            state: WorldState::default(),
         }
     }
 }

@@ -65,12 +65,21 @@ pub struct PlayerEvents {
     pub bumped: Option<Vec3>,
 }
 
+pub mod state;
+
 /// One world's simulation state.
 pub struct Scene {
     world: hecs::World,
     tick: u64,
     dt: f32,
     player: Option<hecs::Entity>,
+    /// The scene's random generator, where building it left it (kept in its durable state).
+    rng: ChaCha8Rng,
+    /// What it was built from: a durable state records them, and is resumed only by a world
+    /// of the same.
+    seed: u64,
+    configured: u32,
+    tick_hz: f64,
 }
 
 impl std::fmt::Debug for Scene {
@@ -132,6 +141,10 @@ impl Scene {
             tick: 0,
             dt: (1.0 / settings.tick_hz) as f32,
             player,
+            rng,
+            seed: settings.seed,
+            configured: settings.entities,
+            tick_hz: settings.tick_hz,
         }
     }
 
@@ -277,6 +290,7 @@ mod tests {
             entities: 500,
             seed,
             game: Default::default(),
+            state: Default::default(),
         }
     }
 

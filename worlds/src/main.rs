@@ -62,6 +62,7 @@ fn main() {
             entities: cli.entities,
             seed: cli.seed,
             game: Default::default(),
+            state: Default::default(),
         };
         return standalone(&settings, cli.ticks);
     }

@@ -392,6 +392,7 @@ pub(crate) fn remote_streams(samples: usize, rows: &mut Vec<Row>) {
             entities: 256,
             seed: 1,
             game: Default::default(),
+            state: Default::default(),
         };
         let scene = syncra_world::Scene::new(&settings);
         let mut snapshot = syncra_protocol::world::SceneSnapshot {

@@ -1,0 +1,446 @@
+//! A world's durable state: its whole simulation — every entity's id and components, the
+//! player, the tick, the random generator's position, the last input applied — in one flat,
+//! versioned, checksummed record, written in place (into a slot of the world's state ring, or
+//! a file) and read back by its next incarnation.
+//!
+//! ```text
+//! 0    magic "SYNSTATE"      8   format (u32)          12  flags (u32: 1 = a player)
+//! 16   tick (u64)            24  last input applied (u64, its sequence on the actions stream)
+//! 32   seed (u64)            40  entities in the config (u32)   44  records (u32)
+//! 48   tick_hz (f64 bits)    56  random generator's word position (u128)
+//! 72   body bytes (u64)      80  checksum (u64: xxh3 of bytes 0..80 and the body)
+//! 88   player entity (u64)   96  player's wish (2 × f32)  104 bump cooldown (u32)
+//! 128  body: one 72-byte record per entity, in the order the ECS iterates them
+//! ```
+//!
+//! All little-endian. A record: entity bits (u64), position (3 × f32), rotation (4 × f32),
+//! linear velocity (3 × f32), spin (f32), colour (4 × f32), 4 bytes of padding.
+
+use glam::{Quat, Vec3};
+use rand_chacha::ChaCha8Rng;
+use syncra_protocol::world::WorldSettings;
+
+use crate::{Colour, Player, Scene, Transform, Velocity};
+
+/// The state format this build writes and reads.
+pub const STATE_FORMAT: u32 = 1;
+/// `"SYNSTATE"`.
+const MAGIC: [u8; 8] = *b"SYNSTATE";
+/// Bytes before the first record.
+pub const STATE_HEADER: usize = 128;
+/// Bytes of one entity's record.
+pub const RECORD: usize = std::mem::size_of::<Record>();
+/// The header bytes the checksum covers (those before it).
+const CHECKED_HEADER: usize = 80;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Record {
+    id: u64,
+    position: [f32; 3],
+    rotation: [f32; 4],
+    linear: [f32; 3],
+    spin: f32,
+    colour: [f32; 4],
+    _pad: u32,
+}
+
+const _: () = assert!(RECORD == 72);
+
+/// Bytes a state of a scene of `entities` entities (and a player) needs.
+pub fn state_size(entities: u32) -> usize {
+    STATE_HEADER + (entities as usize + 1) * RECORD
+}
+
+/// What a state says about itself, without its entities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StateInfo {
+    /// Its format.
+    pub format: u32,
+    /// The tick it holds (the scene after that many ticks).
+    pub tick: u64,
+    /// The sequence of the last input action applied (0: none).
+    pub input_seq: u64,
+    /// The seed of the world that wrote it.
+    pub seed: u64,
+    /// That world's configured entities.
+    pub entities: u32,
+    /// That world's tick rate.
+    pub tick_hz: f64,
+    /// Bytes in all.
+    pub bytes: usize,
+}
+
+/// Why a state cannot be resumed from: each says what it found and what this world expected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StateError {
+    /// Not a state at all (another file, an empty slot).
+    #[error("not a world state (no SYNSTATE header)")]
+    NotAState,
+    /// Written by another version of the format.
+    #[error("state from format {found}, this build reads {STATE_FORMAT}")]
+    Format {
+        /// Its format.
+        found: u32,
+    },
+    /// Shorter than its header says: cut off.
+    #[error("state cut short: {have} of {want} bytes")]
+    Truncated {
+        /// Bytes there.
+        have: usize,
+        /// Bytes it says it has.
+        want: usize,
+    },
+    /// The checksum does not match: corrupted.
+    #[error("state corrupted: its checksum does not match")]
+    Checksum,
+    /// Written by a world of another config: it would not be this world's simulation.
+    #[error("state from another config ({found}), this world runs {expected}")]
+    Config {
+        /// What the state's world ran.
+        found: String,
+        /// What this world runs.
+        expected: String,
+    },
+    /// Its entities are not a scene this build can hold (a duplicate or invalid id).
+    #[error("state holds an invalid entity: {0}")]
+    Entities(String),
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default())
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default())
+}
+
+fn f32_at(b: &[u8], at: usize) -> f32 {
+    f32::from_bits(u32_at(b, at))
+}
+
+fn checksum(header: &[u8], body: &[u8]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&header[..CHECKED_HEADER]);
+    h.update(body);
+    h.digest()
+}
+
+/// The configuration a state must have been written under, in words.
+fn config_words(seed: u64, entities: u32, tick_hz: f64) -> String {
+    format!("seed {seed}, {entities} entities, {tick_hz} Hz")
+}
+
+/// Read a state's header and check it whole (format, length, checksum); its info.
+pub fn inspect(bytes: &[u8]) -> Result<StateInfo, StateError> {
+    if bytes.len() < STATE_HEADER || bytes[..8] != MAGIC {
+        return Err(StateError::NotAState);
+    }
+    let format = u32_at(bytes, 8);
+    if format != STATE_FORMAT {
+        return Err(StateError::Format { found: format });
+    }
+    let body = u64_at(bytes, 72);
+    let records = u32_at(bytes, 44) as u64;
+    let want = (STATE_HEADER as u64).saturating_add(body);
+    if body != records.saturating_mul(RECORD as u64) || want > bytes.len() as u64 {
+        return Err(StateError::Truncated {
+            have: bytes.len(),
+            want: want.min(usize::MAX as u64) as usize,
+        });
+    }
+    let want = want as usize;
+    if checksum(bytes, &bytes[STATE_HEADER..want]) != u64_at(bytes, 80) {
+        return Err(StateError::Checksum);
+    }
+    Ok(StateInfo {
+        format,
+        tick: u64_at(bytes, 16),
+        input_seq: u64_at(bytes, 24),
+        seed: u64_at(bytes, 32),
+        entities: u32_at(bytes, 40),
+        tick_hz: f64::from_bits(u64_at(bytes, 48)),
+        bytes: want,
+    })
+}
+
+impl Scene {
+    /// Write the whole simulation state into `out` (at least [`state_size`] of the configured
+    /// entities), with `input_seq` the last input applied; returns the bytes written, or
+    /// `None` if `out` is too small.
+    pub fn save_into(&self, input_seq: u64, out: &mut [u8]) -> Option<usize> {
+        let records = self.world.len() as usize;
+        let len = STATE_HEADER + records * RECORD;
+        if out.len() < len {
+            return None;
+        }
+        let (header, rest) = out.split_at_mut(STATE_HEADER);
+        let body = &mut rest[..records * RECORD];
+        let mut query = self
+            .world
+            .query::<(hecs::Entity, &Transform, &Velocity, &Colour)>();
+        for ((e, t, v, c), slot) in query.iter().zip(body.chunks_exact_mut(RECORD)) {
+            let r = Record {
+                id: e.to_bits().get(),
+                position: t.position.to_array(),
+                rotation: t.rotation.to_array(),
+                linear: v.linear.to_array(),
+                spin: v.spin,
+                colour: c.0,
+                _pad: 0,
+            };
+            slot.copy_from_slice(bytemuck::bytes_of(&r));
+        }
+        header.fill(0);
+        header[..8].copy_from_slice(&MAGIC);
+        header[8..12].copy_from_slice(&STATE_FORMAT.to_le_bytes());
+        let player = self
+            .player
+            .and_then(|p| Some((p, *self.world.get::<&Player>(p).ok()?)));
+        header[12..16].copy_from_slice(&u32::from(player.is_some()).to_le_bytes());
+        header[16..24].copy_from_slice(&self.tick.to_le_bytes());
+        header[24..32].copy_from_slice(&input_seq.to_le_bytes());
+        header[32..40].copy_from_slice(&self.seed.to_le_bytes());
+        header[40..44].copy_from_slice(&self.configured.to_le_bytes());
+        header[44..48].copy_from_slice(&(records as u32).to_le_bytes());
+        header[48..56].copy_from_slice(&self.tick_hz.to_bits().to_le_bytes());
+        header[56..72].copy_from_slice(&self.rng.get_word_pos().to_le_bytes());
+        header[72..80].copy_from_slice(&((records * RECORD) as u64).to_le_bytes());
+        if let Some((p, player)) = player {
+            header[88..96].copy_from_slice(&p.to_bits().get().to_le_bytes());
+            header[96..100].copy_from_slice(&player.wish[0].to_le_bytes());
+            header[100..104].copy_from_slice(&player.wish[1].to_le_bytes());
+            header[104..108].copy_from_slice(&player.bump_cooldown.to_le_bytes());
+        }
+        let sum = checksum(header, body);
+        header[80..88].copy_from_slice(&sum.to_le_bytes());
+        Some(len)
+    }
+
+    /// The whole state, in a new buffer.
+    pub fn save(&self, input_seq: u64) -> Vec<u8> {
+        let mut out = vec![0u8; STATE_HEADER + self.world.len() as usize * RECORD];
+        let len = self.save_into(input_seq, &mut out).unwrap_or(0);
+        out.truncate(len);
+        out
+    }
+
+    /// Rebuild the scene a state holds, for a world of `settings`: checked whole first (its
+    /// format, length and checksum, and that it was written by a world of this config).
+    /// Returns the scene and what the state said.
+    pub fn restore(
+        settings: &WorldSettings,
+        bytes: &[u8],
+    ) -> Result<(Scene, StateInfo), StateError> {
+        let info = inspect(bytes)?;
+        if info.seed != settings.seed
+            || info.entities != settings.entities
+            || info.tick_hz.to_bits() != settings.tick_hz.to_bits()
+        {
+            return Err(StateError::Config {
+                found: config_words(info.seed, info.entities, info.tick_hz),
+                expected: config_words(settings.seed, settings.entities, settings.tick_hz),
+            });
+        }
+        let has_player = u32_at(bytes, 12) & 1 == 1;
+        if has_player != settings.game.player {
+            return Err(StateError::Config {
+                found: format!(
+                    "a world {} a player",
+                    if has_player { "with" } else { "without" }
+                ),
+                expected: format!(
+                    "one {} a player",
+                    if settings.game.player {
+                        "with"
+                    } else {
+                        "without"
+                    }
+                ),
+            });
+        }
+        let player_bits = u64_at(bytes, 88);
+        let player_state = Player {
+            wish: [f32_at(bytes, 96), f32_at(bytes, 100)],
+            bump_cooldown: u32_at(bytes, 104),
+        };
+        let mut world = hecs::World::new();
+        let mut player = None;
+        let body = &bytes[STATE_HEADER..info.bytes];
+        for chunk in body.chunks_exact(RECORD) {
+            let r: Record = bytemuck::pod_read_unaligned(chunk);
+            let entity = hecs::Entity::from_bits(r.id)
+                .ok_or_else(|| StateError::Entities(format!("id {:#x}", r.id)))?;
+            if world.contains(entity) {
+                return Err(StateError::Entities(format!("id {:#x} twice", r.id)));
+            }
+            let components = (
+                Transform {
+                    position: Vec3::from_array(r.position),
+                    rotation: Quat::from_array(r.rotation),
+                },
+                Velocity {
+                    linear: Vec3::from_array(r.linear),
+                    spin: r.spin,
+                },
+                Colour(r.colour),
+            );
+            if has_player && r.id == player_bits {
+                world.spawn_at(
+                    entity,
+                    (components.0, components.1, components.2, player_state),
+                );
+                player = Some(entity);
+            } else {
+                world.spawn_at(entity, components);
+            }
+        }
+        if has_player && player.is_none() {
+            return Err(StateError::Entities(
+                "the player is not among the entities".into(),
+            ));
+        }
+        let mut rng = <ChaCha8Rng as rand_core::SeedableRng>::seed_from_u64(settings.seed);
+        rng.set_word_pos(u128::from_le_bytes(
+            bytes[56..72].try_into().unwrap_or_default(),
+        ));
+        Ok((
+            Scene {
+                world,
+                tick: info.tick,
+                dt: (1.0 / settings.tick_hz) as f32,
+                player,
+                rng,
+                seed: settings.seed,
+                configured: settings.entities,
+                tick_hz: settings.tick_hz,
+            },
+            info,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncra_protocol::world::WorldGame;
+
+    fn settings(player: bool) -> WorldSettings {
+        WorldSettings {
+            game: WorldGame {
+                player,
+                ..Default::default()
+            },
+            entities: 300,
+            seed: 11,
+            ..WorldSettings::new("t")
+        }
+    }
+
+    #[test]
+    fn a_restored_scene_runs_on_exactly_as_one_that_never_stopped() {
+        for player in [false, true] {
+            let s = settings(player);
+            let mut original = Scene::new(&s);
+            original.set_move(0.5, -1.0);
+            for _ in 0..437 {
+                original.step();
+            }
+            let bytes = original.save(99);
+            assert_eq!(bytes.len(), state_size(300) - usize::from(!player) * RECORD);
+            let (mut resumed, info) = Scene::restore(&s, &bytes).unwrap();
+            assert_eq!((info.tick, info.input_seq), (437, 99));
+            assert_eq!(resumed.tick(), 437);
+            assert_eq!(resumed.state_hash(), original.state_hash());
+            assert_eq!(resumed.player_position(), original.player_position());
+            for _ in 0..1000 {
+                assert_eq!(resumed.step(), original.step());
+            }
+            assert_eq!(resumed.state_hash(), original.state_hash());
+            assert_eq!(resumed.rng.get_word_pos(), original.rng.get_word_pos());
+            // Same entity ids: what the scene stream publishes is the same.
+            let (mut a, mut b) = (empty_snapshot(), empty_snapshot());
+            original.snapshot_into("t", &mut a);
+            resumed.snapshot_into("t", &mut b);
+            assert_eq!(a, b);
+        }
+    }
+
+    fn empty_snapshot() -> syncra_protocol::world::SceneSnapshot {
+        syncra_protocol::world::SceneSnapshot {
+            world: String::new(),
+            tick: 0,
+            entities: Vec::new(),
+            player: None,
+        }
+    }
+
+    #[test]
+    fn a_damaged_foreign_or_cut_state_is_refused_with_what_is_wrong() {
+        let s = settings(false);
+        let mut scene = Scene::new(&s);
+        scene.step();
+        let good = scene.save(0);
+        let refuse = |bytes: &[u8], st: &WorldSettings| Scene::restore(st, bytes).unwrap_err();
+
+        let mut flipped = good.clone();
+        flipped[STATE_HEADER + 5 * RECORD + 9] ^= 0x40;
+        assert_eq!(refuse(&flipped, &s), StateError::Checksum);
+        let mut tick = good.clone();
+        tick[16] ^= 1;
+        assert_eq!(
+            refuse(&tick, &s),
+            StateError::Checksum,
+            "the header is covered too"
+        );
+
+        let mut future = good.clone();
+        future[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let e = refuse(&future, &s);
+        assert_eq!(e, StateError::Format { found: 2 });
+        assert_eq!(e.to_string(), "state from format 2, this build reads 1");
+
+        assert!(matches!(
+            refuse(&good[..good.len() - 1], &s),
+            StateError::Truncated { .. }
+        ));
+        assert_eq!(refuse(b"hello", &s), StateError::NotAState);
+        assert_eq!(refuse(&vec![0; 4096], &s), StateError::NotAState);
+
+        let other = WorldSettings {
+            seed: 12,
+            ..s.clone()
+        };
+        let e = refuse(&good, &other);
+        assert_eq!(
+            e.to_string(),
+            "state from another config (seed 11, 300 entities, 60 Hz), this world runs seed 12, 300 entities, 60 Hz"
+        );
+        assert!(matches!(
+            refuse(&good, &settings(true)),
+            StateError::Config { .. }
+        ));
+    }
+
+    #[test]
+    fn a_state_with_a_duplicate_or_invalid_entity_is_refused() {
+        let s = settings(false);
+        let mut bytes = Scene::new(&s).save(0);
+        // Entity 1 gets entity 0's id; re-seal the checksum as a hostile writer would.
+        let first: [u8; 8] = bytes[STATE_HEADER..STATE_HEADER + 8].try_into().unwrap();
+        bytes[STATE_HEADER + RECORD..STATE_HEADER + RECORD + 8].copy_from_slice(&first);
+        let sum = checksum(&bytes, &bytes[STATE_HEADER..]);
+        bytes[80..88].copy_from_slice(&sum.to_le_bytes());
+        assert!(matches!(
+            Scene::restore(&s, &bytes),
+            Err(StateError::Entities(m)) if m.contains("twice")
+        ));
+        bytes[STATE_HEADER..STATE_HEADER + 8].copy_from_slice(&0u64.to_le_bytes());
+        let sum = checksum(&bytes, &bytes[STATE_HEADER..]);
+        bytes[80..88].copy_from_slice(&sum.to_le_bytes());
+        assert!(matches!(
+            Scene::restore(&s, &bytes),
+            Err(StateError::Entities(_))
+        ));
+    }
+}
