@@ -875,6 +875,9 @@ impl<'de> Deserialize<'de> for WorldsSection {
                         "host" => d.host = Some(map.next_value()?),
                         "fallback_host" => d.fallback_host = Some(map.next_value()?),
                         "rollback" => d.rollback = Some(map.next_value()?),
+                        "state" => d.state = Some(map.next_value()?),
+                        "state_interval" => d.state_interval = Some(map.next_value()?),
+                        "states_kept" => d.states_kept = Some(map.next_value()?),
                         _ => {
                             let spec = map.next_value::<WorldTable>()?.0;
                             out.tables.push((key, spec));

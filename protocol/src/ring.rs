@@ -813,6 +813,25 @@ impl RingReader {
         has_message(&self.map, self.cell)
     }
 
+    /// Move back to message `seq`, to read it and what follows again: for a consumer that
+    /// lost what it read since some point (a world resuming from its last durable state
+    /// re-applies the inputs it had read after it). Only within what it has read and the ring
+    /// still holds; whether it moved (`seq` at its cursor: nothing to read again, `true`).
+    pub fn rewind_to(&mut self, seq: u64) -> bool {
+        let published = self.map.header().published.load(Ordering::Acquire);
+        let oldest = published
+            .saturating_sub(u64::from(self.map.geometry.slot_count))
+            .saturating_add(1);
+        let cell = self.map.consumer(self.cell);
+        let next = cell.next.load(Ordering::Acquire);
+        if seq == 0 || seq > next || seq < oldest {
+            return false;
+        }
+        cell.next.store(seq, Ordering::Release);
+        self.last = seq - 1;
+        true
+    }
+
     /// Read the next message in place, if any: `read` gets the payload and its tag and runs
     /// on the shared slot itself (no copy). Its result is returned only if the slot was not
     /// overwritten meanwhile — otherwise the outcome is [`ReadOutcome::Torn`] and the result is
@@ -1044,6 +1063,28 @@ pub fn was_published(map: &RingMap, seq: u64) -> Option<bool> {
     } else {
         Some(false)
     }
+}
+
+/// Read message `seq` in place, if its slot still holds it whole: `read` gets its payload and
+/// kind. `None` if it was never published (its producer died writing it), a later message took
+/// its slot, or it changed while `read` ran (what `read` saw is then discarded). For a
+/// producer reading back what it wrote before a restart (a world's durable state).
+pub fn read_published<R>(map: &RingMap, seq: u64, read: impl FnOnce(&[u8], u32) -> R) -> Option<R> {
+    if seq == 0 || seq == u64::MAX {
+        return None;
+    }
+    let (slot, data) = map.slot(seq);
+    let stamp = slot.stamp.load(Ordering::Acquire);
+    if stamp != seq.wrapping_mul(2) {
+        return None;
+    }
+    let len = (slot.len.load(Ordering::Relaxed) as usize).min(map.geometry.slot_size as usize);
+    let kind = slot.kind.load(Ordering::Relaxed);
+    // SAFETY: as in `RingReader::try_read`: in bounds, torn reads detected below.
+    let bytes = unsafe { std::slice::from_raw_parts(data.cast_const(), len) };
+    let result = read(bytes, kind);
+    fence(Ordering::Acquire);
+    (slot.stamp.load(Ordering::Relaxed) == stamp).then_some(result)
 }
 
 /// A passive view of a ring's newest message, for observers that must not hold a consumer

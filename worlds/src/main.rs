@@ -14,13 +14,15 @@ use clap::Parser;
 use syncra_node::audio::{Emitter, Play, SetListener};
 use syncra_node::input::{ACTIONS_STREAM, ActionEvent, ActionValue, Rumble};
 use syncra_node::render::Camera;
-use syncra_node::{Node, StreamOptions};
+use syncra_node::{Node, RawProducer, StreamOptions};
+use syncra_protocol::ring::Policy;
 use syncra_protocol::status::NodeMetrics;
 use syncra_protocol::world::WorldGame;
 use syncra_protocol::world::{
-    DEFAULT_ENTITIES, DEFAULT_SEED, DEFAULT_TICK_HZ, SCENE_STREAM, SceneSnapshot, WorldSettings,
-    scene_slot_size,
+    DEFAULT_ENTITIES, DEFAULT_SEED, DEFAULT_TICK_HZ, SCENE_STREAM, STATE_STREAM, STATE_TAG,
+    SceneSnapshot, WorldSettings, scene_slot_size,
 };
+use syncra_world::state::state_size;
 use syncra_world::{PlayerEvents, Scene};
 
 /// A Syncra world process. Started by the `syncra` runtime; run it by hand only with --standalone.
@@ -68,8 +70,16 @@ fn main() {
     }
     let node = Node::join().unwrap_or_else(|e| e.exit());
     let settings: WorldSettings = node.settings().unwrap_or_else(|e| e.exit());
-    let scene = Scene::new(&settings);
-    tracing::info!(world = %settings.name, entities = scene.entities(), seed = settings.seed, tick_hz = settings.tick_hz, "scene built");
+    let mut durable = Durable::open(&node, &settings);
+    let (scene, resumed) = match durable.as_ref().map(|d| d.resume(&settings)) {
+        Some(Ok((scene, input_seq))) => (scene, Some(input_seq)),
+        Some(Err(why)) => {
+            node.set_note(&format!("started from its seed: {why}"));
+            (Scene::new(&settings), None)
+        }
+        None => (Scene::new(&settings), None),
+    };
+    tracing::info!(world = %settings.name, entities = scene.entities(), seed = settings.seed, tick_hz = settings.tick_hz, tick = scene.tick(), "scene built");
     // The scene goes out on `world/<name>/scene` every tick; without it the world still runs.
     let mut producer = match node.declare::<SceneSnapshot>(
         SCENE_STREAM,
@@ -81,13 +91,26 @@ fn main() {
             None
         }
     };
+    if resumed.is_some() {
+        // What players saw last: the previous incarnation's newest scene.
+        let shown = producer
+            .as_ref()
+            .and_then(|p| p.newest())
+            .map(|(_, s)| s.tick);
+        let lost = shown.map_or(0, |t| t.saturating_sub(scene.tick()));
+        node.set_note(&format!(
+            "resumed at tick {} from its durable state, {lost} tick{} lost",
+            scene.tick(),
+            if lost == 1 { "" } else { "s" }
+        ));
+    }
     let mut snapshot = SceneSnapshot {
         world: settings.name.clone(),
         tick: 0,
         entities: Vec::new(),
         player: None,
     };
-    let game = std::cell::RefCell::new(Game::new(&node, &settings.game));
+    let game = std::cell::RefCell::new(Game::new(&node, &settings.game, resumed));
     node.ready();
     let ticks = run(
         scene,
@@ -96,6 +119,10 @@ fn main() {
         |scene| game.borrow_mut().input(scene),
         |scene, events, m| {
             game.borrow_mut().sounds(events);
+            // The state first: no one ever sees a tick that a crash could take back.
+            if let Some(d) = durable.as_mut() {
+                d.write(scene, game.borrow().applied);
+            }
             if let Some(p) = producer.as_mut() {
                 scene.snapshot_into(&settings.name, &mut snapshot);
                 if let Err(e) = p.publish(&snapshot) {
@@ -122,6 +149,12 @@ struct Game<'a> {
     actions: Option<syncra_node::Consumer<ActionEvent>>,
     /// Whether a request to a driver was refused already (said once, not every tick).
     said: bool,
+    /// The sequence of the last action read (and applied) from the actions stream: kept in
+    /// the durable state, so that each action is applied once across a crash.
+    applied: u64,
+    /// Resumed from a state that had applied the actions up to this one: the actions read
+    /// after it are read again, once the stream is attached.
+    rewind: Option<u64>,
 }
 
 /// The world's own ids for its sounds (each id replaces its previous sound).
@@ -130,7 +163,7 @@ const JUMP_ID: u64 = 2;
 const BUMP_ID: u64 = 3;
 
 impl<'a> Game<'a> {
-    fn new(node: &'a Node, game: &WorldGame) -> Game<'a> {
+    fn new(node: &'a Node, game: &WorldGame, resumed: Option<u64>) -> Game<'a> {
         let actions = game.player.then(|| {
             node.subscribe::<ActionEvent>(&format!("{}/{ACTIONS_STREAM}", game.input))
                 .map_err(|e| tracing::warn!(error = %e, "no actions: the player stands still"))
@@ -141,7 +174,13 @@ impl<'a> Game<'a> {
             game: game.clone(),
             actions: actions.flatten(),
             said: false,
+            applied: resumed.unwrap_or(0),
+            rewind: resumed,
         };
+        // A resumed world's sounds are still playing (the audio driver did not die with it).
+        if resumed.is_some() {
+            return g;
+        }
         if g.game.player || !g.game.ambience.is_empty() {
             // Heard from where the renderer's camera looks from.
             let cam = Camera::default();
@@ -177,8 +216,27 @@ impl<'a> Game<'a> {
         let Some(actions) = self.actions.as_mut() else {
             return;
         };
+        if let Some(applied) = self.rewind {
+            match actions.rewind_to(applied + 1) {
+                Ok(None) => {}
+                Ok(Some(moved)) => {
+                    self.rewind = None;
+                    if !moved {
+                        tracing::warn!(
+                            applied,
+                            "the actions read after the durable state are no longer in the stream: some are lost"
+                        );
+                    }
+                }
+                Err(e) => {
+                    self.rewind = None;
+                    tracing::warn!(error = %e, "cannot read the actions again");
+                }
+            }
+        }
         let mut jumped = None;
         while let Ok(Some(a)) = actions.try_recv() {
+            self.applied = a.seq;
             if a.value.player != 0 {
                 continue;
             }
@@ -221,6 +279,121 @@ impl<'a> Game<'a> {
                 }),
                 ..Play::new(BUMP_ID, self.game.bump_sound.clone())
             });
+        }
+    }
+}
+
+/// A world's durable state: its ring, where its states go and where its next incarnation
+/// finds them.
+struct Durable {
+    ring: RawProducer,
+    interval: u64,
+    /// `SYNCRA_WORLD_FAULT=die-writing-state:TICK` (for tests): the first incarnation
+    /// SIGKILLs itself in the middle of writing the state of that tick.
+    die_writing: Option<u64>,
+    /// Said once that a state does not fit.
+    said: bool,
+}
+
+impl Durable {
+    fn open(node: &Node, settings: &WorldSettings) -> Option<Durable> {
+        if !settings.state.durable {
+            return None;
+        }
+        let slot = state_size(settings.entities).next_multiple_of(64);
+        let options = StreamOptions {
+            slot_size: u32::try_from(slot).unwrap_or(u32::MAX),
+            slot_count: settings.state.kept.max(2),
+            policy: Policy::LatestOnly,
+            block_timeout: Duration::ZERO,
+        };
+        let die_writing = std::env::var("SYNCRA_WORLD_FAULT")
+            .ok()
+            .filter(|_| node.incarnation() == 1)
+            .and_then(|f| {
+                f.strip_prefix("die-writing-state:")
+                    .and_then(|t| t.parse().ok())
+            });
+        match node.declare_raw(STATE_STREAM, STATE_TAG, options) {
+            Ok(ring) => Some(Durable {
+                ring,
+                interval: u64::from(settings.state.interval.max(1)),
+                die_writing,
+                said: false,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "no durable state: a crash will start this world from its seed");
+                node.set_note(&format!("no durable state: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The newest complete state that is this world's: the scene and the last input it had
+    /// applied; or why there is none.
+    fn resume(&self, settings: &WorldSettings) -> Result<(Scene, u64), String> {
+        let mut refused = Vec::new();
+        let found = self
+            .ring
+            .newest_first(|seq, bytes| match Scene::restore(settings, bytes) {
+                Ok(found) => Some((seq, found)),
+                Err(e) => {
+                    refused.push((seq, e));
+                    None
+                }
+            });
+        match found {
+            Some((seq, (scene, info))) => {
+                for (skipped, why) in &refused {
+                    tracing::warn!(state = skipped, "skipped a newer state: {why}");
+                }
+                tracing::info!(
+                    tick = info.tick,
+                    state = seq,
+                    bytes = info.bytes,
+                    "resumed from its durable state"
+                );
+                Ok((scene, info.input_seq))
+            }
+            None => Err(match refused.first() {
+                Some((_, why)) => why.to_string(),
+                None => "no durable state yet".into(),
+            }),
+        }
+    }
+
+    fn write(&mut self, scene: &Scene, input_seq: u64) {
+        if !scene.tick().is_multiple_of(self.interval) {
+            return;
+        }
+        let die = self.die_writing == Some(scene.tick());
+        let written = self.ring.publish_with(|buf| {
+            let len = scene.save_into(input_seq, buf);
+            if die {
+                // Half-way through the write, as far as the ring can tell: never published.
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::KILL,
+                );
+            }
+            len
+        });
+        match written {
+            Ok(Some(_)) => {}
+            Ok(None) if !self.said => {
+                self.said = true;
+                tracing::warn!(
+                    capacity = self.ring.capacity(),
+                    entities = scene.entities(),
+                    "the state does not fit its ring: not kept"
+                );
+            }
+            Ok(None) => {}
+            Err(e) if !self.said => {
+                self.said = true;
+                tracing::warn!(error = %e, "writing the durable state failed");
+            }
+            Err(_) => {}
         }
     }
 }

@@ -46,8 +46,8 @@ pub mod streams;
 
 pub use messaging::{CallError, Delivery, Incoming, MessageError, Returned, Undelivered};
 pub use streams::{
-    BulkConsumer, BulkProducer, Consumer, Producer, Sample, StreamError, StreamOptions,
-    Subscription,
+    BulkConsumer, BulkProducer, Consumer, Producer, RawProducer, Sample, StreamError,
+    StreamOptions, Subscription,
 };
 pub use syncra_protocol::boot::{BootError, exit_code};
 pub use syncra_protocol::broker::RefusalKind;

@@ -537,6 +537,26 @@ impl crate::Node {
         })
     }
 
+    /// Declare an output stream of raw bytes in a format of this node's own, tagged
+    /// `type_tag` (`syncra.world.state/1`): for state only this node reads back (a consumer
+    /// must know the format by the tag). After a restart, declaring the same stream gets the
+    /// same ring back with what it held; one that no one subscribed to may be declared with
+    /// another shape, which replaces its ring.
+    pub fn declare_raw(
+        &self,
+        name: &str,
+        type_tag: &str,
+        options: StreamOptions,
+    ) -> Result<RawProducer, StreamError> {
+        let name = self.full_name(name);
+        let writer = self.broker()?.declare(StreamSpec {
+            name: name.clone(),
+            type_tag: type_tag.to_owned(),
+            geometry: options.geometry(0),
+        })?;
+        Ok(RawProducer { name, writer })
+    }
+
     /// Declare a bulk output stream: each message is a small typed header `H` and up to
     /// `options.slot_size` raw bytes (frames, audio blocks), written in place.
     pub fn declare_bulk<H: Message>(
@@ -662,6 +682,18 @@ pub struct Producer<T> {
     _type: PhantomData<fn(&T)>,
 }
 
+impl<T: DeserializeOwned> Producer<T> {
+    /// The newest message still whole in the ring, decoded — after a restart, what this
+    /// stream's previous incarnation published last. `None` if there is none.
+    pub fn newest(&self) -> Option<(u64, T)> {
+        let map = self.writer.map();
+        let seq = map.header().published.load(Ordering::Acquire);
+        syncra_protocol::ring::read_published(map, seq, |b, _| rmp_serde::from_slice(b).ok())
+            .flatten()
+            .map(|v| (seq, v))
+    }
+}
+
 impl<T: Serialize> Producer<T> {
     /// The stream's name.
     pub fn name(&self) -> &str {
@@ -694,6 +726,62 @@ impl<T: Serialize> Producer<T> {
     /// The sequence the next message gets.
     pub fn next_seq(&self) -> u64 {
         self.writer.next_seq()
+    }
+}
+
+/// The writing end of a stream of raw bytes in a format of its producer's own (a world's
+/// durable state), written in place; its producer can read back what it wrote before a
+/// restart ([`RawProducer::newest_first`]).
+#[derive(Debug)]
+pub struct RawProducer {
+    name: String,
+    writer: RingWriter,
+}
+
+impl RawProducer {
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Bytes one message can hold.
+    pub fn capacity(&self) -> usize {
+        self.writer.map().geometry().slot_size as usize
+    }
+
+    /// The sequence the next message gets.
+    pub fn next_seq(&self) -> u64 {
+        self.writer.next_seq()
+    }
+
+    /// Publish the bytes `fill` writes in place into the next slot (it returns how many, or
+    /// `None` to abandon the write: the slot stays unpublished). No copy.
+    pub fn publish_with(
+        &mut self,
+        fill: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Result<Option<u64>, StreamError> {
+        match self.writer.write(0, |buf| fill(buf).ok_or(())) {
+            Ok(Ok(seq)) => Ok(Some(seq)),
+            Ok(Err(())) => Ok(None),
+            Err(source) => Err(StreamError::Write {
+                stream: self.name.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// The messages the ring still holds whole, newest first, each given to `read` with its
+    /// sequence until one returns `Some`; that answer. A message its writer died in the
+    /// middle of was never published and is not among them.
+    pub fn newest_first<R>(&self, mut read: impl FnMut(u64, &[u8]) -> Option<R>) -> Option<R> {
+        let map = self.writer.map();
+        let newest = map.header().published.load(Ordering::Acquire);
+        let count = u64::from(map.geometry().slot_count);
+        (newest.saturating_sub(count - 1).max(1)..=newest)
+            .rev()
+            .find_map(|seq| {
+                syncra_protocol::ring::read_published(map, seq, |b, _| read(seq, b)).flatten()
+            })
     }
 }
 
@@ -877,6 +965,17 @@ impl<T> Consumer<T> {
     /// before its producer declared the stream attaches when it does).
     pub fn is_attached(&self) -> bool {
         self.reader.is_some()
+    }
+
+    /// Read again from message `seq` on (what this consumer had read since, and lost: a world
+    /// resuming from its last durable state re-applies the inputs it read after it). Within
+    /// what it has read and the ring still holds. `Ok(None)`: not attached yet (ask again
+    /// later); `Ok(Some(moved))` otherwise.
+    pub fn rewind_to(&mut self, seq: u64) -> Result<Option<bool>, StreamError> {
+        if !self.attach(None)? {
+            return Ok(None);
+        }
+        Ok(self.reader.as_mut().map(|r| r.rewind_to(seq)))
     }
 
     /// Attach if the Broker pushed the stream, waiting up to `wait` for it; whether attached.

@@ -261,6 +261,21 @@ impl Core {
                 format!("stream `{}`: {e}", spec.name),
             );
         }
+        // A stream no one ever subscribed to (a world's durable state) may take another shape
+        // when its producer's config changed: its ring is replaced, and what it held with it.
+        let reshaped = self.streams.get(&spec.name).is_some_and(|s| {
+            s.info.spec != spec
+                && s.cells.is_empty()
+                && s.info.spec.type_tag == spec.type_tag
+                && s.info.producer == *node
+                && s.held_by.is_none_or(|h| h == incarnation && s.granted)
+        });
+        if reshaped && let Some(old) = self.streams.remove(&spec.name) {
+            self.ring_bytes = self
+                .ring_bytes
+                .saturating_sub(old.info.spec.geometry.file_size() as u64);
+            tracing::info!(stream = %spec.name, old = ?old.info.spec.geometry, new = ?spec.geometry, "a stream no one reads was declared with another shape: its ring is replaced");
+        }
         if let Some(s) = self.streams.get_mut(&spec.name) {
             let granted = std::mem::take(&mut s.granted);
             if s.held_by == Some(incarnation) && !granted {
@@ -843,6 +858,67 @@ mod tests {
             1,
         );
         assert_eq!(refusal(&again).0, RefusalKind::Conflict);
+    }
+
+    #[test]
+    fn a_stream_no_one_reads_may_change_shape_across_restarts_one_with_a_consumer_may_not() {
+        let shaped = |core: &mut Core, inc: u64, stream: &str, slot_size: u32| {
+            core.handle(
+                &name("world/a"),
+                inc,
+                NodeToBroker::Declare {
+                    id: inc,
+                    spec: StreamSpec {
+                        name: stream.into(),
+                        type_tag: "t/1".into(),
+                        geometry: Geometry {
+                            slot_size,
+                            ..geometry()
+                        },
+                    },
+                },
+            )
+        };
+        let mut core = Core::new(limits());
+        core.connect(&name("world/a"), 1);
+        for stream in ["world/a/state", "world/a/scene"] {
+            let out = only(shaped(&mut core, 1, stream, 64), "world/a", 1);
+            assert!(matches!(out.msg, BrokerToNode::Declared { .. }), "{out:?}");
+        }
+        core.connect(&name("viewer"), 1);
+        subscribe(
+            &mut core,
+            "viewer",
+            1,
+            1,
+            "world/a/scene",
+            ("t/1", Mode::Now),
+        );
+        let before = core.ring_bytes;
+        core.disconnect(&name("world/a"), 1);
+        let grants = core.connect(&name("world/a"), 2);
+        assert_eq!(grants.len(), 2, "both rings held for the next incarnation");
+        // Its config changed: a larger state. The state ring, which no one reads, is replaced.
+        let out = only(shaped(&mut core, 2, "world/a/state", 4096), "world/a", 2);
+        match &out.msg {
+            BrokerToNode::Declared { stream, .. } => {
+                assert_eq!(stream.spec.geometry.slot_size, 4096)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            core.ring_bytes,
+            before
+                + (Geometry {
+                    slot_size: 4096,
+                    ..geometry()
+                }
+                .file_size()
+                    - geometry().file_size()) as u64
+        );
+        // The scene has a consumer: its shape must stay, or the consumer would read garbage.
+        let out = only(shaped(&mut core, 2, "world/a/scene", 4096), "world/a", 2);
+        assert_eq!(refusal(&out).0, RefusalKind::Conflict);
     }
 
     #[test]

@@ -1,0 +1,169 @@
+//! Worlds that survive their own crash: a world's state is kept in a ring the runtime holds,
+//! and its next incarnation resumes from it — at the tick after its last state, with the very
+//! scene a world that never crashed has at that tick; a state torn by a death mid-write is
+//! skipped for the one before it; a state of another config is refused with the reason.
+
+use syncra_integration_tests::{Harness, PATIENCE, send};
+use syncra_protocol::status::NodeView;
+use syncra_protocol::world::{DEFAULT_SEED, WorldSettings};
+use syncra_world::Scene;
+
+const WORLD: &str = "[runtime]\nwatch_interval_ms = 250\n[supervisor]\nbackoff_initial_ms = 20\n[worlds]\nentities = 48\n";
+
+fn settings() -> WorldSettings {
+    WorldSettings {
+        entities: 48,
+        seed: DEFAULT_SEED,
+        ..WorldSettings::new("main")
+    }
+}
+
+/// The tick in a note "resumed at tick N from its durable state, …".
+fn resumed_at(view: &NodeView) -> Option<u64> {
+    view.note
+        .as_deref()?
+        .strip_prefix("resumed at tick ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The newest scene on `world/main/scene`, checked against a world that never crashed:
+/// a scene built from the same seed and stepped to the same tick. Its tick.
+fn scene_matches_a_world_that_never_crashed(h: &Harness) -> u64 {
+    let tapped = h.tap("world/main/scene").expect("a scene on the stream");
+    let value = &tapped["value"];
+    let tick = value["tick"].as_u64().unwrap();
+    let mut never = Scene::new(&settings());
+    for _ in 0..tick {
+        never.step();
+    }
+    let mut expected = syncra_protocol::world::SceneSnapshot {
+        world: String::new(),
+        tick: 0,
+        entities: Vec::new(),
+        player: None,
+    };
+    never.snapshot_into("main", &mut expected);
+    let entities = value["entities"].as_array().unwrap();
+    assert_eq!(entities.len(), expected.entities.len());
+    for (got, want) in entities.iter().zip(&expected.entities) {
+        assert_eq!(got["id"].as_u64(), Some(want.id));
+        let position: Vec<f32> = got["position"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(position, want.position, "entity {} at tick {tick}", want.id);
+    }
+    tick
+}
+
+#[test]
+fn a_killed_world_resumes_after_its_last_state_with_the_scene_of_a_world_that_never_crashed() {
+    let h = Harness::start(WORLD, &[]);
+    let first = h.wait_ready(&["world/main"]).remove(0);
+    let before = h.wait_until("the world has ticked a while", PATIENCE, |s| {
+        s.node("world/main")
+            .and_then(|n| n.tick)
+            .filter(|t| *t >= 90)
+    });
+    send(first.pid.unwrap(), libc::SIGKILL);
+    let second = h.wait_ready_incarnation("world/main", 2);
+    let view = h.wait_until("the world says where it resumed", PATIENCE, |s| {
+        s.node("world/main")
+            .filter(|n| n.incarnation == 2 && n.note.is_some())
+            .cloned()
+    });
+    let at = resumed_at(&view).unwrap_or_else(|| panic!("not resumed: {:?}", view.note));
+    assert!(
+        at >= before,
+        "resumed at {at}, but the world had reached {before}"
+    );
+    assert!(
+        view.note.as_deref().unwrap().contains("0 ticks lost")
+            || view.note.as_deref().unwrap().contains("1 tick lost"),
+        "{:?}",
+        view.note
+    );
+    // It ticks on from there, never from 0: the scene is that of a world that never crashed.
+    let tick = scene_matches_a_world_that_never_crashed(&h);
+    assert!(tick >= at, "the scene is at {tick}, before {at}");
+    assert_eq!(h.node("world/main").pid, second.pid);
+    let log = std::fs::read_to_string(second.log_file.as_deref().unwrap()).unwrap();
+    assert!(log.contains("resumed from its durable state"), "{log}");
+}
+
+#[test]
+fn a_state_torn_by_a_death_mid_write_is_skipped_for_the_one_before() {
+    let h = Harness::start(
+        &format!("{WORLD}env = {{ SYNCRA_WORLD_FAULT = \"die-writing-state:150\" }}\n"),
+        &[],
+    );
+    // The first incarnation dies in the middle of writing tick 150's state.
+    let second = h.wait_ready_incarnation("world/main", 2);
+    let crashes = h.crashes(Some("world/main"));
+    assert_eq!(crashes[0].record.signal.as_deref(), Some("SIGKILL"));
+    let view = h.wait_until("the world says where it resumed", PATIENCE, |s| {
+        s.node("world/main")
+            .filter(|n| n.incarnation == 2 && n.note.is_some())
+            .cloned()
+    });
+    assert_eq!(resumed_at(&view), Some(149), "{:?}", view.note);
+    assert_eq!(h.node("world/main").pid, second.pid);
+    scene_matches_a_world_that_never_crashed(&h);
+}
+
+#[test]
+fn a_state_of_another_config_is_not_resumed_and_the_world_says_why() {
+    let h = Harness::start(WORLD, &[]);
+    h.wait_ready(&["world/main"]);
+    h.wait_until("the world has ticked", PATIENCE, |s| {
+        s.node("world/main")
+            .and_then(|n| n.tick)
+            .filter(|t| *t >= 30)
+    });
+    // Another seed: the same shape of state, but not this world's simulation.
+    h.write_config(&format!("{WORLD}seed = 99\n"));
+    let out = h.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    h.wait_ready_incarnation("world/main", 2);
+    let view = h.wait_until(
+        "the world says why it started from its seed",
+        PATIENCE,
+        |s| {
+            s.node("world/main")
+                .filter(|n| n.incarnation == 2 && n.note.is_some())
+                .cloned()
+        },
+    );
+    let note = view.note.unwrap();
+    assert!(
+        note.starts_with("started from its seed: state from another config (seed 24301")
+            && note.contains("this world runs seed 99"),
+        "{note}"
+    );
+}
+
+#[test]
+fn with_state_off_a_killed_world_starts_again_from_its_seed() {
+    let h = Harness::start(&format!("{WORLD}state = \"off\"\n"), &[]);
+    let first = h.wait_ready(&["world/main"]).remove(0);
+    let reached = h.wait_until("the world has ticked", PATIENCE, |s| {
+        s.node("world/main")
+            .and_then(|n| n.tick)
+            .filter(|t| *t >= 60)
+    });
+    send(first.pid.unwrap(), libc::SIGKILL);
+    h.wait_ready_incarnation("world/main", 2);
+    let view = h.node("world/main");
+    assert_eq!(view.note, None, "no state, nothing to say");
+    assert!(view.tick.unwrap_or(0) < reached, "{view:?}");
+    let streams = h.cli(&["streams"]);
+    assert!(
+        !String::from_utf8_lossy(&streams.stdout).contains("world/main/state"),
+        "no state ring when state is off"
+    );
+}
