@@ -700,7 +700,7 @@ default_world = "my_base_world"
             "`syncra run --dashboard --dashboard-port 9100`"
         );
         for (bad, named) in [
-            ("max_clients = 1", "dashboard.max_clients"),
+            ("max_clients = 3", "dashboard.max_clients"),
             ("max_clients = 5000", "dashboard.max_clients"),
             ("port = 70000", "dashboard.port"),
             ("open = true", "dashboard.open"),

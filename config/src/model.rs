@@ -104,8 +104,8 @@ pub struct DashboardSection {
     pub enabled: bool,
     /// TCP port on 127.0.0.1; 0 takes any free port (`syncra dashboard` prints the address).
     pub port: u16,
-    /// Most connections at once (browsers, scrapers); past it the oldest idle one closes, and
-    /// when none is idle the newcomer is refused.
+    /// Most connections at once (browsers, scrapers; 4 to 1024: a page uses up to 4); past it
+    /// the oldest idle one closes, and when none is idle the newcomer is refused.
     pub max_clients: u32,
 }
 

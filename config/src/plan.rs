@@ -798,7 +798,7 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
         &mut problems,
         "dashboard.max_clients",
         u64::from(config.dashboard.max_clients),
-        2,
+        4,
         u64::from(crate::model::MAX_DASHBOARD_CLIENTS),
         "connections",
     );

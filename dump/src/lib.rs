@@ -291,9 +291,12 @@ fn write_dump(target: &Target, mut context: CrashContext, started: Instant) -> D
         .set_crash_context(minidump_writer::CrashContextExt { inner: context })
         .set_minidump_size_limit(target.limits.max_bytes);
     let written = config.write(&mut out);
+    // The process waits in its crash handler until it is answered: gone by now, it was
+    // killed during the dump, which may then hold anything (a dump "succeeds" of a dying
+    // process) — not kept.
     let alive = alive(pid);
     match written {
-        Ok(_) if !out.over => Dumped {
+        Ok(_) if !out.over && alive => Dumped {
             path: Some(path),
             bytes: out.end,
             took: started.elapsed(),

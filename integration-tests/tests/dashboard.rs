@@ -152,6 +152,15 @@ fn the_api_answers_only_with_the_token_from_its_own_host_and_origin() {
     );
     let crashes = get(addr, "/api/crashes?node=native", Some(&token));
     assert_eq!(crashes.json(), serde_json::json!([]));
+    // Names and tokens as a client that encodes them sends them; the scheme in any case.
+    let crashes = get(addr, "/api/crashes?node=world%2Fmain&limit=5", Some(&token));
+    assert_eq!(crashes.status, 200, "{}", crashes.text());
+    let lower = exchange(
+        addr,
+        &format!("GET /api/status HTTP/1.1\r\nHost: {addr}\r\nAuthorization: bearer {token}\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap();
+    assert_eq!(lower.status, 200, "{}", lower.text());
     // The page itself holds no data: anyone on this address gets it.
     let page = get(addr, "/", None);
     assert_eq!(page.status, 200);
@@ -230,7 +239,7 @@ fn the_api_answers_only_with_the_token_from_its_own_host_and_origin() {
         get(addr, "/api/nodes/world/main/restart", Some(&token)).status,
         405
     );
-    let r = post(addr, "/api/nodes/world/nowhere/restart", Some(&token), "");
+    let r = post(addr, "/api/nodes/world%2Fnowhere/restart", Some(&token), "");
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(r.text().contains("world/nowhere"), "{}", r.text());
     assert_eq!(get(addr, "/api/secrets", Some(&token)).status, 404);
@@ -270,7 +279,27 @@ fn the_api_answers_only_with_the_token_from_its_own_host_and_origin() {
         assert!(Instant::now() < deadline, "no `up` of world/main #2");
     }
 
-    // Another local user cannot read the token (as root, the test can be that user).
+    // Another local user cannot read the token, and cannot use it either: its connections are
+    // refused before they take a place (as root, the test can be that user).
+    if is_root() {
+        use std::os::unix::process::CommandExt;
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "exec 3<>/dev/tcp/127.0.0.1/{}; printf 'GET /api/status HTTP/1.1\\r\\nHost: {addr}\\r\\nAuthorization: Bearer {token}\\r\\nConnection: close\\r\\n\\r\\n' >&3; cat <&3",
+                addr.port()
+            ))
+            .uid(STRANGER_UID)
+            .gid(STRANGER_UID)
+            .output()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            answer.starts_with("HTTP/1.1 403") && answer.contains("only the user"),
+            "another user, with the token: {answer:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     if is_root() {
         use std::os::unix::process::CommandExt;
         let out = std::process::Command::new("cat")

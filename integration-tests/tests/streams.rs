@@ -439,7 +439,8 @@ fn tap_shows_a_world_scene_live() {
     let status = h.try_status().unwrap();
     assert_eq!(
         status.node("world/main").unwrap().produces,
-        vec!["world/main/scene"]
+        vec!["world/main/scene", "world/main/state"],
+        "its scene, and its durable state"
     );
     let bad = h.cli(&["tap", "world/nope/scene"]);
     assert!(!bad.status.success());

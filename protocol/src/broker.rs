@@ -40,6 +40,10 @@ pub struct StreamSpec {
     pub type_tag: String,
     /// The ring's shape.
     pub geometry: Geometry,
+    /// Only its producer reads it (a world's durable state): no one may subscribe to it, and
+    /// a restarted producer may declare it with another shape, which replaces its ring.
+    #[serde(default)]
+    pub private: bool,
 }
 
 /// A declared stream, as the Broker describes it.
@@ -364,6 +368,7 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(rustix::io::read(&bell, &mut buf).unwrap(), 8);
         let spec = StreamSpec {
+            private: false,
             name: "x/y".into(),
             type_tag: "t".into(),
             geometry: Geometry {

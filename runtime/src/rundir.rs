@@ -183,6 +183,11 @@ impl RunDir {
         Ok(path)
     }
 
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The control socket's path.
     pub(crate) fn socket(&self) -> PathBuf {
         self.path.join(SOCKET_NAME)

@@ -529,6 +529,7 @@ impl crate::Node {
             name: name.clone(),
             type_tag: T::TAG.to_owned(),
             geometry: options.geometry(0),
+            private: false,
         })?;
         Ok(Producer {
             name,
@@ -537,11 +538,11 @@ impl crate::Node {
         })
     }
 
-    /// Declare an output stream of raw bytes in a format of this node's own, tagged
-    /// `type_tag` (`syncra.world.state/1`): for state only this node reads back (a consumer
-    /// must know the format by the tag). After a restart, declaring the same stream gets the
-    /// same ring back with what it held; one that no one subscribed to may be declared with
-    /// another shape, which replaces its ring.
+    /// Declare a private stream of raw bytes in a format of this node's own, tagged
+    /// `type_tag` (`syncra.world.state/1`): state only this node writes and reads back; no
+    /// other node may subscribe to it. After a restart, declaring the same stream gets the
+    /// same ring back with what it held; declared with another shape (a config changed), its
+    /// ring is replaced.
     pub fn declare_raw(
         &self,
         name: &str,
@@ -553,6 +554,7 @@ impl crate::Node {
             name: name.clone(),
             type_tag: type_tag.to_owned(),
             geometry: options.geometry(0),
+            private: true,
         })?;
         Ok(RawProducer { name, writer })
     }
@@ -569,6 +571,7 @@ impl crate::Node {
             name: name.clone(),
             type_tag: bulk_tag::<H>(),
             geometry: options.geometry(BULK_HEADER as u32),
+            private: false,
         })?;
         Ok(BulkProducer {
             name,

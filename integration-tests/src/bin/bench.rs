@@ -14,6 +14,8 @@
 //!                                                                  only the audio and input drivers'
 //! syncra-bench --ops-only [--reloads 50] [--swaps 10] [--dumps 20] [--page-events 30]
 //!                                                                    reload, live swap, crash dumps, dashboard
+//! syncra-bench --durable-only [--state-writes 200] [--state-kills 20]
+//!                                       worlds' durable state: write per tick, resume, ticks lost
 //! ```
 
 #![allow(
@@ -31,6 +33,8 @@ use syncra_protocol::NodeState;
 use syncra_protocol::status::EventKind;
 use syncra_runtime::{ControlClient, EventStream};
 
+#[path = "bench/durable.rs"]
+mod durable;
 #[path = "bench/hosts.rs"]
 mod hosts;
 #[path = "bench/kit.rs"]
@@ -461,6 +465,11 @@ fn main() {
         all_hosts(&mut rows);
         return print(rows);
     }
+    if argv.iter().any(|a| a == "--durable-only") {
+        let mut rows = Vec::new();
+        all_durable(&mut rows);
+        return print(rows);
+    }
     if argv.iter().any(|a| a == "--ops-only") {
         let mut rows = Vec::new();
         all_ops(&mut rows);
@@ -562,8 +571,14 @@ fn main() {
             &mut rows,
         );
         all_ops(&mut rows);
+        all_durable(&mut rows);
     }
     print(rows);
+}
+
+/// Every row about worlds' durable state.
+fn all_durable(rows: &mut Vec<Row>) {
+    durable::all(arg("--state-writes", 200), arg("--state-kills", 20), rows);
 }
 
 /// Every row about operations: reload, live swap, crash dumps.

@@ -261,10 +261,12 @@ impl Core {
                 format!("stream `{}`: {e}", spec.name),
             );
         }
-        // A stream no one ever subscribed to (a world's durable state) may take another shape
-        // when its producer's config changed: its ring is replaced, and what it held with it.
+        // A private stream (a world's durable state) may take another shape when its
+        // producer's config changed: its ring is replaced, and what it held with it.
         let reshaped = self.streams.get(&spec.name).is_some_and(|s| {
             s.info.spec != spec
+                && s.info.spec.private
+                && spec.private
                 && s.cells.is_empty()
                 && s.info.spec.type_tag == spec.type_tag
                 && s.info.producer == *node
@@ -370,8 +372,9 @@ impl Core {
         let now = Instant::now();
         let max_consumers = self.limits.max_consumers;
         let conns = &mut self.conns;
+        let private = stream.info.spec.private;
         self.listeners.retain(|l| {
-            if !broker::matches(&l.pattern, &name) {
+            if private || !broker::matches(&l.pattern, &name) {
                 return true;
             }
             if l.type_tag != stream.info.spec.type_tag {
@@ -451,6 +454,16 @@ impl Core {
         let mut fds = Vec::new();
         for (name, s) in self.streams.iter_mut() {
             if !broker::matches(&pattern, name) {
+                continue;
+            }
+            if s.info.spec.private {
+                if exact {
+                    return Some(refused(
+                        id,
+                        RefusalKind::Invalid,
+                        format!("stream `{name}` is private: only its producer reads it"),
+                    ));
+                }
                 continue;
             }
             if s.info.spec.type_tag != type_tag {
@@ -767,6 +780,7 @@ mod tests {
                     name: stream.into(),
                     type_tag: tag.into(),
                     geometry: geometry(),
+                    private: false,
                 },
             },
         )
@@ -861,7 +875,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_no_one_reads_may_change_shape_across_restarts_one_with_a_consumer_may_not() {
+    fn a_private_stream_may_change_shape_across_restarts_and_no_one_may_subscribe_to_it() {
         let shaped = |core: &mut Core, inc: u64, stream: &str, slot_size: u32| {
             core.handle(
                 &name("world/a"),
@@ -875,6 +889,7 @@ mod tests {
                             slot_size,
                             ..geometry()
                         },
+                        private: stream.ends_with("/state"),
                     },
                 },
             )
@@ -916,7 +931,7 @@ mod tests {
                 .file_size()
                     - geometry().file_size()) as u64
         );
-        // The scene has a consumer: its shape must stay, or the consumer would read garbage.
+        // The scene is not private (and has a consumer): its shape must stay.
         let out = only(shaped(&mut core, 2, "world/a/scene", 4096), "world/a", 2);
         assert_eq!(refusal(&out).0, RefusalKind::Conflict);
     }

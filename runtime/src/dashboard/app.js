@@ -34,11 +34,15 @@ async function api(path, method = "GET") {
   return body;
 }
 
+// Whether the message shown is refresh()'s own error, which its next success takes away.
+let refreshFailed = false;
+
 function say(text, isError) {
   const m = $("#message");
   m.hidden = false;
   m.textContent = text;
   m.className = isError ? "error" : "";
+  refreshFailed = false;
 }
 
 function duration(ms) {
@@ -50,6 +54,8 @@ function duration(ms) {
 }
 
 function figure(v) {
+  // JSON has no NaN or infinity: a node's figure that is one arrives as null.
+  if (typeof v !== "number") return "—";
   return Number.isInteger(v) ? String(v) : v.toFixed(2);
 }
 
@@ -137,8 +143,13 @@ async function refresh() {
       renderStatus(status);
       renderStreams(streams);
       if (crashesOf) await showCrashes(crashesOf);
+      if (refreshFailed) {
+        $("#message").hidden = true;
+        refreshFailed = false;
+      }
     } catch (e) {
       say(`cannot read the runtime's state: ${e.message}`, true);
+      refreshFailed = true;
     }
   })();
   await refreshing;

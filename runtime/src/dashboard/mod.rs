@@ -97,7 +97,12 @@ impl Bound {
         let token = new_token().map_err(|e| format!("making the dashboard's token: {e}"))?;
         run_dir
             .write_secret(TOKEN_FILE, &format!("{token}\n"))
-            .map_err(|e| format!("writing the dashboard's token: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "writing the dashboard's token to {}: {e}",
+                    run_dir.path().join(TOKEN_FILE).display()
+                )
+            })?;
         Ok(Bound {
             listener,
             token,
@@ -117,6 +122,7 @@ impl Bound {
         let addr = self.addr();
         let shared = Arc::new(Shared {
             runtime,
+            uid: rustix::process::getuid().as_raw(),
             token: self.token,
             port: addr.port(),
             max_clients: self.max_clients,
@@ -165,6 +171,8 @@ fn new_token() -> std::io::Result<String> {
 /// What the connections share.
 struct Shared {
     runtime: Runtime,
+    /// The runtime's user: only it (and root) may connect.
+    uid: u32,
     token: String,
     port: u16,
     max_clients: usize,
@@ -289,8 +297,8 @@ impl Drop for Busy {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e)
                 if crate::fdreserve::is_fd_shortage(&e) && shared.runtime.fds().release_one() =>
             {
@@ -303,6 +311,24 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        // Another local user may reach the port, but not take a place: a connection whose
+        // socket another user owns is closed at once (its token could not be theirs anyway).
+        if let Ok(local) = stream.local_addr()
+            && let Some(uid) = peer_uid(peer, local)
+            && uid != shared.uid
+            && uid != 0
+        {
+            shared.refused("a connection from another user");
+            let body = "the dashboard serves only the user that runs its runtime\n";
+            let _ = stream.try_write(
+                format!(
+                    "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let admitted = shared.conns().admit(shared.max_clients);
         let Some((id, evicted)) = admitted else {
@@ -310,7 +336,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             // One non-blocking write into the fresh socket's empty buffer, then close: a flood
             // of newcomers holds nothing open.
             let body = format!(
-                "the dashboard serves {} connections (dashboard.max_clients), every one in use; try again when some have closed\n",
+                "the dashboard serves {} connections at once (dashboard.max_clients) and none has been idle long enough to give way; try again in a moment\n",
                 shared.max_clients
             );
             let reply = format!(
@@ -352,6 +378,28 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             drop(place);
         });
     }
+}
+
+/// The user owning the other end of a loopback TCP connection: the socket in
+/// `/proc/net/tcp` whose local address is `peer` and remote address `local`. `None` when it
+/// cannot be told (the table is not readable, the client is gone already).
+fn peer_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => Some(format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(v4.ip().octets()),
+            v4.port()
+        )),
+        SocketAddr::V6(_) => None,
+    };
+    let (want_local, want_remote) = (hex(peer)?, hex(local)?);
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&want_local.as_str()) && f.get(2) == Some(&want_remote.as_str()))
+            .then(|| f.get(7)?.parse().ok())
+            .flatten()
+    })
 }
 
 fn full(
@@ -411,13 +459,20 @@ fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response
     )
 }
 
-/// The value of `key` in a query string (no percent-decoding: tokens and node names are plain).
-fn query<'a>(uri: &'a hyper::Uri, key: &str) -> Option<&'a str> {
+/// The value of `key` in a query string, percent-decoded (`world%2Fmain` is `world/main`).
+fn query(uri: &hyper::Uri, key: &str) -> Option<String> {
     uri.query()?
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == key)
-        .map(|(_, v)| v)
+        .map(|(_, v)| decode(&v.replace('+', " ")))
+}
+
+/// `s` percent-decoded; bytes that are not UTF-8 become U+FFFD (and then name no node).
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Equal, in time that does not depend on where they differ.
@@ -472,11 +527,14 @@ fn refuse(shared: &Shared, req: &Request<Incoming>, action: bool) -> Option<Resp
             "no dashboard request takes a body",
         ));
     }
+    // The scheme's name is case-insensitive (RFC 9110).
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "));
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.to_owned());
     let given = match (bearer, action) {
         (Some(t), _) => Some(t),
         (None, false) => query(req.uri(), "token"),
@@ -572,7 +630,7 @@ async fn respond(shared: &Arc<Shared>, req: Request<Incoming>, busy: Busy) -> Re
                 format!("`{path}` is not an action: POST /api/nodes/NODE/restart, /stop or /start"),
             );
         };
-        let node = node.to_owned();
+        let node = decode(node);
         let request = match verb {
             "restart" => ControlRequest::Restart { node },
             "stop" => ControlRequest::Stop { node },
@@ -605,7 +663,8 @@ async fn respond(shared: &Arc<Shared>, req: Request<Incoming>, busy: Busy) -> Re
         "/api/streams" => json(StatusCode::OK, &rt.streams()),
         "/api/crashes" => {
             let node = query(req.uri(), "node").filter(|n| !n.is_empty());
-            let limit = match query(req.uri(), "limit").map(str::parse::<usize>) {
+            let node = node.as_deref();
+            let limit = match query(req.uri(), "limit").map(|l| l.parse::<usize>()) {
                 None => 20,
                 Some(Ok(n)) => n.min(MAX_CRASHES),
                 Some(Err(_)) => {
@@ -773,6 +832,17 @@ fn events(shared: &Arc<Shared>, busy: Busy) -> Response<ResBody> {
     res
 }
 
+/// A sample value as the text format writes it (`+Inf`, `-Inf`, `NaN`).
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        v.to_string()
+    }
+}
+
 /// A label value, escaped for the text format.
 fn label(v: &str) -> String {
     v.replace('\\', r"\\")
@@ -813,10 +883,10 @@ impl<T> Family<T> {
         for (labels, item) in items {
             match (self.value)(item) {
                 Some(v) if labels.is_empty() => {
-                    let _ = writeln!(out, "{} {v}", self.name);
+                    let _ = writeln!(out, "{} {}", self.name, number(v));
                 }
                 Some(v) => {
-                    let _ = writeln!(out, "{}{{{labels}}} {v}", self.name);
+                    let _ = writeln!(out, "{}{{{labels}}} {}", self.name, number(v));
                 }
                 None => {}
             }
@@ -978,13 +1048,18 @@ pub(crate) fn metrics(status: &StatusReport, streams: &[StreamView]) -> String {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for n in &status.nodes {
+            // A node may report one name twice (two slots): one series each, the first.
+            let mut seen = std::collections::HashSet::new();
             for f in n.figures.iter().filter(|f| f.kind == which) {
+                if !seen.insert(f.name.as_str()) {
+                    continue;
+                }
                 let _ = writeln!(
                     out,
                     "{name}{{{},figure=\"{}\"}} {}",
                     node(n),
                     label(&f.name),
-                    f.value
+                    number(f.value)
                 );
             }
         }
@@ -1021,4 +1096,83 @@ pub fn read_token(run_dir: &Path) -> std::io::Result<String> {
     Ok(std::fs::read_to_string(run_dir.join(TOKEN_FILE))?
         .trim()
         .to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncra_protocol::status::{Figure, NodeView, RuntimeInfo};
+
+    #[test]
+    fn metrics_write_infinities_as_the_format_says_and_each_series_once() {
+        let mut node: NodeView = serde_json::from_value(serde_json::json!({
+            "name": "figs", "kind": "driver", "pid": 7, "state": "ready", "incarnation": 1,
+            "restarts": 0, "uptime_ms": 5, "last_exit": null, "tick": null, "entities": null,
+            "tick_us": null, "detail": null
+        }))
+        .unwrap();
+        node.figures = vec![
+            Figure {
+                name: "fps".into(),
+                kind: FigureKind::Gauge,
+                value: f64::INFINITY,
+            },
+            Figure {
+                name: "fps".into(),
+                kind: FigureKind::Gauge,
+                value: 1.0,
+            },
+            Figure {
+                name: "lag".into(),
+                kind: FigureKind::Gauge,
+                value: f64::NEG_INFINITY,
+            },
+            Figure {
+                name: "odd".into(),
+                kind: FigureKind::Gauge,
+                value: f64::NAN,
+            },
+        ];
+        let status = StatusReport {
+            runtime: RuntimeInfo {
+                pid: 1,
+                version: "0".into(),
+                protocol: 1,
+                uptime_ms: 1500,
+                run_dir: String::new(),
+                log_dir: String::new(),
+                crash_dir: String::new(),
+                shutting_down: false,
+                dashboard: None,
+            },
+            nodes: vec![node],
+        };
+        let text = metrics(&status, &[]);
+        assert!(text.contains("figure=\"fps\"} +Inf\n"), "{text}");
+        assert!(
+            !text.contains("figure=\"fps\"} 1\n"),
+            "one series per name: {text}"
+        );
+        assert!(text.contains("figure=\"lag\"} -Inf\n"), "{text}");
+        assert!(text.contains("figure=\"odd\"} NaN\n"), "{text}");
+        assert!(
+            text.contains("syncra_runtime_uptime_seconds 1.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("syncra_node_state{node=\"figs\",kind=\"driver\",state=\"ready\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn names_and_tokens_are_percent_decoded() {
+        let uri: hyper::Uri = "/api/crashes?node=world%2Fmain&limit=3&token=a%20b"
+            .parse()
+            .unwrap();
+        assert_eq!(query(&uri, "node").as_deref(), Some("world/main"));
+        assert_eq!(query(&uri, "limit").as_deref(), Some("3"));
+        assert_eq!(query(&uri, "token").as_deref(), Some("a b"));
+        assert_eq!(query(&uri, "nothing"), None);
+    }
 }
