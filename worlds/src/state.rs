@@ -8,7 +8,7 @@
 //! 16   tick (u64)            24  last input applied (u64, its sequence on the actions stream)
 //! 32   seed (u64)            40  entities in the config (u32)   44  records (u32)
 //! 48   tick_hz (f64 bits)    56  random generator's word position (u128)
-//! 72   body bytes (u64)      80  checksum (u64: xxh3 of bytes 0..80 and the body)
+//! 72   body bytes (u64)      80  checksum (u64: CRC-32 of bytes 0..80 and the body)
 //! 88   player entity (u64)   96  player's wish (2 × f32)  104 bump cooldown (u32)
 //! 128  body: one 72-byte record per entity, in the order the ECS iterates them
 //! ```
@@ -119,11 +119,13 @@ fn f32_at(b: &[u8], at: usize) -> f32 {
     f32::from_bits(u32_at(b, at))
 }
 
+/// CRC-32 (crc32fast: carry-less multiplication where the CPU has it, about as fast as a
+/// memcpy of the same bytes).
 fn checksum(header: &[u8], body: &[u8]) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut h = crc32fast::Hasher::new();
     h.update(&header[..CHECKED_HEADER]);
     h.update(body);
-    h.digest()
+    u64::from(h.finalize())
 }
 
 /// The configuration a state must have been written under, in words.
@@ -179,17 +181,28 @@ impl Scene {
         let mut query = self
             .world
             .query::<(hecs::Entity, &Transform, &Velocity, &Colour)>();
-        for ((e, t, v, c), slot) in query.iter().zip(body.chunks_exact_mut(RECORD)) {
-            let r = Record {
-                id: e.to_bits().get(),
-                position: t.position.to_array(),
-                rotation: t.rotation.to_array(),
-                linear: v.linear.to_array(),
-                spin: v.spin,
-                colour: c.0,
-                _pad: 0,
-            };
-            slot.copy_from_slice(bytemuck::bytes_of(&r));
+        let record = |(e, t, v, c): (hecs::Entity, &Transform, &Velocity, &Colour)| Record {
+            id: e.to_bits().get(),
+            position: t.position.to_array(),
+            rotation: t.rotation.to_array(),
+            linear: v.linear.to_array(),
+            spin: v.spin,
+            colour: c.0,
+            _pad: 0,
+        };
+        // Straight into place where the buffer is aligned for records (a ring's slot is),
+        // through a copy of each where it is not.
+        match bytemuck::try_cast_slice_mut::<u8, Record>(body) {
+            Ok(records) => {
+                for (item, slot) in query.iter().zip(records) {
+                    *slot = record(item);
+                }
+            }
+            Err(_) => {
+                for (item, slot) in query.iter().zip(body.chunks_exact_mut(RECORD)) {
+                    slot.copy_from_slice(bytemuck::bytes_of(&record(item)));
+                }
+            }
         }
         header.fill(0);
         header[..8].copy_from_slice(&MAGIC);

@@ -14,6 +14,11 @@ use syncra_world::state::state_size;
 
 use super::{Row, events, ms, until, verdict};
 
+/// Milliseconds as microseconds, for figures well under one.
+fn us(d: f64) -> String {
+    format!("{:.1} µs", d * 1e3)
+}
+
 /// Every durable-state row.
 pub(crate) fn all(writes: usize, kills: usize, rows: &mut Vec<Row>) {
     for entities in [256, 4096, 65_536] {
@@ -88,9 +93,13 @@ fn state_write(entities: u32, n: usize, rows: &mut Vec<Row>) {
             "(state a) state write per tick, {entities} entities ({} KiB, {n} writes into the world's ring)",
             bytes.len() / 1024
         ),
-        p50: ms(s50),
-        p99: ms(s99),
-        baseline: format!("memcpy of the same bytes into the same ring: p50 {} p99 {}", ms(c50), ms(c99)),
+        p50: us(s50),
+        p99: us(s99),
+        baseline: format!(
+            "memcpy of the same bytes into the same ring: p50 {} p99 {}",
+            us(c50),
+            us(c99)
+        ),
         target,
         verdict: verdict(ok, format!("{ratio:.2} × at p50")),
     });
