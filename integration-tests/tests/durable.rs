@@ -167,3 +167,73 @@ fn with_state_off_a_killed_world_starts_again_from_its_seed() {
         "no state ring when state is off"
     );
 }
+
+#[test]
+fn a_snapshot_restores_its_world_and_a_damaged_or_foreign_one_is_refused_with_the_reason() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::start(&WORLD.replace("entities = 48\n", "entities = 48\ncount = 2\n"), &[]);
+    h.wait_ready(&["world/main", "world/main-2"]);
+    h.wait_until("the world has ticked", PATIENCE, |s| {
+        s.node("world/main").and_then(|n| n.tick).filter(|t| *t >= 60)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("main.state");
+    let out = h.cli(&["snapshot", "world/main", "--out", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let tick: u64 = said
+        .strip_prefix("saved world/main at tick ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.starts_with(b"SYNSTATE"));
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Not over a file that exists.
+    let again = h.cli(&["snapshot", "world/main", "--out", file.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"), "{again:?}");
+
+    // Refused, each with its reason, and the world untouched: damaged, of another world's
+    // config, not a state at all.
+    let damaged = dir.path().join("damaged.state");
+    let mut flipped = bytes.clone();
+    flipped[200] ^= 1;
+    std::fs::write(&damaged, &flipped).unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "hello").unwrap();
+    for (world, path, reason) in [
+        ("world/main", &damaged, "checksum"),
+        ("world/main-2", &file, "state from another config (seed 24301"),
+        ("world/main", &text, "not a world state"),
+    ] {
+        let out = h.cli(&["restore", world, path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(reason) && err.contains("was not restored"), "{err}");
+    }
+    assert_eq!(h.node("world/main").incarnation, 1);
+    assert_eq!(h.node("world/main-2").incarnation, 1);
+
+    // Later, the world goes back to the snapshot's tick, and on exactly as before.
+    h.wait_until("the world has gone on", PATIENCE, |s| {
+        s.node("world/main").and_then(|n| n.tick).filter(|t| *t >= tick + 60)
+    });
+    let out = h.cli(&["restore", "world/main", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("at tick {tick}")),
+        "{out:?}"
+    );
+    let view = h.wait_until("the world says where it resumed", PATIENCE, |s| {
+        s.node("world/main")
+            .filter(|n| n.incarnation == 2 && n.note.is_some())
+            .cloned()
+    });
+    assert_eq!(resumed_at(&view), Some(tick), "{:?}", view.note);
+    scene_matches_a_world_that_never_crashed(&h);
+    assert_eq!(h.node("world/main-2").incarnation, 1, "the other world is untouched");
+}

@@ -95,6 +95,23 @@ pub enum ControlRequest {
         /// Say what would change; change nothing.
         dry_run: bool,
     },
+    /// Save world `node`'s newest durable state into the file `out` (an absolute path; it
+    /// must not exist). Answered by [`ControlReply::Done`].
+    Snapshot {
+        /// The world.
+        node: String,
+        /// Where to write it.
+        out: String,
+    },
+    /// Check the state in the file `file` (an absolute path) against world `node` — its
+    /// format, checksum and config — and restart the world from it. Answered by
+    /// [`ControlReply::Done`].
+    Restore {
+        /// The world.
+        node: String,
+        /// The state file.
+        file: String,
+    },
     /// Give node `node` a new executable, and restart it alone with it. Answered by
     /// [`ControlReply::Reloaded`].
     Upgrade {

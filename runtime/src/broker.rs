@@ -303,6 +303,20 @@ impl Broker {
         }
     }
 
+    /// See [`state::Core::read_private`].
+    pub(crate) fn read_private<R>(
+        &self,
+        name: &str,
+        accept: impl FnMut(&[u8]) -> Option<R>,
+    ) -> Result<Option<R>, String> {
+        self.lock().core.read_private(name, accept)
+    }
+
+    /// See [`state::Core::write_private`].
+    pub(crate) fn write_private(&self, name: &str, bytes: &[u8]) -> Result<u64, String> {
+        self.lock().core.write_private(name, bytes)
+    }
+
     /// Every stream, for `syncra streams`.
     pub(crate) fn views(&self) -> Vec<StreamView> {
         self.lock().core.views()

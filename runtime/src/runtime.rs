@@ -1,7 +1,7 @@
 //! [`Runtime`]: the supervisor as a library. Start it from a config, drive it, stop it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use syncra_protocol::control::{
 };
 use syncra_protocol::node::Payload;
 use syncra_protocol::status::{LifecycleEvent, RuntimeInfo, StatusReport};
+use syncra_protocol::world::WorldSettings;
 use syncra_protocol::{NodeKind, NodeName, NodeState, PROTOCOL_VERSION, StepError};
 use tokio::sync::{broadcast, watch};
 
@@ -684,6 +685,126 @@ impl Runtime {
         }
     }
 
+    /// The world `name` with its durable state kept here: its settings, or why not.
+    fn durable_world(&self, name: &str) -> Result<WorldSettings, ControlError> {
+        let node = self.node_name(name)?;
+        let refused = |message: String| ControlError {
+            kind: ControlErrorKind::Invalid,
+            message,
+        };
+        let plan = self.plan();
+        let plan = plan
+            .node(node.as_str())
+            .ok_or_else(|| refused(format!("no node is called `{name}`")))?;
+        let world = plan.world.clone().ok_or_else(|| {
+            refused(format!(
+                "{name} is a driver: only worlds keep a durable state"
+            ))
+        })?;
+        if !world.state.durable {
+            return Err(refused(format!(
+                "{name} keeps no durable state (`state = \"off\"`)"
+            )));
+        }
+        if let Some(host) = &plan.host {
+            return Err(refused(format!(
+                "{name} runs on host `{host}`, where its state ring is: snapshot and restore reach only this host's worlds"
+            )));
+        }
+        Ok(world)
+    }
+
+    /// Save world `name`'s newest complete durable state into `out` (a new file, mode 0600);
+    /// what was saved, in a sentence.
+    pub async fn snapshot(&self, name: &str, out: &Path) -> Result<String, ControlError> {
+        self.durable_world(name)?;
+        let err = |kind, message: String| ControlError { kind, message };
+        let stream = format!("{name}/{}", syncra_protocol::world::STATE_STREAM);
+        let found = self
+            .inner
+            .ctx
+            .broker
+            .read_private(&stream, |bytes| {
+                let info = syncra_protocol::world_state::inspect(bytes).ok()?;
+                Some((info, bytes[..info.bytes].to_vec()))
+            })
+            .map_err(|_| {
+                err(
+                    ControlErrorKind::Invalid,
+                    format!("{name} has written no durable state yet"),
+                )
+            })?;
+        let Some((info, bytes)) = found else {
+            return Err(err(
+                ControlErrorKind::Invalid,
+                format!("{name} holds no complete durable state"),
+            ));
+        };
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)
+            .and_then(|mut f| f.write_all(&bytes))
+            .map_err(|e| err(ControlErrorKind::Invalid, format!("{}: {e}", out.display())))?;
+        Ok(format!(
+            "saved {name} at tick {} ({} KiB) to {}",
+            info.tick,
+            bytes.len().div_ceil(1024),
+            out.display()
+        ))
+    }
+
+    /// Restart world `name` from the state in `file`, checked first (format, checksum, and
+    /// that it is of this world's config); what was done, in a sentence.
+    pub async fn restore(&self, name: &str, file: &Path) -> Result<String, ControlError> {
+        let settings = self.durable_world(name)?;
+        let refused = |message: String| ControlError {
+            kind: ControlErrorKind::Invalid,
+            message: format!("{} was not restored: {message}", file.display()),
+        };
+        let most = syncra_protocol::world_state::state_size(settings.entities) as u64;
+        let meta = std::fs::metadata(file).map_err(|e| refused(e.to_string()))?;
+        if meta.len() > most {
+            return Err(refused(format!(
+                "{} bytes, more than a state of {name} ({} entities) can be ({most})",
+                meta.len(),
+                settings.entities
+            )));
+        }
+        let bytes = std::fs::read(file).map_err(|e| refused(e.to_string()))?;
+        let info =
+            syncra_protocol::world_state::inspect(&bytes).map_err(|e| refused(e.to_string()))?;
+        syncra_protocol::world_state::check_config(
+            &info,
+            syncra_protocol::world_state::has_player(&bytes),
+            &settings,
+        )
+        .map_err(|e| refused(e.to_string()))?;
+        // Stopped, the world holds its ring no more; the state goes in as its newest; started,
+        // it resumes from it.
+        self.stop_node(name).await?;
+        let stream = format!("{name}/{}", syncra_protocol::world::STATE_STREAM);
+        let written = self
+            .inner
+            .ctx
+            .broker
+            .write_private(&stream, &bytes[..info.bytes]);
+        let started = self.start_node(name).await;
+        written.map_err(|e| ControlError {
+            kind: ControlErrorKind::Invalid,
+            message: format!("{name} was restarted from its own state: {e}"),
+        })?;
+        started?;
+        Ok(format!(
+            "restarted {name} from {} at tick {}",
+            file.display(),
+            info.tick
+        ))
+    }
+
     /// Restart a node now: a graceful stop, then a new incarnation (also from `failed` or
     /// `stopped`). Its failure history is forgotten.
     pub async fn restart(&self, name: &str) -> Result<String, ControlError> {
@@ -908,6 +1029,12 @@ impl Runtime {
             }
             ControlRequest::Upgrade { node, command } => {
                 reloaded(self.upgrade(&node, &command).await)
+            }
+            ControlRequest::Snapshot { node, out } => {
+                done(self.snapshot(&node, Path::new(&out)).await)
+            }
+            ControlRequest::Restore { node, file } => {
+                done(self.restore(&node, Path::new(&file)).await)
             }
             ControlRequest::Restart { node } => done(self.restart(&node).await),
             ControlRequest::Stop { node } => done(self.stop_node(&node).await),

@@ -22,16 +22,12 @@ use syncra_protocol::world::WorldSettings;
 
 use crate::{Colour, Player, Scene, Transform, Velocity};
 
-/// The state format this build writes and reads.
-pub const STATE_FORMAT: u32 = 1;
-/// `"SYNSTATE"`.
-const MAGIC: [u8; 8] = *b"SYNSTATE";
-/// Bytes before the first record.
-pub const STATE_HEADER: usize = 128;
-/// Bytes of one entity's record.
-pub const RECORD: usize = std::mem::size_of::<Record>();
-/// The header bytes the checksum covers (those before it).
-const CHECKED_HEADER: usize = 80;
+pub use syncra_protocol::world_state::{
+    CHECKED_HEADER, RECORD, STATE_FORMAT, STATE_HEADER, StateError, StateInfo, inspect, state_size,
+};
+use syncra_protocol::world_state::{
+    MAGIC, check_config, checksum, f32_at, has_player, u32_at, u64_at,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -45,126 +41,7 @@ struct Record {
     _pad: u32,
 }
 
-const _: () = assert!(RECORD == 72);
-
-/// Bytes a state of a scene of `entities` entities (and a player) needs.
-pub fn state_size(entities: u32) -> usize {
-    STATE_HEADER + (entities as usize + 1) * RECORD
-}
-
-/// What a state says about itself, without its entities.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StateInfo {
-    /// Its format.
-    pub format: u32,
-    /// The tick it holds (the scene after that many ticks).
-    pub tick: u64,
-    /// The sequence of the last input action applied (0: none).
-    pub input_seq: u64,
-    /// The seed of the world that wrote it.
-    pub seed: u64,
-    /// That world's configured entities.
-    pub entities: u32,
-    /// That world's tick rate.
-    pub tick_hz: f64,
-    /// Bytes in all.
-    pub bytes: usize,
-}
-
-/// Why a state cannot be resumed from: each says what it found and what this world expected.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum StateError {
-    /// Not a state at all (another file, an empty slot).
-    #[error("not a world state (no SYNSTATE header)")]
-    NotAState,
-    /// Written by another version of the format.
-    #[error("state from format {found}, this build reads {STATE_FORMAT}")]
-    Format {
-        /// Its format.
-        found: u32,
-    },
-    /// Shorter than its header says: cut off.
-    #[error("state cut short: {have} of {want} bytes")]
-    Truncated {
-        /// Bytes there.
-        have: usize,
-        /// Bytes it says it has.
-        want: usize,
-    },
-    /// The checksum does not match: corrupted.
-    #[error("state corrupted: its checksum does not match")]
-    Checksum,
-    /// Written by a world of another config: it would not be this world's simulation.
-    #[error("state from another config ({found}), this world runs {expected}")]
-    Config {
-        /// What the state's world ran.
-        found: String,
-        /// What this world runs.
-        expected: String,
-    },
-    /// Its entities are not a scene this build can hold (a duplicate or invalid id).
-    #[error("state holds an invalid entity: {0}")]
-    Entities(String),
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default())
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default())
-}
-
-fn f32_at(b: &[u8], at: usize) -> f32 {
-    f32::from_bits(u32_at(b, at))
-}
-
-/// CRC-32 (crc32fast: carry-less multiplication where the CPU has it, about as fast as a
-/// memcpy of the same bytes).
-fn checksum(header: &[u8], body: &[u8]) -> u64 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&header[..CHECKED_HEADER]);
-    h.update(body);
-    u64::from(h.finalize())
-}
-
-/// The configuration a state must have been written under, in words.
-fn config_words(seed: u64, entities: u32, tick_hz: f64) -> String {
-    format!("seed {seed}, {entities} entities, {tick_hz} Hz")
-}
-
-/// Read a state's header and check it whole (format, length, checksum); its info.
-pub fn inspect(bytes: &[u8]) -> Result<StateInfo, StateError> {
-    if bytes.len() < STATE_HEADER || bytes[..8] != MAGIC {
-        return Err(StateError::NotAState);
-    }
-    let format = u32_at(bytes, 8);
-    if format != STATE_FORMAT {
-        return Err(StateError::Format { found: format });
-    }
-    let body = u64_at(bytes, 72);
-    let records = u32_at(bytes, 44) as u64;
-    let want = (STATE_HEADER as u64).saturating_add(body);
-    if body != records.saturating_mul(RECORD as u64) || want > bytes.len() as u64 {
-        return Err(StateError::Truncated {
-            have: bytes.len(),
-            want: want.min(usize::MAX as u64) as usize,
-        });
-    }
-    let want = want as usize;
-    if checksum(bytes, &bytes[STATE_HEADER..want]) != u64_at(bytes, 80) {
-        return Err(StateError::Checksum);
-    }
-    Ok(StateInfo {
-        format,
-        tick: u64_at(bytes, 16),
-        input_seq: u64_at(bytes, 24),
-        seed: u64_at(bytes, 32),
-        entities: u32_at(bytes, 40),
-        tick_hz: f64::from_bits(u64_at(bytes, 48)),
-        bytes: want,
-    })
-}
+const _: () = assert!(std::mem::size_of::<Record>() == RECORD);
 
 impl Scene {
     /// Write the whole simulation state into `out` (at least [`state_size`] of the configured
@@ -246,32 +123,8 @@ impl Scene {
         bytes: &[u8],
     ) -> Result<(Scene, StateInfo), StateError> {
         let info = inspect(bytes)?;
-        if info.seed != settings.seed
-            || info.entities != settings.entities
-            || info.tick_hz.to_bits() != settings.tick_hz.to_bits()
-        {
-            return Err(StateError::Config {
-                found: config_words(info.seed, info.entities, info.tick_hz),
-                expected: config_words(settings.seed, settings.entities, settings.tick_hz),
-            });
-        }
-        let has_player = u32_at(bytes, 12) & 1 == 1;
-        if has_player != settings.game.player {
-            return Err(StateError::Config {
-                found: format!(
-                    "a world {} a player",
-                    if has_player { "with" } else { "without" }
-                ),
-                expected: format!(
-                    "one {} a player",
-                    if settings.game.player {
-                        "with"
-                    } else {
-                        "without"
-                    }
-                ),
-            });
-        }
+        let has_player = has_player(bytes);
+        check_config(&info, has_player, settings)?;
         let player_bits = u64_at(bytes, 88);
         let player_state = Player {
             wish: [f32_at(bytes, 96), f32_at(bytes, 100)],

@@ -109,6 +109,26 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Save a world's newest durable state into a file (default: `world-NAME.state` here).
+    Snapshot {
+        /// The world (`world/arena`).
+        name: String,
+        /// Where to write it (it must not exist).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Restart a world from a state saved by `syncra snapshot`, checked first: a state of
+    /// another format or config, or a damaged one, is refused with the reason.
+    Restore {
+        /// The world (`world/arena`).
+        name: String,
+        /// The state file.
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Show every node's state.
     Status {
         #[command(flatten)]
@@ -363,6 +383,42 @@ fn main() -> ExitCode {
             } => crashes(&target.dir(), name, limit, json).await,
             Command::Events { json, target } => events(&target.dir(), json).await,
             Command::Dashboard { target } => dashboard(&target.dir()).await,
+            Command::Snapshot { name, out, target } => {
+                let out = out
+                    .unwrap_or_else(|| PathBuf::from(format!("{}.state", name.replace('/', "-"))));
+                match std::path::absolute(&out) {
+                    Ok(out) => {
+                        simple(
+                            &target.dir(),
+                            ControlRequest::Snapshot {
+                                node: name,
+                                out: out.display().to_string(),
+                            },
+                        )
+                        .await
+                    }
+                    Err(e) => {
+                        eprintln!("syncra: {}: {e}", out.display());
+                        ExitCode::from(EXIT_USAGE)
+                    }
+                }
+            }
+            Command::Restore { name, file, target } => match std::path::absolute(&file) {
+                Ok(file) => {
+                    simple(
+                        &target.dir(),
+                        ControlRequest::Restore {
+                            node: name,
+                            file: file.display().to_string(),
+                        },
+                    )
+                    .await
+                }
+                Err(e) => {
+                    eprintln!("syncra: {}: {e}", file.display());
+                    ExitCode::from(EXIT_USAGE)
+                }
+            },
             Command::Top { target } => match top::run(target.dir()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -579,6 +579,51 @@ impl Core {
     }
 
     /// Every stream, for `syncra streams`.
+    /// The newest message of private stream `name` that `accept` takes, newest first among
+    /// those the ring still holds whole: for `syncra snapshot` (off the world's hot path: one
+    /// read, under the seqlock). `Err`: no such private stream.
+    pub(crate) fn read_private<R>(
+        &self,
+        name: &str,
+        mut accept: impl FnMut(&[u8]) -> Option<R>,
+    ) -> Result<Option<R>, String> {
+        let s = self
+            .streams
+            .get(name)
+            .filter(|s| s.info.spec.private)
+            .ok_or_else(|| format!("no private stream `{name}` is declared"))?;
+        let newest = s.map.header().published.load(Ordering::Acquire);
+        let count = u64::from(s.map.geometry().slot_count);
+        Ok((newest.saturating_sub(count - 1).max(1)..=newest)
+            .rev()
+            .find_map(|seq| ring::read_published(&s.map, seq, |b, _| accept(b)).flatten()))
+    }
+
+    /// Publish `bytes` on private stream `name` as its newest message, for its producer's
+    /// next incarnation to find (`syncra restore`). Only while no incarnation holds it.
+    pub(crate) fn write_private(&mut self, name: &str, bytes: &[u8]) -> Result<u64, String> {
+        let s = self
+            .streams
+            .get(name)
+            .filter(|s| s.info.spec.private)
+            .ok_or_else(|| format!("no private stream `{name}` is declared"))?;
+        if s.held_by.is_some() && !s.granted {
+            return Err(format!("stream `{name}` is held by a live producer"));
+        }
+        let bell = ring::doorbell().map_err(|e| format!("eventfd: {e}"))?;
+        let mut writer = ring::RingWriter::attach(
+            s.map.clone(),
+            bell,
+            Arc::new(std::sync::Mutex::new(Vec::new())),
+            0,
+        );
+        let seq = writer
+            .write_bytes(0, bytes)
+            .map_err(|e| format!("stream `{name}`: {e}"))?;
+        drop(writer);
+        Ok(seq)
+    }
+
     pub(crate) fn views(&self) -> Vec<StreamView> {
         self.streams.values().map(view).collect()
     }
