@@ -541,6 +541,13 @@ pub struct NodeSpec {
     /// Worlds only: durable states kept (default 3, at least 2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub states_kept: Option<u32>,
+    /// Worlds only: crashes in a row, each within `state_poison_window_ms` of its start, after
+    /// which the newest state is set aside as poison (default 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_poison_crashes: Option<u32>,
+    /// Worlds only: see `state_poison_crashes` (default 5000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_poison_window_ms: Option<u64>,
 }
 
 /// A world's `state`.
@@ -576,6 +583,8 @@ pub const NODE_SPEC_KEYS: &[&str] = &[
     "state",
     "state_interval",
     "states_kept",
+    "state_poison_crashes",
+    "state_poison_window_ms",
 ];
 
 /// The keys of [`NodeSpec`] that only worlds may use.
@@ -586,6 +595,8 @@ pub const WORLD_ONLY_KEYS: &[&str] = &[
     "state",
     "state_interval",
     "states_kept",
+    "state_poison_crashes",
+    "state_poison_window_ms",
 ];
 
 impl NodeSpec {
@@ -622,6 +633,11 @@ impl NodeSpec {
             state: pick(&self.state, &defaults.state),
             state_interval: pick(&self.state_interval, &defaults.state_interval),
             states_kept: pick(&self.states_kept, &defaults.states_kept),
+            state_poison_crashes: pick(&self.state_poison_crashes, &defaults.state_poison_crashes),
+            state_poison_window_ms: pick(
+                &self.state_poison_window_ms,
+                &defaults.state_poison_window_ms,
+            ),
             sandbox: pick(&self.sandbox, &defaults.sandbox),
             host: pick(&self.host, &defaults.host),
             fallback_host: pick(&self.fallback_host, &defaults.fallback_host),
@@ -656,6 +672,11 @@ impl NodeSpec {
             ("state", self.state.is_some()),
             ("state_interval", self.state_interval.is_some()),
             ("states_kept", self.states_kept.is_some()),
+            ("state_poison_crashes", self.state_poison_crashes.is_some()),
+            (
+                "state_poison_window_ms",
+                self.state_poison_window_ms.is_some(),
+            ),
         ];
         set.iter()
             .filter(|(k, on)| *on && keys.contains(k))
@@ -878,6 +899,10 @@ impl<'de> Deserialize<'de> for WorldsSection {
                         "state" => d.state = Some(map.next_value()?),
                         "state_interval" => d.state_interval = Some(map.next_value()?),
                         "states_kept" => d.states_kept = Some(map.next_value()?),
+                        "state_poison_crashes" => d.state_poison_crashes = Some(map.next_value()?),
+                        "state_poison_window_ms" => {
+                            d.state_poison_window_ms = Some(map.next_value()?)
+                        }
                         _ => {
                             let spec = map.next_value::<WorldTable>()?.0;
                             out.tables.push((key, spec));

@@ -660,6 +660,8 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
                 durable: spec.state != Some(crate::model::StateMode::Off),
                 interval: spec.state_interval.unwrap_or(1),
                 kept: spec.states_kept.unwrap_or(3),
+                poison_crashes: spec.state_poison_crashes.unwrap_or(3),
+                poison_window_ms: spec.state_poison_window_ms.unwrap_or(5000),
             },
         };
         let own_or = |k: &str, set: bool| {
@@ -676,6 +678,25 @@ pub fn plan(config: &SyncraConfig) -> Result<Plan, Vec<Problem>> {
             1,
             3600 * 1000,
             "ticks",
+        );
+        in_range(
+            &mut problems,
+            &own_or("state_poison_crashes", own.state_poison_crashes.is_some()),
+            u64::from(settings.state.poison_crashes),
+            1,
+            1000,
+            "crashes",
+        );
+        in_range(
+            &mut problems,
+            &own_or(
+                "state_poison_window_ms",
+                own.state_poison_window_ms.is_some(),
+            ),
+            settings.state.poison_window_ms,
+            1,
+            MAX_DURATION_MS,
+            "ms",
         );
         in_range(
             &mut problems,

@@ -171,10 +171,15 @@ fn with_state_off_a_killed_world_starts_again_from_its_seed() {
 #[test]
 fn a_snapshot_restores_its_world_and_a_damaged_or_foreign_one_is_refused_with_the_reason() {
     use std::os::unix::fs::PermissionsExt;
-    let h = Harness::start(&WORLD.replace("entities = 48\n", "entities = 48\ncount = 2\n"), &[]);
+    let h = Harness::start(
+        &WORLD.replace("entities = 48\n", "entities = 48\ncount = 2\n"),
+        &[],
+    );
     h.wait_ready(&["world/main", "world/main-2"]);
     h.wait_until("the world has ticked", PATIENCE, |s| {
-        s.node("world/main").and_then(|n| n.tick).filter(|t| *t >= 60)
+        s.node("world/main")
+            .and_then(|n| n.tick)
+            .filter(|t| *t >= 60)
     });
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("main.state");
@@ -195,7 +200,10 @@ fn a_snapshot_restores_its_world_and_a_damaged_or_foreign_one_is_refused_with_th
     // Not over a file that exists.
     let again = h.cli(&["snapshot", "world/main", "--out", file.to_str().unwrap()]);
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists"),
+        "{again:?}"
+    );
 
     // Refused, each with its reason, and the world untouched: damaged, of another world's
     // config, not a state at all.
@@ -207,20 +215,29 @@ fn a_snapshot_restores_its_world_and_a_damaged_or_foreign_one_is_refused_with_th
     std::fs::write(&text, "hello").unwrap();
     for (world, path, reason) in [
         ("world/main", &damaged, "checksum"),
-        ("world/main-2", &file, "state from another config (seed 24301"),
+        (
+            "world/main-2",
+            &file,
+            "state from another config (seed 24301",
+        ),
         ("world/main", &text, "not a world state"),
     ] {
         let out = h.cli(&["restore", world, path.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(2), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(reason) && err.contains("was not restored"), "{err}");
+        assert!(
+            err.contains(reason) && err.contains("was not restored"),
+            "{err}"
+        );
     }
     assert_eq!(h.node("world/main").incarnation, 1);
     assert_eq!(h.node("world/main-2").incarnation, 1);
 
     // Later, the world goes back to the snapshot's tick, and on exactly as before.
     h.wait_until("the world has gone on", PATIENCE, |s| {
-        s.node("world/main").and_then(|n| n.tick).filter(|t| *t >= tick + 60)
+        s.node("world/main")
+            .and_then(|n| n.tick)
+            .filter(|t| *t >= tick + 60)
     });
     let out = h.cli(&["restore", "world/main", file.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
@@ -235,5 +252,71 @@ fn a_snapshot_restores_its_world_and_a_damaged_or_foreign_one_is_refused_with_th
     });
     assert_eq!(resumed_at(&view), Some(tick), "{:?}", view.note);
     scene_matches_a_world_that_never_crashed(&h);
-    assert_eq!(h.node("world/main-2").incarnation, 1, "the other world is untouched");
+    assert_eq!(
+        h.node("world/main-2").incarnation,
+        1,
+        "the other world is untouched"
+    );
+}
+
+#[test]
+fn a_state_that_kills_its_world_again_and_again_is_set_aside_and_the_world_starts_fresh() {
+    let h = Harness::start(
+        "[runtime]\nwatch_interval_ms = 250\n[supervisor]\nbackoff_initial_ms = 20\nintensity = 20\n[worlds]\nentities = 48\nstate_poison_window_ms = 1000\nenv = { SYNCRA_WORLD_FAULT = \"poison-at:90\" }\n",
+        &[],
+    );
+    let first = h.wait_ready(&["world/main"]).remove(0);
+    h.wait_until("the world has run past its poison window", PATIENCE, |s| {
+        s.node("world/main")
+            .and_then(|n| n.tick)
+            .filter(|t| *t >= 100)
+    });
+    // From now on, every incarnation that resumes from its state dies at once.
+    send(first.pid.unwrap(), libc::SIGKILL);
+    let fresh = h.wait_until("a fresh incarnation runs", PATIENCE, |s| {
+        s.node("world/main")
+            .filter(|n| n.state == syncra_protocol::NodeState::Ready && n.incarnation > 1)
+            .filter(|n| {
+                n.note
+                    .as_deref()
+                    .is_some_and(|t| t.starts_with("started from its seed"))
+            })
+            .cloned()
+    });
+    assert_eq!(
+        fresh.incarnation, 5,
+        "the killed one, 3 poisoned, then a fresh one"
+    );
+    let note = fresh.note.unwrap();
+    assert!(note.contains("set aside"), "{note}");
+    let kept = note
+        .split("kept in ")
+        .nth(1)
+        .map(|p| p.trim_end_matches(')'))
+        .unwrap_or_else(|| panic!("{note}"));
+    let state = std::fs::read(kept).unwrap_or_else(|e| panic!("{kept}: {e}"));
+    let info = syncra_protocol::world_state::inspect(&state).unwrap();
+    assert!(info.tick >= 90, "{info:?}");
+    // The crash record of the last crash says so, and `syncra crashes` shows it.
+    let crashes = h.crashes(Some("world/main"));
+    assert_eq!(crashes.len(), 4, "{crashes:#?}");
+    let last = &crashes.last().unwrap().record;
+    assert!(
+        last.detail.contains("set aside") && last.detail.contains(kept),
+        "{}",
+        last.detail
+    );
+    let out = h.cli(&["crashes", "world/main"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(kept),
+        "{out:?}"
+    );
+    // And it runs on from its seed, not dying again.
+    h.wait_until("the fresh world ticks past the poison", PATIENCE, |s| {
+        s.node("world/main")
+            .filter(|n| n.incarnation == 5)
+            .and_then(|n| n.tick)
+            .filter(|t| *t >= 95)
+    });
+    assert_eq!(h.node("world/main").incarnation, 5);
 }

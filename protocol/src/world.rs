@@ -45,6 +45,12 @@ pub struct WorldState {
     /// States kept (the ring's slots, at least 2: one is always complete while the next is
     /// written).
     pub kept: u32,
+    /// Crashes in a row, each within `poison_window_ms` of its incarnation's start, after
+    /// which the newest state is taken for what kills the world: set aside, and the next
+    /// incarnation starts from the seed.
+    pub poison_crashes: u32,
+    /// See `poison_crashes`, milliseconds.
+    pub poison_window_ms: u64,
 }
 
 impl Default for WorldState {
@@ -53,6 +59,8 @@ impl Default for WorldState {
             durable: true,
             interval: 1,
             kept: 3,
+            poison_crashes: 3,
+            poison_window_ms: 5000,
         }
     }
 }
@@ -60,6 +68,11 @@ impl Default for WorldState {
 /// The stream a world keeps its durable state on: `world/<name>/state`. Only the world
 /// writes it and reads it back; the runtime holds it across the world's restarts.
 pub const STATE_STREAM: &str = "state";
+
+/// What the runtime writes over every state of a world it set aside as poison, followed by
+/// the path of the file it keeps it in: the world's next incarnation starts from its seed
+/// and says why.
+pub const POISONED: &[u8] = b"SYNPOISN";
 
 /// The state stream's type tag.
 pub const STATE_TAG: &str = "syncra.world.state/1";

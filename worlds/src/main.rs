@@ -19,8 +19,8 @@ use syncra_protocol::ring::Policy;
 use syncra_protocol::status::NodeMetrics;
 use syncra_protocol::world::WorldGame;
 use syncra_protocol::world::{
-    DEFAULT_ENTITIES, DEFAULT_SEED, DEFAULT_TICK_HZ, SCENE_STREAM, STATE_STREAM, STATE_TAG,
-    SceneSnapshot, WorldSettings, scene_slot_size,
+    DEFAULT_ENTITIES, DEFAULT_SEED, DEFAULT_TICK_HZ, POISONED, SCENE_STREAM, STATE_STREAM,
+    STATE_TAG, SceneSnapshot, WorldSettings, scene_slot_size,
 };
 use syncra_world::state::state_size;
 use syncra_world::{PlayerEvents, Scene};
@@ -91,6 +91,16 @@ fn main() {
             None
         }
     };
+    // `SYNCRA_WORLD_FAULT=poison-at:TICK` (for tests): a state at or past that tick kills the
+    // world that resumes from it, as a state that breaks an invariant would.
+    let poison_at = std::env::var("SYNCRA_WORLD_FAULT").ok().and_then(|f| {
+        f.strip_prefix("poison-at:")
+            .and_then(|t| t.parse::<u64>().ok())
+    });
+    if resumed.is_some() && poison_at.is_some_and(|t| scene.tick() >= t) {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
     if resumed.is_some() {
         // What players saw last: the previous incarnation's newest scene.
         let shown = producer
@@ -333,17 +343,24 @@ impl Durable {
     /// applied; or why there is none.
     fn resume(&self, settings: &WorldSettings) -> Result<(Scene, u64), String> {
         let mut refused = Vec::new();
-        let found = self
-            .ring
-            .newest_first(|seq, bytes| match Scene::restore(settings, bytes) {
-                Ok(found) => Some((seq, found)),
+        let found = self.ring.newest_first(|seq, bytes| {
+            // The runtime set this world's state aside: it kept crashing right after resuming.
+            if let Some(path) = bytes.strip_prefix(POISONED) {
+                return Some(Err(format!(
+                    "its last state was set aside after it crashed again and again right after resuming (kept in {})",
+                    String::from_utf8_lossy(path)
+                )));
+            }
+            match Scene::restore(settings, bytes) {
+                Ok(found) => Some(Ok((seq, found))),
                 Err(e) => {
                     refused.push((seq, e));
                     None
                 }
-            });
+            }
+        });
         match found {
-            Some((seq, (scene, info))) => {
+            Some(Ok((seq, (scene, info)))) => {
                 for (skipped, why) in &refused {
                     tracing::warn!(state = skipped, "skipped a newer state: {why}");
                 }
@@ -355,6 +372,7 @@ impl Durable {
                 );
                 Ok((scene, info.input_seq))
             }
+            Some(Err(poisoned)) => Err(poisoned),
             None => Err(match refused.first() {
                 Some((_, why)) => why.to_string(),
                 None => "no durable state yet".into(),

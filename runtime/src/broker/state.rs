@@ -600,16 +600,14 @@ impl Core {
     }
 
     /// Publish `bytes` on private stream `name` as its newest message, for its producer's
-    /// next incarnation to find (`syncra restore`). Only while no incarnation holds it.
+    /// next incarnation to find (`syncra restore`, a poison state set aside). Only while its
+    /// producer is not running (stopped, or ended): the caller knows.
     pub(crate) fn write_private(&mut self, name: &str, bytes: &[u8]) -> Result<u64, String> {
         let s = self
             .streams
             .get(name)
             .filter(|s| s.info.spec.private)
             .ok_or_else(|| format!("no private stream `{name}` is declared"))?;
-        if s.held_by.is_some() && !s.granted {
-            return Err(format!("stream `{name}` is held by a live producer"));
-        }
         let bell = ring::doorbell().map_err(|e| format!("eventfd: {e}"))?;
         let mut writer = ring::RingWriter::attach(
             s.map.clone(),

@@ -363,6 +363,8 @@ pub(crate) struct SupState {
     /// The plan before a new command (with `rollback = true`), until an incarnation of the
     /// new one is ready: if it fails to start, this comes back.
     probation: Option<NodePlan>,
+    /// A world's failures in a row, each within its poison window of its start.
+    quick_failures: u32,
 }
 
 impl Actor for NodeSupervisor {
@@ -394,6 +396,7 @@ impl Actor for NodeSupervisor {
             resource_waits: 0,
             not_before: None,
             probation: None,
+            quick_failures: 0,
         })
     }
 
@@ -1510,6 +1513,88 @@ impl SupState {
     }
 
     /// An incarnation ended (or never started): classify, decide, record, act.
+    /// A world failed after running `ran`: if it has failed `poison_crashes` times in a row,
+    /// each that soon after its start, its newest durable state is taken for what kills it —
+    /// kept aside in `<crash_dir>/states`, and written over in its ring, so that the next
+    /// incarnation starts from the seed. What was done, for the crash record.
+    fn poison(&mut self, ran: Duration) -> Option<String> {
+        let state = self.plan.world.as_ref()?.state;
+        if !state.durable || self.plan.host.is_some() {
+            return None;
+        }
+        if ran > Duration::from_millis(state.poison_window_ms) {
+            self.quick_failures = 0;
+            return None;
+        }
+        self.quick_failures += 1;
+        if self.quick_failures < state.poison_crashes {
+            return None;
+        }
+        let stream = format!(
+            "{}/{}",
+            self.plan.name,
+            syncra_protocol::world::STATE_STREAM
+        );
+        let broker = &self.ctx.broker;
+        let (info, bytes) = broker
+            .read_private(&stream, |b| {
+                let info = syncra_protocol::world_state::inspect(b).ok()?;
+                Some((info, b[..info.bytes].to_vec()))
+            })
+            .ok()
+            .flatten()?;
+        self.quick_failures = 0;
+        let dir = self.ctx.runtime.crash_dir.join("states");
+        let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now())
+            .to_string()
+            .replace(':', "-");
+        let path = dir.join(format!(
+            "{stamp}_{}_tick{}.state",
+            self.plan.name.as_str().replace('/', "-"),
+            info.tick
+        ));
+        let kept = {
+            use std::io::Write;
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&path)
+                })
+                .and_then(|mut f| f.write_all(&bytes))
+        };
+        let mut tombstone = syncra_protocol::world::POISONED.to_vec();
+        tombstone.extend_from_slice(path.display().to_string().as_bytes());
+        for _ in 0..state.kept.max(2) {
+            if let Err(e) = broker.write_private(&stream, &tombstone) {
+                tracing::error!(node = %self.plan.name, error = %e, "could not set its poison state aside");
+                return None;
+            }
+        }
+        Some(match kept {
+            Ok(()) => format!(
+                "its durable state (tick {}) was set aside after {} crashes each within {} ms of its start, kept in {}; the next incarnation starts from its seed",
+                info.tick,
+                state.poison_crashes,
+                state.poison_window_ms,
+                path.display()
+            ),
+            Err(e) => format!(
+                "its durable state (tick {}) was set aside after {} crashes each within {} ms of its start (not kept: {}: {e}); the next incarnation starts from its seed",
+                info.tick,
+                state.poison_crashes,
+                state.poison_window_ms,
+                path.display()
+            ),
+        })
+    }
+
     async fn ended(&mut self, report: ExitReport, live: Option<Live>) {
         let name = self.plan.name.clone();
         if let Some(not_before) = report.not_before {
@@ -1603,6 +1688,12 @@ impl SupState {
                 delay: Duration::ZERO,
                 cause: why,
             };
+        }
+        if reason.is_failure()
+            && let Some(aside) = self.poison(ran)
+        {
+            tracing::error!(node = %name, "{aside}");
+            detail = format!("{detail}; {aside}");
         }
         let next = match after {
             _ if matches!(report.not_started, Some(NotStarted::Dependency(_))) => Next::Stop {
