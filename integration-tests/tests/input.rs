@@ -304,3 +304,96 @@ fn a_bad_action_map_or_gamepad_setting_is_named_and_not_restarted() {
         "{note}"
     );
 }
+
+/// The sequences in a world's log lines "applied an action seq=N", in order.
+fn applied(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("applied an action"))
+        .filter_map(|l| {
+            l.split("seq=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn each_input_is_applied_once_across_a_world_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("pad.jsonl"), "").unwrap();
+    let pads = format!("{{ script = \"{}\" }}", d.join("pad.jsonl").display());
+    // The world's first incarnation dies in the middle of writing the first state after a
+    // tick that applied an input: what it had read since its last state is lost with it.
+    let world = "env = { SYNCRA_LOG = \"info,syncra_world=debug\", SYNCRA_WORLD_FAULT = \"die-writing-state-after-input:1\" }\n";
+    let h = Harness::start(&(config(d, &pads, "") + world), &[]);
+    h.wait_ready(&["input", "log", "world/main"]);
+    script(d, json!({ "pad": "pad-a", "event": "connected" }));
+    // Presses and releases of `jump`, paced like a player's, through the crash and after.
+    for i in 0..40 {
+        script(
+            d,
+            json!({ "pad": "pad-a", "event": "button", "button": "South", "pressed": i % 2 == 0 }),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let log = d.join("actions.jsonl");
+    let published = |_: &Value| true;
+    line_where(&log, 0, "the actions", published);
+    let deadline = Instant::now() + PATIENCE;
+    let (expected, first, second) = loop {
+        let expected: Vec<u64> = jsonl(&log)
+            .iter()
+            .filter(|v| v["k"] == "action")
+            .filter_map(|v| v["seq"].as_u64())
+            .collect();
+        let now = h.node("world/main");
+        let crashes = h.crashes(Some("world/main"));
+        if now.incarnation >= 2 && !crashes.is_empty() && expected.len() >= 40 {
+            let first =
+                std::fs::read_to_string(crashes[0].record.log_file.as_deref().unwrap()).unwrap();
+            let second = std::fs::read_to_string(now.log_file.as_deref().unwrap()).unwrap();
+            if applied(&second).last() == expected.last() {
+                break (expected, first, second);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the world never applied every action: {} published, world at {now:?}",
+            expected.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(
+        h.crashes(Some("world/main"))[0].record.signal.as_deref(),
+        Some("SIGKILL")
+    );
+    // Where the second incarnation resumed: its state had applied the inputs up to here.
+    let resumed: u64 = second
+        .lines()
+        .find(|l| l.contains("resumed from its durable state"))
+        .and_then(|l| {
+            l.split("input_seq=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("not resumed:\n{second}"));
+    let (before, lost): (Vec<u64>, Vec<u64>) =
+        applied(&first).into_iter().partition(|s| *s <= resumed);
+    assert!(
+        !lost.is_empty(),
+        "the first incarnation died with inputs applied after its state"
+    );
+    // The history that survived: what the first applied up to its state, then the second.
+    let history: Vec<u64> = before.into_iter().chain(applied(&second)).collect();
+    assert_eq!(
+        history, expected,
+        "each input applied once, in order, none lost"
+    );
+}

@@ -247,6 +247,7 @@ impl<'a> Game<'a> {
         let mut jumped = None;
         while let Ok(Some(a)) = actions.try_recv() {
             self.applied = a.seq;
+            tracing::debug!(seq = a.seq, action = %a.value.action, "applied an action");
             if a.value.player != 0 {
                 continue;
             }
@@ -299,8 +300,12 @@ struct Durable {
     ring: RawProducer,
     interval: u64,
     /// `SYNCRA_WORLD_FAULT=die-writing-state:TICK` (for tests): the first incarnation
-    /// SIGKILLs itself in the middle of writing the state of that tick.
-    die_writing: Option<u64>,
+    /// SIGKILLs itself in the middle of writing the state of that tick;
+    /// `die-writing-state-after-input:TICK`: of the first state at or after that tick whose
+    /// tick applied an input (so that inputs read since the state before are lost with it).
+    die_writing: Option<(u64, bool)>,
+    /// The last input applied in the last state written.
+    written_input: u64,
     /// Said once that a state does not fit.
     said: bool,
 }
@@ -321,14 +326,18 @@ impl Durable {
             .ok()
             .filter(|_| node.incarnation() == 1)
             .and_then(|f| {
-                f.strip_prefix("die-writing-state:")
-                    .and_then(|t| t.parse().ok())
+                let (after_input, tick) = match f.strip_prefix("die-writing-state-after-input:") {
+                    Some(t) => (true, t),
+                    None => (false, f.strip_prefix("die-writing-state:")?),
+                };
+                Some((tick.parse().ok()?, after_input))
             });
         match node.declare_raw(STATE_STREAM, STATE_TAG, options) {
             Ok(ring) => Some(Durable {
                 ring,
                 interval: u64::from(settings.state.interval.max(1)),
                 die_writing,
+                written_input: 0,
                 said: false,
             }),
             Err(e) => {
@@ -368,6 +377,7 @@ impl Durable {
                     tick = info.tick,
                     state = seq,
                     bytes = info.bytes,
+                    input_seq = info.input_seq,
                     "resumed from its durable state"
                 );
                 Ok((scene, info.input_seq))
@@ -384,7 +394,11 @@ impl Durable {
         if !scene.tick().is_multiple_of(self.interval) {
             return;
         }
-        let die = self.die_writing == Some(scene.tick());
+        let die = match self.die_writing {
+            Some((tick, false)) => scene.tick() == tick,
+            Some((tick, true)) => scene.tick() >= tick && input_seq > self.written_input,
+            None => false,
+        };
         let written = self.ring.publish_with(|buf| {
             let len = scene.save_into(input_seq, buf);
             if die {
@@ -397,7 +411,7 @@ impl Durable {
             len
         });
         match written {
-            Ok(Some(_)) => {}
+            Ok(Some(_)) => self.written_input = input_seq,
             Ok(None) if !self.said => {
                 self.said = true;
                 tracing::warn!(

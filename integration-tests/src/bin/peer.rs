@@ -1055,7 +1055,8 @@ fn main() {
                     let lat = syncra_node::audio::monotonic_ns().saturating_sub(a.value.time_ns);
                     out.line(serde_json::json!({ "k": "action", "action": a.value.action,
                         "player": a.value.player, "device": a.value.device, "value": a.value.value,
-                        "time_ns": a.value.time_ns, "lat_ns": lat, "inc": a.producer_incarnation }));
+                        "time_ns": a.value.time_ns, "lat_ns": lat, "inc": a.producer_incarnation,
+                        "seq": a.seq }));
                 }
                 while let Ok(Some(e)) = events.try_recv() {
                     out.line(serde_json::json!({ "k": "event", "player": e.value.player,
