@@ -426,3 +426,59 @@ fn the_renderer_draws_the_spectrum_of_the_mix_as_a_bar_strip() {
     // Bands far from the tone are low: a pure tone, not noise.
     assert!(heights[SPECTRUM_BANDS - 1] < expected / 3, "{heights:?}");
 }
+
+#[test]
+fn a_world_that_resumes_after_a_crash_leaves_its_sounds_playing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let h = Harness::start(
+        &(config(d, "", "") + "settings = { ambience = \"tone-440\" }\n"),
+        &[],
+    );
+    let views = h.wait_ready(&["audio", "grab", "world/main"]);
+    // The ambience, heard, then a second later past its half-second fade-in: steady.
+    window_where(&h, d, "the ambience", |v| {
+        v["rms_l"].as_f64().is_some_and(|r| r > 0.01)
+    });
+    let heard = jsonl(&d.join("grab.jsonl")).len();
+    let lines = h.wait_until("a second of the ambience", PATIENCE, |_| {
+        let lines = jsonl(&d.join("grab.jsonl"));
+        (lines.len() >= heard + 10).then_some(lines)
+    });
+    let steady = f(lines.last().unwrap(), "rms_l");
+    assert!(steady > 0.01, "{steady}");
+    let seen = jsonl(&d.join("grab.jsonl")).len();
+    send(views[2].pid.unwrap(), libc::SIGKILL);
+    let again = h.wait_ready_incarnation("world/main", 2);
+    assert!(
+        again
+            .note
+            .as_deref()
+            .is_some_and(|n| n.starts_with("resumed at tick")),
+        "{again:?}"
+    );
+    // Two seconds of the mix after the crash: the ambience never stopped nor faded in again
+    // (asked again, it would restart with its half-second fade).
+    let after = h.wait_until("two more seconds of the mix", PATIENCE, |_| {
+        let lines = jsonl(&d.join("grab.jsonl"));
+        (lines.len() >= seen + 20).then_some(lines)
+    });
+    for w in &after[seen..] {
+        assert!(
+            f(w, "rms_l") > steady * 0.9,
+            "a dip in the ambience: {w} (steady {steady})"
+        );
+    }
+    let audio = h.node("audio");
+    assert_eq!(audio.incarnation, 1);
+    let playing = audio
+        .figures
+        .iter()
+        .find(|f| f.name == "playing")
+        .map(|f| f.value);
+    assert_eq!(
+        playing,
+        Some(1.0),
+        "one voice: the ambience, never asked for twice"
+    );
+}

@@ -306,6 +306,8 @@ struct Durable {
     die_writing: Option<(u64, bool)>,
     /// The last input applied in the last state written.
     written_input: u64,
+    /// `state_us` in `syncra status`: how long the last state took to write.
+    cost: syncra_node::Figure,
     /// Said once that a state does not fit.
     said: bool,
 }
@@ -338,6 +340,7 @@ impl Durable {
                 interval: u64::from(settings.state.interval.max(1)),
                 die_writing,
                 written_input: 0,
+                cost: node.figure("state_us", syncra_protocol::status::FigureKind::Gauge),
                 said: false,
             }),
             Err(e) => {
@@ -399,6 +402,7 @@ impl Durable {
             Some((tick, true)) => scene.tick() >= tick && input_seq > self.written_input,
             None => false,
         };
+        let started = Instant::now();
         let written = self.ring.publish_with(|buf| {
             let len = scene.save_into(input_seq, buf);
             if die {
@@ -411,7 +415,10 @@ impl Durable {
             len
         });
         match written {
-            Ok(Some(_)) => self.written_input = input_seq,
+            Ok(Some(_)) => {
+                self.written_input = input_seq;
+                self.cost.set(started.elapsed().as_secs_f64() * 1e6);
+            }
             Ok(None) if !self.said => {
                 self.said = true;
                 tracing::warn!(
