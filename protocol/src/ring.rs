@@ -1070,6 +1070,35 @@ pub fn was_published(map: &RingMap, seq: u64) -> Option<bool> {
 /// its slot, or it changed while `read` ran (what `read` saw is then discarded). For a
 /// producer reading back what it wrote before a restart (a world's durable state).
 pub fn read_published<R>(map: &RingMap, seq: u64, read: impl FnOnce(&[u8], u32) -> R) -> Option<R> {
+    read_whole(map, seq, |bytes, slot| read(bytes, slot.kind))
+}
+
+/// A passive view of a ring's newest message, for observers that must not hold a consumer
+/// cell (`syncra tap`): it never slows the producer.
+pub fn peek_latest<R>(map: &RingMap, read: impl FnOnce(&[u8], u32) -> R) -> Option<(Received, R)> {
+    let seq = map.header().published.load(Ordering::Acquire);
+    read_whole(map, seq, |bytes, slot| {
+        let received = Received {
+            seq,
+            gap: 0,
+            kind: slot.kind,
+            publish_ns: slot.publish_ns,
+            producer_incarnation: slot.incarnation,
+        };
+        (received, read(bytes, slot.kind))
+    })
+}
+
+/// What a slot's header said about the message read from it.
+struct SlotFacts {
+    kind: u32,
+    publish_ns: u64,
+    incarnation: u64,
+}
+
+/// Message `seq` read in place under the slot's seqlock: `None` unless the slot held it
+/// published before `read` and still after.
+fn read_whole<R>(map: &RingMap, seq: u64, read: impl FnOnce(&[u8], &SlotFacts) -> R) -> Option<R> {
     if seq == 0 || seq == u64::MAX {
         return None;
     }
@@ -1079,45 +1108,16 @@ pub fn read_published<R>(map: &RingMap, seq: u64, read: impl FnOnce(&[u8], u32) 
         return None;
     }
     let len = (slot.len.load(Ordering::Relaxed) as usize).min(map.geometry.slot_size as usize);
-    let kind = slot.kind.load(Ordering::Relaxed);
+    let facts = SlotFacts {
+        kind: slot.kind.load(Ordering::Relaxed),
+        publish_ns: slot.publish_ns.load(Ordering::Relaxed),
+        incarnation: slot.incarnation.load(Ordering::Relaxed),
+    };
     // SAFETY: as in `RingReader::try_read`: in bounds, torn reads detected below.
     let bytes = unsafe { std::slice::from_raw_parts(data.cast_const(), len) };
-    let result = read(bytes, kind);
+    let result = read(bytes, &facts);
     fence(Ordering::Acquire);
     (slot.stamp.load(Ordering::Relaxed) == stamp).then_some(result)
-}
-
-/// A passive view of a ring's newest message, for observers that must not hold a consumer
-/// cell (`syncra tap`): it never slows the producer.
-pub fn peek_latest<R>(map: &RingMap, read: impl FnOnce(&[u8], u32) -> R) -> Option<(Received, R)> {
-    let h = map.header();
-    let seq = h.published.load(Ordering::Acquire);
-    if seq == 0 {
-        return None;
-    }
-    let (slot, data) = map.slot(seq);
-    let stamp = slot.stamp.load(Ordering::Acquire);
-    if stamp != seq.wrapping_mul(2) {
-        return None;
-    }
-    let len = (slot.len.load(Ordering::Relaxed) as usize).min(map.geometry.slot_size as usize);
-    let kind = slot.kind.load(Ordering::Relaxed);
-    let publish_ns = slot.publish_ns.load(Ordering::Relaxed);
-    let producer_incarnation = slot.incarnation.load(Ordering::Relaxed);
-    // SAFETY: as in `RingReader::try_read`: in bounds, torn reads detected below.
-    let bytes = unsafe { std::slice::from_raw_parts(data.cast_const(), len) };
-    let result = read(bytes, kind);
-    fence(Ordering::Acquire);
-    (slot.stamp.load(Ordering::Relaxed) == stamp).then_some((
-        Received {
-            seq,
-            gap: 0,
-            kind,
-            publish_ns,
-            producer_incarnation,
-        },
-        result,
-    ))
 }
 
 #[cfg(test)]

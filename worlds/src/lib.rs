@@ -136,9 +136,20 @@ impl Scene {
                 Player::default(),
             ))
         });
+        Scene::from_parts(world, 0, player, rng, settings)
+    }
+
+    /// A scene of `world` at `tick`, for a world of `settings`.
+    fn from_parts(
+        world: hecs::World,
+        tick: u64,
+        player: Option<hecs::Entity>,
+        rng: ChaCha8Rng,
+        settings: &WorldSettings,
+    ) -> Scene {
         Scene {
             world,
-            tick: 0,
+            tick,
             dt: (1.0 / settings.tick_hz) as f32,
             player,
             rng,

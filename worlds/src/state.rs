@@ -171,16 +171,7 @@ impl Scene {
             bytes[56..72].try_into().unwrap_or_default(),
         ));
         Ok((
-            Scene {
-                world,
-                tick: info.tick,
-                dt: (1.0 / settings.tick_hz) as f32,
-                player,
-                rng,
-                seed: settings.seed,
-                configured: settings.entities,
-                tick_hz: settings.tick_hz,
-            },
+            Scene::from_parts(world, info.tick, player, rng, settings),
             info,
         ))
     }
