@@ -18,17 +18,33 @@ pub const ARENA_HALF_EXTENT: f32 = 50.0;
 /// Fastest initial speed of an entity, metres per second.
 pub const MAX_SPEED: f32 = 8.0;
 
-/// Where an entity is and how it is turned.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Where an entity is, how large and how it is turned. Plain bytes (no padding): a durable
+/// state copies the ECS column of them whole.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Transform {
     /// Position, metres.
     pub position: Vec3,
+    /// Uniform scale (1: as modelled).
+    pub scale: f32,
     /// Orientation.
     pub rotation: Quat,
 }
 
-/// How an entity moves.
-#[derive(Debug, Clone, Copy, PartialEq)]
+impl Transform {
+    /// At `position`, turned by `rotation`, at scale 1.
+    pub fn new(position: Vec3, rotation: Quat) -> Transform {
+        Transform {
+            position,
+            scale: 1.0,
+            rotation,
+        }
+    }
+}
+
+/// How an entity moves (plain bytes, like [`Transform`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Velocity {
     /// Metres per second.
     pub linear: Vec3,
@@ -37,7 +53,8 @@ pub struct Velocity {
 }
 
 /// An entity's colour, linear RGBA.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Colour(pub [f32; 4]);
 
 /// The player's entity: moved by input rather than by the seed.
@@ -75,6 +92,10 @@ pub struct Scene {
     player: Option<hecs::Entity>,
     /// The scene's random generator, where building it left it (kept in its durable state).
     rng: ChaCha8Rng,
+    /// Every entity's handle bits, in the order a query walks them: a scene's entities are
+    /// fixed once it is built (`step` neither spawns nor despawns), so its durable state
+    /// copies this column instead of asking the ECS for each handle.
+    handles: Vec<u64>,
     /// What it was built from: a durable state records them, and is resumed only by a world
     /// of the same.
     seed: u64,
@@ -114,20 +135,14 @@ impl Scene {
             let spin = signed(&mut rng) * std::f32::consts::PI;
             let colour = Colour([unit(&mut rng), unit(&mut rng), unit(&mut rng), 1.0]);
             (
-                Transform {
-                    position,
-                    rotation: Quat::IDENTITY,
-                },
+                Transform::new(position, Quat::IDENTITY),
                 Velocity { linear, spin },
                 colour,
             )
         }));
         let player = settings.game.player.then(|| {
             world.spawn((
-                Transform {
-                    position: Vec3::new(0.0, -ARENA_HALF_EXTENT, 0.0),
-                    rotation: Quat::IDENTITY,
-                },
+                Transform::new(Vec3::new(0.0, -ARENA_HALF_EXTENT, 0.0), Quat::IDENTITY),
                 Velocity {
                     linear: Vec3::ZERO,
                     spin: 0.0,
@@ -147,11 +162,17 @@ impl Scene {
         rng: ChaCha8Rng,
         settings: &WorldSettings,
     ) -> Scene {
+        let handles = world
+            .query::<hecs::Entity>()
+            .iter()
+            .map(|e| e.to_bits().get())
+            .collect();
         Scene {
             world,
             tick,
             dt: (1.0 / settings.tick_hz) as f32,
             player,
+            handles,
             rng,
             seed: settings.seed,
             configured: settings.entities,

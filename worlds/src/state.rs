@@ -10,13 +10,14 @@
 //! 48   tick_hz (f64 bits)    56  random generator's word position (u128)
 //! 72   body bytes (u64)      80  checksum (u64: CRC-32 of bytes 0..80 and the body)
 //! 88   player entity (u64)   96  player's wish (2 × f32)  104 bump cooldown (u32)
-//! 128  body: one 72-byte record per entity, in the order the ECS iterates them
+//! 128  body: the entities' columns, each in the order the ECS iterates them (n entities):
+//!      n entity handles (u64) | n Transform (32 bytes) | n Velocity (16) | n Colour (16)
 //! ```
 //!
-//! All little-endian. A record: entity bits (u64), position (3 × f32), rotation (4 × f32),
-//! linear velocity (3 × f32), spin (f32), colour (4 × f32), 4 bytes of padding.
+//! All little-endian. The components are plain bytes ([`Transform`]: position 3 × f32,
+//! scale f32, rotation 4 × f32; [`Velocity`]: linear 3 × f32, spin f32; [`Colour`]: 4 × f32),
+//! so each ECS column is copied whole: writing a state costs little more than a memcpy.
 
-use glam::{Quat, Vec3};
 use rand_chacha::ChaCha8Rng;
 use syncra_protocol::world::WorldSettings;
 
@@ -29,19 +30,22 @@ use syncra_protocol::world_state::{
     MAGIC, check_config, checksum, f32_at, has_player, u32_at, u64_at,
 };
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Record {
-    id: u64,
-    position: [f32; 3],
-    rotation: [f32; 4],
-    linear: [f32; 3],
-    spin: f32,
-    colour: [f32; 4],
-    _pad: u32,
-}
+// The columns' layout assumes these sizes, and the bytes little-endian.
+const _: () = assert!(
+    8 + std::mem::size_of::<Transform>()
+        + std::mem::size_of::<Velocity>()
+        + std::mem::size_of::<Colour>()
+        == RECORD
+);
+const _: () = assert!(cfg!(target_endian = "little"));
 
-const _: () = assert!(std::mem::size_of::<Record>() == RECORD);
+/// Where each column of `n` entities lies in a body.
+fn columns(n: usize) -> [std::ops::Range<usize>; 4] {
+    let t = 8 * n;
+    let v = t + std::mem::size_of::<Transform>() * n;
+    let c = v + std::mem::size_of::<Velocity>() * n;
+    [0..t, t..v, v..c, c..c + std::mem::size_of::<Colour>() * n]
+}
 
 impl Scene {
     /// Write the whole simulation state into `out` (at least [`state_size`] of the configured
@@ -55,32 +59,40 @@ impl Scene {
         }
         let (header, rest) = out.split_at_mut(STATE_HEADER);
         let body = &mut rest[..records * RECORD];
-        let mut query = self
-            .world
-            .query::<(hecs::Entity, &Transform, &Velocity, &Colour)>();
-        let record = |(e, t, v, c): (hecs::Entity, &Transform, &Velocity, &Colour)| Record {
-            id: e.to_bits().get(),
-            position: t.position.to_array(),
-            rotation: t.rotation.to_array(),
-            linear: v.linear.to_array(),
-            spin: v.spin,
-            colour: c.0,
-            _pad: 0,
-        };
-        // Straight into place where the buffer is aligned for records (a ring's slot is),
-        // through a copy of each where it is not.
-        match bytemuck::try_cast_slice_mut::<u8, Record>(body) {
-            Ok(records) => {
-                for (item, slot) in query.iter().zip(records) {
-                    *slot = record(item);
-                }
+        let [ids, ts, vs, cs] = columns(records);
+        let mut at = 0;
+        for arch in self.world.archetypes() {
+            let (Some(t), Some(v), Some(c)) = (
+                arch.get::<&Transform>(),
+                arch.get::<&Velocity>(),
+                arch.get::<&Colour>(),
+            ) else {
+                continue;
+            };
+            let k = t.len();
+            if at + k > records {
+                return None;
             }
-            Err(_) => {
-                for (item, slot) in query.iter().zip(body.chunks_exact_mut(RECORD)) {
-                    slot.copy_from_slice(bytemuck::bytes_of(&record(item)));
-                }
+            for (range, column) in [
+                (&ts, bytemuck::cast_slice::<_, u8>(&t)),
+                (&vs, bytemuck::cast_slice(&v)),
+                (&cs, bytemuck::cast_slice(&c)),
+            ] {
+                let size = column.len() / k.max(1);
+                body[range.start + at * size..range.start + (at + k) * size]
+                    .copy_from_slice(column);
             }
+            at += k;
         }
+        if at != records {
+            return None;
+        }
+        // The handles, in the same order (a query walks the archetypes as above; every entity
+        // of a scene has the three components).
+        if self.handles.len() != records {
+            return None;
+        }
+        body[ids].copy_from_slice(bytemuck::cast_slice(&self.handles));
         header.fill(0);
         header[..8].copy_from_slice(&MAGIC);
         header[8..12].copy_from_slice(&STATE_FORMAT.to_le_bytes());
@@ -133,25 +145,26 @@ impl Scene {
         let mut world = hecs::World::new();
         let mut player = None;
         let body = &bytes[STATE_HEADER..info.bytes];
-        for chunk in body.chunks_exact(RECORD) {
-            let r: Record = bytemuck::pod_read_unaligned(chunk);
-            let entity = hecs::Entity::from_bits(r.id)
-                .ok_or_else(|| StateError::Entities(format!("id {:#x}", r.id)))?;
+        let n = body.len() / RECORD;
+        let [ids, ts, vs, cs] = columns(n);
+        let rows = body[ids]
+            .chunks_exact(8)
+            .zip(body[ts].chunks_exact(std::mem::size_of::<Transform>()))
+            .zip(body[vs].chunks_exact(std::mem::size_of::<Velocity>()))
+            .zip(body[cs].chunks_exact(std::mem::size_of::<Colour>()));
+        for (((id, t), v), c) in rows {
+            let id = u64::from_le_bytes(id.try_into().unwrap_or_default());
+            let entity = hecs::Entity::from_bits(id)
+                .ok_or_else(|| StateError::Entities(format!("id {id:#x}")))?;
             if world.contains(entity) {
-                return Err(StateError::Entities(format!("id {:#x} twice", r.id)));
+                return Err(StateError::Entities(format!("id {id:#x} twice")));
             }
             let components = (
-                Transform {
-                    position: Vec3::from_array(r.position),
-                    rotation: Quat::from_array(r.rotation),
-                },
-                Velocity {
-                    linear: Vec3::from_array(r.linear),
-                    spin: r.spin,
-                },
-                Colour(r.colour),
+                bytemuck::pod_read_unaligned::<Transform>(t),
+                bytemuck::pod_read_unaligned::<Velocity>(v),
+                bytemuck::pod_read_unaligned::<Colour>(c),
             );
-            if has_player && r.id == player_bits {
+            if has_player && id == player_bits {
                 world.spawn_at(
                     entity,
                     (components.0, components.1, components.2, player_state),
@@ -285,7 +298,7 @@ mod tests {
         let mut bytes = Scene::new(&s).save(0);
         // Entity 1 gets entity 0's id; re-seal the checksum as a hostile writer would.
         let first: [u8; 8] = bytes[STATE_HEADER..STATE_HEADER + 8].try_into().unwrap();
-        bytes[STATE_HEADER + RECORD..STATE_HEADER + RECORD + 8].copy_from_slice(&first);
+        bytes[STATE_HEADER + 8..STATE_HEADER + 16].copy_from_slice(&first);
         let sum = checksum(&bytes, &bytes[STATE_HEADER..]);
         bytes[80..88].copy_from_slice(&sum.to_le_bytes());
         assert!(matches!(
