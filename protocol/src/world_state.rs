@@ -9,7 +9,8 @@
 //! 48   tick_hz (f64 bits)    56  random generator's word position (u128)
 //! 72   body bytes (u64)      80  checksum (u64: CRC-32 of bytes 0..80 and the body)
 //! 88   player entity (u64)   96  player's wish (2 × f32)  104 bump cooldown (u32)
-//! 128  body: one 72-byte record per entity, in the order the ECS iterates them
+//! 128  body: the entities' columns, in the order the ECS iterates them (n entities):
+//!      n handles (u64) | n Transform (32 bytes) | n Velocity (16) | n Colour (16)
 //! ```
 
 use crate::world::WorldSettings;
@@ -18,9 +19,9 @@ use crate::world::WorldSettings;
 pub const STATE_FORMAT: u32 = 1;
 /// `"SYNSTATE"`.
 pub const MAGIC: [u8; 8] = *b"SYNSTATE";
-/// Bytes before the first record.
+/// Bytes before the body.
 pub const STATE_HEADER: usize = 128;
-/// Bytes of one entity's record.
+/// Bytes of one entity across the columns (handle 8, Transform 32, Velocity 16, Colour 16).
 pub const RECORD: usize = 72;
 /// The header bytes the checksum covers (those before it).
 pub const CHECKED_HEADER: usize = 80;

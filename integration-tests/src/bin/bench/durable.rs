@@ -129,7 +129,10 @@ fn resume(rt: &tokio::runtime::Runtime, kills: usize, rows: &mut Vec<Row>) {
         let h = Harness::start(
             &super::config(
                 1000,
-                &format!("[worlds]\nentities = 4096\nstate = \"{state}\"\n"),
+                // Killed every 120 ms on purpose: not a poison state.
+                &format!(
+                    "[worlds]\nentities = 4096\nstate = \"{state}\"\nstate_poison_crashes = 1000\n"
+                ),
             ),
             &[],
         );
