@@ -386,38 +386,18 @@ fn main() -> ExitCode {
             Command::Snapshot { name, out, target } => {
                 let out = out
                     .unwrap_or_else(|| PathBuf::from(format!("{}.state", name.replace('/', "-"))));
-                match std::path::absolute(&out) {
+                match absolute(&out) {
                     Ok(out) => {
-                        simple(
-                            &target.dir(),
-                            ControlRequest::Snapshot {
-                                node: name,
-                                out: out.display().to_string(),
-                            },
-                        )
-                        .await
+                        simple(&target.dir(), ControlRequest::Snapshot { node: name, out }).await
                     }
-                    Err(e) => {
-                        eprintln!("syncra: {}: {e}", out.display());
-                        ExitCode::from(EXIT_USAGE)
-                    }
+                    Err(code) => code,
                 }
             }
-            Command::Restore { name, file, target } => match std::path::absolute(&file) {
+            Command::Restore { name, file, target } => match absolute(&file) {
                 Ok(file) => {
-                    simple(
-                        &target.dir(),
-                        ControlRequest::Restore {
-                            node: name,
-                            file: file.display().to_string(),
-                        },
-                    )
-                    .await
+                    simple(&target.dir(), ControlRequest::Restore { node: name, file }).await
                 }
-                Err(e) => {
-                    eprintln!("syncra: {}: {e}", file.display());
-                    ExitCode::from(EXIT_USAGE)
-                }
+                Err(code) => code,
             },
             Command::Top { target } => match top::run(target.dir()).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -1157,6 +1137,17 @@ async fn status(run_dir: &Path, json: bool) -> ExitCode {
         Ok(other) => fail(ClientError::Unexpected(format!("{other:?}"))),
         Err(e) => fail(e),
     }
+}
+
+/// `path` made absolute here (the runtime, which reads or writes it, runs elsewhere), or the
+/// usage error, said.
+fn absolute(path: &Path) -> Result<String, ExitCode> {
+    std::path::absolute(path)
+        .map(|p| p.display().to_string())
+        .map_err(|e| {
+            eprintln!("syncra: {}: {e}", path.display());
+            ExitCode::from(EXIT_USAGE)
+        })
 }
 
 /// `syncra dashboard`.
