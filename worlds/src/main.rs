@@ -74,7 +74,11 @@ fn main() {
     let (scene, resumed) = match durable.as_ref().map(|d| d.resume(&settings)) {
         Some(Ok((scene, input_seq))) => (scene, Some(input_seq)),
         Some(Err(why)) => {
-            node.set_note(&format!("started from its seed: {why}"));
+            // A first start has nothing to resume, and nothing to explain.
+            if why.is_some() || node.incarnation() > 1 {
+                let why = why.as_deref().unwrap_or("no durable state yet");
+                node.set_note(&format!("started from its seed: {why}"));
+            }
             (Scene::new(&settings), None)
         }
         None => (Scene::new(&settings), None),
@@ -352,8 +356,8 @@ impl Durable {
     }
 
     /// The newest complete state that is this world's: the scene and the last input it had
-    /// applied; or why there is none.
-    fn resume(&self, settings: &WorldSettings) -> Result<(Scene, u64), String> {
+    /// applied; or why there is none (`None`: there is no state at all).
+    fn resume(&self, settings: &WorldSettings) -> Result<(Scene, u64), Option<String>> {
         let mut refused = Vec::new();
         let found = self.ring.newest_first(|seq, bytes| {
             // The runtime set this world's state aside: it kept crashing right after resuming.
@@ -385,11 +389,8 @@ impl Durable {
                 );
                 Ok((scene, info.input_seq))
             }
-            Some(Err(poisoned)) => Err(poisoned),
-            None => Err(match refused.first() {
-                Some((_, why)) => why.to_string(),
-                None => "no durable state yet".into(),
-            }),
+            Some(Err(poisoned)) => Err(Some(poisoned)),
+            None => Err(refused.first().map(|(_, why)| why.to_string())),
         }
     }
 
