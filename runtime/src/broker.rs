@@ -303,18 +303,23 @@ impl Broker {
         }
     }
 
-    /// See [`state::Core::read_private`].
-    pub(crate) fn read_private<R>(
+    /// World `world`'s newest complete durable state (the newest its ring holds whole that
+    /// passes `world_state::inspect`) and what it says; `Err`: the world declared no state
+    /// stream. See [`state::Core::read_private`].
+    pub(crate) fn newest_state(
         &self,
-        name: &str,
-        accept: impl FnMut(&[u8]) -> Option<R>,
-    ) -> Result<Option<R>, String> {
-        self.lock().core.read_private(name, accept)
+        world: &NodeName,
+    ) -> Result<Option<(syncra_protocol::world_state::StateInfo, Vec<u8>)>, String> {
+        self.lock().core.read_private(&state_stream(world), |b| {
+            let info = syncra_protocol::world_state::inspect(b).ok()?;
+            Some((info, b[..info.bytes].to_vec()))
+        })
     }
 
-    /// See [`state::Core::write_private`].
-    pub(crate) fn write_private(&self, name: &str, bytes: &[u8]) -> Result<u64, String> {
-        self.lock().core.write_private(name, bytes)
+    /// Put `bytes` into world `world`'s state ring as its newest message, while the world is
+    /// not running. See [`state::Core::write_private`].
+    pub(crate) fn put_state(&self, world: &NodeName, bytes: &[u8]) -> Result<u64, String> {
+        self.lock().core.write_private(&state_stream(world), bytes)
     }
 
     /// Every stream, for `syncra streams`.
@@ -338,6 +343,11 @@ impl Broker {
         let outs = shell.core.tick(Instant::now());
         shell.deliver(outs);
     }
+}
+
+/// The stream a world keeps its durable state on: `world/<name>/state`.
+fn state_stream(world: &NodeName) -> String {
+    format!("{world}/{}", syncra_protocol::world::STATE_STREAM)
 }
 
 /// Send what is queued, in order; `false` when the socket is full (the rest waits for it to

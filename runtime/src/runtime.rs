@@ -719,15 +719,11 @@ impl Runtime {
     pub async fn snapshot(&self, name: &str, out: &Path) -> Result<String, ControlError> {
         self.durable_world(name)?;
         let err = |kind, message: String| ControlError { kind, message };
-        let stream = format!("{name}/{}", syncra_protocol::world::STATE_STREAM);
         let found = self
             .inner
             .ctx
             .broker
-            .read_private(&stream, |bytes| {
-                let info = syncra_protocol::world_state::inspect(bytes).ok()?;
-                Some((info, bytes[..info.bytes].to_vec()))
-            })
+            .newest_state(&self.node_name(name)?)
             .map_err(|_| {
                 err(
                     ControlErrorKind::Invalid,
@@ -786,12 +782,11 @@ impl Runtime {
         // Stopped, the world holds its ring no more; the state goes in as its newest; started,
         // it resumes from it.
         self.stop_node(name).await?;
-        let stream = format!("{name}/{}", syncra_protocol::world::STATE_STREAM);
         let written = self
             .inner
             .ctx
             .broker
-            .write_private(&stream, &bytes[..info.bytes]);
+            .put_state(&self.node_name(name)?, &bytes[..info.bytes]);
         let started = self.start_node(name).await;
         written.map_err(|e| ControlError {
             kind: ControlErrorKind::Invalid,

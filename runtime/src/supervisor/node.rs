@@ -1530,19 +1530,8 @@ impl SupState {
         if self.quick_failures < state.poison_crashes {
             return None;
         }
-        let stream = format!(
-            "{}/{}",
-            self.plan.name,
-            syncra_protocol::world::STATE_STREAM
-        );
         let broker = &self.ctx.broker;
-        let (info, bytes) = broker
-            .read_private(&stream, |b| {
-                let info = syncra_protocol::world_state::inspect(b).ok()?;
-                Some((info, b[..info.bytes].to_vec()))
-            })
-            .ok()
-            .flatten()?;
+        let (info, bytes) = broker.newest_state(&self.plan.name).ok().flatten()?;
         self.quick_failures = 0;
         let dir = self.ctx.runtime.crash_dir.join("states");
         let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now())
@@ -1572,7 +1561,7 @@ impl SupState {
         let mut tombstone = syncra_protocol::world::POISONED.to_vec();
         tombstone.extend_from_slice(path.display().to_string().as_bytes());
         for _ in 0..state.kept.max(2) {
-            if let Err(e) = broker.write_private(&stream, &tombstone) {
+            if let Err(e) = broker.put_state(&self.plan.name, &tombstone) {
                 tracing::error!(node = %self.plan.name, error = %e, "could not set its poison state aside");
                 return None;
             }
