@@ -94,6 +94,10 @@ fn a_killed_world_resumes_after_its_last_state_with_the_scene_of_a_world_that_ne
     assert_eq!(h.node("world/main").pid, second.pid);
     let log = std::fs::read_to_string(second.log_file.as_deref().unwrap()).unwrap();
     assert!(log.contains("resumed from its durable state"), "{log}");
+    // `syncra tap` sums a state up rather than misreading it.
+    let tapped = h.tap("world/main/state").expect("a state on the stream");
+    assert!(tapped["value"]["tick"].as_u64().is_some(), "{tapped}");
+    assert_eq!(tapped["value"]["entities"], 48, "{tapped}");
     // What a state costs it, in `syncra status`.
     h.wait_until("the world reports its state's cost", PATIENCE, |s| {
         s.node("world/main")?

@@ -436,3 +436,30 @@ fn no_process_listens_on_tcp_and_the_cookie_stays_secret() {
         }
     }
 }
+
+#[test]
+fn a_client_command_whose_reader_goes_away_ends_quietly() {
+    use std::process::{Command, Stdio};
+    let h = Harness::start("[worlds]\nentities = 4\ncount = 3\n", &[]);
+    h.wait_ready(&["world/main"]);
+    // `syncra status | head -1`, with a reader that has already gone.
+    let mut child = Command::new(workspace_bin("syncra"))
+        .args(["status"])
+        .env("SYNCRA_RUN_DIR", h.run_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
+    // The runtime does not mind.
+    assert!(h.try_status().is_some());
+}

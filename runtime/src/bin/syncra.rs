@@ -309,6 +309,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_) | Command::Agent { .. }) {
+        quiet_broken_pipe();
+    }
     // One thread drives the whole runtime: supervising is never CPU-bound, and a message
     // handled on the thread that received it costs half of one handed to another thread.
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -451,6 +454,16 @@ fn main() -> ExitCode {
             } => tap(&target.dir(), &stream, count, interval_ms, json).await,
         }
     })
+}
+
+/// A client command whose output is cut short (`syncra status | head`) ends quietly, as
+/// other command-line tools do, instead of panicking on the broken pipe. Not for the
+/// runtime or the agent, which must outlive any reader.
+fn quiet_broken_pipe() {
+    // SAFETY: restoring a signal's default disposition, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 fn loader(args: &ConfigArgs) -> Loader {
@@ -1287,6 +1300,7 @@ async fn tap(
         }
     };
     let bulk = view.type_tag.starts_with("bulk:");
+    let state = view.type_tag == syncra_runtime::protocol::world::STATE_TAG;
     if !json {
         println!(
             "tapping {} ({}, {}, {} x {} B) from {}; Ctrl-C to stop",
@@ -1323,6 +1337,13 @@ async fn tap(
             if bulk {
                 let raw = bytes.len().saturating_sub(512);
                 serde_json::json!({ "raw_bytes": raw })
+            } else if state {
+                // A world's durable state: its own format, summed up.
+                match syncra_runtime::protocol::world_state::inspect(bytes) {
+                    Ok(i) => serde_json::json!({ "tick": i.tick, "entities": i.entities,
+                        "input_seq": i.input_seq, "bytes": i.bytes, "format": i.format }),
+                    Err(e) => serde_json::json!({ "not_a_state": e.to_string() }),
+                }
             } else {
                 syncra_runtime::protocol::wire::decode::<serde_json::Value>("stream message", bytes)
                     .unwrap_or_else(|e| serde_json::json!({ "undecodable": e.to_string() }))
