@@ -376,16 +376,26 @@ impl Browser {
     }
 
     /// Click the first element matching `css`, as a user does (WebDriver's element click).
+    ///
+    /// A live page replaces its rows as events arrive, so the element found can be replaced
+    /// before the click reaches it (a stale element: nothing was clicked); then it is found
+    /// again, as a user's next click would, until [`PATIENCE`] runs out.
     pub fn click(&self, css: &str) {
-        self.rt
-            .block_on(async {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let clicked = self.rt.block_on(async {
                 self.client()
                     .find(fantoccini::Locator::Css(css))
                     .await?
                     .click()
                     .await
-            })
-            .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+            });
+            match clicked {
+                Ok(()) => return,
+                Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {}
+                Err(e) => panic!("clicking {css}: {e}"),
+            }
+        }
     }
 
     /// A PNG of the page.
