@@ -1104,7 +1104,7 @@ default_world = "my_base_world"
             .iter()
             .map(|n| n.name.to_string())
             .collect();
-        assert_eq!(drivers, ["window", "renderer", "audio", "input"]);
+        assert_eq!(drivers, ["window", "renderer", "audio", "input", "xr"]);
     }
 
     #[test]

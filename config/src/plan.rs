@@ -22,6 +22,9 @@ pub const BUILTIN_DRIVERS: &[(&str, &str)] = &[
     ("renderer", "syncra-renderer"),
     ("audio", "syncra-audio"),
     ("input", "syncra-input"),
+    ("xr", "syncra-xr"),
+    // The seed's name for the same driver: its streams are then `openxr/pose` and
+    // `openxr/actions` (name it in the renderer's, input's and worlds' `xr` settings).
     ("openxr", "syncra-xr"),
 ];
 

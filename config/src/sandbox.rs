@@ -280,7 +280,7 @@ pub fn default_profile(name: &str, is_world: bool) -> SandboxProfile {
             p.devices = vec![Device::Input];
             p.namespace = false;
         }
-        "openxr" => p.devices = vec![Device::Gpu, Device::Display, Device::Input],
+        "xr" | "openxr" => p.devices = vec![Device::Gpu, Device::Display, Device::Input],
         _ => {}
     }
     p

@@ -121,6 +121,30 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// The simulated OpenXR headset's library (`integration-tests/simxr`), as built for this test
+/// run: `cargo test` refreshes the copy in `deps/` and not always the one beside the
+/// binaries, so the newer of the two.
+pub fn simxr_library() -> PathBuf {
+    let dir = workspace_bin("syncra")
+        .parent()
+        .expect("bin dir")
+        .to_owned();
+    let name = "libsyncra_simxr.so";
+    [dir.join("deps").join(name), dir.join(name)]
+        .into_iter()
+        .filter_map(|p| {
+            let modified = std::fs::metadata(&p).and_then(|m| m.modified()).ok()?;
+            Some((modified, p))
+        })
+        .max()
+        .map(|(_, p)| p)
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not built: run the tests with `cargo test --workspace` (or `cargo build -p syncra-simxr` first)"
+            )
+        })
+}
+
 /// How [`Harness::start_with`] starts the runtime.
 #[derive(Debug, Clone, Default)]
 pub struct Options {

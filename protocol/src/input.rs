@@ -21,6 +21,8 @@ pub enum Device {
     /// A gamepad, by the driver's id for it: the same physical pad keeps its id when it is
     /// unplugged and plugged back.
     Gamepad(u32),
+    /// The XR headset's controllers (player 0's: the one wearing the headset).
+    XrController,
 }
 
 /// What happened.

@@ -49,6 +49,7 @@ pub mod window;
 pub mod wire;
 pub mod world;
 pub mod world_state;
+pub mod xr;
 
 /// Version of every message format in this crate. Bump it whenever a serialized type changes
 /// shape; a node built against another version is refused when it joins.

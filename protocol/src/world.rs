@@ -95,6 +95,10 @@ pub struct WorldGame {
     pub audio: String,
     /// The input driver's node name.
     pub input: String,
+    /// The XR driver's node name: while its session is visible, sound is heard from the
+    /// headset (the listener follows `<xr>/pose`, the arena placed as
+    /// [`crate::xr::Placement::default`]); empty: never.
+    pub xr: String,
 }
 
 impl Default for WorldGame {
@@ -106,6 +110,7 @@ impl Default for WorldGame {
             bump_sound: "bump".into(),
             audio: "audio".into(),
             input: "input".into(),
+            xr: "xr".into(),
         }
     }
 }

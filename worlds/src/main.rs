@@ -14,6 +14,7 @@ use clap::Parser;
 use syncra_node::audio::{Emitter, Play, SetListener};
 use syncra_node::input::{ACTIONS_STREAM, ActionEvent, ActionValue, Rumble};
 use syncra_node::render::Camera;
+use syncra_node::xr::{POSE_STREAM, Placement, XrPose};
 use syncra_node::{Node, RawProducer, StreamOptions};
 use syncra_protocol::ring::Policy;
 use syncra_protocol::status::NodeMetrics;
@@ -133,6 +134,7 @@ fn main() {
         |scene| game.borrow_mut().input(scene),
         |scene, events, m| {
             game.borrow_mut().sounds(events);
+            game.borrow_mut().follow_head();
             // The state first: no one ever sees a tick that a crash could take back.
             if let Some(d) = durable.as_mut() {
                 d.write(scene, game.borrow().applied);
@@ -169,6 +171,11 @@ struct Game<'a> {
     /// Resumed from a state that had applied the actions up to this one: the actions read
     /// after it are read again, once the stream is attached.
     rewind: Option<u64>,
+    /// The XR driver's poses: while its session is visible the listener is the head.
+    poses: Option<syncra_node::Consumer<XrPose>>,
+    /// The newest pose's frame (`xr_frame` in status), and when the listener last moved.
+    fig_xr_frame: Option<syncra_node::Figure>,
+    listener_at: Option<std::time::Instant>,
 }
 
 /// The world's own ids for its sounds (each id replaces its previous sound).
@@ -183,6 +190,14 @@ impl<'a> Game<'a> {
                 .map_err(|e| tracing::warn!(error = %e, "no actions: the player stands still"))
                 .ok()
         });
+        let hears = game.player || !game.ambience.is_empty();
+        let poses = (hears && !game.xr.is_empty())
+            .then(|| {
+                node.subscribe::<XrPose>(&format!("{}/{POSE_STREAM}", game.xr))
+                    .map_err(|e| tracing::warn!(error = %e, "no XR poses: sound is heard from the camera"))
+                    .ok()
+            })
+            .flatten();
         let mut g = Game {
             node,
             game: game.clone(),
@@ -190,6 +205,11 @@ impl<'a> Game<'a> {
             said: false,
             applied: resumed.unwrap_or(0),
             rewind: resumed,
+            fig_xr_frame: poses
+                .as_ref()
+                .map(|_| node.figure("xr_frame", syncra_node::FigureKind::Gauge)),
+            poses,
+            listener_at: None,
         };
         // A resumed world's sounds are still playing (the audio driver did not die with it).
         if resumed.is_some() {
@@ -281,6 +301,37 @@ impl<'a> Game<'a> {
                 },
             );
         }
+    }
+
+    /// While the XR driver's session is visible, hear from the headset: the listener moves
+    /// to the head (in arena metres), ten times a second at most.
+    fn follow_head(&mut self) {
+        let Some(poses) = self.poses.as_mut() else {
+            return;
+        };
+        let mut newest = None;
+        while let Ok(Some(p)) = poses.try_recv() {
+            newest = Some(p.value);
+        }
+        let Some(pose) = newest else {
+            return;
+        };
+        if let Some(f) = &self.fig_xr_frame {
+            f.set(pose.frame as f64);
+        }
+        if !pose.should_render
+            || self
+                .listener_at
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.listener_at = Some(std::time::Instant::now());
+        let to_arena = Placement::default().matrix().inverse();
+        let head = pose.head.matrix();
+        let eye = to_arena.transform_point3(head.transform_point3(glam::Vec3::ZERO));
+        let ahead = to_arena.transform_point3(head.transform_point3(glam::Vec3::NEG_Z));
+        self.send(SetListener::looking_at(eye.to_array(), ahead.to_array()));
     }
 
     /// Sounds for what happened in the tick.

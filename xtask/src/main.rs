@@ -40,6 +40,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // …and the web dashboard in a browser: headless Chromium driven over WebDriver.
     ("chromium", "/usr/bin/chromium"),
     ("chromium-driver", "/usr/bin/chromedriver"),
+    // The XR driver loads the system's OpenXR loader, which loads the simulated headset.
+    (
+        "libopenxr-loader1",
+        "/usr/lib/x86_64-linux-gnu/libopenxr_loader.so.1",
+    ),
     // …and what the audio and input drivers build against (DESKTOP_BUILD), and every
     // library the window and renderer load (DESKTOP_LIBRARIES).
 ];
@@ -62,6 +67,7 @@ const DESKTOP_DRIVERS: &[(&str, &str)] = &[
     ("syncra-renderer", "syncra-renderer"),
     ("syncra-audio", "syncra-audio"),
     ("syncra-input", "syncra-input"),
+    ("syncra-xr", "syncra-xr"),
 ];
 
 /// Drivers config/desktop.toml enables and the executable each needs.
@@ -70,6 +76,7 @@ const DESKTOP_EXECUTABLES: &[(&str, &str)] = &[
     ("renderer", "syncra-renderer"),
     ("audio", "syncra-audio"),
     ("input", "syncra-input"),
+    ("xr", "syncra-xr"),
 ];
 
 fn root() -> PathBuf {
@@ -216,10 +223,14 @@ fn test_all(args: Vec<String>) -> Result<(), String> {
         }
     }
     // Every binary first: the end-to-end tests run drivers (the hologram example) that no
-    // test target of their own package would make cargo build.
+    // test target of their own package would make cargo build; and the simulated headset's
+    // library, which the XR driver's tests load.
     let mut bins = cargo();
     bins.args(["build", "--workspace", "--bins"]);
     run(bins)?;
+    let mut headset = cargo();
+    headset.args(["build", "-p", "syncra-simxr", "--lib"]);
+    run(headset)?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"]).args(&args);
     run(cmd)?;
@@ -303,9 +314,14 @@ fn run_release_tool(bin: &str, args: Vec<String>) -> Result<(), String> {
             "syncra-window",
             "syncra-audio",
             "syncra-input",
+            "syncra-xr",
         ],
         true,
     )?;
+    // The simulated headset the XR rows run against (a library: `--bins` leaves it out).
+    let mut headset = cargo();
+    headset.args(["build", "--release", "-p", "syncra-simxr", "--lib"]);
+    run(headset)?;
     let mut cmd = Command::new(target_dir(true).join(bin));
     cmd.args(&args);
     run(cmd)

@@ -14,7 +14,11 @@
 //! "Mouse.Middle"; gamepad buttons "Gamepad.South" (A on Xbox, ✕ on PlayStation), "East",
 //! "North", "West", "LeftTrigger", "LeftTrigger2", "RightTrigger", "RightTrigger2",
 //! "Select", "Start", "Mode", "LeftThumb", "RightThumb", "DPadUp", "DPadDown", "DPadLeft",
-//! "DPadRight". An axis is "LeftStick", "RightStick" or "DPad".
+//! "DPadRight"; XR controller buttons (from the XR driver's `xr/actions`) "XR.A", "XR.B",
+//! "XR.X", "XR.Y", "XR.Menu", "XR.LeftTrigger", "XR.RightTrigger", "XR.LeftSqueeze",
+//! "XR.RightSqueeze" (a trigger or squeeze is down from half way). An axis is "LeftStick",
+//! "RightStick" or "DPad"; an XR controller's thumbsticks are its left and right sticks, so an
+//! axis action moves from a keyboard, a gamepad or a headset's controller alike.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -43,7 +47,12 @@ pub(crate) fn default_actions() -> BTreeMap<String, ActionSpec> {
     let mut m = BTreeMap::new();
     m.insert(
         "jump".into(),
-        ActionSpec::Buttons(vec!["Space".into(), "Gamepad.South".into()]),
+        ActionSpec::Buttons(vec![
+            "Space".into(),
+            "Gamepad.South".into(),
+            "XR.A".into(),
+            "XR.RightTrigger".into(),
+        ]),
     );
     m.insert(
         "move".into(),
@@ -64,7 +73,48 @@ pub(crate) enum Binding {
     Mouse(String),
     /// A gamepad button, by gilrs's name ("South").
     Pad(String),
+    /// An XR controller's button or trigger, by the XR driver's control name ("A",
+    /// "RightTrigger").
+    Xr(String),
 }
+
+/// Where held inputs come from, for [`ActionMap::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The window's keyboard and mouse.
+    Window,
+    /// Gamepads.
+    Pads,
+    /// The XR controllers.
+    Xr,
+}
+
+impl Source {
+    fn holds(self, b: &Binding) -> bool {
+        match b {
+            Binding::Key(_) | Binding::Mouse(_) => self == Source::Window,
+            Binding::Pad(_) => self == Source::Pads,
+            Binding::Xr(_) => self == Source::Xr,
+        }
+    }
+}
+
+/// The prefix of an XR controller's stick axes in [`ActionMap::axis`] ("XR.LeftStickX"): the
+/// same sticks as a pad's, kept apart so that either going away releases only its own.
+pub(crate) const XR_STICK: &str = "XR.";
+
+/// The XR controls a button binding may name (`XR.<name>`).
+pub(crate) const XR_BUTTONS: &[&str] = &[
+    "A",
+    "B",
+    "X",
+    "Y",
+    "Menu",
+    "LeftTrigger",
+    "RightTrigger",
+    "LeftSqueeze",
+    "RightSqueeze",
+];
 
 const PAD_BUTTONS: &[&str] = &[
     "South",
@@ -139,6 +189,17 @@ const NAMED_KEYS: &[&str] = &[
 
 /// Parse one binding name.
 pub(crate) fn binding(name: &str) -> Result<Binding, String> {
+    if let Some(b) = name.strip_prefix("XR.") {
+        return XR_BUTTONS
+            .contains(&b)
+            .then(|| Binding::Xr(b.to_owned()))
+            .ok_or_else(|| {
+                format!(
+                    "`{name}` is not an XR controller button (they are XR.{})",
+                    XR_BUTTONS.join(", XR.")
+                )
+            });
+    }
     if let Some(b) = name.strip_prefix("Gamepad.") {
         return PAD_BUTTONS
             .contains(&b)
@@ -177,7 +238,7 @@ pub(crate) fn binding(name: &str) -> Result<Binding, String> {
     }
     Err(format!(
         "`{name}` is not a key, mouse button or gamepad button (keys: a letter, a digit, F1..F24, \
-         or a name such as Space, Enter, ArrowLeft, ShiftLeft; Mouse.Left; Gamepad.South)"
+         or a name such as Space, Enter, ArrowLeft, ShiftLeft; Mouse.Left; Gamepad.South; XR.A)"
     ))
 }
 
@@ -324,29 +385,31 @@ impl ActionMap {
         self.update_axes(player, out);
     }
 
-    /// What `player` holds of the keyboard and mouse (`pads: false`, the window lost focus)
-    /// or of its pads (`pads: true`, a pad went away) goes up: nothing stays stuck.
+    /// What `player` holds of one source goes up — the keyboard and mouse (the window lost
+    /// focus), its pads (a pad went away) or the XR controllers (the headset went away) — and
+    /// that source's sticks go back to rest: nothing stays stuck.
     pub(crate) fn release(
         &mut self,
         player: u32,
-        pads: bool,
+        from: Source,
         out: &mut Vec<(String, ActionValue)>,
     ) {
         let held: Vec<Binding> = self
             .held
             .get(&player)
-            .map(|h| {
-                h.iter()
-                    .filter(|b| matches!(b, Binding::Pad(_)) == pads)
-                    .cloned()
-                    .collect()
-            })
+            .map(|h| h.iter().filter(|b| from.holds(b)).cloned().collect())
             .unwrap_or_default();
         for b in held {
             self.press(player, b, false, out);
         }
-        if pads {
-            self.sticks.retain(|(p, _), _| *p != player);
+        match from {
+            Source::Window => {}
+            Source::Pads => self
+                .sticks
+                .retain(|(p, n), _| *p != player || n.starts_with(XR_STICK)),
+            Source::Xr => self
+                .sticks
+                .retain(|(p, n), _| *p != player || !n.starts_with(XR_STICK)),
         }
         self.update_axes(player, out);
     }
@@ -355,13 +418,15 @@ impl ActionMap {
         let held = self.held.get(&player);
         for (i, a) in self.axes.iter().enumerate() {
             let stick = a.stick.as_ref().map(|(x, y)| {
-                let get = |n: &String| {
-                    self.sticks
-                        .get(&(player, n.clone()))
-                        .copied()
-                        .unwrap_or(0.0)
-                };
-                (get(x), get(y))
+                let get = |n: String| self.sticks.get(&(player, n)).copied().unwrap_or(0.0);
+                // A pad's stick and an XR controller's: whichever is pushed further.
+                let pad = (get(x.clone()), get(y.clone()));
+                let xr = (get(format!("{XR_STICK}{x}")), get(format!("{XR_STICK}{y}")));
+                if xr.0 * xr.0 + xr.1 * xr.1 > pad.0 * pad.0 + pad.1 * pad.1 {
+                    xr
+                } else {
+                    pad
+                }
             });
             let keys = a.keys.as_ref().map(|[up, left, down, right]| {
                 let on = |b: &Binding| held.is_some_and(|h| h.contains(b)) as i32 as f32;
@@ -444,14 +509,14 @@ mod tests {
         m.press(0, binding("Gamepad.South").unwrap(), true, &mut out);
         assert_eq!(out.len(), 3);
         out.clear();
-        m.release(0, false, &mut out);
+        m.release(0, Source::Window, &mut out);
         assert_eq!(
             out,
             vec![("move".into(), ActionValue::Axis { x: 0.0, y: 0.0 })],
             "the keys go up, player 0's pad button stays"
         );
         out.clear();
-        m.release(0, true, &mut out);
+        m.release(0, Source::Pads, &mut out);
         assert_eq!(out, vec![("jump".into(), ActionValue::Released)]);
     }
 

@@ -26,9 +26,10 @@ use syncra_node::input::{
 };
 use syncra_node::streams::{Consumer, Producer, StreamOptions};
 use syncra_node::window::WindowEvent;
+use syncra_node::xr::XrControl;
 use syncra_node::{Figure, FigureKind, Node};
 
-use crate::actions::{ActionMap, ActionSpec, Binding, binding, default_actions};
+use crate::actions::{ActionMap, ActionSpec, Binding, Source, XR_STICK, binding, default_actions};
 use crate::pads::{PadChange, PadEvent, PadSource};
 
 /// Where gamepads come from.
@@ -62,6 +63,8 @@ struct Settings {
     /// The player of the first gamepad (the next get the next players). The keyboard and
     /// mouse are player 0's.
     first_pad_player: u32,
+    /// The XR driver whose controllers (`<xr>/actions`) act for player 0; empty: none.
+    xr: String,
 }
 
 impl Default for Settings {
@@ -72,6 +75,7 @@ impl Default for Settings {
             actions: default_actions(),
             poll_hz: 250.0,
             first_pad_player: 0,
+            xr: "xr".into(),
         }
     }
 }
@@ -79,6 +83,10 @@ impl Default for Settings {
 struct Input {
     source: Box<dyn PadSource>,
     window: Consumer<WindowEvent>,
+    /// The XR driver's controller changes, and the incarnation of the driver that sent the
+    /// last (a new one holds nothing the old one held).
+    xr: Option<Consumer<XrControl>>,
+    xr_incarnation: u64,
     events: Producer<InputEvent>,
     actions: Producer<ActionEvent>,
     pads_out: Producer<PadTable>,
@@ -146,6 +154,15 @@ impl Driver for Input {
             ))
             .map_err(|e| e.to_string())?;
         ctx.watch(&window);
+        let xr = if s.xr.is_empty() {
+            None
+        } else {
+            let c = node
+                .subscribe(&format!("{}/{}", s.xr, syncra_node::xr::CONTROLS_STREAM))
+                .map_err(|e| e.to_string())?;
+            ctx.watch(&c);
+            Some(c)
+        };
         let sample = InputEvent {
             time_ns: u64::MAX,
             device: Device::Gamepad(u32::MAX),
@@ -204,6 +221,8 @@ impl Driver for Input {
             map.names().join(", ")
         ));
         Ok(Input {
+            xr,
+            xr_incarnation: 0,
             fig_events: node.figure("events", FigureKind::Counter),
             fig_actions: node.figure("actions", FigureKind::Counter),
             fig_pads: node.figure("pads_connected", FigureKind::Gauge),
@@ -243,6 +262,7 @@ impl Driver for Input {
                     let seen = monotonic_ns().saturating_sub(s.latency.as_nanos() as u64);
                     self.window_event(seen, s.value)?;
                 }
+                self.read_xr()?;
             }
             NodeEvent::Message(m) => {
                 let m = match m.answer_with(|r: Rumble| self.rumble(r)) {
@@ -309,6 +329,63 @@ impl Input {
         Ok(())
     }
 
+    /// The XR controllers' changes: buttons and triggers press their bindings (a trigger from
+    /// half way), thumbsticks move the sticks of player 0.
+    fn read_xr(&mut self) -> Result<(), String> {
+        loop {
+            let Some(c) = self.xr.as_mut() else {
+                return Ok(());
+            };
+            let Some(s) = c.try_recv().map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            if s.producer_incarnation != self.xr_incarnation {
+                // A restarted XR driver: what the last one held is not held any more.
+                self.xr_incarnation = s.producer_incarnation;
+                self.map.release(0, Source::Xr, &mut self.changed);
+                self.publish_actions(s.value.time_ns, 0, Device::XrController)?;
+            }
+            let XrControl {
+                time_ns,
+                control,
+                x,
+                y,
+            } = s.value;
+            if let Some(side) = control.strip_suffix("Thumbstick") {
+                let (ax, ay) = (format!("{side}StickX"), format!("{side}StickY"));
+                self.map
+                    .axis(0, &format!("{XR_STICK}{ax}"), x, &mut self.changed);
+                self.map
+                    .axis(0, &format!("{XR_STICK}{ay}"), y, &mut self.changed);
+                for (axis, value) in [(ax, x), (ay, y)] {
+                    self.publish(
+                        time_ns,
+                        Device::XrController,
+                        0,
+                        InputKind::Axis {
+                            axis: format!("{XR_STICK}{axis}"),
+                            value,
+                        },
+                    )?;
+                }
+            } else {
+                let pressed = x >= 0.5;
+                self.map
+                    .press(0, Binding::Xr(control.clone()), pressed, &mut self.changed);
+                self.publish(
+                    time_ns,
+                    Device::XrController,
+                    0,
+                    InputKind::Button {
+                        button: format!("{XR_STICK}{control}"),
+                        pressed,
+                    },
+                )?;
+            }
+            self.publish_actions(time_ns, 0, Device::XrController)?;
+        }
+    }
+
     fn window_event(&mut self, time_ns: u64, ev: WindowEvent) -> Result<(), String> {
         match ev {
             WindowEvent::Key {
@@ -359,7 +436,7 @@ impl Input {
             }
             WindowEvent::Focused(false) => {
                 // Keys held when focus went will never come up: let them go now.
-                self.map.release(0, false, &mut self.changed);
+                self.map.release(0, Source::Window, &mut self.changed);
                 self.publish_actions(time_ns, 0, Device::Keyboard)
             }
             _ => Ok(()),
@@ -400,7 +477,7 @@ impl Input {
             }
             PadChange::Disconnected => {
                 tracing::info!(pad = id, player, "gamepad disconnected");
-                self.map.release(player, true, &mut self.changed);
+                self.map.release(player, Source::Pads, &mut self.changed);
                 self.publish_pads()?;
                 InputKind::Disconnected
             }

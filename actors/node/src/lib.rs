@@ -137,6 +137,12 @@ pub mod input {
     pub use syncra_protocol::input::*;
 }
 
+/// What the XR driver publishes (poses, controller changes) and takes (the renderer's eye
+/// frames, haptic pulses), and how an eye sees the arena.
+pub mod xr {
+    pub use syncra_protocol::xr::*;
+}
+
 /// What every world publishes, so a driver can read it with `syncra-node` alone.
 pub mod world {
     pub use syncra_protocol::world::{

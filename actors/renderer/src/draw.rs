@@ -137,6 +137,15 @@ fn cube() -> (Vec<Vertex>, Vec<u16>) {
     (vertices, indices)
 }
 
+/// One viewport of a pass: its columns, its matrix and the instances drawn in it.
+#[derive(Debug, Clone)]
+struct Viewport {
+    x: u32,
+    width: u32,
+    view_proj: glam::Mat4,
+    instances: std::ops::Range<u32>,
+}
+
 /// A viewport's uniforms.
 struct View {
     buffer: wgpu::Buffer,
@@ -345,6 +354,79 @@ impl SceneDraw {
         (width, height): (u32, u32),
         scenes: &[&SceneSnapshot],
     ) -> Vec<WorldView> {
+        self.upload(device, queue, scenes);
+        let columns = scenes.len().max(1) as u32;
+        let mut placed = Vec::with_capacity(scenes.len());
+        let mut viewports = Vec::with_capacity(scenes.len());
+        let mut first = 0u32;
+        for (i, scene) in scenes.iter().enumerate() {
+            let (x, w) = column(i as u32, columns, width);
+            let n = scene.entities.len() as u32;
+            viewports.push(Viewport {
+                x,
+                width: w,
+                view_proj: self.camera.view_proj(w as f32 / height as f32),
+                instances: first..first + n,
+            });
+            first += n;
+            placed.push(WorldView {
+                world: scene.world.clone(),
+                tick: scene.tick,
+                x,
+                width: w,
+            });
+        }
+        self.render(
+            device,
+            queue,
+            encoder,
+            target,
+            (width, height),
+            &viewports,
+            true,
+        );
+        placed
+    }
+
+    /// Record drawing `scene` twice side by side into `target` (`2 × eye_width` across):
+    /// the left eye's view in the left half, the right eye's in the right. No spectrum strip
+    /// (a flat overlay has no place in a stereo view).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the same inputs as `draw`, and the eyes"
+    )]
+    pub fn draw_eyes(
+        &mut self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        encoder: &mut wgpu::CommandEncoder,
+        target: &wgpu::TextureView,
+        (eye_width, height): (u32, u32),
+        scene: Option<&SceneSnapshot>,
+        view_projs: [glam::Mat4; 2],
+    ) {
+        let scenes: Vec<&SceneSnapshot> = scene.into_iter().collect();
+        self.upload(device, queue, &scenes);
+        let n = scenes.first().map_or(0, |s| s.entities.len() as u32);
+        let [left, right] = [0, 1].map(|i| Viewport {
+            x: i * eye_width,
+            width: eye_width,
+            view_proj: view_projs[i as usize],
+            instances: 0..n,
+        });
+        self.render(
+            device,
+            queue,
+            encoder,
+            target,
+            (eye_width * 2, height),
+            &[left, right],
+            false,
+        );
+    }
+
+    /// Put the entities of `scenes`, in order, in the instance buffer.
+    fn upload(&mut self, device: &wgpu::Device, queue: &wgpu::Queue, scenes: &[&SceneSnapshot]) {
         let total: usize = scenes.iter().map(|s| s.entities.len()).sum();
         if total > self.capacity {
             self.capacity = total.next_power_of_two();
@@ -361,9 +443,22 @@ impl SceneDraw {
         if !self.staging.is_empty() {
             queue.write_buffer(&self.instances, 0, bytemuck::cast_slice(&self.staging));
         }
-        let columns = scenes.len().max(1) as u32;
-        let mut placed = Vec::with_capacity(scenes.len());
-        while self.views.len() < scenes.len() {
+    }
+
+    /// Record one pass into `target`: clear, each viewport's instances from its matrix, and
+    /// (with `bars`) the spectrum strip over the whole target.
+    #[allow(clippy::too_many_arguments, reason = "one pass's inputs, used once")]
+    fn render(
+        &mut self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        encoder: &mut wgpu::CommandEncoder,
+        target: &wgpu::TextureView,
+        (width, height): (u32, u32),
+        viewports: &[Viewport],
+        bars: bool,
+    ) {
+        while self.views.len() < viewports.len() {
             let buffer = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("globals"),
                 size: std::mem::size_of::<Globals>() as u64,
@@ -381,23 +476,13 @@ impl SceneDraw {
             self.views.push(View { buffer, group });
         }
         let light = glam::Vec3::from(LIGHT_TOWARDS).normalize();
-        for (i, scene) in scenes.iter().enumerate() {
-            let (x, w) = column(i as u32, columns, width);
+        for (i, vp) in viewports.iter().enumerate() {
             let globals = Globals {
-                view_proj: self
-                    .camera
-                    .view_proj(w as f32 / height as f32)
-                    .to_cols_array_2d(),
+                view_proj: vp.view_proj.to_cols_array_2d(),
                 light: [light.x, light.y, light.z, AMBIENT],
                 params: [ENTITY_HALF_SIZE, 0.0, 0.0, 0.0],
             };
             queue.write_buffer(&self.views[i].buffer, 0, bytemuck::bytes_of(&globals));
-            placed.push(WorldView {
-                world: scene.world.clone(),
-                tick: scene.tick,
-                x,
-                width: w,
-            });
         }
         let depth = self.depth_view(device, (width, height));
         let [r, g, b] = crate::CLEAR;
@@ -430,24 +515,14 @@ impl SceneDraw {
         if !self.staging.is_empty() {
             pass.set_vertex_buffer(1, self.instances.slice(..));
         }
-        let mut first = 0u32;
-        for (i, (scene, view)) in scenes.iter().zip(&placed).enumerate() {
-            let n = scene.entities.len() as u32;
-            if n > 0 && view.width > 0 {
-                pass.set_viewport(
-                    view.x as f32,
-                    0.0,
-                    view.width as f32,
-                    height as f32,
-                    0.0,
-                    1.0,
-                );
+        for (i, vp) in viewports.iter().enumerate() {
+            if !vp.instances.is_empty() && vp.width > 0 {
+                pass.set_viewport(vp.x as f32, 0.0, vp.width as f32, height as f32, 0.0, 1.0);
                 pass.set_bind_group(0, &self.views[i].group, &[]);
-                pass.draw_indexed(0..36, 0, first..first + n);
+                pass.draw_indexed(0..36, 0, vp.instances.clone());
             }
-            first += n;
         }
-        if !self.levels.is_empty() {
+        if bars && !self.levels.is_empty() {
             let (w, h) = (width as f32, height as f32);
             let [r, g, b] = SPECTRUM_RGB;
             let bars: Vec<Bar> = self
@@ -473,7 +548,6 @@ impl SceneDraw {
             pass.set_vertex_buffer(0, self.bars_buffer.slice(..));
             pass.draw(0..6, 0..bars.len() as u32);
         }
-        placed
     }
 
     fn depth_view(&mut self, device: &wgpu::Device, size: (u32, u32)) -> wgpu::TextureView {

@@ -21,6 +21,7 @@ use syncra_node::render::{
 use syncra_node::streams::{BulkProducer, Consumer, Producer, StreamOptions, Subscription};
 use syncra_node::window::{IDENTITY_STREAM, Present, WindowIdentity};
 use syncra_node::world::{ALL_SCENES, SceneSnapshot, scene_stream};
+use syncra_node::xr::{EYES_STREAM, EyeFrame, POSE_STREAM, Placement, XrPose, eye_view_proj};
 use syncra_node::{Figure, FigureKind};
 use syncra_renderer::draw::SceneDraw;
 use syncra_renderer::gpu::{Backend, Gpu};
@@ -115,6 +116,11 @@ struct Settings {
     /// The audio driver whose spectrum (`<spectrum>/fft`) is drawn as a bar strip along
     /// the bottom; empty: no strip.
     spectrum: String,
+    /// The XR driver whose poses (`<xr>/pose`) are drawn for, once per eye, on
+    /// `renderer/eyes`, whenever its session is visible; empty: no XR.
+    xr: String,
+    /// Where the arena stands in the headset's space (a table-top model by default).
+    placement: Placement,
 }
 
 impl Default for Settings {
@@ -131,6 +137,8 @@ impl Default for Settings {
             window: "window".into(),
             present_mode: PresentMode::Auto,
             spectrum: "audio".into(),
+            xr: "xr".into(),
+            placement: Placement::default(),
         }
     }
 }
@@ -272,6 +280,116 @@ impl FrameOut {
     }
 }
 
+/// Eye pairs drawn for the XR driver's poses and published on `renderer/eyes`.
+struct EyeOut {
+    draw: SceneDraw,
+    /// Both eyes side by side.
+    target: Offscreen,
+    out: BulkProducer<EyeFrame>,
+}
+
+impl EyeOut {
+    /// Declare `renderer/eyes` with slots for a pair of `width × height` eyes.
+    fn new(
+        node: &syncra_node::Node,
+        gpu: &Gpu,
+        width: u32,
+        height: u32,
+        camera: Camera,
+    ) -> Result<EyeOut, String> {
+        let target = Offscreen::new(&gpu.device, 2 * width, height);
+        let out = node
+            .declare_bulk(
+                EYES_STREAM,
+                StreamOptions {
+                    slot_count: 3,
+                    ..StreamOptions::latest_only(target.frame_len() as u32)
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(EyeOut {
+            draw: SceneDraw::new(&gpu.device, offscreen::FORMAT, camera),
+            target,
+            out,
+        })
+    }
+
+    /// The same on a new device.
+    fn rebuild(&mut self, gpu: &Gpu, camera: Camera) {
+        let (w, h) = self.target.size();
+        self.target = Offscreen::new(&gpu.device, w, h);
+        self.draw = SceneDraw::new(&gpu.device, offscreen::FORMAT, camera);
+    }
+
+    /// Draw `scene` from both eyes of `pose`, read the pair back and publish it.
+    fn frame(
+        &mut self,
+        gpu: &Gpu,
+        pose: &XrPose,
+        placement: &Placement,
+        scene: Option<&SceneSnapshot>,
+    ) -> Result<(), String> {
+        // The runtime's size, as large as the slots allow (scaled down keeping the aspect).
+        let [w, h] = pose.eye_size.map(|v| v.clamp(1, MAX_SIDE / 2));
+        let fit = (self.out.capacity() as f64 / (8.0 * f64::from(w) * f64::from(h)))
+            .sqrt()
+            .min(1.0);
+        let (w, h) = (
+            ((f64::from(w) * fit) as u32).max(1),
+            ((f64::from(h) * fit) as u32).max(1),
+        );
+        if self.target.size() != (2 * w, h) {
+            self.target = Offscreen::new(&gpu.device, 2 * w, h);
+        }
+        let view_projs = pose.views.map(|v| eye_view_proj(&v, placement));
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        self.draw.draw_eyes(
+            &gpu.device,
+            &gpu.queue,
+            &mut encoder,
+            self.target.view(),
+            (w, h),
+            scene,
+            view_projs,
+        );
+        self.target.copy(&mut encoder);
+        gpu.queue.submit([encoder.finish()]);
+        let mut header = EyeFrame {
+            pose_frame: pose.frame,
+            display_time: pose.display_time,
+            located_ns: pose.located_ns,
+            drawn_ns: 0,
+            width: w,
+            height: h,
+            views: pose.views,
+            placement: *placement,
+            world: scene.map(|s| s.world.clone()).unwrap_or_default(),
+            tick: scene.map_or(0, |s| s.tick),
+        };
+        // The header goes into the slot before the pixels: wait for the GPU first, so that
+        // `drawn_ns` says when the pair was there.
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| format!("waiting for the GPU: {e}"))?;
+        header.drawn_ns = syncra_node::audio::monotonic_ns();
+        let target = &self.target;
+        let mut failed = None;
+        self.out
+            .publish_with(&header, |slot| match target.read_into(&gpu.device, slot) {
+                Ok(n) => n,
+                Err(e) => {
+                    failed = Some(e);
+                    0
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
 /// The frame slots of a window in frames mode hold at least this (and the window's size when
 /// it opens); a window grown past them gets frames scaled down to fit, which it scales up.
 const MIN_WINDOW_FRAME: (u32, u32) = (1920, 1080);
@@ -320,6 +438,13 @@ struct Renderer {
     spectrum: Option<Consumer<Spectrum>>,
     levels: Vec<f32>,
     levels_at: Instant,
+    /// The XR driver's poses, and the eye pairs drawn for them (declared with the first).
+    poses: Option<Consumer<XrPose>>,
+    eyes: Option<EyeOut>,
+    eye_frames: u64,
+    eye_ms: f64,
+    fig_eye_frames: Figure,
+    fig_eye_ms: Figure,
 }
 
 /// A spectrum older than this is not drawn (the audio driver stopped or went away).
@@ -457,7 +582,22 @@ impl Driver for Renderer {
             ctx.watch(&c);
             Some(c)
         };
+        let poses = if s.xr.is_empty() {
+            None
+        } else {
+            let c = node
+                .subscribe::<XrPose>(&format!("{}/{POSE_STREAM}", s.xr))
+                .map_err(|e| e.to_string())?;
+            ctx.watch(&c);
+            Some(c)
+        };
         Ok(Renderer {
+            poses,
+            eyes: None,
+            eye_frames: 0,
+            eye_ms: 0.0,
+            fig_eye_frames: node.figure("eye_frames", FigureKind::Counter),
+            fig_eye_ms: node.figure("eye_ms", FigureKind::Gauge),
             spectrum,
             levels: Vec::new(),
             levels_at: Instant::now(),
@@ -499,6 +639,7 @@ impl Driver for Renderer {
                 self.read_scenes()?;
                 self.read_identity()?;
                 self.read_spectrum()?;
+                self.read_poses(ctx.node())?;
             }
             NodeEvent::Message(incoming) => {
                 let (target, (width, height), present_mode, window) = match &self.output {
@@ -616,6 +757,9 @@ impl Renderer {
         let gpu = open_watched(&self.s, &self.lost)
             .map_err(|e| format!("the GPU device was lost and no new one opened: {e}"))?;
         tracing::info!(adapter = %gpu.adapter_name(), backend = %gpu.backend, losses = self.losses, "a new GPU device after the loss");
+        if let Some(e) = &mut self.eyes {
+            e.rebuild(&gpu, self.s.camera);
+        }
         match &mut self.output {
             Output::Offscreen(f) => f.rebuild(&gpu, self.s.camera),
             Output::Window {
@@ -780,6 +924,46 @@ impl Renderer {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The newest pose from the XR driver: while its session is visible, draw the world
+    /// from both eyes at once (the driver waits for this pair to submit it with its frame).
+    fn read_poses(&mut self, node: &syncra_node::Node) -> Result<(), String> {
+        let Some(c) = self.poses.as_mut() else {
+            return Ok(());
+        };
+        let mut newest = None;
+        while let Some(p) = c.try_recv().map_err(|e| e.to_string())? {
+            newest = Some(p.value);
+        }
+        let Some(pose) = newest.filter(|p| p.should_render) else {
+            return Ok(());
+        };
+        if self.lost.load(Ordering::Acquire) {
+            return Ok(()); // the next tick recovers the device
+        }
+        let t = Instant::now();
+        self.read_scenes()?;
+        if self.eyes.is_none() {
+            let [w, h] = pose.eye_size.map(|v| v.clamp(1, MAX_SIDE / 2));
+            tracing::info!(width = w, height = h, "drawing for the XR driver's eyes");
+            self.eyes = Some(EyeOut::new(node, &self.gpu, w, h, self.s.camera)?);
+        }
+        let scene = in_order(&self.scenes, &self.s, &self.latest)
+            .first()
+            .copied();
+        let eyes = self.eyes.as_mut().expect("made above");
+        match eyes.frame(&self.gpu, &pose, &self.s.placement, scene) {
+            Ok(()) => {}
+            // The device went away under it: the next tick recovers.
+            Err(_) if self.lost.load(Ordering::Acquire) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.eye_frames += 1;
+        self.eye_ms = t.elapsed().as_secs_f64() * 1e3;
+        self.fig_eye_frames.add(1.0);
+        self.fig_eye_ms.set(self.eye_ms);
         Ok(())
     }
 

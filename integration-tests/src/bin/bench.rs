@@ -16,6 +16,8 @@
 //!                                                                    reload, live swap, crash dumps, dashboard
 //! syncra-bench --durable-only [--state-writes 200] [--state-kills 20]
 //!                                       worlds' durable state: write per tick, resume, ticks lost
+//! syncra-bench --xr-only [--xr-seconds 60] [--xr-kills 10]
+//!                   the XR driver on the simulated headset: pose → eye frame, missed frames, restarts
 //! ```
 
 #![allow(
@@ -51,6 +53,8 @@ mod sandbox;
 mod sound;
 #[path = "bench/streams.rs"]
 mod streams;
+#[path = "bench/xr.rs"]
+mod xr;
 
 struct Row {
     measure: String,
@@ -470,6 +474,11 @@ fn main() {
         all_durable(&mut rows);
         return print(rows);
     }
+    if argv.iter().any(|a| a == "--xr-only") {
+        let mut rows = Vec::new();
+        all_xr(&mut rows);
+        return print(rows);
+    }
     if argv.iter().any(|a| a == "--ops-only") {
         let mut rows = Vec::new();
         all_ops(&mut rows);
@@ -572,8 +581,14 @@ fn main() {
         );
         all_ops(&mut rows);
         all_durable(&mut rows);
+        all_xr(&mut rows);
     }
     print(rows);
+}
+
+/// Every row about the XR driver.
+fn all_xr(rows: &mut Vec<Row>) {
+    xr::all(arg("--xr-seconds", 60) as u64, arg("--xr-kills", 10), rows);
 }
 
 /// Every row about worlds' durable state.

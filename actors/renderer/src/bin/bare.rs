@@ -4,13 +4,18 @@
 //! frames per second and frame time percentiles.
 //!
 //! ```text
-//! syncra-renderer-bare WIDTH HEIGHT SECONDS [ENTITIES]
+//! syncra-renderer-bare WIDTH HEIGHT SECONDS [ENTITIES] [--eyes]
 //! ```
+//!
+//! With `--eyes`: a stereo pair for a headset instead, each eye `WIDTH × HEIGHT` side by side
+//! (the eyes 64 mm apart at 1.6 m, the arena where `Placement::default` puts it), as the
+//! renderer draws for the XR driver.
 
 use std::time::{Duration, Instant};
 
 use syncra_node::render::Camera;
 use syncra_node::world::{SceneSnapshot, WorldSettings};
+use syncra_node::xr::{EyeView, Fov, Placement, Pose, eye_view_proj};
 use syncra_renderer::draw::SceneDraw;
 use syncra_renderer::gpu::{Backend, Gpu};
 use syncra_renderer::offscreen::{self, Offscreen};
@@ -28,8 +33,28 @@ fn main() {
         eprintln!("syncra-renderer-bare: {e}");
         std::process::exit(1)
     });
+    let eyes = args.iter().any(|a| a == "--eyes");
     let mut draw = SceneDraw::new(&gpu.device, offscreen::FORMAT, Camera::default());
-    let target = Offscreen::new(&gpu.device, width, height);
+    let target = if eyes {
+        Offscreen::new(&gpu.device, 2 * width, height)
+    } else {
+        Offscreen::new(&gpu.device, width, height)
+    };
+    let view_projs = [-0.032f32, 0.032].map(|x| {
+        let view = EyeView {
+            pose: Pose {
+                position: [x, 1.6, 0.0],
+                ..Pose::default()
+            },
+            fov: Fov {
+                left: -0.785,
+                right: 0.785,
+                up: 0.785,
+                down: -0.785,
+            },
+        };
+        eye_view_proj(&view, &Placement::default())
+    });
     let mut pixels = vec![0u8; target.frame_len()];
     let mut scene = syncra_world::Scene::new(&settings);
     let mut snapshot = SceneSnapshot {
@@ -46,14 +71,26 @@ fn main() {
         scene.step();
         scene.snapshot_into("main", &mut snapshot);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        draw.draw(
-            &gpu.device,
-            &gpu.queue,
-            &mut encoder,
-            target.view(),
-            target.size(),
-            &[&snapshot],
-        );
+        if eyes {
+            draw.draw_eyes(
+                &gpu.device,
+                &gpu.queue,
+                &mut encoder,
+                target.view(),
+                (width, height),
+                Some(&snapshot),
+                view_projs,
+            );
+        } else {
+            draw.draw(
+                &gpu.device,
+                &gpu.queue,
+                &mut encoder,
+                target.view(),
+                target.size(),
+                &[&snapshot],
+            );
+        }
         target.copy(&mut encoder);
         gpu.queue.submit([encoder.finish()]);
         target

@@ -1,0 +1,576 @@
+//! `syncra-xr`: the XR driver. It runs an OpenXR session on whatever runtime the system has
+//! (Monado, SteamVR, a vendor's; in the tests, the simulated headset in
+//! `integration-tests/simxr`), paced by the runtime: each headset frame it publishes the
+//! head, eye and hand poses at the frame's predicted display time on `xr/pose`, each change of
+//! a controller on `xr/actions`, waits briefly for the renderer's eye pair drawn for that pose
+//! (`renderer/eyes`), copies the newest pair into the runtime's swapchain and submits it with
+//! the views it was drawn from.
+//!
+//! With no loader, no runtime or no headset it says why in `syncra status` and keeps looking
+//! every `retry_ms`: the engine runs flat meanwhile (the window and renderer go on as ever),
+//! and when a headset appears XR starts without restarting anything else. A headset that goes
+//! away (the session's loss pending) ends the session, and the same search begins again.
+//!
+//! `syncra call xr syncra.xr.get-info/1` says where it stands; `syncra.xr.haptic/1` vibrates
+//! a controller.
+
+mod headset;
+mod vulkan;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use syncra_node::audio::monotonic_ns;
+use syncra_node::driver::Ticker;
+use syncra_node::events::{Events, NodeEvent};
+use syncra_node::exit_code;
+use syncra_node::streams::{BulkConsumer, Producer, StreamOptions};
+use syncra_node::xr::{
+    CONTROLS_STREAM, EYES_STREAM, EyeFrame, EyeView, Fov, GetXrInfo, Haptic, HapticSent,
+    POSE_STREAM, Pose, SessionState, XrControl, XrInfo, XrPose,
+};
+use syncra_node::{Figure, FigureKind, Node};
+
+use headset::{Change, Headset, Submit};
+
+/// `[drivers.xr] settings = { .. }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Settings {
+    /// Use the system's OpenXR runtime; `false`: stay flat and say so.
+    openxr: bool,
+    /// The renderer whose eye frames are submitted (`<renderer>/eyes`); empty: poses only.
+    renderer: String,
+    /// How often to look again for a runtime or a headset, milliseconds.
+    retry_ms: u64,
+    /// How long a frame waits for the eye pair drawn for its own pose, as a fraction of the
+    /// display period (the rest is the copy and the runtime's); after that the newest pair
+    /// goes, and the compositor reprojects it.
+    eye_wait: f64,
+    /// An eye pair drawn for a pose more than this many frames old is not submitted (the
+    /// frame goes empty): the renderer has stopped or gone.
+    max_eye_age_frames: u64,
+    /// The name the runtime shows for this application.
+    application: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            openxr: true,
+            renderer: "renderer".into(),
+            retry_ms: 1000,
+            eye_wait: 0.6,
+            max_eye_age_frames: 9,
+            application: "Syncra".into(),
+        }
+    }
+}
+
+/// Leave as a node whose settings were refused (not restarted: it would fail the same way).
+fn refuse(node: &Node, why: &str) -> ! {
+    node.exit_with(
+        exit_code::BAD_SETTINGS,
+        &format!("the settings do not fit this node: {why}"),
+    )
+}
+
+fn validate(node: &Node, s: &Settings) {
+    if !(10..=60_000).contains(&s.retry_ms) {
+        refuse(
+            node,
+            &format!("settings.retry_ms = {}: must be 10 ..= 60000", s.retry_ms),
+        );
+    }
+    if !(0.0..=0.9).contains(&s.eye_wait) {
+        refuse(
+            node,
+            &format!(
+                "settings.eye_wait = {}: must be 0 ..= 0.9 (of a frame)",
+                s.eye_wait
+            ),
+        );
+    }
+    if !(1..=1000).contains(&s.max_eye_age_frames) {
+        refuse(
+            node,
+            &format!(
+                "settings.max_eye_age_frames = {}: must be 1 ..= 1000",
+                s.max_eye_age_frames
+            ),
+        );
+    }
+}
+
+/// The newest eye pair, staged on the GPU side.
+#[derive(Debug, Clone)]
+struct Staged {
+    header: EyeFrame,
+}
+
+struct XrDriver {
+    node: &'static Node,
+    s: Settings,
+    events: Events,
+    ticker: Ticker,
+    poses: Producer<XrPose>,
+    controls: Producer<XrControl>,
+    eyes: Option<BulkConsumer<EyeFrame>>,
+    headset: Option<Headset>,
+    /// Why there is no session (empty while one runs), and when to look again.
+    why: String,
+    next_try: Instant,
+    /// The XR frame number: the pose stream's sequence, so it goes on across restarts.
+    frame: u64,
+    /// The newest eye pair received (also staged into the headset's GPU while there is one).
+    staged: Option<Staged>,
+    /// Pixels of the newest pair (both eyes), and whether the headset's staging buffer has
+    /// yet to get them.
+    pixels: Vec<u8>,
+    dirty: bool,
+    last_controls: HashMap<&'static str, (f32, f32)>,
+    frames: u64,
+    submitted: u64,
+    empty: u64,
+    missed: u64,
+    sessions: u64,
+    rate_hz: f64,
+    fig_frames: Figure,
+    fig_submitted: Figure,
+    fig_missed: Figure,
+    fig_latency: Figure,
+    fig_state: Figure,
+    fig_looks: Figure,
+}
+
+fn main() {
+    let node: &'static Node = Box::leak(Box::new(Node::join_or_standalone()));
+    let s: Settings = node.settings().unwrap_or_else(|e| e.exit());
+    validate(node, &s);
+    let mut d = XrDriver::start(node, s).unwrap_or_else(|why| {
+        node.exit_with(
+            syncra_node::driver::FAILED,
+            &format!("could not start: {why}"),
+        )
+    });
+    node.ready();
+    d.run();
+}
+
+/// A pose message as large as any: for the stream's slot size.
+fn pose_sample() -> XrPose {
+    let view = EyeView {
+        pose: Pose::default(),
+        fov: Fov {
+            left: -1.0,
+            right: 1.0,
+            up: 1.0,
+            down: -1.0,
+        },
+    };
+    XrPose {
+        frame: u64::MAX,
+        display_time: i64::MAX,
+        display_monotonic_ns: u64::MAX,
+        located_ns: u64::MAX,
+        period_ns: u64::MAX,
+        state: SessionState::LossPending,
+        should_render: true,
+        head: Pose::default(),
+        views: [view; 2],
+        hands: [Some(Pose::default()); 2],
+        eye_size: [u32::MAX; 2],
+    }
+}
+
+impl XrDriver {
+    fn start(node: &'static Node, s: Settings) -> Result<XrDriver, String> {
+        let mut events = node.events();
+        let poses = node
+            .declare(POSE_STREAM, StreamOptions::latest_only_like(&pose_sample()))
+            .map_err(|e| e.to_string())?;
+        let control_sample = XrControl {
+            time_ns: u64::MAX,
+            control: "RightThumbstick".into(),
+            x: -1.0,
+            y: -1.0,
+        };
+        let controls = node
+            .declare(
+                CONTROLS_STREAM,
+                StreamOptions::drop_oldest(
+                    syncra_node::streams::slot_for(&control_sample, 2.0),
+                    256,
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+        let eyes = if s.renderer.is_empty() {
+            None
+        } else {
+            let c = node
+                .subscribe_bulk::<EyeFrame>(&format!("{}/{EYES_STREAM}", s.renderer))
+                .map_err(|e| e.to_string())?;
+            events.watch(&c);
+            Some(c)
+        };
+        let frame = poses.next_seq();
+        let why = if s.openxr {
+            "looking for an OpenXR runtime".to_owned()
+        } else {
+            "OpenXR is off in this node's settings (openxr = false): the engine runs flat"
+                .to_owned()
+        };
+        node.set_note(&why);
+        Ok(XrDriver {
+            node,
+            events,
+            ticker: Ticker::new(None),
+            poses,
+            controls,
+            eyes,
+            headset: None,
+            why,
+            next_try: Instant::now(),
+            frame,
+            staged: None,
+            pixels: Vec::new(),
+            dirty: false,
+            last_controls: HashMap::new(),
+            frames: 0,
+            submitted: 0,
+            empty: 0,
+            missed: 0,
+            sessions: 0,
+            rate_hz: 0.0,
+            fig_frames: node.figure("frames", FigureKind::Counter),
+            fig_submitted: node.figure("submitted", FigureKind::Counter),
+            fig_missed: node.figure("missed", FigureKind::Counter),
+            fig_latency: node.figure("pose_to_submit_ms", FigureKind::Gauge),
+            fig_state: node.figure("session", FigureKind::Gauge),
+            fig_looks: node.figure("looks", FigureKind::Counter),
+            s,
+        })
+    }
+
+    fn run(&mut self) -> ! {
+        loop {
+            // What came for the node: calls, shutdown, eye frames. Without a running session
+            // this is also where the loop waits (until the next look for a headset).
+            let deadline = match &self.headset {
+                Some(h) if h.running() => Instant::now(),
+                Some(_) => Instant::now() + Duration::from_millis(10),
+                None => self.next_try,
+            };
+            let mut wait_until = deadline;
+            loop {
+                match self.events.next(Some(wait_until)) {
+                    NodeEvent::Deadline => break,
+                    NodeEvent::Shutdown => self.stop(),
+                    NodeEvent::Message(incoming) => self.answer(incoming),
+                    NodeEvent::Stream(_) => self.take_eyes(Duration::ZERO),
+                    _ => {}
+                }
+                wait_until = Instant::now();
+            }
+            if self.headset.is_none() && self.s.openxr && Instant::now() >= self.next_try {
+                self.look_for_headset();
+            }
+            if self.headset.is_some() {
+                let t0 = Instant::now();
+                match self.step() {
+                    Ok(busy) => self.ticker.ticked(t0.elapsed().saturating_sub(busy)),
+                    Err(why) => self.lose(why),
+                }
+            }
+            self.node.heartbeat(Some(self.ticker.metrics()));
+        }
+    }
+
+    /// Try to open a session; on failure say why (once per reason) and look again later.
+    fn look_for_headset(&mut self) {
+        self.next_try = Instant::now() + Duration::from_millis(self.s.retry_ms);
+        self.fig_looks.add(1.0);
+        match Headset::open(&self.s.application) {
+            Ok(h) => {
+                self.sessions += 1;
+                self.dirty = self.staged.is_some();
+                tracing::info!(runtime = %h.runtime, system = %h.system, eye_size = ?h.eye_size, gpu = %h.gpu.name, "XR session created");
+                self.why.clear();
+                self.note(&h);
+                self.headset = Some(h);
+            }
+            Err(why) => {
+                if why != self.why {
+                    tracing::warn!(reason = %why, "no XR session");
+                    self.node.set_note(&why);
+                    self.why = why;
+                }
+            }
+        }
+    }
+
+    /// The session is gone: say why, publish that XR is off, and look again.
+    fn lose(&mut self, why: String) {
+        tracing::warn!(reason = %why, "XR session ended");
+        self.headset = None;
+        // Whatever the controllers held goes up: no action stays pressed.
+        let held: Vec<_> = self
+            .last_controls
+            .iter()
+            .filter(|(_, v)| **v != (0.0, 0.0))
+            .map(|(k, _)| (*k, 0.0, 0.0))
+            .collect();
+        if let Err(e) = self.publish_controls(&held) {
+            tracing::warn!(error = %e, "could not release the controllers' controls");
+        }
+        self.why = why;
+        self.node.set_note(&self.why);
+        self.fig_state.set(0.0);
+        self.next_try = Instant::now() + Duration::from_millis(self.s.retry_ms);
+    }
+
+    fn note(&self, h: &Headset) {
+        self.node.set_note(&format!(
+            "{} on {} ({}): session {}",
+            h.system,
+            h.runtime,
+            h.gpu.name,
+            h.state.as_str()
+        ));
+        self.fig_state.set(state_number(h.state));
+    }
+
+    /// One turn with a session: its events, then a frame if it runs. Returns the time spent
+    /// blocked in the runtime's frame wait (not work).
+    fn step(&mut self) -> Result<Duration, String> {
+        let h = self.headset.as_mut().expect("checked by the caller");
+        let changes = h.events()?;
+        for c in &changes {
+            match c {
+                Change::State(SessionState::LossPending) => {
+                    return Err(format!(
+                        "the headset went away ({} says the session's loss is pending); looking for it again",
+                        h.runtime
+                    ));
+                }
+                Change::State(SessionState::Exiting) => {
+                    return Err(format!("{} ended the session (exiting)", h.runtime));
+                }
+                Change::InstanceLoss => {
+                    return Err(format!(
+                        "{} is going away (instance loss pending)",
+                        h.runtime
+                    ));
+                }
+                Change::State(s) => tracing::info!(state = s.as_str(), "XR session"),
+            }
+        }
+        if !changes.is_empty() {
+            let h = self.headset.as_ref().expect("still there");
+            self.note(h);
+        }
+        let h = self.headset.as_mut().expect("still there");
+        if !h.running() {
+            return Ok(Duration::ZERO);
+        }
+        let w0 = Instant::now();
+        let fs = h.wait()?;
+        let waited = w0.elapsed();
+        let seen = h.locate(&fs)?;
+        self.frames += 1;
+        self.fig_frames.add(1.0);
+        if seen.skipped > 0 {
+            self.missed += seen.skipped;
+            self.fig_missed.add(seen.skipped as f64);
+        }
+        self.rate_hz = 1e9 / seen.period_ns as f64;
+        let frame = self.frame;
+        self.frame += 1;
+        let pose = XrPose {
+            frame,
+            display_time: seen.display_time,
+            display_monotonic_ns: h.monotonic(seen.display_time),
+            located_ns: seen.located_ns,
+            period_ns: seen.period_ns,
+            state: h.state,
+            should_render: seen.should_render,
+            head: seen.head,
+            views: seen.views,
+            hands: seen.hands,
+            eye_size: h.eye_size,
+        };
+        self.poses.publish(&pose).map_err(|e| e.to_string())?;
+        self.publish_controls(&seen.controls)?;
+        // Give the renderer part of the frame to draw this pose; the newest pair goes then.
+        if seen.should_render && self.eyes.is_some() {
+            let budget = Duration::from_nanos((seen.period_ns as f64 * self.s.eye_wait) as u64);
+            let until = Instant::now() + budget;
+            loop {
+                let fresh = self
+                    .staged
+                    .as_ref()
+                    .is_some_and(|s| s.header.pose_frame >= frame);
+                let left = until.saturating_duration_since(Instant::now());
+                if fresh || left.is_zero() {
+                    break;
+                }
+                self.take_eyes(left);
+            }
+        }
+        let submit = self.staged.as_ref().and_then(|s| {
+            (frame.saturating_sub(s.header.pose_frame) <= self.s.max_eye_age_frames).then_some(
+                Submit {
+                    views: s.header.views,
+                    width: s.header.width,
+                    height: s.header.height,
+                },
+            )
+        });
+        let latency = self.staged.as_ref().map(|s| s.header.located_ns);
+        let h = self.headset.as_mut().expect("still there");
+        if submit.is_some() && self.dirty {
+            h.gpu.stage(&self.pixels)?;
+            self.dirty = false;
+        }
+        let submitted = submit.is_some() && seen.should_render;
+        h.end(&fs, submit)?;
+        if submitted {
+            self.submitted += 1;
+            self.fig_submitted.add(1.0);
+            if let Some(located) = latency {
+                self.fig_latency
+                    .set(monotonic_ns().saturating_sub(located) as f64 / 1e6);
+            }
+        } else {
+            self.empty += 1;
+        }
+        Ok(waited)
+    }
+
+    /// Publish the controls whose value changed since the last frame.
+    fn publish_controls(&mut self, now: &[(&'static str, f32, f32)]) -> Result<(), String> {
+        let t = monotonic_ns();
+        for &(name, x, y) in now {
+            let last = self.last_controls.get(name).copied().unwrap_or((0.0, 0.0));
+            if (x, y) == last {
+                continue;
+            }
+            self.last_controls.insert(name, (x, y));
+            self.controls
+                .publish(&XrControl {
+                    time_ns: t,
+                    control: name.into(),
+                    x,
+                    y,
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Read the eye pairs that came (waiting up to `timeout` for one), keeping the newest
+    /// and staging its pixels.
+    fn take_eyes(&mut self, timeout: Duration) {
+        let Some(c) = self.eyes.as_mut() else {
+            return;
+        };
+        let mut timeout = timeout;
+        loop {
+            let pixels = &mut self.pixels;
+            let got = c.read_with(timeout, |h: &EyeFrame, bytes: &[u8]| {
+                let need = h.frame_len();
+                let Some(body) = bytes.get(..need) else {
+                    return Err(format!(
+                        "an eye frame of {}×{} came with {} bytes, not {need}",
+                        h.width,
+                        h.height,
+                        bytes.len()
+                    ));
+                };
+                pixels.clear();
+                pixels.extend_from_slice(body);
+                Ok(h.clone())
+            });
+            match got {
+                Ok(Some((_, Ok(header)))) => {
+                    self.staged = Some(Staged { header });
+                    self.dirty = true;
+                    timeout = Duration::ZERO;
+                }
+                Ok(Some((_, Err(why)))) => {
+                    tracing::warn!(reason = %why, "an eye frame was refused");
+                    timeout = Duration::ZERO;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the renderer's eye frames");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, incoming: syncra_node::Incoming) {
+        let h = self.headset.as_ref();
+        let info = XrInfo {
+            runtime: h.map(|h| h.runtime.clone()).unwrap_or_default(),
+            system: h.map(|h| h.system.clone()).unwrap_or_default(),
+            session: h.map(|h| h.state),
+            reason: self.why.clone(),
+            frames: self.frames,
+            submitted: self.submitted,
+            empty: self.empty,
+            missed: self.missed,
+            sessions: self.sessions,
+            eye_size: h.map(|h| h.eye_size).unwrap_or_default(),
+            rate_hz: self.rate_hz,
+        };
+        let incoming = match incoming.answer_with(|GetXrInfo| Ok(info)) {
+            Ok(()) => return,
+            Err(other) => other,
+        };
+        let headset = self.headset.as_ref();
+        let _ = incoming.answer_with(|p: Haptic| {
+            if !(0.0..=1.0).contains(&p.amplitude) {
+                return Err(format!("amplitude {} is not in 0 ..= 1", p.amplitude));
+            }
+            if p.duration_ms > 10_000 {
+                return Err(format!("duration_ms {} is over 10000", p.duration_ms));
+            }
+            let hands = match headset {
+                Some(h) if h.running() => h.haptic(
+                    p.hand,
+                    p.amplitude,
+                    Duration::from_millis(u64::from(p.duration_ms)),
+                    p.frequency_hz,
+                )?,
+                _ => 0,
+            };
+            Ok(HapticSent { hands })
+        });
+    }
+
+    /// The node is stopping: end the session as OpenXR asks, then leave.
+    fn stop(&mut self) -> ! {
+        if let Some(h) = &self.headset {
+            h.request_exit();
+        }
+        self.headset = None;
+        tracing::info!(node = %self.node.name(), "stopped");
+        std::process::exit(0);
+    }
+}
+
+fn state_number(s: SessionState) -> f64 {
+    match s {
+        SessionState::Idle => 1.0,
+        SessionState::Ready => 2.0,
+        SessionState::Synchronized => 3.0,
+        SessionState::Visible => 4.0,
+        SessionState::Focused => 5.0,
+        SessionState::Stopping => 6.0,
+        SessionState::LossPending => 7.0,
+        SessionState::Exiting => 8.0,
+    }
+}
