@@ -223,6 +223,14 @@ fn the_headset_shows_the_world_from_each_eye_and_its_trigger_makes_the_player_ju
     h.wait_until("the player jumping", PATIENCE, |_| {
         player(&h).filter(|p| p[1] > at[1] + 1.0)
     });
+    // The world rumbles player 0 on a jump: the input driver passes it to the controllers.
+    wait("the jump's rumble at the controllers", || {
+        sim.status()?
+            .haptics
+            .iter()
+            .find(|p| (p.amplitude - 0.6).abs() < 1e-6)
+            .cloned()
+    });
     sim.press("/user/hand/right/input/trigger/value", 0.0)
         .expect("release");
     wait("jump released", || {

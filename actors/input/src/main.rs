@@ -26,7 +26,7 @@ use syncra_node::input::{
 };
 use syncra_node::streams::{Consumer, Producer, StreamOptions};
 use syncra_node::window::WindowEvent;
-use syncra_node::xr::XrControl;
+use syncra_node::xr::{Haptic, XrControl};
 use syncra_node::{Figure, FigureKind, Node};
 
 use crate::actions::{ActionMap, ActionSpec, Binding, Source, XR_STICK, binding, default_actions};
@@ -87,6 +87,8 @@ struct Input {
     /// last (a new one holds nothing the old one held).
     xr: Option<Consumer<XrControl>>,
     xr_incarnation: u64,
+    /// The XR driver's node name, for haptics.
+    xr_node: Option<String>,
     events: Producer<InputEvent>,
     actions: Producer<ActionEvent>,
     pads_out: Producer<PadTable>,
@@ -221,6 +223,7 @@ impl Driver for Input {
             map.names().join(", ")
         ));
         Ok(Input {
+            xr_node: (!s.xr.is_empty()).then(|| s.xr.clone()),
             xr,
             xr_incarnation: 0,
             fig_events: node.figure("events", FigureKind::Counter),
@@ -265,7 +268,8 @@ impl Driver for Input {
                 self.read_xr()?;
             }
             NodeEvent::Message(m) => {
-                let m = match m.answer_with(|r: Rumble| self.rumble(r)) {
+                let node = ctx.node();
+                let m = match m.answer_with(|r: Rumble| self.rumble(node, r)) {
                     Ok(()) => return Ok(()),
                     Err(m) => m,
                 };
@@ -533,7 +537,10 @@ impl Input {
             .map_err(|e| format!("publishing the pads: {e}"))
     }
 
-    fn rumble(&mut self, r: Rumble) -> Result<Rumbling, String> {
+    /// Rumble the pads of `r.player` (all: none given); player 0's rumble also goes to the
+    /// XR controllers, as a haptic pulse of the stronger motor's amplitude (a message: the
+    /// XR driver may not be there).
+    fn rumble(&mut self, node: &Node, r: Rumble) -> Result<Rumbling, String> {
         for (what, v) in [("strong", r.strong), ("weak", r.weak)] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{what} = {v}: must be 0 ..= 1"));
@@ -553,6 +560,20 @@ impl Input {
             .iter()
             .filter(|u| self.source.rumble(u, r.strong, r.weak, duration))
             .count() as u32;
+        if let Some(xr) = &self.xr_node
+            && r.player.is_none_or(|p| p == 0)
+            && self.xr.as_ref().is_some_and(|c| c.is_attached())
+        {
+            let _ = node.send(
+                xr,
+                Haptic {
+                    hand: None,
+                    amplitude: r.strong.max(r.weak),
+                    duration_ms: r.duration_ms,
+                    frequency_hz: 0.0,
+                },
+            );
+        }
         Ok(Rumbling { pads })
     }
 }

@@ -114,9 +114,37 @@ impl std::fmt::Debug for Headset {
     }
 }
 
-/// Why there is no session: a sentence for status, and whether it is worth trying again
-/// (always, here: a runtime can be installed and a headset plugged in while the engine runs).
+/// What went wrong, as a sentence for status.
 pub(crate) type Why = String;
+
+/// Why [`Headset::open`] made no session. Always worth another look (a runtime can be
+/// installed and a headset plugged in while the engine runs), but a machine with no runtime
+/// at all is looked at less and less often.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NoSession {
+    /// A sentence for status.
+    pub(crate) why: Why,
+    /// No loader or no runtime (as opposed to no headset, or a step that failed).
+    pub(crate) no_runtime: bool,
+}
+
+impl NoSession {
+    fn missing(why: Why) -> NoSession {
+        NoSession {
+            why,
+            no_runtime: true,
+        }
+    }
+}
+
+impl From<Why> for NoSession {
+    fn from(why: Why) -> NoSession {
+        NoSession {
+            why,
+            no_runtime: false,
+        }
+    }
+}
 
 fn at(step: &'static str) -> impl Fn(xr::sys::Result) -> Why {
     move |e| format!("{step}: {e}")
@@ -124,22 +152,23 @@ fn at(step: &'static str) -> impl Fn(xr::sys::Result) -> Why {
 
 impl Headset {
     /// Load the OpenXR loader, find a runtime and a headset, and make a session on it.
-    pub(crate) fn open(app: &str) -> Result<Headset, Why> {
+    pub(crate) fn open(app: &str) -> Result<Headset, NoSession> {
         // SAFETY: the system's OpenXR loader (libopenxr_loader.so.1) is a conforming library.
         let entry = unsafe { xr::Entry::load(&()) }.map_err(|e| {
-            format!(
-                "no OpenXR loader ({e}): install the system's OpenXR loader (Debian: libopenxr-loader1)"
-            )
+            NoSession::missing(format!(
+                "no OpenXR loader ({e}): install the system's OpenXR loader (Debian: libopenxr-loader1); the engine runs flat"
+            ))
         })?;
         let available = entry.enumerate_extensions().map_err(|e| match e {
             xr::sys::Result::ERROR_RUNTIME_UNAVAILABLE | xr::sys::Result::ERROR_RUNTIME_FAILURE => {
-                no_runtime(e)
+                NoSession::missing(no_runtime(e))
             }
-            e => format!("asking the OpenXR runtime for its extensions: {e}"),
+            e => format!("asking the OpenXR runtime for its extensions: {e}").into(),
         })?;
         if !available.khr_vulkan_enable2 {
             return Err(
                 "the OpenXR runtime cannot take Vulkan images (it lacks XR_KHR_vulkan_enable2)"
+                    .to_owned()
                     .into(),
             );
         }
@@ -161,9 +190,14 @@ impl Headset {
             )
             .map_err(|e| match e {
                 xr::sys::Result::ERROR_RUNTIME_UNAVAILABLE
-                | xr::sys::Result::ERROR_RUNTIME_FAILURE => no_runtime(e),
-                e => format!("xrCreateInstance: {e}"),
+                | xr::sys::Result::ERROR_RUNTIME_FAILURE => NoSession::missing(no_runtime(e)),
+                e => format!("xrCreateInstance: {e}").into(),
             })?;
+        Ok(Self::on(instance)?)
+    }
+
+    /// The rest of [`Headset::open`], once there is an instance.
+    fn on(instance: xr::Instance) -> Result<Headset, Why> {
         let props = instance
             .properties()
             .map_err(at("xrGetInstanceProperties"))?;
@@ -172,7 +206,7 @@ impl Headset {
             .system(xr::FormFactor::HEAD_MOUNTED_DISPLAY)
             .map_err(|e| match e {
                 xr::sys::Result::ERROR_FORM_FACTOR_UNAVAILABLE => {
-                    format!("no headset connected ({runtime} says {e}); trying again every second")
+                    format!("no headset connected ({runtime} says {e})")
                 }
                 e => format!("xrGetSystem: {e}"),
             })?;

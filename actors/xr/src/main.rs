@@ -34,6 +34,9 @@ use syncra_node::{Figure, FigureKind, Node};
 
 use headset::{Change, Headset, Submit};
 
+/// The longest wait between two looks for an OpenXR runtime that is not installed.
+const MAX_RUNTIME_WAIT: Duration = Duration::from_secs(30);
+
 /// `[drivers.xr] settings = { .. }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -118,9 +121,12 @@ struct XrDriver {
     controls: Producer<XrControl>,
     eyes: Option<BulkConsumer<EyeFrame>>,
     headset: Option<Headset>,
-    /// Why there is no session (empty while one runs), and when to look again.
+    /// Why there is no session (empty while one runs), when to look again, and how many
+    /// looks in a row found no runtime at all (each doubles the wait, up to
+    /// [`MAX_RUNTIME_WAIT`]).
     why: String,
     next_try: Instant,
+    no_runtime: u32,
     /// The XR frame number: the pose stream's sequence, so it goes on across restarts.
     frame: u64,
     /// The newest eye pair received (also staged into the headset's GPU while there is one).
@@ -232,6 +238,7 @@ impl XrDriver {
             headset: None,
             why,
             next_try: Instant::now(),
+            no_runtime: 0,
             frame,
             staged: None,
             pixels: Vec::new(),
@@ -287,11 +294,20 @@ impl XrDriver {
         }
     }
 
-    /// Try to open a session; on failure say why (once per reason) and look again later.
+    /// Try to open a session; on failure say why (once per reason) and look again later:
+    /// after `retry_ms` for a headset, less and less often for a runtime that is not there.
     fn look_for_headset(&mut self) {
-        self.next_try = Instant::now() + Duration::from_millis(self.s.retry_ms);
         self.fig_looks.add(1.0);
-        match Headset::open(&self.s.application) {
+        let opened = Headset::open(&self.s.application);
+        self.no_runtime = match &opened {
+            Err(e) if e.no_runtime => self.no_runtime.saturating_add(1),
+            _ => 0,
+        };
+        let wait = Duration::from_millis(self.s.retry_ms)
+            .saturating_mul(1 << self.no_runtime.saturating_sub(1).min(8))
+            .min(MAX_RUNTIME_WAIT.max(Duration::from_millis(self.s.retry_ms)));
+        self.next_try = Instant::now() + wait;
+        match opened {
             Ok(h) => {
                 self.sessions += 1;
                 self.dirty = self.staged.is_some();
@@ -300,7 +316,8 @@ impl XrDriver {
                 self.note(&h);
                 self.headset = Some(h);
             }
-            Err(why) => {
+            Err(e) => {
+                let why = e.why;
                 if why != self.why {
                     tracing::warn!(reason = %why, "no XR session");
                     self.node.set_note(&why);
