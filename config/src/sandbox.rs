@@ -236,8 +236,38 @@ pub fn device_paths(d: Device) -> Vec<PathBuf> {
                 v.push(format!("/dev/hidraw{i}").into());
             }
         }
+        // Where the OpenXR loader looks for the active runtime, and the runtime itself.
+        Device::Xr => {
+            for d in [
+                "/etc/xdg/openxr",
+                "/usr/share/openxr",
+                "/usr/local/share/openxr",
+            ] {
+                v.push(d.into());
+            }
+            let config =
+                env("XDG_CONFIG_HOME").or_else(|| home.as_ref().map(|h| h.join(".config")));
+            v.extend(config.map(|c| c.join("openxr")));
+            if let Some(manifest) = env("XR_RUNTIME_JSON") {
+                v.extend(runtime_library(&manifest));
+                v.push(manifest);
+            }
+        }
     }
     v
+}
+
+/// The library an OpenXR runtime manifest names (`runtime.library_path`, relative to the
+/// manifest's directory when it is not absolute), if the manifest can be read.
+fn runtime_library(manifest: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(manifest).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let library = Path::new(json["runtime"]["library_path"].as_str()?);
+    Some(if library.is_absolute() {
+        library.to_owned()
+    } else {
+        manifest.parent()?.join(library)
+    })
 }
 
 /// Whether device class `d` may write `path` (one of its [`device_paths`]): device nodes,
@@ -248,6 +278,7 @@ pub fn device_writes(d: Device, path: &Path) -> bool {
         Device::Gpu => true,
         Device::Sound => path.starts_with("/dev"),
         Device::Input => path.starts_with("/dev"),
+        Device::Xr => false,
     }
 }
 
@@ -280,7 +311,9 @@ pub fn default_profile(name: &str, is_world: bool) -> SandboxProfile {
             p.devices = vec![Device::Input];
             p.namespace = false;
         }
-        "xr" | "openxr" => p.devices = vec![Device::Gpu, Device::Display, Device::Input],
+        "xr" | "openxr" => {
+            p.devices = vec![Device::Gpu, Device::Display, Device::Input, Device::Xr]
+        }
         _ => {}
     }
     p
@@ -314,5 +347,39 @@ impl SandboxSpec {
         if let Some(n) = self.processes {
             profile.processes = n;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_openxr_manifest_grants_the_library_it_names_relative_to_itself_or_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("runtime.json");
+        let write = |library: &str| {
+            std::fs::write(
+                &manifest,
+                format!(
+                    r#"{{"file_format_version": "1.0.0", "runtime": {{"name": "x", "library_path": "{library}"}}}}"#
+                ),
+            )
+            .unwrap();
+        };
+        write("lib/libxr.so");
+        assert_eq!(
+            runtime_library(&manifest),
+            Some(dir.path().join("lib/libxr.so"))
+        );
+        write("/opt/xr/libxr.so");
+        assert_eq!(
+            runtime_library(&manifest),
+            Some(PathBuf::from("/opt/xr/libxr.so"))
+        );
+        std::fs::write(&manifest, "not json").unwrap();
+        assert_eq!(runtime_library(&manifest), None);
+        assert_eq!(runtime_library(&dir.path().join("missing.json")), None);
+        assert!(!device_writes(Device::Xr, &manifest));
     }
 }

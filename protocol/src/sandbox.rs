@@ -58,6 +58,10 @@ pub enum Device {
     Sound,
     /// `/dev/input`, `/dev/hidraw*`, `/run/udev`.
     Input,
+    /// The active OpenXR runtime: the manifests' directories, `$XR_RUNTIME_JSON` and the
+    /// library it names (read only), and Unix sockets (an out-of-process runtime's, such as
+    /// Monado's).
+    Xr,
 }
 
 /// A node's effective sandbox.

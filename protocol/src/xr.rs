@@ -263,11 +263,11 @@ pub struct Placement {
 }
 
 impl Default for Placement {
-    /// A table-top model a metre across, its centre 1.1 m high and 1.2 m ahead of the
-    /// stage's centre: from 0.6 m (its floor) to 1.6 m (eye height).
+    /// A table-top model a metre across, its centre 1 m high and 1.6 m ahead of the stage's
+    /// centre: from 0.5 m (its floor) to 1.5 m, all of it in view of a user standing there.
     fn default() -> Self {
         Placement {
-            origin: [0.0, 1.1, -1.2],
+            origin: [0.0, 1.0, -1.6],
             scale: 0.01,
         }
     }

@@ -247,6 +247,7 @@ fn allowed_families(p: &SandboxProfile) -> Vec<i32> {
     let mut v = vec![libc::AF_INET, libc::AF_INET6];
     if p.devices.contains(&Device::Display)
         || p.devices.contains(&Device::Sound)
+        || p.devices.contains(&Device::Xr)
         || p.network == Network::Any
     {
         v.push(libc::AF_UNIX);

@@ -590,6 +590,21 @@ impl Headset {
 }
 
 fn no_runtime(e: xr::sys::Result) -> Why {
+    // The loader says only that it found none: say which manifest, when one is named and
+    // cannot be read from here (a path outside this node's sandbox, a typo).
+    if let Some(manifest) = std::env::var_os("XR_RUNTIME_JSON") {
+        let manifest = std::path::PathBuf::from(manifest);
+        if let Err(io) = std::fs::File::open(&manifest) {
+            return format!(
+                "no OpenXR runtime ({e}): XR_RUNTIME_JSON names {}, which cannot be read here ({io}; outside this node's sandbox? grant it with sandbox.read); the engine runs flat",
+                manifest.display()
+            );
+        }
+        return format!(
+            "no OpenXR runtime ({e}): the runtime XR_RUNTIME_JSON names ({}) did not load (its library_path readable from this node's sandbox?); the engine runs flat",
+            manifest.display()
+        );
+    }
     format!(
         "no OpenXR runtime ({e}): none is installed (Monado, SteamVR, …) or XR_RUNTIME_JSON names none; the engine runs flat"
     )

@@ -272,8 +272,9 @@ pub struct FrameLine {
     pub end_ns: i64,
     /// Number of layers submitted.
     pub layers: u32,
-    /// `end_ns` minus the time the first view's pose was first returned by `xrLocateViews`,
-    /// or -1 (no layer, or a pose the runtime never returned).
+    /// `end_ns` minus the time the first view's pose was first returned by `xrLocateViews`
+    /// (for the latest display time it was returned for: the swinging head comes back to the
+    /// same pose), or -1 (no layer, or a pose the runtime never returned).
     pub pose_latency_ns: i64,
     /// The frame ended after its predicted display time.
     pub late: bool,

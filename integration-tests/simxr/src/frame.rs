@@ -448,7 +448,7 @@ pub(crate) unsafe extern "system" fn locate_views(
         if filled && located.is_some() {
             let now = now_ns();
             for pose in &poses {
-                s.remember_located(pose, now);
+                s.remember_located(pose, time, now);
             }
         }
         Ok(sys::Result::SUCCESS)
@@ -855,7 +855,7 @@ pub(crate) unsafe extern "system" fn end_frame(
         let late = end_ns > display;
         let pose_latency_ns = first
             .as_ref()
-            .and_then(|views| s.first_located(&to_pose(&views[0].pose)))
+            .and_then(|views| s.located_at(&to_pose(&views[0].pose)))
             .map_or(-1, |t| end_ns - t);
         s.log_frame(&FrameLine {
             frame,

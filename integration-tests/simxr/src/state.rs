@@ -316,8 +316,9 @@ pub(crate) struct Session {
     pub(crate) values: HashMap<(u64, Option<Hand>), ActionValue>,
     pub(crate) spaces: HashMap<u64, Space>,
     pub(crate) swapchains: HashMap<u64, Swapchain>,
-    /// (pose bits, first time returned) of recently located view poses.
-    pub(crate) located: VecDeque<([u32; 7], i64)>,
+    /// (pose bits, the display time it was located for, the first time it was returned) of
+    /// recently located view poses.
+    pub(crate) located: VecDeque<([u32; 7], i64, i64)>,
     pub(crate) frames_log: Option<BufWriter<File>>,
     /// Declared last: dropped after the swapchains' images.
     pub(crate) gpu: Gpu,
@@ -376,23 +377,33 @@ impl Session {
         }
     }
 
-    pub(crate) fn remember_located(&mut self, pose: &Pose, now_ns: i64) {
+    /// Remember that `pose` was returned for display time `display_ns` at `now_ns` (the first
+    /// time only, if it is located again for the same display time).
+    pub(crate) fn remember_located(&mut self, pose: &Pose, display_ns: i64, now_ns: i64) {
         let bits = pose.bits();
-        if self.located.iter().any(|(b, _)| *b == bits) {
+        if self
+            .located
+            .iter()
+            .any(|&(b, d, _)| b == bits && d == display_ns)
+        {
             return;
         }
         if self.located.len() == LOCATED_KEPT {
             self.located.pop_front();
         }
-        self.located.push_back((bits, now_ns));
+        self.located.push_back((bits, display_ns, now_ns));
     }
 
-    pub(crate) fn first_located(&self, pose: &Pose) -> Option<i64> {
+    /// When `pose` was first returned, for the latest display time it was returned for. The
+    /// scripted head swings back and forth, so the same pose comes back (mirrored about each
+    /// turn on the vsync grid, to the bit): an application draws for its newest pose.
+    pub(crate) fn located_at(&self, pose: &Pose) -> Option<i64> {
         let bits = pose.bits();
         self.located
             .iter()
-            .find(|(b, _)| *b == bits)
-            .map(|&(_, t)| t)
+            .filter(|(b, _, _)| *b == bits)
+            .max_by_key(|&&(_, d, _)| d)
+            .map(|&(_, _, t)| t)
     }
 
     pub(crate) fn log_frame(&mut self, line: &FrameLine) {
