@@ -7,7 +7,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use syncra_integration_tests::{Harness, PATIENCE, jsonl, send, simxr_library, workspace_bin};
+use syncra_integration_tests::{
+    Harness, Options, PATIENCE, jsonl, send, simxr_library, workspace_bin,
+};
 use syncra_protocol::NodeState;
 use syncra_protocol::render::AMBIENT;
 use syncra_protocol::xr::{EyeView, Fov, Placement, Pose, project};
@@ -337,4 +339,46 @@ fn a_killed_xr_driver_or_renderer_comes_back_to_a_headset_showing_eye_frames_and
     );
     assert_eq!(h.node("world/main").incarnation, 1, "no world restarted");
     assert_eq!(h.node("xr").incarnation, 2);
+}
+
+#[test]
+fn the_xr_drivers_sandbox_lets_it_read_the_runtime_its_manifest_names() {
+    // The headset's library and manifest where no grant reaches (the test grants only the
+    // binaries and the headset's control directory): the XR driver reads them through its
+    // device class `xr`, which follows the runtime's XR_RUNTIME_JSON.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let elsewhere = dir.path().join("runtime");
+    std::fs::create_dir_all(&elsewhere).expect("dir");
+    let library = elsewhere.join("libsyncra_simxr.so");
+    std::fs::copy(simxr_library(), &library).expect("copy the headset's library");
+    let sim = headset(dir.path());
+    let manifest = sim.manifest(&library).expect("manifest");
+    let json = elsewhere.join("manifest.json");
+    std::fs::rename(&manifest, &json).expect("move the manifest");
+    let bins = workspace_bin("syncra")
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let config = format!(
+        "[runtime]\nwatch_interval_ms = 500\n\
+         [sandbox]\nread = [{bins:?}]\nwrite = [{sim:?}]\n\
+         [drivers.xr]\ncommand = \"{xr}\"\nsettings = {{ retry_ms = 100, renderer = \"\" }}\n\
+         env = {{ SYNCRA_SIMXR_DIR = \"{sim}\" }}\n\
+         [worlds]\nentities = 0\n",
+        sim = sim.path().display(),
+        xr = workspace_bin("syncra-xr").display(),
+    );
+    let h = Harness::start_with(
+        &config,
+        &[],
+        Options {
+            env: vec![("XR_RUNTIME_JSON".into(), json.display().to_string())],
+            ..Options::default()
+        },
+    );
+    h.wait_ready(&["xr", "world/main"]);
+    h.wait_until("the XR session is focused", PATIENCE, |_| {
+        h.node("xr").note.filter(|n| n.contains("session focused"))
+    });
 }
