@@ -248,9 +248,21 @@ pub fn device_paths(d: Device) -> Vec<PathBuf> {
             let config =
                 env("XDG_CONFIG_HOME").or_else(|| home.as_ref().map(|h| h.join(".config")));
             v.extend(config.map(|c| c.join("openxr")));
-            if let Some(manifest) = env("XR_RUNTIME_JSON") {
-                v.extend(runtime_library(&manifest));
+            // The active runtime's manifest is often a link into where the runtime is
+            // installed (SteamVR's, under the home directory): grant what it points at, and
+            // the library it names.
+            let mut manifests: Vec<PathBuf> = v
+                .iter()
+                .map(|d| d.join("1").join("active_runtime.json"))
+                .collect();
+            manifests.extend(env("XR_RUNTIME_JSON"));
+            for manifest in manifests {
+                let Ok(real) = std::fs::canonicalize(&manifest) else {
+                    continue;
+                };
+                v.extend(runtime_library(&real));
                 v.push(manifest);
+                v.push(real);
             }
         }
     }
@@ -258,16 +270,20 @@ pub fn device_paths(d: Device) -> Vec<PathBuf> {
 }
 
 /// The library an OpenXR runtime manifest names (`runtime.library_path`, relative to the
-/// manifest's directory when it is not absolute), if the manifest can be read.
+/// manifest's directory when it is a relative path, none when it is a bare name the loader
+/// looks up), if the manifest can be read.
 fn runtime_library(manifest: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string(manifest).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     let library = Path::new(json["runtime"]["library_path"].as_str()?);
-    Some(if library.is_absolute() {
-        library.to_owned()
+    if library.is_absolute() {
+        Some(library.to_owned())
+    } else if library.components().count() > 1 {
+        Some(manifest.parent()?.join(library))
     } else {
-        manifest.parent()?.join(library)
-    })
+        // A bare name: the loader finds it on the library search path (/usr/lib, readable).
+        None
+    }
 }
 
 /// Whether device class `d` may write `path` (one of its [`device_paths`]): device nodes,
@@ -377,6 +393,8 @@ mod tests {
             runtime_library(&manifest),
             Some(PathBuf::from("/opt/xr/libxr.so"))
         );
+        write("libopenxr_monado.so");
+        assert_eq!(runtime_library(&manifest), None, "found on the search path");
         std::fs::write(&manifest, "not json").unwrap();
         assert_eq!(runtime_library(&manifest), None);
         assert_eq!(runtime_library(&dir.path().join("missing.json")), None);

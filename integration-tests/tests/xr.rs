@@ -46,11 +46,11 @@ fn headset(dir: &Path) -> SimDir {
 fn config(dir: &Path, runtime_json: &Path, sim: &Path) -> String {
     format!(
         "[runtime]\nwatch_interval_ms = 500\n[supervisor]\nintensity = 100\n\
-         [drivers.xr]\ncommand = \"{xr}\"\nsettings = {{ retry_ms = 100 }}\n\
+         [drivers.xr]\ncommand = \"{xr}\"\n\
+         settings = {{ retry_ms = 100, placement = {{ origin = {origin:?}, scale = {scale} }} }}\n\
          env = {{ XR_RUNTIME_JSON = \"{json}\", SYNCRA_SIMXR_DIR = \"{sim}\" }}\n\
          [drivers.renderer]\ncommand = \"{renderer}\"\n\
-         settings = {{ width = 160, height = 90, rate_hz = 5.0, spectrum = \"\", \
-         placement = {{ origin = {origin:?}, scale = {scale} }} }}\n\
+         settings = {{ width = 160, height = 90, rate_hz = 5.0, spectrum = \"\" }}\n\
          [drivers.input]\ncommand = \"{input}\"\nsettings = {{ gamepads = \"none\" }}\n\
          [drivers.log]\ncommand = \"{PEER}\"\nargs = [\"action-log\", \"out={out}\"]\n\
          [worlds]\nentities = 0\nsettings = {{ player = true }}\n",
@@ -381,4 +381,39 @@ fn the_xr_drivers_sandbox_lets_it_read_the_runtime_its_manifest_names() {
     h.wait_until("the XR session is focused", PATIENCE, |_| {
         h.node("xr").note.filter(|n| n.contains("session focused"))
     });
+}
+
+/// CPU time (user + system) of process `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn with_openxr_off_the_driver_stays_flat_and_idle() {
+    let config = format!(
+        "[runtime]\nwatch_interval_ms = 500\n\
+         [drivers.xr]\ncommand = \"{}\"\nsettings = {{ openxr = false }}\n\
+         [worlds]\nentities = 0\ntick_hz = 60\n",
+        workspace_bin("syncra-xr").display()
+    );
+    let h = Harness::start(&config, &[]);
+    let views = h.wait_ready(&["xr", "world/main"]);
+    let note = h.node("xr").note.unwrap_or_default();
+    assert!(note.contains("OpenXR is off"), "{note}");
+    let pid = views[0].pid.expect("pid");
+    let before = cpu_ticks(pid);
+    let tick = h.node("world/main").tick.unwrap_or(0);
+    // A second of the world's ticks: the driver, with nothing to do, used next to no CPU.
+    h.wait_until("a second of ticks", PATIENCE, |_| {
+        h.node("world/main").tick.filter(|t| *t >= tick + 60)
+    });
+    let used = cpu_ticks(pid) - before;
+    assert!(
+        used < 20,
+        "the flat XR driver used {used} ticks of CPU in a second"
+    );
+    assert_eq!(h.node("xr").incarnation, 1);
 }

@@ -96,8 +96,8 @@ pub struct WorldGame {
     /// The input driver's node name.
     pub input: String,
     /// The XR driver's node name: while its session is visible, sound is heard from the
-    /// headset (the listener follows `<xr>/pose`, the arena placed as
-    /// [`crate::xr::Placement::default`]); empty: never.
+    /// headset (the listener follows `<xr>/pose`, the arena where its `placement` says);
+    /// empty: never.
     pub xr: String,
 }
 

@@ -142,6 +142,9 @@ pub struct XrPose {
     pub hands: [Option<Pose>; 2],
     /// The image size the runtime recommends per eye, pixels.
     pub eye_size: [u32; 2],
+    /// Where the arena stands in the headset's space (the XR driver's `placement` setting):
+    /// the renderer draws it there and a world hears from the head placed by it.
+    pub placement: Placement,
 }
 
 crate::message!(XrPose = "syncra.xr.pose/1");
@@ -364,9 +367,12 @@ pub struct EyeFrame {
 crate::message!(EyeFrame = "syncra.renderer.eyes/1");
 
 impl EyeFrame {
-    /// Bytes of the side-by-side image.
-    pub fn frame_len(&self) -> usize {
-        2 * self.width as usize * self.height as usize * 4
+    /// Bytes of the side-by-side image; `None` if that does not fit a `usize` (a header
+    /// from a process that lies).
+    pub fn frame_len(&self) -> Option<usize> {
+        (self.width as usize)
+            .checked_mul(self.height as usize)?
+            .checked_mul(8)
     }
 }
 

@@ -14,7 +14,7 @@ use clap::Parser;
 use syncra_node::audio::{Emitter, Play, SetListener};
 use syncra_node::input::{ACTIONS_STREAM, ActionEvent, ActionValue, Rumble};
 use syncra_node::render::Camera;
-use syncra_node::xr::{POSE_STREAM, Placement, XrPose};
+use syncra_node::xr::{POSE_STREAM, XrPose};
 use syncra_node::{Node, RawProducer, StreamOptions};
 use syncra_protocol::ring::Policy;
 use syncra_protocol::status::NodeMetrics;
@@ -319,18 +319,28 @@ impl<'a> Game<'a> {
         if let Some(f) = &self.fig_xr_frame {
             f.set(pose.frame as f64);
         }
-        if !pose.should_render
-            || self
-                .listener_at
-                .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        if !pose.should_render {
+            // XR went away: heard from where the renderer's camera looks from again.
+            if self.listener_at.take().is_some() {
+                let cam = Camera::default();
+                self.send(SetListener::looking_at(cam.eye, cam.target));
+            }
+            return;
+        }
+        if self
+            .listener_at
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
         {
             return;
         }
-        self.listener_at = Some(std::time::Instant::now());
-        let to_arena = Placement::default().matrix().inverse();
+        let to_arena = pose.placement.matrix().inverse();
         let head = pose.head.matrix();
         let eye = to_arena.transform_point3(head.transform_point3(glam::Vec3::ZERO));
         let ahead = to_arena.transform_point3(head.transform_point3(glam::Vec3::NEG_Z));
+        if !(eye.is_finite() && ahead.is_finite()) {
+            return;
+        }
+        self.listener_at = Some(std::time::Instant::now());
         self.send(SetListener::looking_at(eye.to_array(), ahead.to_array()));
     }
 

@@ -542,4 +542,50 @@ mod tests {
         assert_eq!(binding("F12").unwrap(), Binding::Key("F12".into()));
         assert!(binding("Gamepad.Jump").is_err());
     }
+
+    #[test]
+    fn an_xr_controller_acts_like_a_pad_and_lets_go_only_of_its_own() {
+        let mut m = map();
+        let mut out = Vec::new();
+        m.press(0, binding("XR.RightTrigger").unwrap(), true, &mut out);
+        assert_eq!(out, vec![("jump".into(), ActionValue::Pressed)]);
+        out.clear();
+        // The window losing focus does not let go of the controller's trigger…
+        m.release(0, Source::Window, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // …the XR driver going away does.
+        m.release(0, Source::Xr, &mut out);
+        assert_eq!(out, vec![("jump".into(), ActionValue::Released)]);
+        out.clear();
+        // The thumbstick moves `move`; a pad's stick pushed further wins, and each source
+        // going away takes only its own stick back to rest.
+        m.axis(0, &format!("{XR_STICK}LeftStickY"), 0.5, &mut out);
+        assert_eq!(
+            out,
+            vec![("move".into(), ActionValue::Axis { x: 0.0, y: 0.5 })]
+        );
+        out.clear();
+        m.axis(0, "LeftStickX", -0.9, &mut out);
+        assert_eq!(
+            out,
+            vec![("move".into(), ActionValue::Axis { x: -0.9, y: 0.0 })]
+        );
+        out.clear();
+        m.release(0, Source::Pads, &mut out);
+        assert_eq!(
+            out,
+            vec![("move".into(), ActionValue::Axis { x: 0.0, y: 0.5 })]
+        );
+        out.clear();
+        m.release(0, Source::Xr, &mut out);
+        assert_eq!(
+            out,
+            vec![("move".into(), ActionValue::Axis { x: 0.0, y: 0.0 })]
+        );
+        assert!(
+            binding("XR.Trigger")
+                .unwrap_err()
+                .contains("XR.RightTrigger")
+        );
+    }
 }

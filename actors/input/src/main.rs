@@ -26,7 +26,7 @@ use syncra_node::input::{
 };
 use syncra_node::streams::{Consumer, Producer, StreamOptions};
 use syncra_node::window::WindowEvent;
-use syncra_node::xr::{Haptic, XrControl};
+use syncra_node::xr::{CONTROLS, Haptic, XrControl};
 use syncra_node::{Figure, FigureKind, Node};
 
 use crate::actions::{ActionMap, ActionSpec, Binding, Source, XR_STICK, binding, default_actions};
@@ -355,6 +355,13 @@ impl Input {
                 x,
                 y,
             } = s.value;
+            // Only the controls the XR driver names, with values in range: whatever another
+            // process sends, nothing grows without bound and no NaN reaches a world.
+            if !CONTROLS.contains(&control.as_str()) || !x.is_finite() || !y.is_finite() {
+                tracing::warn!(control, x, y, "an XR control that is not one was ignored");
+                continue;
+            }
+            let (x, y) = (x.clamp(-1.0, 1.0), y.clamp(-1.0, 1.0));
             if let Some(side) = control.strip_suffix("Thumbstick") {
                 let (ax, ay) = (format!("{side}StickX"), format!("{side}StickY"));
                 self.map

@@ -117,10 +117,9 @@ struct Settings {
     /// the bottom; empty: no strip.
     spectrum: String,
     /// The XR driver whose poses (`<xr>/pose`) are drawn for, once per eye, on
-    /// `renderer/eyes`, whenever its session is visible; empty: no XR.
+    /// `renderer/eyes`, whenever its session is visible (the arena where the pose's
+    /// `placement` says); empty: no XR.
     xr: String,
-    /// Where the arena stands in the headset's space (a table-top model by default).
-    placement: Placement,
 }
 
 impl Default for Settings {
@@ -138,7 +137,6 @@ impl Default for Settings {
             present_mode: PresentMode::Auto,
             spectrum: "audio".into(),
             xr: "xr".into(),
-            placement: Placement::default(),
         }
     }
 }
@@ -954,7 +952,7 @@ impl Renderer {
             .first()
             .copied();
         let eyes = self.eyes.as_mut().expect("made above");
-        match eyes.frame(&self.gpu, &pose, &self.s.placement, scene) {
+        match eyes.frame(&self.gpu, &pose, &pose.placement, scene) {
             Ok(()) => {}
             // The device went away under it: the next tick recovers.
             Err(_) if self.lost.load(Ordering::Acquire) => return Ok(()),

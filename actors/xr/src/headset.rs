@@ -14,11 +14,12 @@ use syncra_node::xr::{EyeView, Fov, Hand, Pose, SessionState};
 
 use crate::vulkan::{Gpu, Target};
 
-/// Swapchain format: RGBA8 whose bytes are the renderer's bytes as they are (its frames are
-/// `Rgba8Unorm`), `VK_FORMAT_R8G8B8A8_UNORM`.
-const FORMAT_UNORM: u32 = 37;
-/// `VK_FORMAT_R8G8B8A8_SRGB`, taken when the runtime offers no UNORM format.
+/// Swapchain format: `VK_FORMAT_R8G8B8A8_SRGB`. The renderer's bytes are what a display
+/// shows (its window takes them as they are); a compositor takes an sRGB image's bytes as
+/// such too, where it would encode a UNORM image's as linear light a second time.
 const FORMAT_SRGB: u32 = 43;
+/// `VK_FORMAT_R8G8B8A8_UNORM`, when the runtime offers no sRGB format.
+const FORMAT_UNORM: u32 = 37;
 
 /// The controls and their OpenXR actions.
 pub(crate) struct Controls {
@@ -265,7 +266,7 @@ impl Headset {
         let formats = session
             .enumerate_swapchain_formats()
             .map_err(at("xrEnumerateSwapchainFormats"))?;
-        let format = [FORMAT_UNORM, FORMAT_SRGB]
+        let format = [FORMAT_SRGB, FORMAT_UNORM]
             .into_iter()
             .find(|f| formats.contains(f))
             .ok_or_else(|| {
@@ -292,6 +293,11 @@ impl Headset {
             format,
             last_display: None,
         })
+    }
+
+    /// The largest eye image the headset takes.
+    pub(crate) fn max_size(&self) -> [u32; 2] {
+        self.max_size
     }
 
     /// Whether frames run (the session has begun and not ended).
@@ -376,10 +382,14 @@ impl Headset {
                 .sync_actions(&[xr::ActiveActionSet::new(&self.controls.set)])
                 .map_err(at("xrSyncActions"))?;
         }
-        let (_, views) = self
+        let (flags, views) = self
             .session
             .locate_views(xr::ViewConfigurationType::PRIMARY_STEREO, t, &self.stage)
             .map_err(at("xrLocateViews"))?;
+        // Without a valid orientation (tracking lost) the views are not drawn from: the
+        // frame goes empty and the compositor shows what it can.
+        let tracked = flags.contains(xr::ViewStateFlags::ORIENTATION_VALID)
+            && flags.contains(xr::ViewStateFlags::POSITION_VALID);
         let located_ns = monotonic_ns();
         let [l, r] = views.as_slice() else {
             return Err(format!("xrLocateViews gave {} views, not 2", views.len()));
@@ -407,7 +417,7 @@ impl Headset {
         Ok(Seen {
             display_time: t.as_nanos(),
             period_ns,
-            should_render: fs.should_render,
+            should_render: fs.should_render && tracked,
             located_ns,
             head: pose(head.pose),
             views: [view(l), view(r)],
@@ -461,21 +471,46 @@ impl Headset {
             width: s.width,
             height: s.height,
         }; 2];
+        let fp = self.instance.fp();
         for (eye, target) in eyes.iter_mut().zip(targets.iter_mut()) {
             let i = eye
                 .chain
                 .acquire_image()
                 .map_err(at("xrAcquireSwapchainImage"))?;
-            eye.chain
-                .wait_image(xr::Duration::from_nanos(100_000_000))
-                .map_err(at("xrWaitSwapchainImage"))?;
-            target.image = ash::vk::Handle::from_raw(eye.images[i as usize]);
+            // The raw call: the crate takes XR_TIMEOUT_EXPIRED (a success code) for a wait
+            // that happened, and the image would be written while the compositor reads it.
+            let info = xr::sys::SwapchainImageWaitInfo {
+                ty: xr::sys::SwapchainImageWaitInfo::TYPE,
+                next: std::ptr::null_mut(),
+                timeout: xr::Duration::from_nanos(100_000_000),
+            };
+            // SAFETY: a live swapchain with an image acquired just above; `info` is valid.
+            let waited = unsafe { (fp.wait_swapchain_image)(eye.chain.as_raw(), &info) };
+            if waited == xr::sys::Result::TIMEOUT_EXPIRED {
+                return Err("the compositor held a swapchain image for over 100 ms".into());
+            }
+            if waited.into_raw() < 0 {
+                return Err(format!("xrWaitSwapchainImage: {waited}"));
+            }
+            let Some(&image) = eye.images.get(i as usize) else {
+                return Err(format!(
+                    "xrAcquireSwapchainImage gave image {i} of {}",
+                    eye.images.len()
+                ));
+            };
+            target.image = ash::vk::Handle::from_raw(image);
         }
         let copied = self.gpu.copy(targets, s.width);
         for eye in eyes.iter_mut() {
-            eye.chain
-                .release_image()
-                .map_err(at("xrReleaseSwapchainImage"))?;
+            let info = xr::sys::SwapchainImageReleaseInfo {
+                ty: xr::sys::SwapchainImageReleaseInfo::TYPE,
+                next: std::ptr::null_mut(),
+            };
+            // SAFETY: the image acquired and waited on above, released once.
+            let released = unsafe { (fp.release_swapchain_image)(eye.chain.as_raw(), &info) };
+            if released.into_raw() < 0 {
+                return Err(format!("xrReleaseSwapchainImage: {released}"));
+            }
         }
         copied?;
         let rect = xr::Rect2Di {

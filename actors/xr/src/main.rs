@@ -28,7 +28,7 @@ use syncra_node::exit_code;
 use syncra_node::streams::{BulkConsumer, Producer, StreamOptions};
 use syncra_node::xr::{
     CONTROLS_STREAM, EYES_STREAM, EyeFrame, EyeView, Fov, GetXrInfo, Haptic, HapticSent,
-    POSE_STREAM, Pose, SessionState, XrControl, XrInfo, XrPose,
+    POSE_STREAM, Placement, Pose, SessionState, XrControl, XrInfo, XrPose,
 };
 use syncra_node::{Figure, FigureKind, Node};
 
@@ -56,6 +56,9 @@ struct Settings {
     max_eye_age_frames: u64,
     /// The name the runtime shows for this application.
     application: String,
+    /// Where the arena stands in the headset's space (a table-top model by default); it goes
+    /// out with every pose, so the renderer and the worlds place it alike.
+    placement: Placement,
 }
 
 impl Default for Settings {
@@ -67,6 +70,7 @@ impl Default for Settings {
             eye_wait: 0.6,
             max_eye_age_frames: 9,
             application: "Syncra".into(),
+            placement: Placement::default(),
         }
     }
 }
@@ -92,6 +96,16 @@ fn validate(node: &Node, s: &Settings) {
             &format!(
                 "settings.eye_wait = {}: must be 0 ..= 0.9 (of a frame)",
                 s.eye_wait
+            ),
+        );
+    }
+    let p = s.placement;
+    if !(p.origin.iter().all(|v| v.is_finite()) && p.scale.is_finite() && p.scale > 0.0) {
+        refuse(
+            node,
+            &format!(
+                "settings.placement = {{ origin = {:?}, scale = {} }}: needs a finite origin and a scale above 0",
+                p.origin, p.scale
             ),
         );
     }
@@ -136,6 +150,17 @@ struct XrDriver {
     pixels: Vec<u8>,
     dirty: bool,
     last_controls: HashMap<&'static str, (f32, f32)>,
+    /// Publish every control on the next frame, changed or not (a session newly focused: a
+    /// new incarnation tells the input driver what is held, and what is not).
+    publish_all: bool,
+    /// The runtime asked the application to leave (the session is exiting).
+    exiting: bool,
+    /// The last pose published, for the "XR is off" pose when the session goes.
+    last_pose: Option<XrPose>,
+    /// The last warning about the eye stream (said once, not every frame).
+    eyes_warning: String,
+    /// A scratch buffer: a pair is read into it and kept only if the read was not torn.
+    scratch: Vec<u8>,
     frames: u64,
     submitted: u64,
     empty: u64,
@@ -187,6 +212,7 @@ fn pose_sample() -> XrPose {
         views: [view; 2],
         hands: [Some(Pose::default()); 2],
         eye_size: [u32::MAX; 2],
+        placement: Placement::default(),
     }
 }
 
@@ -244,6 +270,11 @@ impl XrDriver {
             pixels: Vec::new(),
             dirty: false,
             last_controls: HashMap::new(),
+            publish_all: false,
+            exiting: false,
+            last_pose: None,
+            eyes_warning: String::new(),
+            scratch: Vec::new(),
             frames: 0,
             submitted: 0,
             empty: 0,
@@ -265,20 +296,24 @@ impl XrDriver {
             // What came for the node: calls, shutdown, eye frames. Without a running session
             // this is also where the loop waits (until the next look for a headset).
             let deadline = match &self.headset {
-                Some(h) if h.running() => Instant::now(),
-                Some(_) => Instant::now() + Duration::from_millis(10),
-                None => self.next_try,
+                Some(h) if h.running() => Some(Instant::now()),
+                Some(_) => Some(Instant::now() + Duration::from_millis(10)),
+                None if self.s.openxr => Some(self.next_try),
+                // Flat on purpose: nothing to do but answer.
+                None => None,
             };
             let mut wait_until = deadline;
             loop {
-                match self.events.next(Some(wait_until)) {
+                match self.events.next(wait_until) {
                     NodeEvent::Deadline => break,
                     NodeEvent::Shutdown => self.stop(),
                     NodeEvent::Message(incoming) => self.answer(incoming),
-                    NodeEvent::Stream(_) => self.take_eyes(Duration::ZERO),
+                    NodeEvent::Stream(_) => {
+                        let _ = self.take_eyes(Duration::ZERO);
+                    }
                     _ => {}
                 }
-                wait_until = Instant::now();
+                wait_until = Some(Instant::now());
             }
             if self.headset.is_none() && self.s.openxr && Instant::now() >= self.next_try {
                 self.look_for_headset();
@@ -287,7 +322,10 @@ impl XrDriver {
                 let t0 = Instant::now();
                 match self.step() {
                     Ok(busy) => self.ticker.ticked(t0.elapsed().saturating_sub(busy)),
-                    Err(why) => self.lose(why),
+                    Err(why) => {
+                        let exiting = std::mem::take(&mut self.exiting);
+                        self.lose(why, exiting)
+                    }
                 }
             }
             self.node.heartbeat(Some(self.ticker.metrics()));
@@ -328,10 +366,28 @@ impl XrDriver {
     }
 
     /// The session is gone: say why, publish that XR is off, and look again.
-    fn lose(&mut self, why: String) {
+    fn lose(&mut self, why: String, exiting: bool) {
         tracing::warn!(reason = %why, "XR session ended");
         self.headset = None;
-        // Whatever the controllers held goes up: no action stays pressed.
+        self.release_controls();
+        self.publish_off(SessionState::LossPending);
+        // A pair drawn for the old session is not the new one's.
+        self.staged = None;
+        self.dirty = false;
+        self.why = why;
+        self.node.set_note(&self.why);
+        self.fig_state.set(0.0);
+        // A runtime that asked the application to leave is not asked again at once.
+        let wait = if exiting {
+            MAX_RUNTIME_WAIT
+        } else {
+            Duration::from_millis(self.s.retry_ms)
+        };
+        self.next_try = Instant::now() + wait;
+    }
+
+    /// Whatever the controllers held goes up: no action stays pressed.
+    fn release_controls(&mut self) {
         let held: Vec<_> = self
             .last_controls
             .iter()
@@ -341,10 +397,21 @@ impl XrDriver {
         if let Err(e) = self.publish_controls(&held) {
             tracing::warn!(error = %e, "could not release the controllers' controls");
         }
-        self.why = why;
-        self.node.set_note(&self.why);
-        self.fig_state.set(0.0);
-        self.next_try = Instant::now() + Duration::from_millis(self.s.retry_ms);
+    }
+
+    /// Say on `xr/pose` that nothing is to be drawn any more (the session went): the
+    /// renderer stops drawing eyes, a world hears from its camera again.
+    fn publish_off(&mut self, state: SessionState) {
+        if let Some(mut pose) = self.last_pose.take() {
+            pose.frame = self.frame;
+            self.frame += 1;
+            pose.state = state;
+            pose.should_render = false;
+            pose.located_ns = monotonic_ns();
+            if let Err(e) = self.poses.publish(&pose) {
+                tracing::warn!(error = %e, "could not say that XR is off");
+            }
+        }
     }
 
     fn note(&self, h: &Headset) {
@@ -372,7 +439,12 @@ impl XrDriver {
                     ));
                 }
                 Change::State(SessionState::Exiting) => {
-                    return Err(format!("{} ended the session (exiting)", h.runtime));
+                    self.exiting = true;
+                    return Err(format!(
+                        "{} ended the session (exiting); looking again in {} s",
+                        h.runtime,
+                        MAX_RUNTIME_WAIT.as_secs()
+                    ));
                 }
                 Change::InstanceLoss => {
                     return Err(format!(
@@ -386,6 +458,14 @@ impl XrDriver {
         if !changes.is_empty() {
             let h = self.headset.as_ref().expect("still there");
             self.note(h);
+            // Out of focus the controllers act no more: let go of what they held. Back in
+            // focus, say every control once (a new incarnation's first word to the input
+            // driver, which then lets go of what the last one held).
+            if h.state == SessionState::Focused {
+                self.publish_all = true;
+            } else {
+                self.release_controls();
+            }
         }
         let h = self.headset.as_mut().expect("still there");
         if !h.running() {
@@ -416,8 +496,10 @@ impl XrDriver {
             views: seen.views,
             hands: seen.hands,
             eye_size: h.eye_size,
+            placement: self.s.placement,
         };
         self.poses.publish(&pose).map_err(|e| e.to_string())?;
+        self.last_pose = Some(pose);
         self.publish_controls(&seen.controls)?;
         // Give the renderer part of the frame to draw this pose; the newest pair goes then.
         if seen.should_render && self.eyes.is_some() {
@@ -429,10 +511,9 @@ impl XrDriver {
                     .as_ref()
                     .is_some_and(|s| s.header.pose_frame >= frame);
                 let left = until.saturating_duration_since(Instant::now());
-                if fresh || left.is_zero() {
+                if fresh || left.is_zero() || self.take_eyes(left).is_err() {
                     break;
                 }
-                self.take_eyes(left);
             }
         }
         let submit = self.staged.as_ref().and_then(|s| {
@@ -468,9 +549,13 @@ impl XrDriver {
     /// Publish the controls whose value changed since the last frame.
     fn publish_controls(&mut self, now: &[(&'static str, f32, f32)]) -> Result<(), String> {
         let t = monotonic_ns();
+        let all = std::mem::take(&mut self.publish_all) && !now.is_empty();
+        if !all && now.is_empty() {
+            return Ok(());
+        }
         for &(name, x, y) in now {
             let last = self.last_controls.get(name).copied().unwrap_or((0.0, 0.0));
-            if (x, y) == last {
+            if (x, y) == last && !all {
                 continue;
             }
             self.last_controls.insert(name, (x, y));
@@ -487,42 +572,47 @@ impl XrDriver {
     }
 
     /// Read the eye pairs that came (waiting up to `timeout` for one), keeping the newest
-    /// and staging its pixels.
-    fn take_eyes(&mut self, timeout: Duration) {
+    /// that passes [`check_eyes`]. `Ok(true)`: a new pair; `Ok(false)`: none came; `Err`: the
+    /// stream cannot be read (refused, gone) — said once, and no use waiting on it.
+    fn take_eyes(&mut self, timeout: Duration) -> Result<bool, ()> {
         let Some(c) = self.eyes.as_mut() else {
-            return;
+            return Err(());
         };
+        let max = self
+            .headset
+            .as_ref()
+            .map_or([MAX_EYE_SIDE; 2], |h| h.max_size());
+        let newest_pose = self.frame;
         let mut timeout = timeout;
+        let mut took = false;
         loop {
-            let pixels = &mut self.pixels;
+            // Into the scratch buffer: a torn read's bytes never reach the staged pair.
+            let scratch = &mut self.scratch;
             let got = c.read_with(timeout, |h: &EyeFrame, bytes: &[u8]| {
-                let need = h.frame_len();
-                let Some(body) = bytes.get(..need) else {
-                    return Err(format!(
-                        "an eye frame of {}×{} came with {} bytes, not {need}",
-                        h.width,
-                        h.height,
-                        bytes.len()
-                    ));
-                };
-                pixels.clear();
-                pixels.extend_from_slice(body);
-                Ok(h.clone())
+                let need = check_eyes(h, bytes.len(), max, newest_pose)?;
+                scratch.clear();
+                scratch.extend_from_slice(&bytes[..need]);
+                Ok::<_, String>(h.clone())
             });
+            timeout = Duration::ZERO;
             match got {
                 Ok(Some((_, Ok(header)))) => {
+                    std::mem::swap(&mut self.pixels, &mut self.scratch);
                     self.staged = Some(Staged { header });
                     self.dirty = true;
-                    timeout = Duration::ZERO;
+                    took = true;
                 }
-                Ok(Some((_, Err(why)))) => {
-                    tracing::warn!(reason = %why, "an eye frame was refused");
-                    timeout = Duration::ZERO;
-                }
-                Ok(None) => return,
+                Ok(Some((_, Err(why)))) => warn_once(
+                    &mut self.eyes_warning,
+                    &format!("an eye frame was refused: {why}"),
+                ),
+                Ok(None) => return Ok(took),
                 Err(e) => {
-                    tracing::warn!(error = %e, "reading the renderer's eye frames");
-                    return;
+                    warn_once(
+                        &mut self.eyes_warning,
+                        &format!("reading the renderer's eye frames: {e}"),
+                    );
+                    return if took { Ok(true) } else { Err(()) };
                 }
             }
         }
@@ -574,9 +664,60 @@ impl XrDriver {
             h.request_exit();
         }
         self.headset = None;
+        self.publish_off(SessionState::Exiting);
         tracing::info!(node = %self.node.name(), "stopped");
         std::process::exit(0);
     }
+}
+
+/// Log `what` once (until another warning comes); `last` is the last one logged.
+fn warn_once(last: &mut String, what: &str) {
+    if last != what {
+        tracing::warn!("{what}");
+        *last = what.to_owned();
+    }
+}
+
+/// The largest eye side taken before a headset says its own.
+const MAX_EYE_SIDE: u32 = 8192;
+
+/// Check an eye pair's header against the bytes that came with it and what the headset
+/// takes; the bytes to keep. `newest_pose` is the next pose frame: a pair cannot have been
+/// drawn for it yet.
+fn check_eyes(h: &EyeFrame, len: usize, max: [u32; 2], newest_pose: u64) -> Result<usize, String> {
+    if h.width == 0 || h.height == 0 || h.width > max[0] || h.height > max[1] {
+        return Err(format!(
+            "eyes of {}×{}: must be 1×1 ..= {}×{}",
+            h.width, h.height, max[0], max[1]
+        ));
+    }
+    let need = h.frame_len().filter(|n| *n <= len).ok_or_else(|| {
+        format!(
+            "eyes of {}×{} came with {len} bytes, not {}",
+            h.width,
+            h.height,
+            8 * u128::from(h.width) * u128::from(h.height)
+        )
+    })?;
+    if h.pose_frame >= newest_pose {
+        return Err(format!(
+            "drawn for pose {} when the newest is {}",
+            h.pose_frame,
+            newest_pose.saturating_sub(1)
+        ));
+    }
+    let finite = |v: &EyeView| {
+        v.pose
+            .position
+            .iter()
+            .chain(&v.pose.orientation)
+            .chain(&[v.fov.left, v.fov.right, v.fov.up, v.fov.down])
+            .all(|x| x.is_finite())
+    };
+    if !h.views.iter().all(finite) {
+        return Err("views that are not finite numbers".into());
+    }
+    Ok(need)
 }
 
 fn state_number(s: SessionState) -> f64 {
@@ -589,5 +730,54 @@ fn state_number(s: SessionState) -> f64 {
         SessionState::Stopping => 6.0,
         SessionState::LossPending => 7.0,
         SessionState::Exiting => 8.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(width: u32, height: u32, pose_frame: u64) -> EyeFrame {
+        let v = pose_sample().views[0];
+        EyeFrame {
+            pose_frame,
+            display_time: 1,
+            located_ns: 1,
+            drawn_ns: 2,
+            width,
+            height,
+            views: [v, v],
+            placement: Placement::default(),
+            world: "main".into(),
+            tick: 1,
+        }
+    }
+
+    #[test]
+    fn an_eye_pair_is_taken_only_when_its_header_and_bytes_agree_and_fit_the_headset() {
+        let max = [640, 640];
+        assert_eq!(
+            check_eyes(&pair(320, 200, 4), 320 * 200 * 8, max, 5),
+            Ok(320 * 200 * 8)
+        );
+        // More bytes than the pair (a slot's padding): only the pair is kept.
+        assert_eq!(check_eyes(&pair(2, 2, 4), 1000, max, 5), Ok(32));
+        for (h, len, why) in [
+            (pair(0, 200, 4), 0, "1×1"),
+            (pair(641, 200, 4), usize::MAX, "640×640"),
+            (pair(u32::MAX, u32::MAX, 4), usize::MAX, "640×640"),
+            (pair(320, 200, 4), 320 * 200 * 8 - 1, "came with"),
+            (pair(320, 200, 5), 320 * 200 * 8, "drawn for pose 5"),
+            (pair(320, 200, u64::MAX), 320 * 200 * 8, "drawn for pose"),
+        ] {
+            let e = check_eyes(&h, len, max, 5).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        let mut nan = pair(2, 2, 1);
+        nan.views[1].fov.up = f32::NAN;
+        assert!(check_eyes(&nan, 32, max, 5).unwrap_err().contains("finite"));
+        // A header whose size overflows is refused, never wrapped.
+        let huge = pair(u32::MAX, u32::MAX, 1);
+        assert!(check_eyes(&huge, usize::MAX, [u32::MAX; 2], 5).is_err());
     }
 }

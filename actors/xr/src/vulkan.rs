@@ -220,6 +220,9 @@ impl Gpu {
 
     /// Copy `bytes` (the newest eye pair) into the staging buffer, growing it if needed.
     pub(crate) fn stage(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if bytes.is_empty() {
+            return Err("an empty eye frame".into());
+        }
         if self.staging.as_ref().is_none_or(|s| s.len < bytes.len()) {
             self.drop_staging();
             self.staging = Some(self.new_staging(bytes.len())?);
@@ -309,6 +312,17 @@ impl Gpu {
         let Some(s) = self.staging.as_ref() else {
             return Err("no eye frame staged".into());
         };
+        let need = targets
+            .iter()
+            .map(|t| u64::from(t.height) * u64::from(eye_width) * 8)
+            .max()
+            .unwrap_or(0);
+        if targets.iter().any(|t| t.width > eye_width) || (s.len as u64) < need {
+            return Err(format!(
+                "the staged pair ({} bytes) is smaller than the copy asks for ({need})",
+                s.len
+            ));
+        }
         let d = &self.device;
         let range = vk::ImageSubresourceRange::default()
             .aspect_mask(vk::ImageAspectFlags::COLOR)
@@ -402,10 +416,12 @@ impl Gpu {
                 self.fence,
             )
             .map_err(vk_err("submitting the copy"))?;
-            let waited = d.wait_for_fences(&[self.fence], true, 1_000_000_000);
+            // A fence still pending (a timeout, a lost device) is not reset: the error ends the
+            // session and the device with it.
+            d.wait_for_fences(&[self.fence], true, 1_000_000_000)
+                .map_err(vk_err("waiting for the copy"))?;
             d.reset_fences(&[self.fence])
                 .map_err(vk_err("resetting the copy's fence"))?;
-            waited.map_err(vk_err("waiting for the copy"))?;
         }
         Ok(())
     }
@@ -413,11 +429,12 @@ impl Gpu {
 
 impl Drop for Gpu {
     fn drop(&mut self) {
+        // SAFETY: idle first (a copy may still read the staging buffer).
+        let _ = unsafe { self.device.device_wait_idle() };
         self.drop_staging();
         // SAFETY: the session and its swapchains are gone before the Gpu (field order in
-        // `Headset`); waiting idle first, every object made here is destroyed once.
+        // `Headset`); the device is idle; every object made here is destroyed once.
         unsafe {
-            let _ = self.device.device_wait_idle();
             self.device.destroy_fence(self.fence, None);
             self.device.destroy_command_pool(self.pool, None);
             self.device.destroy_device(None);
