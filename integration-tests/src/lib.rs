@@ -510,6 +510,20 @@ impl Harness {
             .filter(|v| !v["value"].is_null())
     }
 
+    /// The position of world `world`'s player in its newest scene (`syncra tap`), if it has
+    /// one.
+    pub fn player(&self, world: &str) -> Option<[f64; 3]> {
+        let t = self.tap(&format!("world/{world}/scene"))?;
+        let id = t["value"]["player"].as_u64()?;
+        let e = t["value"]["entities"]
+            .as_array()?
+            .iter()
+            .find(|e| e["id"].as_u64() == Some(id))?
+            .clone();
+        let p = e["position"].as_array()?;
+        Some([p[0].as_f64()?, p[1].as_f64()?, p[2].as_f64()?])
+    }
+
     /// Wait until every node in `names` is ready; their views.
     pub fn wait_ready(&self, names: &[&str]) -> Vec<NodeView> {
         self.wait_until(&format!("{names:?} are ready"), PATIENCE, |s| {

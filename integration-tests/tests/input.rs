@@ -61,21 +61,8 @@ fn line_where(file: &Path, skip: usize, what: &str, pick: impl Fn(&Value) -> boo
     }
 }
 
-/// The player's position in the world's newest scene.
-fn player(h: &Harness) -> Option<[f64; 3]> {
-    let t = h.tap("world/main/scene")?;
-    let id = t["value"]["player"].as_u64()?;
-    let e = t["value"]["entities"]
-        .as_array()?
-        .iter()
-        .find(|e| e["id"].as_u64() == Some(id))?
-        .clone();
-    let p = e["position"].as_array()?;
-    Some([p[0].as_f64()?, p[1].as_f64()?, p[2].as_f64()?])
-}
-
 fn player_where(h: &Harness, what: &str, f: impl Fn([f64; 3]) -> bool) -> [f64; 3] {
-    h.wait_until(what, PATIENCE, |_| player(h).filter(|p| f(*p)))
+    h.wait_until(what, PATIENCE, |_| h.player("main").filter(|p| f(*p)))
 }
 
 #[test]
@@ -268,7 +255,7 @@ fn keys_typed_into_the_window_travel_to_the_world_and_move_the_player() {
     x.xdotool(&["key", "space"]).expect("space");
     line_where(&log, 0, "jump", |v| v["action"] == "jump");
     player_where(&h, "the player jumping", |p| p[1] > stopped[1] + 1.0);
-    let now = player(&h).unwrap();
+    let now = h.player("main").unwrap();
     assert!(
         (now[0] - stopped[0]).abs() < 0.5,
         "it stopped running: {now:?} {stopped:?}"

@@ -106,19 +106,7 @@ fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 /// The player's position in the world's newest scene.
 fn player(h: &Harness) -> Option<[f32; 3]> {
-    let t = h.tap("world/main/scene")?;
-    let id = t["value"]["player"].as_u64()?;
-    let e = t["value"]["entities"]
-        .as_array()?
-        .iter()
-        .find(|e| e["id"].as_u64() == Some(id))?
-        .clone();
-    let p = e["position"].as_array()?;
-    Some([
-        p[0].as_f64()? as f32,
-        p[1].as_f64()? as f32,
-        p[2].as_f64()? as f32,
-    ])
+    h.player("main").map(|p| p.map(|v| v as f32))
 }
 
 /// The pair the headset was given, side by side, at `target/tmp/xr-eyes.ppm`: to look at.

@@ -94,18 +94,7 @@ impl Camera {
     pub fn project(&self, point: [f32; 3], width: u32, height: u32) -> Option<[f32; 3]> {
         let clip =
             self.view_proj(width as f32 / height as f32) * Vec4::from((Vec3::from(point), 1.0));
-        if clip.w <= 0.0 {
-            return None;
-        }
-        let ndc = clip.truncate() / clip.w;
-        if !(0.0..=1.0).contains(&ndc.z) {
-            return None;
-        }
-        Some([
-            (ndc.x + 1.0) * 0.5 * width as f32,
-            (1.0 - ndc.y) * 0.5 * height as f32,
-            ndc.z,
-        ])
+        clip_to_pixel(clip, width, height)
     }
 
     /// About the radius, pixels, of a sphere of `radius` metres at `point` in a viewport
@@ -116,6 +105,23 @@ impl Camera {
         let per_unit = height as f32 / (2.0 * (self.fov_y_deg.to_radians() / 2.0).tan());
         per_unit * radius / (distance - radius).max(self.near)
     }
+}
+
+/// Where a point at `clip` (clip space, depth 0..1) lands in a `width × height` image: pixel
+/// x, pixel y (from the top) and depth; `None` behind the eye or out of the depth range.
+pub fn clip_to_pixel(clip: Vec4, width: u32, height: u32) -> Option<[f32; 3]> {
+    if clip.w <= 0.0 {
+        return None;
+    }
+    let ndc = clip.truncate() / clip.w;
+    if !(0.0..=1.0).contains(&ndc.z) {
+        return None;
+    }
+    Some([
+        (ndc.x + 1.0) * 0.5 * width as f32,
+        (1.0 - ndc.y) * 0.5 * height as f32,
+        ndc.z,
+    ])
 }
 
 /// The lit colour of a face with normal `normal` (world space) of an entity of `colour`

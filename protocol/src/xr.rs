@@ -322,18 +322,7 @@ pub fn project(
     height: u32,
 ) -> Option<[f32; 3]> {
     let clip = eye_view_proj(view, placement) * Vec4::from((Vec3::from(point), 1.0));
-    if clip.w <= 0.0 {
-        return None;
-    }
-    let ndc = clip.truncate() / clip.w;
-    if !(0.0..=1.0).contains(&ndc.z) {
-        return None;
-    }
-    Some([
-        (ndc.x + 1.0) * 0.5 * width as f32,
-        (1.0 - ndc.y) * 0.5 * height as f32,
-        ndc.z,
-    ])
+    crate::render::clip_to_pixel(clip, width, height)
 }
 
 /// What an eye frame on `renderer/eyes` is: the pose it was drawn for (the XR driver submits

@@ -187,35 +187,43 @@ enum Scenes {
     ),
 }
 
-/// Frames drawn offscreen and published on `renderer/frame`.
-struct FrameOut {
+/// Pictures drawn offscreen and published on a bulk stream with header `H`: the frames on
+/// `renderer/frame` ([`FrameOut`]), the eye pairs on `renderer/eyes` ([`EyeOut`]).
+struct Drawn<H> {
     draw: SceneDraw,
     target: Offscreen,
-    out: BulkProducer<FrameHeader>,
+    out: BulkProducer<H>,
 }
 
-impl FrameOut {
-    /// Declare `renderer/frame` with slots for `width × height` frames.
+/// Frames drawn offscreen and published on `renderer/frame`.
+type FrameOut = Drawn<FrameHeader>;
+
+/// Eye pairs drawn for the XR driver's poses and published on `renderer/eyes` (both eyes side
+/// by side in one target).
+type EyeOut = Drawn<EyeFrame>;
+
+impl<H: syncra_node::Message> Drawn<H> {
+    /// Declare `stream` with slots for `width × height` pictures.
     fn new(
         node: &syncra_node::Node,
         gpu: &Gpu,
-        width: u32,
-        height: u32,
+        stream: &str,
+        (width, height): (u32, u32),
         camera: Camera,
-    ) -> Result<FrameOut, String> {
+    ) -> Result<Drawn<H>, String> {
         let target = Offscreen::new(&gpu.device, width, height);
         let out = node
             .declare_bulk(
-                FRAME_STREAM,
-                // Three slots, not four: frames are big, and a reader holds one at most while
-                // the renderer fills another.
+                stream,
+                // Three slots, not four: pictures are big, and a reader holds one at most
+                // while the renderer fills another.
                 StreamOptions {
                     slot_count: 3,
                     ..StreamOptions::latest_only(target.frame_len() as u32)
                 },
             )
             .map_err(|e| e.to_string())?;
-        Ok(FrameOut {
+        Ok(Drawn {
             draw: SceneDraw::new(&gpu.device, offscreen::FORMAT, camera),
             target,
             out,
@@ -228,7 +236,9 @@ impl FrameOut {
         self.target = Offscreen::new(&gpu.device, w, h);
         self.draw = SceneDraw::new(&gpu.device, offscreen::FORMAT, camera);
     }
+}
 
+impl FrameOut {
     /// Draw into a target of `width × height` from now on, as large as the slots allow
     /// (scaled down, keeping the aspect ratio, when the window outgrows them).
     fn resize(&mut self, gpu: &Gpu, width: u32, height: u32) {
@@ -278,47 +288,7 @@ impl FrameOut {
     }
 }
 
-/// Eye pairs drawn for the XR driver's poses and published on `renderer/eyes`.
-struct EyeOut {
-    draw: SceneDraw,
-    /// Both eyes side by side.
-    target: Offscreen,
-    out: BulkProducer<EyeFrame>,
-}
-
 impl EyeOut {
-    /// Declare `renderer/eyes` with slots for a pair of `width × height` eyes.
-    fn new(
-        node: &syncra_node::Node,
-        gpu: &Gpu,
-        width: u32,
-        height: u32,
-        camera: Camera,
-    ) -> Result<EyeOut, String> {
-        let target = Offscreen::new(&gpu.device, 2 * width, height);
-        let out = node
-            .declare_bulk(
-                EYES_STREAM,
-                StreamOptions {
-                    slot_count: 3,
-                    ..StreamOptions::latest_only(target.frame_len() as u32)
-                },
-            )
-            .map_err(|e| e.to_string())?;
-        Ok(EyeOut {
-            draw: SceneDraw::new(&gpu.device, offscreen::FORMAT, camera),
-            target,
-            out,
-        })
-    }
-
-    /// The same on a new device.
-    fn rebuild(&mut self, gpu: &Gpu, camera: Camera) {
-        let (w, h) = self.target.size();
-        self.target = Offscreen::new(&gpu.device, w, h);
-        self.draw = SceneDraw::new(&gpu.device, offscreen::FORMAT, camera);
-    }
-
     /// Draw `scene` from both eyes of `pose`, read the pair back and publish it.
     fn frame(
         &mut self,
@@ -520,9 +490,13 @@ impl Driver for Renderer {
         tracing::info!(adapter = %gpu.adapter_name(), backend = %gpu.backend, "GPU open");
         let node = ctx.node();
         let output = match s.target {
-            Target::Offscreen => {
-                Output::Offscreen(FrameOut::new(node, &gpu, s.width, s.height, s.camera)?)
-            }
+            Target::Offscreen => Output::Offscreen(FrameOut::new(
+                node,
+                &gpu,
+                FRAME_STREAM,
+                (s.width, s.height),
+                s.camera,
+            )?),
             Target::Window => {
                 let identity = node
                     .subscribe(&format!("{}/{IDENTITY_STREAM}", s.window))
@@ -825,8 +799,8 @@ impl Renderer {
                 *frames = Some(FrameOut::new(
                     node,
                     gpu,
-                    w.max(id.width),
-                    h.max(id.height),
+                    FRAME_STREAM,
+                    (w.max(id.width), h.max(id.height)),
                     camera,
                 )?);
             }
@@ -946,7 +920,13 @@ impl Renderer {
         if self.eyes.is_none() {
             let [w, h] = pose.eye_size.map(|v| v.clamp(1, MAX_SIDE / 2));
             tracing::info!(width = w, height = h, "drawing for the XR driver's eyes");
-            self.eyes = Some(EyeOut::new(node, &self.gpu, w, h, self.s.camera)?);
+            self.eyes = Some(EyeOut::new(
+                node,
+                &self.gpu,
+                EYES_STREAM,
+                (2 * w, h),
+                self.s.camera,
+            )?);
         }
         let scene = in_order(&self.scenes, &self.s, &self.latest)
             .first()
