@@ -638,7 +638,7 @@ impl XrDriver {
             Err(other) => other,
         };
         let headset = self.headset.as_ref();
-        let _ = incoming.answer_with(|p: Haptic| {
+        let unknown = incoming.answer_with(|p: Haptic| {
             if !(0.0..=1.0).contains(&p.amplitude) {
                 return Err(format!("amplitude {} is not in 0 ..= 1", p.amplitude));
             }
@@ -656,6 +656,12 @@ impl XrDriver {
             };
             Ok(HapticSent { hands })
         });
+        if let Err(m) = unknown {
+            let tag = m.tag().to_owned();
+            m.reply_error(format!(
+                "the XR driver does not know `{tag}`: it takes syncra.xr.haptic/1 and syncra.xr.get-info/1"
+            ));
+        }
     }
 
     /// The node is stopping: end the session as OpenXR asks, then leave.
