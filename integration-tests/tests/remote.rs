@@ -31,7 +31,14 @@ struct Remote {
     address: String,
     /// In the environment of the agent and so of every node it starts.
     tag: String,
+    /// Held for the test's life: these tests run one at a time (each runs a runtime, an agent
+    /// and their nodes across two network namespaces; two at once on two cores starved the
+    /// ordering test's sinks — see the closing note of 2026-12-07).
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+/// What [`Remote::_one_at_a_time`] holds.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Remote {
     fn new(hosts: Hosts) -> Remote {
@@ -40,6 +47,7 @@ impl Remote {
 
     /// An agent that also trusts `trust`.
     fn new_with(hosts: Hosts, trust: &[&str]) -> Remote {
+        let one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let rt_state = dir.path().join("runtime-state");
         let runtime = identity(&rt_state);
@@ -73,6 +81,7 @@ impl Remote {
             agent,
             address,
             tag,
+            _one_at_a_time: one_at_a_time,
         }
     }
 
