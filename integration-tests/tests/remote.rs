@@ -1147,27 +1147,42 @@ fn order_holds_across_the_switch_to_links_across_hosts_and_past_the_link_limit_t
             .replacen("[runtime]\n", "[runtime]\nmax_links = 1\n", 1);
     let h = remote.runtime(&config);
     h.wait_ready(&["a", "b", "seq", "c", "seq2"]);
-    let report = |name: &str| {
+    // Each message is received or given back to its sender (a full link or inbox says so,
+    // as backpressure): none is lost, and what arrives never goes backwards.
+    let report = |name: &str, sequencer: &str| {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if let Some(r) = reported(&dir, name)
+            let returned = reported(&dir, sequencer)
+                .iter()
+                .rev()
+                .find_map(|v| v["returned_to"][name].as_u64())
+                .unwrap_or(0);
+            let got = reported(&dir, name)
                 .into_iter()
-                .find(|v| v.get("received").is_some())
-            {
-                return r;
+                .rev()
+                .find(|v| v.get("got").is_some() || v.get("received").is_some());
+            if let Some(r) = got {
+                let n = r["got"].as_u64().or(r["received"].as_u64()).unwrap_or(0);
+                if n + returned == 2000 {
+                    return (r, returned);
+                }
             }
             assert!(
                 Instant::now() < deadline,
-                "{name} never had every message: {:#?}",
+                "{name} never had every message nor were they given back ({returned} were): {:#?}",
                 reported(&dir, name)
             );
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    let (ra, rb, rc) = (report("a"), report("b"), report("c"));
-    for r in [&ra, &rb, &rc] {
-        assert_eq!(r["out_of_order"], 0, "{r}");
+    let (ra, rb, rc) = (report("a", "seq"), report("b", "seq"), report("c", "seq2"));
+    for (r, returned) in [&ra, &rb, &rc] {
+        assert_eq!(r["backwards"], 0, "{r}");
+        if *returned == 0 {
+            assert_eq!(r["out_of_order"], 0, "{r}");
+        }
     }
+    let (ra, rb, rc) = (ra.0, rb.0, rc.0);
     // The local sequencer's one link goes to one of the remote sinks; the other gets
     // everything through the hub.
     let direct = |r: &serde_json::Value| r["direct"].as_u64().unwrap();

@@ -249,10 +249,19 @@ fn main() {
                 }
             }
             out.line(serde_json::json!({ "sent": count, "refused": refused }));
+            // Messages given back (a full link, a full inbox): each said, and how many to each
+            // receiver so far, so that a test can tell "not delivered, and told" from "lost".
+            let mut returned: std::collections::BTreeMap<String, u64> = Default::default();
             while !node.sleep_until(Instant::now() + Duration::from_millis(20)) {
                 beat(&node);
-                if let Some(r) = node.returned() {
+                let mut any = false;
+                while let Some(r) = node.returned() {
+                    any = true;
+                    *returned.entry(r.to.to_string()).or_default() += 1;
                     out.line(serde_json::json!({ "returned": r.to.to_string(), "reason": format!("{:?}", r.reason) }));
+                }
+                if any {
+                    out.line(serde_json::json!({ "returned_to": returned }));
                 }
             }
         }
@@ -261,12 +270,22 @@ fn main() {
         "sink" => {
             node.ready();
             let count = num("count", 2000);
-            let (mut got, mut direct, mut out_of_order) = (0u64, 0u64, 0u64);
+            let (mut got, mut direct, mut out_of_order, mut backwards) = (0u64, 0u64, 0u64, 0u64);
             let mut last: std::collections::HashMap<String, u64> = Default::default();
             let mut first_direct = None;
+            let mut said = 0u64;
             while !node.shutdown_requested() {
                 let Some(m) = node.recv_timeout(Duration::from_millis(20)) else {
                     beat(&node);
+                    // Quiet for a moment: where it stands (with messages given back to their
+                    // sender, `count` may never come).
+                    if got != said {
+                        said = got;
+                        out.line(serde_json::json!({
+                                "got": got, "direct": direct, "hub": got - direct,
+                                "out_of_order": out_of_order, "backwards": backwards,
+                                "first_direct": first_direct }));
+                    }
                     continue;
                 };
                 if let Ok(Ping(n)) = m.decode::<Ping>() {
@@ -287,10 +306,15 @@ fn main() {
                         out_of_order += 1;
                         out.line(serde_json::json!({ "after": prev, "came": k, "direct": m.is_direct() }));
                     }
+                    // Backwards: an order broken (a gap alone is a message given back).
+                    if k <= prev {
+                        backwards += 1;
+                    }
                     if got == count {
                         out.line(serde_json::json!({
                                 "received": got, "direct": direct, "hub": got - direct,
-                                "out_of_order": out_of_order, "first_direct": first_direct }));
+                                "out_of_order": out_of_order, "backwards": backwards,
+                                "first_direct": first_direct }));
                     }
                 }
                 beat(&node);
