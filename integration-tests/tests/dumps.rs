@@ -199,6 +199,16 @@ fn a_lying_or_garbled_or_vanishing_crash_handler_gets_a_sentence_not_a_dump() {
         h.wait_ready(&["native", "world/main"]);
         crash(&h, 1);
         let (_, d) = settled(&h, 1);
+        // `vanish` SIGKILLs itself right after sending a real context: the runtime may still
+        // attach first (the thread is stopped before its `raise`), and then the dump of a
+        // process that was alive throughout is whole and kept. Either way, never a dump of a
+        // dead process, and a sentence when there is none.
+        if mode == "vanish" && d.path.is_some() {
+            assert_eq!(d.error, None, "{d:#?}");
+            h.wait_ready_incarnation("native", 2);
+            assert_eq!(h.node("world/main").incarnation, 1, "{mode}");
+            continue;
+        }
         assert_eq!(d.path, None, "{mode}: {d:#?}");
         assert!(
             d.error.as_deref().is_some_and(|e| e.contains(says)),

@@ -5,9 +5,7 @@
 //! - `liar`: its "crash handler" sends a crash context naming a thread of another process
 //!   (the runtime's), then exits with code 3;
 //! - `garbage`: sends 5 bytes on its crash socket, then exits with code 3;
-//! - `vanish`: a real crash context reaches the runtime only once the process is dead (a
-//!   child it forked sends it when the SIGKILLed parent's end of a pipe closes): its dump can
-//!   never be written, whatever the scheduler does.
+//! - `vanish`: sends a real crash context, then SIGKILLs itself before any dump can be written.
 
 use std::time::{Duration, Instant};
 
@@ -46,7 +44,11 @@ fn main() {
                     wait_answer();
                     std::process::exit(3);
                 }
-                "vanish" => vanish(),
+                "vanish" => {
+                    send_context(rustix::thread::gettid().as_raw_nonzero().get());
+                    // SAFETY: ends this process.
+                    unsafe { libc::raise(libc::SIGKILL) };
+                }
                 other => panic!("unknown mode {other}"),
             }
         }
@@ -57,41 +59,6 @@ fn main() {
         }));
         if node.sleep_until(Instant::now() + Duration::from_millis(5)) {
             return;
-        }
-    }
-}
-
-/// Die by SIGKILL, and have a real crash context naming this process's main thread arrive
-/// after: a forked child waits for the pipe's other end to close (the kernel closes it as the
-/// parent dies), then sends the context on the inherited crash socket and exits.
-fn vanish() -> ! {
-    // SAFETY: a crash context is plain data; all zeroes is a valid (if empty) one.
-    let mut context: crash_context::CrashContext = unsafe { std::mem::zeroed() };
-    context.pid = std::process::id() as i32;
-    context.tid = rustix::thread::gettid().as_raw_nonzero().get();
-    let bytes = context.as_bytes();
-    let mut pipe = [0i32; 2];
-    // SAFETY: `pipe` has room for the two fds.
-    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0, "pipe");
-    // SAFETY: the child only makes async-signal-safe calls (close, read, send, _exit) on
-    // memory prepared before the fork.
-    match unsafe { libc::fork() } {
-        0 => {
-            let mut b = 0u8;
-            // SAFETY: plain syscalls on fds the child inherited and on `bytes`, prepared
-            // before the fork.
-            unsafe {
-                libc::close(pipe[1]);
-                libc::read(pipe[0], (&mut b as *mut u8).cast(), 1);
-                libc::send(CRASH_FD, bytes.as_ptr().cast(), bytes.len(), 0);
-                libc::_exit(0)
-            }
-        }
-        -1 => panic!("fork: {}", std::io::Error::last_os_error()),
-        _ => {
-            // SAFETY: ends this process; the child reads end-of-file once it is dead.
-            unsafe { libc::raise(libc::SIGKILL) };
-            unreachable!("SIGKILL")
         }
     }
 }
