@@ -229,7 +229,17 @@ impl RouterState {
             return self.bounce(&from, incarnation, msg, Undeliverable::UnknownName);
         };
         match (state, agent, msg.wait_ms) {
-            (NodeState::Ready, Some(callee), _) => self.deliver(callee, from, incarnation, msg),
+            (NodeState::Ready, Some(callee), _) => {
+                // What waited for this node goes first: the registry's word that it is ready
+                // (which flushes them) may come after this message does, and one sender's
+                // messages must arrive in the order they were sent.
+                if let Some(queue) = self.parked.remove(&msg.to) {
+                    for p in queue {
+                        self.deliver(callee.clone(), p.from, p.incarnation, p.msg);
+                    }
+                }
+                self.deliver(callee, from, incarnation, msg)
+            }
             (NodeState::Failed, _, _) => {
                 self.bounce(&from, incarnation, msg, Undeliverable::Failed)
             }
