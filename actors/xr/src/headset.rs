@@ -55,7 +55,7 @@ pub(crate) struct Seen {
     pub(crate) head: Pose,
     pub(crate) views: [EyeView; 2],
     pub(crate) hands: [Option<Pose>; 2],
-    /// Control values, by name, with when they changed (monotonic ns).
+    /// Every control's value now: (name, x, y).
     pub(crate) controls: Vec<(&'static str, f32, f32)>,
     /// Frames the runtime says were skipped since the last one (display time jumped).
     pub(crate) skipped: u64,

@@ -120,12 +120,6 @@ fn validate(node: &Node, s: &Settings) {
     }
 }
 
-/// The newest eye pair, staged on the GPU side.
-#[derive(Debug, Clone)]
-struct Staged {
-    header: EyeFrame,
-}
-
 struct XrDriver {
     node: &'static Node,
     s: Settings,
@@ -144,7 +138,7 @@ struct XrDriver {
     /// The XR frame number: the pose stream's sequence, so it goes on across restarts.
     frame: u64,
     /// The newest eye pair received (also staged into the headset's GPU while there is one).
-    staged: Option<Staged>,
+    staged: Option<EyeFrame>,
     /// Pixels of the newest pair (both eyes), and whether the headset's staging buffer has
     /// yet to get them.
     pixels: Vec<u8>,
@@ -506,10 +500,7 @@ impl XrDriver {
             let budget = Duration::from_nanos((seen.period_ns as f64 * self.s.eye_wait) as u64);
             let until = Instant::now() + budget;
             loop {
-                let fresh = self
-                    .staged
-                    .as_ref()
-                    .is_some_and(|s| s.header.pose_frame >= frame);
+                let fresh = self.staged.as_ref().is_some_and(|s| s.pose_frame >= frame);
                 let left = until.saturating_duration_since(Instant::now());
                 if fresh || left.is_zero() || self.take_eyes(left).is_err() {
                     break;
@@ -517,15 +508,13 @@ impl XrDriver {
             }
         }
         let submit = self.staged.as_ref().and_then(|s| {
-            (frame.saturating_sub(s.header.pose_frame) <= self.s.max_eye_age_frames).then_some(
-                Submit {
-                    views: s.header.views,
-                    width: s.header.width,
-                    height: s.header.height,
-                },
-            )
+            (frame.saturating_sub(s.pose_frame) <= self.s.max_eye_age_frames).then_some(Submit {
+                views: s.views,
+                width: s.width,
+                height: s.height,
+            })
         });
-        let latency = self.staged.as_ref().map(|s| s.header.located_ns);
+        let latency = self.staged.as_ref().map(|s| s.located_ns);
         let h = self.headset.as_mut().expect("still there");
         if submit.is_some() && self.dirty {
             h.gpu.stage(&self.pixels)?;
@@ -598,7 +587,7 @@ impl XrDriver {
             match got {
                 Ok(Some((_, Ok(header)))) => {
                     std::mem::swap(&mut self.pixels, &mut self.scratch);
-                    self.staged = Some(Staged { header });
+                    self.staged = Some(header);
                     self.dirty = true;
                     took = true;
                 }
